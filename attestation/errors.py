@@ -1,0 +1,127 @@
+"""The attestation error tree.
+
+Every failure carries a stable ``code`` (the same string appears in deny reasons, audit entries and
+gRPC ``ErrorInfo.reason``), a human message saying what failed, and a ``hint`` saying what to do.
+Messages never contain secrets; evidence is public, so quoting field values is fine.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Stable error codes. Never renumber or rename: they are part of the wire and audit contract."""
+
+    # Input shape, any TEE
+    EVIDENCE_MALFORMED = "EVIDENCE_MALFORMED"
+    EVIDENCE_UNKNOWN_FORMAT = "EVIDENCE_UNKNOWN_FORMAT"
+    # SEV-SNP
+    SNP_REPORT_MALFORMED = "SNP_REPORT_MALFORMED"
+    SNP_UNSUPPORTED_VERSION = "SNP_UNSUPPORTED_VERSION"
+    SNP_UNSUPPORTED_SIGNATURE_ALGO = "SNP_UNSUPPORTED_SIGNATURE_ALGO"
+    SNP_SIGNATURE_INVALID = "SNP_SIGNATURE_INVALID"
+    SNP_ENDORSEMENT_NOT_FOUND = "SNP_ENDORSEMENT_NOT_FOUND"
+    SNP_CHAIN_INVALID = "SNP_CHAIN_INVALID"
+    SNP_CERT_EXPIRED = "SNP_CERT_EXPIRED"
+    SNP_CERT_REVOKED = "SNP_CERT_REVOKED"
+    SNP_TCB_MISMATCH = "SNP_TCB_MISMATCH"
+    SNP_CHIP_ID_MISMATCH = "SNP_CHIP_ID_MISMATCH"
+    SNP_PRODUCT_MISMATCH = "SNP_PRODUCT_MISMATCH"
+    SNP_SIGNING_KEY_MISMATCH = "SNP_SIGNING_KEY_MISMATCH"
+    # Intel TDX
+    TDX_QUOTE_MALFORMED = "TDX_QUOTE_MALFORMED"
+    TDX_UNSUPPORTED_VERSION = "TDX_UNSUPPORTED_VERSION"
+    TDX_SIGNATURE_INVALID = "TDX_SIGNATURE_INVALID"
+    TDX_QE_REPORT_SIGNATURE_INVALID = "TDX_QE_REPORT_SIGNATURE_INVALID"
+    TDX_QE_BINDING_INVALID = "TDX_QE_BINDING_INVALID"
+    TDX_PCK_CHAIN_INVALID = "TDX_PCK_CHAIN_INVALID"
+    TDX_CERT_EXPIRED = "TDX_CERT_EXPIRED"
+    TDX_CERT_REVOKED = "TDX_CERT_REVOKED"
+    TDX_COLLATERAL_MISSING = "TDX_COLLATERAL_MISSING"
+    TDX_COLLATERAL_INVALID = "TDX_COLLATERAL_INVALID"
+    TDX_COLLATERAL_SIGNATURE_INVALID = "TDX_COLLATERAL_SIGNATURE_INVALID"
+    TDX_COLLATERAL_EXPIRED = "TDX_COLLATERAL_EXPIRED"
+    TDX_COLLATERAL_MISMATCH = "TDX_COLLATERAL_MISMATCH"
+    TDX_QE_IDENTITY_MISMATCH = "TDX_QE_IDENTITY_MISMATCH"
+    TDX_TCB_NOT_MATCHED = "TDX_TCB_NOT_MATCHED"
+    TDX_TCB_REVOKED = "TDX_TCB_REVOKED"
+    # Trust anchors and collateral store
+    UNTRUSTED_ROOT = "UNTRUSTED_ROOT"
+    TEST_ROOT_IN_PRODUCTION = "TEST_ROOT_IN_PRODUCTION"
+    COLLATERAL_MALFORMED = "COLLATERAL_MALFORMED"
+    COLLATERAL_REJECTED = "COLLATERAL_REJECTED"
+    COLLATERAL_STORE_ERROR = "COLLATERAL_STORE_ERROR"
+    # Report-data binding
+    BINDING_MISMATCH = "BINDING_MISMATCH"
+    BINDING_INPUT_INVALID = "BINDING_INPUT_INVALID"
+
+
+_DEFAULT_HINTS: dict[Code, str] = {
+    Code.EVIDENCE_MALFORMED: "the evidence is not a well-formed SNP report or TDX quote; capture it again",
+    Code.EVIDENCE_UNKNOWN_FORMAT: "pass a raw SEV-SNP ATTESTATION_REPORT or a TDX quote (v4/v5)",
+    Code.SNP_ENDORSEMENT_NOT_FOUND: (
+        "import the VCEK/VLEK for this chip and REPORTED_TCB: sovereign collateral import FILE"
+    ),
+    Code.SNP_CERT_EXPIRED: "import current AMD certificates, or check the clock passed as --at",
+    Code.TDX_COLLATERAL_MISSING: (
+        "import Intel TCB info, QE identity and CRLs for this FMSPC: sovereign collateral import FILE"
+    ),
+    Code.TDX_COLLATERAL_EXPIRED: "import fresh Intel collateral (TCB info, QE identity, CRLs)",
+    Code.TDX_CERT_EXPIRED: "a certificate in the chain is outside its validity at the given time",
+    Code.TDX_TCB_NOT_MATCHED: "the platform is below every TCB level Intel lists; update firmware",
+    Code.UNTRUSTED_ROOT: "the chain does not end at a pinned AMD/Intel root; check the trust profile",
+    Code.TEST_ROOT_IN_PRODUCTION: "simulated evidence is refused by the production trust profile",
+}
+
+
+class AttestationError(Exception):
+    """Base of every attestation failure. Carries a stable code and a hint."""
+
+    default_code: Code = Code.EVIDENCE_MALFORMED
+
+    def __init__(self, message: str, *, code: Code | None = None, hint: str | None = None) -> None:
+        self.code: Code = code if code is not None else self.default_code
+        self.message = message
+        self.hint = hint if hint is not None else _DEFAULT_HINTS.get(self.code, "")
+        super().__init__(f"{self.code}: {message}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code.value, "message": self.message, "hint": self.hint}
+
+
+class MalformedEvidence(AttestationError):
+    """Bytes that do not parse as the claimed format (truncated, wrong version, bad lengths)."""
+
+    default_code = Code.EVIDENCE_MALFORMED
+
+
+class SignatureInvalid(AttestationError):
+    """A signature over evidence or a certificate did not verify."""
+
+
+class ChainInvalid(AttestationError):
+    """A certificate chain is broken, expired, revoked, or does not end at a pinned root."""
+
+
+class EndorsementMismatch(AttestationError):
+    """A certificate's claims (TCB, chip id, product, FMSPC) disagree with the evidence."""
+
+
+class CollateralError(AttestationError):
+    """Collateral is missing, malformed, badly signed, expired or does not fit the evidence."""
+
+    default_code = Code.COLLATERAL_MALFORMED
+
+
+class TcbError(AttestationError):
+    """The platform's TCB matches no acceptable level."""
+
+
+class BindingError(AttestationError):
+    """The evidence's report data does not bind the expected nonce and keys."""
+
+    default_code = Code.BINDING_MISMATCH

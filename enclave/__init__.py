@@ -1,0 +1,1 @@
+"""The node agent: evidence providers, node identity keys, RPC client, unsealing, sealed streams."""

@@ -1,0 +1,1 @@
+"""The control plane: OpenBao adapter, key catalogue, registry, release, audit, gRPC servicers."""

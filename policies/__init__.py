@@ -1,0 +1,1 @@
+"""Policy model, appraisal and release decisions (claims -> verdict with coded reasons)."""
