@@ -8,14 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def vectors_dir() -> Path | None:
-    env = os.environ.get("SOVEREIGN_VECTORS")
-    path = Path(env) if env else ROOT.parent / "shared" / "vectors"
-    return path if (path / "MANIFEST.json").is_file() else None
+from vectorlib import vectors_dir
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +27,3 @@ def vectors() -> Path:
 def manifest(vectors: Path) -> list[dict[str, Any]]:
     data: list[dict[str, Any]] = json.loads((vectors / "MANIFEST.json").read_text())
     return data
-
-
-def manifest_entries(kind: str) -> list[dict[str, Any]]:
-    """Manifest entries of one kind, for parametrising at collection time (empty without vectors)."""
-    path = vectors_dir()
-    if path is None:
-        return []
-    return [e for e in json.loads((path / "MANIFEST.json").read_text()) if e["kind"] == kind]

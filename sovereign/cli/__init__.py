@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        if os.environ.get("SOVEREIGN_DEBUG"):
+            raise
+        # Only the type: an unexpected exception's text is not vetted to be free of secrets.
+        print(f"internal error ({type(exc).__name__}); rerun with SOVEREIGN_DEBUG=1 for details", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

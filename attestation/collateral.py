@@ -1,0 +1,189 @@
+"""Collateral items and the in-memory collateral set the verifiers consume (pure, no I/O).
+
+An item is one certificate (DER), one CRL (DER), one Intel TCB info or QE identity JSON body exactly as
+Intel's provisioning service serves it, or one dcap-qvl style collateral bundle. ``classify`` turns any
+file an operator may hold (PEM or DER, single or chained, JSON) into items; ``Collateral.from_items``
+routes them to the SNP and TDX indices by issuer/subject name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cryptography import x509
+
+from attestation.errors import Code, CollateralError
+from attestation.snp import SnpCollateral
+from attestation.tdx import TdxCollateral, parse_collateral_bundle
+
+MAX_ITEM_BYTES = 4 << 20
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s.*?-----END \1-----", re.DOTALL)
+
+
+class ItemKind(StrEnum):
+    CERTIFICATE = "certificate"
+    CRL = "crl"
+    TDX_TCB_INFO = "tdx-tcb-info"
+    TDX_QE_IDENTITY = "tdx-qe-identity"
+    TDX_BUNDLE = "tdx-collateral-bundle"
+
+
+@dataclass(frozen=True)
+class CollateralItem:
+    kind: ItemKind
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def describe(self) -> str:
+        """A one-line human description (subject / issuer / id), never failing."""
+        try:
+            if self.kind is ItemKind.CERTIFICATE:
+                return _cn(_load_cert(self.data).subject)
+            if self.kind is ItemKind.CRL:
+                return "CRL by " + _cn(x509.load_der_x509_crl(self.data).issuer)
+            doc = json.loads(self.data)
+            inner = doc.get("tcbInfo") or doc.get("enclaveIdentity") or doc
+            return f"{inner.get('id', 'bundle')} {inner.get('fmspc', '')}".strip()
+        except (ValueError, AttributeError, TypeError):
+            return "?"
+
+
+def _cn(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else name.rfc4514_string()
+
+
+def _load_cert(der: bytes) -> x509.Certificate:
+    import warnings
+
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    with warnings.catch_warnings():
+        # AMD VCEK/VLEK certificates carry serial number 0 (see attestation.snp for the fallback).
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        cert = x509.load_der_x509_certificate(der)
+        _ = cert.subject
+    return cert
+
+
+def _der_item(der: bytes, source: str) -> CollateralItem:
+    try:
+        _load_cert(der)
+        return CollateralItem(ItemKind.CERTIFICATE, der)
+    except ValueError:
+        pass
+    try:
+        x509.load_der_x509_crl(der)
+        return CollateralItem(ItemKind.CRL, der)
+    except ValueError:
+        raise CollateralError(
+            f"{source}: not a certificate, CRL, PEM file or Intel collateral JSON",
+            code=Code.COLLATERAL_MALFORMED,
+            hint="import AMD/Intel certificates (PEM/DER), CRLs, TCB info or QE identity JSON",
+        ) from None
+
+
+def _pem_items(data: bytes, source: str) -> list[CollateralItem]:
+    import base64
+    import binascii
+
+    items = []
+    for block in _PEM_BLOCK.finditer(data):
+        label = block.group(1)
+        body = b"".join(block.group(0).splitlines()[1:-1])
+        try:
+            der = base64.b64decode(body, validate=True)
+        except binascii.Error:
+            raise CollateralError(f"{source}: PEM block {label.decode()} is not base64") from None
+        if label not in (b"CERTIFICATE", b"X509 CRL"):
+            raise CollateralError(f"{source}: unexpected PEM block {label.decode()}")
+        items.append(_der_item(der, source))
+    return items
+
+
+def _json_items(data: bytes, source: str) -> list[CollateralItem]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise CollateralError(f"{source}: not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise CollateralError(f"{source}: JSON collateral must be an object")
+    if "tcbInfo" in doc:
+        return [CollateralItem(ItemKind.TDX_TCB_INFO, data)]
+    if "enclaveIdentity" in doc:
+        return [CollateralItem(ItemKind.TDX_QE_IDENTITY, data)]
+    if "tcb_info" in doc and "qe_identity" in doc:
+        return [CollateralItem(ItemKind.TDX_BUNDLE, data)]
+    raise CollateralError(
+        f"{source}: JSON is neither Intel TCB info, QE identity nor a collateral bundle",
+        hint="expected {'tcbInfo': ...}, {'enclaveIdentity': ...} or a bundle with tcb_info and qe_identity",
+    )
+
+
+def classify(data: bytes, source: str = "<input>") -> list[CollateralItem]:
+    """Split one file's bytes into collateral items, or raise ``CollateralError``."""
+    if not data:
+        raise CollateralError(f"{source}: empty file")
+    if len(data) > MAX_ITEM_BYTES:
+        raise CollateralError(f"{source}: {len(data)} bytes is larger than any collateral item")
+    stripped = data.strip(b"\x00 \t\r\n")
+    if stripped.startswith(b"{"):
+        return _json_items(stripped, source)
+    if b"-----BEGIN " in data:
+        items = _pem_items(data, source)
+        if items:
+            return items
+    return [_der_item(data, source)]
+
+
+def _is_amd(cert: x509.Certificate) -> bool:
+    names = (_cn(cert.subject), _cn(cert.issuer))
+    return any(n.startswith(("ARK-", "SEV-", "ASK-")) for n in names)
+
+
+@dataclass(frozen=True)
+class Collateral:
+    """Everything the verifiers may use, indexed per TEE. Build once; reuse for many verifications."""
+
+    snp: SnpCollateral
+    tdx: TdxCollateral
+
+    @classmethod
+    def empty(cls) -> Collateral:
+        return cls.from_items(())
+
+    @classmethod
+    def from_items(cls, items: Iterable[CollateralItem]) -> Collateral:
+        amd_certs: list[bytes] = []
+        amd_crls: list[bytes] = []
+        intel_certs: list[bytes] = []
+        intel_crls: list[bytes] = []
+        tcb_infos: list[bytes] = []
+        qe_identities: list[bytes] = []
+        bundles: list[bytes] = []
+        for item in items:
+            if item.kind is ItemKind.CERTIFICATE:
+                (amd_certs if _is_amd(_load_cert(item.data)) else intel_certs).append(item.data)
+            elif item.kind is ItemKind.CRL:
+                issuer = _cn(x509.load_der_x509_crl(item.data).issuer)
+                (amd_crls if issuer.startswith(("ARK-", "SEV-")) else intel_crls).append(item.data)
+            elif item.kind is ItemKind.TDX_TCB_INFO:
+                tcb_infos.append(item.data)
+            elif item.kind is ItemKind.TDX_QE_IDENTITY:
+                qe_identities.append(item.data)
+            else:
+                bundles.append(item.data)
+        tdx = TdxCollateral.from_items(
+            tcb_infos=tcb_infos, qe_identities=qe_identities, crls=intel_crls, certs=intel_certs
+        )
+        for bundle in bundles:
+            tdx = tdx.merged(parse_collateral_bundle(bundle))
+        return cls(snp=SnpCollateral.from_der(amd_certs, amd_crls), tdx=tdx)

@@ -1,0 +1,104 @@
+"""``sovereign evidence verify|simulate``."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+
+from attestation.collateral import Collateral, classify
+from attestation.errors import AttestationError, Code, MalformedEvidence
+from attestation.evidence import MAX_EVIDENCE_BYTES, verify_evidence
+from attestation.store import CollateralStore
+from sovereign.cli import _simulate
+from sovereign.cli._common import add_trust_argument, default_collateral_store, load_trust, parse_time
+from sovereign.cli._output import fail, print_json
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("evidence", help="verify or simulate TEE evidence")
+    cmds = parser.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)
+
+    ver = cmds.add_parser(
+        "verify",
+        help="verify an SEV-SNP report or TDX quote offline",
+        description="Verify raw evidence (an SEV-SNP ATTESTATION_REPORT or a TDX quote v4/v5) against the "
+        "offline collateral store and the pinned roots. Exit 0 and print the claims when valid; exit 1 "
+        "with the error code and a hint otherwise.",
+    )
+    ver.add_argument("file", type=Path, metavar="FILE")
+    ver.add_argument(
+        "--collateral",
+        type=Path,
+        default=None,
+        metavar="STORE",
+        help="collateral store (default $SOVEREIGN_COLLATERAL or var/collateral)",
+    )
+    ver.add_argument(
+        "--endorsement",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="CERT",
+        help="certificate that came with the evidence (VCEK/VLEK, ASK); repeatable",
+    )
+    ver.add_argument(
+        "--at",
+        type=parse_time,
+        default=None,
+        metavar="TIME",
+        help="verify as of this ISO 8601 time (default: now)",
+    )
+    ver.add_argument(
+        "--no-tcb",
+        action="store_true",
+        help="TDX: check signatures and the PCK chain only; TCB status reported as Unknown",
+    )
+    add_trust_argument(ver)
+    ver.add_argument("--json", action="store_true", help="machine-readable output")
+    ver.set_defaults(func=_verify)
+
+    _simulate.register(cmds)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    now = args.at or datetime.now(UTC)
+    try:
+        evidence = _read(args.file)
+        endorsements = [item.data for path in args.endorsement for item in classify(_read(path), str(path))]
+        store_path = args.collateral or default_collateral_store()
+        collateral = CollateralStore(store_path).load() if store_path.exists() else Collateral.empty()
+        claims = verify_evidence(
+            evidence,
+            trust=load_trust(args.trust),
+            collateral=collateral,
+            now=now,
+            endorsements=endorsements,
+            require_tcb=not args.no_tcb,
+        )
+    except AttestationError as err:
+        return fail(err, as_json=args.json)
+    if args.json:
+        print_json({"ok": True, "verified_at": now.isoformat(), "claims": claims.to_dict()})
+        return 0
+    print(
+        f"VALID {claims.tee.value.upper()} evidence ({claims.product}, version {claims.version}) at {now.isoformat()}"
+    )
+    summary = claims.to_dict()
+    for key in ("measurement", "report_data", "host_data", "debug", "policy", "tcb_status", "platform_id"):
+        print(f"  {key:<12} {summary[key]}")
+    print(f"  {'tcb':<12} {summary['tcb']}")
+    for i, rtmr in enumerate(summary["rtmrs"]):
+        print(f"  rtmr{i:<8} {rtmr}")
+    if claims.debug:
+        print("  note: debug is enabled; release policies reject debug guests")
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_EVIDENCE_BYTES + 1)
+    except OSError as exc:
+        raise MalformedEvidence(f"cannot read {path}: {exc.strerror}", code=Code.EVIDENCE_MALFORMED) from None
+    return data

@@ -1,0 +1,141 @@
+"""``sovereign kms bootstrap|dev|policy``: prepare OpenBao for the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kms import bootstrap as boot
+from kms.errors import KmsError
+from kms.openbao_server import OpenBaoServer
+from kms.vault import BaoSettings, TokenAuth
+from sovereign.cli._output import fail, print_json, print_table
+
+
+def add_bao_arguments(parser: argparse.ArgumentParser) -> None:
+    """OpenBao connection flags; each falls back to its SOVEREIGN_BAO_* variable."""
+    group = parser.add_argument_group("OpenBao connection")
+    group.add_argument("--addr", help="OpenBao address (default $SOVEREIGN_BAO_ADDR)")
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding a token (default $SOVEREIGN_BAO_TOKEN_FILE or $SOVEREIGN_BAO_TOKEN)",
+    )
+    group.add_argument("--role-id", help="AppRole role id (default $SOVEREIGN_BAO_ROLE_ID)")
+    group.add_argument(
+        "--secret-id-file", type=Path, help="AppRole secret id file (default $SOVEREIGN_BAO_SECRET_ID_FILE)"
+    )
+    group.add_argument("--ca-cert", help="CA bundle for a TLS listener (default $SOVEREIGN_BAO_CACERT)")
+
+
+def bao_settings(args: argparse.Namespace, *, operator: bool = False) -> BaoSettings:
+    """Connection settings from flags and environment; ``operator`` ignores AppRole (token only)."""
+    return BaoSettings.resolve(
+        addr=args.addr,
+        token_file=args.token_file,
+        role_id=args.role_id,
+        secret_id_file=args.secret_id_file,
+        ca_cert=args.ca_cert,
+        approle=not operator,
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("kms", help="prepare and run OpenBao for the control plane")
+    cmds = parser.add_subparsers(dest="kms_command", metavar="ACTION", required=True)
+
+    bs = cmds.add_parser(
+        "bootstrap",
+        help="enable transit and AppRole, create the KEK, audit key, policy and role (idempotent)",
+        description="Run once per OpenBao with an operator token. Running it again changes nothing except "
+        "issuing a fresh AppRole secret id into the output folder.",
+    )
+    add_bao_arguments(bs)
+    bs.add_argument(
+        "--out", type=Path, default=Path("var/openbao"), help="where to write role-id and secret-id"
+    )
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(func=_bootstrap)
+
+    dev = cmds.add_parser(
+        "dev",
+        help="run a bootstrapped in-memory OpenBao dev server in the foreground (Ctrl-C stops it)",
+        description="For demos and development only: in-memory storage (keys vanish when it stops), no TLS.",
+    )
+    dev.add_argument("--workdir", type=Path, help="folder for config, logs, audit log and credentials")
+    dev.add_argument("--port", type=int, help="loopback port (default: a free one)")
+    dev.add_argument("--json", action="store_true")
+    dev.set_defaults(func=_dev)
+
+    pol = cmds.add_parser("policy", help="print the control plane's OpenBao policy (HCL)")
+    pol.set_defaults(func=_policy)
+
+
+def _print_report(report: boot.BootstrapReport, as_json: bool) -> None:
+    if as_json:
+        print_json({"ok": True, **report.to_dict()})
+        return
+    print_table([{"step": s, "status": st} for s, st in report.steps], ["step", "status"])
+    print(f"role id:        {report.role_id}")
+    print(f"secret id file: {report.secret_id_file} (new secret id issued on every run)")
+    print("nothing else changed" if not report.changed else "OpenBao configuration changed")
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    try:
+        settings = bao_settings(args, operator=True)
+        assert isinstance(settings.auth, TokenAuth)
+        report = boot.bootstrap(settings.addr, settings.auth.token, args.out)
+    except KmsError as err:
+        return fail(err, as_json=args.json)
+    _print_report(report, args.json)
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sovereign-bao-"))
+    try:
+        server = OpenBaoServer.dev(workdir, port=args.port)
+    except KmsError as err:
+        return fail(err, as_json=args.json)
+    try:
+        assert server.root_token is not None
+        root_file = boot.write_private(workdir / "root-token", server.root_token)
+        report = boot.bootstrap(server.addr, server.root_token, workdir / "approle")
+        info = {
+            "addr": server.addr,
+            "role_id": report.role_id,
+            "secret_id_file": report.secret_id_file,
+            "root_token_file": str(root_file),
+            "audit_log": str(server.audit_log),
+            "log": str(server.log_path),
+        }
+        if args.json:
+            print_json({"ok": True, **info})
+        else:
+            print(f"OpenBao dev server at {server.addr} (in memory: keys vanish when it stops)")
+            print(f"  export SOVEREIGN_BAO_ADDR={server.addr}")
+            print(f"  export SOVEREIGN_BAO_ROLE_ID={report.role_id}")
+            print(f"  export SOVEREIGN_BAO_SECRET_ID_FILE={report.secret_id_file}")
+            print(f"operator token file: {root_file}; audit log: {server.audit_log}")
+            print("Ctrl-C stops it.")
+        sys.stdout.flush()
+        while server.running:
+            time.sleep(0.5)
+        print(f"OpenBao exited; log tail:\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    except KmsError as err:
+        return fail(err, as_json=args.json)
+    except KeyboardInterrupt:
+        print("stopping OpenBao", file=sys.stderr)
+        return 0
+    finally:
+        server.stop()
+
+
+def _policy(args: argparse.Namespace) -> int:
+    sys.stdout.write(boot.POLICY_HCL)
+    return 0

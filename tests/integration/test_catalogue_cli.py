@@ -1,0 +1,94 @@
+"""``sovereign key`` and ``sovereign kms`` end to end against a real OpenBao dev server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from kms.bootstrap import POLICY_HCL
+from sovereign.cli import main
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Kms
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(kms_dev: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("SOVEREIGN_DB", str(db))
+    monkeypatch.setenv("SOVEREIGN_BAO_ADDR", kms_dev.server.addr)
+    monkeypatch.setenv("SOVEREIGN_BAO_ROLE_ID", kms_dev.report.role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", kms_dev.report.secret_id_file)
+    monkeypatch.delenv("SOVEREIGN_BAO_TOKEN", raising=False)
+    return db
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, Any]:
+    capsys.readouterr()  # drop earlier output
+    code = main(argv)
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_key_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _json(capsys, ["key", "create", "weights", "--kind", "model", "--json"])
+    assert code == 0 and out["key"]["current_version"] == 1
+    assert main(["key", "rotate", "weights"]) == 0
+    assert main(["key", "disable", "weights"]) == 0
+    code, out = _json(capsys, ["key", "rotate", "weights", "--json"])
+    assert code == 1 and out["error"]["code"] == "KEY_DISABLED"
+    assert main(["key", "enable", "weights"]) == 0
+    code, out = _json(capsys, ["key", "list", "--json"])
+    assert [(k["name"], k["state"], k["current_version"]) for k in out] == [("weights", "active", 2)]
+    assert main(["key", "destroy", "weights"]) == 0
+    capsys.readouterr()
+    code, out = _json(capsys, ["key", "create", "weights", "--kind", "model", "--json"])
+    assert code == 1 and out["error"]["code"] == "KEY_EXISTS"
+
+
+def test_errors_print_code_and_hint(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["key", "create", "Bad Name", "--kind", "dataset"]) == 1
+    err = capsys.readouterr().err
+    assert "KEY_NAME_INVALID" in err and "hint:" in err
+    assert main(["key", "create", "x", "--kind", "dataset", "--addr", "http://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert "KMS_UNAVAILABLE" in err and "http://127.0.0.1:9" in err
+
+
+def test_rotate_kek_needs_an_operator_token(
+    env: Path, kms_dev: Kms, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["key", "create", "ds", "--kind", "dataset"]) == 0
+    capsys.readouterr()
+    code, out = _json(capsys, ["key", "rotate-kek", "--json"])
+    assert code == 1 and out["error"]["code"] == "KMS_CONFIG_INVALID"
+
+
+def test_policy_command_prints_the_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["kms", "policy"]) == 0
+    assert capsys.readouterr().out == POLICY_HCL
+
+
+def test_bootstrap_command_is_idempotent(
+    kms_dev: Kms, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(kms_dev.root_token)
+    argv = [
+        "kms",
+        "bootstrap",
+        "--addr",
+        kms_dev.server.addr,
+        "--token-file",
+        str(token),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    code, out = _json(capsys, [*argv, "--json"])
+    assert code == 0 and out["changed"] is False
+    assert main(argv) == 0
+    assert "new secret id issued" in capsys.readouterr().out

@@ -1,0 +1,87 @@
+"""Bootstrap against a real OpenBao: idempotent, least privilege, same policy as deploy/openbao/."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from kms.bootstrap import POLICY_HCL, POLICY_NAME, ROLE_NAME, bootstrap
+from kms.errors import Code, OpenBaoError
+from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Kms
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_first_run_creates_everything(kms_dev: Kms) -> None:
+    steps = dict(kms_dev.report.steps)
+    assert steps["transit engine"] == "created"
+    assert steps["transit key sovereign-kek"] == "created"
+    assert steps["transit key sovereign-audit"] == "created"
+    assert steps[f"policy {POLICY_NAME}"] == "created"
+    assert steps["approle auth"] == "created"
+    assert steps[f"role {ROLE_NAME}"] == "created"
+    assert kms_dev.report.changed
+
+
+def test_second_run_changes_nothing_but_issues_a_new_secret_id(kms_dev: Kms, tmp_path: Path) -> None:
+    again = bootstrap(kms_dev.server.addr, kms_dev.root_token, tmp_path)
+    statuses = dict(again.steps)
+    assert statuses.pop("secret id") == "issued"
+    assert set(statuses.values()) == {"unchanged"}
+    assert not again.changed
+    assert again.role_id == kms_dev.report.role_id
+    new_secret = Path(again.secret_id_file).read_text().strip()
+    assert new_secret != Path(kms_dev.report.secret_id_file).read_text().strip()
+    assert stat.S_IMODE(Path(again.secret_id_file).stat().st_mode) == 0o600
+
+
+def test_keys_are_not_exportable_and_not_deletable(kms_dev: Kms) -> None:
+    admin = kms_dev.admin()
+    kek = admin.key_info("sovereign-kek")
+    assert (kek.type, kek.exportable, kek.deletion_allowed) == ("aes256-gcm96", False, False)
+    audit = admin.key_info("sovereign-audit")
+    assert (audit.type, audit.exportable, audit.deletion_allowed) == ("ed25519", False, False)
+
+
+def test_policy_in_openbao_equals_the_deploy_file(kms_dev: Kms) -> None:
+    stored = kms_dev.admin().call("read policy", lambda c: c.sys.read_acl_policy(POLICY_NAME))["data"][
+        "policy"
+    ]
+    assert stored == POLICY_HCL
+    assert (ROOT / "deploy/openbao/sovereign-control-plane.hcl").read_text() == POLICY_HCL
+
+
+def test_role_tokens_carry_only_the_control_plane_policy(kms_dev: Kms) -> None:
+    transit = kms_dev.approle()
+    info = transit.call("lookup", lambda c: c.auth.token.lookup_self())["data"]
+    assert info["policies"] == [POLICY_NAME]
+    assert info["renewable"] is True
+    assert 0 < info["ttl"] <= 20 * 60
+
+
+def test_bootstrap_with_a_non_operator_token_is_refused(kms_dev: Kms, tmp_path: Path) -> None:
+    token = kms_dev.approle().call("lookup", lambda c: c.token)
+    with pytest.raises(OpenBaoError) as info:
+        bootstrap(kms_dev.server.addr, token, tmp_path)
+    assert info.value.code is Code.KMS_PERMISSION_DENIED
+    assert "operator" in info.value.hint
+
+
+def test_bootstrap_with_a_wrong_token_says_so(kms_dev: Kms, tmp_path: Path) -> None:
+    with pytest.raises(OpenBaoError) as info:
+        bootstrap(kms_dev.server.addr, "not-a-token", tmp_path)
+    assert info.value.code is Code.KMS_TOKEN_EXPIRED
+    assert not (tmp_path / "secret-id").exists()
+
+
+def test_admin_repr_hides_the_token(kms_dev: Kms) -> None:
+    transit = OpenBaoTransit(BaoSettings(addr=kms_dev.server.addr, auth=TokenAuth(kms_dev.root_token)))
+    assert kms_dev.root_token not in repr(transit)
+    assert kms_dev.root_token not in repr(transit.settings)

@@ -1,0 +1,365 @@
+"""Sealed stream: round trips, every tamper class with its own code, constant memory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kms.envelope import (
+    Code,
+    EnvelopeError,
+    InvalidInput,
+    StreamError,
+    decrypt_stream,
+    encrypt_stream,
+    read_header,
+)
+from kms.envelope.files import decrypt_file, encrypt_file
+
+KEY = hashlib.sha256(b"stream test key").digest()
+OTHER_KEY = hashlib.sha256(b"another key").digest()
+CHUNK = 32
+REF = "datasets/demo@v1"
+
+
+def seal(data: bytes, *, key: bytes = KEY, chunk_size: int = CHUNK, key_ref: str = REF) -> bytes:
+    out = io.BytesIO()
+    encrypt_stream(key, io.BytesIO(data), out, key_ref=key_ref, chunk_size=chunk_size)
+    return out.getvalue()
+
+
+def unseal(blob: bytes, key: bytes = KEY) -> bytes:
+    out = io.BytesIO()
+    decrypt_stream(key, io.BytesIO(blob), out)
+    return out.getvalue()
+
+
+def split(blob: bytes) -> tuple[bytes, list[bytes]]:
+    """Header and records, using the documented layout (docs/formats.md)."""
+    header_len = 114 + int.from_bytes(blob[9:11], "big")
+    records, pos = [], header_len
+    while pos < len(blob):
+        length = int.from_bytes(blob[pos + 13 : pos + 17], "big")
+        records.append(blob[pos : pos + 17 + length + 16])
+        pos += 17 + length + 16
+    return blob[:header_len], records
+
+
+def code_of(blob: bytes, key: bytes = KEY) -> Code:
+    with pytest.raises(StreamError) as info:
+        unseal(blob, key)
+    return info.value.code
+
+
+def flip(blob: bytes, offset: int) -> bytes:
+    return blob[:offset] + bytes([blob[offset] ^ 0x01]) + blob[offset + 1 :]
+
+
+def set_flag(record: bytes, flag: int) -> bytes:
+    return record[:12] + bytes([flag]) + record[13:]
+
+
+DATA = os.urandom(CHUNK * 4 + 5)  # five chunks, the last one short
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 7])
+def test_round_trip_sizes(size: int) -> None:
+    data = os.urandom(size)
+    blob = seal(data)
+    assert unseal(blob) == data
+    _, records = split(blob)
+    assert len(records) == max(1, -(-size // CHUNK))
+    assert [r[12] for r in records] == [0] * (len(records) - 1) + [1]
+
+
+def test_info_and_header_describe_the_stream() -> None:
+    out = io.BytesIO()
+    info = encrypt_stream(KEY, io.BytesIO(DATA), out, key_ref=b"\x00opaque", chunk_size=CHUNK)
+    assert (info.chunks, info.plaintext_bytes, info.ciphertext_bytes) == (5, len(DATA), len(out.getvalue()))
+    src = io.BytesIO(out.getvalue())
+    header = read_header(src)  # no key needed: a node learns key_ref before fetching the key
+    assert (header.key_ref, header.chunk_size, header.version) == (b"\x00opaque", CHUNK, 1)
+    plain = io.BytesIO()
+    assert decrypt_stream(KEY, src, plain, header=header) == info
+    assert plain.getvalue() == DATA
+
+
+def test_same_input_seals_differently_each_time() -> None:
+    assert seal(DATA) != seal(DATA)
+
+
+def test_wrong_key() -> None:
+    assert code_of(seal(DATA), OTHER_KEY) is Code.STREAM_WRONG_KEY
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [5, 8, 11, 11 + len(REF), 11 + len(REF) + 32, 82 + len(REF), 113 + len(REF)],
+    ids=["chunk_size", "chunk_size_low", "key_ref", "salt", "nonce_prefix", "tag_first", "tag_last"],
+)
+def test_header_edits_are_tampering(offset: int) -> None:
+    assert code_of(flip(seal(DATA), offset)) is Code.STREAM_HEADER_TAMPERED
+
+
+def test_key_check_edit_reads_as_wrong_key() -> None:
+    assert code_of(flip(seal(DATA), 50 + len(REF))) is Code.STREAM_WRONG_KEY
+
+
+def test_header_shape_errors() -> None:
+    blob = seal(DATA)
+    assert code_of(b"") is Code.STREAM_MALFORMED
+    assert code_of(b"XXXX" + blob[4:]) is Code.STREAM_MALFORMED
+    assert code_of(blob[:4] + b"\x02" + blob[5:]) is Code.STREAM_UNSUPPORTED_VERSION
+    assert code_of(blob[:9] + b"\x00\x00" + blob[11:]) is Code.STREAM_MALFORMED
+    assert code_of(blob[:5] + (1 << 30).to_bytes(4, "big") + blob[9:]) is Code.STREAM_MALFORMED
+    assert code_of(blob[:60]) is Code.STREAM_TRUNCATED
+
+
+@pytest.mark.parametrize("chunk", [0, 2, 4])
+def test_chunk_bit_flip_is_tampering_with_its_index(chunk: int) -> None:
+    header, records = split(seal(DATA))
+    records[chunk] = flip(records[chunk], 17 + 3)
+    with pytest.raises(StreamError) as info:
+        unseal(header + b"".join(records))
+    assert (info.value.code, info.value.chunk) == (Code.STREAM_CHUNK_TAMPERED, chunk)
+
+
+def test_tag_flip_is_tampering() -> None:
+    blob = seal(DATA)
+    assert code_of(flip(blob, len(blob) - 1)) is Code.STREAM_CHUNK_TAMPERED
+
+
+def test_truncation_at_chunk_boundary() -> None:
+    header, records = split(seal(DATA))
+    for keep in range(len(records)):
+        assert code_of(header + b"".join(records[:keep])) is Code.STREAM_TRUNCATED
+
+
+def test_truncation_inside_a_chunk() -> None:
+    blob = seal(DATA)
+    for cut in (1, 16, 17 + 16, 40):
+        assert code_of(blob[:-cut]) is Code.STREAM_TRUNCATED
+
+
+def test_truncation_disguised_as_last_chunk() -> None:
+    header, records = split(seal(DATA))
+    assert code_of(header + records[0] + set_flag(records[1], 1)) is Code.STREAM_TRUNCATED
+
+
+@pytest.mark.parametrize("tail", [b"\x00", b"garbage" * 10])
+def test_extension_bytes(tail: bytes) -> None:
+    assert code_of(seal(DATA) + tail) is Code.STREAM_EXTENDED
+
+
+def test_extension_with_a_replayed_record() -> None:
+    header, records = split(seal(DATA))
+    assert code_of(header + b"".join(records) + records[2]) is Code.STREAM_EXTENDED
+
+
+def test_extension_disguised_by_relabelling_the_last_chunk() -> None:
+    header, records = split(seal(os.urandom(CHUNK * 3)))  # exact multiple: last chunk is full size
+    records[-1] = set_flag(records[-1], 0)
+    assert code_of(header + b"".join(records) + records[0]) is Code.STREAM_EXTENDED
+
+
+@pytest.mark.parametrize(
+    "order", [[1, 0, 2, 3, 4], [0, 2, 1, 3, 4], [0, 1, 3, 4], [0, 1, 1, 2, 3, 4], [4, 0, 1, 2, 3]]
+)
+def test_reordering_dropping_and_duplicating(order: list[int]) -> None:
+    header, records = split(seal(DATA))
+    assert code_of(header + b"".join(records[i] for i in order)) is Code.STREAM_REORDERED
+
+
+def test_chunk_from_another_file_with_the_same_key() -> None:
+    header, records = split(seal(DATA))
+    _, others = split(seal(DATA))
+    records[2] = others[2]
+    assert code_of(header + b"".join(records)) is Code.STREAM_CHUNK_FOREIGN
+    # Relabelled to look like ours, the foreign chunk simply fails authentication.
+    records[2] = records[1][:8] + others[2][8:]
+    assert code_of(header + b"".join(records)) is Code.STREAM_CHUNK_TAMPERED
+
+
+def test_invalid_record_header_is_malformed() -> None:
+    header, records = split(seal(DATA))
+    assert code_of(header + set_flag(records[0], 7) + b"".join(records[1:])) is Code.STREAM_MALFORMED
+    short = records[0][:13] + (CHUNK - 1).to_bytes(4, "big") + records[0][17:]
+    assert code_of(header + short + b"".join(records[1:])) is Code.STREAM_MALFORMED
+
+
+def test_failed_chunk_writes_nothing_of_itself() -> None:
+    header, records = split(seal(DATA))
+    records[2] = flip(records[2], 30)
+    out = io.BytesIO()
+    with pytest.raises(StreamError):
+        decrypt_stream(KEY, io.BytesIO(header + b"".join(records)), out)
+    assert out.getvalue() == DATA[: 2 * CHUNK]  # only the two verified chunks
+
+
+def test_bad_arguments_are_typed() -> None:
+    with pytest.raises(InvalidInput):
+        seal(DATA, key=b"short")
+    with pytest.raises(InvalidInput):
+        seal(DATA, chunk_size=8)
+    with pytest.raises(InvalidInput):
+        seal(DATA, key_ref="")
+    with pytest.raises(InvalidInput):
+        encrypt_stream(KEY, io.BytesIO(DATA), io.BytesIO(), key_ref=REF, salt=b"x" * 31)
+
+
+def test_chunk_counter_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kms.envelope.stream as stream
+
+    monkeypatch.setattr(stream, "MAX_CHUNKS", 3)
+    with pytest.raises(StreamError) as info:
+        seal(os.urandom(CHUNK * 3 + 1))
+    assert info.value.code is Code.STREAM_TOO_LARGE
+
+
+class TrickleReader(io.RawIOBase):
+    """Returns at most 5 bytes per call, like a slow pipe."""
+
+    def __init__(self, data: bytes) -> None:
+        self._src = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        chunk = self._src.read(min(5, len(buffer)))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_short_reads_are_handled() -> None:
+    out = io.BytesIO()
+    encrypt_stream(KEY, TrickleReader(DATA), out, key_ref=REF, chunk_size=CHUNK)
+    plain = io.BytesIO()
+    decrypt_stream(KEY, TrickleReader(out.getvalue()), plain)
+    assert plain.getvalue() == DATA
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=1500), chunk_size=st.integers(16, 300))
+def test_round_trip_property(data: bytes, chunk_size: int) -> None:
+    assert unseal(seal(data, chunk_size=chunk_size)) == data
+
+
+_SAMPLE = os.urandom(150)
+_SAMPLE_BLOB = seal(_SAMPLE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["flip", "truncate", "insert", "delete"]),
+    position=st.integers(0, len(_SAMPLE_BLOB) - 1),
+    xor=st.integers(1, 255),
+    extra=st.binary(min_size=1, max_size=40),
+)
+def test_random_corruption_never_yields_plaintext(kind: str, position: int, xor: int, extra: bytes) -> None:
+    blob = _SAMPLE_BLOB
+    if kind == "flip":
+        bad = blob[:position] + bytes([blob[position] ^ xor]) + blob[position + 1 :]
+    elif kind == "truncate":
+        bad = blob[:position]
+    elif kind == "insert":
+        bad = blob[:position] + extra + blob[position:]
+    else:
+        bad = blob[:position] + blob[position + len(extra) :]
+    out = io.BytesIO()
+    with pytest.raises(EnvelopeError):
+        decrypt_stream(KEY, io.BytesIO(bad), out)
+    assert _SAMPLE.startswith(out.getvalue())  # at most a verified prefix, never altered bytes
+
+
+class PatternSource(io.RawIOBase):
+    """``size`` bytes generated on the fly from one reused block (nothing accumulates in memory)."""
+
+    def __init__(self, size: int, block: bytes) -> None:
+        self._left = size
+        self._block = block
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._left, len(self._block))
+        buffer[:n] = self._block[:n]
+        self._left -= n
+        return n
+
+
+class HashSink(io.RawIOBase):
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def test_memory_stays_constant_for_a_64_mib_stream(tmp_path: Path) -> None:
+    size, chunk = 64 << 20, 1 << 20
+    block = os.urandom(chunk)
+    expected = hashlib.sha256()
+    for _ in range(size // chunk):
+        expected.update(block)
+    sealed_path = tmp_path / "big.sealed"
+    tracemalloc.start()
+    try:
+        with sealed_path.open("wb") as dst:
+            encrypt_stream(KEY, PatternSource(size, block), dst, key_ref=REF, chunk_size=chunk)
+        _, encrypt_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        sink = HashSink()
+        with sealed_path.open("rb") as src:
+            decrypt_stream(KEY, src, sink)
+        _, decrypt_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sink.size == size and sink.digest.digest() == expected.digest()
+    # Encrypt holds three chunk buffers, decrypt two; 64 MiB of data must not show up.
+    assert encrypt_peak < 4 * chunk, encrypt_peak
+    assert decrypt_peak < 3 * chunk, decrypt_peak
+
+
+def test_files_round_trip_and_never_leave_partial_output(tmp_path: Path) -> None:
+    plain, sealed, out = tmp_path / "plain", tmp_path / "sealed", tmp_path / "out"
+    plain.write_bytes(DATA)
+    encrypt_file(KEY, plain, sealed, key_ref=REF, chunk_size=CHUNK)
+    assert decrypt_file(KEY, sealed, out).plaintext_bytes == len(DATA)
+    assert out.read_bytes() == DATA
+    assert out.stat().st_mode & 0o077 == 0
+    header, records = split(sealed.read_bytes())
+    sealed.write_bytes(header + b"".join(records[:-1]))
+    out.write_bytes(b"previous")
+    with pytest.raises(StreamError) as info:
+        decrypt_file(KEY, sealed, out)
+    assert info.value.code is Code.STREAM_TRUNCATED
+    assert out.read_bytes() == b"previous"
+    fresh = tmp_path / "fresh"
+    with pytest.raises(StreamError):
+        decrypt_file(OTHER_KEY, sealed, fresh)
+    assert not fresh.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain", "sealed"]
+
+
+def test_error_repr_has_code_and_no_key_material() -> None:
+    with pytest.raises(StreamError) as info:
+        unseal(seal(DATA), OTHER_KEY)
+    text = repr(info.value) + str(info.value) + str(info.value.to_dict())
+    assert "STREAM_WRONG_KEY" in text
+    assert OTHER_KEY.hex() not in text and KEY.hex() not in text
+    assert info.value.hint

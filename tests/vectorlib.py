@@ -1,0 +1,27 @@
+"""Where the real evidence vectors are (../shared/vectors, override: SOVEREIGN_VECTORS).
+
+A plain module (not a conftest) so test modules can import it: ``from vectorlib import manifest_entries``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def vectors_dir() -> Path | None:
+    env = os.environ.get("SOVEREIGN_VECTORS")
+    path = Path(env) if env else ROOT.parent / "shared" / "vectors"
+    return path if (path / "MANIFEST.json").is_file() else None
+
+
+def manifest_entries(kind: str) -> list[dict[str, Any]]:
+    """Manifest entries of one kind, for parametrising at collection time (empty without vectors)."""
+    path = vectors_dir()
+    if path is None:
+        return []
+    return [e for e in json.loads((path / "MANIFEST.json").read_text()) if e["kind"] == kind]
