@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("SOVEREIGN_DEBUG"):
             raise
         # Only the type: an unexpected exception's text is not vetted to be free of secrets.
-        print(f"internal error ({type(exc).__name__}); rerun with SOVEREIGN_DEBUG=1 for details", file=sys.stderr)
+        print(
+            f"internal error ({type(exc).__name__}); rerun with SOVEREIGN_DEBUG=1 for details",
+            file=sys.stderr,
+        )
         return 70
 
 
