@@ -24,7 +24,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from kms.storage.control_migrations import v2_control_plane
 from kms.storage.schema import UtcDateTime
 
 
@@ -76,7 +75,6 @@ def _v1_key_catalogue(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [
     Migration(1, "key catalogue", _v1_key_catalogue),
-    Migration(2, "control plane (nonces, nodes, grants, denials, policies)", v2_control_plane),
 ]
 
 
