@@ -1,0 +1,1 @@
+"""Demonstrations run by ``./dev demo``: orchestration only, every decision made by the real code."""
