@@ -117,6 +117,15 @@ def select_leaves(report: SnpReport, role: Role, pools: Sequence[CertPool]) -> l
             masked = (
                 " (MASK_CHIP_KEY is set, so the report carries no chip id)" if report.mask_chip_key else ""
             )
+            # A VCEK that came *with* the evidence but names another chip is a mismatch, not a gap.
+            presented = [c for c in pools[-1].certificates if c.role is Role.VCEK] if len(pools) > 1 else []
+            if presented and not masked:
+                raise _mismatch(
+                    f"the VCEK presented with the evidence is for chip {(presented[0].amd_extensions().hwid or b'').hex()[:32]}..., "
+                    f"not the report's CHIP_ID {report.chip_id.hex()[:32]}...",
+                    Code.SNP_CHIP_ID_MISMATCH,
+                    "the endorsement belongs to another machine; capture evidence and certificates together",
+                )
             raise _mismatch(
                 f"no VCEK for chip id {report.chip_id.hex()[:32]}...{masked}", Code.SNP_ENDORSEMENT_NOT_FOUND
             )
@@ -136,10 +145,12 @@ def select_leaves(report: SnpReport, role: Role, pools: Sequence[CertPool]) -> l
             f"[bl={x.ext.bl_spl}, tee={x.ext.tee_spl}, snp={x.ext.snp_spl}, ucode={x.ext.ucode_spl}]"
             for x in leaves
         )
+        # Endorsements for this chip exist, but for other TCBs: say so distinctly from "nothing found".
         raise _mismatch(
             f"{len(leaves)} {role.value.upper()}(s) considered, none for REPORTED_TCB ({_fmt_tcb(reported)})"
             + (f"; available: {have}" if have else ""),
-            Code.SNP_ENDORSEMENT_NOT_FOUND,
+            Code.SNP_TCB_MISMATCH if leaves else Code.SNP_ENDORSEMENT_NOT_FOUND,
+            f"import the {role.value.upper()} for REPORTED_TCB ({_fmt_tcb(reported)}) from AMD's KDS",
         )
     return matching
 

@@ -259,17 +259,35 @@ def test_certificates_expire_relative_to_now(pki: SimulatedPki) -> None:
     assert err.value.code is Code.SNP_CERT_EXPIRED
 
 
-# TCB_MISMATCH and CHIP_ID_MISMATCH: attestation.snp selects the VCEK by chip id and REPORTED_TCB, so a
-# VCEK whose extensions disagree is never selected and the verifier reports it as not found.
+# A VCEK for this chip but another TCB is SNP_TCB_MISMATCH. A VCEK for another chip cannot be linked to
+# the report from the collateral store (that is "not found"); presented *with* the evidence, as an
+# extended report's certificate table would, it is SNP_CHIP_ID_MISMATCH (see the test below).
 FAULT_CODES = [
     (Fault.BAD_SIGNATURE, Code.SNP_SIGNATURE_INVALID),
     (Fault.FOREIGN_CHAIN, Code.UNTRUSTED_ROOT),
     (Fault.EXPIRED_CERT, Code.SNP_CERT_EXPIRED),
     (Fault.REVOKED, Code.SNP_CERT_REVOKED),
     (Fault.EXPIRED_COLLATERAL, Code.SNP_CERT_EXPIRED),  # the ARK's CRL is past nextUpdate
-    (Fault.TCB_MISMATCH, Code.SNP_ENDORSEMENT_NOT_FOUND),
+    (Fault.TCB_MISMATCH, Code.SNP_TCB_MISMATCH),
     (Fault.CHIP_ID_MISMATCH, Code.SNP_ENDORSEMENT_NOT_FOUND),
 ]
+
+
+def test_chip_id_mismatch_presented_with_the_evidence(pki: SimulatedPki) -> None:
+    m = mint(pki, "Milan", 3, "vcek", faults=[Fault.CHIP_ID_MISMATCH])
+    chain_only = {
+        "certs": [c for c in m.collateral["certs"] if c != m.leaf_der],
+        "crls": m.collateral["crls"],
+    }
+    with pytest.raises(AttestationError) as err:
+        verify_report(
+            m.report,
+            trust=pki.trust_store(),
+            collateral=SnpCollateral.from_der(**chain_only),
+            now=NOW,
+            endorsements=m.endorsements,
+        )
+    assert err.value.code is Code.SNP_CHIP_ID_MISMATCH
 
 
 FAULT_CASES = [

@@ -210,7 +210,7 @@ def test_turin_layout_fmc_and_short_hwid() -> None:
     assert claims.platform_id == TURIN_CHIP
     # A Turin VCEK without fmcSPL does not match a Turin REPORTED_TCB.
     no_fmc = turin.vcek({k: v for k, v in TURIN_TCB.items() if k != "fmc"}, TURIN_CHIP, "Turin")
-    assert _code(turin, report, [no_fmc]) is Code.SNP_ENDORSEMENT_NOT_FOUND
+    assert _code(turin, report, [no_fmc]) is Code.SNP_TCB_MISMATCH
 
 
 def test_crl_revokes_the_ask(milan: Minted) -> None:

@@ -217,7 +217,9 @@ def _expected_codes(report: bytes, offset: int) -> set[Code]:
         return {Code.SNP_REPORT_MALFORMED}
     if 0x182 <= offset < 0x186:  # reserved TCB_VERSION bytes on Milan/Genoa: only the signature covers them
         return {Code.SNP_SIGNATURE_INVALID}
-    if 0x180 <= offset < 0x188 or 0x1A0 <= offset < 0x1E0:
+    if 0x180 <= offset < 0x188:  # REPORTED_TCB: this chip's VCEK is held, but for another TCB
+        return {Code.SNP_TCB_MISMATCH}
+    if 0x1A0 <= offset < 0x1E0:  # CHIP_ID: no VCEK for that chip
         return {Code.SNP_ENDORSEMENT_NOT_FOUND}
     if 0x188 <= offset < 0x18A:  # CPUID family/model: another product, or the same one (signature)
         return {Code.SNP_PRODUCT_MISMATCH, Code.SNP_SIGNATURE_INVALID}
