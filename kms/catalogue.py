@@ -8,18 +8,17 @@ rotate cannot interleave. Time comes from the injected clock.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from kms.envelope.names import is_valid_key_name
 from kms.errors import CatalogueError, Code, OpenBaoError
 from kms.vault import Transit, WrappedKey
 
 DATA_KEY_BYTES = 32
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
 Clock = Callable[[], datetime]
 
@@ -143,7 +142,7 @@ class KeyStore(Protocol):
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not is_valid_key_name(name):
         shown = repr(name)[:60] if isinstance(name, str) else type(name).__name__  # bounded echo
         raise CatalogueError(f"invalid key name {shown}", code=Code.KEY_NAME_INVALID)
     return name

@@ -100,7 +100,7 @@ _DEFAULT_HINTS: dict[Code, str] = {
         "SOVEREIGN_BAO_SECRET_ID_FILE"
     ),
     Code.KMS_SERVER_START_FAILED: "read the server log tail in the message; is the port or data dir in use?",
-    Code.KEY_NAME_INVALID: "key names match [a-z0-9][a-z0-9._-]{0,127}",
+    Code.KEY_NAME_INVALID: "key names are 1-4 '/'-separated segments of [a-z0-9][a-z0-9._-]*, at most 128 characters",
     Code.KEY_NOT_FOUND: "list keys with: sovereign key list",
     Code.KEY_VERSION_NOT_FOUND: "list versions with: sovereign key list --json",
     Code.KEY_EXISTS: "key names are never reused, even after destroy; pick another name",

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ).set_defaults(func=_rotate_kek)
 
 
-def _catalogue(args: argparse.Namespace, *, bao: bool, operator: bool = False) -> Catalogue:
+def open_catalogue(args: argparse.Namespace, *, bao: bool, operator: bool = False) -> Catalogue:
     store = open_store(args.db or default_db())
     transit = OpenBaoTransit(bao_settings(args, operator=operator)) if bao else None
     return Catalogue(SqlKeyStore(store), transit, lambda: datetime.now(UTC))
@@ -75,7 +75,7 @@ def _show_record(args: argparse.Namespace, record_dict: dict[str, object], verb:
 
 def _create(args: argparse.Namespace) -> int:
     try:
-        record = _catalogue(args, bao=True).create(args.name, args.kind)
+        record = open_catalogue(args, bao=True).create(args.name, args.kind)
     except KmsError as err:
         return fail(err, as_json=args.json)
     return _show_record(args, record.to_dict(), "created")
@@ -83,7 +83,7 @@ def _create(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
-        record = _catalogue(args, bao=True).rotate(args.name)
+        record = open_catalogue(args, bao=True).rotate(args.name)
     except KmsError as err:
         return fail(err, as_json=args.json)
     return _show_record(args, record.to_dict(), "rotated")
@@ -91,7 +91,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
-        records = _catalogue(args, bao=False).list()
+        records = open_catalogue(args, bao=False).list()
     except KmsError as err:
         return fail(err, as_json=args.json)
     if args.json:
@@ -103,7 +103,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     try:
-        record = _catalogue(args, bao=False).describe(args.name)
+        record = open_catalogue(args, bao=False).describe(args.name)
     except KmsError as err:
         return fail(err, as_json=args.json)
     if args.json:
@@ -119,7 +119,7 @@ def _show(args: argparse.Namespace) -> int:
 def _lifecycle(action: str, verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            record = getattr(_catalogue(args, bao=False), action)(args.name)
+            record = getattr(open_catalogue(args, bao=False), action)(args.name)
         except KmsError as err:
             return fail(err, as_json=args.json)
         return _show_record(args, record.to_dict(), verb)
@@ -129,7 +129,7 @@ def _lifecycle(action: str, verb: str) -> Callable[[argparse.Namespace], int]:
 
 def _rotate_kek(args: argparse.Namespace) -> int:
     try:
-        catalogue = _catalogue(args, bao=True, operator=True)
+        catalogue = open_catalogue(args, bao=True, operator=True)
         version = catalogue.rotate_kek()
         report = catalogue.rewrap_all(version)
     except KmsError as err:

@@ -110,13 +110,36 @@ def code_of(fn, *args, **kwargs) -> Code:  # type: ignore[no-untyped-def]
     return info.value.code
 
 
-@pytest.mark.parametrize("name", ["a", "0", "imagenet-2024", "llama.v3_weights", "a" * 128, "x-._"])
+@pytest.mark.parametrize(
+    "name",
+    ["a", "0", "imagenet-2024", "llama.v3_weights", "a" * 128, "x-._", "dataset/imagenet", "model/llama/v3"],
+)
 def test_valid_names(name: str) -> None:
     assert validate_name(name) == name
 
 
 @pytest.mark.parametrize(
-    "name", ["", "A", "-a", ".a", "_a", "a b", "a/b", "a" * 129, "a\n", "ä", "a:b", "../etc"]
+    "name",
+    [
+        "",
+        "A",
+        "-a",
+        ".a",
+        "_a",
+        "a b",
+        "a" * 129,
+        "a\n",
+        "ä",
+        "a:b",
+        "../etc",
+        "a//b",
+        "a/",
+        "/a",
+        "a/./b",
+        "a/../b",
+        "a/b/c/d/e",
+        "a/" + "b" * 127,
+    ],
 )
 def test_invalid_names(name: str) -> None:
     assert code_of(validate_name, name) is Code.KEY_NAME_INVALID

@@ -1,0 +1,83 @@
+"""``sovereign dataset encrypt|decrypt``: the data owner's and the custodian's side of sealed streams.
+
+Encrypt takes the key's current version from the catalogue (unwrapped by OpenBao, in memory only) and
+writes a sealed stream whose header names ``NAME@vVERSION``; decrypt reads that name back from the header,
+so a file always opens with the version that sealed it. Output appears under its final name only when
+complete (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kms.catalogue import KeyKind
+from kms.envelope import read_header
+from kms.envelope.errors import EnvelopeError
+from kms.envelope.files import decrypt_file, encrypt_file
+from kms.envelope.names import format_key_ref, parse_key_ref
+from kms.errors import Code, KmsError
+from sovereign.cli._output import fail, print_json
+from sovereign.cli.key import open_catalogue
+from sovereign.cli.kms import add_bao_arguments
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("dataset", help="seal datasets with a catalogue key, or open them (custodian)")
+    cmds = parser.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("encrypt", "seal IN into OUT with the key's current version (chunked AES-256-GCM)"),
+        (
+            "decrypt",
+            "open a sealed stream with the key version named in its header (recovery by a custodian)",
+        ),
+    ):
+        p = cmds.add_parser(name, help=text, description=text)
+        p.add_argument("input", type=Path, metavar="IN")
+        p.add_argument("output", type=Path, metavar="OUT")
+        p.add_argument("--key", required=True, metavar="NAME", help="catalogue key name (kind dataset)")
+        p.add_argument("--db", type=Path, help="database file (default $SOVEREIGN_DB or var/sovereign.db)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        add_bao_arguments(p)
+        p.set_defaults(func=_encrypt if name == "encrypt" else _decrypt)
+
+
+def _encrypt(args: argparse.Namespace) -> int:
+    try:
+        key = open_catalogue(args, bao=True).unwrap(args.key, kind=KeyKind.DATASET)
+        info = encrypt_file(
+            key.plaintext, args.input, args.output, key_ref=format_key_ref(key.name, key.version)
+        )
+    except (KmsError, EnvelopeError) as err:
+        return fail(err, as_json=args.json)
+    except OSError as exc:
+        return fail(KmsError(f"{exc.filename}: {exc.strerror}", code=Code.STORAGE_ERROR), as_json=args.json)
+    return _report(args, "sealed", key.name, key.version, info.plaintext_bytes)
+
+
+def _decrypt(args: argparse.Namespace) -> int:
+    try:
+        with args.input.open("rb") as src:
+            header = read_header(src)
+        ref = parse_key_ref(header.key_ref)
+        if ref is None or ref[0] != args.key:
+            raise KmsError(
+                f"{args.input} was sealed with key {header.key_ref.decode('ascii', 'replace')!r}, not {args.key!r}",
+                code=Code.KEY_NOT_FOUND,
+                hint="pass the key named in the file's header with --key",
+            )
+        key = open_catalogue(args, bao=True).unwrap(ref[0], ref[1], kind=KeyKind.DATASET)
+        info = decrypt_file(key.plaintext, args.input, args.output)
+    except (KmsError, EnvelopeError) as err:
+        return fail(err, as_json=args.json)
+    except OSError as exc:
+        return fail(KmsError(f"{exc.filename}: {exc.strerror}", code=Code.STORAGE_ERROR), as_json=args.json)
+    return _report(args, "opened", key.name, key.version, info.plaintext_bytes)
+
+
+def _report(args: argparse.Namespace, verb: str, name: str, version: int, size: int) -> int:
+    if args.json:
+        print_json({"ok": True, "key": name, "version": version, "bytes": size, "output": str(args.output)})
+    else:
+        print(f"{verb} {args.input} -> {args.output} ({size} bytes) with {name} v{version}")
+    return 0
