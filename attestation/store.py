@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.utils import CryptographyDeprecationWarning
 
+from attestation import collateral_bundle
 from attestation.collateral import Collateral, CollateralItem, ItemKind, classify
 from attestation.errors import AttestationError, ChainInvalid, Code, CollateralError
+from attestation.freshness import check_rollback, earliest_next_update, status_rows
 from attestation.trust import TrustStore
 
 INDEX_VERSION = 1
@@ -40,9 +43,13 @@ class ImportReport:
     added: list[dict[str, Any]] = field(default_factory=list)
     unchanged: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    earliest_next_update: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"added": self.added, "unchanged": self.unchanged, "warnings": self.warnings}
+        out: dict[str, Any] = {"added": self.added, "unchanged": self.unchanged, "warnings": self.warnings}
+        if self.earliest_next_update:
+            out["earliest_next_update"] = self.earliest_next_update
+        return out
 
 
 def _store_error(message: str) -> CollateralError:
@@ -88,6 +95,12 @@ class CollateralStore:
         """Everything in the store as verifier-ready collateral."""
         return Collateral.from_items(self.items())
 
+    def status(self, now: datetime) -> tuple[list[dict[str, str]], datetime | None]:
+        """What expires when (soonest first), and the earliest nextUpdate of any CRL / TCB info / QE id."""
+        items = self.items()
+        sources = [str(e.get("source", "")) for e in self.entries()]
+        return status_rows(zip(items, sources, strict=True), now), earliest_next_update(items)
+
     # -- writing -------------------------------------------------------------------------------
     def import_files(
         self, paths: Sequence[Path], *, trust: TrustStore, now: datetime, source_names: Sequence[str] = ()
@@ -105,14 +118,27 @@ class CollateralStore:
             batch.extend((item, name) for item in classify(data, name))
         return self.import_items(batch, trust=trust, now=now)
 
+    def import_bundle(
+        self, data: bytes, *, signers: Sequence[Ed25519PublicKey], trust: TrustStore, now: datetime
+    ) -> ImportReport:
+        """A signed collateral bundle: its signature first, then every item as ``import_items``."""
+        opened = collateral_bundle.open_bundle(data, signers)
+        report = self.import_items(opened.items, trust=trust, now=now)
+        report.earliest_next_update = opened.earliest_next_update
+        return report
+
     def import_items(
         self, batch: Sequence[tuple[CollateralItem, str]], *, trust: TrustStore, now: datetime
     ) -> ImportReport:
+        """All or nothing: chains to pinned roots, vendor signatures, no rollback, then stored."""
         report = ImportReport()
         with self._locked():
             existing = self.entries()
             known = {e["sha256"] for e in existing}
-            candidates = self.items() + [item for item, _ in batch]
+            held = self.items()
+            fresh = [item for item, _ in batch if item.sha256 not in known]
+            check_rollback(held, fresh)
+            candidates = held + [item for item, _ in batch]
             report.warnings.extend(check_items(candidates, [i for i, _ in batch], trust=trust, now=now))
             new_entries = list(existing)
             self._objects.mkdir(parents=True, exist_ok=True)
@@ -179,6 +205,8 @@ def check_items(
     for c in certs:
         by_subject.setdefault(c.subject.rfc4514_string(), []).append(c)
     for item in new:
+        if item.kind is ItemKind.CRL:
+            _check_crl(item, by_subject, warns)
         if item.kind is not ItemKind.CERTIFICATE:
             continue
         cert = _load(item.data)
@@ -186,10 +214,36 @@ def check_items(
             warns.append(f"{item.describe()} expired {cert.not_valid_after_utc.isoformat()}")
         _check_chain(cert, by_subject, trust, warns, item.describe())
     try:
-        Collateral.from_items(everything)
+        built = Collateral.from_items(everything)
     except AttestationError as exc:
         raise CollateralError(f"collateral rejected: {exc.message}", code=Code.COLLATERAL_REJECTED) from None
+    if built.tdx.unverifiable:
+        raise CollateralError(
+            f"{', '.join(built.tdx.unverifiable)}: no Intel TCB Signing certificate chain to verify its signature",
+            code=Code.COLLATERAL_REJECTED,
+            hint="import the TCB-Info-Issuer-Chain / SGX-Enclave-Identity-Issuer-Chain certificates with it",
+        )
     return warns
+
+
+def _check_crl(item: CollateralItem, by_subject: dict[str, list[x509.Certificate]], warns: list[str]) -> None:
+    """A CRL must be signed by a known certificate named as its issuer (AMD ARK/ASK, Intel CAs)."""
+    crl = x509.load_der_x509_crl(item.data)
+    issuers = by_subject.get(crl.issuer.rfc4514_string(), [])
+    if not issuers:
+        warns.append(f"{item.describe()}: issuer not in the store yet, signature not checked")
+        return
+    for issuer in issuers:
+        try:
+            if crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+                return
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            continue
+    raise CollateralError(
+        f"{item.describe()} is not signed by its issuer '{crl.issuer.rfc4514_string()}'",
+        code=Code.COLLATERAL_REJECTED,
+        hint="the CRL was altered or is not AMD's/Intel's; fetch it again",
+    )
 
 
 def _check_chain(

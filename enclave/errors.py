@@ -21,6 +21,19 @@ class NodeCode(StrEnum):
     REPORT_DATA_INVALID = "REPORT_DATA_INVALID"
     # Node identity
     IDENTITY_INVALID = "IDENTITY_INVALID"
+    # Node agent: configuration, control-plane calls, key release, local files
+    CONFIG_INVALID = "CONFIG_INVALID"
+    CONTROL_PLANE_UNAVAILABLE = "CONTROL_PLANE_UNAVAILABLE"
+    CONTROL_PLANE_ERROR = "CONTROL_PLANE_ERROR"
+    REQUEST_REFUSED = "REQUEST_REFUSED"
+    REGISTRATION_REJECTED = "REGISTRATION_REJECTED"
+    NODE_NOT_ATTESTED = "NODE_NOT_ATTESTED"
+    RELEASE_DENIED = "RELEASE_DENIED"
+    RELEASE_RESPONSE_INVALID = "RELEASE_RESPONSE_INVALID"
+    RELEASE_AAD_MISMATCH = "RELEASE_AAD_MISMATCH"
+    SEALED_KEY_INVALID = "SEALED_KEY_INVALID"
+    KEY_REF_MISMATCH = "KEY_REF_MISMATCH"
+    KEY_OUTPUT_UNSAFE = "KEY_OUTPUT_UNSAFE"
 
 
 _DEFAULT_HINTS: dict[NodeCode, str] = {
@@ -36,6 +49,22 @@ _DEFAULT_HINTS: dict[NodeCode, str] = {
     ),
     NodeCode.REPORT_DATA_INVALID: "report data must be exactly 64 bytes (see attestation.binding)",
     NodeCode.IDENTITY_INVALID: "create a fresh NodeIdentity inside the TEE and register again",
+    NodeCode.CONFIG_INVALID: "fix the node agent's options (see `sovereign node --help`)",
+    NodeCode.CONTROL_PLANE_UNAVAILABLE: (
+        "check --server, the network path and that the pinned CA (--ca) signed the server certificate; retry"
+    ),
+    NodeCode.CONTROL_PLANE_ERROR: "the control plane failed or answered out of contract; see its log",
+    NodeCode.REQUEST_REFUSED: "the control plane refused the request as malformed; check the agent version",
+    NodeCode.REGISTRATION_REJECTED: "read the reasons; fix the image, TCB or policy, then register again",
+    NodeCode.NODE_NOT_ATTESTED: "register (and wait for operator approval if pending) before asking for keys",
+    NodeCode.RELEASE_DENIED: "read the server reason; an operator can check the node, key and release policy",
+    NodeCode.RELEASE_RESPONSE_INVALID: "do not use this reply; report it, the control plane may be compromised",
+    NodeCode.RELEASE_AAD_MISMATCH: (
+        "the server's AAD does not match this request; the key was refused, report it to the operators"
+    ),
+    NodeCode.SEALED_KEY_INVALID: "the sealed key did not open with this node's key; re-register and retry",
+    NodeCode.KEY_REF_MISMATCH: "the file was sealed under another key; pass the key it names, or none",
+    NodeCode.KEY_OUTPUT_UNSAFE: "write keys only to a new file on a tmpfs (e.g. under /dev/shm or /run/user)",
 }
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from kms.storage.control_migrations import v2_control_plane
 from kms.storage.schema import UtcDateTime
 
 
@@ -75,6 +76,7 @@ def _v1_key_catalogue(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [
     Migration(1, "key catalogue", _v1_key_catalogue),
+    Migration(2, "control plane (nonces, nodes, grants, denials, policies)", v2_control_plane),
 ]
 
 

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Install or upgrade sovereign from this offline bundle. Verifies the manifest signature against the
+# release public key the site already holds (--public-key) and every file's SHA-256 before anything is
+# written, then installs into a fresh virtual environment with pip --no-index --require-hashes.
+#   sudo ./install.sh --public-key /etc/sovereign/release.pub.pem [--prefix /opt/sovereign]
+#        [--config-dir /etc/sovereign] [--data-dir /var/lib/sovereign] [--verify-only]
+# Needs: Python 3.11 matching the bundle (python3, or set SOVEREIGN_PYTHON) and OpenSSL >= 3.0.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+py=${SOVEREIGN_PYTHON:-python3}
+command -v "$py" >/dev/null 2>&1 || { echo "error: $py not found (set SOVEREIGN_PYTHON)" >&2; exit 2; }
+# -I: ignore PYTHON* variables and the user's site-packages while the bundle is checked.
+exec "$py" -I "$here/install.py" --bundle "$here" "$@"

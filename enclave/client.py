@@ -1,0 +1,394 @@
+"""The node's gRPC client for the control plane (Attestation, KeyRelease).
+
+The only place on the node that sees generated protobuf types: requests are built here from plain
+values and replies come back as the small dataclasses below. A failed RPC becomes a
+``ControlPlaneError`` (a ``NodeError``) carrying the server's stable reason code, read from the
+``grpc-status-details-bin`` trailer (an ``ErrorStatus`` packing one ``ErrorDetail``, see
+proto/README.md). The channel is TLS with the control plane's CA pinned as the only root, unless
+``insecure_dev`` is set explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
+
+from attestation.claims import Tee
+from enclave.errors import NodeCode, NodeError
+from enclave.identity import NodeIdentity
+from enclave.providers.base import Evidence
+from enclave.release_request import PURPOSES, ReleaseGrant, SignedRelease
+from proto.sovereign.v1 import (
+    attestation_pb2,
+    attestation_pb2_grpc,
+    common_pb2,
+    key_release_pb2,
+    key_release_pb2_grpc,
+)
+
+TRAILER = "grpc-status-details-bin"
+ERROR_DETAIL_TYPE = "type.googleapis.com/sovereign.v1.ErrorDetail"
+DEFAULT_TIMEOUT = 10.0
+MAX_TEXT = 1024
+_REASON_CODE = re.compile(r"[A-Z0-9_]{1,64}")
+_TEE_WIRE = {Tee.SNP: common_pb2.TEE_SNP, Tee.TDX: common_pb2.TEE_TDX}
+_PURPOSE_OUT = {common_pb2.PURPOSE_READ: "read", common_pb2.PURPOSE_WRITE: "write"}
+_SC = grpc.StatusCode
+_UNREACHABLE = {_SC.UNAVAILABLE, _SC.DEADLINE_EXCEEDED, _SC.CANCELLED, _SC.RESOURCE_EXHAUSTED}
+_MALFORMED = {_SC.INVALID_ARGUMENT, _SC.OUT_OF_RANGE, _SC.UNIMPLEMENTED}
+_DENIED = {
+    _SC.PERMISSION_DENIED,
+    _SC.FAILED_PRECONDITION,
+    _SC.NOT_FOUND,
+    _SC.UNAUTHENTICATED,
+    _SC.ALREADY_EXISTS,
+    _SC.ABORTED,
+}
+T = TypeVar("T")
+
+
+class NodeState(StrEnum):
+    ATTESTED = "ATTESTED"
+    PENDING_APPROVAL = "PENDING_APPROVAL"
+    REJECTED = "REJECTED"
+    SUSPENDED = "SUSPENDED"
+    REVOKED = "REVOKED"
+
+
+_STATE_OUT = {
+    common_pb2.NODE_STATE_ATTESTED: NodeState.ATTESTED,
+    common_pb2.NODE_STATE_PENDING_APPROVAL: NodeState.PENDING_APPROVAL,
+    common_pb2.NODE_STATE_REJECTED: NodeState.REJECTED,
+    common_pb2.NODE_STATE_SUSPENDED: NodeState.SUSPENDED,
+    common_pb2.NODE_STATE_REVOKED: NodeState.REVOKED,
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    message: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_id: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: bytes
+    expires_at: datetime
+    accepted_suites: tuple[bytes, ...]  # 6-byte kem_id || kdf_id || aead_id, most preferred first
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The outcome of Register or Renew."""
+
+    node_id: str
+    state: NodeState
+    lease: Lease | None
+    reasons: tuple[Reason, ...]
+    groups: tuple[str, ...]
+    policy_version: int
+    audit_sequence: int
+    simulated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "state": self.state.value,
+            "lease": None
+            if self.lease is None
+            else {
+                "lease_id": self.lease.lease_id,
+                "issued_at": self.lease.issued_at.isoformat(),
+                "expires_at": self.lease.expires_at.isoformat(),
+            },
+            "reasons": [vars(r) for r in self.reasons],
+            "groups": list(self.groups),
+            "policy_version": self.policy_version,
+            "audit_sequence": self.audit_sequence,
+            "simulated": self.simulated,
+        }
+
+
+class ControlPlaneError(NodeError):
+    """A failed RPC. ``reason`` is the server's stable code (ErrorDetail.reason), empty if none came."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: NodeCode,
+        status: str,
+        reason: str = "",
+        hint: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, hint=hint)
+        self.status = status
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    def to_dict(self) -> dict[str, str]:
+        out = super().to_dict()
+        out.update(status=self.status, reason=self.reason)
+        return out
+
+
+@dataclass(frozen=True)
+class ServerDetail:
+    reason: str
+    domain: str
+    hint: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _text(value: str) -> str:
+    return value[:MAX_TEXT]
+
+
+def parse_error_detail(trailing: Iterable[tuple[str, str | bytes]] | None) -> ServerDetail | None:
+    """The ErrorDetail in a call's ``grpc-status-details-bin`` trailer; None if absent or malformed."""
+    for key, value in trailing or ():
+        if key != TRAILER or not isinstance(value, bytes):
+            continue
+        try:
+            status = common_pb2.ErrorStatus.FromString(value)
+            if len(status.details) != 1 or status.details[0].type_url != ERROR_DETAIL_TYPE:
+                return None
+            detail = common_pb2.ErrorDetail()
+            status.details[0].Unpack(detail)
+        except DecodeError:
+            return None
+        if not _REASON_CODE.fullmatch(detail.reason):
+            return None
+        metadata = {_text(k)[:64]: _text(v) for k, v in list(detail.metadata.items())[:16]}
+        return ServerDetail(detail.reason, _text(detail.domain), _text(detail.hint), metadata)
+    return None
+
+
+def error_from_rpc(err: grpc.RpcError, *, call: str, denied: NodeCode) -> ControlPlaneError:
+    """Map a failed call to a ``ControlPlaneError``; ``denied`` is the code for a refusal by the server."""
+    status: grpc.StatusCode = err.code() if hasattr(err, "code") else _SC.UNKNOWN
+    details = _text(str(err.details() or "")) if hasattr(err, "details") else ""
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    detail = parse_error_detail(trailing)  # type: ignore[arg-type]  # stubs type pairs as _Metadatum
+    if status in _UNREACHABLE:
+        code = NodeCode.CONTROL_PLANE_UNAVAILABLE
+    elif status in _MALFORMED:
+        code = NodeCode.REQUEST_REFUSED
+    elif status in _DENIED:
+        code = denied
+    else:
+        code = NodeCode.CONTROL_PLANE_ERROR
+    reason = detail.reason if detail else ""
+    what = f"{call} failed with {status.name}" + (f" ({reason})" if reason else "")
+    return ControlPlaneError(
+        f"{what}: {details}" if details else what,
+        code=code,
+        status=status.name,
+        reason=reason,
+        hint=detail.hint if detail and detail.hint else None,
+        metadata=detail.metadata if detail else None,
+    )
+
+
+def _bad_reply(call: str, message: str) -> ControlPlaneError:
+    return ControlPlaneError(
+        f"{call} reply is out of contract: {message}", code=NodeCode.CONTROL_PLANE_ERROR, status="OK"
+    )
+
+
+def _time(call: str, msg: Any, name: str) -> datetime:
+    if not msg.HasField(name):
+        raise _bad_reply(call, f"{name} is missing")
+    stamp: timestamp_pb2.Timestamp = getattr(msg, name)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise _bad_reply(call, f"{name} is out of range") from None
+
+
+def _suite_bytes(suite: attestation_pb2.KemSuite) -> bytes:
+    ids = (suite.kem_id, suite.kdf_id, suite.aead_id)
+    if max(ids) > 0xFFFF:
+        return b""
+    return b"".join(i.to_bytes(2, "big") for i in ids)
+
+
+def _keys(identity: NodeIdentity) -> attestation_pb2.NodeKeys:
+    suite = identity.suite
+    return attestation_pb2.NodeKeys(
+        kem_suite=attestation_pb2.KemSuite(kem_id=suite.kem_id, kdf_id=suite.kdf_id, aead_id=suite.aead_id),
+        kem_public_key=identity.kem_public,
+        signing_public_key=identity.signing_public,
+    )
+
+
+def _evidence(evidence: Evidence) -> attestation_pb2.Evidence:
+    return attestation_pb2.Evidence(
+        tee=_TEE_WIRE[evidence.tee],
+        report=evidence.blob,
+        endorsements=[attestation_pb2.Endorsement(der=der) for der in evidence.endorsements],
+    )
+
+
+def _registration(call: str, msg: attestation_pb2.AttestationResult) -> Registration:
+    state = _STATE_OUT.get(msg.state)
+    if state is None:
+        raise _bad_reply(call, f"unknown node state {msg.state}")
+    lease = None
+    if msg.HasField("lease"):
+        lease = Lease(
+            msg.lease.lease_id, _time(call, msg.lease, "issued_at"), _time(call, msg.lease, "expires_at")
+        )
+    if state is NodeState.ATTESTED and (not msg.node_id or lease is None):
+        raise _bad_reply(call, "an ATTESTED result must carry a node id and a lease")
+    return Registration(
+        node_id=msg.node_id,
+        state=state,
+        lease=lease,
+        reasons=tuple(Reason(r.code, _text(r.message), _text(r.hint)) for r in msg.reasons),
+        groups=tuple(msg.groups),
+        policy_version=msg.policy_version,
+        audit_sequence=msg.audit_sequence,
+        simulated=msg.HasField("claims") and msg.claims.simulated,
+    )
+
+
+def _grant(msg: key_release_pb2.ReleaseResponse) -> ReleaseGrant:
+    purpose = _PURPOSE_OUT.get(msg.purpose)
+    if purpose is None or purpose not in PURPOSES:
+        raise _bad_reply("ReleaseKey", f"unknown purpose {msg.purpose}")
+    if not msg.sealed_key or not msg.aad:
+        raise _bad_reply("ReleaseKey", "sealed_key and aad are required")
+    return ReleaseGrant(
+        sealed_key=bytes(msg.sealed_key),
+        key_name=msg.key_name,
+        key_version=msg.key_version,
+        purpose=purpose,
+        audit_sequence=msg.audit_sequence,
+        lease_expires_at=_time("ReleaseKey", msg, "lease_expires_at"),
+        aad=bytes(msg.aad),
+    )
+
+
+class ControlPlaneClient:
+    """Typed calls to the node-facing services. Thread-safe (one gRPC channel)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        ca_pem: bytes | None = None,
+        insecure_dev: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        server_name: str | None = None,
+    ) -> None:
+        if not target or not isinstance(target, str):
+            raise NodeError("the control-plane address is empty", code=NodeCode.CONFIG_INVALID)
+        if insecure_dev and ca_pem is not None:
+            raise NodeError(
+                "both a pinned CA and insecure_dev were given; choose one", code=NodeCode.CONFIG_INVALID
+            )
+        if not insecure_dev and not ca_pem:
+            raise NodeError(
+                "no control-plane CA to pin: pass the CA certificate (PEM) or, for development only, "
+                "insecure_dev=True",
+                code=NodeCode.CONFIG_INVALID,
+            )
+        if not timeout > 0:
+            raise NodeError("timeout must be positive", code=NodeCode.CONFIG_INVALID)
+        self.target = target
+        self.timeout = timeout
+        self.insecure_dev = insecure_dev
+        if insecure_dev:
+            self._channel = grpc.insecure_channel(target)
+        else:
+            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        self._attestation = attestation_pb2_grpc.AttestationStub(self._channel)
+        self._release = key_release_pb2_grpc.KeyReleaseStub(self._channel)
+
+    def __repr__(self) -> str:
+        mode = "insecure-dev" if self.insecure_dev else "tls-pinned"
+        return f"ControlPlaneClient(target={self.target!r}, {mode})"
+
+    def __enter__(self) -> ControlPlaneClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, name: str, fn: Callable[..., T], request: Any, denied: NodeCode) -> T:
+        try:
+            return fn(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, call=name, denied=denied) from None
+
+    def challenge(self, node_name: str) -> Challenge:
+        reply = self._call(
+            "Challenge",
+            self._attestation.Challenge,
+            attestation_pb2.ChallengeRequest(node_name=node_name),
+            NodeCode.REGISTRATION_REJECTED,
+        )
+        if len(reply.nonce) != 32 or not reply.accepted_kem_suites:
+            raise _bad_reply("Challenge", "expected a 32-byte nonce and at least one accepted KEM suite")
+        return Challenge(
+            bytes(reply.nonce),
+            _time("Challenge", reply, "expires_at"),
+            tuple(_suite_bytes(s) for s in reply.accepted_kem_suites),
+        )
+
+    def register(
+        self,
+        *,
+        nonce: bytes,
+        evidence: Evidence,
+        identity: NodeIdentity,
+        node_name: str,
+        groups: Sequence[str] = (),
+    ) -> Registration:
+        """Register; ``identity`` contributes its public keys only."""
+        request = attestation_pb2.RegisterRequest(
+            nonce=nonce,
+            evidence=_evidence(evidence),
+            keys=_keys(identity),
+            node_name=node_name,
+            requested_groups=list(groups),
+        )
+        reply = self._call("Register", self._attestation.Register, request, NodeCode.REGISTRATION_REJECTED)
+        return _registration("Register", reply)
+
+    def renew(
+        self, *, node_id: str, nonce: bytes, evidence: Evidence, identity: NodeIdentity
+    ) -> Registration:
+        request = attestation_pb2.RenewRequest(
+            node_id=node_id, nonce=nonce, evidence=_evidence(evidence), keys=_keys(identity)
+        )
+        reply = self._call("Renew", self._attestation.Renew, request, NodeCode.REGISTRATION_REJECTED)
+        return _registration("Renew", reply)
+
+    def release_key(self, signed: SignedRelease) -> ReleaseGrant:
+        request = key_release_pb2.ReleaseRequest(body=signed.body, signature=signed.signature)
+        reply = self._call("ReleaseKey", self._release.ReleaseKey, request, NodeCode.RELEASE_DENIED)
+        return _grant(reply)

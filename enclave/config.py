@@ -1,0 +1,128 @@
+"""Node-agent settings and the objects built from them (client, evidence provider).
+
+Settings come from the command line, falling back to ``SOVEREIGN_NODE_*`` environment variables. A
+simulated provider cannot be built here: its evidence is signed by a ``SimulatedPki`` that exists
+only in the memory of the process that generated it, and the simulator has no way to hand that PKI
+to another process. Simulated nodes therefore run in the same process as the PKI the control plane
+trusts (tests, ``./dev demo``), where ``enclave.providers.simulated_snp/simulated_tdx`` take it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from enclave.client import DEFAULT_TIMEOUT, ControlPlaneClient
+from enclave.errors import NodeCode, NodeError
+from enclave.providers import PROVIDER_NAMES, EvidenceProvider, detect_provider
+
+PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
+SIMULATED = frozenset({"simulated-snp", "simulated-tdx"})
+ENV_PREFIX = "SOVEREIGN_NODE_"
+DEFAULT_RENEW_MARGIN = timedelta(seconds=60)
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _invalid(message: str, hint: str | None = None) -> NodeError:
+    return NodeError(message, code=NodeCode.CONFIG_INVALID, hint=hint)
+
+
+def check_label(value: str, what: str) -> str:
+    if not _LABEL.fullmatch(value):
+        raise _invalid(f"{what} {value!r} is not an RFC 1123 label (1-63 of [a-z0-9-], no '-' at the ends)")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    server: str
+    node_name: str
+    ca: Path | None = None
+    insecure_dev: bool = False
+    provider: str = "auto"
+    groups: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    renew_margin: timedelta = DEFAULT_RENEW_MARGIN
+
+    def __post_init__(self) -> None:
+        if not self.server:
+            raise _invalid("no control-plane address", hint="pass --server HOST:PORT")
+        check_label(self.node_name, "node name")
+        for group in self.groups:
+            check_label(group, "group")
+        if self.provider not in PROVIDER_CHOICES:
+            raise _invalid(f"unknown provider {self.provider!r}; choose one of {', '.join(PROVIDER_CHOICES)}")
+        if self.ca is None and not self.insecure_dev:
+            raise _invalid(
+                "no control-plane CA to pin",
+                hint="pass --ca FILE (the control plane's CA certificate, PEM); --insecure-dev only for development",
+            )
+        if self.ca is not None and self.insecure_dev:
+            raise _invalid("--ca and --insecure-dev exclude each other")
+        if not self.timeout > 0 or self.renew_margin <= timedelta(0):
+            raise _invalid("timeout and renewal margin must be positive")
+
+    @classmethod
+    def resolve(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        server: str | None = None,
+        node_name: str | None = None,
+        ca: Path | None = None,
+        insecure_dev: bool = False,
+        provider: str | None = None,
+        groups: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> NodeConfig:
+        """Explicit values win over ``SOVEREIGN_NODE_*`` variables (SERVER, NAME, CA, PROVIDER, GROUPS)."""
+        env = os.environ if environ is None else environ
+
+        def pick(value: str | None, name: str) -> str | None:
+            return value if value is not None else env.get(ENV_PREFIX + name)
+
+        env_ca = pick(None, "CA")
+        env_groups = pick(None, "GROUPS")
+        return cls(
+            server=pick(server, "SERVER") or "",
+            node_name=pick(node_name, "NAME") or "",
+            ca=ca if ca is not None else (Path(env_ca) if env_ca and not insecure_dev else None),
+            insecure_dev=insecure_dev,
+            provider=pick(provider, "PROVIDER") or "auto",
+            groups=tuple(groups)
+            if groups is not None
+            else tuple(g for g in (env_groups or "").split(",") if g),
+            timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+        )
+
+
+def build_client(config: NodeConfig) -> ControlPlaneClient:
+    ca_pem = None
+    if config.ca is not None:
+        try:
+            ca_pem = config.ca.read_bytes()
+        except OSError as exc:
+            raise _invalid(f"cannot read the CA file {config.ca}: {exc.strerror}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
+            raise _invalid(f"{config.ca} holds no PEM certificate")
+    return ControlPlaneClient(
+        config.server, ca_pem=ca_pem, insecure_dev=config.insecure_dev, timeout=config.timeout
+    )
+
+
+def build_provider(config: NodeConfig) -> EvidenceProvider:
+    """The configured hardware provider; simulated ones are refused here (see the module doc)."""
+    if config.provider in SIMULATED:
+        raise NodeError(
+            f"the {config.provider} provider cannot run as a separate node process: its evidence must be "
+            "signed by the same SimulatedPki the control plane trusts, and that PKI lives only in the "
+            "memory of the process that generated it (attestation.simulate cannot save or load one)",
+            code=NodeCode.PROVIDER_UNAVAILABLE,
+            hint="drive simulated nodes in-process: NodeAgent with enclave.providers.simulated_snp(pki) "
+            "(see tests/e2e/test_node_agent.py); or run on SEV-SNP/TDX hardware",
+        )
+    return detect_provider(prefer=None if config.provider == "auto" else config.provider)

@@ -1,0 +1,402 @@
+"""Registration and renewal (DESIGN.md, Protocol 1-3) as a plain use case.
+
+Order of checks: the request's shape (malformed input fails before any state changes), then the nonce
+is spent and committed, then evidence verification, report-data binding and appraisal. Every failure
+after the shape check is a REJECTED outcome with coded reasons, not an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from attestation.binding import verify_binding
+from attestation.claims import Claims
+from attestation.errors import AttestationError
+from attestation.evidence import detect_tee
+from kms.clock import Clock
+from kms.envelope import SUITES, Suite, load_public_key
+from kms.envelope.errors import EnvelopeError
+from kms.errors import Code, KmsError
+from kms.metrics import Metrics
+from kms.nonces import Challenge, NonceError, Nonces, require_label
+from kms.policy_source import ActivePolicy, PolicySource
+from kms.registry import (
+    Lease,
+    NodeRecord,
+    NodeState,
+    canonical_json,
+    claims_digest,
+    lease_values,
+    new_lease,
+    new_node_id,
+    reason_dicts,
+)
+from kms.storage.nodes import SqlNodes
+from kms.storage.store import Store
+from kms.verifier import EvidenceVerifier
+from policies import Verdict, appraise
+from policies.errors import PolicyError
+
+MAX_GROUPS = 32
+MAX_ENDORSEMENTS = 8
+MAX_REPORT = 64 << 10
+SIGNING_KEY_BYTES = 32
+ACCEPTED_SUITES: tuple[Suite, ...] = tuple(SUITES.values())
+# An operator's suspension is lifted only by an operator; a policy suspension also by a passing Renew.
+OPERATOR_SUSPENSION = Code.NODE_SUSPENDED_BY_OPERATOR.value
+
+
+class Outcome(StrEnum):
+    ATTESTED = "attested"
+    PENDING_APPROVAL = "pending"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class NodeKeys:
+    kem_suite: bytes  # 6 bytes: kem_id || kdf_id || aead_id
+    kem_public: bytes
+    signing_public: bytes
+
+
+@dataclass(frozen=True)
+class EvidenceInput:
+    tee: str  # "snp" or "tdx" as declared by the node
+    report: bytes = field(repr=False)
+    endorsements: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class RegisterInput:
+    nonce: bytes
+    evidence: EvidenceInput
+    keys: NodeKeys
+    node_name: str
+    requested_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RenewInput:
+    node_id: str
+    nonce: bytes
+    evidence: EvidenceInput
+    keys: NodeKeys
+
+
+@dataclass(frozen=True)
+class AttestationOutcome:
+    node_id: str
+    outcome: Outcome
+    lease: Lease | None
+    reasons: tuple[dict[str, str], ...]
+    claims: Claims | None
+    groups: tuple[str, ...]
+    policy_version: int
+
+
+class _Rejected(Exception):
+    def __init__(self, reasons: list[dict[str, str]], claims: Claims | None = None) -> None:
+        super().__init__(reasons[0]["code"] if reasons else "rejected")
+        self.reasons = reasons
+        self.claims = claims
+
+
+def _reject(code: Code | str, message: str, hint: str = "") -> _Rejected:
+    return _Rejected([{"code": str(code), "message": message, "hint": hint}])
+
+
+def _invalid(message: str) -> KmsError:
+    return KmsError(message, code=Code.REQUEST_INVALID)
+
+
+# --- shape checks (before any state changes) -------------------------------------------------------
+
+
+def check_keys(keys: NodeKeys) -> Suite:
+    suite = next((s for s in ACCEPTED_SUITES if s.id_bytes() == keys.kem_suite), None)
+    if suite is None:
+        raise _invalid(f"KEM suite {keys.kem_suite.hex()} is not accepted by this server")
+    if len(keys.kem_public) != suite.public_key_len:
+        raise _invalid(f"kem_public_key must be {suite.public_key_len} bytes for {suite.name}")
+    try:
+        load_public_key(suite, keys.kem_public)
+    except (EnvelopeError, ValueError):
+        raise _invalid(f"kem_public_key is not a valid {suite.name} public key") from None
+    if len(keys.signing_public) != SIGNING_KEY_BYTES:
+        raise _invalid("signing_public_key must be a 32-byte Ed25519 public key")
+    return suite
+
+
+def check_evidence(evidence: EvidenceInput) -> None:
+    if evidence.tee not in ("snp", "tdx"):
+        raise _invalid("evidence.tee must be TEE_SNP or TEE_TDX")
+    if not 1 <= len(evidence.report) <= MAX_REPORT:
+        raise _invalid(f"evidence.report must be 1 byte to {MAX_REPORT} bytes")
+    if len(evidence.endorsements) > MAX_ENDORSEMENTS:
+        raise _invalid(f"at most {MAX_ENDORSEMENTS} endorsements")
+    if evidence.tee == "tdx" and evidence.endorsements:
+        raise _invalid("endorsements are only for SNP evidence")
+    if any(not 1 <= len(e) <= 16 << 10 for e in evidence.endorsements):
+        raise _invalid("each endorsement must be 1 byte to 16 KiB of DER")
+
+
+def check_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    if len(groups) > MAX_GROUPS:
+        raise _invalid(f"at most {MAX_GROUPS} groups")
+    for g in groups:
+        require_label(g, "group")
+    return tuple(dict.fromkeys(groups))
+
+
+def granted_groups(requested: Sequence[str], eligible: Sequence[str]) -> tuple[str, ...]:
+    """What the node gets: the eligible groups it asked for (all eligible ones if it asked for none)."""
+    return tuple(g for g in eligible if not requested or g in requested)
+
+
+# --- the use case -----------------------------------------------------------------------------------
+
+
+class Attestation:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        nonces: Nonces,
+        verifier: EvidenceVerifier,
+        policies: PolicySource,
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._nodes = SqlNodes(store)
+        self._nonces = nonces
+        self._verifier = verifier
+        self._policies = policies
+        self._clock = clock
+        self._metrics = metrics
+
+    def challenge(self, node_name: str) -> tuple[Challenge, tuple[Suite, ...]]:
+        return self._nonces.issue(node_name), ACCEPTED_SUITES
+
+    def register(self, req: RegisterInput) -> AttestationOutcome:
+        require_label(req.node_name, "node name")
+        check_keys(req.keys)
+        check_evidence(req.evidence)
+        requested = check_groups(req.requested_groups)
+        if len(req.nonce) != 32:
+            raise _invalid("nonce must be 32 bytes")
+        policy = self._policies.active()
+        try:
+            self._spend(req.nonce, req.node_name)
+            claims = self._verify(req.evidence, req.nonce, req.keys)
+            appraisal = self._appraise(policy, claims)
+        except _Rejected as rej:
+            return self._rejected("", rej, policy)
+        now = self._clock()
+        reasons = reason_dicts(appraisal.reasons)
+        if appraisal.verdict is Verdict.REJECTED:
+            return self._rejected("", _Rejected(reasons, claims), policy)
+        groups = granted_groups(requested, appraisal.groups)
+        if not groups:
+            return self._rejected(
+                "",
+                _Rejected(
+                    [
+                        {
+                            "code": Code.NODE_GROUPS_DENIED.value,
+                            "message": "none of the requested groups "
+                            f"[{', '.join(requested)}] is open to this node",
+                            "hint": "",
+                        }
+                    ],
+                    claims,
+                ),
+                policy,
+            )
+        attested = appraisal.verdict is Verdict.ATTESTED
+        lease = new_lease(now, policy.policy.release.lease_seconds) if attested else None
+        record = NodeRecord(
+            node_id=new_node_id(),
+            node_name=req.node_name,
+            state=NodeState.ATTESTED if attested else NodeState.PENDING,
+            tee=claims.tee.value,
+            kem_suite=req.keys.kem_suite,
+            kem_public=req.keys.kem_public,
+            signing_public=req.keys.signing_public,
+            claims=claims.to_dict(),
+            claims_digest=claims_digest(claims.to_dict()),
+            groups=groups,
+            requested_groups=requested,
+            reasons=tuple(reasons),
+            evidence_time=now,
+            lease_id=lease.lease_id if lease else None,
+            lease_issued_at=lease.issued_at if lease else None,
+            lease_expires_at=lease.expires_at if lease else None,
+            policy_version=policy.version,
+            registered_at=now,
+            attested_at=now,
+            state_changed_at=now,
+        )
+        try:
+            self._nodes.insert(record)
+        except KmsError as err:
+            if err.code != Code.NODE_KEYS_IN_USE:
+                raise
+            return self._rejected("", _Rejected(reason_dicts([err]), claims), policy)
+        outcome = Outcome.ATTESTED if attested else Outcome.PENDING_APPROVAL
+        self._count(outcome, "")
+        return AttestationOutcome(
+            record.node_id, outcome, lease, tuple(reasons), claims, groups, policy.version
+        )
+
+    def renew(self, req: RenewInput) -> AttestationOutcome:
+        check_keys(req.keys)
+        check_evidence(req.evidence)
+        if not isinstance(req.node_id, str) or not 1 <= len(req.node_id) <= 64 or not req.node_id.isascii():
+            raise _invalid("node_id must be 1-64 ASCII characters")
+        if len(req.nonce) != 32:
+            raise _invalid("nonce must be 32 bytes")
+        policy = self._policies.active()
+        node = self._nodes.get(req.node_id)
+        try:
+            self._spend(req.nonce, node.node_name if node else None)
+            if node is None:
+                raise _reject(Code.NODE_NOT_FOUND, f"no node with id {req.node_id!r}", "register instead")
+            self._check_renewable(node, req.keys)
+            claims = self._verify(req.evidence, req.nonce, req.keys)
+            appraisal = self._appraise(policy, claims)
+        except _Rejected as rej:
+            return self._rejected(req.node_id if node else "", rej, policy)
+        reasons = reason_dicts(appraisal.reasons)
+        now = self._clock()
+        if appraisal.verdict is Verdict.REJECTED:
+            self._apply_renewal(
+                node, claims=claims, state=NodeState.SUSPENDED, lease=None, groups=node.groups,
+                reasons=reasons, policy=policy, now=now,
+            )  # fmt: skip
+            return self._rejected(node.node_id, _Rejected(reasons, claims), policy)
+        groups = granted_groups(node.requested_groups, appraisal.groups)
+        keeps_standing = appraisal.verdict is Verdict.ATTESTED or node.state is NodeState.ATTESTED
+        if keeps_standing and groups:
+            lease = new_lease(now, policy.policy.release.lease_seconds)
+            self._apply_renewal(
+                node, claims=claims, state=NodeState.ATTESTED, lease=lease, groups=groups, reasons=[],
+                policy=policy, now=now,
+            )  # fmt: skip
+            self._count(Outcome.ATTESTED, "")
+            return AttestationOutcome(
+                node.node_id, Outcome.ATTESTED, lease, (), claims, groups, policy.version
+            )
+        self._apply_renewal(
+            node, claims=claims, state=NodeState.PENDING, lease=None, groups=groups, reasons=reasons,
+            policy=policy, now=now,
+        )  # fmt: skip
+        self._count(Outcome.PENDING_APPROVAL, "")
+        return AttestationOutcome(
+            node.node_id, Outcome.PENDING_APPROVAL, None, tuple(reasons), claims, groups, policy.version
+        )
+
+    # -- steps
+
+    def _spend(self, nonce: bytes, node_name: str | None) -> None:
+        try:
+            self._nonces.consume(nonce, node_name if node_name is not None else "")
+        except NonceError as err:
+            if node_name is None and err.code == Code.NONCE_NAME_MISMATCH:
+                return  # unknown node: the caller reports NODE_NOT_FOUND
+            raise _Rejected(reason_dicts([err])) from None
+
+    def _verify(self, evidence: EvidenceInput, nonce: bytes, keys: NodeKeys) -> Claims:
+        started = time.perf_counter()
+        try:
+            actual = detect_tee(evidence.report).value
+            if actual != evidence.tee:
+                raise _reject(
+                    Code.EVIDENCE_TEE_MISMATCH,
+                    f"evidence declared as {evidence.tee} is {actual} evidence",
+                    "set Evidence.tee to the TEE that produced the report",
+                )
+            claims = self._verifier.verify(evidence.report, evidence.endorsements, self._clock())
+            verify_binding(claims.report_data, nonce, keys.kem_suite, keys.kem_public, keys.signing_public)
+        except AttestationError as err:
+            raise _Rejected(reason_dicts([err])) from None
+        finally:
+            if self._metrics is not None:
+                self._metrics.verification_seconds.labels(evidence.tee).observe(time.perf_counter() - started)
+        return claims
+
+    def _appraise(self, policy: ActivePolicy, claims: Claims) -> Any:
+        try:
+            return appraise(policy.policy, claims, now=self._clock())
+        except PolicyError as err:
+            raise _Rejected(reason_dicts([err]), claims) from None
+
+    def _check_renewable(self, node: NodeRecord, keys: NodeKeys) -> None:
+        if node.state is NodeState.REVOKED:
+            raise _reject(
+                Code.NODE_NOT_RENEWABLE, f"node {node.node_id} is revoked", "register with fresh keys"
+            )
+        if node.state is NodeState.SUSPENDED and any(r["code"] == OPERATOR_SUSPENSION for r in node.reasons):
+            raise _reject(
+                Code.NODE_NOT_RENEWABLE,
+                f"node {node.node_id} was suspended by an operator",
+                "an operator must approve it again",
+            )
+        if (keys.kem_suite, keys.kem_public, keys.signing_public) != (
+            node.kem_suite,
+            node.kem_public,
+            node.signing_public,
+        ):
+            raise _reject(
+                Code.NODE_KEYS_CHANGED,
+                "the keys differ from the ones recorded at registration",
+                "new keys mean a new registration: call Register",
+            )
+
+    def _apply_renewal(
+        self,
+        node: NodeRecord,
+        *,
+        claims: Claims,
+        state: NodeState,
+        lease: Lease | None,
+        groups: Sequence[str],
+        reasons: list[dict[str, str]],
+        policy: ActivePolicy,
+        now: Any,
+    ) -> None:
+        def change(current: NodeRecord) -> dict[str, Any]:
+            if current.state is NodeState.REVOKED:  # revoked meanwhile: never undo it
+                raise _reject(Code.NODE_NOT_RENEWABLE, f"node {current.node_id} is revoked")
+            values: dict[str, Any] = {
+                "state": state.value,
+                "claims_json": canonical_json(claims.to_dict()),
+                "claims_digest": claims_digest(claims.to_dict()),
+                "groups_json": canonical_json(list(groups)),
+                "reasons_json": canonical_json(reasons),
+                "evidence_time": now,
+                "policy_version": policy.version,
+                "attested_at": now,
+                **lease_values(lease),
+            }
+            if current.state is not state:
+                values["state_changed_at"] = now
+            return values
+
+        # revoked while we verified: the revocation stands and the caller reports a rejection
+        with contextlib.suppress(_Rejected):
+            self._nodes.change(node.node_id, change)
+
+    def _rejected(self, node_id: str, rej: _Rejected, policy: ActivePolicy) -> AttestationOutcome:
+        self._count(Outcome.REJECTED, rej.reasons[0]["code"] if rej.reasons else "")
+        return AttestationOutcome(
+            node_id, Outcome.REJECTED, None, tuple(rej.reasons), rej.claims, (), policy.version
+        )
+
+    def _count(self, outcome: Outcome, code: str) -> None:
+        if self._metrics is not None:
+            self._metrics.attestations.labels(outcome.value, code).inc()

@@ -1,0 +1,127 @@
+"""Coalesce concurrent calls into batches: many threads submit one item each, a collector thread hands
+groups of items to one batch function and wakes each caller with its own result or exception.
+
+Used for OpenBao transit unwraps (one ``batch_input`` decrypt instead of N HTTP calls) and for group
+commit of grant rows (one durable SQLite commit instead of N fsyncs). The window bounds the added latency.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from kms.errors import Code, KmsError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# The batch function returns one entry per item: a result, or the exception that item raises.
+BatchFn = Callable[[Sequence[T]], Sequence["R | BaseException"]]
+
+
+@dataclass
+class _Job(Generic[T, R]):
+    item: T
+    future: Future[R]
+
+
+_STOP = object()
+
+
+class Batcher(Generic[T, R]):
+    """``submit(item)`` blocks until the batch holding it ran; at most ``max_batch`` items per call, and
+    a batch waits at most ``window`` seconds for company. ``workers`` batches may run at once."""
+
+    def __init__(
+        self,
+        fn: BatchFn[T, R],
+        *,
+        name: str,
+        window: float = 0.002,
+        max_batch: int = 128,
+        workers: int = 1,
+        timeout: float = 30.0,
+    ) -> None:
+        self._fn = fn
+        self._name = name
+        self._window = window
+        self._max = max_batch
+        self._timeout = timeout
+        self._queue: queue.SimpleQueue[_Job[T, R] | object] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-batch")
+        self._slots = threading.Semaphore(workers)
+        self._closed = False
+        self._thread = threading.Thread(target=self._collect, name=f"{name}-collector", daemon=True)
+        self._thread.start()
+
+    def submit_future(self, item: T) -> Future[R]:
+        """Queue ``item``; the future resolves when its batch ran (for callers that await instead)."""
+        if self._closed:
+            raise KmsError(f"{self._name} batcher is stopped", code=Code.SERVER_OVERLOADED)
+        job: _Job[T, R] = _Job(item, Future())
+        self._queue.put(job)
+        return job.future
+
+    def submit(self, item: T) -> R:
+        future = self.submit_future(item)
+        try:
+            return future.result(timeout=self._timeout)
+        except TimeoutError:
+            raise KmsError(
+                f"{self._name} did not complete within {self._timeout:.0f} s", code=Code.SERVER_OVERLOADED
+            ) from None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._thread.join(timeout=5)
+            self._pool.shutdown(wait=True)
+
+    def _collect(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Job[T, R]] = [first]  # type: ignore[list-item]
+            self._slots.acquire()  # while every worker is busy, keep gathering: the batch only grows
+            deadline = time.monotonic() + self._window
+            stop = False
+            while len(batch) < self._max:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)  # type: ignore[arg-type]
+            self._pool.submit(self._run, batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[_Job[T, R]]) -> None:
+        try:
+            results = self._fn([job.item for job in batch])
+            if len(results) != len(batch):
+                raise KmsError(
+                    f"{self._name} returned {len(results)} results for {len(batch)} items",
+                    code=Code.INTERNAL_ERROR,
+                )
+        except BaseException as exc:  # every caller learns the batch failed
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        for job, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)

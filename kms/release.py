@@ -1,0 +1,341 @@
+"""Key release (DESIGN.md, Protocol 4) as a plain use case.
+
+For one signed request, in order: shape checks (malformed -> REQUEST_INVALID, nothing recorded), the
+node's registered key verifies the signature over "sovereign/v1 release" || body (unknown node or bad
+signature: refused, not recorded, since nothing authenticated the request), the timestamp lies in the
+skew window, node state + lease + release policy, key state; then the batched stage (``kms.grants``)
+unwraps in OpenBao transit and, in one transaction, re-checks node, lease, key, policy version and the
+request id's freshness and appends the grant; only after that commit is the key sealed with HPKE to the
+node's attested KEM key under the release AAD. Every refusal of an authenticated request is recorded in
+``denials``; nothing is ever recorded as granted for a denial. The plaintext key lives only in memory,
+from the batch decrypt to the seal (CPython cannot wipe it; it is never logged or repr'd).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from kms.cache import TtlCache
+from kms.catalogue import Catalogue, KeyKind, KeyRecord, WrappedRecord, require_usable
+from kms.clock import Clock
+from kms.envelope import release_aad, seal_key, suite_by_id_bytes
+from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name
+from kms.errors import CatalogueError, Code, KmsError, OpenBaoError
+from kms.grants import GrantLedger, GrantRequest, Outcome, Refused
+from kms.metrics import Metrics
+from kms.policy_source import PolicySource
+from kms.registry import POLICY_STATE, NodeRecord
+from kms.storage.decisions import DenialRow, GrantRow, PendingGrant
+from kms.storage.nodes import SqlNodes
+from kms.storage.store import Store
+from policies import decide_release
+from policies.errors import Code as PolicyCode
+
+SIGNING_DOMAIN = b"sovereign/v1 release"
+MAX_BODY = 1024
+SIGNATURE_BYTES = 64
+REQUEST_ID_BYTES = 16
+DEFAULT_SKEW = timedelta(seconds=120)
+BATCH_TIMEOUT = 30.0
+PURPOSES = ("read", "write")
+# Policy reasons about the node's standing, as opposed to the key or the rules.
+STANDING_CODES = frozenset(
+    {PolicyCode.RELEASE_NODE_NOT_ATTESTED.value, PolicyCode.RELEASE_LEASE_EXPIRED.value}
+)
+
+
+@dataclass(frozen=True)
+class ReleaseBody:
+    node_id: str
+    key_name: str
+    purpose: str  # "read" | "write"
+    request_id: bytes
+    timestamp: datetime
+    key_version: int  # 0 = latest
+
+
+@dataclass(frozen=True)
+class SignedRelease:
+    body: bytes  # the exact bytes the node signed
+    signature: bytes
+    fields: ReleaseBody
+
+
+@dataclass(frozen=True)
+class Released:
+    sealed_key: bytes = field(repr=False)
+    key_name: str
+    key_version: int
+    purpose: str
+    audit_sequence: int
+    lease_expires_at: datetime
+    aad: bytes
+
+
+class ReleaseDenied(Exception):
+    """A refused release. ``code`` is the first reason's code; ``denial_id`` the recorded row (0: none)."""
+
+    def __init__(self, reasons: Sequence[dict[str, str]], denial_id: int = 0) -> None:
+        first = reasons[0]
+        self.code = first["code"]
+        self.message = first["message"]
+        self.hint = first.get("hint", "")
+        self.reasons = tuple(reasons)
+        self.denial_id = denial_id
+        super().__init__(f"{self.code}: {self.message}")
+
+
+def _reason(code: Any, message: str, hint: str = "") -> dict[str, str]:
+    return {"code": str(getattr(code, "value", code)), "message": message, "hint": hint}
+
+
+def _invalid(message: str) -> KmsError:
+    return KmsError(message, code=Code.REQUEST_INVALID)
+
+
+def check_shape(req: SignedRelease) -> None:
+    f = req.fields
+    if len(req.body) > MAX_BODY:
+        raise _invalid(f"body exceeds {MAX_BODY} bytes")
+    if len(req.signature) != SIGNATURE_BYTES:
+        raise _invalid("signature must be 64 bytes (Ed25519)")
+    if not 1 <= len(f.node_id) <= 64 or not f.node_id.isascii():
+        raise _invalid("node_id must be 1-64 ASCII characters")
+    if not is_valid_key_name(f.key_name):
+        raise _invalid(f"key_name must be {KEY_NAME_RULE}")
+    if f.purpose not in PURPOSES:
+        raise _invalid("purpose must be PURPOSE_READ or PURPOSE_WRITE")
+    if len(f.request_id) != REQUEST_ID_BYTES:
+        raise _invalid(f"request_id must be {REQUEST_ID_BYTES} bytes")
+    if f.timestamp.tzinfo is None:
+        raise _invalid("timestamp is required")
+    if f.key_version < 0:
+        raise _invalid("key_version must be >= 0")
+
+
+def verify_signature(signing_public: bytes, body: bytes, signature: bytes) -> None:
+    try:
+        VerifyKey(signing_public).verify(SIGNING_DOMAIN + body, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise KmsError(
+            "the request signature does not verify with the node's registered key",
+            code=Code.REQUEST_SIGNATURE_INVALID,
+            hint="sign 'sovereign/v1 release' || body with the key registered for this node_id",
+        ) from None
+
+
+def check_skew(timestamp: datetime, now: datetime, skew: timedelta) -> None:
+    if abs(timestamp - now) > skew:
+        raise KmsError(
+            f"request time {timestamp.isoformat()} is more than {int(skew.total_seconds())} s from the "
+            f"server time {now.isoformat()}",
+            code=Code.REQUEST_CLOCK_SKEW,
+            hint="synchronise the node's clock",
+        )
+
+
+class Denial(Exception):
+    """A refusal decided before any decrypt; ``row`` is what to record in ``denials``."""
+
+    def __init__(self, reasons: list[dict[str, str]], row: DenialRow) -> None:
+        super().__init__(reasons[0]["code"])
+        self.reasons = reasons
+        self.row = row
+
+
+def _denial(f: ReleaseBody, now: datetime, reasons: list[dict[str, str]]) -> Denial:
+    first = reasons[0]
+    row = DenialRow(now, f.node_id, f.key_name, f.purpose, f.request_id, first["code"], first["message"])
+    return Denial(reasons, row)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    node: NodeRecord
+    fields: ReleaseBody
+    grant: GrantRequest
+
+
+class KeyRelease:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        catalogue: Catalogue,
+        ledger: GrantLedger,
+        policies: PolicySource,
+        clock: Clock,
+        skew: timedelta = DEFAULT_SKEW,
+        metrics: Metrics | None = None,
+        cache_seconds: float = 5.0,
+    ) -> None:
+        self._nodes = SqlNodes(store)
+        self._catalogue = catalogue
+        self._ledger = ledger
+        self._policies = policies
+        self._clock = clock
+        self._skew = skew
+        self._metrics = metrics
+        # Re-checked by every grant inside its transaction (kms.storage.decisions), so short-lived
+        # copies only ever delay a refusal to commit time.
+        self._node_cache: TtlCache[str, NodeRecord | None] = TtlCache(cache_seconds)
+        self._key_cache: TtlCache[str, KeyRecord] = TtlCache(cache_seconds)
+        self._cache_seconds = cache_seconds
+
+    # The release runs in three steps so an asyncio server can await the batch instead of parking a
+    # thread on it: ``prepare`` (checks, no writes) -> ``submit`` (batched unwrap + durable grant) ->
+    # ``finish`` (seal). A ``Denial`` from ``prepare`` is recorded with ``record``/``record_future``.
+
+    def release(self, req: SignedRelease) -> Released:
+        """All three steps, blocking (thread-per-request servers, tests)."""
+        started = time.perf_counter()
+        try:
+            try:
+                prepared = self.prepare(req)
+            except Denial as denial:
+                raise self.denied(denial, self._ledger.deny(denial.row)) from None
+            return self.finish(prepared, self.submit(prepared).result(timeout=BATCH_TIMEOUT))
+        except (ReleaseDenied, KmsError) as err:
+            self.count_denial(str(getattr(err.code, "value", err.code)))
+            raise
+        finally:
+            self.observe(started)
+
+    def prepare(self, req: SignedRelease) -> Prepared:
+        """Every check that needs no write: raises ``KmsError`` (not recorded: malformed or
+        unauthenticated) or ``Denial`` (to be recorded). A denial decided on cached reads is decided
+        again on fresh ones, so a node approved or a key enabled a moment ago is not refused."""
+        try:
+            return self._prepare(req, fresh=False)
+        except Denial:
+            return self._prepare(req, fresh=True)
+
+    def _prepare(self, req: SignedRelease, *, fresh: bool) -> Prepared:
+        check_shape(req)
+        f = req.fields
+        node = self._node_cache.get(f.node_id, lambda: self._nodes.get(f.node_id), fresh=fresh)
+        if node is None:
+            raise KmsError(f"no node with id {f.node_id!r}", code=Code.NODE_NOT_FOUND, hint="register first")
+        verify_signature(node.signing_public, req.body, req.signature)
+        now = self._clock()
+        try:
+            check_skew(f.timestamp, now, self._skew)
+        except KmsError as err:
+            raise _denial(f, now, [_reason(err.code, err.message, err.hint)]) from None
+        policy = self._policies.active(max_age=0 if fresh else self._cache_seconds)
+        decision = decide_release(
+            policy.policy,
+            node_groups=node.groups,
+            node_state=POLICY_STATE[node.state],
+            key_name=f.key_name,
+            purpose=f.purpose,
+            lease_expires_at=node.lease_expires_at,
+            evidence_time=node.evidence_time,
+            now=now,
+        )
+        reasons = [_reason(r.code, r.message) for r in decision.reasons]
+        standing = [r for r in reasons if r["code"] in STANDING_CODES]
+        if standing:
+            raise _denial(f, now, standing + [r for r in reasons if r not in standing])
+        wrapped = self._wrapped_key(f, now, fresh=fresh)
+        if not decision.allowed or decision.rule is None:
+            raise _denial(f, now, reasons)
+        lease_expires = now + timedelta(seconds=decision.lease_seconds)
+        row = GrantRow(
+            now, f.node_id, f.key_name, wrapped.version, f.purpose, f.request_id,
+            "", lease_expires, policy.version, decision.rule,
+        )  # fmt: skip
+        # the request id is remembered until its timestamp can no longer pass the skew check
+        pending = PendingGrant(row, node.lease_id or "", max(now, f.timestamp) + self._skew)
+        return Prepared(node, f, GrantRequest(wrapped.ciphertext, pending))
+
+    def submit(self, prepared: Prepared) -> Future[Outcome]:
+        return self._ledger.submit(prepared.grant)
+
+    def finish(self, prepared: Prepared, outcome: Outcome) -> Released:
+        if isinstance(outcome, OpenBaoError):
+            raise outcome
+        if isinstance(outcome, Refused):
+            self._node_cache.clear()
+            self._key_cache.clear()
+            r = outcome.refusal
+            raise ReleaseDenied([_reason(r.code, r.message, r.hint)], outcome.denial_id)
+        row = prepared.grant.pending.row
+        return self._seal(
+            prepared.node, f=prepared.fields, version=row.key_version, sequence=outcome.sequence,
+            lease_expires=row.lease_expires_at, key=outcome.plaintext,
+        )  # fmt: skip
+
+    def record_future(self, denial: Denial) -> Future[int]:
+        return self._ledger.deny_future(denial.row)
+
+    @staticmethod
+    def denied(denial: Denial, denial_id: int) -> ReleaseDenied:
+        return ReleaseDenied(denial.reasons, denial_id)
+
+    def count_denial(self, code: str) -> None:
+        if self._metrics is not None:
+            self._metrics.denials.labels(code).inc()
+
+    def observe(self, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.release_seconds.observe(time.perf_counter() - started)
+
+    def _wrapped_key(self, f: ReleaseBody, now: datetime, *, fresh: bool) -> WrappedRecord:
+        try:
+            # WRITE must get the latest version: read it fresh (writes are rare)
+            record = self._key_cache.get(
+                f.key_name, lambda: self._catalogue.describe(f.key_name), fresh=fresh or f.purpose == "write"
+            )
+            require_usable(record)
+            version = record.version(f.key_version or None)
+        except CatalogueError as err:
+            raise _denial(f, now, [_reason(err.code, err.message, err.hint)]) from None
+        if f.purpose == "write" and record.kind is not KeyKind.MODEL:
+            raise _denial(
+                f, now,
+                [_reason(PolicyCode.RELEASE_PURPOSE_NOT_ALLOWED, f"{f.key_name} is a dataset key: read only")],
+            )  # fmt: skip
+        if f.purpose == "write" and version.version != record.current_version:
+            raise _denial(
+                f, now,
+                [_reason(Code.RELEASE_VERSION_NOT_WRITABLE,
+                         f"only v{record.current_version} of {f.key_name} is released for write")],
+            )  # fmt: skip
+        if version.ciphertext is None:
+            raise _denial(f, now, [_reason(Code.KEY_DESTROYED, f"{f.key_name} has no wrapped material")])
+        return WrappedRecord(
+            record.name, record.kind, version.version, version.ciphertext, version.kek_version
+        )
+
+    def _seal(
+        self,
+        node: NodeRecord,
+        *,
+        f: ReleaseBody,
+        version: int,
+        sequence: int,
+        lease_expires: datetime,
+        key: bytes,
+    ) -> Released:
+        aad = release_aad(
+            node_id=f.node_id,
+            key_name=f.key_name,
+            key_version=version,
+            purpose=f.purpose,
+            request_id=f.request_id,
+            audit_sequence=sequence,
+            lease_expiry=int(lease_expires.timestamp()),
+        )
+        sealed = seal_key(node.kem_public, suite_by_id_bytes(node.kem_suite), key, aad)
+        if self._metrics is not None:
+            self._metrics.releases.labels(f.purpose).inc()
+        return Released(sealed, f.key_name, version, f.purpose, sequence, lease_expires, aad)

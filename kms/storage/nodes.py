@@ -1,0 +1,131 @@
+"""SQL for the node registry (table ``nodes``): implements what ``kms.registry`` needs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.engine import Connection
+
+from kms.errors import Code, KmsError
+from kms.registry import NodeRecord, NodeState, canonical_json
+from kms.storage.control_schema import nodes
+from kms.storage.store import Store
+
+
+def to_row(record: NodeRecord) -> dict[str, Any]:
+    return {
+        "node_id": record.node_id,
+        "node_name": record.node_name,
+        "state": record.state.value,
+        "tee": record.tee,
+        "kem_suite": record.kem_suite.hex(),
+        "kem_public": record.kem_public,
+        "signing_public": record.signing_public,
+        "claims_json": canonical_json(record.claims),
+        "claims_digest": record.claims_digest,
+        "groups_json": json.dumps(list(record.groups)),
+        "requested_groups_json": json.dumps(list(record.requested_groups)),
+        "reasons_json": json.dumps([dict(r) for r in record.reasons]),
+        "evidence_time": record.evidence_time,
+        "lease_id": record.lease_id,
+        "lease_issued_at": record.lease_issued_at,
+        "lease_expires_at": record.lease_expires_at,
+        "policy_version": record.policy_version,
+        "registered_at": record.registered_at,
+        "attested_at": record.attested_at,
+        "state_changed_at": record.state_changed_at,
+    }
+
+
+def from_row(row: Row[Any]) -> NodeRecord:
+    m = row._mapping
+    return NodeRecord(
+        node_id=m["node_id"],
+        node_name=m["node_name"],
+        state=NodeState(m["state"]),
+        tee=m["tee"],
+        kem_suite=bytes.fromhex(m["kem_suite"]),
+        kem_public=bytes(m["kem_public"]),
+        signing_public=bytes(m["signing_public"]),
+        claims=json.loads(m["claims_json"]),
+        claims_digest=m["claims_digest"],
+        groups=tuple(json.loads(m["groups_json"])),
+        requested_groups=tuple(json.loads(m["requested_groups_json"])),
+        reasons=tuple(json.loads(m["reasons_json"])),
+        evidence_time=m["evidence_time"],
+        lease_id=m["lease_id"],
+        lease_issued_at=m["lease_issued_at"],
+        lease_expires_at=m["lease_expires_at"],
+        policy_version=m["policy_version"],
+        registered_at=m["registered_at"],
+        attested_at=m["attested_at"],
+        state_changed_at=m["state_changed_at"],
+    )
+
+
+def load(conn: Connection, node_id: str) -> NodeRecord | None:
+    row = conn.execute(select(nodes).where(nodes.c.node_id == node_id)).first()
+    return from_row(row) if row is not None else None
+
+
+Change = Callable[[NodeRecord], dict[str, Any]]
+
+
+class SqlNodes:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def insert(self, record: NodeRecord) -> None:
+        with self._store.transaction() as conn:
+            taken = conn.execute(
+                select(nodes.c.node_id).where(nodes.c.signing_public == record.signing_public)
+            ).first()
+            if taken is not None:
+                raise KmsError(
+                    "these node keys are already registered (or were revoked)",
+                    code=Code.NODE_KEYS_IN_USE,
+                    hint="a registered node re-attests with Renew; a new registration needs fresh keys",
+                )
+            conn.execute(insert(nodes).values(**to_row(record)))
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        with self._store.reader() as conn:
+            return load(conn, node_id)
+
+    def change(self, node_id: str, fn: Change) -> NodeRecord:
+        """Atomically read the node, let ``fn`` check it and return the columns to set, write them."""
+        with self._store.transaction() as conn:
+            current = load(conn, node_id)
+            if current is None:
+                raise not_found(node_id)
+            values = fn(current)
+            conn.execute(update(nodes).where(nodes.c.node_id == node_id).values(**values))
+            updated = load(conn, node_id)
+            assert updated is not None
+            return updated
+
+    def list(self, states: Sequence[NodeState], offset: int, limit: int) -> list[NodeRecord]:
+        query = select(nodes).order_by(nodes.c.registered_at, nodes.c.node_id).offset(offset).limit(limit)
+        if states:
+            query = query.where(nodes.c.state.in_([s.value for s in states]))
+        with self._store.reader() as conn:
+            return [from_row(r) for r in conn.execute(query)]
+
+
+def not_found(node_id: str) -> KmsError:
+    return KmsError(
+        f"no node with id {node_id[:64]!r}",
+        code=Code.NODE_NOT_FOUND,
+        hint="list nodes with the Admin API, or register again",
+    )
+
+
+def load_all(conn: Connection) -> list[NodeRecord]:
+    return [from_row(r) for r in conn.execute(select(nodes).order_by(nodes.c.registered_at))]
+
+
+def set_values(conn: Connection, node_id: str, values: dict[str, Any]) -> None:
+    conn.execute(update(nodes).where(nodes.c.node_id == node_id).values(**values))

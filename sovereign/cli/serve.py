@@ -1,0 +1,91 @@
+"""``sovereign serve``: run the control plane (node port over TLS, Admin on a local Unix socket)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from attestation.errors import AttestationError
+from kms.config import OPTIONS, ServerConfig, load_config, to_args
+from kms.errors import KmsError
+from kms.server import replicas
+from kms.server.app import ControlPlane, build, serve
+from policies.errors import PolicyError
+from sovereign.cli._common import load_trust
+from sovereign.cli._output import fail
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="run the key-release control plane (gRPC)",
+        description="Serve Attestation and KeyRelease on the node-facing TCP port (TLS unless "
+        "--insecure-dev) with health checking and reflection, and Admin only on a local Unix socket. "
+        "Options come from --config (TOML, same names with underscores), then SOVEREIGN_* environment "
+        "variables, then the command line. Prints 'listening on ...' when ready; SIGTERM/SIGINT stop it "
+        "gracefully.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML file with any of the options below")
+    for option in OPTIONS:
+        default = f" (default: {option.default!r}; env {option.env})"
+        if option.type is bool:
+            parser.add_argument(option.flag, action="store_true", default=None, help=option.help + default)
+        else:
+            parser.add_argument(
+                option.flag,
+                type=option.type,
+                default=None,
+                metavar=option.name.upper(),
+                help=option.help + default,
+            )
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, overrides={o.name: getattr(args, o.name) for o in OPTIONS})
+        trust = load_trust(None if config.trust == "production" else Path(config.trust))
+        plane = build(config, trust=trust)
+    except (KmsError, AttestationError, PolicyError) as err:
+        return fail(err, as_json=False)
+    try:
+        return asyncio.run(_run(config, plane))
+    except KmsError as err:
+        return fail(err, as_json=False)
+    finally:
+        plane.close()
+
+
+async def _run(config: ServerConfig, plane: ControlPlane) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    running = await serve(config, plane)
+    others = []
+    try:
+        if config.processes > 1:
+            again = dataclasses.replace(
+                config, listen=running.node_address, processes=1, replica=True, metrics_port=0
+            )
+            command = [sys.executable, "-m", "sovereign", "serve", *to_args(again)]
+            others = await asyncio.to_thread(replicas.start, command, config.processes - 1)
+        if config.metrics_port and not config.replica:
+            plane.metrics.serve(config.metrics_port)
+        scheme = "plaintext (INSECURE, dev only)" if config.insecure_dev else "TLS"
+        admin = f"; admin on unix:{running.admin_socket}" if running.admin_socket else " (replica)"
+        print(f"listening on {running.node_address} ({scheme}){admin}", flush=True)
+        if running.ca_path is not None and not config.replica:
+            print(f"dev CA for clients to pin: {running.ca_path}", flush=True)
+        await stop.wait()
+        print("stopping", file=sys.stderr, flush=True)
+    finally:
+        await asyncio.to_thread(replicas.stop, others)
+        await running.stop()
+    return 0

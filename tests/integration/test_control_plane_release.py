@@ -1,0 +1,203 @@
+"""The registration and release use cases over real OpenBao (transit via AppRole) and a real SQLite
+file, with simulated SNP and TDX nodes: keys arrive sealed to the node's attested key and match the
+owner's copy; every grant names an OpenBao decrypt that is in its audit log; revocation, lease expiry
+and KEK rotation behave."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from e2e.node_client import release_body, sign_body
+from e2e.world import SNP_MEASUREMENT, TDX_MRTD, prepare
+
+from attestation.simulate import SimulatedPki, shared_pki
+from enclave.identity import NodeIdentity
+from enclave.providers.simulated import simulated_snp, simulated_tdx
+from kms.admin import Admin
+from kms.attest import EvidenceInput, NodeKeys, Outcome, RegisterInput, RenewInput
+from kms.catalogue import Catalogue, KeyKind
+from kms.clock import ManualClock
+from kms.config import ServerConfig
+from kms.envelope import open_sealed_key
+from kms.errors import Code, OpenBaoError
+from kms.release import SIGNING_DOMAIN, ReleaseDenied, SignedRelease
+from kms.server.app import ControlPlane, build
+from kms.server.codec import release_in
+from kms.storage.keys import SqlKeyStore
+from kms.vault import Transit
+from kms.verifier import EvidenceVerifier
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Kms
+
+pytestmark = pytest.mark.integration
+START = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def pki() -> SimulatedPki:
+    return shared_pki(START)
+
+
+def make_plane(tmp_path: Path, pki: SimulatedPki, transit: Transit, clock: ManualClock) -> ControlPlane:
+    inputs = prepare(tmp_path / "inputs", pki, START)
+    config = ServerConfig(
+        db=str(tmp_path / "db.sqlite"), collateral=str(inputs.collateral), policy=str(inputs.policy)
+    )
+    return build(config, trust=pki.trust_store(), clock=clock, transit=transit)
+
+
+def register(plane: ControlPlane, pki: SimulatedPki, tee: str) -> tuple[NodeIdentity, str]:
+    identity = NodeIdentity.generate()
+    challenge, _ = plane.attestation.challenge(f"node-{tee}")
+    provider = (
+        simulated_snp(pki, measurement=SNP_MEASUREMENT) if tee == "snp" else simulated_tdx(pki, mrtd=TDX_MRTD)
+    )
+    evidence = provider.get_evidence(identity.report_data(challenge.nonce))
+    outcome = plane.attestation.register(
+        RegisterInput(
+            challenge.nonce,
+            EvidenceInput(tee, evidence.blob, evidence.endorsements),
+            NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public),
+            f"node-{tee}",
+            ("trainers",),
+        )
+    )
+    assert outcome.outcome is Outcome.ATTESTED, outcome.reasons
+    return identity, outcome.node_id
+
+
+def signed(
+    identity: NodeIdentity, node_id: str, key: str, clock: ManualClock, purpose: str = "read"
+) -> SignedRelease:
+    return release_in(
+        sign_body(
+            identity, release_body(node_id, key, purpose, when=clock()).SerializeToString(deterministic=True)
+        )
+    )
+
+
+def db_rows(plane: ControlPlane, sql: str) -> list[tuple[object, ...]]:
+    path = plane.store.engine.url.database
+    assert path is not None
+    return sqlite3.connect(path).execute(sql).fetchall()
+
+
+@pytest.mark.parametrize("tee", ["snp", "tdx"])
+def test_release_matches_the_owners_key_and_reconciles(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki, tee: str
+) -> None:
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock)
+    try:
+        record = plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        identity, node_id = register(plane, pki, tee)
+        released = plane.release.release(signed(identity, node_id, "dataset/train", clock))
+        key = open_sealed_key(identity.kem_private_key(), released.sealed_key, released.aad)
+        owner = kms_dev.admin().unwrap(record.version().ciphertext or "").plaintext
+        assert key == owner and len(key) == 32
+        ((bao_request_id, sequence),) = db_rows(plane, "SELECT openbao_request_id, sequence FROM grants")
+        assert sequence == released.audit_sequence
+        assert kms_dev.server.audit_log is not None
+        audit = [
+            json.loads(line) for line in kms_dev.server.audit_log.read_text().splitlines() if line.strip()
+        ]
+        decrypts = {
+            e["request"]["id"]
+            for e in audit
+            if e.get("type") == "response" and "decrypt" in e["request"].get("path", "")
+        }
+        assert bao_request_id in decrypts
+    finally:
+        plane.close()
+
+
+def test_revocation_between_decision_and_commit(kms_dev: Kms, tmp_path: Path, pki: SimulatedPki) -> None:
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock)
+    try:
+        plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        identity, node_id = register(plane, pki, "snp")
+        prepared = plane.release.prepare(signed(identity, node_id, "dataset/train", clock))
+        plane.admin.revoke_node(node_id, "compromised")
+        with pytest.raises(ReleaseDenied) as info:
+            plane.release.finish(prepared, plane.release.submit(prepared).result())
+        assert info.value.code == "RELEASE_NODE_NOT_ATTESTED" and info.value.denial_id > 0
+        assert db_rows(plane, "SELECT count(*) FROM grants") == [(0,)]
+        ((code, bao_id),) = db_rows(plane, "SELECT code, openbao_request_id FROM denials")
+        assert code == "RELEASE_NODE_NOT_ATTESTED" and bao_id  # the decrypt that happened is accounted for
+    finally:
+        plane.close()
+
+
+def test_lease_expiry_and_renewal(kms_dev: Kms, tmp_path: Path, pki: SimulatedPki) -> None:
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock)
+    try:
+        plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        identity, node_id = register(plane, pki, "tdx")
+        clock.advance(301)  # the demo policy's lease is 300 s
+        with pytest.raises(ReleaseDenied) as info:
+            plane.release.release(signed(identity, node_id, "dataset/train", clock))
+        assert info.value.code == "RELEASE_LEASE_EXPIRED"
+        challenge, _ = plane.attestation.challenge("node-tdx")
+        evidence = simulated_tdx(pki, mrtd=TDX_MRTD).get_evidence(identity.report_data(challenge.nonce))
+        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+        renewed = plane.attestation.renew(
+            RenewInput(node_id, challenge.nonce, EvidenceInput("tdx", evidence.blob), keys)
+        )
+        assert renewed.outcome is Outcome.ATTESTED and renewed.lease is not None
+        assert renewed.lease.expires_at > clock()
+        plane.release.release(signed(identity, node_id, "dataset/train", clock))
+    finally:
+        plane.close()
+
+
+def test_kek_rotation_rewraps_and_releases_continue(
+    fresh_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, fresh_dev.approle(), clock)
+    try:
+        plane.admin.create_key("model/main", KeyKind.MODEL)
+        identity, node_id = register(plane, pki, "snp")
+        before = plane.release.release(signed(identity, node_id, "model/main", clock, "write"))
+        with pytest.raises(OpenBaoError) as info:  # the control plane's AppRole may not rotate the KEK
+            plane.admin.rotate_kek("")
+        assert info.value.code is Code.KMS_PERMISSION_DENIED
+        operator = Admin(
+            plane.store,
+            Catalogue(SqlKeyStore(plane.store), fresh_dev.admin(), clock),
+            plane.policies,
+            EvidenceVerifier(pki.trust_store(), None),
+            clock,
+        )
+        version, report = operator.rotate_kek("yearly")
+        assert version == 2 and report.rewrapped == 1
+        after = plane.release.release(signed(identity, node_id, "model/main", clock, "write"))
+        k1 = open_sealed_key(identity.kem_private_key(), before.sealed_key, before.aad)
+        k2 = open_sealed_key(identity.kem_private_key(), after.sealed_key, after.aad)
+        assert k1 == k2 and after.audit_sequence > before.audit_sequence
+    finally:
+        plane.close()
+
+
+def test_signature_domain_is_required(kms_dev: Kms, tmp_path: Path, pki: SimulatedPki) -> None:
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock)
+    try:
+        plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        identity, node_id = register(plane, pki, "snp")
+        good = signed(identity, node_id, "dataset/train", clock)
+        bad = type(good)(good.body, identity.sign(good.body), good.fields)
+        assert identity.sign(SIGNING_DOMAIN + good.body) == good.signature
+        with pytest.raises(Exception) as info:
+            plane.release.release(bad)
+        assert getattr(info.value, "code", None) is Code.REQUEST_SIGNATURE_INVALID
+    finally:
+        plane.close()
