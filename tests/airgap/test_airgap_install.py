@@ -103,7 +103,11 @@ def test_tampered_bundle_is_refused_before_anything_is_installed(
         wheel.write_bytes(wheel.read_bytes() + b"\0")
     elif tamper == "manifest":
         manifest = bundle / "manifest.json"
-        manifest.write_text(manifest.read_text().replace('"dirty": true', '"dirty": false'))
+        text = manifest.read_text()
+        flipped = ("true", "false") if '"dirty": true' in text else ("false", "true")
+        changed = text.replace(f'"dirty": {flipped[0]}', f'"dirty": {flipped[1]}')
+        assert changed != text, "the manifest has no 'dirty' field to tamper with"
+        manifest.write_text(changed)
     elif tamper == "signer":
         key = built_bundle.other_public_key
     else:
