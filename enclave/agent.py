@@ -32,7 +32,7 @@ from enclave.release_request import (
     open_grant,
     sign_release,
 )
-from kms.envelope import DEFAULT_CHUNK_SIZE, read_header
+from kms.envelope import DEFAULT_CHUNK_SIZE, names, read_header
 from kms.envelope.files import decrypt_file, encrypt_file
 
 Clock = Callable[[], datetime]
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 PROC_MOUNTS = Path("/proc/mounts")
-_KEY_REF = re.compile(r"(?P<name>[a-z0-9][a-z0-9._-]{0,127})@v(?P<version>[1-9][0-9]{0,9})")
 
 
 def system_clock() -> datetime:
@@ -52,16 +51,12 @@ def system_clock() -> datetime:
 
 def format_key_ref(key_name: str, key_version: int) -> str:
     """``NAME@vVERSION``: the key_ref a node writes into the streams it seals."""
-    return f"{check_key_name(key_name)}@v{key_version}"
+    return names.format_key_ref(check_key_name(key_name), key_version)
 
 
 def parse_key_ref(key_ref: bytes) -> tuple[str, int] | None:
     """(key name, version) from a ``NAME@vVERSION`` key_ref, or None if it has another shape."""
-    try:
-        match = _KEY_REF.fullmatch(key_ref.decode("ascii"))
-    except UnicodeDecodeError:
-        return None
-    return (match["name"], int(match["version"])) if match else None
+    return names.parse_key_ref(key_ref)
 
 
 # --- writing a key to a file -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import NoReturn, Protocol
 
 from enclave.errors import NodeCode, NodeError
 from kms.envelope import EnvelopeError, PrivateKey, open_sealed_key, release_aad
+from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name
 from proto.sovereign.v1 import common_pb2, key_release_pb2
 
 SIGNING_DOMAIN = b"sovereign/v1 release"
@@ -31,7 +32,6 @@ MAX_BODY = 1024
 MAX_KEY_VERSION = (1 << 32) - 1
 PURPOSES = ("read", "write")
 _PURPOSE_WIRE = {"read": common_pb2.PURPOSE_READ, "write": common_pb2.PURPOSE_WRITE}
-_KEY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 _NODE_ID = re.compile(r"[\x21-\x7e]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -49,9 +49,9 @@ def _bad_reply(message: str) -> NodeError:
 
 
 def check_key_name(name: str) -> str:
-    """``name`` if it is a valid key name (1-128 bytes of [a-z0-9][a-z0-9._-]*), else CONFIG_INVALID."""
-    if not isinstance(name, str) or not _KEY_NAME.fullmatch(name):
-        raise _invalid(f"key name {name!r} is not 1-128 characters of [a-z0-9][a-z0-9._-]*")
+    """``name`` if it is a valid key name (``kms.envelope.names``), else CONFIG_INVALID."""
+    if not is_valid_key_name(name):
+        raise _invalid(f"key name {name!r} is not {KEY_NAME_RULE}")
     return name
 
 

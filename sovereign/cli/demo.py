@@ -4,36 +4,68 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 from sovereign.cli._output import print_json, print_table
-from sovereign.demo.evidence_tour import tour, vectors_dir
+from sovereign.demo import evidence_tour, lifecycle
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo",
-        help="run the demonstration on embedded defaults",
-        description="Verify simulated SEV-SNP and TDX evidence (valid, debug and faulty) and the real "
-        "hardware vectors in ../shared/vectors (or $SOVEREIGN_VECTORS) when present, and print a verdict "
-        "table. Exit 0 only if every verdict is the expected one.",
+        help="run the whole lifecycle on embedded defaults",
+        description="Start a real OpenBao (dev mode, file audit) and the control plane on loopback with "
+        "SQLite; register simulated SEV-SNP and TDX nodes, seal and release a dataset key, seal a model "
+        "output, refuse a debug / wrong-measurement / below-minimum-TCB guest, revoke a node. Then verify "
+        "simulated and real evidence (../shared/vectors or $SOVEREIGN_VECTORS) and print the verdicts. "
+        "Exit 0 only if every outcome is the expected one. Cleans up after itself.",
+    )
+    parser.add_argument("--only", choices=["lifecycle", "evidence"], help="run one part only")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="work in DIR and keep it (default: a temp dir)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_demo)
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _demo(args: argparse.Namespace) -> int:
-    print("sovereign demo: evidence verification tour", file=sys.stderr)
-    rows = tour()
+    start = time.monotonic()
+    steps: list[dict[str, object]] = []
+    verdicts: list[dict[str, object]] = []
+    if args.only in (None, "lifecycle"):
+        _progress("== lifecycle ==")
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            steps = [s.to_dict() for s in lifecycle.run(args.keep, _progress)]
+        else:
+            with tempfile.TemporaryDirectory(prefix="sovereign-demo-") as tmp:
+                steps = [s.to_dict() for s in lifecycle.run(Path(tmp), _progress)]
+    if args.only in (None, "evidence"):
+        _progress("== evidence verification tour ==")
+        verdicts = [r.to_dict() for r in evidence_tour.tour()]
+    bad = [r for r in steps + verdicts if not r["as_expected"]]
     if args.json:
-        print_json([r.to_dict() for r in rows])
+        print_json({"ok": not bad, "lifecycle": steps, "evidence": verdicts})
     else:
-        table = [{**r.to_dict(), "ok": "yes" if r.as_expected else "NO"} for r in rows]
-        print_table(table, ["source", "case", "expected", "outcome", "ok", "detail"])
-        if vectors_dir() is None:
-            print("(real vectors not found: set SOVEREIGN_VECTORS to include them)")
-    bad = [r for r in rows if not r.as_expected]
+        if steps:
+            print("\nLifecycle")
+            print_table([{**s, "ok": "yes" if s["as_expected"] else "NO"} for s in steps],
+                        ["actor", "step", "expected", "outcome", "ok", "detail"])  # fmt: skip
+        if verdicts:
+            print("\nEvidence verification")
+            print_table([{**r, "ok": "yes" if r["as_expected"] else "NO"} for r in verdicts],
+                        ["source", "case", "expected", "outcome", "ok", "detail"])  # fmt: skip
+            if evidence_tour.vectors_dir() is None:
+                print("(real vectors not found: set SOVEREIGN_VECTORS to include them)")
+    elapsed = time.monotonic() - start
     if bad:
-        print(f"{len(bad)} verdict(s) differ from what was expected", file=sys.stderr)
+        _progress(f"{len(bad)} outcome(s) differ from what was expected ({elapsed:.1f} s)")
         return 1
-    print(f"all {len(rows)} verdicts as expected", file=sys.stderr)
+    _progress(f"all {len(steps) + len(verdicts)} outcomes as expected ({elapsed:.1f} s)")
     return 0

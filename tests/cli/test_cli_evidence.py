@@ -189,12 +189,3 @@ def test_bad_input_gets_a_code_not_a_traceback(tmp_path: Path, payload: bytes) -
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr
         assert as_json(proc)["error"]["code"]
-
-
-def test_demo_verdicts_are_all_as_expected(vectors: Path) -> None:
-    proc = sovereign("demo", "--json")
-    assert proc.returncode == 0, proc.stderr
-    rows = as_json(proc)
-    assert all(r["as_expected"] for r in rows)
-    sources = {r["source"] for r in rows}
-    assert {"simulated SNP", "simulated TDX", "real SNP", "real TDX"} <= sources

@@ -115,7 +115,9 @@ def test_real_dev_shm_is_accepted() -> None:
         path.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize(("name", "version"), [("ds-train", 1), ("model.main_v2", 4294967295)])
+@pytest.mark.parametrize(
+    ("name", "version"), [("ds-train", 1), ("model.main_v2", 4294967295), ("dataset/imagenet", 3)]
+)
 def test_key_ref_round_trip(name: str, version: int) -> None:
     ref = format_key_ref(name, version)
     assert ref == f"{name}@v{version}" and parse_key_ref(ref.encode()) == (name, version)
@@ -123,7 +125,18 @@ def test_key_ref_round_trip(name: str, version: int) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"ds-train", b"ds-train@v0", b"ds-train@v01", b"DS@v1", b"a@v1@v2", b"\xff@v1", b"datasets/x@v1"],
+    [
+        b"",
+        b"ds-train",
+        b"ds-train@v0",
+        b"ds-train@v01",
+        b"DS@v1",
+        b"a@v1@v2",
+        b"\xff@v1",
+        b"a//b@v1",
+        b"a/@v1",
+        b"/a@v1",
+    ],
 )
 def test_other_key_refs_name_no_key(raw: bytes) -> None:
     assert parse_key_ref(raw) is None

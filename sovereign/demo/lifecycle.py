@@ -1,0 +1,193 @@
+"""The whole lifecycle on embedded defaults, against real components (what ``./dev demo`` shows).
+
+A real OpenBao (dev mode, file audit device), the real ``sovereign serve`` on loopback over TLS with SQLite,
+and simulated nodes whose evidence is in the real SEV-SNP / TDX formats: an SNP and a TDX node register,
+a data owner seals a dataset, both nodes fetch the key and stream-decrypt it (hash checked), a model
+output is sealed with a model key; a debug guest, a wrong-measurement guest and a below-minimum-TCB guest
+are refused with their codes; a node is revoked and then denied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from attestation.simulate import SimulatedPki
+from enclave.agent import NodeAgent
+from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
+from enclave.identity import NodeIdentity
+from enclave.providers.simulated import simulated_snp, simulated_tdx
+from kms.catalogue import Catalogue, KeyKind
+from kms.envelope.files import encrypt_file
+from kms.envelope.names import format_key_ref
+from kms.storage import open_store
+from kms.storage.keys import SqlKeyStore
+from kms.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
+from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD, Bao, ControlPlane, prepare_inputs, start_bao
+
+DATASET_KEY = "dataset/train"
+MODEL_KEY = "model/main"
+
+
+@dataclass(frozen=True)
+class Step:
+    step: str
+    actor: str
+    expected: str  # "ok" or the code that must refuse it
+    outcome: str  # "ok" or the code that did
+    detail: str = ""
+
+    @property
+    def as_expected(self) -> bool:
+        return self.expected == self.outcome
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "as_expected": self.as_expected}
+
+
+class Recorder:
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self.steps: list[Step] = []
+        self._progress = progress
+
+    def add(self, step: str, actor: str, expected: str, outcome: str, detail: str = "") -> None:
+        self.steps.append(Step(step, actor, expected, outcome, detail))
+        mark = "ok " if expected == outcome else "!! "
+        self._progress(f"{mark} {actor:<18} {step}: {outcome} {detail}".rstrip())
+
+
+def _code(err: ControlPlaneError) -> str:
+    return err.reason or err.code.value
+
+
+class Admin:
+    """The operator's Admin calls (local admin endpoint of the control plane)."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._channel = grpc.insecure_channel(f"unix:{plane.admin_socket}")
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+
+    def create_key(self, name: str, kind: Any) -> None:
+        self._stub.CreateKey(admin_pb2.CreateKeyRequest(name=name, kind=kind), timeout=30)
+
+    def revoke(self, node_id: str, reason: str) -> None:
+        self._stub.RevokeNode(admin_pb2.RevokeNodeRequest(node_id=node_id, reason=reason), timeout=30)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _owner_catalogue(workdir: Path, plane: ControlPlane, bao: Bao) -> Catalogue:
+    """The data owner's view of the catalogue: the control plane's AppRole, the same database."""
+    settings = BaoSettings(
+        addr=bao.server.addr,
+        auth=AppRoleAuth(bao.report.role_id, Path(bao.report.secret_id_file).read_text().strip()),
+    )
+    return Catalogue(SqlKeyStore(open_store(plane.db)), OpenBaoTransit(settings), lambda: datetime.now(UTC))
+
+
+@contextmanager
+def running_site(workdir: Path, pki: SimulatedPki, now: datetime) -> Iterator[tuple[ControlPlane, Bao]]:
+    with ExitStack() as stack:
+        inputs = prepare_inputs(workdir / "site", pki, now)
+        bao = start_bao(workdir)
+        stack.callback(bao.server.stop)
+        plane = ControlPlane(workdir, inputs, bao).start()
+        stack.callback(plane.stop)
+        yield plane, bao
+
+
+def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
+    now = datetime.now(UTC)
+    pki = SimulatedPki.generate(now)
+    rec = Recorder(progress)
+    progress("starting OpenBao (dev, file audit) and the control plane (TLS, SQLite) on loopback ...")
+    with running_site(workdir, pki, now) as (plane, bao), ExitStack() as stack:
+        assert plane.ca is not None
+        ca = plane.ca.read_bytes()
+        admin = Admin(plane)
+        stack.callback(admin.close)
+
+        def node(name: str, provider: Any) -> NodeAgent:
+            client = ControlPlaneClient(plane.target, ca_pem=ca, timeout=15)
+            stack.callback(client.close)
+            return NodeAgent(client, provider, NodeIdentity.generate(), node_name=name, groups=["trainers"])
+
+        admin.create_key(DATASET_KEY, common_pb2.KEY_KIND_DATASET)
+        admin.create_key(MODEL_KEY, common_pb2.KEY_KIND_MODEL)
+        rec.add(f"create keys {DATASET_KEY}, {MODEL_KEY}", "operator", "ok", "ok", "wrapped by sovereign-kek")
+
+        # The data owner seals a dataset with the key's current version.
+        data = os.urandom(3 * (1 << 20) + 4321)
+        digest = hashlib.sha256(data).hexdigest()
+        plain, sealed = workdir / "train.bin", workdir / "train.sealed"
+        plain.write_bytes(data)
+        key = _owner_catalogue(workdir, plane, bao).unwrap(DATASET_KEY, kind=KeyKind.DATASET)
+        encrypt_file(key.plaintext, plain, sealed, key_ref=format_key_ref(key.name, key.version))
+        del key
+        rec.add("seal dataset (3 MiB)", "data owner", "ok", "ok", f"sha256 {digest[:16]}...")
+
+        nodes = {
+            "snp": node("trainer-snp", simulated_snp(pki, measurement=SNP_MEASUREMENT)),
+            "tdx": node("trainer-tdx", simulated_tdx(pki, mrtd=TDX_MRTD)),
+        }
+        for tee, agent in nodes.items():
+            result = agent.register()
+            rec.add("register", f"{tee.upper()} node", "ATTESTED", result.state.name, ",".join(result.groups))
+            out = workdir / f"train.{tee}.out"
+            try:
+                agent.decrypt(None, sealed, out)
+                same = hashlib.sha256(out.read_bytes()).hexdigest() == digest
+                rec.add(
+                    "fetch key + stream-decrypt dataset",
+                    f"{tee.upper()} node",
+                    "ok",
+                    "ok" if same else "HASH_MISMATCH",
+                )
+            except ControlPlaneError as err:
+                rec.add("fetch key + stream-decrypt dataset", f"{tee.upper()} node", "ok", _code(err))
+
+        weights = workdir / "weights.bin"
+        weights.write_bytes(os.urandom(1 << 20))
+        try:
+            written = nodes["snp"].encrypt(MODEL_KEY, weights, workdir / "weights.sealed")
+            rec.add(
+                "seal model output (write key)", "SNP node", "ok", "ok", f"{MODEL_KEY} v{written.key_version}"
+            )
+        except ControlPlaneError as err:
+            rec.add("seal model output (write key)", "SNP node", "ok", _code(err))
+        try:
+            nodes["tdx"].fetch_key(DATASET_KEY, "write")
+            rec.add("fetch dataset key for writing", "TDX node", "RELEASE_PURPOSE_NOT_ALLOWED", "ok")
+        except ControlPlaneError as err:
+            rec.add("fetch dataset key for writing", "TDX node", "RELEASE_PURPOSE_NOT_ALLOWED", _code(err))
+
+        below = {"bootloader": 3, "tee": 0, "snp": 7, "microcode": 115}  # demo policy: Milan snp >= 8
+        guests = [
+            ("debug guest", simulated_snp(pki, measurement=SNP_MEASUREMENT, debug=True), "POLICY_DEBUG_FORBIDDEN"),
+            ("wrong measurement", simulated_tdx(pki, mrtd=b"\x33" * 48), "POLICY_MEASUREMENT_NOT_ALLOWED"),
+            ("below-minimum TCB", simulated_snp(pki, measurement=SNP_MEASUREMENT, tcb=below), "POLICY_TCB_BELOW_MINIMUM"),
+        ]  # fmt: skip
+        for name, provider, code in guests:
+            result = node(name.replace(" ", "-").lower(), provider).register()
+            codes = [r.code for r in result.reasons]
+            outcome = code if result.state is NodeState.REJECTED and code in codes else result.state.name
+            rec.add("register", name, code, outcome, ",".join(codes))
+
+        admin.revoke(nodes["tdx"].node_id or "", "demo: node decommissioned")
+        rec.add("revoke TDX node", "operator", "ok", "ok")
+        try:
+            nodes["tdx"].fetch_key(DATASET_KEY)
+            rec.add("fetch key after revocation", "TDX node", "RELEASE_NODE_NOT_ATTESTED", "ok")
+        except ControlPlaneError as err:
+            rec.add("fetch key after revocation", "TDX node", "RELEASE_NODE_NOT_ATTESTED", _code(err))
+    return rec.steps

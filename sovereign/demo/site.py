@@ -1,0 +1,152 @@
+"""A throwaway site for demos: a simulated PKI's trust profile and collateral, a policy, a bootstrapped
+OpenBao dev server (file audit device on), and a real ``sovereign serve`` process on loopback over TLS.
+
+Everything lives under one work directory; ``Site.close()`` stops the processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+from attestation.collateral import CollateralItem, ItemKind
+from attestation.simulate import SimulatedPki
+from attestation.store import CollateralStore
+from kms.bootstrap import BootstrapReport, bootstrap
+from kms.openbao_server import OpenBaoServer, free_port
+from sovereign.cli._common import dump_trust
+
+SNP_MEASUREMENT = b"\x11" * 48  # what the demo policy's "trainers" group admits
+TDX_MRTD = b"\x22" * 48
+
+_KINDS = {
+    "certs": ItemKind.CERTIFICATE,
+    "crls": ItemKind.CRL,
+    "tcb_infos": ItemKind.TDX_TCB_INFO,
+    "qe_identities": ItemKind.TDX_QE_IDENTITY,
+}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    trust: Path
+    collateral: Path
+    policy: Path
+
+
+def prepare_inputs(workdir: Path, pki: SimulatedPki, now: datetime, policy_text: str | None = None) -> Inputs:
+    """The simulation trust profile, a collateral store holding the PKI's collateral, and a policy."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pki.mint_snp_report(measurement=SNP_MEASUREMENT)  # makes the AMD CA whose CRL goes in the store
+    items = [
+        (CollateralItem(_KINDS[kind], data), "simulator")
+        for group in (pki.snp_collateral_items(), pki.tdx_collateral_items())
+        for kind, values in group.items()
+        for data in values
+    ]
+    CollateralStore(workdir / "collateral").import_items(items, trust=pki.trust_store(), now=now)
+    trust = workdir / "trust.json"
+    trust.write_text(dump_trust(pki.trust_store()))
+    policy = workdir / "policy.toml"
+    if policy_text is None:
+        policy_text = resources.files("policies.defaults").joinpath("demo.toml").read_text()
+    policy.write_text(policy_text)
+    return Inputs(trust, workdir / "collateral", policy)
+
+
+@dataclass
+class Bao:
+    server: OpenBaoServer
+    report: BootstrapReport
+
+
+def start_bao(workdir: Path) -> Bao:
+    """A real OpenBao dev server (file audit device declared in its config), bootstrapped."""
+    server = OpenBaoServer.dev(workdir / "bao")
+    try:
+        return Bao(server, bootstrap(server.addr, server.root_token or "", workdir / "approle"))
+    except BaseException:
+        server.stop()
+        raise
+
+
+@dataclass
+class ControlPlane:
+    """``sovereign serve`` as a child process; ``start()`` returns once it listens."""
+
+    workdir: Path
+    inputs: Inputs
+    bao: Bao
+    extra: list[str] = field(default_factory=list)
+    port: int = 0
+    ca: Path | None = None
+    output: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[str] | None = None
+
+    @property
+    def db(self) -> Path:
+        return self.workdir / "sovereign.db"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.workdir / "run" / "admin.sock"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        self.port = self.port or free_port()
+        return [
+            sys.executable, "-m", "sovereign", "serve",
+            "--listen", self.target,
+            "--dev-tls", str(self.workdir / "tls"),
+            "--admin-socket", str(self.admin_socket),
+            "--db", str(self.db),
+            "--collateral", str(self.inputs.collateral),
+            "--policy", str(self.inputs.policy),
+            "--trust", str(self.inputs.trust),
+            "--bao-addr", self.bao.server.addr,
+            "--bao-role-id", self.bao.report.role_id,
+            "--bao-secret-id-file", self.bao.report.secret_id_file,
+            *self.extra,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> ControlPlane:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
+        self.proc = subprocess.Popen(
+            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line.rstrip())
+                if line.startswith("dev CA for clients to pin: "):
+                    self.ca = Path(line.split(": ", 1)[1].strip())
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout) or self.ca is None or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("sovereign serve did not start:\n" + "\n".join(self.output[-40:]))
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
