@@ -6,11 +6,19 @@ values and replies come back as the small dataclasses below. A failed RPC become
 ``grpc-status-details-bin`` trailer (an ``ErrorStatus`` packing one ``ErrorDetail``, see
 proto/README.md). The channel is TLS with the control plane's CA pinned as the only root, unless
 ``insecure_dev`` is set explicitly.
+
+Mutual TLS for KeyRelease: the client makes an ECDSA P-256 TLS key in this (TEE) process and sends it
+with Register/Renew, signed by the node's attested Ed25519 key over the request nonce (gRPC's TLS stack
+refuses Ed25519 client certificates, so the attested key vouches for a TLS key instead). An ATTESTED
+reply carries a short-lived client certificate for it and the KeyRelease port; ``release_key`` then
+calls over a second channel that presents that certificate (same pinned CA). The TLS private key never
+leaves this process.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +26,8 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
@@ -53,6 +63,8 @@ _DENIED = {
     _SC.ABORTED,
 }
 T = TypeVar("T")
+# Must equal kms.server.node_certs.PROOF_LABEL (the wire contract, attestation.proto ClientTlsKey).
+TLS_KEY_PROOF_LABEL = b"sovereign/v1 client tls key\x00"
 
 
 class NodeState(StrEnum):
@@ -298,6 +310,7 @@ class ControlPlaneClient:
         insecure_dev: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
         server_name: str | None = None,
+        release_target: str | None = None,
     ) -> None:
         if not target or not isinstance(target, str):
             raise NodeError("the control-plane address is empty", code=NodeCode.CONFIG_INVALID)
@@ -316,12 +329,19 @@ class ControlPlaneClient:
         self.target = target
         self.timeout = timeout
         self.insecure_dev = insecure_dev
+        self.release_target = release_target
+        self._ca_pem = ca_pem
+        self._options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        self._lock = threading.Lock()
+        self._tls_key: ec.EllipticCurvePrivateKey | None = None
+        self._release_channel: grpc.Channel | None = None
+        self.client_certificate: bytes = b""  # DER, from the last ATTESTED Register/Renew
         if insecure_dev:
             self._channel = grpc.insecure_channel(target)
         else:
-            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            self._tls_key = ec.generate_private_key(ec.SECP256R1())
             creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-            self._channel = grpc.secure_channel(target, creds, options=options)
+            self._channel = grpc.secure_channel(target, creds, options=self._options)
         self._attestation = attestation_pb2_grpc.AttestationStub(self._channel)
         self._release = key_release_pb2_grpc.KeyReleaseStub(self._channel)
 
@@ -336,7 +356,53 @@ class ControlPlaneClient:
         self.close()
 
     def close(self) -> None:
+        with self._lock:
+            if self._release_channel is not None:
+                self._release_channel.close()
+                self._release_channel = None
         self._channel.close()
+
+    def _tls_key_message(self, nonce: bytes, identity: NodeIdentity) -> attestation_pb2.ClientTlsKey | None:
+        if self._tls_key is None:
+            return None
+        spki = self._tls_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return attestation_pb2.ClientTlsKey(
+            public_key=spki, signature=identity.sign(TLS_KEY_PROOF_LABEL + nonce + spki)
+        )
+
+    def _take_certificate(self, reply: attestation_pb2.AttestationResult) -> None:
+        """Switch KeyRelease to mutual TLS with the certificate of an ATTESTED reply."""
+        if self._tls_key is None or not reply.client_certificate:
+            return
+        from cryptography import x509  # local: only nodes with TLS need it
+
+        try:
+            cert = x509.load_der_x509_certificate(bytes(reply.client_certificate))
+        except ValueError:
+            raise _bad_reply("Register", "client_certificate is not a DER X.509 certificate") from None
+        if cert.public_key() != self._tls_key.public_key():
+            raise _bad_reply("Register", "client_certificate is not for this node's TLS key")
+        target = self.release_target
+        if not target:
+            if not reply.release_port:
+                raise _bad_reply("Register", "a client certificate came without the KeyRelease port")
+            target = f"{self.target.rpartition(':')[0]}:{reply.release_port}"
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self._ca_pem,
+            private_key=self._tls_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
+        )
+        channel = grpc.secure_channel(target, creds, options=self._options)
+        with self._lock:
+            old, self._release_channel = self._release_channel, channel
+            self._release = key_release_pb2_grpc.KeyReleaseStub(channel)
+            self.client_certificate = bytes(reply.client_certificate)
+        if old is not None:
+            old.close()
 
     def _call(self, name: str, fn: Callable[..., T], request: Any, denied: NodeCode) -> T:
         try:
@@ -375,20 +441,37 @@ class ControlPlaneClient:
             keys=_keys(identity),
             node_name=node_name,
             requested_groups=list(groups),
+            client_tls_key=self._tls_key_message(nonce, identity),
         )
         reply = self._call("Register", self._attestation.Register, request, NodeCode.REGISTRATION_REJECTED)
-        return _registration("Register", reply)
+        registration = _registration("Register", reply)
+        self._take_certificate(reply)
+        return registration
 
     def renew(
         self, *, node_id: str, nonce: bytes, evidence: Evidence, identity: NodeIdentity
     ) -> Registration:
         request = attestation_pb2.RenewRequest(
-            node_id=node_id, nonce=nonce, evidence=_evidence(evidence), keys=_keys(identity)
+            node_id=node_id,
+            nonce=nonce,
+            evidence=_evidence(evidence),
+            keys=_keys(identity),
+            client_tls_key=self._tls_key_message(nonce, identity),
         )
         reply = self._call("Renew", self._attestation.Renew, request, NodeCode.REGISTRATION_REJECTED)
-        return _registration("Renew", reply)
+        registration = _registration("Renew", reply)
+        self._take_certificate(reply)
+        return registration
 
     def release_key(self, signed: SignedRelease) -> ReleaseGrant:
         request = key_release_pb2.ReleaseRequest(body=signed.body, signature=signed.signature)
-        reply = self._call("ReleaseKey", self._release.ReleaseKey, request, NodeCode.RELEASE_DENIED)
+        if self._tls_key is not None and not self.client_certificate:
+            raise NodeError(
+                "no client certificate for KeyRelease (mutual TLS) yet",
+                code=NodeCode.NODE_NOT_ATTESTED,
+                hint="register (or renew) ATTESTED first; the reply carries the node's client certificate",
+            )
+        with self._lock:
+            stub = self._release
+        reply = self._call("ReleaseKey", stub.ReleaseKey, request, NodeCode.RELEASE_DENIED)
         return _grant(reply)

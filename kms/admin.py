@@ -1,12 +1,16 @@
 """Operator use cases: nodes, keys, KEK, policy and collateral (served on the local admin socket only).
 
-Every change is applied atomically. Until operator authentication exists, the acting operator is the
-fixed identity ``LOCAL_OPERATOR`` (whoever can open the 0600 admin socket).
+Every change is applied atomically and recorded in the audit ledger before the call returns: node
+changes and policy changes in the same transaction as the change; key, KEK and collateral changes (made
+through OpenBao and the catalogue) right after they commit. Every mutating call takes ``actor``: the
+authenticated operator as a mapping (``{"subject", "username", "roles"}``, see
+``kms.audit.ledger.operator_draft``); without one the actor is the fixed identity ``LOCAL_OPERATOR``
+(whoever can open the 0600 admin socket).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,10 +20,12 @@ from sqlalchemy.engine import Connection
 from attestation.collateral import classify
 from attestation.store import ImportReport
 from kms.attest import check_groups
+from kms.audit.entry import Kind, Reason
+from kms.audit.ledger import AuditLedger, Draft, operator_draft
 from kms.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, RewrapReport
 from kms.clock import Clock
 from kms.errors import Code, KmsError
-from kms.policy_source import ActivePolicy, PolicySource
+from kms.policy_source import ActivePolicy, PolicySource, sha256_text
 from kms.registry import (
     FROM_POLICY_STATE,
     POLICY_STATE,
@@ -31,13 +37,15 @@ from kms.registry import (
     reason_dicts,
     require_from,
 )
-from kms.storage.nodes import SqlNodes, load_all, not_found, set_values
+from kms.storage.nodes import SqlNodes, load, load_all, not_found, set_values
 from kms.storage.store import Store
 from kms.verifier import EvidenceVerifier
 from policies import Change, claims_from_dict, parse_policy, reappraise
 from policies.errors import PolicyError
 
 LOCAL_OPERATOR = "local-admin"
+Actor = Mapping[str, Any]
+LOCAL_ACTOR: Actor = {"subject": LOCAL_OPERATOR}
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_TEXT = 1024
@@ -78,8 +86,11 @@ class Admin:
         policies: PolicySource,
         verifier: EvidenceVerifier,
         clock: Clock,
+        *,
+        audit: AuditLedger | None = None,
     ) -> None:
         self._store = store
+        self._audit = audit
         self._nodes = SqlNodes(store)
         self._catalogue = catalogue
         self._policies = policies
@@ -101,7 +112,35 @@ class Admin:
             raise not_found(node_id)
         return node
 
-    def approve_node(self, node_id: str, groups: Sequence[str], comment: str) -> NodeRecord:
+    # -- audit
+
+    def _record(
+        self, actor: Actor | None, kind: Kind, fields: Mapping[str, Any], reasons: Sequence[Reason] = ()
+    ) -> None:
+        if self._audit is not None:
+            self._audit.record(operator_draft(actor or LOCAL_ACTOR, kind, fields, reasons=reasons))
+
+    def _change_node(
+        self,
+        node_id: str,
+        fn: Callable[[NodeRecord], dict[str, Any]],
+        entry: Callable[[NodeRecord, NodeRecord], Draft],
+    ) -> NodeRecord:
+        """Read, check and update a node and append its audit entry in one transaction."""
+        with self._store.transaction() as conn:
+            current = load(conn, node_id)
+            if current is None:
+                raise not_found(node_id)
+            set_values(conn, node_id, fn(current))
+            updated = load(conn, node_id)
+            assert updated is not None
+            if self._audit is not None:
+                self._audit.append(conn, [entry(current, updated)])
+        return updated
+
+    def approve_node(
+        self, node_id: str, groups: Sequence[str], comment: str, *, actor: Actor | None = None
+    ) -> NodeRecord:
         granted = check_groups(groups)
         require_text(comment, "comment", required=False)
         if not granted:
@@ -119,15 +158,22 @@ class Admin:
                 **lease_values(new_lease(now, lease_seconds)),
             }
 
-        return self._nodes.change(node_id, change)
+        def entry(old: NodeRecord, new: NodeRecord) -> Draft:
+            fields = {"node_id": node_id, "old_state": old.state.value, "new_state": new.state.value,
+                      "groups": list(granted), "comment": comment}  # fmt: skip
+            return operator_draft(actor or LOCAL_ACTOR, Kind.NODE_APPROVE, fields)
 
-    def revoke_node(self, node_id: str, reason: str) -> NodeRecord:
-        return self._bar(node_id, reason, NodeState.REVOKED, Code.NODE_REVOKED_BY_OPERATOR)
+        return self._change_node(node_id, change, entry)
 
-    def suspend_node(self, node_id: str, reason: str) -> NodeRecord:
-        return self._bar(node_id, reason, NodeState.SUSPENDED, Code.NODE_SUSPENDED_BY_OPERATOR)
+    def revoke_node(self, node_id: str, reason: str, *, actor: Actor | None = None) -> NodeRecord:
+        return self._bar(node_id, reason, NodeState.REVOKED, Code.NODE_REVOKED_BY_OPERATOR, actor)
 
-    def _bar(self, node_id: str, reason: str, state: NodeState, code: Code) -> NodeRecord:
+    def suspend_node(self, node_id: str, reason: str, *, actor: Actor | None = None) -> NodeRecord:
+        return self._bar(node_id, reason, NodeState.SUSPENDED, Code.NODE_SUSPENDED_BY_OPERATOR, actor)
+
+    def _bar(
+        self, node_id: str, reason: str, state: NodeState, code: Code, actor: Actor | None
+    ) -> NodeRecord:
         require_text(reason, "reason", required=True)
         now = self._clock()
         allowed = (
@@ -146,29 +192,50 @@ class Admin:
                 **lease_values(None),
             }
 
-        return self._nodes.change(node_id, change)
+        kind = Kind.NODE_REVOKE if state is NodeState.REVOKED else Kind.NODE_SUSPEND
+
+        def entry(old: NodeRecord, new: NodeRecord) -> Draft:
+            fields = {"node_id": node_id, "old_state": old.state.value, "new_state": new.state.value}
+            return operator_draft(actor or LOCAL_ACTOR, kind, fields, reasons=[Reason(code.value, reason)])
+
+        return self._change_node(node_id, change, entry)
 
     # -- keys
 
-    def create_key(self, name: str, kind: KeyKind) -> KeyRecord:
-        return self._catalogue.create(name, kind)
+    def _key_changed(
+        self, record: KeyRecord, kind: Kind, actor: Actor | None, reasons: Sequence[Reason] = (), **extra: Any
+    ) -> KeyRecord:
+        fields = {"key_name": record.name, "key_kind": record.kind.value, "key_version": record.current_version,
+                  "state": record.state.value, **extra}  # fmt: skip
+        self._record(actor, kind, fields, reasons)
+        return record
 
-    def rotate_key(self, name: str) -> KeyRecord:
-        return self._catalogue.rotate(name)
+    def create_key(self, name: str, kind: KeyKind, *, actor: Actor | None = None) -> KeyRecord:
+        return self._key_changed(self._catalogue.create(name, kind), Kind.KEY_CREATE, actor)
 
-    def disable_key(self, name: str, reason: str) -> KeyRecord:
+    def describe_key(self, name: str) -> KeyRecord:
+        return self._catalogue.describe(name)
+
+    def rotate_key(self, name: str, *, actor: Actor | None = None) -> KeyRecord:
+        return self._key_changed(self._catalogue.rotate(name), Kind.KEY_ROTATE, actor)
+
+    def disable_key(self, name: str, reason: str, *, actor: Actor | None = None) -> KeyRecord:
         require_text(reason, "reason", required=True)
-        return self._catalogue.disable(name)
+        why = [Reason(Code.KEY_DISABLED.value, reason)]
+        return self._key_changed(self._catalogue.disable(name), Kind.KEY_DISABLE, actor, why)
 
-    def enable_key(self, name: str, comment: str) -> KeyRecord:
+    def enable_key(self, name: str, comment: str, *, actor: Actor | None = None) -> KeyRecord:
         require_text(comment, "comment", required=False)
-        return self._catalogue.enable(name)
+        return self._key_changed(self._catalogue.enable(name), Kind.KEY_ENABLE, actor, comment=comment)
 
-    def destroy_key(self, name: str, confirm_name: str, reason: str) -> KeyRecord:
+    def destroy_key(
+        self, name: str, confirm_name: str, reason: str, *, actor: Actor | None = None
+    ) -> KeyRecord:
         require_text(reason, "reason", required=True)
         if confirm_name != name:
             raise KmsError("confirm_name must repeat the key name exactly", code=Code.REQUEST_INVALID)
-        return self._catalogue.destroy(name)
+        why = [Reason(Code.KEY_DESTROYED.value, reason)]
+        return self._key_changed(self._catalogue.destroy(name), Kind.KEY_DESTROY, actor, why)
 
     def list_keys(
         self, kind: KeyKind | None, state: KeyState | None, page_size: int, page_token: str
@@ -183,10 +250,13 @@ class Admin:
         page = keys[offset : offset + size]
         return page, next_token(offset, size, len(page))
 
-    def rotate_kek(self, comment: str) -> tuple[int, RewrapReport]:
+    def rotate_kek(self, comment: str, *, actor: Actor | None = None) -> tuple[int, RewrapReport]:
         require_text(comment, "comment", required=False)
         version = self._catalogue.rotate_kek()
-        return version, self._catalogue.rewrap_all(version)
+        report = self._catalogue.rewrap_all(version)
+        fields = {"kek_version": version, "count": report.rewrapped, "comment": comment}
+        self._record(actor, Kind.KEK_ROTATE, fields)
+        return version, report
 
     # -- policy
 
@@ -194,7 +264,13 @@ class Admin:
         return self._policies.active()
 
     def put_policy(
-        self, toml: str, expected_version: int, dry_run: bool, by: str = LOCAL_OPERATOR
+        self,
+        toml: str,
+        expected_version: int,
+        dry_run: bool,
+        by: str = LOCAL_OPERATOR,
+        *,
+        actor: Actor | None = None,
     ) -> PolicyChange:
         policy = parse_policy(toml, "PutPolicy")
         now = self._clock()
@@ -208,25 +284,39 @@ class Admin:
             nodes = self._nodes.list((), 0, 1 << 30)
             checked, changes = _reappraisal(policy, nodes, now)
             return PolicyChange(active, checked, tuple(c for c in changes if _is_demotion(c)), True)
+        who = actor or {"subject": by}
+        old_digest = self._policies.active().row.sha256
         with self._store.transaction() as conn:
-            self._policies.append(conn, toml, expected_version, by, now)
+            version = self._policies.append(conn, toml, expected_version, by, now)
             nodes = load_all(conn)
             checked, changes = _reappraisal(policy, nodes, now)
             for change in changes:
                 _apply(conn, change, now)
+            if self._audit is not None:
+                fields = {"old_policy_digest": old_digest, "new_policy_digest": sha256_text(toml),
+                          "policy_version": version, "count": checked}  # fmt: skip
+                drafts = [operator_draft(who, Kind.POLICY_CHANGE, fields)]
+                drafts += [_suspension_draft(who, c, version) for c in changes if _is_demotion(c)]
+                self._audit.append(conn, drafts)
         return PolicyChange(
             self._policies.active(), checked, tuple(c for c in changes if _is_demotion(c)), False
         )
 
     # -- collateral
 
-    def import_collateral(self, bundle: bytes) -> ImportReport:
+    def import_collateral(self, bundle: bytes, *, actor: Actor | None = None) -> ImportReport:
         store = self._verifier.store()
         if store is None:
             raise KmsError("no collateral store is configured", code=Code.SERVER_CONFIG_INVALID)
         items = [(item, "ImportCollateral") for item in classify(bundle, "ImportCollateral")]
         report = store.import_items(items, trust=self._verifier.trust, now=self._clock())
         self._verifier.reload()
+        fields = {
+            "count": len(report.added),
+            "collateral_kind": [str(r["kind"]) for r in report.added],
+            "collateral_digest": [str(r["sha256"]) for r in report.added],
+        }
+        self._record(actor, Kind.COLLATERAL_IMPORT, fields)
         return report
 
 
@@ -243,6 +333,13 @@ def _reappraisal(policy: Any, nodes: Sequence[NodeRecord], now: datetime) -> tup
             continue
         changes.append(change)
     return len(live), changes
+
+
+def _suspension_draft(actor: Actor, change: Change, version: int) -> Draft:
+    reasons = [Reason(Code.NODE_SUSPENDED_BY_POLICY.value, f"re-appraised under policy v{version}")]
+    reasons += [Reason(str(getattr(r.code, "value", r.code)), str(r.message)) for r in change.reasons]
+    fields = {"node_id": change.node_id, "new_state": NodeState.SUSPENDED.value, "policy_version": version}
+    return operator_draft(actor, Kind.NODE_SUSPEND, fields, reasons=reasons)
 
 
 def _is_demotion(change: Change) -> bool:
@@ -271,4 +368,4 @@ def _apply(conn: Connection, change: Change, now: datetime) -> None:
     set_values(conn, change.node_id, values)
 
 
-__all__ = ["LOCAL_OPERATOR", "Admin", "PolicyChange", "PolicyError"]
+__all__ = ["LOCAL_ACTOR", "LOCAL_OPERATOR", "Actor", "Admin", "PolicyChange", "PolicyError"]

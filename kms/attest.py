@@ -2,12 +2,15 @@
 
 Order of checks: the request's shape (malformed input fails before any state changes), then the nonce
 is spent and committed, then evidence verification, report-data binding and appraisal. Every failure
-after the shape check is a REJECTED outcome with coded reasons, not an exception.
+after the shape check is a REJECTED outcome with coded reasons, not an exception. Every outcome (attested,
+pending, rejected) is a ``registration`` audit entry (claims digest, measurement, TCB status, groups,
+reasons), durable before the reply, whose sequence is ``audit_sequence`` in the result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +21,8 @@ from attestation.binding import verify_binding
 from attestation.claims import Claims
 from attestation.errors import AttestationError
 from attestation.evidence import detect_tee
+from kms.audit.entry import Decision, Kind
+from kms.audit.ledger import AuditLedger, Draft, node_actor, reasons_of
 from kms.clock import Clock
 from kms.envelope import SUITES, Suite, load_public_key
 from kms.envelope.errors import EnvelopeError
@@ -97,6 +102,36 @@ class AttestationOutcome:
     claims: Claims | None
     groups: tuple[str, ...]
     policy_version: int
+    audit_sequence: int = 0  # of the registration entry (0 when no ledger is wired: unit tests)
+
+
+_DECISION = {Outcome.ATTESTED: Decision.GRANT, Outcome.REJECTED: Decision.DENY}
+
+
+def registration_draft(
+    result: AttestationOutcome, node_name: str, tee: str, renew_of: NodeRecord | None
+) -> Draft:
+    fields: dict[str, Any] = {
+        "node_id": result.node_id,
+        "node_name": node_name,
+        "tee": tee,
+        "state": result.outcome.value,
+        "groups": list(result.groups),
+        "policy_version": result.policy_version,
+    }
+    if renew_of is not None:
+        fields["old_state"] = renew_of.state.value
+    if result.claims is not None:
+        fields["claims_digest"] = claims_digest(result.claims.to_dict())
+        fields["measurement"] = result.claims.measurement.hex()
+        fields["tcb_status"] = result.claims.tcb_status.value
+    return Draft(
+        Kind.REGISTRATION,
+        node_actor(result.node_id),
+        _DECISION.get(result.outcome, Decision.NONE),
+        reasons_of(result.reasons),
+        fields,
+    )
 
 
 class _Rejected(Exception):
@@ -171,8 +206,10 @@ class Attestation:
         policies: PolicySource,
         clock: Clock,
         metrics: Metrics | None = None,
+        audit: AuditLedger | None = None,
     ) -> None:
         self._nodes = SqlNodes(store)
+        self._audit = audit
         self._nonces = nonces
         self._verifier = verifier
         self._policies = policies
@@ -183,6 +220,23 @@ class Attestation:
         return self._nonces.issue(node_name), ACCEPTED_SUITES
 
     def register(self, req: RegisterInput) -> AttestationOutcome:
+        result = self._register(req)
+        return self._recorded(result, req.node_name, req.evidence.tee, None)
+
+    def renew(self, req: RenewInput) -> AttestationOutcome:
+        node = self._nodes.get(req.node_id) if isinstance(req.node_id, str) and req.node_id else None
+        result = self._renew(req)
+        return self._recorded(result, node.node_name if node else "", req.evidence.tee, node)
+
+    def _recorded(
+        self, result: AttestationOutcome, node_name: str, tee: str, renew_of: NodeRecord | None
+    ) -> AttestationOutcome:
+        if self._audit is None:
+            return result
+        (seq,) = self._audit.record(registration_draft(result, node_name, tee, renew_of))
+        return dataclasses.replace(result, audit_sequence=seq)
+
+    def _register(self, req: RegisterInput) -> AttestationOutcome:
         require_label(req.node_name, "node name")
         check_keys(req.keys)
         check_evidence(req.evidence)
@@ -253,7 +307,7 @@ class Attestation:
             record.node_id, outcome, lease, tuple(reasons), claims, groups, policy.version
         )
 
-    def renew(self, req: RenewInput) -> AttestationOutcome:
+    def _renew(self, req: RenewInput) -> AttestationOutcome:
         check_keys(req.keys)
         check_evidence(req.evidence)
         if not isinstance(req.node_id, str) or not 1 <= len(req.node_id) <= 64 or not req.node_id.isascii():

@@ -35,9 +35,46 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("listen", str, "127.0.0.1:8443", "node-facing address HOST:PORT (Attestation, KeyRelease)"),
-    Option("admin_socket", str, "var/run/sovereign-admin.sock", "Unix socket (0600) for the Admin service"),
-    Option("tls_cert", str, "", "server certificate chain (PEM) for the node-facing port"),
-    Option("tls_key", str, "", "server private key (PEM)"),
+    Option(
+        "release_listen",
+        str,
+        "127.0.0.1:8444",
+        "KeyRelease address HOST:PORT (mutual TLS with the node client certificates of --node-ca)",
+    ),
+    Option(
+        "admin_listen", str, "127.0.0.1:8445", "operator address HOST:PORT (Admin, Audit; TLS + bearer token)"
+    ),
+    Option(
+        "tls_cert",
+        str,
+        "",
+        "server certificate chain (PEM) for every port; a replaced file is used from the next handshake",
+    ),
+    Option("tls_key", str, "", "server private key (PEM); reloaded like --tls-cert"),
+    Option("node_ca", str, "var/node-ca", "directory of the node client CA (made on first start; key 0600)"),
+    Option("node_cert_ttl", int, 3600, "node client certificate lifetime, seconds (at most the lease)"),
+    Option(
+        "oidc_issuer", str, "", "Keycloak realm URL https://HOST/realms/REALM whose tokens operators send"
+    ),
+    Option("oidc_audience", str, "sovereign", "client id the operator tokens must be for (aud or azp)"),
+    Option(
+        "oidc_server_url",
+        str,
+        "",
+        "Keycloak base URL to fetch the realm keys from (default: from the issuer)",
+    ),
+    Option("oidc_jwks_file", str, "", "the realm's JWKS saved to a file (air-gapped sites; no fetch)"),
+    Option("oidc_ca_file", str, "", "CA bundle for Keycloak's TLS certificate"),
+    Option(
+        "role_map", str, "", "role map file (JSON or TOML, see docs/keycloak.md); default: the four roles"
+    ),
+    Option(
+        "two_person_actions",
+        str,
+        "PutPolicy,DestroyKey",
+        "comma-separated Admin methods held for a second operator ('' for none)",
+    ),
+    Option("two_person_ttl", int, 86400, "seconds a held change waits for its second operator"),
     Option("dev_tls", str, "", "make a dev CA + loopback server certificate in this directory if absent"),
     Option("insecure_dev", bool, False, "serve the node port WITHOUT TLS (development only)"),
     Option("db", str, "var/sovereign.db", "SQLite database file (or an SQLAlchemy URL)"),
@@ -78,9 +115,20 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = "127.0.0.1:8443"
-    admin_socket: str = "var/run/sovereign-admin.sock"
+    release_listen: str = "127.0.0.1:8444"
+    admin_listen: str = "127.0.0.1:8445"
     tls_cert: str = ""
     tls_key: str = ""
+    node_ca: str = "var/node-ca"
+    node_cert_ttl: int = 3600
+    oidc_issuer: str = ""
+    oidc_audience: str = "sovereign"
+    oidc_server_url: str = ""
+    oidc_jwks_file: str = ""
+    oidc_ca_file: str = ""
+    role_map: str = ""
+    two_person_actions: str = "PutPolicy,DestroyKey"
+    two_person_ttl: int = 86400
     dev_tls: str = ""
     insecure_dev: bool = False
     db: str = "var/sovereign.db"
@@ -158,9 +206,10 @@ def load_config(
 
 
 def validate(c: ServerConfig) -> None:
-    host, _, port = c.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise _bad(f"listen must be HOST:PORT, got {c.listen!r}")
+    for name in ("listen", "release_listen", "admin_listen"):
+        host, _, port = getattr(c, name).rpartition(":")
+        if not host or not port.isdigit():
+            raise _bad(f"{name} must be HOST:PORT, got {getattr(c, name)!r}")
     if c.insecure_dev and (c.dev_tls or c.tls_cert):
         raise _bad("--insecure-dev cannot be combined with TLS options")
     if not c.insecure_dev and not c.dev_tls and not (c.tls_cert and c.tls_key):
@@ -178,8 +227,19 @@ def validate(c: ServerConfig) -> None:
         raise _bad("nonce_ttl, clock_skew, workers must be positive and max_message_bytes >= 4096")
     if not 1 <= c.processes <= 64:
         raise _bad("processes must be 1-64")
-    if not c.admin_socket:
-        raise _bad("admin_socket is required (the Admin service is served only there)")
+    if not c.replica and not c.oidc_issuer:
+        raise _bad(
+            "operator sign-in is required: set --oidc-issuer https://KEYCLOAK/realms/REALM "
+            "(and --oidc-jwks-file on air-gapped sites); see docs/keycloak.md"
+        )
+    if c.node_cert_ttl <= 0 or c.two_person_ttl <= 0:
+        raise _bad("node_cert_ttl and two_person_ttl must be positive")
+    if not c.node_ca:
+        raise _bad("node_ca (the node client CA directory) is required")
+
+
+def two_person_actions(c: ServerConfig) -> frozenset[str]:
+    return frozenset(a.strip() for a in c.two_person_actions.split(",") if a.strip())
 
 
 def to_args(config: ServerConfig) -> list[str]:

@@ -5,8 +5,11 @@ for all of them, then one database transaction that re-reads everything each gra
 state and lease, key state, policy version, request ids already seen; ``commit_grants``), appends the
 grants and commits once. Only then do callers get their plaintext keys, to seal them. A grant refused in
 that transaction comes after its key was unwrapped: the refusal is recorded as a denial carrying the
-OpenBao request id in the same transaction, so OpenBao's audit log still reconciles with the database.
-All items of a batch share the OpenBao request id of the one batch decrypt.
+OpenBao request id in the same transaction, so OpenBao's audit log still reconciles with the ledger.
+All items of a batch share the OpenBao request id of the one batch decrypt; each grant or deny entry
+records it with the item's batch index and the batch size (``sovereign audit reconcile`` counts them).
+Grants and denials are audit ledger entries appended inside the batch's one commit: durable before any
+reply, one fsync per batch.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Granted:
 @dataclass(frozen=True)
 class Refused:
     refusal: Refusal
-    denial_id: int
+    audit_sequence: int  # of the release.deny ledger entry
 
 
 Outcome = Granted | Refused | OpenBaoError
@@ -61,6 +64,8 @@ def denial_of(row: GrantRow, refusal: Refusal, openbao_request_id: str | None) -
     return DenialRow(
         row.granted_at, row.node_id, row.key_name, row.purpose, row.request_id,
         refusal.code, refusal.message, openbao_request_id,
+        row.bao_batch_index if openbao_request_id else None,
+        row.bao_batch_size if openbao_request_id else None,
     )  # fmt: skip
 
 
@@ -111,7 +116,7 @@ class GrantLedger:
             if isinstance(result, OpenBaoError):
                 outcomes[index] = result
                 continue
-            item = _with_request_id(request.pending, result)
+            item = _with_request_id(request.pending, result, index, len(requests))
             if len(result.plaintext) != DATA_KEY_BYTES:
                 refusal = Refusal(
                     Code.KMS_BAD_RESPONSE.value, "the stored key did not unwrap to a 32-byte data key"
@@ -139,6 +144,8 @@ class GrantLedger:
         return done
 
 
-def _with_request_id(pending: PendingGrant, unwrapped: Unwrapped) -> PendingGrant:
-    row = dataclasses.replace(pending.row, openbao_request_id=unwrapped.request_id)
+def _with_request_id(pending: PendingGrant, unwrapped: Unwrapped, index: int, size: int) -> PendingGrant:
+    row = dataclasses.replace(
+        pending.row, openbao_request_id=unwrapped.request_id, bao_batch_index=index, bao_batch_size=size
+    )
     return dataclasses.replace(pending, row=row)

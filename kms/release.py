@@ -6,9 +6,11 @@ signature: refused, not recorded, since nothing authenticated the request), the 
 skew window, node state + lease + release policy, key state; then the batched stage (``kms.grants``)
 unwraps in OpenBao transit and, in one transaction, re-checks node, lease, key, policy version and the
 request id's freshness and appends the grant; only after that commit is the key sealed with HPKE to the
-node's attested KEM key under the release AAD. Every refusal of an authenticated request is recorded in
-``denials``; nothing is ever recorded as granted for a denial. The plaintext key lives only in memory,
-from the batch decrypt to the seal (CPython cannot wipe it; it is never logged or repr'd).
+node's attested KEM key under the release AAD. Grants and every refusal of an authenticated request are
+audit ledger entries (``release.grant`` / ``release.deny``): the grant's ledger sequence is the
+``audit_sequence`` in the AAD and the reply; nothing is ever recorded as granted for a denial. The
+plaintext key lives only in memory, from the batch decrypt to the seal (CPython cannot wipe it; it is
+never logged or repr'd).
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class Released:
 
 
 class ReleaseDenied(Exception):
-    """A refused release. ``code`` is the first reason's code; ``denial_id`` the recorded row (0: none)."""
+    """A refused release. ``code`` is the first reason's code; ``denial_id`` the ledger sequence of the
+    ``release.deny`` entry (0: not recorded; entry 0 is always the first server.start)."""
 
     def __init__(self, reasons: Sequence[dict[str, str]], denial_id: int = 0) -> None:
         first = reasons[0]
@@ -91,6 +94,10 @@ class ReleaseDenied(Exception):
         self.reasons = tuple(reasons)
         self.denial_id = denial_id
         super().__init__(f"{self.code}: {self.message}")
+
+    @property
+    def audit_sequence(self) -> int:
+        return self.denial_id
 
 
 def _reason(code: Any, message: str, hint: str = "") -> dict[str, str]:
@@ -143,7 +150,7 @@ def check_skew(timestamp: datetime, now: datetime, skew: timedelta) -> None:
 
 
 class Denial(Exception):
-    """A refusal decided before any decrypt; ``row`` is what to record in ``denials``."""
+    """A refusal decided before any decrypt; ``row`` is what the ``release.deny`` entry records."""
 
     def __init__(self, reasons: list[dict[str, str]], row: DenialRow) -> None:
         super().__init__(reasons[0]["code"])
@@ -153,7 +160,17 @@ class Denial(Exception):
 
 def _denial(f: ReleaseBody, now: datetime, reasons: list[dict[str, str]]) -> Denial:
     first = reasons[0]
-    row = DenialRow(now, f.node_id, f.key_name, f.purpose, f.request_id, first["code"], first["message"])
+    more = tuple((r["code"], r["message"]) for r in reasons[1:])
+    row = DenialRow(
+        now,
+        f.node_id,
+        f.key_name,
+        f.purpose,
+        f.request_id,
+        first["code"],
+        first["message"],
+        more_reasons=more,
+    )
     return Denial(reasons, row)
 
 
@@ -267,7 +284,7 @@ class KeyRelease:
             self._node_cache.clear()
             self._key_cache.clear()
             r = outcome.refusal
-            raise ReleaseDenied([_reason(r.code, r.message, r.hint)], outcome.denial_id)
+            raise ReleaseDenied([_reason(r.code, r.message, r.hint)], outcome.audit_sequence)
         row = prepared.grant.pending.row
         return self._seal(
             prepared.node, f=prepared.fields, version=row.key_version, sequence=outcome.sequence,

@@ -4,6 +4,13 @@ The rest of the control plane depends on the small ``Transit`` protocol; ``OpenB
 with hvac over one pooled ``requests`` session. Data keys are generated wrapped by the KEK
 (``transit/datakey/wrapped``) and only ever leave OpenBao in plaintext through ``unwrap``, whose result
 hides the bytes from ``repr``. Every hvac/requests failure is mapped to a coded ``OpenBaoError``.
+
+A raft cluster is given as a comma-separated address list. The adapter sends everything to the active
+node (found through ``/v1/sys/health``: 200 active, 429/473 standby, 503 sealed, 501 not initialised)
+and never follows an HTTP redirect, so its token only ever goes to a listed address. When a call fails in a
+way that shows it was not executed (connection refused, standby without a leader, sealed, a redirect), or
+may have been but is safe to repeat (every call but a KEK rotation), it finds the active node again and
+retries until ``failover_budget`` seconds are spent; then it fails closed with ``KMS_UNAVAILABLE``.
 """
 
 from __future__ import annotations
@@ -121,6 +128,24 @@ class BaoSettings:
     timeout: float = 5.0
     ca_cert: str | None = None
     pool_size: int = 16
+    # with several addresses: how long one call may spend finding a new active node
+    failover_budget: float = 15.0
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The addresses in ``addr`` (comma-separated for a cluster), in order, without duplicates."""
+        out: list[str] = []
+        for part in self.addr.split(","):
+            addr = part.strip().rstrip("/")
+            if not re.fullmatch(r"https?://[^\s/?#@]+", addr):
+                raise OpenBaoError(
+                    f"OpenBao address {addr[:100]!r} is not http(s)://HOST:PORT",
+                    code=Code.KMS_CONFIG_INVALID,
+                    hint="list cluster members comma-separated: https://bao-0:8200,https://bao-1:8200",
+                )
+            if addr not in out:
+                out.append(addr)
+        return tuple(out)
 
     @classmethod
     def resolve(
@@ -178,19 +203,33 @@ def _read_secret(path: Path, what: str) -> str:
     return value
 
 
+class StandbyRedirect(requests.exceptions.RequestException):
+    """A node answered with a redirect (a standby that cannot forward); the request was not executed."""
+
+
+def _refuse_redirects(response: requests.Response, *_args: Any, **_kwargs: Any) -> requests.Response:
+    if response.is_redirect:
+        raise StandbyRedirect(f"HTTP {response.status_code} redirect", response=response)
+    return response
+
+
 def pooled_client(settings: BaoSettings, token: str | None = None) -> hvac.Client:
-    """An hvac client over a keep-alive session that ignores proxy variables (KMS traffic is direct)."""
+    """An hvac client over a keep-alive session that ignores proxy variables (KMS traffic is direct) and
+    never follows redirects (a redirect would carry the token to an address nobody configured)."""
     session = requests.Session()
     session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.pool_size, max_retries=0)
+    session.hooks["response"].append(_refuse_redirects)
+    addresses = settings.addresses
+    adapter = HTTPAdapter(pool_connections=len(addresses), pool_maxsize=settings.pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return hvac.Client(
-        url=settings.addr,
+        url=addresses[0],
         token=token,
         session=session,
         timeout=settings.timeout,
         verify=settings.ca_cert or True,
+        allow_redirects=False,
     )
 
 
@@ -201,6 +240,12 @@ def map_error(exc: Exception, operation: str, addr: str) -> OpenBaoError:
     """Translate an hvac/requests failure into a coded error. Never quotes request bodies."""
     if isinstance(exc, OpenBaoError):
         return exc
+    if isinstance(exc, StandbyRedirect):
+        return OpenBaoError(
+            f"OpenBao at {addr} is a standby that redirected {operation} instead of forwarding it",
+            code=Code.KMS_UNAVAILABLE,
+            hint="list every cluster member in SOVEREIGN_BAO_ADDR (comma-separated)",
+        )
     if isinstance(exc, requests.exceptions.Timeout):
         return OpenBaoError(
             f"OpenBao at {addr} did not answer {operation} in time",
@@ -242,6 +287,35 @@ def map_error(exc: Exception, operation: str, addr: str) -> OpenBaoError:
             f"OpenBao could not {operation} the wrapped key: {detail}", code=Code.KMS_DECRYPT_FAILED
         )
     return OpenBaoError(f"OpenBao failed {operation}: {type(exc).__name__}: {detail}")
+
+
+class FailoverError(OpenBaoError):
+    """A failure that says nothing about the request itself: another (active) node may serve it."""
+
+
+def _not_executed(exc: Exception) -> bool:
+    """The request certainly did not run on an active node (refused, redirected, standby, sealed)."""
+    if isinstance(exc, StandbyRedirect | requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        # requests wraps urllib3's MaxRetryError(reason=NewConnectionError): the connect itself failed
+        reason = exc.args[0] if exc.args else None
+        reason = getattr(reason, "reason", reason)
+        return any(c.__name__ == "NewConnectionError" for c in type(reason).__mro__)
+    if isinstance(exc, hvac.exceptions.VaultDown | hvac.exceptions.VaultNotInitialized):
+        return True
+    # a standby while no leader is elected: "local node not active but active cluster node not found"
+    return isinstance(exc, hvac.exceptions.InternalServerError) and "node not active" in _detail(exc)
+
+
+def _transient(exc: Exception) -> bool:
+    """The request may have run, but failed in transit or on a failing node: repeat only if idempotent."""
+    return isinstance(
+        exc,
+        requests.exceptions.RequestException
+        | hvac.exceptions.InternalServerError
+        | hvac.exceptions.BadGateway,
+    )
 
 
 def _detail(exc: hvac.exceptions.VaultError) -> str:
@@ -289,8 +363,12 @@ class OpenBaoTransit:
         self.audit_key = settings.audit_key
         self._mount = settings.mount
         self._monotonic = monotonic
+        self._addresses = settings.addresses
         self._client = pooled_client(settings)
         self._lock = threading.Lock()
+        self._failover_lock = threading.Lock()
+        self._generation = 0  # bumped whenever the client moves to another node
+        self._located = len(self._addresses) == 1
         self._token_ready = False
         self._deadline: float | None = None  # monotonic time the token expires, None = no expiry
         self._ttl = 0.0
@@ -299,6 +377,15 @@ class OpenBaoTransit:
 
     def __repr__(self) -> str:
         return f"OpenBaoTransit(addr={self.settings.addr!r}, kek={self.kek!r}, auth={type(self.settings.auth).__name__})"
+
+    @property
+    def active_addr(self) -> str:
+        """The address requests go to now (the active node, once found)."""
+        return str(self._client.url)
+
+    @property
+    def clustered(self) -> bool:
+        return len(self._addresses) > 1
 
     @property
     def client(self) -> hvac.Client:
@@ -312,6 +399,9 @@ class OpenBaoTransit:
     # -- authentication
 
     def _ensure_token(self) -> None:
+        if not self._located:
+            self._follow_active(self._generation)
+            self._located = True
         if self._token_ready and (self._deadline is None or self._monotonic() < self._refresh_at()):
             return
         with self._lock:
@@ -349,7 +439,7 @@ class OpenBaoTransit:
             ) from None
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
             self._token_ready = False
-            raise map_error(exc, "login", self.settings.addr) from None
+            raise _mapped(exc, "login", self.active_addr, idempotent=True) from None
         except (KeyError, TypeError, ValueError):
             raise _bad_response("login", "auth block") from None
         self._token_ready = True
@@ -371,7 +461,7 @@ class OpenBaoTransit:
             except (hvac.exceptions.VaultError, KeyError, TypeError):
                 pass
             except requests.exceptions.RequestException as exc:
-                raise map_error(exc, "token renewal", self.settings.addr) from None
+                raise _mapped(exc, "token renewal", self.active_addr, idempotent=True) from None
         if isinstance(self.settings.auth, AppRoleAuth):
             self._authenticate()
             return
@@ -390,16 +480,70 @@ class OpenBaoTransit:
             return False
         return False
 
-    def call(self, operation: str, fn: Callable[[hvac.Client], T]) -> T:
+    def call(self, operation: str, fn: Callable[[hvac.Client], T], *, idempotent: bool = True) -> T:
         """Run ``fn`` with the authenticated client, mapping failures to coded errors (one re-login on
-        a dead AppRole token). The typed methods below use it; operator tools and tests may too."""
+        a dead AppRole token). On a cluster, a failure that another node may not have (see the module
+        docstring) moves to the active node and tries again, within ``failover_budget`` seconds; a call
+        that is not ``idempotent`` is repeated only when it certainly did not run. The typed methods
+        below use it; operator tools and tests may too."""
+        deadline = time.monotonic() + self.settings.failover_budget
+        delay = 0.05
+        while True:
+            generation = self._generation
+            try:
+                return self._call_once(operation, fn, idempotent)
+            except FailoverError as err:
+                if not self.clustered:
+                    raise OpenBaoError(err.message, code=err.code, hint=err.hint) from None
+                last = err
+            if self._follow_active(generation):
+                continue
+            if time.monotonic() + delay >= deadline:
+                raise OpenBaoError(
+                    f"no active OpenBao node among {', '.join(self._addresses)} served {operation} within "
+                    f"{self.settings.failover_budget:g}s (last: {last.message})",
+                    code=Code.KMS_SEALED if last.code is Code.KMS_SEALED else Code.KMS_UNAVAILABLE,
+                    hint="check the raft cluster: bao operator raft list-peers; is a quorum up and unsealed?",
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _follow_active(self, generation: int) -> bool:
+        """Point the client at the node whose health says active. True if it moved (or another thread
+        already moved it since ``generation``), False if no other active node was found."""
+        with self._failover_lock:
+            if self._generation != generation:
+                return True
+            for addr in self._addresses:
+                if self._health_status(addr) == 200:
+                    if addr == self.active_addr:
+                        return False
+                    self._client.url = addr
+                    self._generation += 1
+                    return True
+            return False
+
+    def _health_status(self, addr: str) -> int:
+        try:
+            response = self._client.session.get(
+                f"{addr}/v1/sys/health",
+                timeout=min(self.settings.timeout, 2.0),
+                verify=self.settings.ca_cert or True,
+                allow_redirects=False,
+            )
+        except requests.exceptions.RequestException:
+            return 0
+        return int(response.status_code)
+
+    def _call_once(self, operation: str, fn: Callable[[hvac.Client], T], idempotent: bool) -> T:
         self._ensure_token()
+        addr = self.active_addr
         try:
             return fn(self._client)
         except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as exc:
-            denied = map_error(exc, operation, self.settings.addr)
+            denied = map_error(exc, operation, addr)
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise map_error(exc, operation, self.settings.addr) from None
+            raise _mapped(exc, operation, addr, idempotent=idempotent) from None
         # A 403 is either the policy or a dead token; only the second is worth a fresh login.
         with self._lock:
             dead = self._token_is_dead()
@@ -415,7 +559,7 @@ class OpenBaoTransit:
         try:
             return fn(self._client)
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            raise map_error(exc, operation, self.settings.addr) from None
+            raise _mapped(exc, operation, addr, idempotent=idempotent) from None
 
     # -- data keys
 
@@ -496,7 +640,11 @@ class OpenBaoTransit:
 
     def rotate_kek(self) -> int:
         """Rotate the KEK (operator credentials); returns its new latest version."""
-        self.call("rotate", lambda c: c.secrets.transit.rotate_key(self.kek, mount_point=self._mount))
+        self.call(
+            "rotate",
+            lambda c: c.secrets.transit.rotate_key(self.kek, mount_point=self._mount),
+            idempotent=False,  # a repeat after a lost answer would rotate twice
+        )
         return self.key_info(self.kek).latest_version
 
     # -- audit signing key
@@ -615,6 +763,13 @@ class OpenBaoTransit:
                 ),
             )
         return created
+
+
+def _mapped(exc: Exception, operation: str, addr: str, *, idempotent: bool) -> OpenBaoError:
+    error = map_error(exc, operation, addr)
+    if _not_executed(exc) or (idempotent and _transient(exc)):
+        return FailoverError(error.message, code=error.code, hint=error.hint)
+    return error
 
 
 def _data(resp: Any, operation: str) -> dict[str, Any]:

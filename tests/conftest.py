@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from vectorlib import vectors_dir
 
+# PostgreSQL fixtures (pg_server, postgres_url) for any test folder; the server starts on first use
+pytest_plugins = ["pg.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:

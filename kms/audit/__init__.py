@@ -1,4 +1,5 @@
-"""The audit ledger's pure core: entries, Merkle tree (RFC 9162), signed checkpoints, exports, verification.
-
-No I/O and no clock reads here: the storage-backed appender and the RPCs build on these.
+"""The audit ledger. Pure core (no I/O, no clock): entries, Merkle tree (RFC 9162), signed checkpoints,
+exports, offline verification, reconciliation. Server side, over ``kms.storage``: ``ledger`` (appends in
+the caller's transaction), ``reader`` (queries, proofs, export, recovery), ``checkpointer`` (background
+OpenBao transit signer) and ``service`` (start/stop in a server process).
 """

@@ -35,6 +35,16 @@ _HINTS: dict[Code, str] = {
     Code.AUDIT_CONSISTENCY_INVALID: "the consistency proof does not link the two checkpoints; export again",
     Code.AUDIT_TRUNCATED: "the export ends before its final checkpoint's size: the file was cut; export again",
     Code.AUDIT_UNSIGNED_TAIL: "entries after the last checkpoint are not covered by a signature; export again",
+    Code.AUDIT_LEDGER_CORRUPT: (
+        "the stored ledger does not match its own tree or signed checkpoints: restore the database from a "
+        "backup and compare with the last export; do not serve from it"
+    ),
+    Code.AUDIT_NOT_FOUND: "ask for a tree size that has a checkpoint: sovereign audit tail shows the latest",
+    Code.AUDIT_SIGNER_FAILED: (
+        "the control plane could not sign a checkpoint with the OpenBao transit audit key: check OpenBao "
+        "and the sovereign-control-plane policy (transit/sign/sovereign-audit)"
+    ),
+    Code.AUDIT_RECONCILE_INPUT_INVALID: "pass OpenBao's file audit device log (JSON lines) and a ledger export",
 }
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -168,3 +168,25 @@ def write_export(out: BinaryIO, header: bytes, body: BinaryIO) -> None:
     out.write(header)
     while chunk := body.read(1 << 20):
         out.write(chunk)
+
+
+def write_items(out: BinaryIO, items: Iterable[bytes | Checkpoint], spool: BinaryIO) -> Checkpoint:
+    """Write an export from items in ledger order (canonical entry bytes, checkpoints after the entry that
+    completes them), e.g. the server's Export stream. The header needs the final checkpoint, so the body
+    goes to ``spool`` (a temporary file) first. Returns the final checkpoint."""
+    last: Checkpoint | None = None
+    entries = 0
+    for item in items:
+        if isinstance(item, Checkpoint):
+            spool.write(checkpoint_line(item))
+            last = item
+        else:
+            spool.write(entry_line(item))
+            entries += 1
+    if last is None:
+        raise ExportInvalid("the ledger has no checkpoint to end the export with")
+    if last.size < entries:
+        raise ExportInvalid(f"the export ends with a checkpoint of size {last.size} after {entries} entries")
+    spool.seek(0)
+    write_export(out, header_line(last), spool)
+    return last

@@ -1,14 +1,18 @@
 """Wire the control plane together from a ``ServerConfig`` and serve it over gRPC.
 
-Two servers: the node-facing one on TCP (TLS unless --insecure-dev) with Attestation, KeyRelease, health
-and reflection; the Admin service only on a local Unix socket (0600), never on the TCP port.
+Three ports, each TLS with the server certificate (reloaded when its files are replaced) unless
+--insecure-dev: the node-facing one (Attestation, health, reflection), KeyRelease with mutual TLS (node
+client certificates from the node CA, ``kms.server.node_certs``), and the operator endpoint (Admin,
+Audit) behind ``OperatorAuthInterceptor`` (Keycloak bearer token + role, refusals audited). With
+--insecure-dev everything is plaintext and KeyRelease shares the node port (development only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
+import json
+import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,21 +27,31 @@ from grpc_reflection.v1alpha import reflection
 from attestation.trust import TrustStore
 from kms.admin import Admin
 from kms.attest import Attestation
+from kms.audit.service import AuditPlane, start_audit
+from kms.auth.errors import AuthError
+from kms.auth.interceptor import OperatorAuthInterceptor
+from kms.auth.roles import RoleMap
+from kms.auth.tokens import TokenValidator, keycloak_validator
+from kms.auth.two_person import TwoPersonConfig, TwoPersonRule
 from kms.catalogue import Catalogue
 from kms.clock import Clock, system_clock
-from kms.config import ServerConfig
+from kms.config import ServerConfig, two_person_actions
 from kms.errors import Code, KmsError
 from kms.grants import GrantLedger
 from kms.metrics import Metrics
 from kms.nonces import Nonces
 from kms.policy_source import PolicySource
 from kms.release import KeyRelease
-from kms.server.node_servicers import AttestationServicer, KeyReleaseServicer, add_node_services
+from kms.server.audit_servicer import add_audit_service
+from kms.server.node_certs import NodeCa
+from kms.server.node_servicers import AttestationServicer, ClientCerts, KeyReleaseServicer, add_node_services
+from kms.server.operator_audit import OperatorAudit
 from kms.server.servicers import AdminServicer
-from kms.server.tls import ensure_dev_tls
+from kms.server.tls import ReloadingCertificate, ensure_dev_tls
 from kms.storage import open_store
 from kms.storage.group_commit import GroupCommit
 from kms.storage.keys import SqlKeyStore
+from kms.storage.pending_changes import SqlPendingStore
 from kms.storage.store import Store
 from kms.vault import BaoSettings, OpenBaoTransit, Transit
 from kms.verifier import EvidenceVerifier
@@ -67,6 +81,11 @@ class ControlPlane:
     admin: Admin
     policies: PolicySource
     metrics: Metrics
+    operator_audit: OperatorAudit = field(default_factory=lambda: OperatorAudit(None))
+    two_person: TwoPersonRule | None = None
+    roles: RoleMap = field(default_factory=RoleMap.default)
+    clock: Clock = system_clock
+    audit: AuditPlane | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -119,13 +138,35 @@ def build(
         catalogue = Catalogue(SqlKeyStore(store), transit, clock)
         commit = GroupCommit(store, window=config.denial_window_ms / 1000)
         closers.append(commit.close)
+        audit = start_audit(
+            store, commit, transit, clock, address=config.listen, policy_version=policies.active().version,
+            sign=not config.replica,
+        )  # fmt: skip
+        closers.append(audit.stop)  # after the batchers stop, before the group commit closes
         ledger = GrantLedger(store, transit, commit, clock, window=config.release_window_ms / 1000)
         closers.append(ledger.close)
         nonces = Nonces(store, clock, ttl=timedelta(seconds=config.nonce_ttl))
+        roles = load_role_map(config)
+        two_person = TwoPersonRule(
+            SqlPendingStore(store),
+            roles,
+            _two_person_config(config),
+        )
         return ControlPlane(
+            operator_audit=OperatorAudit(audit.ledger),
+            audit=audit,
+            two_person=two_person,
+            roles=roles,
+            clock=clock,
             store=store,
             attestation=Attestation(
-                store, nonces=nonces, verifier=verifier, policies=policies, clock=clock, metrics=metrics
+                store,
+                nonces=nonces,
+                verifier=verifier,
+                policies=policies,
+                clock=clock,
+                metrics=metrics,
+                audit=audit.ledger,
             ),
             release=KeyRelease(
                 store,
@@ -136,7 +177,7 @@ def build(
                 skew=timedelta(seconds=config.clock_skew),
                 metrics=metrics,
             ),
-            admin=Admin(store, catalogue, policies, verifier, clock),
+            admin=Admin(store, catalogue, policies, verifier, clock, audit=audit.ledger),
             policies=policies,
             metrics=metrics,
             closers=closers,
@@ -148,85 +189,153 @@ def build(
         raise
 
 
+def _auth_config_error(err: AuthError) -> KmsError:
+    return KmsError(f"operator authentication: {err.message}", code=Code.SERVER_CONFIG_INVALID, hint=err.hint)
+
+
+def _two_person_config(config: ServerConfig) -> TwoPersonConfig:
+    try:
+        return TwoPersonConfig(two_person_actions(config), timedelta(seconds=config.two_person_ttl))
+    except AuthError as err:
+        raise _auth_config_error(err) from None
+
+
+def load_role_map(config: ServerConfig) -> RoleMap:
+    """The default role map, or the one in ``config.role_map`` (JSON or TOML)."""
+    if not config.role_map:
+        return RoleMap.default()
+    path = Path(config.role_map)
+    try:
+        text = path.read_text()
+        doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return RoleMap.from_config(doc)
+    except (OSError, ValueError) as exc:
+        raise KmsError(f"cannot read role map {path}: {exc}", code=Code.SERVER_CONFIG_INVALID) from None
+    except AuthError as err:
+        raise _auth_config_error(err) from None
+
+
+def token_validator(config: ServerConfig) -> TokenValidator:
+    """The realm's token validator; its keys are loaded now (the server does not start without them)."""
+    try:
+        base, _, realm = config.oidc_issuer.rstrip("/").rpartition("/realms/")
+        return keycloak_validator(
+            config.oidc_server_url or base,
+            realm,
+            config.oidc_audience,
+            jwks_file=Path(config.oidc_jwks_file) if config.oidc_jwks_file else None,
+            ca_file=config.oidc_ca_file or None,
+            issuer=config.oidc_issuer,
+        )
+    except AuthError as err:
+        raise _auth_config_error(err) from None
+
+
 @dataclass
 class Running:
     node: grpc.aio.Server
     admin: grpc.Server | None  # replicas serve no Admin
     node_address: str
-    admin_socket: Path | None
+    release_address: str  # == node_address with --insecure-dev
+    admin_address: str | None
     ca_path: Path | None
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     pool: ThreadPoolExecutor
+    release: grpc.aio.Server | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         admin_done = self.admin.stop(grace) if self.admin is not None else None
         await self.node.stop(grace)
+        if self.release is not None:
+            await self.release.stop(grace)
         if admin_done is not None:
             admin_done.wait(grace + 1)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.admin_socket is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.admin_socket.unlink()
 
 
-def _credentials(config: ServerConfig, clock: Clock) -> tuple[grpc.ServerCredentials | None, Path | None]:
-    if config.insecure_dev:
-        return None, None
+def _tls_files(config: ServerConfig, clock: Clock) -> tuple[Path, Path, Path | None]:
+    """(certificate, key, dev CA to print) of the server's TLS identity."""
     if config.dev_tls:
         files = ensure_dev_tls(Path(config.dev_tls), clock())
-        cert, key, ca = files.cert, files.key, files.ca
-    else:
-        cert, key, ca = Path(config.tls_cert), Path(config.tls_key), None
-    try:
-        pair = (key.read_bytes(), cert.read_bytes())
-    except OSError as exc:
-        raise KmsError(f"cannot read TLS files: {exc}", code=Code.SERVER_CONFIG_INVALID) from None
-    return grpc.ssl_server_credentials([pair]), ca
+        return files.cert, files.key, files.ca
+    return Path(config.tls_cert), Path(config.tls_key), None
+
+
+def _listen(server: Any, address: str, creds: grpc.ServerCredentials | None) -> int:
+    port = int(server.add_secure_port(address, creds) if creds else server.add_insecure_port(address))
+    if port == 0:
+        raise KmsError(f"cannot listen on {address}", code=Code.SERVER_CONFIG_INVALID)
+    return port
+
+
+def _options(max_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
 
 
 async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = system_clock) -> Running:
-    """Start both servers in the running event loop; the caller awaits a stop signal, then ``stop``."""
-    creds, ca = _credentials(config, clock)
-    node = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-        ]
-    )
+    """Start the servers in the running event loop; the caller awaits a stop signal, then ``stop``."""
+    tls: tuple[Path, Path, Path | None] | None = None if config.insecure_dev else _tls_files(config, clock)
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="attest")
-    add_node_services(node, AttestationServicer(plane.attestation, pool), KeyReleaseServicer(plane.release))
+    node = grpc.aio.server(options=_options(config.max_message_bytes))
+    release: grpc.aio.Server | None = None
+    if tls is None:
+        certs = None
+        add_node_services(
+            node, AttestationServicer(plane.attestation, pool), KeyReleaseServicer(plane.release)
+        )
+    else:
+        ca = NodeCa.load_or_create(Path(config.node_ca), clock())
+        release = grpc.aio.server(options=_options(config.max_message_bytes))
+        release_creds = ReloadingCertificate(tls[0], tls[1], client_ca=ca.pem).credentials()
+        release_port = _listen(release, config.release_listen, release_creds)
+        certs = ClientCerts(ca, timedelta(seconds=config.node_cert_ttl), release_port, clock)
+        add_node_services(node, AttestationServicer(plane.attestation, pool, certs), None)
+        add_node_services(release, None, KeyReleaseServicer(plane.release, clock))
     checker = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, node)
     reflection.enable_server_reflection((*NODE_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), node)
-    port = node.add_secure_port(config.listen, creds) if creds else node.add_insecure_port(config.listen)
-    if port == 0:
-        raise KmsError(f"cannot listen on {config.listen}", code=Code.SERVER_CONFIG_INVALID)
-    admin, socket_path = (None, None) if config.replica else _admin_server(config, plane)
+    creds = None if tls is None else ReloadingCertificate(tls[0], tls[1]).credentials()
+    port = _listen(node, config.listen, creds)
+    admin, admin_address = (None, None) if config.replica else _admin_server(config, plane, tls)
     await node.start()
+    if release is not None:
+        await release.start()
     for name in ("", *NODE_SERVICES):
         await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = config.listen.rpartition(":")[0]
-    return Running(node, admin, f"{host}:{port}", socket_path, ca, checker, pool)
+    release_host = config.release_listen.rpartition(":")[0]
+    release_address = f"{release_host}:{certs.release_port}" if certs else f"{host}:{port}"
+    return Running(
+        node, admin, f"{host}:{port}", release_address, admin_address, tls[2] if tls else None, checker, pool,
+        release,
+    )  # fmt: skip
 
 
-def _admin_server(config: ServerConfig, plane: ControlPlane) -> tuple[grpc.Server, Path]:
-    """Admin only on a Unix socket created 0600 (never on the TCP port)."""
+def _admin_server(
+    config: ServerConfig, plane: ControlPlane, tls: tuple[Path, Path, Path | None] | None
+) -> tuple[grpc.Server, str]:
+    """Admin (and Audit) on the operator port: TLS, bearer token and role on every call."""
+    if plane.two_person is None:
+        raise KmsError(
+            "the control plane was built without the two-person rule", code=Code.SERVER_CONFIG_INVALID
+        )
+    auth = OperatorAuthInterceptor(
+        token_validator(config), plane.roles, on_refused=plane.operator_audit.on_refused, clock=plane.clock
+    )
     admin = grpc.server(
         ThreadPoolExecutor(max_workers=8, thread_name_prefix="admin"),
+        interceptors=[auth],
         options=[("grpc.max_receive_message_length", ADMIN_MAX_MESSAGE)],
     )
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(plane.admin), admin)
-    reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), admin)
-    socket_path = Path(config.admin_socket).resolve()
-    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()  # a stale socket from a crashed run
-    admin.add_insecure_port(f"unix:{socket_path}")
-    old = os.umask(0o177)  # the socket is created 0600 from the start
-    try:
-        admin.start()
-    finally:
-        os.umask(old)
-    os.chmod(socket_path, 0o600)
-    return admin, socket_path
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(plane.admin, plane.two_person, plane.operator_audit, plane.clock), admin
+    )
+    audit_service = add_audit_service(admin, plane.audit.reader) if plane.audit is not None else None
+    reflection.enable_server_reflection(
+        (ADMIN_SERVICE, *([audit_service] if audit_service else []), reflection.SERVICE_NAME), admin
+    )
+    creds = None if tls is None else ReloadingCertificate(tls[0], tls[1]).credentials()
+    port = _listen(admin, config.admin_listen, creds)
+    admin.start()
+    return admin, f"{config.admin_listen.rpartition(':')[0]}:{port}"

@@ -126,6 +126,7 @@ def outcome_out(result: AttestationOutcome) -> attestation_pb2.AttestationResult
         reasons=reasons_out(result.reasons),
         groups=list(result.groups),
         policy_version=result.policy_version,
+        audit_sequence=result.audit_sequence,
     )
     if result.lease is not None:
         out.lease.CopyFrom(lease_out(result.lease))

@@ -42,6 +42,8 @@ _STATUS: dict[str, grpc.StatusCode] = {
         (KmsCode.NODE_NOT_FOUND, KmsCode.KEY_NOT_FOUND, KmsCode.KEY_VERSION_NOT_FOUND), SC.NOT_FOUND
     ),
     KmsCode.KEY_EXISTS: SC.ALREADY_EXISTS,
+    KmsCode.RELEASE_CLIENT_CERT_MISSING: SC.UNAUTHENTICATED,
+    KmsCode.NODE_TLS_KEY_INVALID: SC.INVALID_ARGUMENT,
     **dict.fromkeys((KmsCode.POLICY_VERSION_CONFLICT, KmsCode.STORAGE_CONFLICT), SC.ABORTED),
     **dict.fromkeys(
         (

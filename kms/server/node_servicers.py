@@ -3,6 +3,12 @@
 KeyRelease runs its checks and sealing on the event loop and awaits the batched unwrap + grant commit,
 so 64 concurrent releases need no 64 parked threads (with the GIL, thread hand-offs cost more than the
 work). Attestation (CPU-heavy evidence verification, database writes) runs in a small thread pool.
+
+Mutual TLS: an ATTESTED Register/Renew that carries a client TLS key (signed by the node's attested
+Ed25519 key over the request nonce) is answered with a short-lived client certificate from the node CA
+(``kms.server.node_certs``). KeyRelease is served on its own port whose TLS requires such a certificate;
+the servicer then requires that the certificate names the node of the signed body and carries the key
+that verified its signature, else RELEASE_CLIENT_CERT_MISMATCH (recorded as a denial).
 """
 
 from __future__ import annotations
@@ -12,17 +18,21 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from attestation.errors import AttestationError
-from kms.attest import Attestation
+from kms.attest import Attestation, AttestationOutcome, Outcome
+from kms.clock import Clock
 from kms.errors import Code, KmsError
-from kms.release import Denial, KeyRelease, ReleaseDenied
-from kms.server import codec
+from kms.release import Denial, KeyRelease, ReleaseDenied, SignedRelease
+from kms.server import codec, node_certs
 from kms.server.errors import INTERNAL, abort_async
+from kms.storage.decisions import DenialRow
 from policies.errors import PolicyError
 from proto.sovereign.v1 import attestation_pb2, attestation_pb2_grpc, key_release_pb2, key_release_pb2_grpc
 
@@ -50,17 +60,20 @@ def _lenient(cls: Any) -> Callable[[bytes], Any]:
 
 
 def add_node_services(
-    server: grpc.aio.Server, attestation: AttestationServicer, release: KeyReleaseServicer
+    server: grpc.aio.Server, attestation: AttestationServicer | None, release: KeyReleaseServicer | None
 ) -> None:
-    """Register both node services (their generated ``add_*`` helpers, with lenient request parsing)."""
-    methods: dict[str, dict[str, tuple[Any, Any]]] = {
-        "sovereign.v1.Attestation": {
+    """Register the given node services (generic handlers with lenient request parsing)."""
+    methods: dict[str, dict[str, tuple[Any, Any]]] = {}
+    if attestation is not None:
+        methods["sovereign.v1.Attestation"] = {
             "Challenge": (attestation.Challenge, attestation_pb2.ChallengeRequest),
             "Register": (attestation.Register, attestation_pb2.RegisterRequest),
             "Renew": (attestation.Renew, attestation_pb2.RenewRequest),
-        },
-        "sovereign.v1.KeyRelease": {"ReleaseKey": (release.ReleaseKey, key_release_pb2.ReleaseRequest)},
-    }
+        }
+    if release is not None:
+        methods["sovereign.v1.KeyRelease"] = {
+            "ReleaseKey": (release.ReleaseKey, key_release_pb2.ReleaseRequest)
+        }
     for service, table in methods.items():
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
@@ -71,10 +84,51 @@ def add_node_services(
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
+@dataclass(frozen=True)
+class ClientCerts:
+    """Issuing node client certificates: the CA, their lifetime and where KeyRelease listens."""
+
+    ca: node_certs.NodeCa
+    ttl: timedelta
+    release_port: int
+    clock: Clock
+
+
+def _tls_key(request: Any) -> Any:
+    """The verified P-256 key of a Register/Renew request, or None if it carries none."""
+    if not request.HasField("client_tls_key") or len(request.keys.signing_public_key) != 32:
+        return None  # malformed node keys are the use case's to refuse (REQUEST_INVALID)
+    k = request.client_tls_key
+    return node_certs.check_tls_key(
+        bytes(request.keys.signing_public_key), bytes(request.nonce), bytes(k.public_key), bytes(k.signature)
+    )
+
+
 class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
-    def __init__(self, attestation: Attestation, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, attestation: Attestation, pool: ThreadPoolExecutor, certs: ClientCerts | None = None
+    ) -> None:
         self._uc = attestation
         self._pool = pool
+        self._certs = certs
+
+    def _result(
+        self, request: Any, outcome: AttestationOutcome, tls_key: Any
+    ) -> attestation_pb2.AttestationResult:
+        out = codec.outcome_out(outcome)
+        if self._certs is None:
+            return out
+        out.release_port = self._certs.release_port
+        if tls_key is not None and outcome.outcome is Outcome.ATTESTED and outcome.lease is not None:
+            now = self._certs.clock()
+            out.client_certificate = self._certs.ca.issue(
+                outcome.node_id,
+                bytes(request.keys.signing_public_key),
+                tls_key,
+                now=now,
+                not_after=min(outcome.lease.expires_at, now + self._certs.ttl),
+            )
+        return out
 
     async def _run(self, context: Context, request: Any, fn: Callable[[], T]) -> T:
         if request is UNDECODABLE:
@@ -103,21 +157,45 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
     async def Register(
         self, request: attestation_pb2.RegisterRequest, context: Context
     ) -> attestation_pb2.AttestationResult:
-        return await self._run(
-            context, request, lambda: codec.outcome_out(self._uc.register(codec.register_in(request)))
-        )
+        def call() -> attestation_pb2.AttestationResult:
+            tls_key = _tls_key(request)  # checked first: a bad key records nothing
+            return self._result(request, self._uc.register(codec.register_in(request)), tls_key)
+
+        return await self._run(context, request, call)
 
     async def Renew(
         self, request: attestation_pb2.RenewRequest, context: Context
     ) -> attestation_pb2.AttestationResult:
-        return await self._run(
-            context, request, lambda: codec.outcome_out(self._uc.renew(codec.renew_in(request)))
-        )
+        def call() -> attestation_pb2.AttestationResult:
+            tls_key = _tls_key(request)
+            return self._result(request, self._uc.renew(codec.renew_in(request)), tls_key)
+
+        return await self._run(context, request, call)
 
 
 class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
-    def __init__(self, release: KeyRelease) -> None:
+    """``clock`` set: mutual TLS is required (the node client certificate must match the signer)."""
+
+    def __init__(self, release: KeyRelease, clock: Clock | None = None) -> None:
         self._uc = release
+        self._clock = clock
+
+    def _peer_mismatch(
+        self, context: Context, signed: SignedRelease, signing_public: bytes | None
+    ) -> Denial | None:
+        """A denial to record when the client certificate belongs to another node (or other keys)."""
+        if self._clock is None:
+            return None
+        peer = node_certs.peer_identity(context.auth_context())  # no certificate: refused, not recorded
+        try:
+            node_certs.check_peer(peer, signed.fields.node_id, signing_public or peer.signing_public)
+        except KmsError as err:
+            f = signed.fields
+            row = DenialRow(
+                self._clock(), f.node_id, f.key_name, f.purpose, f.request_id, err.code.value, err.message
+            )
+            return Denial([err.to_dict()], row)
+        return None
 
     async def ReleaseKey(
         self, request: key_release_pb2.ReleaseRequest, context: Context
@@ -128,8 +206,12 @@ class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
         try:
             signed = codec.release_in(request)
             try:
-                prepared = self._uc.prepare(signed)
+                prepared = self._uc.prepare(signed)  # verifies the body's signature first
+                mismatch = self._peer_mismatch(context, signed, prepared.node.signing_public)
+                if mismatch is not None:
+                    raise mismatch
             except Denial as denial:
+                denial = self._peer_mismatch(context, signed, None) or denial
                 denial_id = await asyncio.wrap_future(self._uc.record_future(denial))
                 raise self._uc.denied(denial, denial_id) from None
             outcome = await asyncio.wrap_future(self._uc.submit(prepared))

@@ -1,21 +1,33 @@
-"""A development CA and a loopback server certificate (``sovereign serve --dev-tls DIR``).
+"""Server TLS: certificate reload without restart, and a development CA (``sovereign serve --dev-tls DIR``).
 
-Made once into DIR (kept if present): ``ca.pem`` (clients pin it), ``server.pem`` and ``server-key.pem``
-(0600). The CA key is not kept: nothing else is ever signed with it. Never for production.
+``ReloadingCertificate`` gives gRPC dynamic credentials that look at the certificate and key files at
+every new handshake (two ``stat`` calls) and switch to a replaced pair once both files parse and match;
+a half-written pair keeps the previous one in use. Connections already open keep their session.
+
+The development CA is made once into DIR (kept if present): ``ca.pem`` (clients pin it), ``server.pem``
+and ``server-key.pem`` (0600). The CA key is not kept: nothing else is ever signed with it. Never for
+production.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kms.errors import Code, KmsError
+
+log = logging.getLogger("sovereign.server")
 
 
 @dataclass(frozen=True)
@@ -80,3 +92,65 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, mode)
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def load_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
+    """(key PEM, certificate chain PEM), checked to belong together."""
+    key_pem, cert_pem = key.read_bytes(), cert.read_bytes()
+    private = serialization.load_pem_private_key(key_pem, password=None)
+    leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    if private.public_key() != leaf.public_key():
+        raise ValueError("the private key does not belong to the certificate")
+    return key_pem, cert_pem
+
+
+class ReloadingCertificate:
+    """Server credentials over a certificate/key file pair that follow replacements of the files.
+
+    ``client_ca`` (PEM) makes the credentials require and verify a client certificate issued by it.
+    """
+
+    def __init__(self, cert: Path, key: Path, *, client_ca: bytes | None = None) -> None:
+        self.cert, self.key, self._client_ca = cert, key, client_ca
+        self._lock = threading.Lock()
+        try:
+            self._stamps = (_stamp(cert), _stamp(key))
+            self._pair = load_pair(cert, key)
+        except (OSError, ValueError) as exc:
+            raise KmsError(
+                f"cannot use TLS files {cert}, {key}: {exc}", code=Code.SERVER_CONFIG_INVALID
+            ) from None
+        self.reloads = 0
+
+    def _config(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([self._pair], root_certificates=self._client_ca)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self._config(),
+            self._fetch,  # type: ignore[arg-type]  # gRPC documents None as "no change"
+            require_client_authentication=self._client_ca is not None,
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by gRPC before each handshake: a new configuration if the files changed, else None."""
+        with self._lock:
+            try:
+                stamps = (_stamp(self.cert), _stamp(self.key))
+                if stamps == self._stamps:
+                    return None
+                pair = load_pair(self.cert, self.key)
+            except (OSError, ValueError) as exc:
+                log.warning(
+                    "TLS files %s, %s not reloaded (keeping the previous pair): %s", self.cert, self.key, exc
+                )
+                return None
+            self._stamps, self._pair = stamps, pair
+            self.reloads += 1
+            log.info("TLS certificate reloaded from %s", self.cert)
+            return self._config()

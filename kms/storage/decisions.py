@@ -1,8 +1,11 @@
-"""SQL for release decisions: seen request ids, the append-only ``grants`` and ``denials`` tables.
+"""SQL for release decisions: seen request ids, and grant and deny entries in the audit ledger.
 
 ``commit_grants`` writes a whole batch of grants in one transaction with a handful of statements: it
 re-reads, inside the writing transaction, everything a grant depends on (node state and lease, key state,
-active policy version, request ids already seen) and refuses each item whose premises changed.
+active policy version, request ids already seen), refuses each item whose premises changed and appends a
+``release.grant`` ledger entry for each other one; the entry's sequence number is the grant's audit
+sequence (bound into the release AAD). ``insert_denial`` appends a ``release.deny`` entry. The old
+``grants`` and ``denials`` tables are views over these entries now (``audit_migrations``).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from datetime import datetime
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
+from kms.audit.entry import Decision, Kind, Reason
+from kms.audit.ledger import Draft, append_entries, node_actor
 from kms.errors import Code
-from kms.storage.control_schema import denials, grants, nodes, release_requests
+from kms.storage.control_schema import nodes, release_requests
 from kms.storage.policy_versions import active_version
 from kms.storage.schema import key_versions, keys
 from policies.errors import Code as PolicyCode
@@ -33,6 +38,8 @@ class GrantRow:
     lease_expires_at: datetime
     policy_version: int
     rule: str
+    bao_batch_index: int = 0  # this item's index in the OpenBao batch decrypt (all share the request id)
+    bao_batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,10 @@ class DenialRow:
     request_id: bytes
     code: str
     message: str
-    openbao_request_id: str | None = None
+    openbao_request_id: str | None = None  # set when the key was decrypted before the refusal
+    bao_batch_index: int | None = None
+    bao_batch_size: int | None = None
+    more_reasons: tuple[tuple[str, str], ...] = ()  # (code, message) after the first one
 
 
 @dataclass(frozen=True)
@@ -128,11 +138,10 @@ _SEEN = select(release_requests.c.node_id, release_requests.c.request_id).where(
     release_requests.c.request_id.in_(bindparam("request_ids", expanding=True)),
 )
 _INSERT_REQUEST = insert(release_requests)
-_INSERT_GRANT = insert(grants).returning(grants.c.sequence, sort_by_parameter_order=True)
 
 
 def commit_grants(conn: Connection, items: Sequence[PendingGrant], now: datetime) -> list[int | Refusal]:
-    """Record every item whose premises hold; return its audit sequence, or the reason it was refused."""
+    """Record every item whose premises hold; return its ledger sequence, or the reason it was refused."""
     node_ids = sorted({i.row.node_id for i in items})
     standing = {
         r.node_id: (r.state, r.lease_id, r.lease_expires_at)
@@ -180,15 +189,7 @@ def commit_grants(conn: Connection, items: Sequence[PendingGrant], now: datetime
             for i in accepted
         ],
     )
-    sequences = (
-        conn.execute(
-            _INSERT_GRANT,
-            [_grant_values(i.row) for i in accepted],
-        )
-        .scalars()
-        .all()
-    )
-    it = iter(sequences)
+    it = iter(append_entries(conn, [grant_draft(i.row) for i in accepted], now))
     return [next(it) if o == 0 else o for o in outcome]
 
 
@@ -197,34 +198,40 @@ def purge_request_ids(conn: Connection, now: datetime) -> None:
     conn.execute(delete(release_requests).where(release_requests.c.keep_until < now))
 
 
-def _grant_values(row: GrantRow) -> dict[str, object]:
-    return {
-        "granted_at": row.granted_at,
+def grant_draft(row: GrantRow) -> Draft:
+    fields: dict[str, object] = {
         "node_id": row.node_id,
         "key_name": row.key_name,
         "key_version": row.key_version,
         "purpose": row.purpose,
         "request_id": row.request_id.hex(),
-        "openbao_request_id": row.openbao_request_id,
-        "lease_expires_at": row.lease_expires_at,
+        "bao_request_id": row.openbao_request_id,
+        "bao_batch_index": row.bao_batch_index,
+        "bao_batch_size": row.bao_batch_size,
+        "lease_expiry": int(row.lease_expires_at.timestamp()),
         "policy_version": row.policy_version,
         "rule": row.rule,
     }
+    return Draft(Kind.RELEASE_GRANT, node_actor(row.node_id), Decision.GRANT, (), fields)
+
+
+def denial_draft(row: DenialRow) -> Draft:
+    fields: dict[str, object] = {
+        "node_id": row.node_id[:64],
+        "key_name": row.key_name[:128],
+        "purpose": row.purpose[:8],
+        "request_id": row.request_id.hex()[:32],
+    }
+    if row.openbao_request_id:
+        fields.update(
+            bao_request_id=row.openbao_request_id,
+            bao_batch_index=row.bao_batch_index,
+            bao_batch_size=row.bao_batch_size,
+        )
+    reasons = tuple(Reason(c, m[:1024]) for c, m in ((row.code, row.message), *row.more_reasons))
+    return Draft(Kind.RELEASE_DENY, node_actor(row.node_id[:64]), Decision.DENY, reasons, fields)
 
 
 def insert_denial(conn: Connection, row: DenialRow) -> int:
-    result = conn.execute(
-        insert(denials).values(
-            denied_at=row.denied_at,
-            node_id=row.node_id[:64],
-            key_name=row.key_name[:128],
-            purpose=row.purpose[:8],
-            request_id=row.request_id.hex()[:32],
-            code=row.code,
-            message=row.message[:1024],
-            openbao_request_id=row.openbao_request_id,
-        )
-    )
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    """Append the ``release.deny`` entry; returns its ledger sequence."""
+    return append_entries(conn, [denial_draft(row)], row.denied_at)[0]

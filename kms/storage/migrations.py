@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -24,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from kms.storage.audit_migrations import v3_audit_ledger
 from kms.storage.control_migrations import v2_control_plane
 from kms.storage.schema import UtcDateTime
 
@@ -74,9 +76,39 @@ def _v1_key_catalogue(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v4_pending_changes(conn: Connection) -> None:
+    """Changes held by the two-person rule (kms.storage.pending_changes)."""
+    md = MetaData()
+    Table(
+        "pending_changes",
+        md,
+        Column("change_id", String(64), primary_key=True),
+        Column("action", String(64), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("payload_digest", LargeBinary, nullable=False),
+        Column("summary", Text, nullable=False),
+        Column("proposed_by", Text, nullable=False),
+        Column("proposed_at", UtcDateTime, nullable=False),
+        Column("expires_at", UtcDateTime, nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("decided_by", Text, nullable=True),
+        Column("decided_at", UtcDateTime, nullable=True),
+        Column("comment", Text, nullable=False),
+        Column("seq", Integer, nullable=False),
+        CheckConstraint(
+            "state IN ('PENDING', 'APPLIED', 'REJECTED', 'EXPIRED')", name="ck_pending_changes_state"
+        ),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "key catalogue", _v1_key_catalogue),
     Migration(2, "control plane (nonces, nodes, grants, denials, policies)", v2_control_plane),
+    Migration(
+        3, "audit ledger (entries, tree, checkpoints; grants and denials become views)", v3_audit_ledger
+    ),
+    Migration(4, "pending changes of the two-person rule", _v4_pending_changes),
 ]
 
 

@@ -1,4 +1,12 @@
-"""Engine, transactions and migrations. The only place that knows which database is underneath."""
+"""Engine, transactions and migrations. The only place that knows which database is underneath.
+
+Both databases give the same guarantee to the SQL modules: write transactions run one at a time, in a
+total order, each seeing everything committed before it. SQLite gets it from ``BEGIN IMMEDIATE``;
+PostgreSQL, where several control-plane replicas share one database, from a transaction-scoped advisory
+lock taken first thing in every write transaction (so read-check-write code such as nonce consumption,
+node changes and key rotation stays correct across replicas without per-query locking). Reads run in a
+read-only REPEATABLE READ snapshot and never wait for writers.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, insert, inspect, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import create_engine, event, func, insert, inspect, select, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from kms.errors import Code, KmsError, StorageError
 from kms.storage import migrations, schema
+
+# pg_advisory_xact_lock key that serialises writers (an arbitrary constant that fits a signed bigint)
+WRITER_LOCK = 0x3C1E_59F0_2A6B_7D41
+# how long a writer waits for the lock (SQLite: busy_timeout) before the call fails as unavailable
+LOCK_TIMEOUT_MS = 5000
 
 
 class Store:
@@ -30,21 +43,30 @@ class Store:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def is_postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One write transaction (SQLite: BEGIN IMMEDIATE, so writers queue instead of deadlocking)."""
+        """One write transaction; writers queue (SQLite: BEGIN IMMEDIATE; PostgreSQL: the writer lock)."""
         with self._guard(), self.engine.connect() as conn, conn.begin():
+            if self.is_postgresql:
+                conn.execute(_TAKE_WRITER_LOCK, {"key": WRITER_LOCK})
             yield conn
 
     @contextmanager
     def reader(self) -> Iterator[Connection]:
-        """One read transaction (a consistent snapshot, does not block writers under WAL)."""
+        """One read transaction (a consistent snapshot that does not block writers)."""
+        options: dict[str, Any] = {"sovereign_read_only": True}
+        if self.is_postgresql:
+            options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         with (
             self._guard(),
-            self.engine.connect().execution_options(sovereign_read_only=True) as conn,
+            self.engine.connect().execution_options(**options) as conn,
             conn.begin(),
         ):
             yield conn
@@ -93,12 +115,23 @@ class Store:
         return applied
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database file and truncate it (after wiping material)."""
+        """After wiping material: SQLite folds the WAL back into the file and truncates it; PostgreSQL
+        vacuums, so dead row versions become reusable space (their bytes stay until overwritten, and in
+        the server's WAL and backups: see deploy/postgresql.md)."""
         if self.is_sqlite:
             with self._guard(), self.engine.connect() as conn:
                 # on the raw connection: a checkpoint cannot run inside a transaction
                 raw: Any = conn.connection.dbapi_connection
                 raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+        elif self.is_postgresql:
+            with (
+                self._guard(),
+                self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+            ):
+                conn.exec_driver_sql("VACUUM")
+
+
+_TAKE_WRITER_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 def _current_version(conn: Connection) -> int:
@@ -133,24 +166,71 @@ def sqlite_engine(path: Path) -> Engine:
     return engine
 
 
+def postgresql_engine(url: URL, *, pool_size: int = 8) -> Engine:
+    """psycopg 3 with a small pool; connections are checked before use, so a database restart or a
+    failover costs one failed check, not a failed request."""
+    engine = create_engine(
+        url.set(drivername="postgresql+psycopg"),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=LOCK_TIMEOUT_MS / 1000,
+        connect_args={"connect_timeout": 5, "application_name": "sovereign-control-plane"},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            for setting in (
+                "SET TIME ZONE 'UTC'",
+                f"SET lock_timeout = {LOCK_TIMEOUT_MS}",
+                "SET idle_in_transaction_session_timeout = 60000",  # a stuck replica cannot hold the lock
+                "SET synchronous_commit = on",  # a grant is durable (and replicated) before its reply
+            ):
+                cur.execute(setting)
+        dbapi_conn.commit()
+
+    return engine
+
+
 def open_store(
     target: str | Path, *, migrate: bool = True, clock: Callable[[], datetime] | None = None
 ) -> Store:
-    """Open a SQLite file (a path) or any SQLAlchemy URL, and bring its schema up to date."""
-    text = str(target)
+    """Open a SQLite file (a path or ``sqlite:///PATH``) or a PostgreSQL database
+    (``postgresql+psycopg://USER@HOST:PORT/DB``), and bring its schema up to date."""
+    shown = str(target)
     try:
-        if "://" in text:
-            engine = create_engine(text)
+        if "://" in str(target):
+            url = make_url(str(target))
+            shown = url.render_as_string(hide_password=True)
+            engine = _engine_for(url)
         else:
-            path = Path(text)
-            engine = sqlite_engine(path)
-            _restrict_file(path)
+            engine = _sqlite_file(Path(target))
     except (SQLAlchemyError, OSError, ValueError) as exc:
-        raise StorageError(f"cannot open database {target}: {exc}") from None
+        message = str(exc).replace(str(target), shown)
+        raise StorageError(f"cannot open database {shown}: {message[:300]}") from None
     store = Store(engine, clock=clock)
     if migrate:
         store.migrate()
     return store
+
+
+def _engine_for(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise ValueError("an SQLite database must be a file: sqlite:///PATH")
+        return _sqlite_file(Path(url.database))
+    if url.get_backend_name() == "postgresql":
+        if url.get_driver_name() != "psycopg" or not url.database:
+            raise ValueError("use postgresql+psycopg://USER@HOST:PORT/DATABASE")
+        return postgresql_engine(url)
+    raise ValueError(f"unsupported database {url.get_backend_name()!r}: use a SQLite path or PostgreSQL")
+
+
+def _sqlite_file(path: Path) -> Engine:
+    engine = sqlite_engine(path)
+    _restrict_file(path)
+    return engine
 
 
 def _restrict_file(path: Path) -> None:

@@ -1,20 +1,43 @@
-"""``sovereign audit verify``: check an audit export offline against the audit public key.
+"""``sovereign audit``: verify an export offline; tail, query, export and prove against the server's Audit
+RPCs; reconcile OpenBao's audit log with the ledger.
 
-The server-backed actions (``audit tail|query|export|proof``) are registered here too once the audit
-RPCs exist; they are not offered before then.
+``verify`` needs no server. The other actions talk to the operator endpoint (``--server``, TLS with
+``--ca``, the cached ``sovereign login`` token as bearer); ``reconcile`` reads the ledger from
+``--export FILE`` or, without it, from the server. The server-side logic lives in ``kms.audit``; this
+module only parses arguments, calls and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
+from typing import Any
 
-from kms.audit.checkpoint import AuditKeys, Checkpoint, load_audit_keys
-from kms.audit.errors import AuditError, ExportInvalid, KeyInvalid
-from kms.audit.export import parse_json_line, read_lines
+import grpc
+
+from kms.audit.checkpoint import AuditKeys, Checkpoint, Signature, load_audit_keys
+from kms.audit.entry import Entry
+from kms.audit.errors import AuditError, ExportInvalid, KeyInvalid, ProofInvalid
+from kms.audit.export import parse_json_line, read_lines, write_items
+from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import verify_export
-from kms.errors import Code
-from sovereign.cli._output import fail, print_json
+from kms.auth.cache import read_cached_token
+from kms.auth.errors import AuthError
+from kms.errors import Code, KmsError
+from kms.server.errors import parse_trailer
+from kms.vault import KEK_NAME, TRANSIT_MOUNT
+from proto.sovereign.v1 import audit_pb2, audit_pb2_grpc
+from sovereign.cli._common import parse_time
+from sovereign.cli._output import fail, print_json, print_table
 
 MAX_KEY_FILE = 1 << 20
 
@@ -46,7 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_verify)
-    # Server-backed actions (tail, query, export, proof) go here when the audit RPCs exist.
+    _register_remote(cmds)
 
 
 def _read(path: Path, what: str, limit: int) -> bytes:
@@ -90,3 +113,329 @@ def _verify(args: argparse.Namespace) -> int:
             f"root {report.root} (signed {report.time} by {report.key_id})"
         )
     return 0
+
+
+# --- server-backed actions ------------------------------------------------------------------------
+
+DEFAULT_SERVER = "127.0.0.1:8445"
+ROLE_NAME = "sovereign-control-plane"
+COLUMNS = ("seq", "time", "kind", "decision", "actor", "node_id", "key_name", "reasons")
+_DECISIONS: dict[str, Any] = {"grant": audit_pb2.DECISION_GRANT, "deny": audit_pb2.DECISION_DENY}
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("SOVEREIGN_ADMIN_ADDR", DEFAULT_SERVER),
+        help="operator endpoint HOST:PORT or unix:PATH ($SOVEREIGN_ADMIN_ADDR)",
+    )
+    parser.add_argument(
+        "--ca", type=Path, default=os.environ.get("SOVEREIGN_CA"), help="CA to verify its TLS"
+    )
+    parser.add_argument("--insecure", action="store_true", help="plaintext (servers run with --insecure-dev)")
+    parser.add_argument("--token-cache", type=Path, help="token cache of 'sovereign login'")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = cmds.add_parser("tail", help="the latest entries (and --follow new ones)")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="how many of the latest entries")
+    tail.add_argument("--follow", action="store_true", help="keep printing new entries (Ctrl-C stops)")
+    _connection(tail)
+    tail.set_defaults(func=_tail)
+
+    query = cmds.add_parser("query", help="entries matching filters, in sequence order")
+    query.add_argument("--node", default="", help="node id")
+    query.add_argument("--key", default="", help="key name")
+    query.add_argument("--decision", choices=sorted(_DECISIONS), help="only grants or only denials")
+    query.add_argument("--reason", default="", help="reason code, e.g. RELEASE_LEASE_EXPIRED")
+    query.add_argument("--since", help="at or after this time (ISO 8601)")
+    query.add_argument("--until", help="before this time (ISO 8601)")
+    query.add_argument("--limit", type=int, default=100, help="at most this many entries")
+    _connection(query)
+    query.set_defaults(func=_query)
+
+    export = cmds.add_parser("export", help="write an export file for 'sovereign audit verify'")
+    export.add_argument("-o", "--output", type=Path, required=True, help="export file to write")
+    export.add_argument("--size", type=int, default=0, help="end at the checkpoint of this size (0: latest)")
+    _connection(export)
+    export.set_defaults(func=_export)
+
+    proof = cmds.add_parser("proof", help="fetch and check an inclusion or consistency proof")
+    what = proof.add_mutually_exclusive_group(required=True)
+    what.add_argument("--leaf", type=int, help="inclusion of entry SEQ")
+    what.add_argument("--first", type=int, help="consistency from tree size FIRST")
+    proof.add_argument("--size", type=int, default=0, help="tree size (a checkpoint's; 0: latest)")
+    _connection(proof)
+    proof.set_defaults(func=_proof)
+
+    rec = cmds.add_parser(
+        "reconcile",
+        help="match OpenBao's audit log with the ledger",
+        description="Every transit decrypt of the KEK by the control plane's AppRole in OpenBao's file "
+        "audit device log must match release entries (same OpenBao request id; a batch decrypt: one "
+        "entry per item). Reports unmatched ones on either side; exit 1 if any.",
+    )
+    rec.add_argument("--bao-log", type=Path, required=True, help="OpenBao file audit device log")
+    rec.add_argument("--export", type=Path, help="ledger export (default: read the ledger from --server)")
+    rec.add_argument("--role", default=ROLE_NAME, help="the control plane's AppRole role name")
+    rec.add_argument("--kek", default=KEK_NAME, help="KEK transit key name")
+    rec.add_argument("--mount", default=TRANSIT_MOUNT, help="transit mount")
+    _connection(rec)
+    rec.set_defaults(func=_reconcile_command)
+
+
+class _Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        target: str = args.server
+        if target.startswith("unix:") or args.insecure:
+            self._channel = grpc.insecure_channel(target)
+        else:
+            ca = Path(args.ca).read_bytes() if args.ca else None
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
+        try:
+            self._metadata: tuple[tuple[str, str], ...] = read_cached_token(args.token_cache).metadata()
+        except AuthError:
+            self._metadata = ()  # the server says what is missing
+        self.stub = audit_pb2_grpc.AuditStub(self._channel)
+
+    def call(self, method: str, request: Any) -> Any:
+        return getattr(self.stub, method)(request, metadata=self._metadata, timeout=60)
+
+    def stream(self, request: audit_pb2.ExportRequest) -> Iterator[audit_pb2.ExportItem]:
+        yield from self.stub.Export(request, metadata=self._metadata)
+
+
+@dataclass
+class _RemoteError:
+    """A refused call, as the server coded it (ErrorDetail trailer) or as gRPC reports it."""
+
+    code: str
+    message: str
+    hint: str
+
+    @classmethod
+    def of(cls, err: Any) -> _RemoteError:
+        detail = parse_trailer(err.trailing_metadata())
+        code = detail.reason if detail is not None else str(err.code().name)
+        return cls(code, str(err.details() or ""), detail.hint if detail is not None else "")
+
+
+def _remote(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args, _Client(args)))
+        except grpc.RpcError as err:
+            return fail(_RemoteError.of(err), as_json=args.json)
+        except (AuditError, KmsError, AuthError) as err:
+            return fail(err, as_json=args.json)
+        except OSError as err:
+            return fail(
+                KmsError(f"cannot read or write a file: {err}", code=Code.REQUEST_INVALID), as_json=args.json
+            )
+
+    return run
+
+
+def _row(item: audit_pb2.AuditEntry) -> dict[str, Any]:
+    entry = Entry.decode(item.canonical)
+    return {
+        "seq": item.sequence,
+        "time": entry.time,
+        "kind": str(entry.kind),
+        "decision": str(entry.decision),
+        "actor": entry.actor,
+        "node_id": item.node_id,
+        "key_name": item.key_name,
+        "reasons": ",".join(r.code for r in entry.reasons),
+        "fields": {k: list(v) if isinstance(v, tuple) else v for k, v in entry.fields.items()},
+    }
+
+
+def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True), flush=True)
+    elif rows:
+        print_table(rows, COLUMNS)
+        sys.stdout.flush()
+
+
+def _page(client: _Client, request: audit_pb2.ListEntriesRequest) -> tuple[list[dict[str, Any]], str]:
+    reply = client.call("ListEntries", request)
+    return [_row(e) for e in reply.entries], reply.next_page_token
+
+
+def _size(client: _Client) -> int:
+    try:
+        return int(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest()).tree_size)
+    except grpc.RpcError:
+        return 0
+
+
+@_remote
+def _tail(args: argparse.Namespace, client: _Client) -> int:
+    start = max(0, _size(client) - args.lines)
+    rows: list[dict[str, Any]] = []
+    token = str(start)
+    while True:  # entries after the latest checkpoint are listed too: read to the end
+        page, nxt = _page(client, audit_pb2.ListEntriesRequest(page_token=token, page_size=1000))
+        rows += page
+        token = nxt or (str(page[-1]["seq"] + 1) if page else token)
+        if not nxt:
+            break
+    _print(rows[-args.lines :] if args.lines > 0 else [], args.json)
+    while args.follow:
+        time.sleep(1.0)
+        page, nxt = _page(client, audit_pb2.ListEntriesRequest(page_token=token, page_size=1000))
+        _print(page, args.json)
+        if page:
+            token = str(page[-1]["seq"] + 1)
+    return 0
+
+
+@_remote
+def _query(args: argparse.Namespace, client: _Client) -> int:
+    request = audit_pb2.ListEntriesRequest(
+        node_id=args.node,
+        key_name=args.key,
+        reason_code=args.reason,
+        decision=_DECISIONS.get(args.decision or "", 0),
+    )
+    if args.since:
+        request.start_time.FromDatetime(parse_time(args.since).astimezone(UTC))
+    if args.until:
+        request.end_time.FromDatetime(parse_time(args.until).astimezone(UTC))
+    rows: list[dict[str, Any]] = []
+    while len(rows) < args.limit:
+        request.page_size = min(1000, args.limit - len(rows))
+        page, token = _page(client, request)
+        rows += page
+        if not token:
+            break
+        request.page_token = token
+    _print(rows, args.json)
+    return 0
+
+
+def checkpoint_in(msg: audit_pb2.SignedCheckpoint) -> Checkpoint:
+    """A server checkpoint back in the core's form; its signed body must be exactly what the fields say."""
+    body = bytes(msg.signed_body).decode()
+    time_text = body.rstrip("\n").rsplit("\n", 1)[-1]
+    cp = Checkpoint(
+        msg.tree_size,
+        bytes(msg.root_hash),
+        time_text,
+        msg.key_name,
+        Signature(msg.key_version, bytes(msg.signature)),
+    )
+    if cp.message() != bytes(msg.signed_body):
+        raise ExportInvalid(f"checkpoint of size {msg.tree_size}: the signed body does not match its fields")
+    return cp
+
+
+def _items(client: _Client, end: int) -> Iterator[bytes | Checkpoint]:
+    for item in client.stream(audit_pb2.ExportRequest(start_sequence=0, end_sequence=end)):
+        if item.HasField("checkpoint"):
+            yield checkpoint_in(item.checkpoint)
+        else:
+            yield bytes(item.entry.canonical)
+
+
+@_remote
+def _export(args: argparse.Namespace, client: _Client) -> int:
+    with tempfile.TemporaryFile() as spool, args.output.open("wb") as out:
+        final = write_items(out, _items(client, args.size), spool)
+    summary = {
+        "ok": True,
+        "file": str(args.output),
+        "size": final.size,
+        "root": final.root.hex(),
+        "time": final.time,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"exported {final.size} entries to {args.output} (root {final.root.hex()}, signed {final.time})"
+        )
+    return 0
+
+
+@_remote
+def _proof(args: argparse.Namespace, client: _Client) -> int:
+    cp = checkpoint_in(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest(tree_size=args.size)))
+    if args.leaf is not None:
+        reply = client.call(
+            "GetInclusionProof", audit_pb2.GetInclusionProofRequest(leaf_index=args.leaf, tree_size=cp.size)
+        )
+        listed = client.call(
+            "ListEntries", audit_pb2.ListEntriesRequest(page_token=str(args.leaf), page_size=1)
+        )
+        if not listed.entries or listed.entries[0].sequence != args.leaf:
+            raise ProofInvalid(f"entry {args.leaf} is not in the ledger")
+        leaf = leaf_hash(bytes(listed.entries[0].canonical))
+        hashes = [bytes(h) for h in reply.hashes]
+        verify_inclusion(args.leaf, cp.size, leaf, hashes, cp.root)
+        out = {"ok": True, "kind": "inclusion", "leaf_index": args.leaf, "tree_size": cp.size}
+    else:
+        first = checkpoint_in(
+            client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest(tree_size=args.first))
+        )
+        reply = client.call(
+            "GetConsistencyProof",
+            audit_pb2.GetConsistencyProofRequest(first_size=first.size, second_size=cp.size),
+        )
+        hashes = [bytes(h) for h in reply.hashes]
+        verify_consistency(first.size, cp.size, first.root, cp.root, hashes)
+        out = {"ok": True, "kind": "consistency", "first_size": first.size, "second_size": cp.size}
+    out |= {"root": cp.root.hex(), "checkpoint_time": cp.time, "hashes": [h.hex() for h in hashes]}
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"OK {out['kind']} proof checked against the checkpoint of size {cp.size} (root {cp.root.hex()})"
+        )
+    return 0
+
+
+def _reconcile(args: argparse.Namespace, client: _Client | None = None) -> int:
+    path = f"{args.mount}/decrypt/{args.kek}"
+    with args.bao_log.open("rb") as f:
+        decrypts = parse_bao_log(f, role_name=args.role, path=path)
+    if args.export is not None:
+        with args.export.open("rb") as f:
+            entries = [line[9:-2] for line in read_lines(f) if line.startswith(b'{"entry":')]
+    else:
+        assert client is not None
+        entries = [item for item in _items(client, 0) if isinstance(item, bytes)]
+    report = reconcile(decrypts, entries)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(
+            f"{'OK' if report.ok else 'MISMATCH'}: {report.decrypts} OpenBao decrypts, {report.entries} ledger "
+            f"entries with a request id, {report.matched} matched"
+        )
+        for d in report.unmatched_decrypts:
+            print(
+                f"  decrypt without a ledger entry: request {d.request_id} at {d.time} ({d.batch_size} items)"
+            )
+        for m in report.mismatched:
+            print(
+                f"  request {m.request_id}: batch of {m.expected}, ledger entries {list(m.found)} indices {list(m.indices)}"
+            )
+        for seq in report.unmatched_entries:
+            print(f"  ledger entry {seq} names a request id OpenBao did not log")
+    return 0 if report.ok else 1
+
+
+def _reconcile_command(args: argparse.Namespace) -> int:
+    if args.export is not None:  # offline: no server needed
+        try:
+            return _reconcile(args)
+        except (AuditError, OSError) as err:
+            if isinstance(err, OSError):
+                err = AuditError(f"cannot read: {err}", code=Code.AUDIT_RECONCILE_INPUT_INVALID)
+            return fail(err, as_json=args.json)
+    return int(_remote(_reconcile)(args))

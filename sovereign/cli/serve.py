@@ -1,4 +1,4 @@
-"""``sovereign serve``: run the control plane (node port over TLS, Admin on a local Unix socket)."""
+"""``sovereign serve``: run the control plane (node port, KeyRelease over mutual TLS, operator port)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "serve",
         help="run the key-release control plane (gRPC)",
-        description="Serve Attestation and KeyRelease on the node-facing TCP port (TLS unless "
-        "--insecure-dev) with health checking and reflection, and Admin only on a local Unix socket. "
+        description="Serve Attestation on the node-facing TCP port (TLS unless --insecure-dev) with health "
+        "checking and reflection, KeyRelease on its own port with mutual TLS (node client certificates "
+        "issued at registration), and Admin/Audit on the operator port (TLS; every call needs a Keycloak "
+        "access token with the method's role, see docs/keycloak.md). TLS certificate and key files are "
+        "re-read when replaced (no restart). "
         "Options come from --config (TOML, same names with underscores), then SOVEREIGN_* environment "
         "variables, then the command line. Prints 'listening on ...' when ready; SIGTERM/SIGINT stop it "
         "gracefully.",
@@ -72,15 +75,21 @@ async def _run(config: ServerConfig, plane: ControlPlane) -> int:
     try:
         if config.processes > 1:
             again = dataclasses.replace(
-                config, listen=running.node_address, processes=1, replica=True, metrics_port=0
+                config,
+                listen=running.node_address,
+                release_listen=running.release_address,
+                processes=1,
+                replica=True,
+                metrics_port=0,
             )
             command = [sys.executable, "-m", "sovereign", "serve", *to_args(again)]
             others = await asyncio.to_thread(replicas.start, command, config.processes - 1)
         if config.metrics_port and not config.replica:
             plane.metrics.serve(config.metrics_port)
         scheme = "plaintext (INSECURE, dev only)" if config.insecure_dev else "TLS"
-        admin = f"; admin on unix:{running.admin_socket}" if running.admin_socket else " (replica)"
-        print(f"listening on {running.node_address} ({scheme}){admin}", flush=True)
+        release = "" if config.insecure_dev else f"; key release on {running.release_address} (mutual TLS)"
+        admin = f"; operators on {running.admin_address}" if running.admin_address else " (replica)"
+        print(f"listening on {running.node_address} ({scheme}){release}{admin}", flush=True)
         if running.ca_path is not None and not config.replica:
             print(f"dev CA for clients to pin: {running.ca_path}", flush=True)
         await stop.wait()

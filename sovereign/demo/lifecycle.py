@@ -25,6 +25,7 @@ from enclave.agent import NodeAgent
 from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp, simulated_tdx
+from kms.auth.login import openid_client, password_login
 from kms.catalogue import Catalogue, KeyKind
 from kms.envelope.files import encrypt_file
 from kms.envelope.names import format_key_ref
@@ -32,6 +33,7 @@ from kms.storage import open_store
 from kms.storage.keys import SqlKeyStore
 from kms.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from sovereign.demo import realm
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD, Bao, ControlPlane, prepare_inputs, start_bao
 
 DATASET_KEY = "dataset/train"
@@ -70,10 +72,13 @@ def _code(err: ControlPlaneError) -> str:
 
 
 class Admin:
-    """The operator's Admin calls (local admin endpoint of the control plane)."""
+    """The operator's Admin calls: TLS to the operator port (CA pinned) with a Keycloak bearer token."""
 
-    def __init__(self, plane: ControlPlane) -> None:
-        self._channel = grpc.insecure_channel(f"unix:{plane.admin_socket}")
+    def __init__(self, plane: ControlPlane, ca: bytes, token: str) -> None:
+        creds = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(root_certificates=ca), grpc.access_token_call_credentials(token)
+        )
+        self._channel = grpc.secure_channel(plane.admin_target, creds)
         self._stub = admin_pb2_grpc.AdminStub(self._channel)
 
     def create_key(self, name: str, kind: Any) -> None:
@@ -96,25 +101,39 @@ def _owner_catalogue(workdir: Path, plane: ControlPlane, bao: Bao) -> Catalogue:
 
 
 @contextmanager
-def running_site(workdir: Path, pki: SimulatedPki, now: datetime) -> Iterator[tuple[ControlPlane, Bao]]:
+def running_site(
+    workdir: Path, pki: SimulatedPki, now: datetime
+) -> Iterator[tuple[ControlPlane, Bao, realm.Standin]]:
     with ExitStack() as stack:
         inputs = prepare_inputs(workdir / "site", pki, now)
+        idp = realm.start()
+        stack.callback(idp.stop)
         bao = start_bao(workdir)
         stack.callback(bao.server.stop)
-        plane = ControlPlane(workdir, inputs, bao).start()
+        plane = ControlPlane(workdir, inputs, bao, oidc_issuer=idp.issuer(realm.REALM)).start()
         stack.callback(plane.stop)
-        yield plane, bao
+        yield plane, bao, idp
+
+
+def sign_in(idp: realm.Standin, username: str) -> str:
+    """The operator signs in to the dev realm (password grant via python-keycloak, as ``sovereign login``)."""
+    openid = openid_client(idp.server_url, realm.REALM, realm.CLIENT_ID)
+    return password_login(openid, username, realm.password_of(username), now=datetime.now(UTC)).access_token
 
 
 def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
     now = datetime.now(UTC)
     pki = SimulatedPki.generate(now)
     rec = Recorder(progress)
-    progress("starting OpenBao (dev, file audit) and the control plane (TLS, SQLite) on loopback ...")
-    with running_site(workdir, pki, now) as (plane, bao), ExitStack() as stack:
+    progress(
+        "starting the dev Keycloak realm, OpenBao (dev, file audit) and the control plane on loopback ..."
+    )
+    with running_site(workdir, pki, now) as (plane, bao, idp), ExitStack() as stack:
         assert plane.ca is not None
         ca = plane.ca.read_bytes()
-        admin = Admin(plane)
+        token = sign_in(idp, "alice")
+        rec.add("sign in (Keycloak realm, password grant)", "operator alice", "ok", "ok", "sovereign-admin")
+        admin = Admin(plane, ca, token)
         stack.callback(admin.close)
 
         def node(name: str, provider: Any) -> NodeAgent:
@@ -124,7 +143,13 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
 
         admin.create_key(DATASET_KEY, common_pb2.KEY_KIND_DATASET)
         admin.create_key(MODEL_KEY, common_pb2.KEY_KIND_MODEL)
-        rec.add(f"create keys {DATASET_KEY}, {MODEL_KEY}", "operator", "ok", "ok", "wrapped by sovereign-kek")
+        rec.add(
+            f"create keys {DATASET_KEY}, {MODEL_KEY}",
+            "operator alice",
+            "ok",
+            "ok",
+            "wrapped by sovereign-kek",
+        )
 
         # The data owner seals a dataset with the key's current version.
         data = os.urandom(3 * (1 << 20) + 4321)
@@ -184,7 +209,7 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
             rec.add("register", name, code, outcome, ",".join(codes))
 
         admin.revoke(nodes["tdx"].node_id or "", "demo: node decommissioned")
-        rec.add("revoke TDX node", "operator", "ok", "ok")
+        rec.add("revoke TDX node", "operator alice", "ok", "ok")
         try:
             nodes["tdx"].fetch_key(DATASET_KEY)
             rec.add("fetch key after revocation", "TDX node", "RELEASE_NODE_NOT_ATTESTED", "ok")

@@ -79,13 +79,20 @@ def start_bao(workdir: Path) -> Bao:
 
 @dataclass
 class ControlPlane:
-    """``sovereign serve`` as a child process; ``start()`` returns once it listens."""
+    """``sovereign serve`` as a child process; ``start()`` returns once it listens.
+
+    Ports: nodes attest on ``port``, release over mutual TLS on ``release_port``; operators (Admin,
+    Audit; TLS + a bearer token from ``oidc_issuer``) use ``admin_port``.
+    """
 
     workdir: Path
     inputs: Inputs
     bao: Bao
+    oidc_issuer: str
     extra: list[str] = field(default_factory=list)
     port: int = 0
+    release_port: int = 0
+    admin_port: int = 0
     ca: Path | None = None
     output: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
@@ -95,20 +102,25 @@ class ControlPlane:
         return self.workdir / "sovereign.db"
 
     @property
-    def admin_socket(self) -> Path:
-        return self.workdir / "run" / "admin.sock"
-
-    @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def admin_target(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
     def command(self) -> list[str]:
         self.port = self.port or free_port()
+        self.release_port = self.release_port or free_port()
+        self.admin_port = self.admin_port or free_port()
         return [
             sys.executable, "-m", "sovereign", "serve",
             "--listen", self.target,
+            "--release-listen", f"127.0.0.1:{self.release_port}",
+            "--admin-listen", self.admin_target,
+            "--node-ca", str(self.workdir / "node-ca"),
+            "--oidc-issuer", self.oidc_issuer,
             "--dev-tls", str(self.workdir / "tls"),
-            "--admin-socket", str(self.admin_socket),
             "--db", str(self.db),
             "--collateral", str(self.inputs.collateral),
             "--policy", str(self.inputs.policy),

@@ -1,6 +1,6 @@
 """End-to-end fixtures: a real OpenBao dev server and a real ``sovereign serve`` process over TLS on
-loopback, fed a simulated PKI's trust profile and collateral. A component that cannot start fails the
-test with its output."""
+loopback, fed a simulated PKI's trust profile and collateral, its operators signing in at the Keycloak
+stand-in. A component that cannot start fails the test with its output."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from e2e.operators import StandinRealm
 from e2e.world import KEYS, LEGACY_KEYS, Bao, ServerProcess, prepare, start_bao
+from oidc.provider import StandinError, standin
 
 from attestation.simulate import SimulatedPki
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
@@ -22,6 +24,15 @@ def pki() -> SimulatedPki:
     return SimulatedPki.generate(datetime.now(UTC))
 
 
+@pytest.fixture(scope="session")
+def realm() -> StandinRealm:
+    """The Keycloak stand-in's realm (one provider per session); no node/npm fails the test."""
+    try:
+        return StandinRealm(standin())
+    except StandinError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
     world = start_bao(tmp_path_factory.mktemp("e2e-bao"))
@@ -30,10 +41,12 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, pki: SimulatedPki, bao: Bao) -> Iterator[ServerProcess]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, pki: SimulatedPki, bao: Bao, realm: StandinRealm
+) -> Iterator[ServerProcess]:
     workdir: Path = tmp_path_factory.mktemp("e2e-server")
     inputs = prepare(workdir, pki, datetime.now(UTC))
-    proc = ServerProcess(workdir, inputs, bao).start()
+    proc = ServerProcess(workdir, inputs, bao, realm).start()
     try:
         with proc.admin_channel() as channel:
             admin = admin_pb2_grpc.AdminStub(channel)

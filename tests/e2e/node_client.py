@@ -3,6 +3,10 @@
 The real node agent (enclave/) is built elsewhere; this one just speaks the wire contract: Challenge ->
 evidence bound to the node's keys -> Register/Renew, and signed ReleaseKey requests whose sealed keys it
 opens after checking the AAD.
+
+Mutual TLS: each client makes a P-256 TLS key, sends it with Register/Renew signed by its Ed25519 key,
+and calls KeyRelease over a second channel presenting the client certificate of the reply. The node
+channel must come from ``ServerProcess.channel()`` (it carries the pinned CA as ``sovereign_ca``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import timestamp_pb2
 
 from enclave.identity import NodeIdentity
@@ -27,6 +34,7 @@ from proto.sovereign.v1 import (
 )
 
 SIGNING_DOMAIN = b"sovereign/v1 release"
+TLS_KEY_LABEL = b"sovereign/v1 client tls key\x00"
 TEE = {"snp": common_pb2.TEE_SNP, "tdx": common_pb2.TEE_TDX}
 PURPOSE = {"read": common_pb2.PURPOSE_READ, "write": common_pb2.PURPOSE_WRITE}
 
@@ -69,6 +77,21 @@ def release_body(
     )
 
 
+def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def mtls_channel(address: str, ca: bytes, key_pem: bytes, cert_der: bytes) -> grpc.Channel:
+    """A channel presenting a client certificate (DER) with its key, pinning ``ca``."""
+    cert_pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key_pem, certificate_chain=cert_pem
+    )
+    return grpc.secure_channel(address, creds)
+
+
 def sign_body(identity: NodeIdentity, body: bytes) -> key_release_pb2.ReleaseRequest:
     return key_release_pb2.ReleaseRequest(body=body, signature=identity.sign(SIGNING_DOMAIN + body))
 
@@ -83,7 +106,31 @@ class NodeClient:
         self.identity = NodeIdentity.generate()
         self.attestation = attestation_pb2_grpc.AttestationStub(self.channel)
         self.release_stub = key_release_pb2_grpc.KeyReleaseStub(self.channel)
+        self.release_channel: grpc.Channel | None = None
         self.node_id = ""
+        self.tls_key = ec.generate_private_key(ec.SECP256R1())
+        self.client_certificate = b""  # DER, from the last ATTESTED Register/Renew
+        self.release_address = ""
+
+    def tls_key_message(
+        self, nonce: bytes, identity: NodeIdentity | None = None
+    ) -> attestation_pb2.ClientTlsKey:
+        spki = self.tls_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        signature = (identity or self.identity).sign(TLS_KEY_LABEL + nonce + spki)
+        return attestation_pb2.ClientTlsKey(public_key=spki, signature=signature)
+
+    def _take(self, result: attestation_pb2.AttestationResult) -> None:
+        ca = getattr(self.channel, "sovereign_ca", None)
+        if not result.client_certificate or ca is None:
+            return
+        self.client_certificate = bytes(result.client_certificate)
+        self.release_address = f"127.0.0.1:{result.release_port}"
+        self.release_channel = mtls_channel(
+            self.release_address, ca, pem_key(self.tls_key), self.client_certificate
+        )
+        self.release_stub = key_release_pb2_grpc.KeyReleaseStub(self.release_channel)
 
     def challenge(self) -> bytes:
         nonce: bytes = self.attestation.Challenge(attestation_pb2.ChallengeRequest(node_name=self.name)).nonce
@@ -94,6 +141,8 @@ class NodeClient:
 
     def register_request(self, nonce: bytes | None = None, **kw: Any) -> attestation_pb2.RegisterRequest:
         nonce = nonce if nonce is not None else self.challenge()
+        if "client_tls_key" not in kw:
+            kw["client_tls_key"] = self.tls_key_message(nonce)
         return attestation_pb2.RegisterRequest(
             nonce=nonce,
             evidence=kw.pop("evidence", None) or self.evidence(nonce),
@@ -106,6 +155,7 @@ class NodeClient:
         result: attestation_pb2.AttestationResult = self.attestation.Register(self.register_request(**kw))
         if result.node_id:
             self.node_id = result.node_id
+        self._take(result)
         return result
 
     def renew(self, identity: NodeIdentity | None = None) -> attestation_pb2.AttestationResult:
@@ -117,8 +167,10 @@ class NodeClient:
                 nonce=nonce,
                 evidence=self.evidence(nonce, ident),
                 keys=keys_message(ident),
+                client_tls_key=self.tls_key_message(nonce, ident),
             )
         )
+        self._take(result)
         return result
 
     def release_request(

@@ -1,5 +1,6 @@
-"""Operator flows over the local admin socket against the real server process (own server: these
-tests change policy and key state)."""
+"""Operator flows on the operator port (TLS + Keycloak stand-in tokens) against the real server process
+(own server: these tests change policy and key state). alice and bob are admins and key custodians;
+policy changes and key destruction need both (two-person rule)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ SC = grpc.StatusCode
 
 @pytest.fixture(scope="module")
 def admin(server: ServerProcess) -> admin_pb2_grpc.AdminStub:
-    return admin_pb2_grpc.AdminStub(server.admin_channel())
+    return admin_pb2_grpc.AdminStub(server.admin_channel("alice"))
+
+
+@pytest.fixture(scope="module")
+def second(server: ServerProcess) -> admin_pb2_grpc.AdminStub:
+    return admin_pb2_grpc.AdminStub(server.admin_channel("bob"))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +70,9 @@ def test_suspend_then_approve(admin: admin_pb2_grpc.AdminStub, nodes: dict[str, 
     assert (status, reason) == (SC.FAILED_PRECONDITION, "NODE_TRANSITION_INVALID")
 
 
-def test_key_lifecycle(admin: admin_pb2_grpc.AdminStub, nodes: dict[str, NodeClient]) -> None:
+def test_key_lifecycle(
+    admin: admin_pb2_grpc.AdminStub, second: admin_pb2_grpc.AdminStub, nodes: dict[str, NodeClient]
+) -> None:
     node = nodes["snp"]
     admin.DisableKey(admin_pb2.DisableKeyRequest(name="dataset/other", reason="audit"))
     assert rpc_error(node.release_stub.ReleaseKey, node.release_request("dataset/other"))[:2] == (
@@ -86,9 +94,15 @@ def test_key_lifecycle(admin: admin_pb2_grpc.AdminStub, nodes: dict[str, NodeCli
         admin.DestroyKey,
         admin_pb2.DestroyKeyRequest(name="dataset/other", confirm_name="dataset/train", reason="x"),
     )[:2] == (SC.INVALID_ARGUMENT, "REQUEST_INVALID")
-    admin.DestroyKey(
+    held = admin.DestroyKey(
         admin_pb2.DestroyKeyRequest(name="dataset/other", confirm_name="dataset/other", reason="retired")
-    )
+    ).pending_change
+    assert held.method == "DestroyKey" and held.state == admin_pb2.PENDING_CHANGE_STATE_PENDING
+    assert len(node.release("dataset/other")[0]) == 32  # held: nothing destroyed yet
+    approved = second.ApprovePendingChange(admin_pb2.ApprovePendingChangeRequest(change_id=held.change_id))
+    assert approved.key.state == admin_pb2.KEY_STATE_DESTROYED
+    assert approved.change.state == admin_pb2.PENDING_CHANGE_STATE_APPLIED
+    assert approved.change.decided_by.startswith("bob ") and held.proposed_by.startswith("alice ")
     assert (
         rpc_error(node.release_stub.ReleaseKey, node.release_request("dataset/other"))[1] == "KEY_DESTROYED"
     )
@@ -106,7 +120,7 @@ def test_key_lifecycle(admin: admin_pb2_grpc.AdminStub, nodes: dict[str, NodeCli
 
 
 def test_policy_change_reappraises_and_suspends(
-    admin: admin_pb2_grpc.AdminStub, nodes: dict[str, NodeClient]
+    admin: admin_pb2_grpc.AdminStub, second: admin_pb2_grpc.AdminStub, nodes: dict[str, NodeClient]
 ) -> None:
     current = admin.GetPolicy(admin_pb2.GetPolicyRequest())
     assert current.version == 1 and current.toml == server_policy()
@@ -126,8 +140,15 @@ def test_policy_change_reappraises_and_suspends(
     assert [s.node_id for s in dry.reappraisal.suspended] == [nodes["snp"].node_id]
     assert len(nodes["snp"].release("dataset/train")[0]) == 32  # a dry run changes nothing
 
-    applied = admin.PutPolicy(admin_pb2.PutPolicyRequest(toml=stricter, expected_version=1)).applied
+    held = admin.PutPolicy(admin_pb2.PutPolicyRequest(toml=stricter, expected_version=1)).pending_change
+    assert admin.GetPolicy(admin_pb2.GetPolicyRequest()).version == 1  # held, not applied
+    listed = second.ListPendingChanges(admin_pb2.ListPendingChangesRequest())
+    assert held.change_id in [c.change_id for c in listed.changes]
+    applied = second.ApprovePendingChange(
+        admin_pb2.ApprovePendingChangeRequest(change_id=held.change_id)
+    ).policy
     assert applied.policy.version == 2 and not applied.dry_run
+    assert applied.policy.updated_by.startswith("operator:")
     assert [s.node_id for s in applied.reappraisal.suspended] == [nodes["snp"].node_id]
     snp = admin.GetNode(admin_pb2.GetNodeRequest(node_id=nodes["snp"].node_id))
     assert snp.state == common_pb2.NODE_STATE_SUSPENDED

@@ -15,7 +15,14 @@ from e2e.world import SNP_MEASUREMENT, TDX_MRTD, ServerProcess
 from attestation.simulate import SimulatedPki
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp, simulated_tdx
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, attestation_pb2, common_pb2, key_release_pb2
+from proto.sovereign.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    attestation_pb2,
+    common_pb2,
+    key_release_pb2,
+    key_release_pb2_grpc,
+)
 
 SC = grpc.StatusCode
 
@@ -146,14 +153,14 @@ def test_oversized_message_is_refused_by_the_transport(make_node) -> None:  # ty
     assert status == SC.RESOURCE_EXHAUSTED and reason == ""
 
 
-def test_undecodable_bytes_are_refused(server: ServerProcess) -> None:
-    with server.channel() as channel:
-        raw = channel.unary_unary(
-            "/sovereign.v1.KeyRelease/ReleaseKey",
-            request_serializer=lambda b: b,
-            response_deserializer=lambda b: b,
-        )
-        status, reason, _ = rpc_error(raw, b"\xff\xff\xff\xff")
+def test_undecodable_bytes_are_refused(attested: NodeClient) -> None:
+    assert attested.release_channel is not None
+    raw = attested.release_channel.unary_unary(
+        "/sovereign.v1.KeyRelease/ReleaseKey",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    status, reason, _ = rpc_error(raw, b"\xff\xff\xff\xff")
     assert (status, reason) == (SC.INVALID_ARGUMENT, "REQUEST_INVALID")
 
 
@@ -234,11 +241,16 @@ def test_malformed_release_bodies(attested: NodeClient, server: ServerProcess, m
         ).fetchone() == (0,)
 
 
-def test_admin_is_not_served_on_the_node_port(server: ServerProcess) -> None:
+def test_admin_and_release_are_not_served_on_the_node_port(
+    attested: NodeClient, server: ServerProcess
+) -> None:
     with server.channel() as channel:
         status, _, _ = rpc_error(admin_pb2_grpc.AdminStub(channel).ListNodes, admin_pb2.ListNodesRequest())
-    assert status == SC.UNIMPLEMENTED
-    assert (server.admin_socket.stat().st_mode & 0o777) == 0o600
+        assert status == SC.UNIMPLEMENTED
+        status, _, _ = rpc_error(
+            key_release_pb2_grpc.KeyReleaseStub(channel).ReleaseKey, attested.release_request("dataset/train")
+        )
+        assert status == SC.UNIMPLEMENTED
 
 
 def test_keys_cannot_be_registered_twice(attested: NodeClient, make_node) -> None:  # type: ignore[no-untyped-def]

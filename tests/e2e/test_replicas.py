@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from e2e.node_client import NodeClient, rpc_error
+from e2e.node_client import NodeClient, mtls_channel, pem_key, rpc_error
 from e2e.world import SNP_MEASUREMENT, Bao, ServerProcess, prepare
 
 from attestation.simulate import SimulatedPki
 from enclave.providers.simulated import simulated_snp
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2, key_release_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,12 @@ def test_both_processes_serve_one_database(replicated: ServerProcess, pki: Simul
     assert len(sequences) == len(set(sequences)) == 8
     request = nodes[0].release_request("dataset/train")
     nodes[0].release_stub.ReleaseKey(request)
-    other = NodeClient(
-        replicated.channel(), provider, name="r-x"
-    )  # a new connection, maybe the other process
-    other.identity, other.node_id = nodes[0].identity, nodes[0].node_id
-    assert rpc_error(other.release_stub.ReleaseKey, request)[1] == "REQUEST_REPLAYED"
+    assert replicated.ca is not None
+    again = mtls_channel(  # a new connection of the same node, maybe to the other process
+        nodes[0].release_address,
+        replicated.ca.read_bytes(),
+        pem_key(nodes[0].tls_key),
+        nodes[0].client_certificate,
+    )
+    assert rpc_error(key_release_pb2_grpc.KeyReleaseStub(again).ReleaseKey, request)[1] == "REQUEST_REPLAYED"
     assert Path(f"/proc/{replica}").exists()

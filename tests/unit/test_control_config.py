@@ -17,7 +17,25 @@ BASE = {
     "bao_role_id": "r",
     "bao_secret_id_file": "/s",
     "dev_tls": "/tls",
+    "oidc_issuer": "https://sso.example/realms/sovereign",
 }
+
+
+def test_operator_sign_in_is_required_unless_replica() -> None:
+    without = {**BASE, "oidc_issuer": ""}
+    with pytest.raises(KmsError, match="operator sign-in is required"):
+        load_config(None, {}, without)
+    assert load_config(None, {}, {**without, "replica": True}).replica
+
+
+def test_two_person_actions_are_a_comma_list() -> None:
+    from kms.config import two_person_actions
+
+    assert two_person_actions(load_config(None, {}, BASE)) == {"PutPolicy", "DestroyKey"}
+    assert two_person_actions(load_config(None, {}, {**BASE, "two_person_actions": " RotateKek, "})) == {
+        "RotateKek"
+    }
+    assert two_person_actions(load_config(None, {}, {**BASE, "two_person_actions": ""})) == frozenset()
 
 
 def test_option_table_matches_the_dataclass() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import tracemalloc
 from pathlib import Path
@@ -363,3 +364,234 @@ def test_error_repr_has_code_and_no_key_material() -> None:
     assert "STREAM_WRONG_KEY" in text
     assert OTHER_KEY.hex() not in text and KEY.hex() not in text
     assert info.value.hint
+
+
+# --- I/O paths: every kind of source and sink gives the same bytes and the same verdicts ---------------
+
+SALT, PREFIX = bytes(range(32)), bytes(range(7))
+
+
+def sealed_fixed(data: bytes, chunk_size: int = CHUNK) -> bytes:
+    """Deterministic ciphertext (fixed salt and prefix) through the plain BytesIO path."""
+    out = io.BytesIO()
+    encrypt_stream(KEY, data, out, key_ref=REF, chunk_size=chunk_size, salt=SALT, nonce_prefix=PREFIX)
+    return out.getvalue()
+
+
+class ReadOnly:
+    """Has only ``read`` (no readinto, no fileno, no buffer)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._src = io.BytesIO(data)
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._src.read(min(size, 3))
+
+
+def sources(data: bytes, tmp_path: Path) -> dict[str, object]:
+    path = tmp_path / "source"
+    path.write_bytes(b"skipped prefix" + data)
+    raw = path.open("rb", buffering=0)
+    raw.seek(14)
+    buffered = path.open("rb")
+    buffered.seek(14)
+    at_offset = io.BytesIO(b"skipped prefix" + data)
+    at_offset.seek(14)
+    return {
+        "bytes": data,
+        "bytearray": bytearray(data),
+        "memoryview": memoryview(data),
+        "memoryview-of-u32": memoryview(data + bytes(-len(data) % 4)).cast("I")[: len(data) // 4],
+        "BytesIO": at_offset,
+        "FileIO": raw,
+        "BufferedReader": buffered,
+        "trickle": TrickleReader(data),
+        "read-only": ReadOnly(data),
+    }
+
+
+@pytest.mark.parametrize("size", [0, 5, CHUNK, 3 * CHUNK + 1])
+def test_every_source_kind_encrypts_to_the_same_bytes(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    expected = sealed_fixed(data)
+    for name, src in sources(data, tmp_path).items():
+        plain = data if name != "memoryview-of-u32" else data[: size // 4 * 4]
+        out = io.BytesIO()
+        encrypt_stream(KEY, src, out, key_ref=REF, chunk_size=CHUNK, salt=SALT, nonce_prefix=PREFIX)  # type: ignore[arg-type]
+        assert out.getvalue() == (expected if plain == data else sealed_fixed(plain)), name
+        if isinstance(src, io.IOBase) and src.seekable():
+            assert src.tell() == 14 + size, f"{name} is left after what was read"
+            src.close()
+
+
+def test_every_source_kind_decrypts(tmp_path: Path) -> None:
+    blob = sealed_fixed(DATA)
+    for name, src in sources(blob, tmp_path).items():
+        if name == "memoryview-of-u32":
+            continue
+        out = io.BytesIO()
+        decrypt_stream(KEY, src, out)  # type: ignore[arg-type]
+        assert out.getvalue() == DATA, name
+        if isinstance(src, io.IOBase) and src.seekable():
+            assert src.tell() == 14 + len(blob), name
+            src.close()
+
+
+def test_header_read_first_then_decrypt_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "sealed"
+    path.write_bytes(seal(DATA))
+    for buffering in (0, -1):
+        with path.open("rb", buffering=buffering) as src:
+            header = read_header(src)
+            out = io.BytesIO()
+            decrypt_stream(KEY, src, out, header=header)
+        assert out.getvalue() == DATA
+
+
+def test_sliding_map_windows_cover_every_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kms.envelope.stream as stream
+
+    monkeypatch.setattr(stream, "MAP_WINDOW", 0)  # one chunk (+ alignment slack) mapped at a time
+    data = os.urandom(3 * 5001 * 7 + 11)  # chunks straddle page and window boundaries
+    path = tmp_path / "plain"
+    path.write_bytes(data)
+    for chunk_size in (5001, 4096, 70000):
+        with path.open("rb", buffering=0) as src:
+            out = io.BytesIO()
+            encrypt_stream(KEY, src, out, key_ref=REF, chunk_size=chunk_size, salt=SALT, nonce_prefix=PREFIX)
+        assert out.getvalue() == sealed_fixed(data, chunk_size)
+
+
+def test_decrypt_never_maps_its_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AES-GCM reads ciphertext twice (GHASH, then CTR): decrypting straight from a shared mapping would
+    let a concurrent writer get unauthenticated plaintext out, so ciphertext is always copied first."""
+
+    plain, sealed, out = tmp_path / "plain", tmp_path / "sealed", tmp_path / "out"
+    plain.write_bytes(DATA)
+    encrypt_file(KEY, plain, sealed, key_ref=REF, chunk_size=CHUNK)
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("input was mapped")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    decrypt_file(KEY, sealed, out)
+    assert out.read_bytes() == DATA
+    with pytest.raises(AssertionError, match="input was mapped"):
+        encrypt_file(KEY, plain, tmp_path / "again", key_ref=REF, chunk_size=CHUNK)  # the patch works
+
+
+def test_decrypt_from_a_shared_mapping_copies_and_works(tmp_path: Path) -> None:
+    import kms.envelope.stream as stream
+
+    path = tmp_path / "sealed"
+    path.write_bytes(seal(DATA))
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        # Only this process's own memory is decrypted in place; a mapping is copied chunk by chunk.
+        assert not stream._private(view)
+        assert stream._private(memoryview(bytearray(1))) and stream._private(io.BytesIO())
+        out = io.BytesIO()
+        decrypt_stream(KEY, view, out)
+        view.release()
+    assert out.getvalue() == DATA
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "BytesIO", "FileIO", "BufferedReader", "trickle"])
+def test_tamper_codes_are_the_same_for_every_source(tmp_path: Path, kind: str) -> None:
+    header, records = split(seal(DATA))
+    cases = {
+        Code.STREAM_TRUNCATED: header + b"".join(records[:3]),
+        Code.STREAM_EXTENDED: header + b"".join(records) + b"\x00",
+        Code.STREAM_CHUNK_TAMPERED: header + records[0] + flip(records[1], 25) + b"".join(records[2:]),
+        Code.STREAM_REORDERED: header + records[1] + records[0] + b"".join(records[2:]),
+    }
+    for expected, blob in cases.items():
+        path = tmp_path / "case"
+        path.write_bytes(blob)
+        src: object = {
+            "bytes": blob,
+            "bytearray": bytearray(blob),
+            "BytesIO": io.BytesIO(blob),
+            "FileIO": path.open("rb", buffering=0),
+            "BufferedReader": path.open("rb"),
+            "trickle": TrickleReader(blob),
+        }[kind]
+        out = io.BytesIO()
+        with pytest.raises(StreamError) as info:
+            decrypt_stream(KEY, src, out)  # type: ignore[arg-type]
+        assert info.value.code is expected, (kind, expected)
+        assert DATA.startswith(out.getvalue())
+        # Nothing of the source stays exported while the error is alive: the caller can reuse it.
+        if isinstance(src, bytearray):
+            src.extend(b"!")
+        elif isinstance(src, io.BytesIO):
+            src.write(b"!")
+        if isinstance(src, io.IOBase):
+            src.close()
+
+
+def test_failed_chunk_writes_nothing_of_itself_to_a_file(tmp_path: Path) -> None:
+    header, records = split(seal(DATA))
+    records[2] = flip(records[2], 30)
+    sealed, out = tmp_path / "sealed", tmp_path / "out"
+    sealed.write_bytes(header + b"".join(records))
+    with (
+        sealed.open("rb", buffering=0) as src,
+        out.open("wb", buffering=0) as dst,
+        pytest.raises(StreamError) as info,
+    ):
+        decrypt_stream(KEY, src, dst)
+    assert info.value.code is Code.STREAM_CHUNK_TAMPERED
+    assert out.read_bytes() == DATA[: 2 * CHUNK]
+
+
+class ShortWriter(io.RawIOBase):
+    """Accepts at most 7 bytes per call, like a raw stream under pressure."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        part = bytes(data[:7])
+        self.data += part
+        return len(part)
+
+
+def test_sinks_get_every_byte_in_order(tmp_path: Path) -> None:
+    expected = sealed_fixed(DATA)
+    short = ShortWriter()
+    encrypt_stream(KEY, DATA, short, key_ref=REF, chunk_size=CHUNK, salt=SALT, nonce_prefix=PREFIX)
+    assert bytes(short.data) == expected
+    path = tmp_path / "out"
+    with path.open("wb") as dst:  # a BufferedWriter already holding bytes: they must come first
+        dst.write(b"before")
+        encrypt_stream(KEY, DATA, dst, key_ref=REF, chunk_size=CHUNK, salt=SALT, nonce_prefix=PREFIX)
+        dst.write(b"after")
+    assert path.read_bytes() == b"before" + expected + b"after"
+    with open(os.devnull, "wb", buffering=0) as null:
+        assert decrypt_stream(KEY, expected, null).plaintext_bytes == len(DATA)
+
+
+def _status_kib(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))
+    return int(line.split()[1])
+
+
+def test_file_path_memory_stays_constant_for_a_64_mib_file(tmp_path: Path) -> None:
+    """Mapped windows count as resident memory: they must be unmapped as encryption moves on."""
+    size, chunk = 64 << 20, 1 << 20
+    plain, sealed, out = tmp_path / "plain", tmp_path / "sealed", tmp_path / "out"
+    block = os.urandom(chunk)
+    with plain.open("wb") as dst:
+        for _ in range(size // chunk):
+            dst.write(block)
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
+    before = _status_kib("VmRSS")
+    encrypt_file(KEY, plain, sealed, key_ref=REF, chunk_size=chunk)
+    decrypt_file(KEY, sealed, out)
+    growth = _status_kib("VmHWM") - before
+    assert out.stat().st_size == size
+    assert growth < 16 * 1024, f"peak RSS grew by {growth} KiB"

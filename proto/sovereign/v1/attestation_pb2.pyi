@@ -67,30 +67,34 @@ class ChallengeResponse(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accepted_kem_suites: _Optional[_Iterable[_Union[KemSuite, _Mapping]]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("nonce", "evidence", "keys", "node_name", "requested_groups")
+    __slots__ = ("nonce", "evidence", "keys", "node_name", "requested_groups", "client_tls_key")
     NONCE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TLS_KEY_FIELD_NUMBER: _ClassVar[int]
     nonce: bytes
     evidence: Evidence
     keys: NodeKeys
     node_name: str
     requested_groups: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ..., node_name: _Optional[str] = ..., requested_groups: _Optional[_Iterable[str]] = ...) -> None: ...
+    client_tls_key: ClientTlsKey
+    def __init__(self, nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ..., node_name: _Optional[str] = ..., requested_groups: _Optional[_Iterable[str]] = ..., client_tls_key: _Optional[_Union[ClientTlsKey, _Mapping]] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
-    __slots__ = ("node_id", "nonce", "evidence", "keys")
+    __slots__ = ("node_id", "nonce", "evidence", "keys", "client_tls_key")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TLS_KEY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     nonce: bytes
     evidence: Evidence
     keys: NodeKeys
-    def __init__(self, node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ...) -> None: ...
+    client_tls_key: ClientTlsKey
+    def __init__(self, node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ..., client_tls_key: _Optional[_Union[ClientTlsKey, _Mapping]] = ...) -> None: ...
 
 class ClaimsSummary(_message.Message):
     __slots__ = ("tee", "product", "evidence_version", "measurement", "host_data", "debug", "tcb_status", "platform_id", "rtmrs", "simulated")
@@ -116,8 +120,16 @@ class ClaimsSummary(_message.Message):
     simulated: bool
     def __init__(self, tee: _Optional[_Union[_common_pb2.Tee, str]] = ..., product: _Optional[str] = ..., evidence_version: _Optional[int] = ..., measurement: _Optional[bytes] = ..., host_data: _Optional[bytes] = ..., debug: _Optional[bool] = ..., tcb_status: _Optional[str] = ..., platform_id: _Optional[bytes] = ..., rtmrs: _Optional[_Iterable[bytes]] = ..., simulated: _Optional[bool] = ...) -> None: ...
 
+class ClientTlsKey(_message.Message):
+    __slots__ = ("public_key", "signature")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    public_key: bytes
+    signature: bytes
+    def __init__(self, public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class AttestationResult(_message.Message):
-    __slots__ = ("node_id", "state", "lease", "reasons", "claims", "groups", "policy_version", "audit_sequence")
+    __slots__ = ("node_id", "state", "lease", "reasons", "claims", "groups", "policy_version", "audit_sequence", "client_certificate", "release_port")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +138,8 @@ class AttestationResult(_message.Message):
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     AUDIT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_PORT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     state: _common_pb2.NodeState
     lease: _common_pb2.Lease
@@ -134,4 +148,6 @@ class AttestationResult(_message.Message):
     groups: _containers.RepeatedScalarFieldContainer[str]
     policy_version: int
     audit_sequence: int
-    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.NodeState, str]] = ..., lease: _Optional[_Union[_common_pb2.Lease, _Mapping]] = ..., reasons: _Optional[_Iterable[_Union[_common_pb2.Reason, _Mapping]]] = ..., claims: _Optional[_Union[ClaimsSummary, _Mapping]] = ..., groups: _Optional[_Iterable[str]] = ..., policy_version: _Optional[int] = ..., audit_sequence: _Optional[int] = ...) -> None: ...
+    client_certificate: bytes
+    release_port: int
+    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.NodeState, str]] = ..., lease: _Optional[_Union[_common_pb2.Lease, _Mapping]] = ..., reasons: _Optional[_Iterable[_Union[_common_pb2.Reason, _Mapping]]] = ..., claims: _Optional[_Union[ClaimsSummary, _Mapping]] = ..., groups: _Optional[_Iterable[str]] = ..., policy_version: _Optional[int] = ..., audit_sequence: _Optional[int] = ..., client_certificate: _Optional[bytes] = ..., release_port: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,89 @@
+"""Operator actions and refusals into the audit ledger (``kms.audit.ledger.AuditLedger.record_operator_action``).
+
+Every admitted change and every refused operator call becomes one entry with the actor's subject, user
+name and roles (a refused call without a valid token is recorded as ``anonymous``). The ledger's entry
+vocabulary is closed: a kind the ledger does not know is logged instead of failing the call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from kms.audit.entry import Decision, Kind, Reason
+from kms.auth.errors import AuthError
+from kms.auth.tokens import Actor
+from kms.auth.two_person import OperatorRef
+
+log = logging.getLogger("sovereign.audit")
+
+ANONYMOUS = {"subject": "anonymous", "username": "anonymous", "roles": []}
+REFUSED_KIND = "operator.refused"
+
+
+class Sink(Protocol):
+    def record_operator_action(
+        self,
+        actor_fields: Mapping[str, Any],
+        kind: Any,
+        fields: Mapping[str, Any],
+        decision: Any = ...,
+        reasons: Sequence[Reason] = (),
+    ) -> int: ...
+
+
+def _kind(value: str) -> Kind | None:
+    try:
+        return Kind(value)
+    except ValueError:
+        return None
+
+
+def actor_fields(actor: Actor | OperatorRef | None) -> dict[str, Any]:
+    """Who acted, as the ledger records it (``kms.audit.ledger.operator_draft``)."""
+    if actor is None:
+        return dict(ANONYMOUS)
+    return {"subject": actor.subject, "username": actor.username, "roles": sorted(actor.roles)}
+
+
+class OperatorAudit:
+    """Records operator actions in the ledger; ``sink`` None logs only (unit tests, replicas)."""
+
+    def __init__(self, sink: Sink | None) -> None:
+        self._sink = sink
+
+    def _write(
+        self,
+        actor: Actor | None,
+        kind_name: str,
+        fields: Mapping[str, Any],
+        decision: Decision,
+        reasons: Sequence[Reason],
+    ) -> int:
+        kind = _kind(kind_name)
+        if self._sink is None or kind is None:
+            log.warning(
+                "operator action not in the ledger (kind %r %s): %s %s %s",
+                kind_name,
+                "unknown to the ledger" if kind is None else "no ledger",
+                actor_fields(actor)["subject"],
+                decision.value,
+                [r.code for r in reasons],
+            )
+            return -1
+        return self._sink.record_operator_action(actor_fields(actor), kind, fields, decision, reasons)
+
+    def pending(self, actor: Actor, kind: Kind, fields: Mapping[str, Any]) -> int:
+        """A proposal, approval or rejection under the two-person rule (the applied change itself is
+        recorded by its use case), durable before the reply."""
+        return self._write(actor, kind.value, fields, Decision.NONE, ())
+
+    def on_refused(self, actor: Actor | None, method: str, err: AuthError) -> None:
+        self.refused(actor, method, err)
+
+    def refused(self, actor: Actor | None, method: str, err: AuthError) -> int:
+        """A refused operator call (``OperatorAuthInterceptor``'s ``on_refused`` and two-person refusals)."""
+        name = method.rsplit("/", 1)[-1]
+        reason = Reason(err.code.value, f"{name}: {err.message}"[:1024])
+        return self._write(actor, REFUSED_KIND, {}, Decision.DENY, (reason,))

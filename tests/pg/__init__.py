@@ -1,0 +1,1 @@
+"""A throwaway PostgreSQL server for tests (``pg.server``) and its pytest fixtures (``pg.fixtures``)."""
