@@ -118,7 +118,8 @@ def _verify(args: argparse.Namespace) -> int:
 # --- server-backed actions ------------------------------------------------------------------------
 
 DEFAULT_SERVER = "127.0.0.1:8445"
-ROLE_NAME = "sovereign-control-plane"
+from kms.bootstrap import ROLE_NAME  # noqa: E402
+
 COLUMNS = ("seq", "time", "kind", "decision", "actor", "node_id", "key_name", "reasons")
 _DECISIONS: dict[str, Any] = {"grant": audit_pb2.DECISION_GRANT, "deny": audit_pb2.DECISION_DENY}
 

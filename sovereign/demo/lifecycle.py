@@ -10,7 +10,10 @@ are refused with their codes; a node is revoked and then denied.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -19,20 +22,28 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import hvac
 
 from attestation.simulate import SimulatedPki
 from enclave.agent import NodeAgent
 from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp, simulated_tdx
+from kms.audit.checkpoint import load_audit_keys
+from kms.audit.errors import AuditError
+from kms.audit.export import read_lines, write_items
+from kms.audit.reconcile import parse_bao_log, reconcile
+from kms.audit.verify import verify_export
 from kms.auth.login import openid_client, password_login
+from kms.bootstrap import ROLE_NAME
 from kms.catalogue import Catalogue, KeyKind
 from kms.envelope.files import encrypt_file
 from kms.envelope.names import format_key_ref
 from kms.storage import open_store
 from kms.storage.keys import SqlKeyStore
-from kms.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from kms.vault import AUDIT_KEY_NAME, KEK_NAME, TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth
+from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
+from sovereign.cli.audit import checkpoint_in
 from sovereign.demo import realm
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD, Bao, ControlPlane, prepare_inputs, start_bao
 
@@ -91,13 +102,58 @@ class Admin:
         self._channel.close()
 
 
-def _owner_catalogue(workdir: Path, plane: ControlPlane, bao: Bao) -> Catalogue:
-    """The data owner's view of the catalogue: the control plane's AppRole, the same database."""
-    settings = BaoSettings(
-        addr=bao.server.addr,
-        auth=AppRoleAuth(bao.report.role_id, Path(bao.report.secret_id_file).read_text().strip()),
-    )
+def _owner_catalogue(plane: ControlPlane, bao: Bao) -> Catalogue:
+    """The data owner's view of the catalogue, with the owner's own OpenBao credentials (the dev server's
+    root token here) — not the control plane's AppRole, whose decrypts must all be ledger grants."""
+    settings = BaoSettings(addr=bao.server.addr, auth=TokenAuth(bao.server.root_token or ""))
     return Catalogue(SqlKeyStore(open_store(plane.db)), OpenBaoTransit(settings), lambda: datetime.now(UTC))
+
+
+def _audit_steps(
+    rec: Recorder, *, plane: ControlPlane, bao: Bao, ca: bytes, token: str, workdir: Path
+) -> None:
+    """The auditor exports the ledger, verifies it offline with only the audit public key, and reconciles
+    OpenBao's own audit log with it (every KEK decrypt by the control plane is a recorded grant)."""
+    time.sleep(1.2)  # let a signed checkpoint cover the last entries (one is made at least every second)
+    creds = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=ca), grpc.access_token_call_credentials(token)
+    )
+    export = workdir / "audit-export.jsonl"
+    with grpc.secure_channel(plane.admin_target, creds) as channel, tempfile.TemporaryFile() as spool:
+        stub = audit_pb2_grpc.AuditStub(channel)
+        items = (
+            checkpoint_in(i.checkpoint) if i.HasField("checkpoint") else bytes(i.entry.canonical)
+            for i in stub.Export(audit_pb2.ExportRequest(start_sequence=0, end_sequence=0), timeout=60)
+        )
+        with export.open("wb") as out:
+            final = write_items(out, items, spool)
+    rec.add("export the ledger (Audit RPC)", "auditor carol", "ok", "ok", f"{final.size} entries")
+    # The public half of the OpenBao transit audit key is all the offline verifier needs.
+    key = hvac.Client(url=bao.server.addr, token=bao.server.root_token).secrets.transit.read_key(
+        AUDIT_KEY_NAME
+    )
+    keys = load_audit_keys(json.dumps(key).encode())
+    try:
+        with export.open("rb") as f:
+            report = verify_export(read_lines(f), keys)
+        rec.add(
+            "verify the export offline", "auditor carol", "ok", "ok", f"{report.checkpoints} checkpoint(s)"
+        )
+    except AuditError as err:
+        rec.add("verify the export offline", "auditor carol", "ok", err.code.value, err.message[:60])
+    assert bao.server.audit_log is not None
+    with bao.server.audit_log.open("rb") as f:
+        decrypts = parse_bao_log(f, role_name=ROLE_NAME, path=f"{TRANSIT_MOUNT}/decrypt/{KEK_NAME}")
+    with export.open("rb") as f:
+        entries = [line[9:-2] for line in read_lines(f) if line.startswith(b'{"entry":')]
+    result = reconcile(decrypts, entries)
+    rec.add(
+        "reconcile OpenBao's audit log with the ledger",
+        "auditor carol",
+        "ok",
+        "ok" if result.ok else "AUDIT_RECONCILE_MISMATCH",
+        f"{result.decrypts} KEK decrypts, {result.matched} matched",
+    )
 
 
 @contextmanager
@@ -156,7 +212,7 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
         digest = hashlib.sha256(data).hexdigest()
         plain, sealed = workdir / "train.bin", workdir / "train.sealed"
         plain.write_bytes(data)
-        key = _owner_catalogue(workdir, plane, bao).unwrap(DATASET_KEY, kind=KeyKind.DATASET)
+        key = _owner_catalogue(plane, bao).unwrap(DATASET_KEY, kind=KeyKind.DATASET)
         encrypt_file(key.plaintext, plain, sealed, key_ref=format_key_ref(key.name, key.version))
         del key
         rec.add("seal dataset (3 MiB)", "data owner", "ok", "ok", f"sha256 {digest[:16]}...")
@@ -215,4 +271,7 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
             rec.add("fetch key after revocation", "TDX node", "RELEASE_NODE_NOT_ATTESTED", "ok")
         except ControlPlaneError as err:
             rec.add("fetch key after revocation", "TDX node", "RELEASE_NODE_NOT_ATTESTED", _code(err))
+
+        auditor = sign_in(idp, "carol")
+        _audit_steps(rec, plane=plane, bao=bao, ca=ca, token=auditor, workdir=workdir)
     return rec.steps

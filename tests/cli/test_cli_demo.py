@@ -28,6 +28,13 @@ def test_demo_runs_the_whole_lifecycle_and_every_outcome_is_expected(tmp_path: P
     assert steps[("TDX node", "fetch key after revocation")]["outcome"] == "RELEASE_NODE_NOT_ATTESTED"
     for tee in ("SNP", "TDX"):
         assert steps[(f"{tee} node", "fetch key + stream-decrypt dataset")]["outcome"] == "ok"
+    for step in (
+        "export the ledger (Audit RPC)",
+        "verify the export offline",
+        "reconcile OpenBao's audit log with the ledger",
+    ):
+        assert steps[("auditor carol", step)]["outcome"] == "ok"
+    assert steps[("operator alice", "sign in (Keycloak realm, password grant)")]["outcome"] == "ok"
     assert all(r["as_expected"] for r in out["evidence"])
     assert {"simulated SNP", "simulated TDX", "real SNP", "real TDX"} <= {
         r["source"] for r in out["evidence"]
