@@ -89,13 +89,17 @@ class Batcher(Generic[T, R]):
             if first is _STOP:
                 return
             batch: list[_Job[T, R]] = [first]  # type: ignore[list-item]
+            deadline = time.monotonic() + self._window  # the window runs from the first item's arrival
             self._slots.acquire()  # while every worker is busy, keep gathering: the batch only grows
-            deadline = time.monotonic() + self._window
+            # Sleep out what is left of the window, then drain: one wake-up per batch instead of one per
+            # item (each wake-up is a GIL hand-off that stalls the request threads / event loop).
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                time.sleep(remaining)
             stop = False
             while len(batch) < self._max:
-                remaining = deadline - time.monotonic()
                 try:
-                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is _STOP:

@@ -86,6 +86,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("bao_secret_id_file", str, "", "file holding the AppRole secret id"),
     Option("bao_token_file", str, "", "file holding an OpenBao token (dev modes only)"),
     Option("bao_ca_cert", str, "", "CA bundle to verify OpenBao's TLS certificate"),
+    Option(
+        "failover_budget",
+        float,
+        15.0,
+        "seconds one OpenBao call may spend finding a new active raft member before it fails closed",
+    ),
     Option("nonce_ttl", int, 60, "challenge nonce lifetime, seconds"),
     Option("clock_skew", int, 120, "accepted release timestamp skew, +/- seconds"),
     Option("max_message_bytes", int, 256 << 10, "largest request accepted on the node port, bytes"),
@@ -140,6 +146,7 @@ class ServerConfig:
     bao_secret_id_file: str = ""
     bao_token_file: str = ""
     bao_ca_cert: str = ""
+    failover_budget: float = 15.0
     nonce_ttl: int = 60
     clock_skew: int = 120
     max_message_bytes: int = 256 << 10
@@ -225,6 +232,8 @@ def validate(c: ServerConfig) -> None:
         raise _bad("an OpenBao token is accepted only in dev mode (--dev-tls or --insecure-dev); use AppRole")
     if c.nonce_ttl <= 0 or c.clock_skew <= 0 or c.workers <= 0 or c.max_message_bytes < 4096:
         raise _bad("nonce_ttl, clock_skew, workers must be positive and max_message_bytes >= 4096")
+    if c.failover_budget <= 0:
+        raise _bad("failover_budget must be positive (seconds)")
     if not 1 <= c.processes <= 64:
         raise _bad("processes must be 1-64")
     if not c.replica and not c.oidc_issuer:

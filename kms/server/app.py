@@ -104,7 +104,7 @@ def bao_settings(config: ServerConfig) -> BaoSettings:
         token_file=Path(config.bao_token_file) if config.bao_token_file else None,
         ca_cert=config.bao_ca_cert or None,
     )
-    return dataclasses.replace(settings, pool_size=32)
+    return dataclasses.replace(settings, pool_size=32, failover_budget=config.failover_budget)
 
 
 def build(

@@ -173,12 +173,34 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
         return await self._run(context, request, call)
 
 
+class PeerIdentities:
+    """Node client certificates already parsed, by their exact PEM bytes. Parsing is a pure function of
+    those bytes and TLS verified the chain at the handshake, so a node's repeat calls skip the X.509
+    parse; nothing about who may connect is cached."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._parsed: dict[bytes, node_certs.PeerIdentity] = {}
+
+    def of(self, auth_context: Any) -> node_certs.PeerIdentity:
+        pems = (auth_context or {}).get("x509_pem_cert") or []
+        hit = self._parsed.get(pems[0]) if pems else None
+        if hit is not None:
+            return hit
+        peer = node_certs.peer_identity(auth_context)  # no or a foreign certificate: raises, not kept
+        if len(self._parsed) >= self._max:
+            self._parsed.clear()
+        self._parsed[pems[0]] = peer
+        return peer
+
+
 class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
     """``clock`` set: mutual TLS is required (the node client certificate must match the signer)."""
 
     def __init__(self, release: KeyRelease, clock: Clock | None = None) -> None:
         self._uc = release
         self._clock = clock
+        self._peers = PeerIdentities()
 
     def _peer_mismatch(
         self, context: Context, signed: SignedRelease, signing_public: bytes | None
@@ -186,7 +208,7 @@ class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
         """A denial to record when the client certificate belongs to another node (or other keys)."""
         if self._clock is None:
             return None
-        peer = node_certs.peer_identity(context.auth_context())  # no certificate: refused, not recorded
+        peer = self._peers.of(context.auth_context())  # no certificate: refused, not recorded
         try:
             node_certs.check_peer(peer, signed.fields.node_id, signing_public or peer.signing_public)
         except KmsError as err:

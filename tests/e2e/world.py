@@ -163,6 +163,8 @@ class ServerProcess:
     bao: Bao
     realm: Realm | None = None  # None: an OfflineRealm in workdir/realm, made by command()
     extra: list[str] = field(default_factory=list)
+    db_url: str = ""  # a database URL (PostgreSQL) instead of workdir/sovereign.db
+    bao_addrs: str = ""  # a comma-separated OpenBao member list instead of the bao server's address
     port: int = 0
     release_port: int = 0
     admin_port: int = 0
@@ -199,11 +201,11 @@ class ServerProcess:
             "--oidc-issuer", realm.issuer,
             *jwks,
             "--dev-tls", str(self.workdir / "tls"),
-            "--db", str(self.db),
+            "--db", self.db_url or str(self.db),
             "--collateral", str(self.inputs.collateral),
             "--policy", str(self.inputs.policy),
             "--trust", str(self.inputs.trust),
-            "--bao-addr", self.bao.server.addr,
+            "--bao-addr", self.bao_addrs or self.bao.server.addr,
             "--bao-role-id", self.bao.report.role_id,
             "--bao-secret-id-file", self.bao.report.secret_id_file,
             "--nonce-ttl", "3",
