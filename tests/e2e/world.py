@@ -27,16 +27,18 @@ import grpc
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from attestation.collateral import CollateralItem, ItemKind
 from attestation.simulate import SimulatedPki
-from attestation.store import CollateralStore
-from kms.bootstrap import BootstrapReport, bootstrap
-from kms.openbao_server import OpenBaoServer, free_port
-from sovereign.cli._common import dump_trust
+from kms.openbao_server import free_port
+from sovereign.demo.site import (  # noqa: F401 (re-exported to the tests)
+    SNP_MEASUREMENT,
+    TDX_MRTD,
+    Bao,
+    Inputs,
+    prepare_inputs,
+    start_bao,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-SNP_MEASUREMENT = b"\x11" * 48  # what the demo policy's trainers group admits
-TDX_MRTD = b"\x22" * 48
 KEYS = {"dataset/train": "dataset", "dataset/other": "dataset", "model/main": "model"}
 
 # Single-segment names from before keys could have '/' segments; tests/e2e/test_node_agent.py uses them.
@@ -52,52 +54,9 @@ def server_policy() -> str:
     )
 
 
-_KINDS = {
-    "certs": ItemKind.CERTIFICATE,
-    "crls": ItemKind.CRL,
-    "tcb_infos": ItemKind.TDX_TCB_INFO,
-    "qe_identities": ItemKind.TDX_QE_IDENTITY,
-}
-
-
-@dataclass(frozen=True)
-class Inputs:
-    trust: Path
-    collateral: Path
-    policy: Path
-
-
 def prepare(workdir: Path, pki: SimulatedPki, now: datetime) -> Inputs:
-    workdir.mkdir(parents=True, exist_ok=True)
-    pki.mint_snp_report(measurement=SNP_MEASUREMENT)  # makes the AMD CA whose CRL goes in the store
-    items = [
-        (CollateralItem(_KINDS[kind], data), "simulator")
-        for group in (pki.snp_collateral_items(), pki.tdx_collateral_items())
-        for kind, values in group.items()
-        for data in values
-    ]
-    store = CollateralStore(workdir / "collateral")
-    store.import_items(items, trust=pki.trust_store(), now=now)
-    trust = workdir / "trust.json"
-    trust.write_text(dump_trust(pki.trust_store()))
-    policy = workdir / "policy.toml"
-    policy.write_text(server_policy())
-    return Inputs(trust, workdir / "collateral", policy)
-
-
-@dataclass
-class Bao:
-    server: OpenBaoServer
-    report: BootstrapReport
-
-
-def start_bao(workdir: Path) -> Bao:
-    server = OpenBaoServer.dev(workdir / "bao")
-    try:
-        return Bao(server, bootstrap(server.addr, server.root_token or "", workdir / "approle"))
-    except BaseException:
-        server.stop()
-        raise
+    """The demo site's inputs (``sovereign.demo.site``) with the widened test policy."""
+    return prepare_inputs(workdir, pki, now, server_policy())
 
 
 REALM_ROLES = {
