@@ -14,9 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def vectors_dir() -> Path | None:
+    """The vector folder, or None on a dev machine without it. Under CI=true a missing folder is an error,
+    so no test that needs the vectors can quietly skip there."""
     env = os.environ.get("SOVEREIGN_VECTORS")
     path = Path(env) if env else ROOT.parent / "shared" / "vectors"
-    return path if (path / "MANIFEST.json").is_file() else None
+    if (path / "MANIFEST.json").is_file():
+        return path
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"real evidence vectors not found at {path}: set SOVEREIGN_VECTORS")
+    return None
 
 
 def manifest_entries(kind: str) -> list[dict[str, Any]]:

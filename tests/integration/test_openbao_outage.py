@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,14 +20,13 @@ def test_stopped_dev_server_gives_kms_unavailable(fresh_dev: Kms) -> None:
     transit = fresh_dev.approle()
     wrapped = transit.generate_wrapped_data_key()
     fresh_dev.server.stop()
-    started = time.monotonic()
     with pytest.raises(OpenBaoError) as info:
         transit.unwrap(wrapped.ciphertext)
-    elapsed = time.monotonic() - started
     assert info.value.code is Code.KMS_UNAVAILABLE
     assert fresh_dev.server.addr in info.value.message
     assert "running" in info.value.hint and fresh_dev.server.addr in info.value.hint
-    assert elapsed < transit.settings.timeout  # refused at connect, not a timeout
+    # refused at connect (a connection error), not a timeout waiting for an answer
+    assert "cannot reach OpenBao" in info.value.message and "did not answer" not in info.value.message
 
 
 def test_raft_restart_and_unseal_recovers(raft_kms: Kms) -> None:
