@@ -32,7 +32,7 @@ from enclave.release_request import (
     open_grant,
     sign_release,
 )
-from kms.envelope import DEFAULT_CHUNK_SIZE, names, read_header
+from kms.envelope import DEFAULT_CHUNK_SIZE, StreamInfo, names, read_header
 from kms.envelope.files import decrypt_file, encrypt_file
 
 Clock = Callable[[], datetime]
@@ -139,6 +139,18 @@ class FileResult:
     ciphertext_bytes: int
     chunks: int
     header_sha256: str
+
+    @classmethod
+    def of(cls, released: ReleasedKey, info: StreamInfo) -> FileResult:
+        return cls(
+            released.key_name,
+            released.key_version,
+            released.audit_sequence,
+            info.plaintext_bytes,
+            info.ciphertext_bytes,
+            info.chunks,
+            info.header_sha256.hex(),
+        )
 
 
 def renewal_delay(now: datetime, expires_at: datetime, margin: timedelta) -> float:
@@ -313,16 +325,7 @@ class NodeAgent:
             )
         name, version = named if named is not None else (str(key_name), 0)
         released = self.release(name, "read", version)
-        info = decrypt_file(released.key, in_path, out_path)
-        return FileResult(
-            name,
-            released.key_version,
-            released.audit_sequence,
-            info.plaintext_bytes,
-            info.ciphertext_bytes,
-            info.chunks,
-            info.header_sha256.hex(),
-        )
+        return FileResult.of(released, decrypt_file(released.key, in_path, out_path))
 
     def encrypt(
         self,
@@ -335,15 +338,8 @@ class NodeAgent:
         """Seal a model output with the latest version of a MODEL key (purpose write)."""
         released = self.release(key_name, "write")
         ref = format_key_ref(released.key_name, released.key_version)
-        info = encrypt_file(released.key, in_path, out_path, key_ref=ref, chunk_size=chunk_size)
-        return FileResult(
-            released.key_name,
-            released.key_version,
-            released.audit_sequence,
-            info.plaintext_bytes,
-            info.ciphertext_bytes,
-            info.chunks,
-            info.header_sha256.hex(),
+        return FileResult.of(
+            released, encrypt_file(released.key, in_path, out_path, key_ref=ref, chunk_size=chunk_size)
         )
 
     # lease renewal ----------------------------------------------------------------------------------

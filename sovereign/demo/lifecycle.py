@@ -82,14 +82,19 @@ def _code(err: ControlPlaneError) -> str:
     return err.reason or err.code.value
 
 
+def operator_channel(plane: ControlPlane, ca: bytes, token: str) -> grpc.Channel:
+    """TLS to the operator port (CA pinned), the Keycloak access token as the bearer token."""
+    creds = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=ca), grpc.access_token_call_credentials(token)
+    )
+    return grpc.secure_channel(plane.admin_target, creds)
+
+
 class Admin:
     """The operator's Admin calls: TLS to the operator port (CA pinned) with a Keycloak bearer token."""
 
     def __init__(self, plane: ControlPlane, ca: bytes, token: str) -> None:
-        creds = grpc.composite_channel_credentials(
-            grpc.ssl_channel_credentials(root_certificates=ca), grpc.access_token_call_credentials(token)
-        )
-        self._channel = grpc.secure_channel(plane.admin_target, creds)
+        self._channel = operator_channel(plane, ca, token)
         self._stub = admin_pb2_grpc.AdminStub(self._channel)
 
     def create_key(self, name: str, kind: Any) -> None:
@@ -115,11 +120,8 @@ def _audit_steps(
     """The auditor exports the ledger, verifies it offline with only the audit public key, and reconciles
     OpenBao's own audit log with it (every KEK decrypt by the control plane is a recorded grant)."""
     time.sleep(1.2)  # let a signed checkpoint cover the last entries (one is made at least every second)
-    creds = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(root_certificates=ca), grpc.access_token_call_credentials(token)
-    )
     export = workdir / "audit-export.jsonl"
-    with grpc.secure_channel(plane.admin_target, creds) as channel, tempfile.TemporaryFile() as spool:
+    with operator_channel(plane, ca, token) as channel, tempfile.TemporaryFile() as spool:
         stub = audit_pb2_grpc.AuditStub(channel)
         items = (
             checkpoint_in(i.checkpoint) if i.HasField("checkpoint") else bytes(i.entry.canonical)

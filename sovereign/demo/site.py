@@ -132,33 +132,48 @@ class ControlPlane:
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> ControlPlane:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
-        self.proc = subprocess.Popen(
-            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line.rstrip())
-                if line.startswith("dev CA for clients to pin: "):
-                    self.ca = Path(line.split(": ", 1)[1].strip())
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(timeout) or self.ca is None or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("sovereign serve did not start:\n" + "\n".join(self.output[-40:]))
+        self.proc, self.ca = launch_serve(self.command(), self.output, timeout=timeout)
         return self
 
     def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc)
+
+
+def launch_serve(
+    command: list[str], output: list[str], *, timeout: float = 30.0, cwd: Path | None = None
+) -> tuple[subprocess.Popen[str], Path]:
+    """Start a ``sovereign serve`` command (no inherited SOVEREIGN_* settings); collect its output lines
+    into ``output`` and return once it prints the dev CA it listens with, or raise with its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    ready = threading.Event()
+    found: list[Path] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line.rstrip())
+            if line.startswith("dev CA for clients to pin: "):
+                found.append(Path(line.split(": ", 1)[1].strip()))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(timeout) or not found or proc.poll() is not None:
+        stop_process(proc)
+        raise RuntimeError("sovereign serve did not start:\n" + "\n".join(output[-40:]))
+    return proc, found[0]
+
+
+def stop_process(proc: subprocess.Popen[str] | None) -> int | None:
+    """SIGTERM (graceful stop), then SIGKILL after 15 s; the exit code, or None if never started."""
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import secrets
-import signal
-import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,8 +30,10 @@ from sovereign.demo.site import (  # noqa: F401 (re-exported to the tests)
     TDX_MRTD,
     Bao,
     Inputs,
+    launch_serve,
     prepare_inputs,
     start_bao,
+    stop_process,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,25 +171,7 @@ class ServerProcess:
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
-        self.proc = subprocess.Popen(
-            self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line.rstrip())
-                if line.startswith("dev CA for clients to pin: "):
-                    self.ca = Path(line.split(": ", 1)[1].strip())
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(timeout) or self.ca is None or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("sovereign serve did not start:\n" + "\n".join(self.output[-40:]))
+        self.proc, self.ca = launch_serve(self.command(), self.output, timeout=timeout, cwd=ROOT)
         assert any(re.match(r"listening on 127\.0\.0\.1:\d+ \(TLS\)", line) for line in self.output)
         return self
 
@@ -217,11 +197,4 @@ class ServerProcess:
         return self.operator_channel(self.operators().token(username))
 
     def stop(self) -> int | None:
-        if getattr(self, "proc", None) is None or self.proc.poll() is not None:
-            return self.proc.returncode if getattr(self, "proc", None) else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(getattr(self, "proc", None))
