@@ -1,5 +1,6 @@
 """Coalesce concurrent calls into batches: many threads submit one item each, a collector thread hands
-groups of items to one batch function and wakes each caller with its own result or exception.
+groups of items to one batch function and wakes each caller with its own result or exception;
+``LoopBatcher`` does the same for coroutines (the release servicer), gathering on the event loop.
 
 Used for OpenBao transit unwraps (one ``batch_input`` decrypt instead of N HTTP calls) and for group
 commit of grant rows (one durable SQLite commit instead of N fsyncs). The window bounds the added latency.
@@ -7,13 +8,14 @@ commit of grant rows (one durable SQLite commit instead of N fsyncs). The window
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kms.errors import Code, KmsError
 
@@ -129,3 +131,81 @@ class Batcher(Generic[T, R]):
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
+
+
+class LoopBatcher(Generic[T, R]):
+    """The asyncio form of ``Batcher``: items are gathered on the event loop, one batch at a time runs
+    ``fn`` in ``executor`` (a thread), and its results come back to the loop in one wake-up, not one
+    per item (each cross-thread wake-up is a GIL hand-off and a context switch). Bound to the loop it
+    is first used in."""
+
+    def __init__(
+        self,
+        fn: BatchFn[T, R],
+        *,
+        name: str,
+        executor: Executor,
+        window: float = 0.002,
+        max_batch: int = 128,
+    ) -> None:
+        self._fn = fn
+        self._name = name
+        self._executor = executor
+        self._window = window
+        self._max = max_batch
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._running = False
+        self._closed = False
+
+    async def submit(self, item: T) -> R:
+        if self._closed:
+            raise KmsError(f"{self._name} batcher is stopped", code=Code.SERVER_OVERLOADED)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._waiting.append((item, future))
+        if len(self._waiting) >= self._max:
+            self._flush()
+        elif self._timer is None and not self._running:
+            self._timer = loop.call_later(self._window, self._flush)  # the window runs from the first item
+        return await future
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._running or not self._waiting:
+            return  # a batch is running: the next one keeps growing until it ends
+        batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+        self._running = True
+        loop = asyncio.get_running_loop()
+        try:
+            done = loop.run_in_executor(self._executor, self._fn, [item for item, _ in batch])
+        except RuntimeError:  # the executor is shut down: fail the callers instead of stranding them
+            done = loop.create_future()
+            done.set_exception(KmsError(f"{self._name} batcher is stopped", code=Code.SERVER_OVERLOADED))
+        done.add_done_callback(lambda finished: self._resolve(batch, finished))
+
+    def _resolve(self, batch: list[tuple[T, asyncio.Future[R]]], finished: asyncio.Future[Any]) -> None:
+        self._running = False
+        try:
+            results: Sequence[Any] = finished.result()
+            if len(results) != len(batch):
+                raise KmsError(
+                    f"{self._name} returned {len(results)} results for {len(batch)} items",
+                    code=Code.INTERNAL_ERROR,
+                )
+        except BaseException as exc:  # every caller learns the batch failed
+            results = [exc] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # the caller was cancelled
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        if self._waiting:
+            self._flush()  # what gathered while this batch ran has waited long enough

@@ -17,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from kms.batching import Batcher
+from kms.batching import Batcher, LoopBatcher
 from kms.catalogue import DATA_KEY_BYTES
 from kms.clock import Clock
 from kms.errors import Code, OpenBaoError
@@ -90,9 +90,17 @@ class GrantLedger:
         self._batcher: Batcher[GrantRequest, Outcome] = Batcher(
             self._run, name="release", window=window, max_batch=max_batch, workers=1
         )
+        self._loop_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-batch")
+        self._loop_batcher: LoopBatcher[GrantRequest, Outcome] = LoopBatcher(
+            self._run, name="release", executor=self._loop_pool, window=window, max_batch=max_batch
+        )
 
     def submit(self, request: GrantRequest) -> Future[Outcome]:
         return self._batcher.submit_future(request)
+
+    async def submit_async(self, request: GrantRequest) -> Outcome:
+        """``submit`` for asyncio servers: batched on the event loop (kms.batching.LoopBatcher)."""
+        return await self._loop_batcher.submit(request)
 
     def grant(self, request: GrantRequest) -> Outcome:
         return self._batcher.submit(request)
@@ -106,6 +114,8 @@ class GrantLedger:
 
     def close(self) -> None:
         self._batcher.close()
+        self._loop_batcher.close()
+        self._loop_pool.shutdown(wait=True)
 
     def _run(self, requests: Sequence[GrantRequest]) -> list[Outcome]:
         unwrapped = self._transit.unwrap_batch([r.ciphertext for r in requests])

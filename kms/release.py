@@ -277,6 +277,9 @@ class KeyRelease:
     def submit(self, prepared: Prepared) -> Future[Outcome]:
         return self._ledger.submit(prepared.grant)
 
+    async def submit_async(self, prepared: Prepared) -> Outcome:
+        return await self._ledger.submit_async(prepared.grant)
+
     def finish(self, prepared: Prepared, outcome: Outcome) -> Released:
         if isinstance(outcome, OpenBaoError):
             raise outcome

@@ -236,7 +236,7 @@ class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
                 denial = self._peer_mismatch(context, signed, None) or denial
                 denial_id = await asyncio.wrap_future(self._uc.record_future(denial))
                 raise self._uc.denied(denial, denial_id) from None
-            outcome = await asyncio.wrap_future(self._uc.submit(prepared))
+            outcome = await self._uc.submit_async(prepared)
             return codec.released_out(self._uc.finish(prepared, outcome))
         except CODED as err:
             self._uc.count_denial(str(getattr(err.code, "value", err.code)))
