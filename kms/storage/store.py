@@ -10,6 +10,7 @@ read-only REPEATABLE READ snapshot and never wait for writers.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from kms.errors import Code, KmsError, StorageError
 from kms.storage import migrations, schema
+from kms.storage.writer_queue import WriterQueue
 
 # pg_advisory_xact_lock key that serialises writers (an arbitrary constant that fits a signed bigint)
 WRITER_LOCK = 0x3C1E_59F0_2A6B_7D41
@@ -32,9 +34,16 @@ LOCK_TIMEOUT_MS = 5000
 class Store:
     """A migrated database. ``transaction()`` for writes, ``reader()`` for consistent reads."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        writers: WriterQueue | None = None,
+    ) -> None:
         self.engine = engine
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._writers = writers  # SQLite: writers queue here before BEGIN IMMEDIATE
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -49,14 +58,19 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._writers is not None:
+            self._writers.close()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One write transaction; writers queue (SQLite: BEGIN IMMEDIATE; PostgreSQL: the writer lock)."""
-        with self._guard(), self.engine.connect() as conn, conn.begin():
+        with self._guard(), self._turn(), self.engine.connect() as conn, conn.begin():
             if self.is_postgresql:
                 conn.execute(_TAKE_WRITER_LOCK, {"key": WRITER_LOCK})
             yield conn
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        return self._writers.turn() if self._writers is not None else contextlib.nullcontext()
 
     @contextmanager
     def reader(self) -> Iterator[Connection]:
@@ -209,7 +223,11 @@ def open_store(
     except (SQLAlchemyError, OSError, ValueError) as exc:
         message = str(exc).replace(str(target), shown)
         raise StorageError(f"cannot open database {shown}: {message[:300]}") from None
-    store = Store(engine, clock=clock)
+    writers = None
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        db = Path(engine.url.database)
+        writers = WriterQueue(db.with_name(db.name + "-writer"), LOCK_TIMEOUT_MS / 1000)
+    store = Store(engine, clock=clock, writers=writers)
     if migrate:
         store.migrate()
     return store
