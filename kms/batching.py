@@ -12,8 +12,8 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +24,7 @@ R = TypeVar("R")
 
 # The batch function returns one entry per item: a result, or the exception that item raises.
 BatchFn = Callable[[Sequence[T]], Sequence["R | BaseException"]]
+AsyncBatchFn = Callable[[Sequence[T]], Coroutine[Any, Any, Sequence["R | BaseException"]]]
 
 
 @dataclass
@@ -134,28 +135,34 @@ class Batcher(Generic[T, R]):
 
 
 class LoopBatcher(Generic[T, R]):
-    """The asyncio form of ``Batcher``: items are gathered on the event loop, one batch at a time runs
-    ``fn`` in ``executor`` (a thread), and its results come back to the loop in one wake-up, not one
-    per item (each cross-thread wake-up is a GIL hand-off and a context switch). Bound to the loop it
-    is first used in."""
+    """The asyncio form of ``Batcher``: items are gathered on the event loop and one batch at a time
+    runs the coroutine ``fn`` (which may hand blocking parts to a thread); every caller is answered
+    from the loop when its batch ends, so no thread wakes the loop once per item (each cross-thread
+    wake-up is a GIL hand-off and a context switch).
+
+    A batch goes when ``max_batch`` items wait, when ``idle`` seconds passed without a new item, or
+    at the latest ``window`` seconds after its first item, and never while the previous batch runs.
+    Under load items keep arriving, so batches grow towards ``window`` and the per-batch costs (one
+    OpenBao request, one commit) are shared by many releases; a lone request waits only ``idle``."""
 
     def __init__(
         self,
-        fn: BatchFn[T, R],
+        fn: AsyncBatchFn[T, R],
         *,
         name: str,
-        executor: Executor,
         window: float = 0.002,
+        idle: float | None = None,
         max_batch: int = 128,
     ) -> None:
         self._fn = fn
         self._name = name
-        self._executor = executor
         self._window = window
+        self._idle = window if idle is None else min(idle, window)
         self._max = max_batch
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._running = False
+        self._running: asyncio.Task[Sequence[R | BaseException]] | None = None
+        self._first = self._last = 0.0  # loop times of the first and the latest waiting item
         self._closed = False
 
     async def submit(self, item: T) -> R:
@@ -163,34 +170,46 @@ class LoopBatcher(Generic[T, R]):
             raise KmsError(f"{self._name} batcher is stopped", code=Code.SERVER_OVERLOADED)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
+        self._last = loop.time()
+        if not self._waiting:
+            self._first = self._last
         self._waiting.append((item, future))
         if len(self._waiting) >= self._max:
             self._flush()
-        elif self._timer is None and not self._running:
-            self._timer = loop.call_later(self._window, self._flush)  # the window runs from the first item
+        elif self._timer is None and self._running is None:
+            self._timer = loop.call_at(self._last + self._idle, self._due)
         return await future
 
     def close(self) -> None:
         self._closed = True
 
+    def _due(self) -> None:
+        """The timer: go now if the batch is due, else look again when it will be."""
+        self._timer = None
+        if self._running is not None or not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        when = min(self._first + self._window, self._last + self._idle)
+        if loop.time() >= when:
+            self._flush()
+        else:
+            self._timer = loop.call_at(when, self._due)
+
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._running or not self._waiting:
+        if self._running is not None or not self._waiting:
             return  # a batch is running: the next one keeps growing until it ends
         batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-        self._running = True
-        loop = asyncio.get_running_loop()
-        try:
-            done = loop.run_in_executor(self._executor, self._fn, [item for item, _ in batch])
-        except RuntimeError:  # the executor is shut down: fail the callers instead of stranding them
-            done = loop.create_future()
-            done.set_exception(KmsError(f"{self._name} batcher is stopped", code=Code.SERVER_OVERLOADED))
-        done.add_done_callback(lambda finished: self._resolve(batch, finished))
+        self._first = asyncio.get_running_loop().time()  # the rest (over max_batch) starts a window now
+        self._running = asyncio.get_running_loop().create_task(self._fn([item for item, _ in batch]))
+        self._running.add_done_callback(lambda finished: self._resolve(batch, finished))
 
-    def _resolve(self, batch: list[tuple[T, asyncio.Future[R]]], finished: asyncio.Future[Any]) -> None:
-        self._running = False
+    def _resolve(
+        self, batch: list[tuple[T, asyncio.Future[R]]], finished: asyncio.Task[Sequence[R | BaseException]]
+    ) -> None:
+        self._running = None
         try:
             results: Sequence[Any] = finished.result()
             if len(results) != len(batch):
@@ -198,7 +217,7 @@ class LoopBatcher(Generic[T, R]):
                     f"{self._name} returned {len(results)} results for {len(batch)} items",
                     code=Code.INTERNAL_ERROR,
                 )
-        except BaseException as exc:  # every caller learns the batch failed
+        except BaseException as exc:  # every caller learns the batch failed (or was cancelled)
             results = [exc] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the caller was cancelled
@@ -208,4 +227,4 @@ class LoopBatcher(Generic[T, R]):
             else:
                 future.set_result(result)
         if self._waiting:
-            self._flush()  # what gathered while this batch ran has waited long enough
+            self._due()  # what gathered while this batch ran goes when it is due

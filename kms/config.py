@@ -100,8 +100,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "release_window_ms",
         float,
-        5.0,
-        "how long a release waits to share its OpenBao decrypt and grant commit",
+        30.0,
+        "longest a release batch gathers under load (one OpenBao decrypt and one commit per batch); "
+        "a batch nobody joined for 5 ms goes at once",
     ),
     Option("denial_window_ms", float, 2.0, "how long a denial record waits for others to commit with"),
     Option(
@@ -152,7 +153,7 @@ class ServerConfig:
     max_message_bytes: int = 256 << 10
     workers: int = 16
     metrics_port: int = 0
-    release_window_ms: float = 5.0
+    release_window_ms: float = 30.0
     denial_window_ms: float = 2.0
     processes: int = 1
     replica: bool = False

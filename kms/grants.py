@@ -14,6 +14,7 @@ reply, one fsync per batch.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from kms.storage.decisions import (
 )
 from kms.storage.group_commit import GroupCommit
 from kms.storage.store import Store
+from kms.storage.writer_queue import WriterBusy
 from kms.vault import Transit, Unwrapped
 
 
@@ -58,6 +60,7 @@ class Refused:
 
 Outcome = Granted | Refused | OpenBaoError
 PURGE_EVERY = 1.0  # seconds between purges of expired request ids
+IDLE_GAP = 0.005  # a release batch goes when no request joined it for this long (or its window ended)
 
 
 def denial_of(row: GrantRow, refusal: Refusal, openbao_request_id: str | None) -> DenialRow:
@@ -92,7 +95,7 @@ class GrantLedger:
         )
         self._loop_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-batch")
         self._loop_batcher: LoopBatcher[GrantRequest, Outcome] = LoopBatcher(
-            self._run, name="release", executor=self._loop_pool, window=window, max_batch=max_batch
+            self._run_async, name="release", window=window, idle=IDLE_GAP, max_batch=max_batch
         )
 
     def submit(self, request: GrantRequest) -> Future[Outcome]:
@@ -118,7 +121,32 @@ class GrantLedger:
         self._loop_pool.shutdown(wait=True)
 
     def _run(self, requests: Sequence[GrantRequest]) -> list[Outcome]:
-        unwrapped = self._transit.unwrap_batch([r.ciphertext for r in requests])
+        return self._record(requests, self._unwrap(requests))
+
+    async def _run_async(self, requests: Sequence[GrantRequest]) -> list[Outcome]:
+        """The decrypt waits on OpenBao in the batch thread. The commit runs right on the event loop
+        when SQLite's writer turn is free (about a millisecond of CPU work, and no second thread
+        contending for the GIL at every SQLite call); when another writer holds the turn, or on
+        PostgreSQL (network round trips), it waits in the batch thread instead."""
+        loop = asyncio.get_running_loop()
+        unwrapped = await loop.run_in_executor(self._loop_pool, self._unwrap, requests)
+        if self._store.is_sqlite:
+            try:
+                return self._record(requests, unwrapped, wait=False)
+            except WriterBusy:
+                pass
+        return await loop.run_in_executor(self._loop_pool, self._record, requests, unwrapped)
+
+    def _unwrap(self, requests: Sequence[GrantRequest]) -> list[Unwrapped | OpenBaoError]:
+        return self._transit.unwrap_batch([r.ciphertext for r in requests])
+
+    def _record(
+        self,
+        requests: Sequence[GrantRequest],
+        unwrapped: Sequence[Unwrapped | OpenBaoError],
+        *,
+        wait: bool = True,
+    ) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(requests)
         pending: list[tuple[int, PendingGrant, bytes]] = []
         refused: list[tuple[int, DenialRow, Refusal]] = []
@@ -134,7 +162,7 @@ class GrantLedger:
                 refused.append((index, denial_of(item.row, refusal, result.request_id), refusal))
             else:
                 pending.append((index, item, result.plaintext))
-        with self._store.transaction() as conn:
+        with self._store.transaction(wait=wait) as conn:
             now = self._clock()
             results = commit_grants(conn, [p[1] for p in pending], now) if pending else []
             if time.monotonic() >= self._next_purge:

@@ -62,15 +62,16 @@ class Store:
             self._writers.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One write transaction; writers queue (SQLite: BEGIN IMMEDIATE; PostgreSQL: the writer lock)."""
-        with self._guard(), self._turn(), self.engine.connect() as conn, conn.begin():
+    def transaction(self, *, wait: bool = True) -> Iterator[Connection]:
+        """One write transaction; writers queue (SQLite: BEGIN IMMEDIATE; PostgreSQL: the writer lock).
+        ``wait=False`` (SQLite): raise ``WriterBusy`` at once instead of queueing behind another writer."""
+        with self._guard(), self._turn(wait), self.engine.connect() as conn, conn.begin():
             if self.is_postgresql:
                 conn.execute(_TAKE_WRITER_LOCK, {"key": WRITER_LOCK})
             yield conn
 
-    def _turn(self) -> contextlib.AbstractContextManager[None]:
-        return self._writers.turn() if self._writers is not None else contextlib.nullcontext()
+    def _turn(self, wait: bool) -> contextlib.AbstractContextManager[None]:
+        return self._writers.turn(wait=wait) if self._writers is not None else contextlib.nullcontext()
 
     @contextmanager
     def reader(self) -> Iterator[Connection]:

@@ -23,6 +23,10 @@ from kms.errors import StorageError
 POLL_SECONDS = 0.0002
 
 
+class WriterBusy(StorageError):
+    """``turn(wait=False)`` found another writer holding the turn (the caller picks another way)."""
+
+
 class WriterQueue:
     def __init__(self, path: Path, timeout: float) -> None:
         self.path = path
@@ -31,11 +35,12 @@ class WriterQueue:
         self._fd: int | None = None
 
     @contextmanager
-    def turn(self) -> Iterator[None]:
-        """Hold the database's writer turn (raises ``StorageError`` after ``timeout`` seconds)."""
+    def turn(self, *, wait: bool = True) -> Iterator[None]:
+        """Hold the database's writer turn (raises ``StorageError`` after ``timeout`` seconds). With
+        ``wait=False`` it raises ``WriterBusy`` at once if another writer holds it."""
         deadline = time.monotonic() + self._timeout
-        if not self._lock.acquire(timeout=self._timeout):
-            raise self._busy("another writer in this process")
+        if not self._lock.acquire(timeout=self._timeout if wait else -1, blocking=wait):
+            raise self._busy("another writer in this process") if wait else WriterBusy("writer busy")
         try:
             fd = self._open()
             while True:
@@ -43,6 +48,8 @@ class WriterQueue:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not wait:
+                        raise WriterBusy("writer busy") from None
                     if time.monotonic() >= deadline:
                         raise self._busy("another process") from None
                     time.sleep(POLL_SECONDS)

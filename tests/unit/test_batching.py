@@ -8,6 +8,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -76,40 +77,70 @@ def test_loop_batcher_gathers_on_the_loop_and_answers_each_caller() -> None:
 
     async def main() -> dict[int, object]:
         with ThreadPoolExecutor(1, thread_name_prefix="batch") as pool:
-            batcher: LoopBatcher[int, int] = LoopBatcher(
-                square, name="test", executor=pool, window=0.01, max_batch=8
-            )
+
+            async def run(items: Sequence[int]) -> list[int | BaseException]:
+                return await asyncio.get_running_loop().run_in_executor(pool, square, items)
+
+            batcher: LoopBatcher[int, int] = LoopBatcher(run, name="test", window=0.01, max_batch=8)
             outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(20)), return_exceptions=True)
         return {i: str(o) if isinstance(o, ValueError) else o for i, o in enumerate(outcomes)}
 
     assert asyncio.run(main()) == {i: ("odd 7" if i == 7 else i * i) for i in range(20)}
     assert sorted(sizes, reverse=True) == [8, 8, 4]  # max_batch bounds a batch; nothing is lost
-    assert all(name.startswith("batch") for name in threads)  # the batch runs off the event loop
+    assert threads == {"batch_0"}  # one batch at a time, in the thread the batch function chose
 
 
 def test_loop_batcher_fails_every_caller_of_a_failing_or_miscounted_batch() -> None:
-    def boom(items: Sequence[int]) -> list[int | BaseException]:
+    async def boom(items: Sequence[int]) -> list[int | BaseException]:
         raise RuntimeError("backend down")
 
-    async def main(fn: Callable[[Sequence[int]], Sequence[int | BaseException]]) -> list[object]:
-        with ThreadPoolExecutor(1) as pool:
-            batcher: LoopBatcher[int, int] = LoopBatcher(fn, name="test", executor=pool, window=0.001)
-            return list(await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True))
+    async def nothing(items: Sequence[int]) -> list[int | BaseException]:
+        return []
+
+    async def main(fn: Callable[[Sequence[int]], Any]) -> list[object]:
+        batcher: LoopBatcher[int, int] = LoopBatcher(fn, name="test", window=0.001)
+        return list(await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True))
 
     assert [str(e) for e in asyncio.run(main(boom))] == ["backend down", "backend down"]
-    miscounted = asyncio.run(main(lambda items: []))
+    miscounted = asyncio.run(main(nothing))
     assert all(isinstance(e, KmsError) and e.code.value == "INTERNAL_ERROR" for e in miscounted)
 
 
-def test_loop_batcher_refuses_after_close_and_fails_callers_when_its_executor_is_gone() -> None:
+def test_loop_batcher_refuses_after_close() -> None:
+    async def echo(items: Sequence[int]) -> list[int | BaseException]:
+        return list(items)
+
     async def main() -> tuple[object, object]:
-        pool = ThreadPoolExecutor(1)
-        pool.shutdown()
-        batcher: LoopBatcher[int, int] = LoopBatcher(lambda items: items, name="test", executor=pool)
-        stranded = await asyncio.gather(batcher.submit(1), return_exceptions=True)
+        batcher: LoopBatcher[int, int] = LoopBatcher(echo, name="test", window=0.001)
+        served = await batcher.submit(1)
         batcher.close()
         refused = await asyncio.gather(batcher.submit(2), return_exceptions=True)
-        return stranded[0], refused[0]
+        return served, refused[0]
 
-    for outcome in asyncio.run(main()):
-        assert isinstance(outcome, KmsError) and outcome.code.value == "SERVER_OVERLOADED"
+    served, refused = asyncio.run(main())
+    assert served == 1
+    assert isinstance(refused, KmsError) and refused.code.value == "SERVER_OVERLOADED"
+
+
+def test_loop_batcher_keeps_a_batch_open_while_items_arrive_and_sends_a_lone_one_when_idle() -> None:
+    sizes: list[int] = []
+
+    async def record(items: Sequence[int]) -> list[int | BaseException]:
+        sizes.append(len(items))
+        return list(items)
+
+    async def trickle(batcher: LoopBatcher[int, int], spacing: float, count: int) -> None:
+        calls = []
+        for i in range(count):
+            calls.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(spacing)
+        await asyncio.gather(*calls)
+
+    async def main() -> None:
+        # items 5 ms apart never leave the batch idle for 250 ms: one batch, well before the 60 s window
+        await trickle(LoopBatcher(record, name="test", window=60, idle=0.25), 0.005, 10)
+        # items 500 ms apart: each one goes alone after the 50 ms idle gap, not after the 5 s window
+        await trickle(LoopBatcher(record, name="test", window=5, idle=0.05), 0.5, 3)
+
+    asyncio.run(main())
+    assert sizes == [10, 1, 1, 1]
