@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from cryptography import x509
 
-from attestation.errors import Code, CollateralError
+from attestation.errors import X509_PARSE_ERRORS, Code, CollateralError
 from attestation.snp import SnpCollateral
 from attestation.tdx import TdxCollateral, parse_collateral_bundle
 
@@ -69,8 +69,11 @@ def _load_cert(der: bytes) -> x509.Certificate:
     with warnings.catch_warnings():
         # AMD VCEK/VLEK certificates carry serial number 0 (see attestation.snp for the fallback).
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        cert = x509.load_der_x509_certificate(der)
-        _ = cert.subject
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            _ = cert.subject
+        except X509_PARSE_ERRORS as exc:  # callers handle ValueError
+            raise ValueError(f"not an X.509 certificate: {type(exc).__name__}") from None
     return cert
 
 

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.x509 import InvalidVersion
+
+# What cryptography raises for certificate or CRL bytes it cannot read: ValueError for most, its own
+# InvalidVersion for a bad version number, UnsupportedAlgorithm for fields it parses on first access.
+X509_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, UnsupportedAlgorithm, InvalidVersion)
+
 
 class Code(StrEnum):
     """Stable error codes. Never renumber or rename: they are part of the wire and audit contract."""

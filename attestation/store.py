@@ -31,7 +31,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 from attestation import collateral_bundle
 from attestation.collateral import Collateral, CollateralItem, ItemKind, classify
-from attestation.errors import AttestationError, ChainInvalid, Code, CollateralError
+from attestation.errors import X509_PARSE_ERRORS, AttestationError, ChainInvalid, Code, CollateralError
 from attestation.freshness import check_rollback, earliest_next_update, status_rows
 from attestation.trust import TrustStore
 
@@ -190,7 +190,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _load(der: bytes) -> x509.Certificate:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        return x509.load_der_x509_certificate(der)
+        try:
+            return x509.load_der_x509_certificate(der)
+        except X509_PARSE_ERRORS as exc:  # callers handle ValueError
+            raise ValueError(f"not an X.509 certificate: {type(exc).__name__}") from None
 
 
 def check_items(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from attestation.errors import ChainInvalid, Code
+from attestation.errors import X509_PARSE_ERRORS, ChainInvalid, Code
 
 # AMD ARK (self-signed RSA-4096) per product, from AMD's key distribution service.
 AMD_ARK_SHA256: Mapping[str, str] = {
@@ -73,7 +73,7 @@ def _is_simulator_root(root_der: bytes) -> bool:
     try:
         cert = x509.load_der_x509_certificate(root_der)
         orgs = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
-    except ValueError:
+    except X509_PARSE_ERRORS:
         return False
     return any(a.value == SIMULATOR_ORGANIZATION for a in orgs)
 

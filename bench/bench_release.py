@@ -73,7 +73,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(p * len(sorted_values)))]
 
 
-def baseline(bao: Bao, threads: int, seconds: float) -> float:
+def baseline(bao: Bao, threads: int, seconds: float) -> tuple[float, list[float]]:
     token = bao.server.root_token
     first = hvac.Client(url=bao.server.addr, token=token)
     ciphertext = first.secrets.transit.generate_data_key("sovereign-kek", key_type="wrapped")["data"][
@@ -86,8 +86,7 @@ def baseline(bao: Bao, threads: int, seconds: float) -> float:
         client = hvac.Client(url=bao.server.addr, token=token, session=session)
         return lambda: client.secrets.transit.decrypt_data("sovereign-kek", ciphertext=ciphertext)
 
-    rate, _ = run_threads(threads, seconds, make)
-    return rate
+    return run_threads(threads, seconds, make)
 
 
 def enrol(server: ServerProcess, pki: SimulatedPki, threads: int) -> list[NodeClient]:
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             nodes = enrol(server, pki, args.threads)
             for _ in range(args.rounds):
                 rate, latencies = ours(nodes, seconds)
-                base = baseline(bao, args.threads, seconds)
+                base, base_latencies = baseline(bao, args.threads, seconds)
                 rounds.append(
                     {
                         "ours": round(rate, 1),
@@ -156,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio": round(rate / base, 3),
                         "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
                         "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+                        "baseline_p50_ms": round(percentile(base_latencies, 0.50) * 1000, 2),
+                        "baseline_p99_ms": round(percentile(base_latencies, 0.99) * 1000, 2),
                     }
                 )
         finally:
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         "unit": "releases/s",
         "target": 1.0,
         "met": best["ratio"] >= 1.0 and best["p99_ms"] <= 50,
+        "note": (
+            "target: ratio >= 1.0 and p99 <= 50 ms. Clients are closed-loop, so mean latency = "
+            "concurrency / throughput: p99 <= 50 ms at 64 needs well over 1,280 releases/s; "
+            "baseline_p50/p99_ms are the bare decrypts' own latencies"
+        ),
     }
     if len(rounds) > 1:
         result["rounds"] = rounds

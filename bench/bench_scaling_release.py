@@ -74,7 +74,7 @@ def release_rows(
             return call
 
         rate, latencies = run_threads(n, seconds, make)
-        base = baseline(server.bao, n, seconds)
+        base, base_latencies = baseline(server.bao, n, seconds)
         rows.append(
             row(
                 f"key release at {n} concurrent nodes vs bare hvac transit decrypt",
@@ -85,6 +85,8 @@ def release_rows(
                 concurrency=n,
                 p50_ms=round(percentile(latencies, 0.50) * 1000, 2),
                 p99_ms=round(percentile(latencies, 0.99) * 1000, 2),
+                baseline_p50_ms=round(percentile(base_latencies, 0.50) * 1000, 2),
+                baseline_p99_ms=round(percentile(base_latencies, 0.99) * 1000, 2),
             )
         )
         note(f"scaling_release: {n} concurrent done")

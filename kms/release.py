@@ -215,25 +215,41 @@ class KeyRelease:
         """All three steps, blocking (thread-per-request servers, tests)."""
         started = time.perf_counter()
         try:
-            try:
-                prepared = self.prepare(req)
-            except Denial as denial:
-                raise self.denied(denial, self._ledger.deny(denial.row)) from None
-            return self.finish(prepared, self.submit(prepared).result(timeout=BATCH_TIMEOUT))
+            for retry in (False, True):
+                try:
+                    prepared = self.prepare(req, fresh=retry)
+                except Denial as denial:
+                    raise self.denied(denial, self._ledger.deny(denial.row)) from None
+                outcome = self.submit(prepared).result(timeout=BATCH_TIMEOUT)
+                if not retry and self.lease_changed(outcome):
+                    continue
+                return self.finish(prepared, outcome)
+            raise AssertionError("unreachable: the second attempt returns or raises")  # pragma: no cover
         except (ReleaseDenied, KmsError) as err:
             self.count_denial(str(getattr(err.code, "value", err.code)))
             raise
         finally:
             self.observe(started)
 
-    def prepare(self, req: SignedRelease) -> Prepared:
+    def prepare(self, req: SignedRelease, *, fresh: bool = False) -> Prepared:
         """Every check that needs no write: raises ``KmsError`` (not recorded: malformed or
         unauthenticated) or ``Denial`` (to be recorded). A denial decided on cached reads is decided
-        again on fresh ones, so a node approved or a key enabled a moment ago is not refused."""
-        try:
-            return self._prepare(req, fresh=False)
-        except Denial:
-            return self._prepare(req, fresh=True)
+        again on fresh ones, so a node approved or a key enabled a moment ago is not refused;
+        ``fresh`` skips the cached reads."""
+        if not fresh:
+            try:
+                return self._prepare(req, fresh=False)
+            except Denial:
+                pass
+        return self._prepare(req, fresh=True)
+
+    @staticmethod
+    def lease_changed(outcome: Outcome) -> bool:
+        """The commit refused the grant because the node's lease is not the one the checks saw: a
+        renewal that the cached node record did not show yet, or one that landed in between. Such a
+        request is worth checking again once, on fresh reads (the refusal stays in the ledger, with
+        its decrypt; the request id was not used up)."""
+        return isinstance(outcome, Refused) and outcome.refusal.code == Code.RELEASE_NODE_CHANGED.value
 
     def _prepare(self, req: SignedRelease, *, fresh: bool) -> Prepared:
         check_shape(req)

@@ -29,8 +29,12 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 
+from attestation.errors import X509_PARSE_ERRORS
 from attestation.snp import der as asn1
 from attestation.snp.report import product_family
+
+# what makes cryptography give up on a certificate that the DER reader below may still take
+_FALL_BACK_ON: tuple[type[Exception], ...] = (*X509_PARSE_ERRORS, x509.DuplicateExtension)
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
 OID_STRUCT_VERSION = f"{AMD_OID}.1"
@@ -227,7 +231,7 @@ def parse_certificate(data: bytes, *, force_fallback: bool = False) -> AmdCertif
         try:
             with tolerate_serial_zero():
                 return _from_cryptography(data, x509.load_der_x509_certificate(data))
-        except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension):
+        except _FALL_BACK_ON:
             pass  # e.g. a cryptography release that refuses serial number 0: use the DER reader
     return _from_der(data)
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from attestation.errors import ChainInvalid, Code, CollateralError
+from attestation.errors import X509_PARSE_ERRORS, ChainInvalid, Code, CollateralError
 from attestation.tdx import pcs
 from attestation.tdx.pck import PckChain, chain_error
 from attestation.trust import TrustStore, fingerprint
@@ -326,7 +326,7 @@ def _cert_ders(raw: bytes) -> list[bytes]:
     if b"-----BEGIN" in raw:
         try:
             certs = x509.load_pem_x509_certificates(raw)
-        except ValueError:
+        except X509_PARSE_ERRORS:
             raise pcs.invalid("certificate PEM does not parse") from None
         return [c.public_bytes(serialization.Encoding.DER) for c in certs]
     return [raw]
@@ -350,7 +350,7 @@ def _crl_der(raw: bytes) -> bytes:
 def _load_cert(der: bytes) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError:
+    except X509_PARSE_ERRORS:
         raise pcs.invalid("a collateral certificate is not DER X.509") from None
 
 
@@ -423,7 +423,7 @@ def _dedupe(items: Iterable[Any]) -> list[Any]:
 def _build(signed: list[SignedItem], crl_ders: list[bytes], cert_ders: list[bytes]) -> TdxCollateral:
     try:
         return _build_checked(_dedupe(signed), _dedupe(crl_ders), _dedupe(cert_ders))
-    except (ValueError, UnsupportedAlgorithm):  # cryptography parses certificate and CRL fields lazily
+    except X509_PARSE_ERRORS:  # cryptography parses some certificate and CRL fields lazily
         raise pcs.invalid("a collateral certificate or CRL has a field that does not parse") from None
 
 

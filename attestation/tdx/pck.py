@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attestation.errors import ChainInvalid, Code
+from attestation.errors import X509_PARSE_ERRORS, ChainInvalid, Code
 from attestation.trust import fingerprint
 
 SGX_EXTENSION_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
@@ -199,14 +199,14 @@ def load_pck_chain(pem: bytes) -> PckChain:
         pem = pem[:-1]
     try:
         return _load_pck_chain(pem)
-    except (ValueError, UnsupportedAlgorithm):  # cryptography parses certificate fields lazily
+    except X509_PARSE_ERRORS:  # cryptography parses some certificate fields lazily
         raise chain_error("PCK chain: a certificate field does not parse") from None
 
 
 def _load_pck_chain(pem: bytes) -> PckChain:
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError:
+    except X509_PARSE_ERRORS:
         raise chain_error("PCK chain in the quote is not a PEM certificate list") from None
     if len(certs) != 3:
         raise chain_error(f"PCK chain has {len(certs)} certificates, expected 3 (leaf, PCK CA, root)")

@@ -29,7 +29,7 @@ from attestation.errors import AttestationError
 from kms.attest import Attestation, AttestationOutcome, Outcome
 from kms.clock import Clock
 from kms.errors import Code, KmsError
-from kms.release import Denial, KeyRelease, ReleaseDenied, SignedRelease
+from kms.release import Denial, KeyRelease, Prepared, ReleaseDenied, SignedRelease
 from kms.server import codec, node_certs
 from kms.server.errors import INTERNAL, abort_async
 from kms.storage.decisions import DenialRow
@@ -219,6 +219,19 @@ class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
             return Denial([err.to_dict()], row)
         return None
 
+    async def _checked(self, context: Context, signed: SignedRelease, *, fresh: bool) -> Prepared:
+        """The use case's checks plus the client certificate's; a denial is recorded, then raised."""
+        try:
+            prepared = self._uc.prepare(signed, fresh=fresh)  # verifies the body's signature first
+            mismatch = self._peer_mismatch(context, signed, prepared.node.signing_public)
+            if mismatch is not None:
+                raise mismatch
+            return prepared
+        except Denial as denial:
+            denial = self._peer_mismatch(context, signed, None) or denial
+            denial_id = await asyncio.wrap_future(self._uc.record_future(denial))
+            raise self._uc.denied(denial, denial_id) from None
+
     async def ReleaseKey(
         self, request: key_release_pb2.ReleaseRequest, context: Context
     ) -> key_release_pb2.ReleaseResponse:
@@ -227,16 +240,11 @@ class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
             await abort_async(context, NOT_PROTOBUF)
         try:
             signed = codec.release_in(request)
-            try:
-                prepared = self._uc.prepare(signed)  # verifies the body's signature first
-                mismatch = self._peer_mismatch(context, signed, prepared.node.signing_public)
-                if mismatch is not None:
-                    raise mismatch
-            except Denial as denial:
-                denial = self._peer_mismatch(context, signed, None) or denial
-                denial_id = await asyncio.wrap_future(self._uc.record_future(denial))
-                raise self._uc.denied(denial, denial_id) from None
+            prepared = await self._checked(context, signed, fresh=False)
             outcome = await self._uc.submit_async(prepared)
+            if self._uc.lease_changed(outcome):  # renewed since the cached read: check again, once
+                prepared = await self._checked(context, signed, fresh=True)
+                outcome = await self._uc.submit_async(prepared)
             return codec.released_out(self._uc.finish(prepared, outcome))
         except CODED as err:
             self._uc.count_denial(str(getattr(err.code, "value", err.code)))

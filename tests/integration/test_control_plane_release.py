@@ -158,6 +158,34 @@ def test_lease_expiry_and_renewal(kms_dev: Kms, tmp_path: Path, pki: SimulatedPk
         plane.close()
 
 
+def test_a_release_right_after_a_renewal_is_checked_again_not_refused(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock)
+    try:
+        plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        identity, node_id = register(plane, pki, "snp")
+        plane.release.release(signed(identity, node_id, "dataset/train", clock))  # caches the node
+        challenge, _ = plane.attestation.challenge("node-snp")
+        evidence = simulated_snp(pki, measurement=SNP_MEASUREMENT).get_evidence(
+            identity.report_data(challenge.nonce)
+        )
+        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+        renewed = plane.attestation.renew(
+            RenewInput(node_id, challenge.nonce, EvidenceInput("snp", evidence.blob), keys)
+        )
+        assert renewed.outcome is Outcome.ATTESTED
+        released = plane.release.release(signed(identity, node_id, "dataset/train", clock))
+        assert len(open_sealed_key(identity.kem_private_key(), released.sealed_key, released.aad)) == 32
+        # the first try, decided on the cached lease, stays in the ledger with its decrypt
+        ((code, bao_id),) = db_rows(plane, "SELECT code, openbao_request_id FROM denials")
+        assert code == "RELEASE_NODE_CHANGED" and bao_id
+        assert db_rows(plane, "SELECT count(*) FROM grants") == [(2,)]
+    finally:
+        plane.close()
+
+
 def test_kek_rotation_rewraps_and_releases_continue(
     fresh_dev: Kms, tmp_path: Path, pki: SimulatedPki
 ) -> None:
