@@ -380,7 +380,7 @@ class ControlPlaneClient:
 
         try:
             cert = x509.load_der_x509_certificate(bytes(reply.client_certificate))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise _bad_reply("Register", "client_certificate is not a DER X.509 certificate") from None
         if cert.public_key() != self._tls_key.public_key():
             raise _bad_reply("Register", "client_certificate is not for this node's TLS key")

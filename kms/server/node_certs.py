@@ -124,7 +124,7 @@ def peer_identity(auth_context: Any) -> PeerIdentity:
         )
     try:
         return identity_of(x509.load_pem_x509_certificate(pems[0]))
-    except (ValueError, x509.ExtensionNotFound):
+    except (ValueError, x509.InvalidVersion, x509.ExtensionNotFound):
         raise KmsError(
             "the client certificate is not a node client certificate",
             code=Code.RELEASE_CLIENT_CERT_MISSING,
@@ -165,7 +165,7 @@ class NodeCa:
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, x509.InvalidVersion) as exc:
             raise KmsError(
                 f"cannot load the node CA from {directory}: {exc}", code=Code.SERVER_CONFIG_INVALID
             ) from None

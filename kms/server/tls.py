@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -102,8 +103,11 @@ def _stamp(path: Path) -> tuple[int, int, int]:
 def load_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
     """(key PEM, certificate chain PEM), checked to belong together."""
     key_pem, cert_pem = key.read_bytes(), cert.read_bytes()
-    private = serialization.load_pem_private_key(key_pem, password=None)
-    leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+        leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    except (TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:  # e.g. an encrypted key
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
     if private.public_key() != leaf.public_key():
         raise ValueError("the private key does not belong to the certificate")
     return key_pem, cert_pem

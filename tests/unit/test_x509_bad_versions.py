@@ -4,6 +4,7 @@ refusal of any other unreadable certificate, never a traceback (found by tests/u
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,10 @@ from attestation.errors import AttestationError, CollateralError
 from attestation.snp.certs import parse_certificate
 from attestation.tdx import verify_quote_signatures
 from attestation.trust import PRODUCTION
-from tests.unit.test_tdx_fuzz import DCAPQVL_AT
 
 VECTORS = vectors_dir()
 needs_vectors = pytest.mark.skipif(VECTORS is None, reason="needs the shared vectors")
+DCAPQVL_AT = datetime(2025, 7, 1, tzinfo=UTC)  # inside the v4-dcapqvl PCK chain's validity
 V3 = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2: X.509 v3
 V11 = bytes.fromhex("a00302010a")  # [0] EXPLICIT INTEGER 10: no such version
 
