@@ -333,8 +333,11 @@ class Attestation:
                 reasons=reasons, policy=policy, now=now,
             )  # fmt: skip
             return self._rejected(node.node_id, _Rejected(reasons, claims), policy)
-        groups = granted_groups(node.requested_groups, appraisal.groups)
         keeps_standing = appraisal.verdict is Verdict.ATTESTED or node.state is NodeState.ATTESTED
+        if appraisal.verdict is Verdict.PENDING_APPROVAL and node.state is NodeState.ATTESTED:
+            groups = node.groups  # an operator approved it: their groups stand, not the matched rule's
+        else:
+            groups = granted_groups(node.requested_groups, appraisal.groups)
         if keeps_standing and groups:
             lease = new_lease(now, policy.policy.release.lease_seconds)
             self._apply_renewal(

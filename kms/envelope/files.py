@@ -2,7 +2,8 @@
 
 Output goes to a temporary file in the destination directory (mode 0600), is fsynced, then atomically
 renamed over ``out_path``; the directory is fsynced too. On any failure the temporary file is removed,
-so ``out_path`` never holds partial or unauthenticated output. ``OSError`` from the filesystem propagates.
+so ``out_path`` never holds partial or unauthenticated output; an existing ``out_path`` that is not a
+regular file is refused (``InvalidInput``). ``OSError`` from the filesystem propagates.
 Both files are opened unbuffered, so ``kms.envelope.stream`` takes its fast paths (an ``mmap``
 window over the plaintext when encrypting, ``preadv`` into a private buffer when decrypting, ``writev``
 of each record).
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from kms.envelope.errors import InvalidInput
 from kms.envelope.stream import StreamInfo, decrypt_stream, encrypt_stream
 from kms.envelope.stream_header import DEFAULT_CHUNK_SIZE
 
@@ -29,12 +32,28 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _require_replaceable(target: Path) -> None:
+    """The rename would replace whatever ``target`` names: only ever a regular file (or a symlink,
+    which is replaced itself, never written through). A device, FIFO, socket or directory is refused
+    (``-o /dev/null`` run as root would otherwise delete the device node)."""
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise InvalidInput(
+            f"{target} exists and is not a regular file: it will not be replaced",
+            hint="write to a new path or to a regular file",
+        )
+
+
 def _atomic(
     in_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     work: Callable[[BinaryIO, BinaryIO], StreamInfo],
 ) -> StreamInfo:
     target = Path(out_path)
+    _require_replaceable(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
         with open(in_path, "rb", buffering=0) as src, os.fdopen(fd, "wb", buffering=0) as dst:

@@ -186,6 +186,43 @@ def test_a_release_right_after_a_renewal_is_checked_again_not_refused(
         plane.close()
 
 
+def test_renewal_keeps_the_groups_an_operator_approved(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    """With operator approval required, the groups the operator assigned are the node's until the
+    policy rejects it; a renewal must not replace them with the groups of the rule it matched."""
+    inputs = prepare(tmp_path / "inputs", pki, START)
+    policy = inputs.policy.read_text()
+    inputs.policy.write_text(
+        policy.replace("require_operator_approval = false", "require_operator_approval = true")
+    )
+    config = ServerConfig(
+        db=str(tmp_path / "db.sqlite"), collateral=str(inputs.collateral), policy=str(inputs.policy)
+    )
+    clock = ManualClock(START)
+    plane = build(config, trust=pki.trust_store(), clock=clock, transit=kms_dev.approle())
+    try:
+        identity = NodeIdentity.generate()
+        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+        provider = simulated_snp(pki, measurement=SNP_MEASUREMENT)
+
+        def evidence() -> tuple[bytes, EvidenceInput]:
+            challenge, _ = plane.attestation.challenge("node-approved")
+            e = provider.get_evidence(identity.report_data(challenge.nonce))
+            return challenge.nonce, EvidenceInput("snp", e.blob, e.endorsements)
+
+        nonce, ev = evidence()
+        registered = plane.attestation.register(RegisterInput(nonce, ev, keys, "node-approved", ()))
+        assert registered.outcome is Outcome.PENDING_APPROVAL and registered.groups == ("trainers",)
+        plane.admin.approve_node(registered.node_id, ["evaluators"], "read-only evaluation node")
+        nonce, ev = evidence()
+        renewed = plane.attestation.renew(RenewInput(registered.node_id, nonce, ev, keys))
+        assert renewed.outcome is Outcome.ATTESTED and renewed.groups == ("evaluators",)
+        assert plane.admin.get_node(registered.node_id).groups == ("evaluators",)
+    finally:
+        plane.close()
+
+
 def test_kek_rotation_rewraps_and_releases_continue(
     fresh_dev: Kms, tmp_path: Path, pki: SimulatedPki
 ) -> None:

@@ -357,6 +357,27 @@ def test_files_round_trip_and_never_leave_partial_output(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain", "sealed"]
 
 
+def test_an_output_path_that_is_not_a_regular_file_is_never_replaced(tmp_path: Path) -> None:
+    plain, sealed = tmp_path / "plain", tmp_path / "sealed"
+    plain.write_bytes(DATA)
+    encrypt_file(KEY, plain, sealed, key_ref=REF, chunk_size=CHUNK)
+    fifo, directory = tmp_path / "fifo", tmp_path / "dir"
+    os.mkfifo(fifo)
+    directory.mkdir()
+    for target in (fifo, directory):
+        with pytest.raises(InvalidInput) as info:
+            decrypt_file(KEY, sealed, target)
+        assert info.value.code is Code.ENVELOPE_INPUT_INVALID and "not a regular file" in info.value.message
+        with pytest.raises(InvalidInput):
+            encrypt_file(KEY, plain, target, key_ref=REF)
+    assert fifo.is_fifo() and directory.is_dir() and not any(directory.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo", "plain", "sealed"]  # no .partial
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    decrypt_file(KEY, sealed, link)  # a symlink is replaced itself, never written through
+    assert not link.is_symlink() and link.read_bytes() == DATA and not (tmp_path / "elsewhere").exists()
+
+
 def test_error_repr_has_code_and_no_key_material() -> None:
     with pytest.raises(StreamError) as info:
         unseal(seal(DATA), OTHER_KEY)
