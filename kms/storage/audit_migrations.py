@@ -1,4 +1,4 @@
-"""Frozen DDL for the audit ledger (appended to ``migrations.MIGRATIONS`` as version 3).
+"""Frozen DDL for the audit ledger (appended to ``migrations.MIGRATIONS`` as versions 3 and 5).
 
 The ledger replaces the plain ``grants`` and ``denials`` tables of version 2: they are kept, renamed
 ``grants_v2`` and ``denials_v2`` (history written before the ledger existed), and ``grants`` and
@@ -71,6 +71,32 @@ def v3_audit_ledger(conn: Connection) -> None:
     conn.execute(insert(head).values(id=1, size=0, frontier=b""))
     conn.exec_driver_sql("ALTER TABLE grants RENAME TO grants_v2")
     conn.exec_driver_sql("ALTER TABLE denials RENAME TO denials_v2")
+    _create_release_views(conn)
+
+
+# PostgreSQL INTEGER is 32 bits: at a thousand releases a second a ledger passes 2**31 entries in under
+# a month. SQLite's INTEGER is already 64 bits.
+_POSITIONS_64_BIT = (
+    ("audit_entries", "seq"),
+    ("audit_nodes", "idx"),
+    ("audit_head", "size"),
+    ("audit_checkpoints", "size"),
+)
+
+
+def v5_ledger_positions_64_bit(conn: Connection) -> None:
+    """Ledger sequence numbers, tree indices and sizes as BIGINT on PostgreSQL (the release views
+    depend on ``audit_entries.seq``, so they are dropped and made again, unchanged)."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql("DROP VIEW grants")
+    conn.exec_driver_sql("DROP VIEW denials")
+    for table, column in _POSITIONS_64_BIT:  # constant SQL: the names are the literals above
+        conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT")
+    _create_release_views(conn)
+
+
+def _create_release_views(conn: Connection) -> None:
     f = _field_sql(conn.dialect.name)
     grant_columns = ", ".join(
         [

@@ -8,14 +8,24 @@ as the entries, and ``audit_checkpoints`` the signed tree heads. All append-only
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
 audit_entries = Table(
     "audit_entries",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("time", String(27), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("decision", String(8), nullable=False),
@@ -31,7 +41,7 @@ audit_nodes = Table(
     "audit_nodes",
     metadata,
     Column("level", Integer, nullable=False),
-    Column("idx", Integer, nullable=False),
+    Column("idx", BigInteger, nullable=False),
     Column("hash", LargeBinary, nullable=False),
     PrimaryKeyConstraint("level", "idx", name="pk_audit_nodes"),
 )
@@ -40,14 +50,14 @@ audit_head = Table(
     "audit_head",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
     Column("frontier", LargeBinary, nullable=False),
 )
 
 audit_checkpoints = Table(
     "audit_checkpoints",
     metadata,
-    Column("size", Integer, primary_key=True, autoincrement=False),
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("root", LargeBinary, nullable=False),
     Column("time", String(27), nullable=False),
     Column("key_id", String(128), nullable=False),

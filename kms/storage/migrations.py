@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from kms.storage.audit_migrations import v3_audit_ledger
+from kms.storage.audit_migrations import v3_audit_ledger, v5_ledger_positions_64_bit
 from kms.storage.control_migrations import v2_control_plane
 from kms.storage.schema import UtcDateTime
 
@@ -109,6 +109,7 @@ MIGRATIONS: list[Migration] = [
         3, "audit ledger (entries, tree, checkpoints; grants and denials become views)", v3_audit_ledger
     ),
     Migration(4, "pending changes of the two-person rule", _v4_pending_changes),
+    Migration(5, "64-bit ledger positions on PostgreSQL", v5_ledger_positions_64_bit),
 ]
 
 

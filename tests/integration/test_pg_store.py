@@ -191,3 +191,35 @@ def test_bad_credentials_and_urls_fail_without_echoing_the_password(pg_server: P
             open_store(bad)
         assert "pw-Secret" not in str(info.value)
     assert pg_server.password not in repr(open_store(pg_server.create_database("shown")))
+
+
+def test_ledger_positions_are_64_bit(postgres_url: str) -> None:
+    """Migration 5: at a thousand releases a second a 32-bit sequence runs out in under a month."""
+    store = open_store(postgres_url)
+    with store.reader() as conn:
+        types = {
+            (r.table_name, r.column_name): r.data_type
+            for r in conn.execute(
+                text(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE (table_name, column_name) IN (('audit_entries', 'seq'), ('audit_nodes', 'idx'), "
+                    "('audit_head', 'size'), ('audit_checkpoints', 'size'))"
+                )
+            )
+        }
+    assert set(types.values()) == {"bigint"} and len(types) == 4
+    far = 2**40
+    entry = b'{"fields":{"key_version":1,"purpose":"read"},"kind":"release.grant"}'
+    with store.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO audit_entries (seq, time, kind, decision, node_id, key_name, reason_codes, "
+                "canonical, leaf_hash) VALUES (:seq, '2026-01-02T03:04:05.678901Z', 'release.grant', "
+                "'grant', 'n-1', 'dataset/train', ' ', :canonical, :leaf)"
+            ),
+            {"seq": far, "canonical": entry, "leaf": b"\x00" * 32},
+        )
+    with store.reader() as conn:  # the release views were made again over the wider column
+        row = conn.execute(text("SELECT sequence, key_version, purpose FROM grants")).one()
+    assert (row.sequence, str(row.key_version), row.purpose) == (far, "1", "read")
+    store.close()
