@@ -9,7 +9,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from e2e.node_client import release_body, sign_body
@@ -54,22 +54,29 @@ def make_plane(tmp_path: Path, pki: SimulatedPki, transit: Transit, clock: Manua
 
 def register(plane: ControlPlane, pki: SimulatedPki, tee: str) -> tuple[NodeIdentity, str]:
     identity = NodeIdentity.generate()
+    nonce, evidence = fresh_evidence(plane, pki, identity, tee)
+    keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+    outcome = plane.attestation.register(RegisterInput(nonce, evidence, keys, f"node-{tee}", ("trainers",)))
+    assert outcome.outcome is Outcome.ATTESTED, outcome.reasons
+    return identity, outcome.node_id
+
+
+def fresh_evidence(
+    plane: ControlPlane, pki: SimulatedPki, identity: NodeIdentity, tee: str
+) -> tuple[bytes, EvidenceInput]:
+    """A challenge nonce and the simulated node's evidence bound to it (``tee``: snp or tdx)."""
     challenge, _ = plane.attestation.challenge(f"node-{tee}")
     provider = (
         simulated_snp(pki, measurement=SNP_MEASUREMENT) if tee == "snp" else simulated_tdx(pki, mrtd=TDX_MRTD)
     )
     evidence = provider.get_evidence(identity.report_data(challenge.nonce))
-    outcome = plane.attestation.register(
-        RegisterInput(
-            challenge.nonce,
-            EvidenceInput(tee, evidence.blob, evidence.endorsements),
-            NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public),
-            f"node-{tee}",
-            ("trainers",),
-        )
-    )
-    assert outcome.outcome is Outcome.ATTESTED, outcome.reasons
-    return identity, outcome.node_id
+    return challenge.nonce, EvidenceInput(tee, evidence.blob, evidence.endorsements)
+
+
+def renew(plane: ControlPlane, pki: SimulatedPki, identity: NodeIdentity, node_id: str, tee: str) -> Any:
+    nonce, evidence = fresh_evidence(plane, pki, identity, tee)
+    keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+    return plane.attestation.renew(RenewInput(node_id, nonce, evidence, keys))
 
 
 def signed(
@@ -145,12 +152,7 @@ def test_lease_expiry_and_renewal(kms_dev: Kms, tmp_path: Path, pki: SimulatedPk
         with pytest.raises(ReleaseDenied) as info:
             plane.release.release(signed(identity, node_id, "dataset/train", clock))
         assert info.value.code == "RELEASE_LEASE_EXPIRED"
-        challenge, _ = plane.attestation.challenge("node-tdx")
-        evidence = simulated_tdx(pki, mrtd=TDX_MRTD).get_evidence(identity.report_data(challenge.nonce))
-        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
-        renewed = plane.attestation.renew(
-            RenewInput(node_id, challenge.nonce, EvidenceInput("tdx", evidence.blob), keys)
-        )
+        renewed = renew(plane, pki, identity, node_id, "tdx")
         assert renewed.outcome is Outcome.ATTESTED and renewed.lease is not None
         assert renewed.lease.expires_at > clock()
         plane.release.release(signed(identity, node_id, "dataset/train", clock))
@@ -167,15 +169,7 @@ def test_a_release_right_after_a_renewal_is_checked_again_not_refused(
         plane.admin.create_key("dataset/train", KeyKind.DATASET)
         identity, node_id = register(plane, pki, "snp")
         plane.release.release(signed(identity, node_id, "dataset/train", clock))  # caches the node
-        challenge, _ = plane.attestation.challenge("node-snp")
-        evidence = simulated_snp(pki, measurement=SNP_MEASUREMENT).get_evidence(
-            identity.report_data(challenge.nonce)
-        )
-        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
-        renewed = plane.attestation.renew(
-            RenewInput(node_id, challenge.nonce, EvidenceInput("snp", evidence.blob), keys)
-        )
-        assert renewed.outcome is Outcome.ATTESTED
+        assert renew(plane, pki, identity, node_id, "snp").outcome is Outcome.ATTESTED
         released = plane.release.release(signed(identity, node_id, "dataset/train", clock))
         assert len(open_sealed_key(identity.kem_private_key(), released.sealed_key, released.aad)) == 32
         # the first try, decided on the cached lease, stays in the ledger with its decrypt
@@ -204,19 +198,11 @@ def test_renewal_keeps_the_groups_an_operator_approved(
     try:
         identity = NodeIdentity.generate()
         keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
-        provider = simulated_snp(pki, measurement=SNP_MEASUREMENT)
-
-        def evidence() -> tuple[bytes, EvidenceInput]:
-            challenge, _ = plane.attestation.challenge("node-approved")
-            e = provider.get_evidence(identity.report_data(challenge.nonce))
-            return challenge.nonce, EvidenceInput("snp", e.blob, e.endorsements)
-
-        nonce, ev = evidence()
-        registered = plane.attestation.register(RegisterInput(nonce, ev, keys, "node-approved", ()))
+        nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
+        registered = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ()))
         assert registered.outcome is Outcome.PENDING_APPROVAL and registered.groups == ("trainers",)
         plane.admin.approve_node(registered.node_id, ["evaluators"], "read-only evaluation node")
-        nonce, ev = evidence()
-        renewed = plane.attestation.renew(RenewInput(registered.node_id, nonce, ev, keys))
+        renewed = renew(plane, pki, identity, registered.node_id, "snp")
         assert renewed.outcome is Outcome.ATTESTED and renewed.groups == ("evaluators",)
         assert plane.admin.get_node(registered.node_id).groups == ("evaluators",)
     finally:
