@@ -16,8 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,14 @@ from kms.audit.export import parse_json_line, read_lines, write_items
 from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import verify_export
-from kms.auth.cache import read_cached_token
+from kms.auth.cache import load_cached_token
 from kms.auth.errors import AuthError
 from kms.errors import Code, KmsError
-from kms.server.errors import parse_trailer
 from kms.vault import KEK_NAME, TRANSIT_MOUNT
 from proto.sovereign.v1 import audit_pb2, audit_pb2_grpc
 from sovereign.cli._common import parse_time
 from sovereign.cli._output import fail, print_json, print_table
+from sovereign.cli.admin import RemoteError
 
 MAX_KEY_FILE = 1 << 20
 
@@ -194,10 +193,8 @@ class _Client:
         else:
             ca = Path(args.ca).read_bytes() if args.ca else None
             self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
-        try:
-            self._metadata: tuple[tuple[str, str], ...] = read_cached_token(args.token_cache).metadata()
-        except AuthError:
-            self._metadata = ()  # the server says what is missing
+        # as 'sovereign admin': an expired or missing sign-in is said here, with the command to run
+        self._metadata = load_cached_token(args.token_cache, now=datetime.now(UTC)).metadata()
         self.stub = audit_pb2_grpc.AuditStub(self._channel)
 
     def call(self, method: str, request: Any) -> Any:
@@ -207,27 +204,12 @@ class _Client:
         yield from self.stub.Export(request, metadata=self._metadata)
 
 
-@dataclass
-class _RemoteError:
-    """A refused call, as the server coded it (ErrorDetail trailer) or as gRPC reports it."""
-
-    code: str
-    message: str
-    hint: str
-
-    @classmethod
-    def of(cls, err: Any) -> _RemoteError:
-        detail = parse_trailer(err.trailing_metadata())
-        code = detail.reason if detail is not None else str(err.code().name)
-        return cls(code, str(err.details() or ""), detail.hint if detail is not None else "")
-
-
 def _remote(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(fn(args, _Client(args)))
         except grpc.RpcError as err:
-            return fail(_RemoteError.of(err), as_json=args.json)
+            return fail(RemoteError(err), as_json=args.json)
         except (AuditError, KmsError, AuthError) as err:
             return fail(err, as_json=args.json)
         except OSError as err:

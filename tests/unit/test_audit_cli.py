@@ -84,3 +84,21 @@ def test_runs_as_a_command(files: tuple[Path, Path, list[bytes]]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK 10 entries")
+
+
+def test_remote_actions_say_an_expired_sign_in_before_calling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from kms.auth.cache import CachedToken, save_token
+
+    cache = tmp_path / "token.json"
+    then = datetime.now(UTC) - timedelta(hours=2)
+    save_token(CachedToken("https://idp.invalid", "sovereign", "sovereign", "t0ken", then, then), cache)
+    # nothing listens on port 9: the refusal comes before any call
+    conn = ["--server", "127.0.0.1:9", "--insecure", "--token-cache", str(cache), "--json"]
+    assert main(["audit", "tail", *conn]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "AUTH_TOKEN_EXPIRED" and "sovereign login" in error["hint"]
+    assert "t0ken" not in json.dumps(error)
