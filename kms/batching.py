@@ -143,7 +143,8 @@ class LoopBatcher(Generic[T, R]):
     A batch goes when ``max_batch`` items wait, when ``idle`` seconds passed without a new item, or
     at the latest ``window`` seconds after its first item, and never while the previous batch runs.
     Under load items keep arriving, so batches grow towards ``window`` and the per-batch costs (one
-    OpenBao request, one commit) are shared by many releases; a lone request waits only ``idle``."""
+    OpenBao request, one commit) are shared by many releases. While requests come one at a time (the
+    last batch had a single item) an item arriving with no batch running goes at once."""
 
     def __init__(
         self,
@@ -163,6 +164,7 @@ class LoopBatcher(Generic[T, R]):
         self._timer: asyncio.TimerHandle | None = None
         self._running: asyncio.Task[Sequence[R | BaseException]] | None = None
         self._first = self._last = 0.0  # loop times of the first and the latest waiting item
+        self._alone = False  # the last batch had one item: nobody else is asking, so do not wait
         self._closed = False
 
     async def submit(self, item: T) -> R:
@@ -174,7 +176,7 @@ class LoopBatcher(Generic[T, R]):
         if not self._waiting:
             self._first = self._last
         self._waiting.append((item, future))
-        if len(self._waiting) >= self._max:
+        if len(self._waiting) >= self._max or (self._running is None and self._alone):
             self._flush()
         elif self._timer is None and self._running is None:
             self._timer = loop.call_at(self._last + self._idle, self._due)
@@ -202,6 +204,7 @@ class LoopBatcher(Generic[T, R]):
         if self._running is not None or not self._waiting:
             return  # a batch is running: the next one keeps growing until it ends
         batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+        self._alone = len(batch) == 1
         self._first = asyncio.get_running_loop().time()  # the rest (over max_batch) starts a window now
         self._running = asyncio.get_running_loop().create_task(self._fn([item for item, _ in batch]))
         self._running.add_done_callback(lambda finished: self._resolve(batch, finished))

@@ -144,3 +144,24 @@ def test_loop_batcher_keeps_a_batch_open_while_items_arrive_and_sends_a_lone_one
 
     asyncio.run(main())
     assert sizes == [10, 1, 1, 1]
+
+
+def test_loop_batcher_sends_at_once_while_nobody_else_is_asking() -> None:
+    sizes: list[int] = []
+
+    async def record(items: Sequence[int]) -> list[int | BaseException]:
+        sizes.append(len(items))
+        await asyncio.sleep(0.01)
+        return list(items)
+
+    async def main() -> None:
+        batcher: LoopBatcher[int, int] = LoopBatcher(record, name="test", window=5, idle=0.05)
+        await batcher.submit(1)  # the first waits out the idle gap: maybe others are coming
+        # the last batch was a lone one, so the next item goes at once; one sent in the same breath
+        # finds that batch running and gathers for the next
+        await asyncio.gather(batcher.submit(2), batcher.submit(3))
+        await asyncio.gather(*(batcher.submit(i) for i in range(4, 8)))  # 4 alone, then 5-7 together
+        await asyncio.gather(*(batcher.submit(i) for i in range(8, 12)))  # no longer alone: all four
+
+    asyncio.run(main())
+    assert sizes == [1, 1, 1, 1, 3, 4]
