@@ -10,6 +10,7 @@ authenticated operator as a mapping (``{"subject", "username", "roles"}``, see
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from attestation.collateral import classify
 from attestation.store import ImportReport
-from kms.attest import check_groups
+from kms.attest import check_groups, granted_groups
 from kms.audit.entry import Kind, Reason
 from kms.audit.ledger import AuditLedger, Draft, operator_draft
 from kms.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, RewrapReport
@@ -331,7 +332,10 @@ def _reappraisal(policy: Any, nodes: Sequence[NodeRecord], now: datetime) -> tup
         operator_held = any(r["code"] == Code.NODE_SUSPENDED_BY_OPERATOR.value for r in node.reasons)
         if operator_held and not _is_demotion(change):
             continue
-        changes.append(change)
+        # as at registration: of the groups it is eligible for, only those the node asked for
+        changes.append(
+            dataclasses.replace(change, groups=granted_groups(node.requested_groups, change.groups))
+        )
     return len(live), changes
 
 

@@ -209,6 +209,40 @@ def test_renewal_keeps_the_groups_an_operator_approved(
         plane.close()
 
 
+def test_a_policy_change_restores_only_the_groups_a_node_asked_for(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    """A node that asked for one of two eligible groups, suspended by a policy change and restored by
+    the next, gets back what it asked for, not every group it is eligible for."""
+    inputs = prepare(tmp_path / "inputs", pki, START)
+    two_groups = inputs.policy.read_text().replace(
+        "[appraisal.tdx]",
+        '[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["'
+        + "11" * 48
+        + '"]\n\n[appraisal.tdx]',
+    )
+    inputs.policy.write_text(two_groups)
+    config = ServerConfig(
+        db=str(tmp_path / "db.sqlite"), collateral=str(inputs.collateral), policy=str(inputs.policy)
+    )
+    plane = build(config, trust=pki.trust_store(), clock=ManualClock(START), transit=kms_dev.approle())
+    try:
+        identity = NodeIdentity.generate()
+        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+        nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
+        node = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ("evaluators",)))
+        assert node.outcome is Outcome.ATTESTED and node.groups == ("evaluators",)
+        above_tcb = two_groups.replace("snp = 8\n", "snp = 99\n")  # Milan's minimum SNP firmware
+        assert above_tcb.count("snp = 99") == 1
+        plane.admin.put_policy(above_tcb, 1, dry_run=False)
+        assert plane.admin.get_node(node.node_id).state.value == "suspended"
+        plane.admin.put_policy(two_groups, 2, dry_run=False)
+        restored = plane.admin.get_node(node.node_id)
+        assert restored.state.value == "attested" and restored.groups == ("evaluators",)
+    finally:
+        plane.close()
+
+
 def test_kek_rotation_rewraps_and_releases_continue(
     fresh_dev: Kms, tmp_path: Path, pki: SimulatedPki
 ) -> None:
