@@ -13,8 +13,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import InvalidVersion
 
 # What cryptography raises for certificate or CRL bytes it cannot read: ValueError for most, its own
-# InvalidVersion for a bad version number, UnsupportedAlgorithm for fields it parses on first access.
-X509_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, UnsupportedAlgorithm, InvalidVersion)
+# InvalidVersion for a bad version number, UnsupportedAlgorithm for fields it parses on first access,
+# and TypeError for a name attribute whose value type does not fit its OID (also on first access).
+X509_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, UnsupportedAlgorithm, InvalidVersion, TypeError)
 
 
 class Code(StrEnum):

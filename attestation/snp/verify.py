@@ -120,8 +120,10 @@ def select_leaves(report: SnpReport, role: Role, pools: Sequence[CertPool]) -> l
             # A VCEK that came *with* the evidence but names another chip is a mismatch, not a gap.
             presented = [c for c in pools[-1].certificates if c.role is Role.VCEK] if len(pools) > 1 else []
             if presented and not masked:
+                amd = presented[0].amd  # None when its AMD extensions are malformed
+                chip = (amd.hwid or b"").hex()[:32] if amd is not None else "(unreadable HWID)"
                 raise _mismatch(
-                    f"the VCEK presented with the evidence is for chip {(presented[0].amd_extensions().hwid or b'').hex()[:32]}..., "
+                    f"the VCEK presented with the evidence is for chip {chip}..., "
                     f"not the report's CHIP_ID {report.chip_id.hex()[:32]}...",
                     Code.SNP_CHIP_ID_MISMATCH,
                     "the endorsement belongs to another machine; capture evidence and certificates together",

@@ -85,3 +85,37 @@ def test_mutated_reports_fail_typed(
     # variant) may still verify; the signed bytes themselves must be the original ones.
     assert len(mutated) == len(original)
     assert mutated[:SIGNED_SIZE] == original[:SIGNED_SIZE]
+
+
+@pytest.fixture(scope="module")
+def leaves(vectors: Path) -> list[tuple[bytes, bytes, SnpCollateral, datetime]]:
+    """(report, its VCEK/VLEK DER, collateral with the AMD chains only, a time inside the chain)."""
+    chains: list[bytes] = []
+    for path in sorted((vectors / "snp/certs").glob("kds-cert-chain-*.pem")):
+        chains += load_pem_certificates(path.read_bytes())
+    collateral = SnpCollateral.from_der(chains)
+    out = []
+    for entry in REPORTS:
+        leaf = (vectors / entry["expected"]["signature_verifies_with"]).read_bytes()
+        der = load_pem_certificates(leaf)[0] if leaf.startswith(b"-----") else leaf
+        lo = datetime.fromisoformat(entry["expected"]["certificates_all_valid_between"][0])
+        out.append(((vectors / entry["file"]).read_bytes(), der, collateral, lo))
+    return out
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, max(0, len(REPORTS) - 1)), mutation=_mutations())
+def test_mutated_endorsements_fail_typed(
+    leaves: list[tuple[bytes, bytes, SnpCollateral, datetime]], index: int, mutation: tuple[str, Any]
+) -> None:
+    """The node sends its VCEK/VLEK with the evidence: any bytes there end in a coded refusal (a
+    malformed AMD extension once escaped as a ValueError while naming the chip in a mismatch)."""
+    report, leaf, collateral, now = leaves[index]
+    kind, arg = mutation
+    if kind == "splice":
+        kind, arg = "overwrite", (arg[1] % len(leaf), bytes([arg[2] % 256]))
+    mutated = _apply(kind, arg, leaf, [])
+    try:
+        verify_report(report, trust=PRODUCTION, collateral=collateral, now=now, endorsements=[mutated])
+    except AttestationError as err:
+        assert err.code and err.hint is not None
