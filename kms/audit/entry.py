@@ -195,7 +195,7 @@ class Entry:
         if match_canonical(data) is None:
             raise EntryInvalid("not the canonical encoding of an audit entry")
         obj = json.loads(text)
-        return cls(
+        entry = cls(
             seq=obj["seq"],
             time=obj["time"],
             kind=Kind(obj["kind"]),
@@ -204,6 +204,8 @@ class Entry:
             reasons=tuple(Reason(r["code"], r["message"]) for r in obj["reasons"]),
             fields={k: tuple(v) if isinstance(v, list) else v for k, v in obj["fields"].items()},
         )
+        _check_model(entry)  # what the grammar cannot say: a real calendar date, no PEM private key
+        return entry
 
 
 def _is_secret_name(name: str) -> bool:
@@ -287,7 +289,9 @@ def _entry_grammar(string_char: bytes) -> re.Pattern[bytes]:
         + rb"(?:,"
         + reason
         + rb')*+)?\],"seq":(0|[1-9][0-9]{0,14}),"time":"'
-        + rb'[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"\}'
+        # month, day, hour, minute, second in range (a date like 02-30 is left to decode's calendar check)
+        + rb"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+        + rb'\.[0-9]{6}Z"\}'
     )
 
 

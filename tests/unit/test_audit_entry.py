@@ -181,7 +181,28 @@ def test_the_grammar_accepts_a_changed_entry_only_if_it_is_canonical(e: Entry, d
         return
     # accepted: then it is valid UTF-8 and exactly the RFC 8785 encoding of what it parses to
     assert rfc8785.dumps(json.loads(changed.decode())) == changed
-    assert Entry.decode(changed).encode() == changed
+    try:
+        decoded = Entry.decode(changed)
+    except EntryInvalid:  # what a grammar cannot say (a date like 02-30): decode refuses it
+        return
+    assert decoded.encode() == changed
+
+
+@pytest.mark.parametrize(
+    ("time", "refused_by"),
+    [
+        ("2026-15-01T08:30:15.123456Z", "grammar"),  # no month 15
+        ("2026-01-01T24:00:00.000000Z", "grammar"),  # no hour 24
+        ("2026-02-30T08:30:15.123456Z", "decode"),  # in every field's range, not in the calendar
+    ],
+)
+def test_an_entry_time_must_be_a_real_time(time: str, refused_by: str) -> None:
+    good = make().encode()
+    data = good.replace(make().time.encode(), time.encode())
+    assert data != good
+    assert (match_canonical(data) is None) == (refused_by == "grammar")
+    with pytest.raises(EntryInvalid):
+        Entry.decode(data)
 
 
 @pytest.mark.parametrize("bad", [b"\xff", b"\xed\xa0\x80", b"\xc3"])
