@@ -52,7 +52,7 @@ class CollateralItem:
             doc = json.loads(self.data)
             inner = doc.get("tcbInfo") or doc.get("enclaveIdentity") or doc
             return f"{inner.get('id', 'bundle')} {inner.get('fmspc', '')}".strip()
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             return "?"
 
 
@@ -115,7 +115,7 @@ def _pem_items(data: bytes, source: str) -> list[CollateralItem]:
 def _json_items(data: bytes, source: str) -> list[CollateralItem]:
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CollateralError(f"{source}: not valid JSON") from None
     if not isinstance(doc, dict):
         raise CollateralError(f"{source}: JSON collateral must be an object")

@@ -136,7 +136,7 @@ def open_bundle(data: bytes, signers: Sequence[Ed25519PublicKey]) -> OpenedBundl
         raise _invalid(f"bundle is {len(data)} bytes, more than any collateral bundle")
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _invalid("bundle is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _invalid(f"not a {FORMAT} document")
@@ -150,7 +150,7 @@ def open_bundle(data: bytes, signers: Sequence[Ed25519PublicKey]) -> OpenedBundl
         )
     try:
         manifest = json.loads(manifest_bytes)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _invalid("signed manifest is not JSON") from None
     entries = manifest.get("items") if isinstance(manifest, dict) else None
     if manifest.get("format") != FORMAT or not isinstance(entries, list):

@@ -194,8 +194,8 @@ def load_config(
     if file is not None:
         try:
             doc = tomllib.loads(file.read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise _bad(f"cannot read config {file}: {exc}") from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise _bad(f"cannot read config {file}: {type(exc).__name__}: {exc}") from None
         for key, value in doc.items():
             option = _BY_NAME.get(key.replace("-", "_"))
             if option is None:

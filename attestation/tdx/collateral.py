@@ -287,7 +287,7 @@ def parse_collateral_bundle(data: bytes) -> TdxCollateral:
     signatures, their issuer chains (PEM), the PCK CRL and root CA CRL (hex DER) and the CRL chain."""
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise pcs.invalid("collateral bundle is not JSON") from None
     keys = (
         "tcb_info",

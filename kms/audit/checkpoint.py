@@ -209,7 +209,7 @@ def load_audit_keys(data: bytes) -> AuditKeys:
 def _is_json(data: bytes) -> bool:
     try:
         json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     return True
 
@@ -234,7 +234,7 @@ def _pem_key(data: bytes) -> Ed25519PublicKey:
 def _transit_keys(data: bytes) -> AuditKeys:
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise KeyInvalid("the key file starts like JSON but does not parse") from None
     body = doc.get("data", doc) if isinstance(doc, dict) else None
     keys = body.get("keys") if isinstance(body, dict) else None

@@ -80,7 +80,7 @@ def parse_bao_log(lines: Iterable[bytes | str], *, role_name: str, path: str) ->
             continue
         try:
             record = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise bad_input(f"OpenBao audit log line {number} is not JSON") from None
         if not isinstance(record, dict) or record.get("type") != "response":
             continue

@@ -124,7 +124,7 @@ def read_cached_token(path: Path | None = None) -> CachedToken:
         )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise AuthError(Code.AUTH_CACHE_INVALID, f"cannot read the token cache {path}") from exc
     return CachedToken.from_json(doc)
 

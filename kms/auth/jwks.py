@@ -77,7 +77,7 @@ class FileJwks:
             raise AuthError(
                 Code.AUTH_JWKS_UNAVAILABLE, f"cannot read the {self.description}: {exc.strerror}"
             ) from exc
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise AuthError(Code.AUTH_JWKS_INVALID, f"the {self.description} is not JSON") from exc
         if not isinstance(doc, Mapping):
             raise AuthError(Code.AUTH_JWKS_INVALID, f"the {self.description} is not a JWK set object")

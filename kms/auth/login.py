@@ -37,7 +37,7 @@ def _oauth_error(exc: KeycloakError) -> str:
     body = exc.response_body
     try:
         doc = json.loads(body) if isinstance(body, bytes | str) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get("error"), str):
         return str(doc["error"])[:64]

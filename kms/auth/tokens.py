@@ -77,7 +77,7 @@ def realm_of(issuer: str) -> tuple[str, str]:
 def _b64json(segment: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(base64url_decode(segment))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # deep nesting: RecursionError
         raise AuthError(Code.AUTH_MALFORMED_TOKEN, f"the token's {what} is not base64url JSON") from exc
     if not isinstance(value, dict):
         raise AuthError(Code.AUTH_MALFORMED_TOKEN, f"the token's {what} is not a JSON object")

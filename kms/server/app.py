@@ -209,7 +209,7 @@ def load_role_map(config: ServerConfig) -> RoleMap:
         text = path.read_text()
         doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         return RoleMap.from_config(doc)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise KmsError(f"cannot read role map {path}: {exc}", code=Code.SERVER_CONFIG_INVALID) from None
     except AuthError as err:
         raise _auth_config_error(err) from None

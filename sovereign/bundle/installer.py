@@ -128,7 +128,7 @@ class Manifest:
 def parse_manifest(data: bytes) -> Manifest:
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _manifest("manifest.json is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _manifest(f"manifest.json is not a {FORMAT} manifest")

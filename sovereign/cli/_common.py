@@ -50,7 +50,7 @@ def load_trust(path: Path | None) -> trust.TrustStore:
             intel_roots=frozenset(str(v) for v in doc["intel_roots"]),
             allow_simulated=bool(doc.get("allow_simulated", False)),
         )
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
         raise ChainInvalid(
             f"cannot load trust profile {path}: {exc}",
             code=Code.UNTRUSTED_ROOT,
