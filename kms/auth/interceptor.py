@@ -137,6 +137,11 @@ class OperatorAuthInterceptor(_Interceptor):
         except AuthError as err:
             self._refused(actor, method, err)
             raise
+        except Exception:  # an input nobody foresaw: refuse it, with its audit entry, never answer UNKNOWN
+            log.exception("operator token check failed unexpectedly for %s", method)
+            refusal = AuthError(Code.AUTH_MALFORMED_TOKEN, "the token could not be checked")
+            self._refused(actor, method, refusal)
+            raise refusal from None
         return actor
 
     def _admit(self, method: str, context: grpc.ServicerContext) -> Actor:
