@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,8 +45,17 @@ def pki() -> SimulatedPki:
     return shared_pki(START)
 
 
-def make_plane(tmp_path: Path, pki: SimulatedPki, transit: Transit, clock: ManualClock) -> ControlPlane:
+def make_plane(
+    tmp_path: Path,
+    pki: SimulatedPki,
+    transit: Transit,
+    clock: ManualClock,
+    edit_policy: Callable[[str], str] | None = None,
+) -> ControlPlane:
+    """A control plane on the e2e inputs; ``edit_policy`` rewrites the policy text first."""
     inputs = prepare(tmp_path / "inputs", pki, START)
+    if edit_policy is not None:
+        inputs.policy.write_text(edit_policy(inputs.policy.read_text()))
     config = ServerConfig(
         db=str(tmp_path / "db.sqlite"), collateral=str(inputs.collateral), policy=str(inputs.policy)
     )
@@ -185,16 +195,11 @@ def test_renewal_keeps_the_groups_an_operator_approved(
 ) -> None:
     """With operator approval required, the groups the operator assigned are the node's until the
     policy rejects it; a renewal must not replace them with the groups of the rule it matched."""
-    inputs = prepare(tmp_path / "inputs", pki, START)
-    policy = inputs.policy.read_text()
-    inputs.policy.write_text(
-        policy.replace("require_operator_approval = false", "require_operator_approval = true")
-    )
-    config = ServerConfig(
-        db=str(tmp_path / "db.sqlite"), collateral=str(inputs.collateral), policy=str(inputs.policy)
-    )
-    clock = ManualClock(START)
-    plane = build(config, trust=pki.trust_store(), clock=clock, transit=kms_dev.approle())
+
+    def approval(text: str) -> str:
+        return text.replace("require_operator_approval = false", "require_operator_approval = true")
+
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), ManualClock(START), approval)
     try:
         identity = NodeIdentity.generate()
         keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
@@ -214,29 +219,25 @@ def test_a_policy_change_restores_only_the_groups_a_node_asked_for(
 ) -> None:
     """A node that asked for one of two eligible groups, suspended by a policy change and restored by
     the next, gets back what it asked for, not every group it is eligible for."""
-    inputs = prepare(tmp_path / "inputs", pki, START)
-    two_groups = inputs.policy.read_text().replace(
-        "[appraisal.tdx]",
-        '[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["'
-        + "11" * 48
-        + '"]\n\n[appraisal.tdx]',
-    )
-    inputs.policy.write_text(two_groups)
-    config = ServerConfig(
-        db=str(tmp_path / "db.sqlite"), collateral=str(inputs.collateral), policy=str(inputs.policy)
-    )
-    plane = build(config, trust=pki.trust_store(), clock=ManualClock(START), transit=kms_dev.approle())
+    policies: list[str] = []
+
+    def two_groups(text: str) -> str:
+        evaluators = '[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["' + "11" * 48 + '"]\n\n'
+        policies.append(text.replace("[appraisal.tdx]", evaluators + "[appraisal.tdx]"))
+        return policies[0]
+
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), ManualClock(START), two_groups)
     try:
         identity = NodeIdentity.generate()
         keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
         nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
         node = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ("evaluators",)))
         assert node.outcome is Outcome.ATTESTED and node.groups == ("evaluators",)
-        above_tcb = two_groups.replace("snp = 8\n", "snp = 99\n")  # Milan's minimum SNP firmware
+        above_tcb = policies[0].replace("snp = 8\n", "snp = 99\n")  # Milan's minimum SNP firmware
         assert above_tcb.count("snp = 99") == 1
         plane.admin.put_policy(above_tcb, 1, dry_run=False)
         assert plane.admin.get_node(node.node_id).state.value == "suspended"
-        plane.admin.put_policy(two_groups, 2, dry_run=False)
+        plane.admin.put_policy(policies[0], 2, dry_run=False)
         restored = plane.admin.get_node(node.node_id)
         assert restored.state.value == "attested" and restored.groups == ("evaluators",)
     finally:
