@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 
 from attestation.errors import X509_PARSE_ERRORS, Code, CollateralError
 from attestation.snp import SnpCollateral
@@ -46,7 +48,7 @@ class CollateralItem:
         """A one-line human description (subject / issuer / id), never failing."""
         try:
             if self.kind is ItemKind.CERTIFICATE:
-                return _cn(_load_cert(self.data).subject)
+                return _cn(load_certificate(self.data).subject)
             if self.kind is ItemKind.CRL:
                 return "CRL by " + _cn(x509.load_der_x509_crl(self.data).issuer)
             doc = json.loads(self.data)
@@ -61,11 +63,8 @@ def _cn(name: x509.Name) -> str:
     return str(attrs[0].value) if attrs else name.rfc4514_string()
 
 
-def _load_cert(der: bytes) -> x509.Certificate:
-    import warnings
-
-    from cryptography.utils import CryptographyDeprecationWarning
-
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A DER certificate as cryptography reads it; ``ValueError`` for anything it cannot read."""
     with warnings.catch_warnings():
         # AMD VCEK/VLEK certificates carry serial number 0 (see attestation.snp for the fallback).
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
@@ -79,7 +78,7 @@ def _load_cert(der: bytes) -> x509.Certificate:
 
 def _der_item(der: bytes, source: str) -> CollateralItem:
     try:
-        _load_cert(der)
+        load_certificate(der)
         return CollateralItem(ItemKind.CERTIFICATE, der)
     except ValueError:
         pass
@@ -174,7 +173,7 @@ class Collateral:
         bundles: list[bytes] = []
         for item in items:
             if item.kind is ItemKind.CERTIFICATE:
-                (amd_certs if _is_amd(_load_cert(item.data)) else intel_certs).append(item.data)
+                (amd_certs if _is_amd(load_certificate(item.data)) else intel_certs).append(item.data)
             elif item.kind is ItemKind.CRL:
                 issuer = _cn(x509.load_der_x509_crl(item.data).issuer)
                 (amd_crls if issuer.startswith(("ARK-", "SEV-")) else intel_crls).append(item.data)

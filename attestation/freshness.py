@@ -16,7 +16,7 @@ from datetime import datetime
 
 from cryptography import x509
 
-from attestation.collateral import CollateralItem, ItemKind, _load_cert
+from attestation.collateral import CollateralItem, ItemKind, load_certificate
 from attestation.errors import AttestationError, Code, CollateralError
 from attestation.tdx import pcs
 from attestation.tdx.collateral import parse_collateral_bundle
@@ -109,7 +109,7 @@ def expiry(item: CollateralItem) -> datetime | None:
     """When the item stops being usable (None: it says nothing)."""
     try:
         if item.kind is ItemKind.CERTIFICATE:
-            return _load_cert(item.data).not_valid_after_utc
+            return load_certificate(item.data).not_valid_after_utc
         if item.kind is ItemKind.CRL:
             return x509.load_der_x509_crl(item.data).next_update_utc
         if item.kind is ItemKind.TDX_TCB_INFO:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,11 +26,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.utils import CryptographyDeprecationWarning
 
 from attestation import collateral_bundle
-from attestation.collateral import Collateral, CollateralItem, ItemKind, classify
-from attestation.errors import X509_PARSE_ERRORS, AttestationError, ChainInvalid, Code, CollateralError
+from attestation.collateral import Collateral, CollateralItem, ItemKind, classify, load_certificate
+from attestation.errors import AttestationError, ChainInvalid, Code, CollateralError
 from attestation.freshness import check_rollback, earliest_next_update, status_rows
 from attestation.trust import TrustStore
 
@@ -187,15 +185,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _load(der: bytes) -> x509.Certificate:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        try:
-            return x509.load_der_x509_certificate(der)
-        except X509_PARSE_ERRORS as exc:  # callers handle ValueError
-            raise ValueError(f"not an X.509 certificate: {type(exc).__name__}") from None
-
-
 def check_items(
     everything: Sequence[CollateralItem], new: Sequence[CollateralItem], *, trust: TrustStore, now: datetime
 ) -> list[str]:
@@ -203,7 +192,7 @@ def check_items(
     pinned root (or its issuer is not known yet: a warning), and the whole set builds into collateral
     (which verifies Intel JSON signatures). Raises on anything that is wrong; returns warnings."""
     warns: list[str] = []
-    certs = [_load(i.data) for i in everything if i.kind is ItemKind.CERTIFICATE]
+    certs = [load_certificate(i.data) for i in everything if i.kind is ItemKind.CERTIFICATE]
     by_subject: dict[str, list[x509.Certificate]] = {}
     for c in certs:
         by_subject.setdefault(c.subject.rfc4514_string(), []).append(c)
@@ -212,7 +201,7 @@ def check_items(
             _check_crl(item, by_subject, warns)
         if item.kind is not ItemKind.CERTIFICATE:
             continue
-        cert = _load(item.data)
+        cert = load_certificate(item.data)
         if cert.not_valid_after_utc < now:
             warns.append(f"{item.describe()} expired {cert.not_valid_after_utc.isoformat()}")
         _check_chain(cert, by_subject, trust, warns, item.describe())
