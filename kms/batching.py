@@ -115,23 +115,34 @@ class Batcher(Generic[T, R]):
 
     def _run(self, batch: list[_Job[T, R]]) -> None:
         try:
-            results = self._fn([job.item for job in batch])
-            if len(results) != len(batch):
-                raise KmsError(
-                    f"{self._name} returned {len(results)} results for {len(batch)} items",
-                    code=Code.INTERNAL_ERROR,
-                )
-        except BaseException as exc:  # every caller learns the batch failed
-            for job in batch:
-                job.future.set_exception(exc)
-            return
+            results = _outcomes(self._name, len(batch), lambda: self._fn([job.item for job in batch]))
         finally:
             self._slots.release()
-        for job, result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+        _settle([job.future for job in batch], results)
+
+
+def _outcomes(name: str, count: int, run: Callable[[], Sequence[Any]]) -> Sequence[Any]:
+    """One result or exception per item; if the batch itself failed (or miscounted), that exception for
+    every item, so every caller learns it."""
+    try:
+        results = run()
+        if len(results) != count:
+            raise KmsError(
+                f"{name} returned {len(results)} results for {count} items", code=Code.INTERNAL_ERROR
+            )
+    except BaseException as exc:
+        return [exc] * count
+    return results
+
+
+def _settle(futures: Sequence[Future[Any] | asyncio.Future[Any]], results: Sequence[Any]) -> None:
+    for future, result in zip(futures, results, strict=True):
+        if future.done():  # an asyncio caller that was cancelled
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 class LoopBatcher(Generic[T, R]):
@@ -213,21 +224,6 @@ class LoopBatcher(Generic[T, R]):
         self, batch: list[tuple[T, asyncio.Future[R]]], finished: asyncio.Task[Sequence[R | BaseException]]
     ) -> None:
         self._running = None
-        try:
-            results: Sequence[Any] = finished.result()
-            if len(results) != len(batch):
-                raise KmsError(
-                    f"{self._name} returned {len(results)} results for {len(batch)} items",
-                    code=Code.INTERNAL_ERROR,
-                )
-        except BaseException as exc:  # every caller learns the batch failed (or was cancelled)
-            results = [exc] * len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # the caller was cancelled
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        _settle([future for _, future in batch], _outcomes(self._name, len(batch), finished.result))
         if self._waiting:
             self._due()  # what gathered while this batch ran goes when it is due
