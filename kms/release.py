@@ -215,21 +215,22 @@ class KeyRelease:
         """All three steps, blocking (thread-per-request servers, tests)."""
         started = time.perf_counter()
         try:
-            for retry in (False, True):
-                try:
-                    prepared = self.prepare(req, fresh=retry)
-                except Denial as denial:
-                    raise self.denied(denial, self._ledger.deny(denial.row)) from None
-                outcome = self.submit(prepared).result(timeout=BATCH_TIMEOUT)
-                if not retry and self.lease_changed(outcome):
-                    continue
-                return self.finish(prepared, outcome)
-            raise AssertionError("unreachable: the second attempt returns or raises")  # pragma: no cover
+            prepared, outcome = self._attempt(req, fresh=False)
+            if self.lease_changed(outcome):  # renewed since the cached read: check again, once
+                prepared, outcome = self._attempt(req, fresh=True)
+            return self.finish(prepared, outcome)
         except (ReleaseDenied, KmsError) as err:
             self.count_denial(str(getattr(err.code, "value", err.code)))
             raise
         finally:
             self.observe(started)
+
+    def _attempt(self, req: SignedRelease, *, fresh: bool) -> tuple[Prepared, Outcome]:
+        try:
+            prepared = self.prepare(req, fresh=fresh)
+        except Denial as denial:
+            raise self.denied(denial, self._ledger.deny(denial.row)) from None
+        return prepared, self.submit(prepared).result(timeout=BATCH_TIMEOUT)
 
     def prepare(self, req: SignedRelease, *, fresh: bool = False) -> Prepared:
         """Every check that needs no write: raises ``KmsError`` (not recorded: malformed or
