@@ -1,8 +1,12 @@
-"""Prometheus metrics of the control plane (own registry; served on an optional loopback port)."""
+"""Prometheus metrics of the control plane (own registry; served on an optional loopback port).
+
+The families updated by requests live here; gauges read from the database and the collateral store at
+scrape time are added by ``kms.server.monitoring``.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
 class Metrics:
@@ -34,6 +38,13 @@ class Metrics:
             registry=self.registry,
         )
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Expose /metrics over HTTP on ``addr:port`` (loopback by default)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        self.openbao_seconds = Histogram(
+            "sovereign_openbao_call_seconds",
+            "Time of one OpenBao call (failover and retries included), by operation and outcome",
+            ["operation", "outcome"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+
+    def observe_openbao(self, operation: str, seconds: float, succeeded: bool) -> None:
+        self.openbao_seconds.labels(operation, "ok" if succeeded else "error").observe(seconds)

@@ -357,8 +357,15 @@ class OpenBaoTransit:
     # refresh when less than this fraction of the token's TTL is left
     _REFRESH_FRACTION = 1 / 3
 
-    def __init__(self, settings: BaoSettings, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: BaoSettings,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self.observe = observe  # (operation, seconds, succeeded) per call, for metrics
         self.kek = settings.kek
         self.audit_key = settings.audit_key
         self._mount = settings.mount
@@ -486,6 +493,22 @@ class OpenBaoTransit:
         docstring) moves to the active node and tries again, within ``failover_budget`` seconds; a call
         that is not ``idempotent`` is repeated only when it certainly did not run. The typed methods
         below use it; operator tools and tests may too."""
+        if self.observe is None:
+            return self._call(operation, fn, idempotent)
+        started = time.monotonic()
+        ok = False
+        try:
+            result = self._call(operation, fn, idempotent)
+            ok = True
+            return result
+        finally:
+            self.observe(operation, time.monotonic() - started, ok)
+
+    def healthy(self) -> bool:
+        """True when the node requests go to answers ``sys/health`` as active and unsealed (for metrics)."""
+        return self._health_status(self.active_addr) == 200
+
+    def _call(self, operation: str, fn: Callable[[hvac.Client], T], idempotent: bool) -> T:
         deadline = time.monotonic() + self.settings.failover_budget
         delay = 0.05
         while True:

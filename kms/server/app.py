@@ -43,6 +43,7 @@ from kms.nonces import Nonces
 from kms.policy_source import PolicySource
 from kms.release import KeyRelease
 from kms.server.audit_servicer import add_audit_service
+from kms.server.monitoring import ControlPlaneCollector, Sources
 from kms.server.node_certs import NodeCa
 from kms.server.node_servicers import AttestationServicer, ClientCerts, KeyReleaseServicer, add_node_services
 from kms.server.operator_audit import OperatorAudit
@@ -118,11 +119,12 @@ def build(
     store = open_store(config.db, clock=clock)
     closers: list[Callable[[], None]] = [store.close]
     try:
-        if transit is None:
-            bao = OpenBaoTransit(bao_settings(config))
-            closers.append(bao.close)
-            transit = bao
         metrics = Metrics()
+        openbao_up: Callable[[], bool] | None = None
+        if transit is None:
+            bao = OpenBaoTransit(bao_settings(config), observe=metrics.observe_openbao)
+            closers.append(bao.close)
+            transit, openbao_up = bao, bao.healthy
         policies = PolicySource(store, clock)
         if config.policy:
             path = Path(config.policy)
@@ -135,6 +137,9 @@ def build(
             policies.seed(text, str(path))
         policies.active()  # fail at start, not on the first request, when no policy is stored
         verifier = EvidenceVerifier(trust, Path(config.collateral))
+        metrics.registry.register(
+            ControlPlaneCollector(Sources(store, Path(config.collateral), clock, openbao_up))
+        )
         catalogue = Catalogue(SqlKeyStore(store), transit, clock)
         commit = GroupCommit(store, window=config.denial_window_ms / 1000)
         closers.append(commit.close)
@@ -331,9 +336,19 @@ def _admin_server(
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(plane.admin, plane.two_person, plane.operator_audit, plane.clock), admin
     )
+    checker = health.HealthServicer()  # no token needed: it says only SERVING or not
+    health_pb2_grpc.add_HealthServicer_to_server(checker, admin)
+    checker.set("", health_pb2.HealthCheckResponse.SERVING)
+    checker.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     audit_service = add_audit_service(admin, plane.audit.reader) if plane.audit is not None else None
     reflection.enable_server_reflection(
-        (ADMIN_SERVICE, *([audit_service] if audit_service else []), reflection.SERVICE_NAME), admin
+        (
+            ADMIN_SERVICE,
+            *([audit_service] if audit_service else []),
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        admin,
     )
     creds = None if tls is None else ReloadingCertificate(tls[0], tls[1]).credentials()
     port = _listen(admin, config.admin_listen, creds)

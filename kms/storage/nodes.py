@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from kms.errors import Code, KmsError
@@ -129,3 +130,21 @@ def load_all(conn: Connection) -> list[NodeRecord]:
 
 def set_values(conn: Connection, node_id: str, values: dict[str, Any]) -> None:
     conn.execute(update(nodes).where(nodes.c.node_id == node_id).values(**values))
+
+
+def count_by_state(conn: Connection) -> dict[tuple[str, str], int]:
+    """Nodes per (state, tee), for metrics."""
+    rows = conn.execute(select(nodes.c.state, nodes.c.tee, func.count()).group_by(nodes.c.state, nodes.c.tee))
+    return {(str(state), str(tee)): int(count) for state, tee, count in rows}
+
+
+def leases_expiring(conn: Connection, now: datetime, within: Sequence[timedelta]) -> dict[timedelta, int]:
+    """Attested nodes whose lease ends within each horizon of ``within`` (already expired ones excluded)."""
+    c = nodes.c
+    out = {}
+    for horizon in within:
+        query = select(func.count()).where(
+            c.state == NodeState.ATTESTED.value, c.lease_expires_at > now, c.lease_expires_at <= now + horizon
+        )
+        out[horizon] = int(conn.execute(query).scalar_one())
+    return out

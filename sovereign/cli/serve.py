@@ -15,6 +15,7 @@ from kms.config import OPTIONS, ServerConfig, load_config, to_args
 from kms.errors import KmsError
 from kms.server import replicas
 from kms.server.app import ControlPlane, build, serve
+from kms.server.monitoring import serve_http
 from policies.errors import PolicyError
 from sovereign.cli._common import load_trust
 from sovereign.cli._output import fail
@@ -84,14 +85,20 @@ async def _run(config: ServerConfig, plane: ControlPlane) -> int:
             )
             command = [sys.executable, "-m", "sovereign", "serve", *to_args(again)]
             others = await asyncio.to_thread(replicas.start, command, config.processes - 1)
+        endpoint = None
         if config.metrics_port and not config.replica:
-            plane.metrics.serve(config.metrics_port)
+            endpoint = serve_http(
+                plane.metrics.registry, config.metrics_port, healthy=lambda: not stop.is_set()
+            )
+            plane.closers.append(endpoint.close)
         scheme = "plaintext (INSECURE, dev only)" if config.insecure_dev else "TLS"
         release = "" if config.insecure_dev else f"; key release on {running.release_address} (mutual TLS)"
         admin = f"; operators on {running.admin_address}" if running.admin_address else " (replica)"
         print(f"listening on {running.node_address} ({scheme}){release}{admin}", flush=True)
         if running.ca_path is not None and not config.replica:
             print(f"dev CA for clients to pin: {running.ca_path}", flush=True)
+        if endpoint is not None:
+            print(f"metrics on http://127.0.0.1:{endpoint.port}/metrics (health: /healthz)", flush=True)
         await stop.wait()
         print("stopping", file=sys.stderr, flush=True)
     finally:
