@@ -2,9 +2,19 @@
 
 Order of checks: the request's shape (malformed input fails before any state changes), then the nonce
 is spent and committed, then evidence verification, report-data binding and appraisal. Every failure
-after the shape check is a REJECTED outcome with coded reasons, not an exception. Every outcome (attested,
-pending, rejected) is a ``registration`` audit entry (claims digest, measurement, TCB status, groups,
-reasons), durable before the reply, whose sequence is ``audit_sequence`` in the result.
+after the shape check is a REJECTED outcome with coded reasons, not an exception.
+
+Authenticated: a Register or Renew is authenticated once its evidence verified (chain to a pinned root,
+signature, collateral at ``now``) and its report data binds the presented nonce and keys, where the
+nonce was issued by this server for this node name, unexpired and unspent (spent now), and, on Renew,
+the keys are the ones recorded for the named node. Only then is the outcome a ``registration`` audit
+entry (claims digest, measurement, TCB status, groups, reasons), durable before the reply, whose sequence
+is ``audit_sequence`` in the result; its actor names a node (``node:<id>``) only for a Renew, whose
+node has then proven it. Every refusal before that point (malformed request, unknown, expired, replayed
+or misnamed nonce, unknown or unrenewable node, other keys on Renew, evidence that does not verify or
+bind) is counted and rate-limit logged (``kms.metrics.Refusals``, endpoint ``node``) and never written
+to the ledger: anyone can send those, and they prove nothing about any node. An outcome is
+authenticated exactly when it carries claims (``AttestationOutcome.authenticated``).
 """
 
 from __future__ import annotations
@@ -102,7 +112,13 @@ class AttestationOutcome:
     claims: Claims | None
     groups: tuple[str, ...]
     policy_version: int
-    audit_sequence: int = 0  # of the registration entry (0 when no ledger is wired: unit tests)
+    audit_sequence: int = 0  # of the registration entry (0: not recorded, or no ledger wired)
+
+    @property
+    def authenticated(self) -> bool:
+        """The evidence verified and bound the spent nonce and the keys (module docstring): claims
+        exist only past that point."""
+        return self.claims is not None
 
 
 _DECISION = {Outcome.ATTESTED: Decision.GRANT, Outcome.REJECTED: Decision.DENY}
@@ -217,20 +233,45 @@ class Attestation:
         self._metrics = metrics
 
     def challenge(self, node_name: str) -> tuple[Challenge, tuple[Suite, ...]]:
-        return self._nonces.issue(node_name), ACCEPTED_SUITES
+        try:
+            return self._nonces.issue(node_name), ACCEPTED_SUITES
+        except KmsError as err:
+            self._refused_malformed(err)
+            raise
 
     def register(self, req: RegisterInput) -> AttestationOutcome:
-        result = self._register(req)
+        try:
+            result = self._register(req)
+        except KmsError as err:
+            self._refused_malformed(err)
+            raise
         return self._recorded(result, req.node_name, req.evidence.tee, None)
 
     def renew(self, req: RenewInput) -> AttestationOutcome:
         node = self._nodes.get(req.node_id) if isinstance(req.node_id, str) and req.node_id else None
-        result = self._renew(req)
+        try:
+            result = self._renew(req)
+        except KmsError as err:
+            self._refused_malformed(err)
+            raise
         return self._recorded(result, node.node_name if node else "", req.evidence.tee, node)
+
+    def refused(self, code: str) -> None:
+        """Count (and rate-limit log) a Register/Renew refused before authentication; never audited.
+        The servicer calls it for what it refuses itself (undecodable bytes, a bad client TLS key)."""
+        if self._metrics is not None:
+            self._metrics.refusals.refused("node", code)
+
+    def _refused_malformed(self, err: KmsError) -> None:
+        if err.code is Code.REQUEST_INVALID:
+            self.refused(err.code.value)
 
     def _recorded(
         self, result: AttestationOutcome, node_name: str, tee: str, renew_of: NodeRecord | None
     ) -> AttestationOutcome:
+        if not result.authenticated:
+            self.refused(result.reasons[0]["code"] if result.reasons else Code.REQUEST_INVALID.value)
+            return result
         if self._audit is None:
             return result
         (seq,) = self._audit.record(registration_draft(result, node_name, tee, renew_of))

@@ -94,14 +94,22 @@ class ClientCerts:
     clock: Clock
 
 
-def _tls_key(request: Any) -> Any:
-    """The verified P-256 key of a Register/Renew request, or None if it carries none."""
+def _tls_key(attestation: Attestation, request: Any) -> Any:
+    """The verified P-256 key of a Register/Renew request, or None if it carries none. A bad one is a
+    refusal before authentication: counted, never audited."""
     if not request.HasField("client_tls_key") or len(request.keys.signing_public_key) != 32:
         return None  # malformed node keys are the use case's to refuse (REQUEST_INVALID)
     k = request.client_tls_key
-    return node_certs.check_tls_key(
-        bytes(request.keys.signing_public_key), bytes(request.nonce), bytes(k.public_key), bytes(k.signature)
-    )
+    try:
+        return node_certs.check_tls_key(
+            bytes(request.keys.signing_public_key),
+            bytes(request.nonce),
+            bytes(k.public_key),
+            bytes(k.signature),
+        )
+    except KmsError as err:
+        attestation.refused(err.code.value)
+        raise
 
 
 class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
@@ -132,6 +140,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
 
     async def _run(self, context: Context, request: Any, fn: Callable[[], T]) -> T:
         if request is UNDECODABLE:
+            self._uc.refused(NOT_PROTOBUF.code.value)
             await abort_async(context, NOT_PROTOBUF)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
@@ -158,7 +167,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
         self, request: attestation_pb2.RegisterRequest, context: Context
     ) -> attestation_pb2.AttestationResult:
         def call() -> attestation_pb2.AttestationResult:
-            tls_key = _tls_key(request)  # checked first: a bad key records nothing
+            tls_key = _tls_key(self._uc, request)  # checked first: a bad key records nothing
             return self._result(request, self._uc.register(codec.register_in(request)), tls_key)
 
         return await self._run(context, request, call)
@@ -167,7 +176,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
         self, request: attestation_pb2.RenewRequest, context: Context
     ) -> attestation_pb2.AttestationResult:
         def call() -> attestation_pb2.AttestationResult:
-            tls_key = _tls_key(request)
+            tls_key = _tls_key(self._uc, request)
             return self._result(request, self._uc.renew(codec.renew_in(request)), tls_key)
 
         return await self._run(context, request, call)
