@@ -13,7 +13,6 @@ import re
 import secrets
 import sqlite3
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -22,9 +21,9 @@ import grpc
 import pytest
 from e2e.node_client import NodeClient, keys_message
 from e2e.operators import StandinRealm
+from e2e.scrape import refusals
 from e2e.world import SNP_MEASUREMENT, Bao, ServerProcess, prepare
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from attestation.simulate import SimulatedPki
 from enclave.identity import NodeIdentity
@@ -34,7 +33,6 @@ from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, attestation_pb2, attes
 
 SC = grpc.StatusCode
 JUNK_CALLS = 1000
-REFUSALS = "sovereign_unauthenticated_refusals"
 LOG_LINE = "refused before authentication on the"
 LOGGED = re.compile(LOG_LINE + r" (\w+) endpoint: (\w+) \(")
 
@@ -65,19 +63,6 @@ def entries_after(server: ServerProcess, seq: int) -> list[dict[str, object]]:
 def head(server: ServerProcess) -> int:
     with sqlite3.connect(server.db) as db:
         return int(db.execute("SELECT coalesce(max(seq), -1) FROM audit_entries").fetchone()[0])
-
-
-def refusals(server: ServerProcess) -> Counter[tuple[str, str]]:
-    """sovereign_unauthenticated_refusals_total by (endpoint, reason), scraped from /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    counts: Counter[tuple[str, str]] = Counter()
-    for family in text_string_to_metric_families(text):
-        if family.name == REFUSALS:
-            for sample in family.samples:
-                if sample.name == REFUSALS + "_total":
-                    counts[(sample.labels["endpoint"], sample.labels["reason"])] = int(sample.value)
-    return counts
 
 
 def junk_evidence() -> attestation_pb2.Evidence:
