@@ -12,9 +12,10 @@ entry (claims digest, measurement, TCB status, groups, reasons), durable before 
 is ``audit_sequence`` in the result; its actor names a node (``node:<id>``) only for a Renew, whose
 node has then proven it. Every refusal before that point (malformed request, unknown, expired, replayed
 or misnamed nonce, unknown or unrenewable node, other keys on Renew, evidence that does not verify or
-bind) is counted and rate-limit logged (``kms.metrics.Refusals``, endpoint ``node``) and never written
-to the ledger: anyone can send those, and they prove nothing about any node. An outcome is
-authenticated exactly when it carries claims (``AttestationOutcome.authenticated``).
+bind) is counted and rate-limit logged (``kms.metrics.Refusals``, endpoint ``node``; malformed requests,
+raised as REQUEST_INVALID, by the servicer) and never written to the ledger: anyone can send those, and
+they prove nothing about any node. An outcome is authenticated exactly when it carries claims
+(``AttestationOutcome.authenticated``); a refusal after verification must carry them to be recorded.
 """
 
 from __future__ import annotations
@@ -233,38 +234,22 @@ class Attestation:
         self._metrics = metrics
 
     def challenge(self, node_name: str) -> tuple[Challenge, tuple[Suite, ...]]:
-        try:
-            return self._nonces.issue(node_name), ACCEPTED_SUITES
-        except KmsError as err:
-            self._refused_malformed(err)
-            raise
+        return self._nonces.issue(node_name), ACCEPTED_SUITES
 
     def register(self, req: RegisterInput) -> AttestationOutcome:
-        try:
-            result = self._register(req)
-        except KmsError as err:
-            self._refused_malformed(err)
-            raise
+        result = self._register(req)
         return self._recorded(result, req.node_name, req.evidence.tee, None)
 
     def renew(self, req: RenewInput) -> AttestationOutcome:
         node = self._nodes.get(req.node_id) if isinstance(req.node_id, str) and req.node_id else None
-        try:
-            result = self._renew(req)
-        except KmsError as err:
-            self._refused_malformed(err)
-            raise
+        result = self._renew(req)
         return self._recorded(result, node.node_name if node else "", req.evidence.tee, node)
 
     def refused(self, code: str) -> None:
-        """Count (and rate-limit log) a Register/Renew refused before authentication; never audited.
-        The servicer calls it for what it refuses itself (undecodable bytes, a bad client TLS key)."""
+        """Count (and rate-limit log) a call refused before authentication; never audited. The servicer
+        calls it for the requests refused as malformed (raised, INVALID_ARGUMENT)."""
         if self._metrics is not None:
             self._metrics.refusals.refused("node", code)
-
-    def _refused_malformed(self, err: KmsError) -> None:
-        if err.code is Code.REQUEST_INVALID:
-            self.refused(err.code.value)
 
     def _recorded(
         self, result: AttestationOutcome, node_name: str, tee: str, renew_of: NodeRecord | None

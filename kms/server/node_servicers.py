@@ -31,7 +31,7 @@ from kms.clock import Clock
 from kms.errors import Code, KmsError
 from kms.release import Denial, KeyRelease, Prepared, ReleaseDenied, SignedRelease
 from kms.server import codec, node_certs
-from kms.server.errors import INTERNAL, abort_async
+from kms.server.errors import INTERNAL, abort_async, status_for
 from kms.storage.decisions import DenialRow
 from policies.errors import PolicyError
 from proto.sovereign.v1 import attestation_pb2, attestation_pb2_grpc, key_release_pb2, key_release_pb2_grpc
@@ -94,22 +94,14 @@ class ClientCerts:
     clock: Clock
 
 
-def _tls_key(attestation: Attestation, request: Any) -> Any:
-    """The verified P-256 key of a Register/Renew request, or None if it carries none. A bad one is a
-    refusal before authentication: counted, never audited."""
+def _tls_key(request: Any) -> Any:
+    """The verified P-256 key of a Register/Renew request, or None if it carries none."""
     if not request.HasField("client_tls_key") or len(request.keys.signing_public_key) != 32:
         return None  # malformed node keys are the use case's to refuse (REQUEST_INVALID)
     k = request.client_tls_key
-    try:
-        return node_certs.check_tls_key(
-            bytes(request.keys.signing_public_key),
-            bytes(request.nonce),
-            bytes(k.public_key),
-            bytes(k.signature),
-        )
-    except KmsError as err:
-        attestation.refused(err.code.value)
-        raise
+    return node_certs.check_tls_key(
+        bytes(request.keys.signing_public_key), bytes(request.nonce), bytes(k.public_key), bytes(k.signature)
+    )
 
 
 class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
@@ -139,12 +131,18 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
         return out
 
     async def _run(self, context: Context, request: Any, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the pool. A request refused as malformed (undecodable, bad shape, a bad client
+        TLS key: INVALID_ARGUMENT) is a refusal before authentication: counted, never audited; the use
+        case counts the REJECTED outcomes of unauthenticated requests itself."""
         if request is UNDECODABLE:
             self._uc.refused(NOT_PROTOBUF.code.value)
             await abort_async(context, NOT_PROTOBUF)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
         except CODED as err:
+            code = str(getattr(err.code, "value", err.code))
+            if status_for(code) is grpc.StatusCode.INVALID_ARGUMENT:
+                self._uc.refused(code)
             await abort_async(context, err)
         except Exception:
             log.exception("unexpected failure")
@@ -167,7 +165,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
         self, request: attestation_pb2.RegisterRequest, context: Context
     ) -> attestation_pb2.AttestationResult:
         def call() -> attestation_pb2.AttestationResult:
-            tls_key = _tls_key(self._uc, request)  # checked first: a bad key records nothing
+            tls_key = _tls_key(request)  # checked first: a bad key records nothing
             return self._result(request, self._uc.register(codec.register_in(request)), tls_key)
 
         return await self._run(context, request, call)
@@ -176,7 +174,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
         self, request: attestation_pb2.RenewRequest, context: Context
     ) -> attestation_pb2.AttestationResult:
         def call() -> attestation_pb2.AttestationResult:
-            tls_key = _tls_key(self._uc, request)
+            tls_key = _tls_key(request)
             return self._result(request, self._uc.renew(codec.renew_in(request)), tls_key)
 
         return await self._run(context, request, call)

@@ -3,7 +3,7 @@ it adds no ledger entry (and so never one naming a node), it is counted by reaso
 logged once per reason, not per call; a peer over its budget is refused RESOURCE_EXHAUSTED; the
 operator port serves no reflection.
 
-Bound stated by the junk test: 1,000 anonymous Register/Renew/ListNodes calls add 0 ledger entries.
+Bound stated by the junk test: 1,100 anonymous Register/Renew/ListNodes calls add 0 ledger entries.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from kms.server.errors import parse_trailer
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, attestation_pb2, attestation_pb2_grpc, common_pb2
 
 SC = grpc.StatusCode
-JUNK_CALLS = 1000
+ROUNDS = 100  # of every kind of junk below: 1,100 calls
 LOG_LINE = "refused before authentication on the"
 LOGGED = re.compile(LOG_LINE + r" (\w+) endpoint: (\w+) \(")
 
@@ -126,6 +126,16 @@ def test_anonymous_junk_adds_no_ledger_entry_and_is_counted(server: ServerProces
         request = attestation_pb2.RegisterRequest(nonce=b"short", node_name="junk-node")
         return node.Register(request)
 
+    def register_bad_tls_key() -> attestation_pb2.AttestationResult:
+        nonce = challenge("junk-node")
+        tls_key = attestation_pb2.ClientTlsKey(public_key=b"\x30\x00", signature=bytes(64))
+        return node.Register(
+            attestation_pb2.RegisterRequest(
+                nonce=nonce, evidence=junk_evidence(), keys=keys_message(attacker), node_name="junk-node",
+                client_tls_key=tls_key,
+            )
+        )  # fmt: skip
+
     def register_undecodable() -> attestation_pb2.AttestationResult:
         return raw_register(b"\xff\xff\xff\xff")  # type: ignore[no-any-return]
 
@@ -173,6 +183,7 @@ def test_anonymous_junk_adds_no_ledger_entry_and_is_counted(server: ServerProces
         ("node", register_junk_evidence),
         ("node", register_malformed),
         ("node", register_undecodable),
+        ("node", register_bad_tls_key),
         ("node", renew_victim_unknown_nonce),
         ("node", renew_victim_other_keys),
         ("node", renew_victim_junk_evidence),
@@ -182,7 +193,7 @@ def test_anonymous_junk_adds_no_ledger_entry_and_is_counted(server: ServerProces
     ]
     observed: Counter[tuple[str, str]] = Counter()
     started = time.monotonic()
-    for i in range(JUNK_CALLS):
+    for i in range(ROUNDS * len(kinds)):
         endpoint, call = kinds[i % len(kinds)]
         observed[(endpoint, outcome(call))] += 1
     elapsed = time.monotonic() - started
@@ -195,11 +206,12 @@ def test_anonymous_junk_adds_no_ledger_entry_and_is_counted(server: ServerProces
     assert observed[("node", "NODE_KEYS_CHANGED")] == 100
     assert observed[("node", "NODE_NOT_FOUND")] == 100
     assert observed[("node", "REQUEST_INVALID")] == 200  # bad shape, undecodable bytes
+    assert observed[("node", "NODE_TLS_KEY_INVALID")] == 100
     assert observed[("operator", "AUTH_MISSING_TOKEN")] == 100
     assert observed[("operator", "AUTH_MALFORMED_TOKEN")] == 100
     counted = refusals(server) - counted_before
     assert counted == observed
-    assert sum(counted.values()) == JUNK_CALLS
+    assert sum(counted.values()) == ROUNDS * len(kinds) >= 1000
     # logged at most once per reason per minute, not per call (tests/unit: a line per reason and interval)
     lines = [line for line in server.output if LOG_LINE in line][log_lines_before:]
     logged = Counter(LOGGED.search(line).groups() for line in lines)  # type: ignore[union-attr]
