@@ -2,9 +2,20 @@
 
 Order of checks: the request's shape (malformed input fails before any state changes), then the nonce
 is spent and committed, then evidence verification, report-data binding and appraisal. Every failure
-after the shape check is a REJECTED outcome with coded reasons, not an exception. Every outcome (attested,
-pending, rejected) is a ``registration`` audit entry (claims digest, measurement, TCB status, groups,
-reasons), durable before the reply, whose sequence is ``audit_sequence`` in the result.
+after the shape check is a REJECTED outcome with coded reasons, not an exception.
+
+Authenticated: a Register or Renew is authenticated once its evidence verified (chain to a pinned root,
+signature, collateral at ``now``) and its report data binds the presented nonce and keys, where the
+nonce was issued by this server for this node name, unexpired and unspent (spent now), and, on Renew,
+the keys are the ones recorded for the named node. Only then is the outcome a ``registration`` audit
+entry (claims digest, measurement, TCB status, groups, reasons), durable before the reply, whose sequence
+is ``audit_sequence`` in the result; its actor names a node (``node:<id>``) only for a Renew, whose
+node has then proven it. Every refusal before that point (malformed request, unknown, expired, replayed
+or misnamed nonce, unknown or unrenewable node, other keys on Renew, evidence that does not verify or
+bind) is counted and rate-limit logged (``kms.metrics.Refusals``, endpoint ``node``; malformed requests,
+raised as REQUEST_INVALID, by the servicer) and never written to the ledger: anyone can send those, and
+they prove nothing about any node. An outcome is authenticated exactly when it carries claims
+(``AttestationOutcome.authenticated``); a refusal after verification must carry them to be recorded.
 """
 
 from __future__ import annotations
@@ -102,7 +113,13 @@ class AttestationOutcome:
     claims: Claims | None
     groups: tuple[str, ...]
     policy_version: int
-    audit_sequence: int = 0  # of the registration entry (0 when no ledger is wired: unit tests)
+    audit_sequence: int = 0  # of the registration entry (0: not recorded, or no ledger wired)
+
+    @property
+    def authenticated(self) -> bool:
+        """The evidence verified and bound the spent nonce and the keys (module docstring): claims
+        exist only past that point."""
+        return self.claims is not None
 
 
 _DECISION = {Outcome.ATTESTED: Decision.GRANT, Outcome.REJECTED: Decision.DENY}
@@ -228,9 +245,18 @@ class Attestation:
         result = self._renew(req)
         return self._recorded(result, node.node_name if node else "", req.evidence.tee, node)
 
+    def refused(self, code: str) -> None:
+        """Count (and rate-limit log) a call refused before authentication; never audited. The servicer
+        calls it for the requests refused as malformed (raised, INVALID_ARGUMENT)."""
+        if self._metrics is not None:
+            self._metrics.refusals.refused("node", code)
+
     def _recorded(
         self, result: AttestationOutcome, node_name: str, tee: str, renew_of: NodeRecord | None
     ) -> AttestationOutcome:
+        if not result.authenticated:
+            self.refused(result.reasons[0]["code"] if result.reasons else Code.REQUEST_INVALID.value)
+            return result
         if self._audit is None:
             return result
         (seq,) = self._audit.record(registration_draft(result, node_name, tee, renew_of))

@@ -7,6 +7,8 @@ names and the TOML keys all come from that table, so ``--help`` documents every 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -96,6 +98,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("clock_skew", int, 120, "accepted release timestamp skew, +/- seconds"),
     Option("max_message_bytes", int, 256 << 10, "largest request accepted on the node port, bytes"),
     Option("workers", int, 16, "threads for Register/Renew (evidence verification)"),
+    Option(
+        "node_rate_limit",
+        float,
+        20.0,
+        "calls per second each peer address may make on the node port (Challenge, Register, Renew, "
+        "health, reflection), refilling its bucket; more are refused RESOURCE_EXHAUSTED/RATE_LIMITED "
+        "(0: no limit)",
+    ),
+    Option(
+        "node_rate_burst", int, 200, "calls a peer address may make at once on the node port (its bucket)"
+    ),
     Option("metrics_port", int, 0, "serve Prometheus /metrics on 127.0.0.1:PORT (0: off)"),
     Option(
         "release_window_ms",
@@ -152,6 +165,8 @@ class ServerConfig:
     clock_skew: int = 120
     max_message_bytes: int = 256 << 10
     workers: int = 16
+    node_rate_limit: float = 20.0
+    node_rate_burst: int = 200
     metrics_port: int = 0
     release_window_ms: float = 30.0
     denial_window_ms: float = 2.0
@@ -220,6 +235,15 @@ def validate(c: ServerConfig) -> None:
             raise _bad(f"{name} must be HOST:PORT, got {getattr(c, name)!r}")
     if c.insecure_dev and (c.dev_tls or c.tls_cert):
         raise _bad("--insecure-dev cannot be combined with TLS options")
+    if c.insecure_dev:
+        for name in ("listen", "release_listen", "admin_listen"):
+            if not is_loopback(getattr(c, name).rpartition(":")[0]):
+                raise KmsError(
+                    f"--insecure-dev serves plaintext (operator tokens included), so it listens on loopback "
+                    f"only; {name} is {getattr(c, name)!r}",
+                    code=Code.SERVER_CONFIG_INVALID,
+                    hint="use 127.0.0.1:PORT or [::1]:PORT, or TLS (--tls-cert/--tls-key, or --dev-tls DIR)",
+                )
     if not c.insecure_dev and not c.dev_tls and not (c.tls_cert and c.tls_key):
         raise _bad("TLS is required: give --tls-cert and --tls-key (or --dev-tls DIR for development)")
     if not c.bao_addr:
@@ -233,6 +257,8 @@ def validate(c: ServerConfig) -> None:
         raise _bad("an OpenBao token is accepted only in dev mode (--dev-tls or --insecure-dev); use AppRole")
     if c.nonce_ttl <= 0 or c.clock_skew <= 0 or c.workers <= 0 or c.max_message_bytes < 4096:
         raise _bad("nonce_ttl, clock_skew, workers must be positive and max_message_bytes >= 4096")
+    if not (math.isfinite(c.node_rate_limit) and c.node_rate_limit >= 0) or c.node_rate_burst < 1:
+        raise _bad("node_rate_limit must be a finite number >= 0 (0: off) and node_rate_burst >= 1")
     if c.failover_budget <= 0:
         raise _bad("failover_budget must be positive (seconds)")
     if not 1 <= c.processes <= 64:
@@ -246,6 +272,16 @@ def validate(c: ServerConfig) -> None:
         raise _bad("node_cert_ttl and two_person_ttl must be positive")
     if not c.node_ca:
         raise _bad("node_ca (the node client CA directory) is required")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP literal (``127.0.0.0/8``, ``::1``; IPv6 in brackets or not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
 
 
 def two_person_actions(c: ServerConfig) -> frozenset[str]:

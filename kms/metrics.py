@@ -6,7 +6,60 @@ scrape time are added by ``kms.server.monitoring``.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+log = logging.getLogger("sovereign.refused")
+
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines of one (endpoint, reason)
+
+
+class Refusals:
+    """Requests refused before their sender authenticated (``docs/audit.md``, "What is not recorded").
+
+    They are counted in ``sovereign_unauthenticated_refusals_total{endpoint, reason}`` and logged at most
+    once per (endpoint, reason) per ``interval`` seconds, with how many were refused since the last line,
+    so that anonymous traffic can neither grow the audit ledger nor flood the log. ``reason`` is always
+    a stable error code, so the label set stays small whatever a caller sends.
+    """
+
+    def __init__(
+        self,
+        counter: Counter,
+        *,
+        interval: float = REFUSAL_LOG_INTERVAL,
+        monotonic: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+    ) -> None:
+        self._counter = counter
+        self._interval = interval
+        self._monotonic = monotonic
+        self._log = logger
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # (endpoint, reason) -> (logged at, since)
+
+    def refused(self, endpoint: str, reason: str) -> None:
+        self._counter.labels(endpoint, reason).inc()
+        key = (endpoint, reason)
+        with self._lock:
+            now = self._monotonic()
+            last = self._last.get(key)
+            if last is not None and now - last[0] < self._interval:
+                self._last[key] = (last[0], last[1] + 1)
+                return
+            self._last[key] = (now, 0)
+        suppressed = last[1] if last is not None else 0
+        self._log.warning(
+            "refused before authentication on the %s endpoint: %s (%d more since the last such line; "
+            "counted in sovereign_unauthenticated_refusals_total, not in the audit ledger)",
+            endpoint,
+            reason,
+            suppressed,
+        )
 
 
 class Metrics:
@@ -24,6 +77,14 @@ class Metrics:
         self.attestations = Counter(
             "sovereign_attestations", "Register/Renew outcomes", ["result", "code"], registry=self.registry
         )
+        self.unauthenticated = Counter(
+            "sovereign_unauthenticated_refusals",
+            "Requests refused before their sender authenticated (not in the audit ledger), by endpoint "
+            "(node, operator) and reason code",
+            ["endpoint", "reason"],
+            registry=self.registry,
+        )
+        self.refusals = Refusals(self.unauthenticated)
         self.verification_seconds = Histogram(
             "sovereign_evidence_verification_seconds",
             "Time to verify one piece of evidence",
@@ -37,7 +98,6 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         )
-
         self.openbao_seconds = Histogram(
             "sovereign_openbao_call_seconds",
             "Time of one OpenBao call (failover and retries included), by operation and outcome",

@@ -4,7 +4,10 @@ Other services (Attestation, KeyRelease, health, reflection) pass through untouc
 by hardware evidence and their Ed25519 signature instead. A refused call ends with UNAUTHENTICATED or
 PERMISSION_DENIED and the ``grpc-status-details-bin`` trailer (``ErrorDetail.reason`` = the AUTH_* code,
 built with kms.server.errors' ``details``); ``on_refused`` is told first so that the refusal is
-audited. An admitted call runs with its ``Actor`` in a contextvar (``current_actor()``).
+audited (an authenticated actor's refusal) or counted (one without a valid token: ``actor`` None, see
+kms.server.operator_audit). Only refusals of authenticated actors are logged here, one line per call;
+the hook rate-limits the log of the others. An admitted call runs with its ``Actor`` in a contextvar
+(``current_actor()``).
 """
 
 from __future__ import annotations
@@ -151,8 +154,8 @@ class OperatorAuthInterceptor(_Interceptor):
             abort(context, err)
 
     def _refused(self, actor: Actor | None, method: str, err: AuthError) -> None:
-        who = actor.audit_id if actor else "anonymous"
-        log.info("operator call refused: %s %s %s", method, who, err.code.value)
+        if actor is not None:
+            log.info("operator call refused: %s %s %s", method, actor.audit_id, err.code.value)
         if self._on_refused is None:
             return
         try:

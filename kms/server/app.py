@@ -1,10 +1,13 @@
 """Wire the control plane together from a ``ServerConfig`` and serve it over gRPC.
 
 Three ports, each TLS with the server certificate (reloaded when its files are replaced) unless
---insecure-dev: the node-facing one (Attestation, health, reflection), KeyRelease with mutual TLS (node
-client certificates from the node CA, ``kms.server.node_certs``), and the operator endpoint (Admin,
-Audit) behind ``OperatorAuthInterceptor`` (Keycloak bearer token + role, refusals audited). With
---insecure-dev everything is plaintext and KeyRelease shares the node port (development only).
+--insecure-dev: the node-facing one (Attestation, health, reflection; a token bucket per peer address,
+``kms.server.rate_limit``), KeyRelease with mutual TLS (node client certificates from the node CA,
+``kms.server.node_certs``), and the operator endpoint (Admin, Audit) behind ``OperatorAuthInterceptor``
+(Keycloak bearer token + role; refusals of authenticated operators audited, the others counted). The
+operator port serves no reflection: it would describe the Admin and Audit API to callers without a
+token (operators use the .proto files). With --insecure-dev everything is plaintext on loopback only
+and KeyRelease shares the node port (development only).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from kms.server.monitoring import ControlPlaneCollector, Sources
 from kms.server.node_certs import NodeCa
 from kms.server.node_servicers import AttestationServicer, ClientCerts, KeyReleaseServicer, add_node_services
 from kms.server.operator_audit import OperatorAudit
+from kms.server.rate_limit import PeerRateLimit, TokenBuckets
 from kms.server.servicers import AdminServicer
 from kms.server.tls import ReloadingCertificate, ensure_dev_tls
 from kms.storage import open_store
@@ -57,7 +61,6 @@ from kms.storage.store import Store
 from kms.vault import BaoSettings, OpenBaoTransit, Transit
 from kms.verifier import EvidenceVerifier
 from proto.sovereign.v1 import (
-    admin_pb2,
     admin_pb2_grpc,
     attestation_pb2,
     key_release_pb2,
@@ -67,7 +70,6 @@ NODE_SERVICES = (
     attestation_pb2.DESCRIPTOR.services_by_name["Attestation"].full_name,
     key_release_pb2.DESCRIPTOR.services_by_name["KeyRelease"].full_name,
 )
-ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 ADMIN_MAX_MESSAGE = 4 << 20
 AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
@@ -158,7 +160,7 @@ def build(
             _two_person_config(config),
         )
         return ControlPlane(
-            operator_audit=OperatorAudit(audit.ledger),
+            operator_audit=OperatorAudit(audit.ledger, metrics.refusals),
             audit=audit,
             two_person=two_person,
             roles=roles,
@@ -278,11 +280,22 @@ def _options(max_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
 
 
+def _node_interceptors(config: ServerConfig, plane: ControlPlane) -> list[Any]:
+    """The per-peer rate limit of the node port (per process: with --processes N a peer whose
+    connections land on several processes gets up to N buckets)."""
+    if config.node_rate_limit <= 0:
+        return []
+    buckets = TokenBuckets(config.node_rate_limit, config.node_rate_burst)
+    return [PeerRateLimit(buckets, plane.metrics.refusals)]
+
+
 async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = system_clock) -> Running:
     """Start the servers in the running event loop; the caller awaits a stop signal, then ``stop``."""
     tls: tuple[Path, Path, Path | None] | None = None if config.insecure_dev else _tls_files(config, clock)
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="attest")
-    node = grpc.aio.server(options=_options(config.max_message_bytes))
+    node = grpc.aio.server(
+        options=_options(config.max_message_bytes), interceptors=_node_interceptors(config, plane)
+    )
     release: grpc.aio.Server | None = None
     if tls is None:
         certs = None
@@ -339,17 +352,11 @@ def _admin_server(
     checker = health.HealthServicer()  # no token needed: it says only SERVING or not
     health_pb2_grpc.add_HealthServicer_to_server(checker, admin)
     checker.set("", health_pb2.HealthCheckResponse.SERVING)
-    checker.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    audit_service = add_audit_service(admin, plane.audit.reader) if plane.audit is not None else None
-    reflection.enable_server_reflection(
-        (
-            ADMIN_SERVICE,
-            *([audit_service] if audit_service else []),
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        ),
-        admin,
+    checker.set(
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name, health_pb2.HealthCheckResponse.SERVING
     )
+    if plane.audit is not None:
+        add_audit_service(admin, plane.audit.reader)
     creds = None if tls is None else ReloadingCertificate(tls[0], tls[1]).credentials()
     port = _listen(admin, config.admin_listen, creds)
     admin.start()

@@ -31,7 +31,7 @@ from kms.clock import Clock
 from kms.errors import Code, KmsError
 from kms.release import Denial, KeyRelease, Prepared, ReleaseDenied, SignedRelease
 from kms.server import codec, node_certs
-from kms.server.errors import INTERNAL, abort_async
+from kms.server.errors import INTERNAL, abort_async, status_for
 from kms.storage.decisions import DenialRow
 from policies.errors import PolicyError
 from proto.sovereign.v1 import attestation_pb2, attestation_pb2_grpc, key_release_pb2, key_release_pb2_grpc
@@ -131,11 +131,18 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
         return out
 
     async def _run(self, context: Context, request: Any, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the pool. A request refused as malformed (undecodable, bad shape, a bad client
+        TLS key: INVALID_ARGUMENT) is a refusal before authentication: counted, never audited; the use
+        case counts the REJECTED outcomes of unauthenticated requests itself."""
         if request is UNDECODABLE:
+            self._uc.refused(NOT_PROTOBUF.code.value)
             await abort_async(context, NOT_PROTOBUF)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
         except CODED as err:
+            code = str(getattr(err.code, "value", err.code))
+            if status_for(code) is grpc.StatusCode.INVALID_ARGUMENT:
+                self._uc.refused(code)
             await abort_async(context, err)
         except Exception:
             log.exception("unexpected failure")

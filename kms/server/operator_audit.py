@@ -1,7 +1,10 @@
 """Operator actions and refusals into the audit ledger (``kms.audit.ledger.AuditLedger.record_operator_action``).
 
-Every admitted change and every refused operator call becomes one entry with the actor's subject, user
-name and roles (a refused call without a valid token is recorded as ``anonymous``). The ledger's entry
+Every admitted change and every refused call of an authenticated operator (a valid token: a role it
+lacks, the two-person rule) becomes one entry with the actor's subject, user name and roles. A call
+refused before authentication (no token, a malformed, expired, forged or foreign one) proves nothing
+about who sent it and costs the sender nothing: it is counted and rate-limit logged
+(``kms.metrics.Refusals``, endpoint ``operator``), never appended to the ledger. The ledger's entry
 vocabulary is closed: a kind the ledger does not know is logged instead of failing the call.
 """
 
@@ -15,6 +18,7 @@ from kms.audit.entry import Decision, Kind, Reason
 from kms.auth.errors import AuthError
 from kms.auth.tokens import Actor
 from kms.auth.two_person import OperatorRef
+from kms.metrics import Refusals
 
 log = logging.getLogger("sovereign.audit")
 
@@ -48,10 +52,12 @@ def actor_fields(actor: Actor | OperatorRef | None) -> dict[str, Any]:
 
 
 class OperatorAudit:
-    """Records operator actions in the ledger; ``sink`` None logs only (unit tests, replicas)."""
+    """Records operator actions in the ledger; ``sink`` None logs only (unit tests, replicas).
+    ``refusals`` counts the calls refused before authentication (None: they are only logged)."""
 
-    def __init__(self, sink: Sink | None) -> None:
+    def __init__(self, sink: Sink | None, refusals: Refusals | None = None) -> None:
         self._sink = sink
+        self._refusals = refusals
 
     def _write(
         self,
@@ -83,7 +89,14 @@ class OperatorAudit:
         self.refused(actor, method, err)
 
     def refused(self, actor: Actor | None, method: str, err: AuthError) -> int:
-        """A refused operator call (``OperatorAuthInterceptor``'s ``on_refused`` and two-person refusals)."""
+        """A refused operator call (``OperatorAuthInterceptor``'s ``on_refused`` and two-person refusals):
+        a ledger entry when ``actor`` authenticated, else counted only (-1: no entry)."""
         name = method.rsplit("/", 1)[-1]
+        if actor is None:
+            if self._refusals is not None:
+                self._refusals.refused("operator", err.code.value)
+            else:
+                log.debug("operator call refused before authentication: %s %s", name, err.code.value)
+            return -1
         reason = Reason(err.code.value, f"{name}: {err.message}"[:1024])
         return self._write(actor, REFUSED_KIND, {}, Decision.DENY, (reason,))

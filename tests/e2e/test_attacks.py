@@ -78,6 +78,7 @@ def test_replayed_nonce_is_rejected(make_node) -> None:  # type: ignore[no-untyp
     assert result.state == common_pb2.NODE_STATE_REJECTED
     assert reason_codes(result) == ["NONCE_REPLAYED"]
     assert result.node_id == ""
+    assert result.audit_sequence == 0  # refused before authentication: counted, not in the ledger
 
 
 def test_nonce_is_spent_even_by_a_failing_registration(make_node) -> None:  # type: ignore[no-untyped-def]
@@ -95,6 +96,7 @@ def test_expired_nonce_is_rejected(make_node) -> None:  # type: ignore[no-untype
     time.sleep(3.2)  # the server runs with --nonce-ttl 3
     result = node.register(nonce=nonce)
     assert reason_codes(result) == ["NONCE_EXPIRED"]
+    assert result.audit_sequence == 0
 
 
 def test_nonce_of_another_name_is_rejected(make_node) -> None:  # type: ignore[no-untyped-def]
@@ -112,6 +114,7 @@ def test_evidence_bound_to_other_keys_is_rejected(make_node) -> None:  # type: i
     result = node.register(nonce=nonce, evidence=node.evidence(nonce, victim))
     assert result.state == common_pb2.NODE_STATE_REJECTED
     assert reason_codes(result) == ["BINDING_MISMATCH"]
+    assert result.audit_sequence == 0
 
 
 def test_declared_tee_must_match_the_evidence(make_node) -> None:  # type: ignore[no-untyped-def]
@@ -129,6 +132,7 @@ def test_renew_with_other_keys_is_rejected(attested: NodeClient) -> None:
     result = attested.renew(NodeIdentity.generate())
     assert result.state == common_pb2.NODE_STATE_REJECTED
     assert reason_codes(result) == ["NODE_KEYS_CHANGED"]
+    assert result.audit_sequence == 0
     renewed = attested.renew()
     assert renewed.state == common_pb2.NODE_STATE_ATTESTED
     assert renewed.node_id == attested.node_id

@@ -126,6 +126,8 @@ class ServerProcess:
     release_port: int = 0
     admin_port: int = 0
     metrics_port: int = 0
+    # Off by default: tests and benchmarks register hundreds of nodes from the one loopback address.
+    node_rate_limit: float = 0.0
     ca: Path | None = None
     output: list[str] = field(default_factory=list)
 
@@ -167,6 +169,7 @@ class ServerProcess:
             "--bao-secret-id-file", self.bao.report.secret_id_file,
             "--nonce-ttl", "3",
             "--metrics-port", str(self.metrics_port),
+            "--node-rate-limit", str(self.node_rate_limit),
             *self.extra,
         ]  # fmt: skip
 

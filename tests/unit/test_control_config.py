@@ -112,3 +112,74 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     for option in OPTIONS:
         assert option.flag in text and option.env in text
+
+
+# --- --insecure-dev is loopback only; the node port's rate limit ------------------------------------
+
+INSECURE = {
+    **BASE,
+    "dev_tls": "",
+    "insecure_dev": True,
+    "bao_role_id": "",
+    "bao_secret_id_file": "",
+    "bao_token_file": "/t",
+}
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        {},
+        {"listen": "localhost:1", "release_listen": "[::1]:2", "admin_listen": "127.0.0.2:3"},
+    ],
+)
+def test_insecure_dev_on_loopback_is_accepted(addresses: dict[str, str]) -> None:
+    config = load_config(None, {}, {**INSECURE, **addresses})
+    assert config.insecure_dev
+
+
+@pytest.mark.parametrize(
+    ("name", "address"),
+    [
+        ("listen", "0.0.0.0:8443"),
+        ("listen", "[::]:8443"),
+        ("release_listen", "10.0.0.5:8444"),
+        ("admin_listen", "sovereign.example:8445"),
+        ("admin_listen", "[2001:db8::1]:8445"),
+    ],
+)
+def test_insecure_dev_refuses_a_non_loopback_address(name: str, address: str) -> None:
+    with pytest.raises(KmsError) as info:
+        load_config(None, {}, {**INSECURE, name: address})
+    assert info.value.code.value == "SERVER_CONFIG_INVALID"
+    assert "loopback only" in info.value.message and name in info.value.message and info.value.hint
+
+
+def test_the_same_addresses_are_fine_with_tls() -> None:
+    assert load_config(None, {}, {**BASE, "listen": "0.0.0.0:8443"}).listen == "0.0.0.0:8443"
+
+
+def test_node_rate_limit_from_file_environment_and_flag(tmp_path: Path) -> None:
+    defaults = load_config(None, {}, BASE)
+    assert (defaults.node_rate_limit, defaults.node_rate_burst) == (20.0, 200)
+    file = tmp_path / "serve.toml"
+    file.write_text("node_rate_limit = 5\nnode_rate_burst = 50\n")
+    from_file = load_config(file, {}, BASE)
+    assert (from_file.node_rate_limit, from_file.node_rate_burst) == (5.0, 50)
+    env = {"SOVEREIGN_NODE_RATE_LIMIT": "2.5", "SOVEREIGN_NODE_RATE_BURST": "10"}
+    config = load_config(file, env, BASE)
+    assert (config.node_rate_limit, config.node_rate_burst) == (2.5, 10)
+    config = load_config(file, env, {**BASE, "node_rate_limit": "0"})
+    assert config.node_rate_limit == 0.0  # off
+    args = build_parser().parse_args(["serve", "--node-rate-limit", "7", "--node-rate-burst", "9"])
+    assert (args.node_rate_limit, args.node_rate_burst) == (7.0, 9)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"node_rate_limit": -1}, {"node_rate_limit": "nan"}, {"node_rate_limit": "inf"}, {"node_rate_burst": 0}],
+)
+def test_bad_rate_limits_are_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(KmsError) as info:
+        load_config(None, {}, {**BASE, **overrides})
+    assert info.value.code.value == "SERVER_CONFIG_INVALID" and "node_rate" in info.value.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -273,3 +274,13 @@ def test_grpc_stub_renderer_refuses_unknown_rpc_types() -> None:
     fd.service.add(name="S").method.add(name="M", input_type=".p.Missing", output_type=".p.Missing")
     with pytest.raises(grpc_stubs.StubError, match="not a top-level message"):
         grpc_stubs.render("x/y.proto", files)
+
+
+def test_the_contract_states_the_servers_default_clock_skew() -> None:
+    """key_release.proto documents the acceptance window; it must be the one the server uses by default."""
+    from kms.config import ServerConfig
+    from kms.release import DEFAULT_SKEW
+
+    text = " ".join((generate.PROTO_DIR / "key_release.proto").read_text().split())
+    stated = [int(s) for s in re.findall(r"default \+/- (\d+) s", text)]
+    assert stated == [ServerConfig().clock_skew] == [int(DEFAULT_SKEW.total_seconds())]
