@@ -33,7 +33,7 @@ from kms.attest import Attestation
 from kms.audit.service import AuditPlane, start_audit
 from kms.auth.errors import AuthError
 from kms.auth.interceptor import OperatorAuthInterceptor
-from kms.auth.roles import RoleMap
+from kms.auth.roles import ADMIN_SERVICE, RoleMap
 from kms.auth.tokens import TokenValidator, keycloak_validator
 from kms.auth.two_person import TwoPersonConfig, TwoPersonRule
 from kms.catalogue import Catalogue
@@ -352,9 +352,7 @@ def _admin_server(
     checker = health.HealthServicer()  # no token needed: it says only SERVING or not
     health_pb2_grpc.add_HealthServicer_to_server(checker, admin)
     checker.set("", health_pb2.HealthCheckResponse.SERVING)
-    checker.set(
-        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name, health_pb2.HealthCheckResponse.SERVING
-    )
+    checker.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     if plane.audit is not None:
         add_audit_service(admin, plane.audit.reader)
     creds = None if tls is None else ReloadingCertificate(tls[0], tls[1]).credentials()
