@@ -197,6 +197,9 @@ def test_renewal_keeps_the_groups_an_operator_approved(
     policy rejects it; a renewal must not replace them with the groups of the rule it matched."""
 
     def approval(text: str) -> str:
+        # the node's image is in both groups; the operator approves it into one of them
+        evaluators = '[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["' + "11" * 48 + '"]\n\n'
+        text = text.replace("[appraisal.tdx]", evaluators + "[appraisal.tdx]")
         return text.replace("require_operator_approval = false", "require_operator_approval = true")
 
     plane = make_plane(tmp_path, pki, kms_dev.approle(), ManualClock(START), approval)
@@ -205,7 +208,8 @@ def test_renewal_keeps_the_groups_an_operator_approved(
         keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
         nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
         registered = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ()))
-        assert registered.outcome is Outcome.PENDING_APPROVAL and registered.groups == ("trainers",)
+        assert registered.outcome is Outcome.PENDING_APPROVAL
+        assert registered.groups == ("trainers", "evaluators")
         plane.admin.approve_node(registered.node_id, ["evaluators"], "read-only evaluation node")
         renewed = renew(plane, pki, identity, registered.node_id, "snp")
         assert renewed.outcome is Outcome.ATTESTED and renewed.groups == ("evaluators",)
