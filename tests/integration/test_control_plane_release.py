@@ -25,7 +25,7 @@ from kms.catalogue import Catalogue, KeyKind
 from kms.clock import ManualClock
 from kms.config import ServerConfig
 from kms.envelope import open_sealed_key
-from kms.errors import Code, OpenBaoError
+from kms.errors import Code, KmsError, OpenBaoError
 from kms.release import SIGNING_DOMAIN, ReleaseDenied, SignedRelease
 from kms.server.app import ControlPlane, build
 from kms.server.codec import release_in
@@ -244,6 +244,71 @@ def test_a_policy_change_restores_only_the_groups_a_node_asked_for(
         plane.admin.put_policy(policies[0], 2, dry_run=False)
         restored = plane.admin.get_node(node.node_id)
         assert restored.state.value == "attested" and restored.groups == ("evaluators",)
+    finally:
+        plane.close()
+
+
+def test_renewal_keeps_operator_groups_only_while_the_new_claims_match_them(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    """An approved node that renews with another image keeps none of the approved groups that image
+    does not match: it waits for an operator again instead of keeping keys its evidence no longer earns."""
+    other = b"\x55" * 48
+
+    def approval(text: str) -> str:
+        evaluators = f'[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["{other.hex()}"]\n\n'
+        text = text.replace("[appraisal.tdx]", evaluators + "[appraisal.tdx]")
+        return text.replace("require_operator_approval = false", "require_operator_approval = true")
+
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), ManualClock(START), approval)
+    try:
+        identity = NodeIdentity.generate()
+        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+        nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
+        registered = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ()))
+        assert registered.groups == ("trainers",)
+        plane.admin.approve_node(registered.node_id, ["trainers"], "checked")
+        challenge, _ = plane.attestation.challenge("node-snp")
+        report = simulated_snp(pki, measurement=other).get_evidence(identity.report_data(challenge.nonce))
+        renewed = plane.attestation.renew(
+            RenewInput(
+                registered.node_id,
+                challenge.nonce,
+                EvidenceInput("snp", report.blob, report.endorsements),
+                keys,
+            )
+        )
+        assert renewed.outcome is Outcome.PENDING_APPROVAL and renewed.lease is None
+        node = plane.admin.get_node(registered.node_id)
+        assert node.state.value == "pending" and node.groups == ()
+    finally:
+        plane.close()
+
+
+def test_an_approval_checked_under_a_policy_that_changed_meanwhile_is_not_committed(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def approval(text: str) -> str:
+        return text.replace("require_operator_approval = false", "require_operator_approval = true")
+
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), ManualClock(START), approval)
+    try:
+        identity = NodeIdentity.generate()
+        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+        nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
+        node = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ()))
+        checked_under = plane.policies.active()
+        # the image leaves the trainers group while the approval is being checked under version 1
+        plane.admin.put_policy(checked_under.row.toml.replace("1" * 96, "3" * 96), 1, dry_run=False)
+        monkeypatch.setattr(plane.policies, "active", lambda **_: checked_under)
+        with pytest.raises(KmsError) as info:
+            plane.admin.approve_node(node.node_id, ["trainers"], "checked")
+        assert info.value.code is Code.POLICY_VERSION_CONFLICT
+        monkeypatch.undo()
+        assert plane.admin.get_node(node.node_id).state.value != "attested"
+        with pytest.raises(KmsError) as info:
+            plane.admin.approve_node(node.node_id, ["trainers"], "checked")
+        assert info.value.code is Code.NODE_EVIDENCE_FAILS_POLICY
     finally:
         plane.close()
 
