@@ -44,7 +44,10 @@ from kms.storage.policy_versions import active_version
 from kms.storage.store import Store
 from kms.verifier import EvidenceVerifier
 from policies import Change, Verdict, appraise, claims_from_dict, parse_policy, reappraise
+from policies import NodeState as PolicyNodeState
+from policies.errors import Code as PolicyCode
 from policies.errors import PolicyError
+from policies.errors import Reason as PolicyReason
 
 LOCAL_OPERATOR = "local-admin"
 Actor = Mapping[str, Any]
@@ -388,7 +391,32 @@ def _reappraisal(policy: Any, nodes: Sequence[NodeRecord], now: datetime) -> tup
         changes.append(
             dataclasses.replace(change, groups=granted_groups(node.requested_groups, change.groups))
         )
+    changed = {c.node_id for c in changes}
+    changes += [
+        narrowed
+        for n in live
+        if n.state is NodeState.ATTESTED and n.node_id not in changed
+        for narrowed in [_narrowed(policy, n, now)]
+        if narrowed is not None
+    ]
     return len(live), changes
+
+
+def _narrowed(policy: Any, node: NodeRecord, now: datetime) -> Change | None:
+    """An attested node that still passes keeps only the groups its claims match under the new
+    policy; with none left it is suspended until it renews (or an operator approves it anew)."""
+    eligible = appraise(policy, claims_from_dict(dict(node.claims)), now=now).groups
+    kept = tuple(g for g in node.groups if g in eligible)
+    if kept == node.groups:
+        return None
+    if kept:
+        return Change(node.node_id, PolicyNodeState.ATTESTED, PolicyNodeState.ATTESTED, kept, ())
+    why = PolicyReason(
+        PolicyCode.POLICY_MEASUREMENT_NOT_ALLOWED,
+        f"its image is in none of its groups [{', '.join(node.groups)}] under the new policy "
+        f"(it matches [{', '.join(eligible)}])",
+    )
+    return Change(node.node_id, PolicyNodeState.ATTESTED, PolicyNodeState.SUSPENDED, (), (why,))
 
 
 def _suspension_draft(actor: Actor, change: Change, version: int) -> Draft:
@@ -412,11 +440,9 @@ def _apply(conn: Connection, change: Change, now: datetime) -> None:
              "stored claims and they no longer pass", "hint": "fix the node and Renew"},
             *reasons,
         ]  # fmt: skip
-    values: dict[str, Any] = {
-        "state": state.value,
-        "reasons_json": canonical_json(reasons),
-        "state_changed_at": now,
-    }
+    values: dict[str, Any] = {"state": state.value, "reasons_json": canonical_json(reasons)}
+    if change.new_state is not change.old_state:
+        values["state_changed_at"] = now
     if demoted:
         values.update(lease_values(None))
     else:

@@ -313,6 +313,46 @@ def test_an_approval_checked_under_a_policy_that_changed_meanwhile_is_not_commit
         plane.close()
 
 
+def test_a_policy_change_narrows_the_groups_of_nodes_that_stay_attested(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    """A node keeps only the groups its stored claims match under the new policy, though it still
+    passes through another group; with none of its groups left it is suspended."""
+    policies: list[str] = []
+
+    def two_groups(text: str) -> str:
+        evaluators = '[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["' + "11" * 48 + '"]\n\n'
+        policies.append(text.replace("[appraisal.tdx]", evaluators + "[appraisal.tdx]"))
+        return policies[0]
+
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock, two_groups)
+    try:
+        plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        nodes = {}
+        for asked in ((), ("trainers",)):
+            identity = NodeIdentity.generate()
+            keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+            nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
+            node = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", asked))
+            nodes[asked] = (identity, node.node_id)
+        assert plane.admin.get_node(nodes[()][1]).groups == ("trainers", "evaluators")
+        # the image leaves "trainers" (another measurement there); "evaluators" still admits it
+        trainers_elsewhere = policies[0].replace("1" * 96, "7" * 96, 1)
+        change = plane.admin.put_policy(trainers_elsewhere, 1, dry_run=False)
+        both, only_trainers = (plane.admin.get_node(node_id) for _, node_id in nodes.values())
+        assert both.state.value == "attested" and both.groups == ("evaluators",)
+        assert only_trainers.state.value == "suspended"
+        assert [s.node_id for s in change.suspended] == [only_trainers.node_id]
+        assert "POLICY_MEASUREMENT_NOT_ALLOWED" in [r["code"] for r in only_trainers.reasons]
+        identity, node_id = nodes[()]
+        with pytest.raises(ReleaseDenied) as info:
+            plane.release.release(signed(identity, node_id, "dataset/train", clock))
+        assert info.value.code == "RELEASE_NO_RULE"
+    finally:
+        plane.close()
+
+
 def test_kek_rotation_rewraps_and_releases_continue(
     fresh_dev: Kms, tmp_path: Path, pki: SimulatedPki
 ) -> None:
