@@ -353,6 +353,33 @@ def test_a_policy_change_narrows_the_groups_of_nodes_that_stay_attested(
         plane.close()
 
 
+def test_a_suspension_while_a_renewal_verifies_stands(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator suspends the node while its renewal's evidence is being verified: the renewal
+    records the new claims but neither lifts the suspension nor reports the node attested."""
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock)
+    try:
+        identity, node_id = register(plane, pki, "snp")
+        verify = plane.attestation._verify
+
+        def verify_then_suspend(*args: Any) -> Any:
+            claims = verify(*args)
+            plane.admin.suspend_node(node_id, "pulled for inspection")
+            return claims
+
+        monkeypatch.setattr(plane.attestation, "_verify", verify_then_suspend)
+        renewed = renew(plane, pki, identity, node_id, "snp")
+        assert renewed.outcome is Outcome.REJECTED and renewed.lease is None
+        assert [r["code"] for r in renewed.reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
+        node = plane.admin.get_node(node_id)
+        assert node.state.value == "suspended" and node.lease_id is None
+        assert [r["code"] for r in node.reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
+    finally:
+        plane.close()
+
+
 def test_kek_rotation_rewraps_and_releases_continue(
     fresh_dev: Kms, tmp_path: Path, pki: SimulatedPki
 ) -> None:
