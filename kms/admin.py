@@ -35,14 +35,19 @@ from kms.registry import (
     canonical_json,
     lease_values,
     new_lease,
+    operator_suspended,
     reason_dicts,
     require_from,
 )
 from kms.storage.nodes import SqlNodes, load, load_all, not_found, set_values
+from kms.storage.policy_versions import active_version
 from kms.storage.store import Store
 from kms.verifier import EvidenceVerifier
-from policies import Change, claims_from_dict, parse_policy, reappraise
+from policies import Change, Verdict, appraise, claims_from_dict, parse_policy, reappraise
+from policies import NodeState as PolicyNodeState
+from policies.errors import Code as PolicyCode
 from policies.errors import PolicyError
+from policies.errors import Reason as PolicyReason
 
 LOCAL_OPERATOR = "local-admin"
 Actor = Mapping[str, Any]
@@ -126,9 +131,18 @@ class Admin:
         node_id: str,
         fn: Callable[[NodeRecord], dict[str, Any]],
         entry: Callable[[NodeRecord, NodeRecord], Draft],
+        *,
+        policy_version: int | None = None,
     ) -> NodeRecord:
-        """Read, check and update a node and append its audit entry in one transaction."""
+        """Read, check and update a node and append its audit entry in one transaction; with
+        ``policy_version``, only while that policy version is still the active one."""
         with self._store.transaction() as conn:
+            if policy_version is not None and active_version(conn) != policy_version:
+                raise KmsError(
+                    f"the active policy changed from version {policy_version} while this was checked",
+                    code=Code.POLICY_VERSION_CONFLICT,
+                    hint="retry: the node is checked again under the new policy",
+                )
             current = load(conn, node_id)
             if current is None:
                 raise not_found(node_id)
@@ -139,32 +153,40 @@ class Admin:
                 self._audit.append(conn, [entry(current, updated)])
         return updated
 
+    def check_approval(self, node_id: str, groups: Sequence[str], comment: str) -> tuple[str, ...]:
+        """Every check of ``approve_node`` without changing anything (a held approval is checked when
+        it is proposed and again when it is applied); returns the groups it would grant."""
+        granted = _approval_groups(groups, comment)
+        check_approvable(self.get_node(node_id), granted, self._policies.active(), self._clock())
+        return granted
+
     def approve_node(
         self, node_id: str, groups: Sequence[str], comment: str, *, actor: Actor | None = None
     ) -> NodeRecord:
-        granted = check_groups(groups)
-        require_text(comment, "comment", required=False)
-        if not granted:
-            raise KmsError("approve needs at least one group", code=Code.REQUEST_INVALID)
-        lease_seconds = self._policies.active().policy.release.lease_seconds
+        """Attest a pending or suspended node into ``groups``: only groups its stored claims match
+        under the active policy, and only while those claims (its latest verified evidence) pass it."""
+        granted = _approval_groups(groups, comment)
+        policy = self._policies.active()
+        lease_seconds = policy.policy.release.lease_seconds
         now = self._clock()
 
         def change(node: NodeRecord) -> dict[str, Any]:
-            require_from(node, (NodeState.PENDING, NodeState.SUSPENDED), "approve")
+            check_approvable(node, granted, policy, now)
             return {
                 "state": NodeState.ATTESTED.value,
                 "groups_json": canonical_json(list(granted)),
                 "reasons_json": "[]",
+                "policy_version": policy.version,
                 "state_changed_at": now,
                 **lease_values(new_lease(now, lease_seconds)),
             }
 
         def entry(old: NodeRecord, new: NodeRecord) -> Draft:
             fields = {"node_id": node_id, "old_state": old.state.value, "new_state": new.state.value,
-                      "groups": list(granted), "comment": comment}  # fmt: skip
+                      "groups": list(granted), "comment": comment, "policy_version": policy.version}  # fmt: skip
             return operator_draft(actor or LOCAL_ACTOR, Kind.NODE_APPROVE, fields)
 
-        return self._change_node(node_id, change, entry)
+        return self._change_node(node_id, change, entry, policy_version=policy.version)
 
     def revoke_node(self, node_id: str, reason: str, *, actor: Actor | None = None) -> NodeRecord:
         return self._bar(node_id, reason, NodeState.REVOKED, Code.NODE_REVOKED_BY_OPERATOR, actor)
@@ -177,15 +199,20 @@ class Admin:
     ) -> NodeRecord:
         require_text(reason, "reason", required=True)
         now = self._clock()
-        allowed = (
-            (NodeState.PENDING, NodeState.ATTESTED, NodeState.SUSPENDED)
-            if state is NodeState.REVOKED
-            else (NodeState.PENDING, NodeState.ATTESTED)
-        )
+        allowed = (NodeState.PENDING, NodeState.ATTESTED, NodeState.SUSPENDED)
 
         def change(node: NodeRecord) -> dict[str, Any]:
             require_from(node, allowed, "revoke" if state is NodeState.REVOKED else "suspend")
             reasons = [{"code": code.value, "message": reason, "hint": ""}]
+            if state is NodeState.SUSPENDED:
+                if operator_suspended(node):
+                    raise KmsError(
+                        f"node {node.node_id} is already suspended by an operator",
+                        code=Code.NODE_TRANSITION_INVALID,
+                        hint="see its reasons with GetNode; ApproveNode lifts the suspension",
+                    )
+                # over a policy suspension its reasons stay; from now on only an operator lifts it
+                reasons += [dict(r) for r in node.reasons]
             return {
                 "state": state.value,
                 "reasons_json": canonical_json(reasons),
@@ -321,6 +348,35 @@ class Admin:
         return report
 
 
+def _approval_groups(groups: Sequence[str], comment: str) -> tuple[str, ...]:
+    granted = check_groups(groups)
+    require_text(comment, "comment", required=False)
+    if not granted:
+        raise KmsError("approve needs at least one group", code=Code.REQUEST_INVALID)
+    return granted
+
+
+def check_approvable(node: NodeRecord, groups: Sequence[str], policy: ActivePolicy, now: datetime) -> None:
+    """A node may be approved into ``groups`` only from PENDING or SUSPENDED, only while its stored
+    claims (its latest verified evidence) pass ``policy``, and only into groups those claims match:
+    an operator decides whether a node that the policy admits gets in, never what it may have."""
+    require_from(node, (NodeState.PENDING, NodeState.SUSPENDED), "approve")
+    appraisal = appraise(policy.policy, claims_from_dict(dict(node.claims)), now=now)
+    if appraisal.verdict is Verdict.REJECTED:
+        codes = ", ".join(str(getattr(r.code, "value", r.code)) for r in appraisal.reasons)
+        raise KmsError(
+            f"node {node.node_id}'s latest verified evidence fails policy v{policy.version} ({codes})",
+            code=Code.NODE_EVIDENCE_FAILS_POLICY,
+        )
+    outside = [g for g in groups if g not in appraisal.groups]
+    if outside:
+        raise KmsError(
+            f"groups [{', '.join(outside)}] are not open to node {node.node_id} under policy "
+            f"v{policy.version}; its claims match [{', '.join(appraisal.groups)}]",
+            code=Code.NODE_GROUPS_NOT_ELIGIBLE,
+        )
+
+
 def _reappraisal(policy: Any, nodes: Sequence[NodeRecord], now: datetime) -> tuple[int, list[Change]]:
     """Re-appraise every live node; operator suspensions are never lifted by a policy change."""
     live = [n for n in nodes if n.state is not NodeState.REVOKED]
@@ -329,14 +385,38 @@ def _reappraisal(policy: Any, nodes: Sequence[NodeRecord], now: datetime) -> tup
     changes = []
     for change in reappraise(policy, inputs, now):
         node = by_id[change.node_id]
-        operator_held = any(r["code"] == Code.NODE_SUSPENDED_BY_OPERATOR.value for r in node.reasons)
-        if operator_held and not _is_demotion(change):
+        if operator_suspended(node) and not _is_demotion(change):
             continue
         # as at registration: of the groups it is eligible for, only those the node asked for
         changes.append(
             dataclasses.replace(change, groups=granted_groups(node.requested_groups, change.groups))
         )
+    changed = {c.node_id for c in changes}
+    changes += [
+        narrowed
+        for n in live
+        if n.state is NodeState.ATTESTED and n.node_id not in changed
+        for narrowed in [_narrowed(policy, n, now)]
+        if narrowed is not None
+    ]
     return len(live), changes
+
+
+def _narrowed(policy: Any, node: NodeRecord, now: datetime) -> Change | None:
+    """An attested node that still passes keeps only the groups its claims match under the new
+    policy; with none left it is suspended until it renews (or an operator approves it anew)."""
+    eligible = appraise(policy, claims_from_dict(dict(node.claims)), now=now).groups
+    kept = tuple(g for g in node.groups if g in eligible)
+    if kept == node.groups:
+        return None
+    if kept:
+        return Change(node.node_id, PolicyNodeState.ATTESTED, PolicyNodeState.ATTESTED, kept, ())
+    why = PolicyReason(
+        PolicyCode.POLICY_MEASUREMENT_NOT_ALLOWED,
+        f"its image is in none of its groups [{', '.join(node.groups)}] under the new policy "
+        f"(it matches [{', '.join(eligible)}])",
+    )
+    return Change(node.node_id, PolicyNodeState.ATTESTED, PolicyNodeState.SUSPENDED, (), (why,))
 
 
 def _suspension_draft(actor: Actor, change: Change, version: int) -> Draft:
@@ -360,11 +440,9 @@ def _apply(conn: Connection, change: Change, now: datetime) -> None:
              "stored claims and they no longer pass", "hint": "fix the node and Renew"},
             *reasons,
         ]  # fmt: skip
-    values: dict[str, Any] = {
-        "state": state.value,
-        "reasons_json": canonical_json(reasons),
-        "state_changed_at": now,
-    }
+    values: dict[str, Any] = {"state": state.value, "reasons_json": canonical_json(reasons)}
+    if change.new_state is not change.old_state:
+        values["state_changed_at"] = now
     if demoted:
         values.update(lease_values(None))
     else:

@@ -20,7 +20,6 @@ they prove nothing about any node. An outcome is authenticated exactly when it c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from attestation.evidence import detect_tee
 from kms.audit.entry import Decision, Kind
 from kms.audit.ledger import AuditLedger, Draft, node_actor, reasons_of
 from kms.clock import Clock
-from kms.envelope import SUITES, Suite, load_public_key
+from kms.envelope import SUITES, Suite, check_recipient_key
 from kms.envelope.errors import EnvelopeError
 from kms.errors import Code, KmsError
 from kms.metrics import Metrics
@@ -50,6 +49,7 @@ from kms.registry import (
     lease_values,
     new_lease,
     new_node_id,
+    operator_suspended,
     reason_dicts,
 )
 from kms.storage.nodes import SqlNodes
@@ -63,8 +63,6 @@ MAX_ENDORSEMENTS = 8
 MAX_REPORT = 64 << 10
 SIGNING_KEY_BYTES = 32
 ACCEPTED_SUITES: tuple[Suite, ...] = tuple(SUITES.values())
-# An operator's suspension is lifted only by an operator; a policy suspension also by a passing Renew.
-OPERATOR_SUSPENSION = Code.NODE_SUSPENDED_BY_OPERATOR.value
 
 
 class Outcome(StrEnum):
@@ -175,10 +173,13 @@ def check_keys(keys: NodeKeys) -> Suite:
         raise _invalid(f"KEM suite {keys.kem_suite.hex()} is not accepted by this server")
     if len(keys.kem_public) != suite.public_key_len:
         raise _invalid(f"kem_public_key must be {suite.public_key_len} bytes for {suite.name}")
-    try:
-        load_public_key(suite, keys.kem_public)
+    try:  # the key every release is sealed to: refused here unless sealing to it cannot fail
+        check_recipient_key(suite, keys.kem_public)
     except (EnvelopeError, ValueError):
-        raise _invalid(f"kem_public_key is not a valid {suite.name} public key") from None
+        raise KmsError(
+            f"kem_public_key is not a {suite.name} public key that keys can be sealed to",
+            code=Code.NODE_KEM_KEY_INVALID,
+        ) from None
     if len(keys.signing_public) != SIGNING_KEY_BYTES:
         raise _invalid("signing_public_key must be a 32-byte Ed25519 public key")
     return suite
@@ -351,36 +352,43 @@ class Attestation:
             appraisal = self._appraise(policy, claims)
         except _Rejected as rej:
             return self._rejected(req.node_id if node else "", rej, policy)
+        try:
+            return self._settle_renewal(node, claims, appraisal, policy)
+        except _Rejected as rej:  # revoked meanwhile: that stands
+            return self._rejected(node.node_id, _Rejected(rej.reasons, claims), policy)
+
+    def _settle_renewal(
+        self, node: NodeRecord, claims: Claims, appraisal: Any, policy: ActivePolicy
+    ) -> AttestationOutcome:
         reasons = reason_dicts(appraisal.reasons)
         now = self._clock()
         if appraisal.verdict is Verdict.REJECTED:
-            self._apply_renewal(
+            updated = self._apply_renewal(
                 node, claims=claims, state=NodeState.SUSPENDED, lease=None, groups=node.groups,
                 reasons=reasons, policy=policy, now=now,
             )  # fmt: skip
+            if operator_suspended(updated):
+                return self._held_by_operator(node, claims, reasons, policy)
             return self._rejected(node.node_id, _Rejected(reasons, claims), policy)
         keeps_standing = appraisal.verdict is Verdict.ATTESTED or node.state is NodeState.ATTESTED
         if appraisal.verdict is Verdict.PENDING_APPROVAL and node.state is NodeState.ATTESTED:
-            groups = node.groups  # an operator approved it: their groups stand, not the matched rule's
+            # an operator approved it: their groups stand, not the matched rule's, as far as the new
+            # claims still match them
+            groups = tuple(g for g in node.groups if g in appraisal.groups)
         else:
             groups = granted_groups(node.requested_groups, appraisal.groups)
-        if keeps_standing and groups:
-            lease = new_lease(now, policy.policy.release.lease_seconds)
-            self._apply_renewal(
-                node, claims=claims, state=NodeState.ATTESTED, lease=lease, groups=groups, reasons=[],
-                policy=policy, now=now,
-            )  # fmt: skip
-            self._count(Outcome.ATTESTED, "")
-            return AttestationOutcome(
-                node.node_id, Outcome.ATTESTED, lease, (), claims, groups, policy.version
-            )
-        self._apply_renewal(
-            node, claims=claims, state=NodeState.PENDING, lease=None, groups=groups, reasons=reasons,
-            policy=policy, now=now,
+        attested = keeps_standing and bool(groups)
+        lease = new_lease(now, policy.policy.release.lease_seconds) if attested else None
+        updated = self._apply_renewal(
+            node, claims=claims, state=NodeState.ATTESTED if attested else NodeState.PENDING, lease=lease,
+            groups=groups, reasons=[] if attested else reasons, policy=policy, now=now,
         )  # fmt: skip
-        self._count(Outcome.PENDING_APPROVAL, "")
+        if operator_suspended(updated):
+            return self._held_by_operator(node, claims, [] if attested else reasons, policy)
+        outcome = Outcome.ATTESTED if attested else Outcome.PENDING_APPROVAL
+        self._count(outcome, "")
         return AttestationOutcome(
-            node.node_id, Outcome.PENDING_APPROVAL, None, tuple(reasons), claims, groups, policy.version
+            node.node_id, outcome, lease, () if attested else tuple(reasons), claims, groups, policy.version
         )
 
     # -- steps
@@ -423,12 +431,6 @@ class Attestation:
             raise _reject(
                 Code.NODE_NOT_RENEWABLE, f"node {node.node_id} is revoked", "register with fresh keys"
             )
-        if node.state is NodeState.SUSPENDED and any(r["code"] == OPERATOR_SUSPENSION for r in node.reasons):
-            raise _reject(
-                Code.NODE_NOT_RENEWABLE,
-                f"node {node.node_id} was suspended by an operator",
-                "an operator must approve it again",
-            )
         if (keys.kem_suite, keys.kem_public, keys.signing_public) != (
             node.kem_suite,
             node.kem_public,
@@ -451,9 +453,13 @@ class Attestation:
         reasons: list[dict[str, str]],
         policy: ActivePolicy,
         now: Any,
-    ) -> None:
+    ) -> NodeRecord:
+        """Record the renewal. A node revoked meanwhile stays revoked (``_Rejected``); one suspended by
+        an operator stays suspended with its new claims (an operator's approval is checked against
+        them): the caller sees that in the returned record."""
+
         def change(current: NodeRecord) -> dict[str, Any]:
-            if current.state is NodeState.REVOKED:  # revoked meanwhile: never undo it
+            if current.state is NodeState.REVOKED:
                 raise _reject(Code.NODE_NOT_RENEWABLE, f"node {current.node_id} is revoked")
             values: dict[str, Any] = {
                 "state": state.value,
@@ -466,13 +472,29 @@ class Attestation:
                 "attested_at": now,
                 **lease_values(lease),
             }
-            if current.state is not state:
+            if operator_suspended(current):
+                held = [dict(r) for r in current.reasons if r.get("code") == Code.NODE_SUSPENDED_BY_OPERATOR]
+                values.update(
+                    state=NodeState.SUSPENDED.value,
+                    groups_json=canonical_json(list(current.groups)),
+                    reasons_json=canonical_json(held + reasons),
+                    **lease_values(None),
+                )
+            elif current.state is not state:
                 values["state_changed_at"] = now
             return values
 
-        # revoked while we verified: the revocation stands and the caller reports a rejection
-        with contextlib.suppress(_Rejected):
-            self._nodes.change(node.node_id, change)
+        return self._nodes.change(node.node_id, change)
+
+    def _held_by_operator(
+        self, node: NodeRecord, claims: Claims, reasons: list[dict[str, str]], policy: ActivePolicy
+    ) -> AttestationOutcome:
+        suspended = _reject(
+            Code.NODE_SUSPENDED_BY_OPERATOR,
+            f"node {node.node_id} is suspended by an operator; its new evidence is recorded",
+            "a renewal does not lift an operator's suspension: an operator approves the node again",
+        )
+        return self._rejected(node.node_id, _Rejected(suspended.reasons + reasons, claims), policy)
 
     def _rejected(self, node_id: str, rej: _Rejected, policy: ActivePolicy) -> AttestationOutcome:
         self._count(Outcome.REJECTED, rej.reasons[0]["code"] if rej.reasons else "")

@@ -73,7 +73,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "two_person_actions",
         str,
-        "PutPolicy,DestroyKey",
+        "PutPolicy,DestroyKey,ApproveNode",
         "comma-separated Admin methods held for a second operator ('' for none)",
     ),
     Option("two_person_ttl", int, 86400, "seconds a held change waits for its second operator"),
@@ -147,7 +147,7 @@ class ServerConfig:
     oidc_jwks_file: str = ""
     oidc_ca_file: str = ""
     role_map: str = ""
-    two_person_actions: str = "PutPolicy,DestroyKey"
+    two_person_actions: str = "PutPolicy,DestroyKey,ApproveNode"
     two_person_ttl: int = 86400
     dev_tls: str = ""
     insecure_dev: bool = False

@@ -78,6 +78,9 @@ class Code(StrEnum):
     NODE_SUSPENDED_BY_OPERATOR = "NODE_SUSPENDED_BY_OPERATOR"
     NODE_REVOKED_BY_OPERATOR = "NODE_REVOKED_BY_OPERATOR"
     NODE_SUSPENDED_BY_POLICY = "NODE_SUSPENDED_BY_POLICY"
+    NODE_GROUPS_NOT_ELIGIBLE = "NODE_GROUPS_NOT_ELIGIBLE"
+    NODE_EVIDENCE_FAILS_POLICY = "NODE_EVIDENCE_FAILS_POLICY"
+    NODE_KEM_KEY_INVALID = "NODE_KEM_KEY_INVALID"
     EVIDENCE_TEE_MISMATCH = "EVIDENCE_TEE_MISMATCH"
     RELEASE_VERSION_NOT_WRITABLE = "RELEASE_VERSION_NOT_WRITABLE"
     RELEASE_NODE_CHANGED = "RELEASE_NODE_CHANGED"
@@ -119,6 +122,17 @@ _DEFAULT_HINTS: dict[Code, str] = {
     Code.STORAGE_ERROR: "check the database path (--db / SOVEREIGN_DB), its permissions and free space",
     Code.STORAGE_CONFLICT: "another writer changed the same row; retry the operation",
     Code.STORAGE_SCHEMA_TOO_NEW: "this database was migrated by a newer sovereign; upgrade this install",
+    Code.NODE_GROUPS_NOT_ELIGIBLE: (
+        "approve only groups the node's stored claims match under the active policy (GetNode, GetPolicy); "
+        "to widen them, change the policy (PutPolicy)"
+    ),
+    Code.NODE_EVIDENCE_FAILS_POLICY: (
+        "the node's latest verified evidence does not pass the active policy: it must Renew with "
+        "evidence that passes before it can be approved"
+    ),
+    Code.NODE_KEM_KEY_INVALID: (
+        "generate a fresh HPKE key pair for an accepted suite in the TEE and register again"
+    ),
 }
 
 

@@ -104,6 +104,14 @@ def reason_dicts(reasons: Iterable[Any]) -> list[dict[str, str]]:
     return out
 
 
+def operator_suspended(record: NodeRecord) -> bool:
+    """Suspended by an operator (a policy suspension may lie underneath): only an operator lifts it,
+    never a renewal or a policy change. Recorded as the NODE_SUSPENDED_BY_OPERATOR reason."""
+    return record.state is NodeState.SUSPENDED and any(
+        r.get("code") == Code.NODE_SUSPENDED_BY_OPERATOR.value for r in record.reasons
+    )
+
+
 def require_from(record: NodeRecord, allowed: Sequence[NodeState], action: str) -> None:
     if record.state not in allowed:
         names = ", ".join(s.value for s in allowed)

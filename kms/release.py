@@ -15,6 +15,7 @@ never logged or repr'd).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -28,7 +29,7 @@ from nacl.signing import VerifyKey
 from kms.cache import TtlCache
 from kms.catalogue import Catalogue, KeyKind, KeyRecord, WrappedRecord, require_usable
 from kms.clock import Clock
-from kms.envelope import release_aad, seal_key, suite_by_id_bytes
+from kms.envelope import EnvelopeError, check_recipient_key, release_aad, seal_key, suite_by_id_bytes
 from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name
 from kms.errors import CatalogueError, Code, KmsError, OpenBaoError
 from kms.grants import GrantLedger, GrantRequest, Outcome, Refused
@@ -149,6 +150,19 @@ def check_skew(timestamp: datetime, now: datetime, skew: timedelta) -> None:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def check_sealable(kem_suite: bytes, kem_public: bytes) -> None:
+    """Raise ``NODE_KEM_KEY_INVALID`` unless keys can be sealed to this node key (registration checks
+    it too; this catches rows stored before it did). Cached: the answer depends on the bytes alone."""
+    try:
+        check_recipient_key(suite_by_id_bytes(kem_suite), kem_public)
+    except EnvelopeError as err:
+        raise KmsError(
+            f"keys cannot be sealed to this node's registered KEM key: {err.message}",
+            code=Code.NODE_KEM_KEY_INVALID,
+        ) from None
+
+
 class Denial(Exception):
     """A refusal decided before any decrypt; ``row`` is what the ``release.deny`` entry records."""
 
@@ -158,9 +172,12 @@ class Denial(Exception):
         self.row = row
 
 
-def _denial(f: ReleaseBody, now: datetime, reasons: list[dict[str, str]]) -> Denial:
+def _denial(
+    f: ReleaseBody, now: datetime, reasons: list[dict[str, str]], ledger_only: Sequence[dict[str, str]] = ()
+) -> Denial:
+    """``reasons`` go to the node and the ledger; ``ledger_only`` to the ledger alone."""
     first = reasons[0]
-    more = tuple((r["code"], r["message"]) for r in reasons[1:])
+    more = tuple((r["code"], r["message"]) for r in [*reasons[1:], *ledger_only])
     row = DenialRow(
         now,
         f.node_id,
@@ -262,6 +279,7 @@ class KeyRelease:
         now = self._clock()
         try:
             check_skew(f.timestamp, now, self._skew)
+            check_sealable(node.kem_suite, node.kem_public)  # no grant is recorded for a seal that fails
         except KmsError as err:
             raise _denial(f, now, [_reason(err.code, err.message, err.hint)]) from None
         policy = self._policies.active(max_age=0 if fresh else self._cache_seconds)
@@ -279,9 +297,11 @@ class KeyRelease:
         standing = [r for r in reasons if r["code"] in STANDING_CODES]
         if standing:
             raise _denial(f, now, standing + [r for r in reasons if r not in standing])
-        wrapped = self._wrapped_key(f, now, fresh=fresh)
         if not decision.allowed or decision.rule is None:
-            raise _denial(f, now, reasons)
+            # decided before the catalogue is read: a node no rule entitles to the key learns nothing
+            # about whether it exists; only the ledger has the catalogue's answer
+            raise _denial(f, now, reasons, ledger_only=self._key_status(f.key_name, fresh=fresh))
+        wrapped = self._wrapped_key(f, now, fresh=fresh)
         lease_expires = now + timedelta(seconds=decision.lease_seconds)
         row = GrantRow(
             now, f.node_id, f.key_name, wrapped.version, f.purpose, f.request_id,
@@ -325,6 +345,17 @@ class KeyRelease:
     def observe(self, started: float) -> None:
         if self._metrics is not None:
             self._metrics.release_seconds.observe(time.perf_counter() - started)
+
+    def _key_status(self, key_name: str, *, fresh: bool) -> list[dict[str, str]]:
+        """For the ledger of a denial only: what the catalogue says about ``key_name`` (nothing when
+        the key is usable)."""
+        try:
+            require_usable(
+                self._key_cache.get(key_name, lambda: self._catalogue.describe(key_name), fresh=fresh)
+            )
+        except CatalogueError as err:
+            return [_reason(err.code, err.message)]
+        return []
 
     def _wrapped_key(self, f: ReleaseBody, now: datetime, *, fresh: bool) -> WrappedRecord:
         try:

@@ -2,7 +2,8 @@
 
 Pure decisions (``propose``, ``approve``, ``reject``, ``expire``) take the change, the actor and ``now``
 and return the new state or raise AuthError; ``TwoPersonRule`` runs them against a ``PendingStore``.
-Which actions are held is configurable; by default ``PutPolicy`` and ``DestroyKey``.
+Which actions are held is configurable; by default ``PutPolicy``, ``DestroyKey`` and ``ApproveNode``
+(who gets which keys: a node's groups, and any suspend-then-approve sequence).
 
 The approver must hold a role of the held method itself (not just ApprovePendingChange's), and must not
 be the proposer: neither the same subject nor the same user name. The stored request bytes are bound
@@ -27,7 +28,7 @@ from kms.auth.errors import AuthError, Code
 from kms.auth.roles import ADMIN_SERVICE, RoleMap, method_path, normalize_method
 from kms.auth.tokens import Actor
 
-DEFAULT_ACTIONS = frozenset({"PutPolicy", "DestroyKey"})
+DEFAULT_ACTIONS = frozenset({"PutPolicy", "DestroyKey", "ApproveNode"})
 DEFAULT_TTL = timedelta(hours=24)
 _DIGEST_LABEL = b"sovereign/v1 pending change\x00"
 

@@ -26,6 +26,7 @@ from kms.envelope.errors import Code, InvalidInput, SealedKeyError
 HpkePrivate = x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
 HpkePublic = x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey
 
+_PROBE_INFO = b"sovereign/v1 recipient key check"
 _MLKEM768_PUBLIC_LEN = 1184
 _X25519_LEN = 32
 _XWING_SEED_LEN = 32
@@ -153,3 +154,22 @@ def load_public_key(suite: Suite, public: bytes) -> HpkePublic:
             f"{suite.name} public key does not decode: {exc}", code=Code.KEM_KEY_INVALID
         ) from None
     return hpke.MLKEM768X25519PublicKey(mpub, xpub)
+
+
+def check_recipient_key(suite: Suite, public: bytes) -> HpkePublic:
+    """``load_public_key`` plus proof that sealing to the key works: one trial HPKE encapsulation.
+
+    Sealing fails for a low-order X25519 point (alone or as X-Wing's X25519 half: the shared secret is
+    all zeros for every ephemeral key) and for an ML-KEM key whose encoding is refused. Both depend on
+    the recipient key only, never on the fresh ephemeral of each seal, so a key that passes here seals.
+    Raises ``KEM_KEY_INVALID``.
+    """
+    key = load_public_key(suite, public)
+    try:
+        suite.hpke_suite.encrypt(b"\x00", key, info=_PROBE_INFO)
+    except ValueError:
+        raise InvalidInput(
+            f"{suite.name} public key cannot be sealed to (a low-order X25519 point?)",
+            code=Code.KEM_KEY_INVALID,
+        ) from None
+    return key

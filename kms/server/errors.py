@@ -44,7 +44,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     KmsCode.KEY_EXISTS: SC.ALREADY_EXISTS,
     KmsCode.RATE_LIMITED: SC.RESOURCE_EXHAUSTED,
     KmsCode.RELEASE_CLIENT_CERT_MISSING: SC.UNAUTHENTICATED,
-    KmsCode.NODE_TLS_KEY_INVALID: SC.INVALID_ARGUMENT,
+    **dict.fromkeys((KmsCode.NODE_TLS_KEY_INVALID, KmsCode.NODE_KEM_KEY_INVALID), SC.INVALID_ARGUMENT),
     **dict.fromkeys((KmsCode.POLICY_VERSION_CONFLICT, KmsCode.STORAGE_CONFLICT), SC.ABORTED),
     **dict.fromkeys(
         (
@@ -54,6 +54,8 @@ _STATUS: dict[str, grpc.StatusCode] = {
             KmsCode.KEY_DISABLED,
             KmsCode.KEY_DESTROYED,
             KmsCode.NODE_TRANSITION_INVALID,
+            KmsCode.NODE_GROUPS_NOT_ELIGIBLE,
+            KmsCode.NODE_EVIDENCE_FAILS_POLICY,
             KmsCode.KMS_NOT_BOOTSTRAPPED,
             KmsCode.KMS_PERMISSION_DENIED,
             KmsCode.KMS_DECRYPT_FAILED,

@@ -167,6 +167,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._check: dict[str, Callable[[Any], str]] = {
             "PutPolicy": self._check_policy,
             "DestroyKey": self._check_destroy,
+            "ApproveNode": self._check_approve,
         }
 
     # -- the two-person rule
@@ -199,6 +200,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             raise KmsError("confirm_name must repeat the key name exactly", code=Code.REQUEST_INVALID)
         self._uc.describe_key(request.name)
         return f"destroy key {request.name}"
+
+    def _check_approve(self, request: admin_pb2.ApproveNodeRequest) -> str:
+        groups = self._uc.check_approval(request.node_id, list(request.groups), request.comment)
+        return f"approve node {request.node_id} into [{', '.join(groups)}]"
 
     def _refuse(self, method: str, err: AuthError) -> AuthError:
         self._audit.refused(current_actor(), method_path(ADMIN_SERVICE, method), err)

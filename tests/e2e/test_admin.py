@@ -53,15 +53,21 @@ def test_list_and_get_nodes(admin: admin_pb2_grpc.AdminStub, nodes: dict[str, No
     )
 
 
-def test_suspend_then_approve(admin: admin_pb2_grpc.AdminStub, nodes: dict[str, NodeClient]) -> None:
+def test_suspend_then_approve(
+    admin: admin_pb2_grpc.AdminStub, second: admin_pb2_grpc.AdminStub, nodes: dict[str, NodeClient]
+) -> None:
     node = nodes["tdx"]
     admin.SuspendNode(admin_pb2.SuspendNodeRequest(node_id=node.node_id, reason="maintenance"))
     assert (
         rpc_error(node.release_stub.ReleaseKey, node.release_request("dataset/train"))[1]
         == "RELEASE_NODE_NOT_ATTESTED"
     )
-    assert [r.code for r in node.renew().reasons] == ["NODE_NOT_RENEWABLE"]
-    approved = admin.ApproveNode(admin_pb2.ApproveNodeRequest(node_id=node.node_id, groups=["trainers"]))
+    assert [r.code for r in node.renew().reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
+    held = admin.ApproveNode(admin_pb2.ApproveNodeRequest(node_id=node.node_id, groups=["trainers"]))
+    assert held.pending_change.method == "ApproveNode"  # who gets which keys: a second person decides
+    approved = second.ApprovePendingChange(
+        admin_pb2.ApprovePendingChangeRequest(change_id=held.pending_change.change_id)
+    )
     assert approved.node.state == common_pb2.NODE_STATE_ATTESTED
     assert len(node.release("dataset/train")[0]) == 32
     status, reason, _ = rpc_error(

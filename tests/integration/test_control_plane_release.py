@@ -25,7 +25,7 @@ from kms.catalogue import Catalogue, KeyKind
 from kms.clock import ManualClock
 from kms.config import ServerConfig
 from kms.envelope import open_sealed_key
-from kms.errors import Code, OpenBaoError
+from kms.errors import Code, KmsError, OpenBaoError
 from kms.release import SIGNING_DOMAIN, ReleaseDenied, SignedRelease
 from kms.server.app import ControlPlane, build
 from kms.server.codec import release_in
@@ -197,6 +197,9 @@ def test_renewal_keeps_the_groups_an_operator_approved(
     policy rejects it; a renewal must not replace them with the groups of the rule it matched."""
 
     def approval(text: str) -> str:
+        # the node's image is in both groups; the operator approves it into one of them
+        evaluators = '[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["' + "11" * 48 + '"]\n\n'
+        text = text.replace("[appraisal.tdx]", evaluators + "[appraisal.tdx]")
         return text.replace("require_operator_approval = false", "require_operator_approval = true")
 
     plane = make_plane(tmp_path, pki, kms_dev.approle(), ManualClock(START), approval)
@@ -205,7 +208,8 @@ def test_renewal_keeps_the_groups_an_operator_approved(
         keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
         nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
         registered = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ()))
-        assert registered.outcome is Outcome.PENDING_APPROVAL and registered.groups == ("trainers",)
+        assert registered.outcome is Outcome.PENDING_APPROVAL
+        assert registered.groups == ("trainers", "evaluators")
         plane.admin.approve_node(registered.node_id, ["evaluators"], "read-only evaluation node")
         renewed = renew(plane, pki, identity, registered.node_id, "snp")
         assert renewed.outcome is Outcome.ATTESTED and renewed.groups == ("evaluators",)
@@ -240,6 +244,138 @@ def test_a_policy_change_restores_only_the_groups_a_node_asked_for(
         plane.admin.put_policy(policies[0], 2, dry_run=False)
         restored = plane.admin.get_node(node.node_id)
         assert restored.state.value == "attested" and restored.groups == ("evaluators",)
+    finally:
+        plane.close()
+
+
+def test_renewal_keeps_operator_groups_only_while_the_new_claims_match_them(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    """An approved node that renews with another image keeps none of the approved groups that image
+    does not match: it waits for an operator again instead of keeping keys its evidence no longer earns."""
+    other = b"\x55" * 48
+
+    def approval(text: str) -> str:
+        evaluators = f'[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["{other.hex()}"]\n\n'
+        text = text.replace("[appraisal.tdx]", evaluators + "[appraisal.tdx]")
+        return text.replace("require_operator_approval = false", "require_operator_approval = true")
+
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), ManualClock(START), approval)
+    try:
+        identity = NodeIdentity.generate()
+        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+        nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
+        registered = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ()))
+        assert registered.groups == ("trainers",)
+        plane.admin.approve_node(registered.node_id, ["trainers"], "checked")
+        challenge, _ = plane.attestation.challenge("node-snp")
+        report = simulated_snp(pki, measurement=other).get_evidence(identity.report_data(challenge.nonce))
+        renewed = plane.attestation.renew(
+            RenewInput(
+                registered.node_id,
+                challenge.nonce,
+                EvidenceInput("snp", report.blob, report.endorsements),
+                keys,
+            )
+        )
+        assert renewed.outcome is Outcome.PENDING_APPROVAL and renewed.lease is None
+        node = plane.admin.get_node(registered.node_id)
+        assert node.state.value == "pending" and node.groups == ()
+    finally:
+        plane.close()
+
+
+def test_an_approval_checked_under_a_policy_that_changed_meanwhile_is_not_committed(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def approval(text: str) -> str:
+        return text.replace("require_operator_approval = false", "require_operator_approval = true")
+
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), ManualClock(START), approval)
+    try:
+        identity = NodeIdentity.generate()
+        keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+        nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
+        node = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", ()))
+        checked_under = plane.policies.active()
+        # the image leaves the trainers group while the approval is being checked under version 1
+        plane.admin.put_policy(checked_under.row.toml.replace("1" * 96, "3" * 96), 1, dry_run=False)
+        monkeypatch.setattr(plane.policies, "active", lambda **_: checked_under)
+        with pytest.raises(KmsError) as info:
+            plane.admin.approve_node(node.node_id, ["trainers"], "checked")
+        assert info.value.code is Code.POLICY_VERSION_CONFLICT
+        monkeypatch.undo()
+        assert plane.admin.get_node(node.node_id).state.value != "attested"
+        with pytest.raises(KmsError) as info:
+            plane.admin.approve_node(node.node_id, ["trainers"], "checked")
+        assert info.value.code is Code.NODE_EVIDENCE_FAILS_POLICY
+    finally:
+        plane.close()
+
+
+def test_a_policy_change_narrows_the_groups_of_nodes_that_stay_attested(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    """A node keeps only the groups its stored claims match under the new policy, though it still
+    passes through another group; with none of its groups left it is suspended."""
+    policies: list[str] = []
+
+    def two_groups(text: str) -> str:
+        evaluators = '[[appraisal.snp.groups]]\nname = "evaluators"\nmeasurements = ["' + "11" * 48 + '"]\n\n'
+        policies.append(text.replace("[appraisal.tdx]", evaluators + "[appraisal.tdx]"))
+        return policies[0]
+
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock, two_groups)
+    try:
+        plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        nodes = {}
+        for asked in ((), ("trainers",)):
+            identity = NodeIdentity.generate()
+            keys = NodeKeys(identity.kem_suite, identity.kem_public, identity.signing_public)
+            nonce, evidence = fresh_evidence(plane, pki, identity, "snp")
+            node = plane.attestation.register(RegisterInput(nonce, evidence, keys, "node-snp", asked))
+            nodes[asked] = (identity, node.node_id)
+        assert plane.admin.get_node(nodes[()][1]).groups == ("trainers", "evaluators")
+        # the image leaves "trainers" (another measurement there); "evaluators" still admits it
+        trainers_elsewhere = policies[0].replace("1" * 96, "7" * 96, 1)
+        change = plane.admin.put_policy(trainers_elsewhere, 1, dry_run=False)
+        both, only_trainers = (plane.admin.get_node(node_id) for _, node_id in nodes.values())
+        assert both.state.value == "attested" and both.groups == ("evaluators",)
+        assert only_trainers.state.value == "suspended"
+        assert [s.node_id for s in change.suspended] == [only_trainers.node_id]
+        assert "POLICY_MEASUREMENT_NOT_ALLOWED" in [r["code"] for r in only_trainers.reasons]
+        identity, node_id = nodes[()]
+        with pytest.raises(ReleaseDenied) as info:
+            plane.release.release(signed(identity, node_id, "dataset/train", clock))
+        assert info.value.code == "RELEASE_NO_RULE"
+    finally:
+        plane.close()
+
+
+def test_a_suspension_while_a_renewal_verifies_stands(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator suspends the node while its renewal's evidence is being verified: the renewal
+    records the new claims but neither lifts the suspension nor reports the node attested."""
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock)
+    try:
+        identity, node_id = register(plane, pki, "snp")
+        verify = plane.attestation._verify
+
+        def verify_then_suspend(*args: Any) -> Any:
+            claims = verify(*args)
+            plane.admin.suspend_node(node_id, "pulled for inspection")
+            return claims
+
+        monkeypatch.setattr(plane.attestation, "_verify", verify_then_suspend)
+        renewed = renew(plane, pki, identity, node_id, "snp")
+        assert renewed.outcome is Outcome.REJECTED and renewed.lease is None
+        assert [r["code"] for r in renewed.reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
+        node = plane.admin.get_node(node_id)
+        assert node.state.value == "suspended" and node.lease_id is None
+        assert [r["code"] for r in node.reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
     finally:
         plane.close()
 

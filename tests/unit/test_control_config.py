@@ -31,7 +31,8 @@ def test_operator_sign_in_is_required_unless_replica() -> None:
 def test_two_person_actions_are_a_comma_list() -> None:
     from kms.config import two_person_actions
 
-    assert two_person_actions(load_config(None, {}, BASE)) == {"PutPolicy", "DestroyKey"}
+    # who gets which keys (ApproveNode) is held by default, like policy changes and key destruction
+    assert two_person_actions(load_config(None, {}, BASE)) == {"PutPolicy", "DestroyKey", "ApproveNode"}
     assert two_person_actions(load_config(None, {}, {**BASE, "two_person_actions": " RotateKek, "})) == {
         "RotateKek"
     }

@@ -19,6 +19,7 @@ from kms.envelope import (
     EnvelopeError,
     InvalidInput,
     SealedKeyError,
+    check_recipient_key,
     generate_keypair,
     load_private_key,
     load_public_key,
@@ -135,6 +136,49 @@ def test_bad_public_keys_and_inputs() -> None:
     assert code_of(info) is Code.KEM_KEY_INVALID
     with pytest.raises(InvalidInput):
         seal_key(KEYS["x25519"][1], X25519_SUITE, b"", AAD)
+
+
+LOW_ORDER_X25519 = [
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_X25519, ids=lambda p: p.hex()[:8])
+def test_recipient_keys_that_cannot_be_sealed_to_are_refused(point: bytes) -> None:
+    """load_public_key takes them; sealing fails; check_recipient_key refuses them up front."""
+    mlkem_half = KEYS["mlkem768-x25519"][1][:1184]
+    for suite, public in ((X25519_SUITE, point), (MLKEM768_X25519_SUITE, mlkem_half + point)):
+        load_public_key(suite, public)
+        with pytest.raises(ValueError):
+            seal_key(public, suite, DATA_KEY, AAD)
+        with pytest.raises(InvalidInput) as info:
+            check_recipient_key(suite, public)
+        assert code_of(info) is Code.KEM_KEY_INVALID
+
+
+def test_malformed_mlkem_keys_are_refused() -> None:
+    public = KEYS["mlkem768-x25519"][1]
+    with pytest.raises(InvalidInput) as info:
+        check_recipient_key(MLKEM768_X25519_SUITE, b"\xff" * 1152 + public[1152:])
+    assert code_of(info) is Code.KEM_KEY_INVALID
+
+
+@settings(max_examples=200, deadline=None)
+@given(public=st.one_of(st.binary(min_size=32, max_size=32), st.sampled_from(LOW_ORDER_X25519)))
+def test_a_recipient_key_is_refused_exactly_when_sealing_to_it_fails(public: bytes) -> None:
+    try:
+        check_recipient_key(X25519_SUITE, public)
+    except InvalidInput:
+        with pytest.raises(ValueError):
+            seal_key(public, X25519_SUITE, DATA_KEY, AAD)
+        return
+    assert len(seal_key(public, X25519_SUITE, DATA_KEY, AAD)) > 0
 
 
 def test_private_key_repr_and_pickle_keep_the_secret() -> None:
