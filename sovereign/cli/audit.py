@@ -133,7 +133,12 @@ def _keys(args: argparse.Namespace) -> tuple[AuditKeys, Checkpoint | None]:
 
 def _server_head(args: argparse.Namespace) -> Checkpoint:
     """The server's latest checkpoint; its signature is checked by the verifier like any other."""
-    client = _Client(args)
+    try:
+        client = _Client(args)
+    except OSError as err:
+        raise KmsError(
+            f"cannot read the server CA {args.ca}: {err.strerror}", code=Code.REQUEST_INVALID
+        ) from None
     return checkpoint_in(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest()))
 
 

@@ -185,3 +185,22 @@ def test_remote_actions_say_an_expired_sign_in_before_calling(
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["code"] == "AUTH_TOKEN_EXPIRED" and "sovereign login" in error["hint"]
     assert "t0ken" not in json.dumps(error)
+
+
+def test_server_head_failures_are_coded_and_never_ok(
+    files: tuple[Path, Path, list[bytes]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kms.auth.cache import CachedToken, save_token
+
+    export, key, _ = files
+    base = ["audit", "verify", str(export), "--public-key", str(key), "--server-head", "--json"]
+    cache = tmp_path / "token.json"
+    then = datetime.now(UTC) - timedelta(hours=2)
+    save_token(CachedToken("https://idp.invalid", "sovereign", "sovereign", "t0ken", then, then), cache)
+    conn = ["--server", "127.0.0.1:9", "--token-cache", str(cache)]
+    assert main([*base, *conn, "--ca", str(tmp_path / "no-ca.pem")]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "REQUEST_INVALID"
+    assert main([*base, *conn, "--insecure"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["error"]["code"] == "AUTH_TOKEN_EXPIRED"
+    assert main([*base, *conn, "--checkpoint", str(key)]) == 2
