@@ -93,6 +93,17 @@ class CollateralStore:
         """Everything in the store as verifier-ready collateral."""
         return Collateral.from_items(self.items())
 
+    def generation(self) -> tuple[int, int, int, int] | None:
+        """What changes whenever an import commits (the index is replaced by a new file each time):
+        a reader compares it to reload only after a change. None while the store has no index."""
+        try:
+            st = os.stat(self._index)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _store_error(f"cannot read {self._index}: {exc.strerror}") from None
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
     def status(self, now: datetime) -> tuple[list[dict[str, str]], datetime | None]:
         """What expires when (soonest first), and the earliest nextUpdate of any CRL / TCB info / QE id."""
         items = self.items()
@@ -189,8 +200,10 @@ def check_items(
     everything: Sequence[CollateralItem], new: Sequence[CollateralItem], *, trust: TrustStore, now: datetime
 ) -> list[str]:
     """What can be checked before storing: every new certificate's chain within the known set ends at a
-    pinned root (or its issuer is not known yet: a warning), and the whole set builds into collateral
-    (which verifies Intel JSON signatures). Raises on anything that is wrong; returns warnings."""
+    pinned root (or its issuer is not known yet: a warning), every new CRL is signed by a known issuer
+    (an unknown issuer is refused: an unchecked CRL could later block genuine ones as a rollback), and
+    the whole set builds into collateral (which verifies Intel JSON signatures). Raises on anything that
+    is wrong; returns warnings."""
     warns: list[str] = []
     certs = [load_certificate(i.data) for i in everything if i.kind is ItemKind.CERTIFICATE]
     by_subject: dict[str, list[x509.Certificate]] = {}
@@ -198,7 +211,7 @@ def check_items(
         by_subject.setdefault(c.subject.rfc4514_string(), []).append(c)
     for item in new:
         if item.kind is ItemKind.CRL:
-            _check_crl(item, by_subject, warns)
+            _check_crl(item, by_subject)
         if item.kind is not ItemKind.CERTIFICATE:
             continue
         cert = load_certificate(item.data)
@@ -218,13 +231,18 @@ def check_items(
     return warns
 
 
-def _check_crl(item: CollateralItem, by_subject: dict[str, list[x509.Certificate]], warns: list[str]) -> None:
+def _check_crl(item: CollateralItem, by_subject: dict[str, list[x509.Certificate]]) -> None:
     """A CRL must be signed by a known certificate named as its issuer (AMD ARK/ASK, Intel CAs)."""
     crl = x509.load_der_x509_crl(item.data)
     issuers = by_subject.get(crl.issuer.rfc4514_string(), [])
     if not issuers:
-        warns.append(f"{item.describe()}: issuer not in the store yet, signature not checked")
-        return
+        raise CollateralError(
+            f"{item.describe()}: its issuer '{crl.issuer.rfc4514_string()}' is not in the store or this "
+            "import, so its signature cannot be checked",
+            code=Code.COLLATERAL_REJECTED,
+            hint="import the issuer's certificate (AMD ARK/ASK/ASVK, Intel root or PCK CA) first or in the "
+            "same import as the CRL",
+        )
     for issuer in issuers:
         try:
             if crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]

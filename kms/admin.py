@@ -18,7 +18,6 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from attestation.collateral import classify
 from attestation.store import ImportReport
 from kms.attest import check_groups, granted_groups
 from kms.audit.entry import Kind, Reason
@@ -333,12 +332,8 @@ class Admin:
     # -- collateral
 
     def import_collateral(self, bundle: bytes, *, actor: Actor | None = None) -> ImportReport:
-        store = self._verifier.store()
-        if store is None:
-            raise KmsError("no collateral store is configured", code=Code.SERVER_CONFIG_INVALID)
-        items = [(item, "ImportCollateral") for item in classify(bundle, "ImportCollateral")]
-        report = store.import_items(items, trust=self._verifier.trust, now=self._clock())
-        self._verifier.reload()
+        """A signed bundle when collateral signers are configured, else loose items (kms.verifier)."""
+        report = self._verifier.import_collateral(bundle, self._clock())
         fields = {
             "count": len(report.added),
             "collateral_kind": [str(r["kind"]) for r in report.added],

@@ -81,6 +81,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("insecure_dev", bool, False, "serve the node port WITHOUT TLS (development only)"),
     Option("db", str, "var/sovereign.db", "SQLite database file (or an SQLAlchemy URL)"),
     Option("collateral", str, "var/collateral", "offline collateral store directory"),
+    Option(
+        "collateral_signers",
+        str,
+        "",
+        "comma-separated PEM public keys of the collateral bundle signers (NAME.pub.pem); when set, "
+        "Admin.ImportCollateral accepts only bundles signed by one of them, never unsigned items",
+    ),
     Option("policy", str, "", "policy TOML; seeds an empty database (later changes: Admin.PutPolicy)"),
     Option("trust", str, "production", "trust profile: 'production' or a simulation trust JSON file"),
     Option("bao_addr", str, "", "OpenBao address, e.g. https://127.0.0.1:8200"),
@@ -153,6 +160,7 @@ class ServerConfig:
     insecure_dev: bool = False
     db: str = "var/sovereign.db"
     collateral: str = "var/collateral"
+    collateral_signers: str = ""
     policy: str = ""
     trust: str = "production"
     bao_addr: str = ""

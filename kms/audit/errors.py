@@ -34,6 +34,14 @@ _HINTS: dict[Code, str] = {
     Code.AUDIT_CHECKPOINT_ROLLBACK: "an older checkpoint was put in place of a newer one: the export was edited",
     Code.AUDIT_CONSISTENCY_INVALID: "the consistency proof does not link the two checkpoints; export again",
     Code.AUDIT_TRUNCATED: "the export ends before its final checkpoint's size: the file was cut; export again",
+    Code.AUDIT_EXPORT_STALE: (
+        "the export ends before the trusted checkpoint or minimum size: it is older than the ledger or was "
+        "cut back to an older signed checkpoint; export again from the server and verify that"
+    ),
+    Code.AUDIT_FRESHNESS_UNCHECKED: (
+        "nothing shows this export is the latest ledger: pass --checkpoint FILE (a checkpoint from the "
+        "server or a witness), --min-size N or --server-head; or --accept-unchecked-head to accept its own head"
+    ),
     Code.AUDIT_UNSIGNED_TAIL: "entries after the last checkpoint are not covered by a signature; export again",
     Code.AUDIT_LEDGER_CORRUPT: (
         "the stored ledger does not match its own tree or signed checkpoints: restore the database from a "

@@ -7,10 +7,17 @@ the audit key, never goes back in size or time, covers exactly the entries befor
 those entries, and, when the line carries one, a valid consistency proof from the previous checkpoint;
 the export holds exactly the entries of its header's checkpoint and ends with a checkpoint. Consistency
 between consecutive checkpoints also follows from recomputing every root from one incremental tree.
+
+Freshness is separate: an export cut back to an older signed checkpoint, header included, is itself a valid
+older export. Only something obtained apart from the file says how far the ledger has got: a trusted
+checkpoint (its signature checked with the same audit key; the export must reach its size with the same
+root) or a pinned minimum size. The report says whether either was given (``fresh``) and what it was;
+``unchecked_head_error`` is the refusal a caller raises when neither was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -37,24 +44,44 @@ class VerifyReport:
     root: str
     time: str
     key_id: str
+    fresh: bool = False
+    checked_against: tuple[tuple[str, object], ...] = ()  # what freshness was checked with, if anything
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "entries": self.entries,
             "checkpoints": self.checkpoints,
             "size": self.size,
             "root": self.root,
             "time": self.time,
             "key_id": self.key_id,
+            "fresh": self.fresh,
         }
+        if self.checked_against:
+            out["checked_against"] = dict(self.checked_against)
+        return out
 
 
 def verify_export(
-    lines: Iterable[bytes], keys: AuditKeys, *, trusted: Checkpoint | None = None
+    lines: Iterable[bytes],
+    keys: AuditKeys,
+    *,
+    trusted: Checkpoint | None = None,
+    min_size: int | None = None,
+    trusted_source: str = "checkpoint",
 ) -> VerifyReport:
-    """Verify an export line by line. ``trusted``: a checkpoint obtained separately (e.g. from the
-    server or a witness); the export must reach its size with the same root, which catches an export
-    cut back to an older checkpoint together with its header."""
+    """Verify an export line by line.
+
+    ``trusted``: a checkpoint obtained separately (the server's latest, a witness, a previous run), signed
+    by the audit key; the export must reach its size with the same root. ``min_size``: a tree size pinned
+    by the operator; the export must hold at least that many entries. Either catches an export cut back
+    to an older checkpoint together with its header (``AUDIT_EXPORT_STALE``) and makes the report
+    ``fresh``; ``trusted_source`` names where the trusted checkpoint came from, for the report."""
+    if min_size is not None and (type(min_size) is not int or min_size < 0):
+        raise ExportInvalid(
+            f"the minimum tree size must be a non-negative integer, not {min_size!r}",
+            code=Code.AUDIT_FRESHNESS_UNCHECKED,
+        )
     it = iter(lines)
     first = next(it, None)
     if first is None:
@@ -63,7 +90,31 @@ def verify_export(
     _check_signature(keys, final, line=1, index=None)
     if trusted is not None:
         _check_signature(keys, trusted, line=None, index=None)
-    return _Verifier(it, keys, final, trusted).run()
+    report = _Verifier(it, keys, final, trusted).run()
+    if min_size is not None and report.size < min_size:
+        raise ExportInvalid(
+            f"the export ends at {report.size} entries but at least {min_size} were required (--min-size): "
+            "the export is older than the ledger or was cut back",
+            code=Code.AUDIT_EXPORT_STALE,
+            index=report.size,
+        )
+    against: list[tuple[str, object]] = []
+    if trusted is not None:
+        seen = {"size": trusted.size, "root": trusted.root.hex(), "time": trusted.time}
+        against.append((trusted_source, seen))
+    if min_size is not None:
+        against.append(("min_size", min_size))
+    return dataclasses.replace(report, fresh=bool(against), checked_against=tuple(against))
+
+
+def unchecked_head_error(report: VerifyReport) -> ExportInvalid:
+    """The refusal for a report whose head nothing outside the export vouches for."""
+    return ExportInvalid(
+        f"the export verifies up to its own final checkpoint (size {report.size}, signed {report.time}), "
+        "but nothing outside it says that is the latest: an export cut back to an older signed checkpoint "
+        "looks exactly like this",
+        code=Code.AUDIT_FRESHNESS_UNCHECKED,
+    )
 
 
 def _check_signature(keys: AuditKeys, cp: Checkpoint, *, line: int | None, index: int | None) -> None:
@@ -245,7 +296,7 @@ class _Verifier:
             raise ExportInvalid(
                 f"the export ends at {size} entries but the trusted checkpoint covers {self.trusted.size}: "
                 "the export is older than the ledger or was cut back",
-                code=Code.AUDIT_TRUNCATED,
+                code=Code.AUDIT_EXPORT_STALE,
                 line=self.lineno,
                 index=size,
             )

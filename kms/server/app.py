@@ -59,7 +59,7 @@ from kms.storage.keys import SqlKeyStore
 from kms.storage.pending_changes import SqlPendingStore
 from kms.storage.store import Store
 from kms.vault import BaoSettings, OpenBaoTransit, Transit
-from kms.verifier import EvidenceVerifier
+from kms.verifier import EvidenceVerifier, load_signers
 from proto.sovereign.v1 import (
     admin_pb2_grpc,
     attestation_pb2,
@@ -138,7 +138,9 @@ def build(
                 ) from None
             policies.seed(text, str(path))
         policies.active()  # fail at start, not on the first request, when no policy is stored
-        verifier = EvidenceVerifier(trust, Path(config.collateral))
+        verifier = EvidenceVerifier(
+            trust, Path(config.collateral), signers=load_signers(config.collateral_signers)
+        )
         metrics.registry.register(
             ControlPlaneCollector(Sources(store, Path(config.collateral), clock, openbao_up))
         )

@@ -35,6 +35,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
             PolicyCode.POLICY_INVALID,
             AttestationCode.COLLATERAL_MALFORMED,
             AttestationCode.COLLATERAL_REJECTED,
+            AttestationCode.COLLATERAL_BUNDLE_INVALID,
         ),
         SC.INVALID_ARGUMENT,
     ),

@@ -213,6 +213,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     collateral = groups.add_parser("collateral", help="attestation collateral").add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
-    _add(collateral, "import", "import a collateral bundle into the server's store",
+    _add(collateral, "import", "import collateral into the server's store: a signed bundle when the server "
+         "has collateral_signers, else loose AMD/Intel items",
          lambda s, a: s.ImportCollateral(admin_pb2.ImportCollateralRequest(bundle=Path(a.file).read_bytes())),
          (_a("file"),))  # fmt: skip

@@ -28,7 +28,7 @@ from kms.audit.errors import AuditError, ExportInvalid, KeyInvalid, ProofInvalid
 from kms.audit.export import parse_json_line, read_lines, write_items
 from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
-from kms.audit.verify import verify_export
+from kms.audit.verify import unchecked_head_error, verify_export
 from kms.auth.cache import load_cached_token
 from kms.auth.errors import AuthError
 from kms.errors import Code, KmsError
@@ -49,8 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "verify",
         help="verify an audit export offline",
         description="Check every entry, the Merkle tree (RFC 9162), every checkpoint signature and that "
-        "checkpoints never go back. Exit 0 with a summary, or 1 with the first problem (code, line, "
-        "index). Needs no server and no network.",
+        "checkpoints never go back; then freshness: the export must reach a checkpoint obtained apart "
+        "from it (--checkpoint FILE, or --server-head: the server's latest) with the same root, or hold "
+        "at least --min-size entries. Without any of them an export cut back to an older signed "
+        "checkpoint cannot be told from a current one, so verify exits 1 (AUDIT_FRESHNESS_UNCHECKED) "
+        "unless --accept-unchecked-head is given. Exit 0 with a summary, or 1 with the first problem "
+        "(code, line, index). Needs no server and no network unless --server-head is given.",
     )
     verify.add_argument("export", type=Path, metavar="EXPORT", help="export file (JSON Lines)")
     verify.add_argument(
@@ -64,10 +68,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--checkpoint",
         type=Path,
         metavar="FILE",
-        help="a checkpoint obtained separately (JSON object); the export must reach it with the same root",
+        help="a checkpoint obtained separately (JSON object, e.g. from 'sovereign audit checkpoint' or a "
+        "witness); its signature is checked with --public-key and the export must reach it with the same root",
     )
+    verify.add_argument(
+        "--min-size",
+        type=_non_negative,
+        metavar="N",
+        help="a tree size pinned by the operator: the export must hold at least N entries",
+    )
+    verify.add_argument(
+        "--server-head",
+        action="store_true",
+        help="fetch the latest checkpoint from --server (Audit RPC) and use it as --checkpoint",
+    )
+    verify.add_argument(
+        "--accept-unchecked-head",
+        action="store_true",
+        help="accept an export whose freshness nothing checks (exit 0, but reported as fresh: false)",
+    )
+    _connection_options(verify)
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_verify)
+
+    head = cmds.add_parser(
+        "checkpoint",
+        help="save the server's latest signed checkpoint (for 'audit verify --checkpoint')",
+    )
+    head.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file to write (JSON)")
+    _connection(head)
+    head.set_defaults(func=_save_checkpoint)
     _register_remote(cmds)
 
 
@@ -82,36 +112,92 @@ def _read(path: Path, what: str, limit: int) -> bytes:
     return data
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def _keys(args: argparse.Namespace) -> tuple[AuditKeys, Checkpoint | None]:
     keys = load_audit_keys(_read(args.public_key, "public key file", MAX_KEY_FILE))
     trusted = None
     if args.checkpoint is not None:
-        obj = parse_json_line(_read(args.checkpoint, "checkpoint file", MAX_KEY_FILE), 1)
+        obj = parse_json_line(_read(args.checkpoint, "checkpoint file", MAX_KEY_FILE), 1, canonical=False)
         trusted = Checkpoint.from_obj(obj.get("checkpoint", obj))
     return keys, trusted
 
 
+def _server_head(args: argparse.Namespace) -> Checkpoint:
+    """The server's latest checkpoint; its signature is checked by the verifier like any other."""
+    try:
+        client = _Client(args)
+    except OSError as err:
+        raise KmsError(
+            f"cannot read the server CA {args.ca}: {err.strerror}", code=Code.REQUEST_INVALID
+        ) from None
+    return checkpoint_in(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest()))
+
+
 def _verify(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None and args.server_head:
+        print("error: give --checkpoint FILE or --server-head, not both", file=sys.stderr)
+        return 2
     try:
         keys, trusted = _keys(args)
+        source = "checkpoint"
+        if args.server_head:
+            trusted, source = _server_head(args), f"server_head {args.server}"
         with args.export.open("rb") as f:
-            report = verify_export(read_lines(f), keys, trusted=trusted)
+            report = verify_export(
+                read_lines(f), keys, trusted=trusted, min_size=args.min_size, trusted_source=source
+            )
     except OSError as err:
         error = ExportInvalid(f"cannot read {args.export}: {err.strerror}", code=Code.AUDIT_MALFORMED_EXPORT)
         return fail(error, as_json=args.json)
-    except AuditError as err:
+    except grpc.RpcError as err:
+        return fail(RemoteError(err), as_json=args.json)
+    except (KmsError, AuthError) as err:  # AuditError included
         if args.json:
             print_json({"ok": False, "error": err.to_dict()})
             return 1
         return fail(err, as_json=False)
+    if not report.fresh and not args.accept_unchecked_head:
+        unchecked = unchecked_head_error(report)
+        if args.json:
+            print_json({**report.to_dict(), "ok": False, "error": unchecked.to_dict()})
+            return 1
+        return fail(unchecked, as_json=False)
     if args.json:
         print_json({"ok": True, **report.to_dict()})
+        return 0
+    summary = (
+        f"{report.entries} entries, {report.checkpoints} checkpoints, final size {report.size}, "
+        f"root {report.root} (signed {report.time} by {report.key_id})"
+    )
+    if report.fresh:
+        print(f"OK {summary}; fresh: {_describe(report.checked_against)}")
     else:
+        print(f"VERIFIED, FRESHNESS NOT CHECKED (--accept-unchecked-head): {summary}")
         print(
-            f"OK {report.entries} entries, {report.checkpoints} checkpoints, final size {report.size}, "
-            f"root {report.root} (signed {report.time} by {report.key_id})"
+            "warning: nothing outside the export shows it is the latest ledger; pass --checkpoint FILE, "
+            "--server-head or --min-size N to check",
+            file=sys.stderr,
         )
     return 0
+
+
+def _describe(against: tuple[tuple[str, object], ...]) -> str:
+    parts = []
+    for name, value in against:
+        if isinstance(value, dict):
+            parts.append(f"reaches the {name} of size {value['size']} (signed {value['time']})")
+        else:
+            parts.append(f"holds at least {value} entries ({name})")
+    return "; ".join(parts)
 
 
 # --- server-backed actions ------------------------------------------------------------------------
@@ -124,6 +210,11 @@ _DECISIONS: dict[str, Any] = {"grant": audit_pb2.DECISION_GRANT, "deny": audit_p
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
+    _connection_options(parser)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default=os.environ.get("SOVEREIGN_ADMIN_ADDR", DEFAULT_SERVER),
@@ -134,7 +225,6 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--insecure", action="store_true", help="plaintext (servers run with --insecure-dev)")
     parser.add_argument("--token-cache", type=Path, help="token cache of 'sovereign login'")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -341,6 +431,19 @@ def _export(args: argparse.Namespace, client: _Client) -> int:
     else:
         print(
             f"exported {final.size} entries to {args.output} (root {final.root.hex()}, signed {final.time})"
+        )
+    return 0
+
+
+@_remote
+def _save_checkpoint(args: argparse.Namespace, client: _Client) -> int:
+    cp = checkpoint_in(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest()))
+    args.output.write_text(json.dumps({"checkpoint": cp.to_obj()}, sort_keys=True) + "\n")
+    if args.json:
+        print_json({"ok": True, "file": str(args.output), **cp.to_obj()})
+    else:
+        print(
+            f"saved the checkpoint of size {cp.size} (root {cp.root.hex()}, signed {cp.time}) to {args.output}"
         )
     return 0
 

@@ -123,6 +123,8 @@ def _audit_steps(
     export = workdir / "audit-export.jsonl"
     with operator_channel(plane, ca, token) as channel, tempfile.TemporaryFile() as spool:
         stub = audit_pb2_grpc.AuditStub(channel)
+        # the head seen before exporting: the export must reach it (freshness), checked offline below
+        head = checkpoint_in(stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=60))
         items = (
             checkpoint_in(i.checkpoint) if i.HasField("checkpoint") else bytes(i.entry.canonical)
             for i in stub.Export(audit_pb2.ExportRequest(start_sequence=0, end_sequence=0), timeout=60)
@@ -137,9 +139,13 @@ def _audit_steps(
     keys = load_audit_keys(json.dumps(key).encode())
     try:
         with export.open("rb") as f:
-            report = verify_export(read_lines(f), keys)
+            report = verify_export(read_lines(f), keys, trusted=head, trusted_source="server_head")
         rec.add(
-            "verify the export offline", "auditor carol", "ok", "ok", f"{report.checkpoints} checkpoint(s)"
+            "verify the export offline",
+            "auditor carol",
+            "ok",
+            "ok" if report.fresh else "AUDIT_FRESHNESS_UNCHECKED",
+            f"{report.checkpoints} checkpoint(s), reaches the head of size {head.size}",
         )
     except AuditError as err:
         rec.add("verify the export offline", "auditor carol", "ok", err.code.value, err.message[:60])

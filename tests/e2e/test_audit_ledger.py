@@ -137,12 +137,19 @@ def test_traffic_export_verify_proofs_and_query(
     # the CLI: export, verify offline with only the public key, proofs, query
     conn = cli_token(world, tmp_path / "token.json")
     export, key = tmp_path / "audit.jsonl", public_key_file(bao, tmp_path / "audit-key.json")
+    head = tmp_path / "head.json"  # the head seen before exporting: the export must reach it
+    saved = sovereign("audit", "checkpoint", "-o", str(head), "--json", *conn)
+    assert saved.returncode == 0, saved.stdout + saved.stderr
     done = sovereign("audit", "export", "-o", str(export), "--json", *conn)
     assert done.returncode == 0, done.stdout + done.stderr
-    verified = sovereign("audit", "verify", str(export), "--public-key", str(key), "--json")
+    unchecked = sovereign("audit", "verify", str(export), "--public-key", str(key), "--json")
+    assert unchecked.returncode == 1 and json.loads(unchecked.stdout)["fresh"] is False
+    verified = sovereign(
+        "audit", "verify", str(export), "--public-key", str(key), "--checkpoint", str(head), "--json"
+    )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     size = json.loads(verified.stdout)["size"]
-    assert size > deny_seq
+    assert size > deny_seq and json.loads(verified.stdout)["fresh"] is True
     lines = export.read_bytes().splitlines(keepends=True)
     seqs = {
         Entry.decode(line[9:-2]).seq: Entry.decode(line[9:-2])
@@ -214,8 +221,45 @@ def test_every_tamper_is_detected(world: ServerProcess, pki: SimulatedPki, bao: 
         assert info.value.code == code, f"{name}: {info.value.code} {info.value.message}"
     bad = tmp_path / "tampered.jsonl"
     bad.write_bytes(b"".join(_tampers(lines)["edited"][0]))
-    result = sovereign("audit", "verify", str(bad), "--public-key", str(key), "--json")
+    result = sovereign(
+        "audit", "verify", str(bad), "--public-key", str(key), "--accept-unchecked-head", "--json"
+    )
     assert result.returncode == 1 and json.loads(result.stdout)["error"]["code"] == "AUDIT_ROOT_MISMATCH"
+
+
+def test_an_export_cut_back_to_an_older_checkpoint_is_caught_by_the_server_head(
+    world: ServerProcess, pki: SimulatedPki, bao: Bao, tmp_path: Path
+) -> None:
+    """The review's attack on the real ledger: keep the entries under an older signed checkpoint, header
+    included. Alone it is a valid older export, so verify refuses to call it OK; the server's head or a
+    saved checkpoint (signatures checked with the audit key) shows it is stale."""
+    for node in nodes(world, pki):
+        node.release("dataset/train")
+    wait_for_checkpoint(audit_stub(world), 2)
+    conn = cli_token(world, tmp_path / "token.json")
+    export, key = tmp_path / "audit.jsonl", public_key_file(bao, tmp_path / "key.json")
+    head = tmp_path / "head.json"
+    assert sovereign("audit", "checkpoint", "-o", str(head), *conn).returncode == 0
+    assert sovereign("audit", "export", "-o", str(export), *conn).returncode == 0
+    lines = export.read_bytes().splitlines(keepends=True)
+    older_at = next(i for i, line in enumerate(lines) if i > 0 and line.startswith(b'{"checkpoint":'))
+    older = parse_checkpoint_line(lines[older_at], older_at + 1)[0]
+    assert older.size < parse_header(lines[0]).size
+    rolled = tmp_path / "rolled.jsonl"
+    rolled.write_bytes(b"".join([header_line(older), *lines[1 : older_at + 1]]))
+    verify = ("audit", "verify", str(rolled), "--public-key", str(key), "--json")
+    plain = sovereign(*verify)
+    assert plain.returncode == 1 and not plain.stdout.startswith("OK")
+    assert json.loads(plain.stdout)["error"]["code"] == "AUDIT_FRESHNESS_UNCHECKED"
+    assert json.loads(plain.stdout)["fresh"] is False
+    for trusted in (["--checkpoint", str(head)], ["--server-head", *conn]):
+        caught = sovereign(*verify, *trusted)
+        assert caught.returncode == 1, caught.stdout + caught.stderr
+        assert json.loads(caught.stdout)["error"]["code"] == "AUDIT_EXPORT_STALE", trusted
+    fine = sovereign(
+        "audit", "verify", str(export), "--public-key", str(key), "--checkpoint", str(head), "--json"
+    )
+    assert fine.returncode == 0 and json.loads(fine.stdout)["fresh"] is True, fine.stdout + fine.stderr
 
 
 def storm(

@@ -15,7 +15,7 @@ from kms.audit.entry import Decision, Entry, Kind, Reason
 from kms.audit.errors import AuditError, ExportInvalid
 from kms.audit.export import ExportBuilder, entry_line, header_line
 from kms.audit.merkle import leaf_hash, root_of
-from kms.audit.verify import verify_export
+from kms.audit.verify import unchecked_head_error, verify_export
 from kms.errors import Code
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -267,10 +267,78 @@ def test_trusted_checkpoint_catches_an_export_cut_back_to_an_older_checkpoint() 
     latest = Checkpoint.from_obj(json.loads(full[-1])["checkpoint"])
     older = build(n=30)
     assert verify_export(older, KEYS).size == 30
-    assert code_of(older, trusted=latest).code == Code.AUDIT_TRUNCATED
+    assert code_of(older, trusted=latest).code == Code.AUDIT_EXPORT_STALE
     assert verify_export(full, KEYS, trusted=latest).size == 40
     mid = sign_checkpoint(SIGNER, 20, b"\x22" * 32, "2026-03-01T13:00:00.000000Z")
     assert code_of(full, trusted=mid).code == Code.AUDIT_ROOT_MISMATCH
+
+
+def test_without_a_trusted_head_the_report_says_not_fresh() -> None:
+    report = verify_export(build(), KEYS)
+    assert report.fresh is False and report.to_dict()["fresh"] is False
+    assert "checked_against" not in report.to_dict()
+
+
+def test_a_trusted_checkpoint_or_min_size_makes_the_report_fresh_and_says_with_what() -> None:
+    full = build()
+    latest = Checkpoint.from_obj(json.loads(full[-1])["checkpoint"])
+    report = verify_export(full, KEYS, trusted=latest)
+    assert report.fresh is True
+    against = report.to_dict()["checked_against"]
+    assert against == {"checkpoint": {"size": 40, "root": latest.root.hex(), "time": latest.time}}
+    # an older trusted checkpoint (from an earlier run) still vouches the export is at least that new
+    earlier = Checkpoint.from_obj(json.loads(full[7])["checkpoint"])
+    assert earlier.size < 40 and verify_export(full, KEYS, trusted=earlier).fresh
+    pinned = verify_export(full, KEYS, min_size=40, trusted=latest, trusted_source="server_head x")
+    assert pinned.to_dict()["checked_against"] == {
+        "server_head x": {"size": 40, "root": latest.root.hex(), "time": latest.time},
+        "min_size": 40,
+    }
+    assert verify_export(full, KEYS, min_size=0).fresh
+
+
+def _rolled_back(n_kept: int, full: list[bytes]) -> list[bytes]:
+    """An export cut back to the checkpoint of size ``n_kept``, its header replaced by that checkpoint."""
+    at = next(i for i, line in enumerate(full) if line.startswith(b'{"checkpoint":') and i > 0
+              and Checkpoint.from_obj(json.loads(line)["checkpoint"]).size == n_kept)  # fmt: skip
+    kept = Checkpoint.from_obj(json.loads(full[at])["checkpoint"])
+    return [header_line(kept), *full[1 : at + 1]]
+
+
+def test_a_rolled_back_export_is_caught_by_min_size_and_by_a_newer_trusted_checkpoint() -> None:
+    full = build()
+    latest = Checkpoint.from_obj(json.loads(full[-1])["checkpoint"])
+    rolled = _rolled_back(12, full)
+    assert verify_export(rolled, KEYS).size == 12  # on its own it is a valid, older export
+    assert code_of(rolled, trusted=latest).code == Code.AUDIT_EXPORT_STALE
+    with pytest.raises(ExportInvalid) as info:
+        verify_export(rolled, KEYS, min_size=13)
+    assert info.value.code == Code.AUDIT_EXPORT_STALE and "13" in info.value.message
+    assert verify_export(rolled, KEYS, min_size=12).fresh
+
+
+def test_a_trusted_checkpoint_must_carry_the_audit_key_signature() -> None:
+    full = build()
+    latest = Checkpoint.from_obj(json.loads(full[-1])["checkpoint"])
+    forged = sign_checkpoint(LocalSigner(key_id="sovereign-audit"), latest.size, latest.root, latest.time)
+    assert code_of(full, trusted=forged).code == Code.AUDIT_CHECKPOINT_SIGNATURE_INVALID
+    # a forged small checkpoint cannot make a rolled-back export look fresh either
+    small = sign_checkpoint(LocalSigner(key_id="sovereign-audit"), 12, latest.root, latest.time)
+    assert code_of(_rolled_back(12, full), trusted=small).code == Code.AUDIT_CHECKPOINT_SIGNATURE_INVALID
+
+
+@pytest.mark.parametrize("bad", [-1, True, "3"])
+def test_a_bad_min_size_is_a_coded_error(bad: object) -> None:
+    with pytest.raises(ExportInvalid) as info:
+        verify_export(build(), KEYS, min_size=bad)  # type: ignore[arg-type]
+    assert info.value.code == Code.AUDIT_FRESHNESS_UNCHECKED
+
+
+def test_unchecked_head_error_is_coded_and_names_the_head() -> None:
+    report = verify_export(build(), KEYS)
+    err = unchecked_head_error(report)
+    assert err.code == Code.AUDIT_FRESHNESS_UNCHECKED and "size 40" in err.message
+    assert "--checkpoint" in err.hint and "--accept-unchecked-head" in err.hint
 
 
 @pytest.mark.parametrize(
