@@ -71,7 +71,7 @@ class BuildResult:
 
     @property
     def sums_signature(self) -> Path:
-        return self.sums.with_name(self.sums.name + ".sig")
+        return inst.sums_signature_for(self.archive)
 
     @property
     def published(self) -> list[Path]:
@@ -283,5 +283,5 @@ def publish_beside(tarball: Path, manifest: bytes, key: nacl.signing.SigningKey)
         ]
     )
     sums.write_bytes(text)
-    sums.with_name(sums.name + ".sig").write_bytes(key.sign(text).signature)
+    inst.sums_signature_for(tarball).write_bytes(key.sign(text).signature)
     return published_manifest, sums

@@ -265,6 +265,11 @@ def sums_for(archive: Path) -> Path:
     return archive.with_name(archive_stem(archive) + SUMS_SUFFIX)
 
 
+def sums_signature_for(archive: Path) -> Path:
+    """The detached signature over :func:`sums_for`."""
+    return archive.with_name(archive_stem(archive) + SUMS_SIGNATURE_SUFFIX)
+
+
 def sums_text(entries: list[tuple[str, str]]) -> bytes:
     """``sha256sum`` output (text mode, two spaces) for (file name, SHA-256) pairs."""
     return "".join(f"{digest}  {name}\n" for name, digest in entries).encode()
@@ -296,14 +301,11 @@ def parse_sums(data: bytes) -> dict[str, str]:
     return out
 
 
-def verify_archive(
-    archive: Path, public_key: Path, verifier: Verifier = verify_with_openssl, sums: Path | None = None
-) -> str:
+def verify_archive(archive: Path, public_key: Path, verifier: Verifier = verify_with_openssl) -> str:
     """Step 0: the SHA256SUMS beside ``archive`` is signed by the release key the site pins and lists the
     tarball's SHA-256. Nothing of the tarball is opened as an archive before this passes. Returns the
     tarball's SHA-256."""
-    sums = sums or sums_for(archive)
-    signature_path = sums.with_name(sums.name + ".sig")
+    sums, signature_path = sums_for(archive), sums_signature_for(archive)
     read_public_key(public_key)
     try:
         data, signature = sums.read_bytes(), signature_path.read_bytes()
