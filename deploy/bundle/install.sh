@@ -1,7 +1,9 @@
 #!/bin/sh
-# Install or upgrade sovereign from this offline bundle. Verifies the manifest signature against the
-# release public key the site already holds (--public-key) and every file's SHA-256 before anything is
-# written, then installs into a fresh virtual environment with pip --no-index --require-hashes.
+# Install or upgrade sovereign from this offline bundle. Run it only AFTER checking the tarball with
+# tools the site already has (openssl over the signed SHA256SUMS, then sha256sum -c; docs/airgap.md):
+# this file came out of the bundle, so it cannot vouch for the bundle. It then checks again: the manifest
+# signature against the release public key the site holds (--public-key) and every file's SHA-256 before
+# anything is written, then installs into a fresh virtual environment with pip --no-index --require-hashes.
 #   sudo ./install.sh --public-key /etc/sovereign/release.pub.pem [--prefix /opt/sovereign]
 #        [--config-dir /etc/sovereign] [--data-dir /var/lib/sovereign] [--verify-only]
 # Needs: Python 3.11 matching the bundle (python3, or set SOVEREIGN_PYTHON) and OpenSSL >= 3.0.

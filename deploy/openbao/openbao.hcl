@@ -3,15 +3,9 @@
 
 ui = false
 
-# disable_mlock: mlock keeps OpenBao's memory (unseal keys, transit keys) out of swap. With integrated
-# storage it would also lock raft's memory-mapped database, which grows with the data, so raft
-# deployments usually set disable_mlock = true AND run on hosts with swap disabled (or encrypted swap).
-# Check `swapon --show` prints nothing before keeping this line; otherwise remove it and grant the
-# service CAP_IPC_LOCK (systemd: AmbientCapabilities=CAP_IPC_LOCK, LimitMEMLOCK=infinity).
-disable_mlock = true
-# only with integrated storage on hosts without swap, because raft's mmap'd database cannot be locked;
-# prefer no swap (or encrypted swap) and then set it to true.
-disable_mlock = true
+# Memory: OpenBao does not mlock (it dropped support; `disable_mlock` is not a field, and
+# `disable_mlock = false` stops the server), so unseal and transit keys can reach swap. Run it on hosts
+# with swap disabled or encrypted: `swapon --show` must print nothing (or only encrypted devices).
 
 # Integrated storage: one node here; add retry_join blocks for a 3- or 5-node cluster.
 storage "raft" {

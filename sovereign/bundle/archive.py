@@ -10,6 +10,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from sovereign.bundle.installer import extract_archive
+
 ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 
 
@@ -73,14 +75,6 @@ def _info(name: str, kind: bytes, mode: int, size: int, epoch: int) -> tarfile.T
 
 
 def safe_extract(archive: Path, dest: Path) -> Path:
-    """Extract with the 'data' filter (no absolute paths, links out, devices); returns the top folder."""
-    with tarfile.open(archive) as tar:
-        tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
-        if len(tops) != 1:
-            from sovereign.bundle.installer import BundleCode, BundleError
-
-            raise BundleError(
-                f"{archive} must hold exactly one top folder", code=BundleCode.BUNDLE_MANIFEST_INVALID
-            )
-        tar.extractall(dest, filter="data")
-    return dest / tops.pop()
+    """Extract with the 'data' filter (no absolute paths, links out, devices); returns the top folder.
+    Only for a tarball already checked with ``installer.verify_archive``."""
+    return extract_archive(archive, dest)

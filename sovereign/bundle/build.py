@@ -4,6 +4,10 @@ Runs on a connected machine. Wheels come from the package index through ``pip do
 against ``requirements.lock``, cached under ``var/bundle-cache``); the project's own wheel is built from
 the source tree with ``SOURCE_DATE_EPOCH`` set to the commit time and then normalised. Everything is
 listed in ``manifest.json`` (path, size, SHA-256), which is signed with the Ed25519 release key.
+
+Beside the tarball go a copy of its manifest and a ``SHA256SUMS`` file naming both, with a detached
+Ed25519 signature: a site checks those with ``openssl`` and ``sha256sum`` before it extracts anything,
+so no code from the bundle runs before the bundle is verified (docs/airgap.md).
 """
 
 from __future__ import annotations
@@ -62,6 +66,17 @@ class BuildResult:
     archive: Path
     manifest: dict[str, object]
     manifest_sha256: str
+    sums: Path  # SHA256SUMS beside the archive (archive + published manifest); signed in sums + ".sig"
+    published_manifest: Path  # manifest.json beside the archive, to read before extracting
+
+    @property
+    def sums_signature(self) -> Path:
+        return inst.sums_signature_for(self.archive)
+
+    @property
+    def published(self) -> list[Path]:
+        """What a site carries across the air gap."""
+        return [self.archive, self.published_manifest, self.sums, self.sums_signature]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -170,6 +185,8 @@ def _project(source: Path) -> tuple[str, list[Requirement]]:
 def stage(options: BuildOptions, work: Path) -> tuple[Path, dict[str, object], int]:
     """Lay the bundle out in ``work/stage``; returns (folder, manifest document, epoch)."""
     source, stage_dir = work / "source", work / "stage"
+    if options.collateral is not None and not options.collateral.is_file():
+        raise _fail(f"no collateral bundle at {options.collateral}", "sovereign collateral fetch --out FILE")
     commit, epoch, dirty = export_source(options.repo, source, from_worktree=options.from_worktree)
     version, deps = _project(source)
     lock_text = (source / "requirements.lock").read_text()
@@ -246,6 +263,25 @@ def build(options: BuildOptions) -> BuildResult:
         (stage_dir / inst.SIGNATURE).write_bytes(options.signing_key.sign(data).signature)
         top = f"sovereign-{manifest['release_id']}"
         options.out_dir.mkdir(parents=True, exist_ok=True)
-        out = options.out_dir / f"{top}-{options.target.tag}.tar.gz"
+        out = options.out_dir / f"{top}-{options.target.tag}{inst.ARCHIVE_SUFFIX}"
         archive.deterministic_tar(stage_dir, out, top, epoch, EXECUTABLES)
-    return BuildResult(out, manifest, hashlib.sha256(data).hexdigest())
+    published_manifest, sums = publish_beside(out, data, options.signing_key)
+    return BuildResult(out, manifest, hashlib.sha256(data).hexdigest(), sums, published_manifest)
+
+
+def publish_beside(tarball: Path, manifest: bytes, key: nacl.signing.SigningKey) -> tuple[Path, Path]:
+    """The manifest, ``SHA256SUMS`` (tarball and manifest) and its detached signature next to the
+    tarball; returns (manifest, sums)."""
+    stem = inst.archive_stem(tarball)
+    published_manifest = tarball.with_name(stem + inst.MANIFEST_SUFFIX)
+    published_manifest.write_bytes(manifest)
+    sums = inst.sums_for(tarball)
+    text = inst.sums_text(
+        [
+            (tarball.name, inst.sha256_file(tarball)),
+            (published_manifest.name, hashlib.sha256(manifest).hexdigest()),
+        ]
+    )
+    sums.write_bytes(text)
+    inst.sums_signature_for(tarball).write_bytes(key.sign(text).signature)
+    return published_manifest, sums

@@ -1,8 +1,16 @@
 """Verify and install an offline bundle. Standard library only: the bundle ships this file as
 ``install.py`` and runs it with the host's Python before anything of the product exists on the host.
 
+The bundle's own copy of this file runs only after the site checked the tarball with tools it already has
+(``openssl pkeyutl -verify`` over the signed ``SHA256SUMS`` published beside it, then ``sha256sum -c``;
+docs/airgap.md): code inside an unverified bundle must never be what verifies it. Given a tarball
+(``--bundle X.tar.gz``, or ``sovereign bundle install X.tar.gz`` from an existing installation), this
+code makes the same check itself before extracting anything.
+
 Order (fail closed, nothing is written before step 3):
 
+0. for a tarball: the ``SHA256SUMS`` beside it verifies with the release public key the site holds, and
+   lists the tarball's SHA-256; only then is it extracted (``data`` filter, one top folder);
 1. the manifest's Ed25519 signature verifies with a public key the site already holds;
 2. every file in the bundle is listed in the manifest with its size and SHA-256, and nothing else is there;
 3. a fresh virtual environment gets the wheels with ``pip --no-index --require-hashes``; config is laid
@@ -28,6 +36,10 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+ARCHIVE_SUFFIX = ".tar.gz"
+SUMS_SUFFIX = ".SHA256SUMS"  # beside the tarball: its SHA-256 and the published manifest's
+SUMS_SIGNATURE_SUFFIX = ".SHA256SUMS.sig"  # raw 64-byte Ed25519 signature over the SHA256SUMS file
+MANIFEST_SUFFIX = ".manifest.json"  # beside the tarball: the manifest inside it, to read before extracting
 FORMAT = "sovereign-offline-bundle/1"
 WHEELS = "wheels"
 REQUIREMENTS = "requirements.txt"
@@ -35,13 +47,16 @@ CONFIG_SAMPLES = "deploy/config"
 # SubjectPublicKeyInfo DER prefix of every Ed25519 public key (RFC 8410): the raw key follows.
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 
-Verifier = Callable[[bytes, bytes, Path], None]  # (message, signature, public key PEM file)
+# (message, signature, public key PEM file) -> whether the Ed25519 signature verifies; raises BundleError
+# only when it cannot check at all.
+Verifier = Callable[[bytes, bytes, Path], bool]
 
 
 class BundleCode(StrEnum):
     BUNDLE_SIGNATURE_INVALID = "BUNDLE_SIGNATURE_INVALID"
     BUNDLE_MANIFEST_INVALID = "BUNDLE_MANIFEST_INVALID"
     BUNDLE_FILE_MISMATCH = "BUNDLE_FILE_MISMATCH"
+    BUNDLE_ARCHIVE_MISMATCH = "BUNDLE_ARCHIVE_MISMATCH"
     BUNDLE_FILE_MISSING = "BUNDLE_FILE_MISSING"
     BUNDLE_FILE_UNLISTED = "BUNDLE_FILE_UNLISTED"
     BUNDLE_PLATFORM_MISMATCH = "BUNDLE_PLATFORM_MISMATCH"
@@ -63,7 +78,7 @@ class BundleError(Exception):
 # --- verification ---------------------------------------------------------------------------------
 
 
-def verify_with_openssl(message: bytes, signature: bytes, public_key: Path) -> None:
+def verify_with_openssl(message: bytes, signature: bytes, public_key: Path) -> bool:
     """Ed25519 verification with the host's OpenSSL (>= 3.0): the host has no cryptography library yet."""
     with tempfile.TemporaryDirectory(prefix="sovereign-verify-") as tmp:
         msg, sig = Path(tmp) / "m", Path(tmp) / "s"
@@ -81,17 +96,37 @@ def verify_with_openssl(message: bytes, signature: bytes, public_key: Path) -> N
                 hint="install OpenSSL 3 (package 'openssl'), or run 'sovereign bundle install' from an "
                 "existing installation",
             ) from None
-    if result.returncode != 0:
-        raise _bad_signature(public_key)
+    return result.returncode == 0
 
 
-def _bad_signature(public_key: Path) -> BundleError:
+def _bad_signature(what: str, public_key: Path) -> BundleError:
     return BundleError(
-        f"the bundle manifest's signature does not verify with {public_key}",
+        f"the signature over {what} does not verify with {public_key}",
         code=BundleCode.BUNDLE_SIGNATURE_INVALID,
         hint="the bundle was altered or signed with another release key; get it again from the release "
         "source and check which public key the site pins",
     )
+
+
+def read_public_key(path: Path) -> bytes:
+    """The raw Ed25519 key of the site's pinned release key file; a coded error if it is unreadable."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(
+            f"cannot read the release public key {path}: {exc.strerror or type(exc).__name__}",
+            code=BundleCode.BUNDLE_KEY_INVALID,
+            hint="give --public-key the release.pub.pem the site pinned (sovereign bundle keygen wrote it)",
+        ) from None
+    return raw_public_key(pem)
+
+
+def _check_signature(
+    what: str, message: bytes, signature: bytes, public_key: Path, verifier: Verifier
+) -> None:
+    read_public_key(public_key)  # a clear error for a missing or wrong key file, before openssl's
+    if len(signature) != 64 or not verifier(message, signature, public_key):
+        raise _bad_signature(what, public_key)
 
 
 def raw_public_key(pem: bytes) -> bytes:
@@ -193,10 +228,7 @@ def verify_bundle(root: Path, public_key: Path, verifier: Verifier = verify_with
             code=BundleCode.BUNDLE_FILE_MISSING,
             hint="point at the extracted bundle folder (or the .tar.gz)",
         ) from None
-    raw_public_key(public_key.read_bytes())  # a clear error for a wrong key file, before openssl's
-    if len(signature) != 64:
-        raise _bad_signature(public_key)
-    verifier(data, signature, public_key)
+    _check_signature("the bundle manifest", data, signature, public_key, verifier)
     manifest = parse_manifest(data)
     present = {p for p in walk_files(root) if p not in (MANIFEST, SIGNATURE)}
     unlisted = sorted(present - manifest.files.keys())
@@ -217,6 +249,121 @@ def verify_bundle(root: Path, public_key: Path, verifier: Verifier = verify_with
                 hint="the file was altered or corrupted; get the bundle again",
             )
     return manifest
+
+
+# --- the tarball, before anything is extracted ----------------------------------------------------
+
+
+def archive_stem(archive: Path) -> str:
+    """``sovereign-<release>-<target>`` for ``sovereign-<release>-<target>.tar.gz``."""
+    name = archive.name
+    return name[: -len(ARCHIVE_SUFFIX)] if name.endswith(ARCHIVE_SUFFIX) else name
+
+
+def sums_for(archive: Path) -> Path:
+    """The signed SHA256SUMS file published beside a tarball."""
+    return archive.with_name(archive_stem(archive) + SUMS_SUFFIX)
+
+
+def sums_signature_for(archive: Path) -> Path:
+    """The detached signature over :func:`sums_for`."""
+    return archive.with_name(archive_stem(archive) + SUMS_SIGNATURE_SUFFIX)
+
+
+def sums_text(entries: list[tuple[str, str]]) -> bytes:
+    """``sha256sum`` output (text mode, two spaces) for (file name, SHA-256) pairs."""
+    return "".join(f"{digest}  {name}\n" for name, digest in entries).encode()
+
+
+def parse_sums(data: bytes) -> dict[str, str]:
+    """File name -> SHA-256 from a ``sha256sum`` listing; anything else in it is refused."""
+    out: dict[str, str] = {}
+    try:
+        lines = data.decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        lines = ["?"]
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        if (
+            not sep
+            or len(digest) != 64
+            or any(c not in "0123456789abcdef" for c in digest)
+            or not name
+            or "/" in name
+            or name in out
+        ):
+            raise BundleError(
+                "the signed SHA256SUMS file is not a sha256sum listing of the bundle's files",
+                code=BundleCode.BUNDLE_MANIFEST_INVALID,
+                hint="get the bundle's SHA256SUMS again from the release source",
+            )
+        out[name] = digest
+    return out
+
+
+def verify_archive(archive: Path, public_key: Path, verifier: Verifier = verify_with_openssl) -> str:
+    """Step 0: the SHA256SUMS beside ``archive`` is signed by the release key the site pins and lists the
+    tarball's SHA-256. Nothing of the tarball is opened as an archive before this passes. Returns the
+    tarball's SHA-256."""
+    sums, signature_path = sums_for(archive), sums_signature_for(archive)
+    read_public_key(public_key)
+    try:
+        data, signature = sums.read_bytes(), signature_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(
+            f"cannot read {exc.filename}: {exc.strerror or type(exc).__name__}",
+            code=BundleCode.BUNDLE_FILE_MISSING,
+            hint=f"carry {sums.name} and {signature_path.name} (published beside the tarball by "
+            "'sovereign bundle build') together with it",
+        ) from None
+    _check_signature(sums.name, data, signature, public_key, verifier)
+    expected = parse_sums(data).get(archive.name)
+    if expected is None:
+        raise BundleError(
+            f"{archive.name} is not listed in the signed {sums.name}",
+            code=BundleCode.BUNDLE_ARCHIVE_MISMATCH,
+            hint="keep the tarball's published file name, and pair it with its own SHA256SUMS",
+        )
+    try:
+        actual = sha256_file(archive)
+    except OSError as exc:
+        raise BundleError(
+            f"cannot read {archive}: {exc.strerror or type(exc).__name__}",
+            code=BundleCode.BUNDLE_FILE_MISSING,
+        ) from None
+    if actual != expected:
+        raise BundleError(
+            f"{archive.name} does not match its SHA-256 in the signed {sums.name}",
+            code=BundleCode.BUNDLE_ARCHIVE_MISMATCH,
+            hint="the tarball was altered or corrupted in transit; nothing was extracted; get it again",
+        )
+    return actual
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract a verified tarball with the ``data`` filter (no absolute paths, links out, devices);
+    returns its one top folder."""
+    import tarfile
+
+    if not hasattr(tarfile, "data_filter"):
+        raise BundleError(
+            f"this Python ({sys.version.split()[0]}) has no safe tar extraction filter",
+            code=BundleCode.BUNDLE_INSTALL_FAILED,
+            hint="use Python 3.11.4 or newer, or extract the verified tarball with tar and give the folder",
+        )
+    try:
+        with tarfile.open(archive) as tar:
+            tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+            if len(tops) != 1:
+                raise _manifest(f"{archive} must hold exactly one top folder")
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(
+            f"cannot extract {archive}: {exc}",
+            code=BundleCode.BUNDLE_MANIFEST_INVALID,
+            hint="get the bundle again",
+        ) from None
+    return dest / tops.pop()
 
 
 def check_platform(manifest: Manifest) -> None:
@@ -371,11 +518,32 @@ def install(
     return manifest, release, created
 
 
+def verify_or_install(
+    bundle: Path, public_key: Path, layout: Layout | None, verifier: Verifier = verify_with_openssl
+) -> tuple[Manifest, Path | None, list[str]]:
+    """Check (``layout`` None) or install ``bundle``: an extracted folder, or a tarball that is verified
+    against its signed SHA256SUMS before anything is extracted. Returns the manifest, the release folder
+    and the config paths created (None and [] when only checking)."""
+    if not bundle.is_file():
+        if layout is None:
+            return verify_bundle(bundle, public_key, verifier), None, []
+        return install(bundle, public_key, layout, verifier=verifier)
+    verify_archive(bundle, public_key, verifier)
+    with tempfile.TemporaryDirectory(prefix="sovereign-bundle-") as tmp:
+        return verify_or_install(extract_archive(bundle, Path(tmp)), public_key, layout, verifier)
+
+
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(prog="install.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("--public-key", type=Path, required=True, help="release public key the site pins")
-    parser.add_argument("--bundle", type=Path, default=here, help="extracted bundle (default: here)")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=here,
+        help="extracted bundle folder (default: here), or a .tar.gz checked against the signed "
+        "SHA256SUMS beside it before it is extracted",
+    )
     parser.add_argument("--prefix", type=Path, default=Path("/opt/sovereign"))
     parser.add_argument("--config-dir", type=Path, default=Path("/etc/sovereign"))
     parser.add_argument("--data-dir", type=Path, default=Path("/var/lib/sovereign"))
@@ -383,17 +551,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     layout = Layout(args.prefix.resolve(), args.config_dir.resolve(), args.data_dir.resolve())
     try:
-        if args.verify_only:
-            manifest = verify_bundle(args.bundle, args.public_key)
-            print(f"bundle OK: {len(manifest.files)} files, release {manifest.release_id}")
-            return 0
-        manifest, _, _ = install(args.bundle, args.public_key, layout)
+        manifest, _, _ = verify_or_install(args.bundle, args.public_key, None if args.verify_only else layout)
     except BundleError as err:
         print(f"error: {err.code}: {err.message}", file=sys.stderr)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)
         return 1
-    print(next_steps(layout, manifest))
+    if args.verify_only:
+        print(f"bundle OK: {len(manifest.files)} files, release {manifest.release_id}")
+    else:
+        print(next_steps(layout, manifest))
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from sovereign.bundle.installer import ED25519_SPKI_PREFIX, BundleCode, BundleError, raw_public_key
+from sovereign.bundle.installer import ED25519_SPKI_PREFIX, BundleCode, BundleError, read_public_key
 
 
 def public_pem(verify_key: nacl.signing.VerifyKey) -> bytes:
@@ -49,14 +49,11 @@ def load_signing_key(path: Path) -> nacl.signing.SigningKey:
     return nacl.signing.SigningKey(seed)
 
 
-def verify_with_nacl(message: bytes, signature: bytes, public_key: Path) -> None:
+def verify_with_nacl(message: bytes, signature: bytes, public_key: Path) -> bool:
     """The installer's ``Verifier`` for an existing installation (pynacl instead of the host's openssl)."""
-    key = nacl.signing.VerifyKey(raw_public_key(public_key.read_bytes()))
+    key = nacl.signing.VerifyKey(read_public_key(public_key))
     try:
         key.verify(message, signature)
     except nacl.exceptions.BadSignatureError:
-        raise BundleError(
-            f"the bundle manifest's signature does not verify with {public_key}",
-            code=BundleCode.BUNDLE_SIGNATURE_INVALID,
-            hint="the bundle was altered or signed with another release key",
-        ) from None
+        return False
+    return True

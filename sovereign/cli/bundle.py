@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from sovereign.bundle import installer as inst
@@ -47,8 +46,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("verify", "check a bundle's signature and every file hash"),
         ("install", "verify, then install"),
     ):
-        p = cmds.add_parser(name, help=text)
-        p.add_argument("bundle", type=Path, help="bundle .tar.gz or extracted folder")
+        p = cmds.add_parser(
+            name,
+            help=text,
+            description="A .tar.gz is first checked against the signed SHA256SUMS published beside it "
+            "(NAME.SHA256SUMS and NAME.SHA256SUMS.sig) and only then extracted; then the signed manifest "
+            "and every file in it are checked.",
+        )
+        p.add_argument("bundle", type=Path, help="bundle .tar.gz (with its SHA256SUMS beside it) or folder")
         p.add_argument("--public-key", type=Path, required=True, help="release public key the site pins")
         if name == "install":
             p.add_argument("--prefix", type=Path, default=Path("/opt/sovereign"))
@@ -89,34 +94,35 @@ def _build(args: argparse.Namespace) -> int:
         return fail(err, as_json=args.json)
     info = {"archive": str(result.archive), "manifest_sha256": result.manifest_sha256,
             "release_id": result.manifest["release_id"], "commit": result.manifest["commit"],
-            "dirty": result.manifest["dirty"]}  # fmt: skip
+            "dirty": result.manifest["dirty"], "publish": [str(p) for p in result.published]}  # fmt: skip
     if args.json:
         print_json({"ok": True, **info})
     else:
         print(f"wrote {result.archive}\nrelease {info['release_id']} (commit {info['commit']}"
               f"{', DIRTY working tree' if info['dirty'] else ''})\nmanifest sha256 {result.manifest_sha256}")  # fmt: skip
+        print("publish together (sites check SHA256SUMS with openssl and sha256sum before extracting):")
+        for path in result.published:
+            print(f"  {path}")
     return 0
 
 
 def _with_folder(args: argparse.Namespace, action: str) -> int:
     from sovereign.bundle import keys
-    from sovereign.bundle.archive import safe_extract
 
-    with tempfile.TemporaryDirectory(prefix="sovereign-bundle-") as tmp:
-        try:
-            root = safe_extract(args.bundle, Path(tmp)) if args.bundle.is_file() else args.bundle
-            if action == "verify":
-                manifest = inst.verify_bundle(root, args.public_key, keys.verify_with_nacl)
-                out = {"release_id": manifest.release_id, "files": len(manifest.files)}
-                print_json({"ok": True, **out}) if args.json else print(f"bundle OK: {out}")
-                return 0
-            layout = inst.Layout(args.prefix.resolve(), args.config_dir.resolve(), args.data_dir.resolve())
-            manifest, release, created = inst.install(
-                root, args.public_key, layout, verifier=keys.verify_with_nacl
-            )
-        except BundleError as err:
-            return fail(err, as_json=args.json)
-    if args.json:
+    layout = None
+    if action == "install":
+        layout = inst.Layout(args.prefix.resolve(), args.config_dir.resolve(), args.data_dir.resolve())
+    try:
+        # A tarball is checked against its signed SHA256SUMS before anything in it is extracted.
+        manifest, release, created = inst.verify_or_install(
+            args.bundle, args.public_key, layout, keys.verify_with_nacl
+        )
+    except BundleError as err:
+        return fail(err, as_json=args.json)
+    if layout is None:
+        out = {"release_id": manifest.release_id, "files": len(manifest.files)}
+        print_json({"ok": True, **out}) if args.json else print(f"bundle OK: {out}")
+    elif args.json:
         print_json({"ok": True, "release": str(release), "created": created})
     else:
         print(inst.next_steps(layout, manifest))

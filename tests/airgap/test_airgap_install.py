@@ -1,5 +1,6 @@
 """The air-gapped install, end to end: inside a network namespace with no network (``unshare -n``, as
-root) the bundle is verified and installed into fresh folders, OpenBao starts from the installed wheel,
+root) the bundle is verified with the documented site steps (openssl over the signed SHA256SUMS, sha256sum, then
+extract and install.sh) and installed into fresh folders, OpenBao starts from the installed wheel,
 is bootstrapped, the installed control plane serves, and a simulated node gets a key released. Every
 socket connect / name lookup of every Python process is logged; anything but loopback fails the test.
 Tampered bundles are refused before anything is installed."""
@@ -15,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from airgap.bundlelib import ROOT, Built
+from airgap.bundlelib import ROOT, Built, carry, site_steps
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK = re.compile(r"^\('?(127\.0\.0\.1|::1|localhost)'?, \d+|^'/|^b?'\\x00|^'?(127\.0\.0\.1|localhost)'")
@@ -44,15 +45,19 @@ def _install(bundle: Path, public_key: Path, root: Path) -> subprocess.Completed
 
 def test_install_and_release_a_key_with_no_network(built_bundle: Built, tmp_path: Path) -> None:
     _require_root_and_unshare()
-    bundle = _extract(built_bundle, tmp_path / "x")
+    carried = carry(built_bundle, tmp_path / "carried")
     site, work, netlog = tmp_path / "site", tmp_path / "work", tmp_path / "net.log"
     work.mkdir()
     netlog.touch()
+    # The site's documented steps, verbatim: verify with openssl + sha256sum, extract, install.sh.
+    steps = site_steps(built_bundle, built_bundle.public_key, site)
     script = f"""set -eu
 ip link set lo up
 if ip route get 1.1.1.1 >/dev/null 2>&1; then echo "namespace has a route out" >&2; exit 90; fi
-"{bundle}/install.sh" --public-key "{built_bundle.public_key}" --prefix "{site}/opt" \\
-    --config-dir "{site}/etc" --data-dir "{site}/var" > "{work}/install.out"
+cd "{carried}"
+{{
+{steps}
+}} > "{work}/install.out"
 exec "{site}/opt/current/venv/bin/python" "{HERE}/netns_world.py" "{work}" "{site}/opt" "{site}/var" "{ROOT}/tests"
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "SOVEREIGN_", "PYTHON"))}
@@ -73,7 +78,9 @@ exec "{site}/opt/current/venv/bin/python" "{HERE}/netns_world.py" "{work}" "{sit
     assert result["key_len"] == 32 and result["audit_sequence"] >= 1
     assert result["attestation_module"].startswith(str(site / "opt"))  # the installed code ran
     assert result["imported"]["ok"] and result["imported"]["added"]
-    assert "Next steps" in (work / "install.out").read_text()
+    installed = (work / "install.out").read_text()
+    assert "Signature Verified Successfully" in installed and "Next steps" in installed
+    assert f"{built_bundle.result.archive.name}: OK" in installed
 
     attempts = [ln for ln in netlog.read_text().splitlines() if ln.strip()]
     assert attempts, "the connect/lookup hook logged nothing: it was not loaded"
@@ -85,7 +92,7 @@ exec "{site}/opt/current/venv/bin/python" "{HERE}/netns_world.py" "{work}" "{sit
     # Re-running upgrades in place: config and data are kept.
     config = site / "etc" / "sovereign.toml"
     config.write_text(config.read_text() + "# operator edit\n")
-    again = _install(bundle, built_bundle.public_key, site)
+    again = _install(carried / f"sovereign-{built_bundle.release_id}", built_bundle.public_key, site)
     assert again.returncode == 0, again.stderr
     assert config.read_text().endswith("# operator edit\n")
     assert (site / "var" / "collateral" / "index.json").exists()

@@ -6,8 +6,7 @@
 
 ui = false
 
-# Raft's mmap'd database cannot be mlocked: run on hosts without swap (or with encrypted swap).
-disable_mlock = true
+# OpenBao does not mlock (no disable_mlock field): run on hosts without swap (or with encrypted swap).
 
 storage "raft" {
   path    = "/var/lib/openbao/raft"
