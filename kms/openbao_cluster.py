@@ -40,8 +40,7 @@ class RaftNode(OpenBaoServer):
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         # Every member must declare the same audit device: OpenBao stores the audit table in raft and a
         # member whose HCL differs seals itself. The path is relative to the member's own workdir (cwd).
-        return f"""disable_mlock = true
-ui = false
+        return f"""ui = false
 
 storage "raft" {{
   path = {hcl_string(str(self.data_dir))}

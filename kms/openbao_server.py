@@ -217,7 +217,7 @@ class OpenBaoServer:
     # -- internals
 
     def _config(self) -> str:
-        parts = ["disable_mlock = true", "ui = false"]
+        parts = ["ui = false"]
         if self.mode == "raft":
             self.data_dir.mkdir(mode=0o700, exist_ok=True)
             parts += [
