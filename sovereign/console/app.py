@@ -353,7 +353,7 @@ async def _search(backend: Backend, session: Session, form: _LedgerForm) -> list
     if form.username:
         rows = [r for r in rows if r["username"] == form.username]
     rows.sort(key=lambda r: r["sequence"])
-    return rows[-LEDGER_LIMIT:]
+    return rows[:LEDGER_LIMIT]
 
 
 async def _check_form(request: Request, session: Session, origin: str) -> str | None:
