@@ -342,7 +342,12 @@ async def _search(backend: Backend, session: Session, form: _LedgerForm) -> list
     )
     node_ids = [""]
     if form.node:
-        named = [n["node_id"] for n in await backend.nodes(token) if form.node in (n["name"], n["node_id"])]
+        try:
+            named = [
+                n["node_id"] for n in await backend.nodes(token) if form.node in (n["name"], n["node_id"])
+            ]
+        except BackendError:  # may not list nodes (an auditor): the text is then a node id
+            named = []
         node_ids = named or [form.node]
     rows: list[dict[str, Any]] = []
     for node_id in node_ids:
