@@ -118,6 +118,21 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("metrics_port", int, 0, "serve Prometheus /metrics on 127.0.0.1:PORT (0: off)"),
     Option(
+        "console_listen", str, "", "web console address HOST:PORT (HTTPS with --tls-cert; '' for no console)"
+    ),
+    Option(
+        "console_url", str, "", "the console's URL as browsers reach it (default: https://CONSOLE_LISTEN)"
+    ),
+    Option(
+        "console_audit_key",
+        str,
+        "",
+        "audit public key (PEM) the console's in-browser proof check pins (default: read from OpenBao)",
+    ),
+    Option(
+        "tls_ca", str, "", "CA (PEM) that issued --tls-cert; the console pins it to reach the operator port"
+    ),
+    Option(
         "release_window_ms",
         float,
         30.0,
@@ -176,6 +191,10 @@ class ServerConfig:
     node_rate_limit: float = 20.0
     node_rate_burst: int = 200
     metrics_port: int = 0
+    console_listen: str = ""
+    console_url: str = ""
+    console_audit_key: str = ""
+    tls_ca: str = ""
     release_window_ms: float = 30.0
     denial_window_ms: float = 2.0
     processes: int = 1
@@ -254,6 +273,18 @@ def validate(c: ServerConfig) -> None:
                 )
     if not c.insecure_dev and not c.dev_tls and not (c.tls_cert and c.tls_key):
         raise _bad("TLS is required: give --tls-cert and --tls-key (or --dev-tls DIR for development)")
+    if c.console_listen:
+        host, _, port = c.console_listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise _bad(f"console_listen must be HOST:PORT, got {c.console_listen!r}")
+        if c.insecure_dev:
+            raise _bad(
+                "the console needs TLS (its session cookie is Secure): drop --insecure-dev or --console-listen"
+            )
+        if c.tls_cert and not c.tls_ca:
+            raise _bad(
+                "the console needs --tls-ca (the CA that issued --tls-cert) to reach the operator port"
+            )
     if not c.bao_addr:
         raise _bad("no OpenBao address: set --bao-addr or SOVEREIGN_BAO_ADDR")
     approle = bool(c.bao_role_id or c.bao_secret_id_file)

@@ -263,7 +263,7 @@ class Running:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _tls_files(config: ServerConfig, clock: Clock) -> tuple[Path, Path, Path | None]:
+def tls_files(config: ServerConfig, clock: Clock) -> tuple[Path, Path, Path | None]:
     """(certificate, key, dev CA to print) of the server's TLS identity."""
     if config.dev_tls:
         files = ensure_dev_tls(Path(config.dev_tls), clock())
@@ -293,7 +293,7 @@ def _node_interceptors(config: ServerConfig, plane: ControlPlane) -> list[Any]:
 
 async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = system_clock) -> Running:
     """Start the servers in the running event loop; the caller awaits a stop signal, then ``stop``."""
-    tls: tuple[Path, Path, Path | None] | None = None if config.insecure_dev else _tls_files(config, clock)
+    tls: tuple[Path, Path, Path | None] | None = None if config.insecure_dev else tls_files(config, clock)
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="attest")
     node = grpc.aio.server(
         options=_options(config.max_message_bytes), interceptors=_node_interceptors(config, plane)

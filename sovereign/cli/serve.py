@@ -19,6 +19,7 @@ from kms.server.monitoring import serve_http
 from policies.errors import PolicyError
 from sovereign.cli._common import load_trust
 from sovereign.cli._output import fail
+from sovereign.console.server import start_console
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,7 +74,10 @@ async def _run(config: ServerConfig, plane: ControlPlane) -> int:
         loop.add_signal_handler(signum, stop.set)
     running = await serve(config, plane)
     others = []
+    console = None
     try:
+        if config.console_listen and not config.replica:
+            console = await start_console(config, plane, running)
         if config.processes > 1:
             again = dataclasses.replace(
                 config,
@@ -99,9 +103,13 @@ async def _run(config: ServerConfig, plane: ControlPlane) -> int:
             print(f"dev CA for clients to pin: {running.ca_path}", flush=True)
         if endpoint is not None:
             print(f"metrics on http://127.0.0.1:{endpoint.port}/metrics (health: /healthz)", flush=True)
+        if console is not None:
+            print(f"console on {console.url}", flush=True)
         await stop.wait()
         print("stopping", file=sys.stderr, flush=True)
     finally:
+        if console is not None:
+            await console.stop()
         await asyncio.to_thread(replicas.stop, others)
         await running.stop()
     return 0
