@@ -56,11 +56,10 @@ def edit(path: Path, offset: int, value: int | None = None) -> None:
 
 def failure(path: Path, *, at: int | None = None) -> StreamError:
     """The StreamError of opening ``path`` (at=None) or of reading the byte at plaintext offset ``at``."""
-    with pytest.raises(StreamError) as info:
-        with open_sealed(path, keys=keys()) as f:
-            if at is not None:
-                f.seek(at)
-                f.read(1)
+    with pytest.raises(StreamError) as info, open_sealed(path, keys=keys()) as f:
+        if at is not None:
+            f.seek(at)
+            f.read(1)
     return info.value
 
 
