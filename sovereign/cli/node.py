@@ -223,6 +223,9 @@ def _run(args: argparse.Namespace) -> int:
     def work() -> int:
         decrypts = [_split(v, 2, "IN:OUT") for v in args.decrypt]
         encrypts = [_split(v, 3, "KEY:IN:OUT") for v in args.encrypt]
+        mounts = PROC_MOUNTS.read_text()
+        for _, dst in decrypts:  # before registering, as `decrypt` does
+            check_plaintext_output(Path(dst), mounts=mounts, force_non_tmpfs=args.force_non_tmpfs)
         with _session(args) as (agent, registration):
             checked = []
             for name in filter(None, (k.strip() for k in args.keys.split(","))):

@@ -84,3 +84,27 @@ def test_allowed_outputs_pass_the_check(sealed: Path, tmp_path: Path, how: str) 
             report = proc.stdout
         assert proc.returncode == 1
         assert json.loads(report)["error"]["code"] in REGISTRATION_FAILURES
+
+
+def test_node_run_checks_every_decrypt_output_before_registering(sealed: Path, tmp_path: Path) -> None:
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        args = ["node", "run", "--decrypt", f"{sealed}:{shm}/a", "--decrypt", f"{sealed}:{tmp_path / 'b'}"]
+        args += ["--server", f"127.0.0.1:{closed_port()}", "--insecure-dev", "--node-name", "n1", "--json"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "sovereign", *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 1
+        error = json.loads(proc.stdout)["error"]
+        assert error["code"] == "PLAINTEXT_OUTPUT_UNSAFE" and str(tmp_path) in error["message"]
+        forced = subprocess.run(
+            [sys.executable, "-m", "sovereign", *args, "--force-non-tmpfs"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert json.loads(forced.stdout)["error"]["code"] in REGISTRATION_FAILURES
