@@ -22,8 +22,8 @@ Ours copies each record out of the page cache into private memory before the tag
 concurrent writer cannot change ciphertext between GHASH and CTR; the random-read baseline decrypts from
 the shared mapping without that copy (unsafe for us, the cheapest possible for a baseline). On a machine
 whose page-cache reads cost about as much as AES-GCM itself (measured here: ~300 us per MiB each), that
-copy alone costs close to half of the random-read throughput. Best of 3 interleaved runs (1 when tiny); random reads alternate ours and the baseline every 250 reads
-within a run, and each side is opened once outside the timing. The machine may be shared. One JSON line
+copy alone costs close to half of the random-read throughput. Best of 3 runs (1 when tiny); within a run the sides take turns (sequential: every 16 MiB; random: every
+250 reads), and each side is opened once outside the timing. The machine may be shared. One JSON line
 per row.
 """
 
@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -52,20 +52,16 @@ TAG = 16
 AAD = bytes(49)  # same length as ours (header hash + record header)
 READ = 4096
 SMALL_CHUNK = 64 << 10  # a sealing-time choice for files read mostly at random
+SEGMENT = 16  # chunks: sequential sides take turns every 16 MiB
 BATCH = 250  # random reads timed in alternating batches of this many
 TAR_READ = 10240  # tarfile.RECORDSIZE: what "r|" mode asks its file object for
 SEQUENTIAL_TARGET, RANDOM_TARGET = 0.8, 0.5
+T = TypeVar("T")
 
 
-def _timed(work: Callable[[], object]) -> float:
+def _timed_on(work: Callable[[T], object], part: T) -> float:
     start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
-
-
-def _timed_on(work: Callable[[list[int]], object], offsets: list[int]) -> float:
-    start = time.perf_counter()
-    work(offsets)
+    work(part)
     return time.perf_counter() - start
 
 
@@ -107,30 +103,62 @@ class Files:
                 plain.write(block)
                 raw.write(self.aead.encrypt(_nonce(i), block, AAD))
         encrypt_file(data_key, self.plain, self.sealed, key_ref="dataset/bench@v1", chunk_size=chunk)
+        os.sync()  # no writeback of these files during the timed runs
         for path in (self.plain, self.sealed, self.raw):
             _warm(path)
 
 
-def sequential_ours(files: Files) -> None:
-    buf = memoryview(bytearray(CHUNK))
-    with open_sealed(files.sealed, keys=files.keys) as f:
-        while f.readinto(buf):
-            pass
+class SequentialReads:
+    """Both sides of the sequential comparison, each opened once, read one segment at a time."""
+
+    def __init__(self, files: Files) -> None:
+        self.files = files
+        self.sealed = open_sealed(files.sealed, keys=files.keys)
+        self._raw = files.raw.open("rb", buffering=0)
+        self.buf = memoryview(bytearray(CHUNK))
+        self.record = memoryview(bytearray(CHUNK + TAG))
+
+    def ours(self, chunks: range) -> None:
+        f = self.sealed
+        f.seek(chunks.start * CHUNK)
+        for _ in chunks:
+            if f.readinto(self.buf) != CHUNK:
+                raise SystemExit("short read")
+
+    def small_reads(self, chunks: range) -> None:
+        f = self.sealed
+        f.seek(chunks.start * CHUNK)
+        left = len(chunks) * CHUNK
+        while left > 0:
+            left -= len(f.read(min(TAR_READ, left)))
+
+    def raw(self, chunks: range) -> None:
+        aead, src = self.files.aead, self._raw
+        src.seek(chunks.start * (CHUNK + TAG))
+        for i in chunks:
+            src.readinto(self.record)
+            aead.decrypt_into(_nonce(i), self.record, AAD, self.buf)
+
+    def close(self) -> None:
+        self.sealed.close()
+        self._raw.close()
 
 
-def sequential_small_reads(files: Files) -> None:
-    with open_sealed(files.sealed, keys=files.keys) as f:
-        while f.read(TAR_READ):
-            pass
-
-
-def sequential_raw(files: Files) -> None:
-    sealed = memoryview(bytearray(CHUNK + TAG))
-    plain = memoryview(bytearray(CHUNK))
-    with files.raw.open("rb", buffering=0) as src:
-        for i in range(files.size // CHUNK):
-            src.readinto(sealed)
-            files.aead.decrypt_into(_nonce(i), sealed, AAD, plain)
+def sequential_pass(reads: SequentialReads, chunks: int, segment: int) -> dict[str, float]:
+    """Seconds per side over the whole file, the three sides taking turns segment by segment."""
+    sides = {
+        "raw sequential": reads.raw,
+        "ours sequential": reads.ours,
+        "ours small reads": reads.small_reads,
+    }
+    spent = dict.fromkeys(sides, 0.0)
+    order = list(sides)
+    for start in range(0, chunks, segment):
+        part = range(start, min(start + segment, chunks))
+        for name in order:
+            spent[name] += _timed_on(sides[name], part)
+        order = order[1:] + order[:1]
+    return spent
 
 
 class RandomReads:
@@ -205,13 +233,13 @@ def bench(size: int, reads: int, repeats: int, directory: Path) -> list[dict[str
     _check(small, offsets)
     best: dict[str, float] = {}
 
-    def run(name: str, work: Callable[[], object]) -> None:
-        best[name] = min(best.get(name, float("inf")), _timed(work))
-
-    for _ in range(repeats):
-        run("raw sequential", lambda: sequential_raw(files))
-        run("ours sequential", lambda: sequential_ours(files))
-        run("ours small reads", lambda: sequential_small_reads(files))
+    sequential = SequentialReads(files)
+    try:
+        for _ in range(repeats):
+            for name, seconds in sequential_pass(sequential, size // CHUNK, SEGMENT).items():
+                best[name] = min(best.get(name, float("inf")), seconds)
+    finally:
+        sequential.close()
     for name, which in (("random", files), ("random small", small)):
         reads_of = RandomReads(which)
         try:
