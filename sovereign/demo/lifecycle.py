@@ -213,6 +213,20 @@ def sign_in(idp: realm.Standin, username: str) -> str:
     return password_login(openid, username, realm.password_of(username), now=datetime.now(UTC)).access_token
 
 
+class _Sha256Sink:
+    """A write-only sink that keeps only the SHA-256 of what it is given."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hash.update(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
     now = datetime.now(UTC)
     pki = SimulatedPki.generate(now)
@@ -271,10 +285,10 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
         for tee, agent in nodes.items():
             result = agent.register()
             rec.add("register", f"{tee.upper()} node", "ATTESTED", result.state.name, ",".join(result.groups))
-            out = workdir / f"train.{tee}.out"
             try:
-                agent.decrypt(None, sealed, out)
-                same = hashlib.sha256(out.read_bytes()).hexdigest() == digest
+                hashed = _Sha256Sink()  # the plaintext is hashed as it streams, never written to the folder
+                agent.decrypt(None, sealed, hashed)
+                same = hashed.hexdigest() == digest
                 rec.add(
                     "fetch key + stream-decrypt dataset",
                     f"{tee.upper()} node",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ RULES: dict[str, set[str]] = {
     "policies": {"attestation"},
     "kms/envelope": {"cryptography"},
     "enclave": {"attestation", "proto", "kms.envelope", "cryptography", "nacl", "grpc", "google"},
+    # imported by training code: no gRPC, no control plane (_typeshed: type-checking only)
+    "enclave/workload": {"kms.envelope", "cryptography", "_typeshed"},
     "kms": {
         "attestation",
         "policies",
@@ -81,3 +84,13 @@ def test_imports_follow_the_layering(package: str, path: Path) -> None:
 
 def test_rules_cover_every_package() -> None:
     assert len(_cases()) >= 5
+
+
+def test_the_workload_library_loads_without_grpc_or_the_control_plane() -> None:
+    probe = (
+        "import sys, enclave.workload; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'grpc', 'google', 'proto', 'attestation', 'policies'}"
+        " | {m for m in sys.modules if m.startswith('enclave.') and not m.startswith('enclave.workload')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
