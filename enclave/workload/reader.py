@@ -60,7 +60,8 @@ class SealedReader(io.BufferedIOBase):
         self.name = os.fspath(path)
         self.mode = "rb"
         self._lock = threading.Lock()
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO for reading must not hang the job before the check below refuses it.
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             info = os.fstat(self._fd)
             if not stat.S_ISREG(info.st_mode):
@@ -68,6 +69,7 @@ class SealedReader(io.BufferedIOBase):
                     f"{self.name} is not a regular file (random access needs one)",
                     code=WorkloadCode.WORKLOAD_NOT_A_FILE,
                 )
+            os.set_blocking(self._fd, True)
             header = read_header(_HeaderInput(self._fd))
             self._opener = ChunkOpener(keys.read_key(header.key_ref), header)
             self.key_ref = header.key_ref.decode("ascii", "replace")
