@@ -1,0 +1,250 @@
+"""SPDM 1.1 GET_MEASUREMENTS request and MEASUREMENTS response, parsed by their structure (pure).
+
+NVIDIA GPUs (Hopper, Blackwell) in confidential-computing mode answer ``GET_MEASUREMENTS`` with every
+measurement block, the responder nonce, NVIDIA opaque data (type-length-value records) and an ECDSA P-384
+signature over request || response-without-signature. Every length comes from the message itself: the
+measurement record length, each block's size, the opaque-data length; the signature length comes from the
+negotiated algorithm (P-384: r || s, 48 bytes each). Bytes after the signature are counted, never read.
+Layout: DMTF DSP0274 (SPDM) 1.1, GET_MEASUREMENTS / MEASUREMENTS and the measurement block format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from attestation.errors import Code, MalformedEvidence
+
+SPDM_VERSION_1_1 = 0x11
+GET_MEASUREMENTS = 0xE0
+MEASUREMENTS = 0x60
+NONCE_SIZE = 32
+REQUEST_SIZE = 4 + NONCE_SIZE + 1  # header, nonce, SlotIDParam
+P384_SIGNATURE_SIZE = 96
+DMTF_MEASUREMENT_SPECIFICATION = 0x01
+ALL_MEASUREMENTS = 0xFF
+SIGNATURE_REQUESTED = 0x01
+
+# NVIDIA opaque-data record types (little-endian u16 type, u16 length, value).
+OPAQUE_CERT_ISSUER_NAME = 1
+OPAQUE_CERT_AUTHORITY_KEY_IDENTIFIER = 2
+OPAQUE_DRIVER_VERSION = 3
+OPAQUE_GPU_INFO = 4
+OPAQUE_SKU = 5
+OPAQUE_VBIOS_VERSION = 6
+OPAQUE_MANUFACTURER_ID = 7
+OPAQUE_TAMPER_DETECTION = 8
+OPAQUE_SMC = 9
+OPAQUE_VPR = 10
+OPAQUE_NVDEC0_STATUS = 11
+OPAQUE_MSRSCNT = 12
+OPAQUE_CPRINFO = 13
+OPAQUE_BOARD_ID = 14
+OPAQUE_CHIP_SKU = 15
+OPAQUE_CHIP_SKU_MOD = 16
+OPAQUE_PROJECT = 17
+OPAQUE_PROJECT_SKU = 18
+OPAQUE_PROJECT_SKU_MOD = 19
+OPAQUE_FWID = 20
+OPAQUE_PROTECTED_PCIE_STATUS = 21
+OPAQUE_SWITCH_PDI = 22
+OPAQUE_FLOORSWEPT_PORTS = 23
+OPAQUE_POSITION_ID = 24
+OPAQUE_LOCK_SWITCH_STATUS = 25
+OPAQUE_GPU_LINK_CONN = 32
+OPAQUE_SYS_ENABLE_STATUS = 33
+OPAQUE_OPAQUE_DATA_VERSION = 34
+OPAQUE_CHIP_INFO = 35
+OPAQUE_FEATURE_FLAG = 36
+
+# One-byte status values NVIDIA uses in opaque data (NVDEC0 status, protected-PCIe status).
+STATUS_ENABLED = 0xAA
+STATUS_DISABLED = 0x55
+
+
+def malformed(message: str) -> MalformedEvidence:
+    return MalformedEvidence(message, code=Code.GPU_REPORT_MALFORMED)
+
+
+@dataclass(frozen=True)
+class MeasurementBlock:
+    """One DMTF measurement block: index (1-based), value type, value (a SHA-384 digest on NVIDIA GPUs)."""
+
+    index: int
+    value_type: int
+    value: bytes
+
+    @property
+    def is_digest(self) -> bool:
+        return not self.value_type & 0x80
+
+
+@dataclass(frozen=True)
+class SpdmRequest:
+    version: int
+    attributes: int
+    operation: int
+    nonce: bytes
+    slot_id: int
+
+
+@dataclass(frozen=True)
+class SpdmReport:
+    """A parsed request || response. ``signed`` is exactly what the signature covers."""
+
+    request: SpdmRequest
+    slot_id: int
+    blocks: tuple[MeasurementBlock, ...]
+    responder_nonce: bytes
+    opaque: MappingProxyType[int, bytes]
+    opaque_order: tuple[int, ...]
+    signed: bytes
+    signature: bytes
+    trailing_bytes: int
+
+    @property
+    def measurements(self) -> MappingProxyType[int, bytes]:
+        return MappingProxyType({b.index: b.value for b in self.blocks})
+
+    def opaque_text(self, record: int) -> str | None:
+        """A NUL-padded ASCII opaque record (driver version, project, SKU), or None when absent."""
+        value = self.opaque.get(record)
+        if value is None:
+            return None
+        text = value.split(b"\x00", 1)[0]
+        try:
+            return text.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise malformed(f"opaque record {record} is not ASCII text") from exc
+
+
+class _Reader:
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = data
+        self.pos = 0
+        self.what = what
+
+    def take(self, size: int, field: str) -> bytes:
+        if size < 0 or self.pos + size > len(self.data):
+            raise malformed(
+                f"{self.what} truncated at {field}: needs {size} bytes at offset {self.pos}, "
+                f"{len(self.data) - self.pos} left"
+            )
+        out = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return out
+
+    def u8(self, field: str) -> int:
+        return self.take(1, field)[0]
+
+    def uint(self, size: int, field: str) -> int:
+        return int.from_bytes(self.take(size, field), "little")
+
+
+def parse_request(data: bytes) -> SpdmRequest:
+    r = _Reader(data, "GET_MEASUREMENTS request")
+    version, code = r.u8("SPDMVersion"), r.u8("RequestResponseCode")
+    attributes, operation = r.u8("Param1"), r.u8("Param2")
+    nonce = r.take(NONCE_SIZE, "Nonce")
+    slot_id = r.u8("SlotIDParam")
+    if version != SPDM_VERSION_1_1:
+        raise malformed(f"request SPDM version {version:#04x}; only 1.1 (0x11) is supported")
+    if code != GET_MEASUREMENTS:
+        raise malformed(f"request code {code:#04x} is not GET_MEASUREMENTS (0xE0)")
+    if attributes != SIGNATURE_REQUESTED:
+        raise malformed(
+            f"request attributes {attributes:#04x}: a signed measurement request (0x01) is required"
+        )
+    if operation != ALL_MEASUREMENTS:
+        raise malformed(
+            f"request asks for measurement {operation:#04x}; all measurements (0xFF) are required"
+        )
+    return SpdmRequest(version, attributes, operation, nonce, slot_id)
+
+
+def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
+    if count == 0:
+        raise malformed("the response carries no measurement blocks")
+    r = _Reader(record, "measurement record")
+    blocks: list[MeasurementBlock] = []
+    seen: set[int] = set()
+    for _ in range(count):
+        index = r.u8("Index")
+        spec = r.u8("MeasurementSpecification")
+        size = r.uint(2, "MeasurementSize")
+        body = _Reader(r.take(size, f"measurement block {index}"), f"measurement block {index}")
+        value_type = body.u8("DMTFSpecMeasurementValueType")
+        value_size = body.uint(2, "DMTFSpecMeasurementValueSize")
+        value = body.take(value_size, "DMTFSpecMeasurementValue")
+        if body.pos != len(body.data):
+            raise malformed(f"measurement block {index}: {len(body.data) - body.pos} bytes beyond its value")
+        if spec != DMTF_MEASUREMENT_SPECIFICATION:
+            raise malformed(f"measurement block {index} uses specification {spec:#04x}, not DMTF (0x01)")
+        if index == 0 or index in seen:
+            raise malformed(f"measurement block index {index} is zero or repeated")
+        seen.add(index)
+        blocks.append(MeasurementBlock(index, value_type, value))
+    if r.pos != len(record):
+        raise malformed(f"measurement record has {len(record) - r.pos} bytes after its {count} blocks")
+    return tuple(blocks)
+
+
+def _parse_opaque(data: bytes) -> tuple[dict[int, bytes], tuple[int, ...]]:
+    r = _Reader(data, "opaque data")
+    records: dict[int, bytes] = {}
+    order: list[int] = []
+    while r.pos < len(data):
+        kind = r.uint(2, "opaque record type")
+        size = r.uint(2, "opaque record length")
+        value = r.take(size, f"opaque record {kind}")
+        if kind in records:
+            raise malformed(f"opaque record {kind} appears twice")
+        records[kind] = value
+        order.append(kind)
+    return records, tuple(order)
+
+
+def parse_report(data: bytes, *, signature_size: int = P384_SIGNATURE_SIZE) -> SpdmReport:
+    """Parse ``request || response`` (raw bytes). Raises ``MalformedEvidence`` (GPU_REPORT_MALFORMED)."""
+    if not isinstance(data, bytes | bytearray):
+        raise malformed("the GPU report must be bytes")
+    data = bytes(data)
+    request = parse_request(data[:REQUEST_SIZE])
+    r = _Reader(data[REQUEST_SIZE:], "MEASUREMENTS response")
+    version, code = r.u8("SPDMVersion"), r.u8("RequestResponseCode")
+    r.u8("Param1")
+    slot_id = r.u8("Param2") & 0x0F
+    count = r.u8("NumberOfBlocks")
+    record_length = r.uint(3, "MeasurementRecordLength")
+    if version != SPDM_VERSION_1_1:
+        raise malformed(f"response SPDM version {version:#04x}; only 1.1 (0x11) is supported")
+    if code != MEASUREMENTS:
+        raise malformed(f"response code {code:#04x} is not MEASUREMENTS (0x60)")
+    if slot_id != request.slot_id:
+        raise malformed(f"response slot {slot_id} differs from the requested slot {request.slot_id}")
+    blocks = _parse_blocks(r.take(record_length, "MeasurementRecord"), count)
+    responder_nonce = r.take(NONCE_SIZE, "Nonce")
+    opaque_length = r.uint(2, "OpaqueLength")
+    opaque, order = _parse_opaque(r.take(opaque_length, "OpaqueData"))
+    signed_end = REQUEST_SIZE + r.pos
+    signature = r.take(signature_size, "Signature")
+    return SpdmReport(
+        request=request,
+        slot_id=slot_id,
+        blocks=blocks,
+        responder_nonce=responder_nonce,
+        opaque=MappingProxyType(opaque),
+        opaque_order=order,
+        signed=data[:signed_end],
+        signature=signature,
+        trailing_bytes=len(data) - signed_end - signature_size,
+    )
+
+
+def decode_hex_report(text: str | bytes) -> bytes:
+    """The hex-text form NVIDIA's tools and SDK test data use (whitespace tolerated)."""
+    try:
+        raw = text.decode("ascii") if isinstance(text, bytes) else text
+        return bytes.fromhex("".join(raw.split()))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise malformed("the GPU report is not hex text") from exc
