@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from attestation.errors import X509_PARSE_ERRORS, ChainInvalid, Code, CollateralError
 
@@ -110,7 +111,7 @@ def _ocsp_signed_by_issuer(resp: ocsp.OCSPResponse, issuer: x509.Certificate, no
             eku = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except (InvalidSignature, ValueError, TypeError, x509.ExtensionNotFound):
             continue
-        if x509.ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
             continue
         if not responder.not_valid_before_utc <= now <= responder.not_valid_after_utc:
             continue

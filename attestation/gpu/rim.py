@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,10 +25,11 @@ from types import MappingProxyType
 
 from cryptography import x509
 from lxml import etree
-from signxml import DigestAlgorithm, SignatureConfiguration, SignatureMethod, XMLVerifier
+from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import SignXMLException
+from signxml.verifier import SignatureConfiguration, XMLVerifier
 
-from attestation.errors import X509_PARSE_ERRORS, AttestationError, ChainInvalid, Code, SignatureInvalid
+from attestation.errors import X509_PARSE_ERRORS, Code, SignatureInvalid
 from attestation.gpu.chain import Chain, ChainCache, verify_chain
 from attestation.trust import TrustStore
 
@@ -38,12 +41,6 @@ MAX_ALTERNATIVES = 16
 MAX_INDEX = 255
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_comments=False)
-_CONFIG_FIELDS = {
-    "location": "./",
-    "signature_methods": frozenset({SignatureMethod.ECDSA_SHA384}),
-    "digest_algorithms": frozenset({DigestAlgorithm.SHA384}),
-    "expect_references": 1,
-}
 
 
 @dataclass(frozen=True)
@@ -68,6 +65,35 @@ class Rim:
     chain: Chain
 
 
+@dataclass(frozen=True)
+class _SignedRim:
+    ders: tuple[bytes, ...]
+    tag_id: str
+    product: str
+    version: str
+    measurements: Mapping[int, GoldenMeasurement]
+
+
+class RimCache:
+    """Signature checks remembered per RIM bytes (SHA-256); chain pin and windows are re-checked per call."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.chains = ChainCache(size)
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: dict[bytes, _SignedRim] = {}
+
+    def _get(self, key: bytes) -> _SignedRim | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def _put(self, key: bytes, value: _SignedRim) -> None:
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = value
+
+
 def _invalid(message: str) -> SignatureInvalid:
     return SignatureInvalid(message, code=Code.GPU_RIM_INVALID)
 
@@ -88,7 +114,14 @@ def _signer_chain(root: etree._Element) -> list[bytes]:
 def _verify_signature(data: bytes, leaf_der: bytes) -> etree._Element:
     try:
         leaf = x509.load_der_x509_certificate(leaf_der)
-        config = SignatureConfiguration(verification_time=leaf.not_valid_before_utc, **_CONFIG_FIELDS)  # type: ignore[arg-type]
+        # signxml checks the leaf's window at verification_time; windows are judged by verify_chain, at now.
+        config = SignatureConfiguration(
+            location="./",
+            signature_methods=frozenset({SignatureMethod.ECDSA_SHA384}),
+            digest_algorithms=frozenset({DigestAlgorithm.SHA384}),
+            expect_references=1,
+            verification_time=leaf.not_valid_before_utc,
+        )
         result = XMLVerifier().verify(data, x509_cert=leaf, expect_config=config)
     except (SignXMLException, etree.LxmlError, *X509_PARSE_ERRORS) as exc:
         raise _invalid(f"RIM XML signature does not verify: {type(exc).__name__}: {exc}") from exc
@@ -140,18 +173,7 @@ def _measurements(signed: etree._Element) -> dict[int, GoldenMeasurement]:
     return out
 
 
-def verify_rim(
-    data: bytes,
-    *,
-    trust: TrustStore,
-    now: datetime,
-    cache: ChainCache | None = None,
-    accept_expired_certificates: bool = False,
-) -> Rim:
-    """Verify one RIM; raise ``AttestationError`` with a GPU_RIM_* code on any failure."""
-    if not isinstance(data, bytes | bytearray) or len(data) > MAX_RIM_BYTES:
-        raise _invalid(f"a RIM must be bytes of at most {MAX_RIM_BYTES}")
-    data = bytes(data)
+def _verify_signed(data: bytes) -> _SignedRim:
     try:
         root = etree.fromstring(data, parser=_PARSER)
     except (etree.LxmlError, ValueError) as exc:
@@ -160,36 +182,54 @@ def verify_rim(
         raise _invalid(f"the RIM root element is {root.tag!r}, not a SWID SoftwareIdentity")
     ders = _signer_chain(root)
     signed = _verify_signature(data, ders[0])
-    try:
-        chain = verify_chain(
-            ders,
-            check_root=trust.check_nvidia_rim_root,
-            now=now,
-            code=Code.GPU_RIM_UNTRUSTED,
-            expired_code=Code.GPU_RIM_EXPIRED,
-            what="RIM signer",
-            cache=cache,
-            allow_expired=accept_expired_certificates,
-        )
-    except AttestationError:
-        raise
-    expired = not chain.not_before <= now <= chain.not_after
     metas = signed.findall(f"{{{SWID_NS}}}Meta")
     if len(metas) != 1:
         raise _invalid(f"the signed RIM has {len(metas)} Meta elements; exactly one is required")
-    version = metas[0].get("colloquialVersion") or ""
-    product = metas[0].get("product") or ""
-    cn = chain.leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return Rim(
+    return _SignedRim(
+        ders=tuple(ders),
         tag_id=signed.get("tagId") or "",
-        product=product,
-        version=version,
+        product=metas[0].get("product") or "",
+        version=metas[0].get("colloquialVersion") or "",
         measurements=MappingProxyType(_measurements(signed)),
-        signer=str(cn[0].value) if cn else chain.leaf.subject.rfc4514_string(),
-        valid_until=chain.not_after,
-        cert_expired=expired,
-        chain=chain,
     )
 
 
-__all__ = ["ChainInvalid", "GoldenMeasurement", "Rim", "verify_rim"]
+def verify_rim(
+    data: bytes,
+    *,
+    trust: TrustStore,
+    now: datetime,
+    cache: RimCache | None = None,
+    accept_expired_certificates: bool = False,
+) -> Rim:
+    """Verify one RIM; raise ``AttestationError`` with a GPU_RIM_* code on any failure."""
+    if not isinstance(data, bytes | bytearray) or len(data) > MAX_RIM_BYTES:
+        raise _invalid(f"a RIM must be bytes of at most {MAX_RIM_BYTES}")
+    data = bytes(data)
+    key = hashlib.sha256(data).digest()
+    signed_rim = cache._get(key) if cache else None
+    if signed_rim is None:
+        signed_rim = _verify_signed(data)
+        if cache:
+            cache._put(key, signed_rim)
+    chain = verify_chain(
+        signed_rim.ders,
+        check_root=trust.check_nvidia_rim_root,
+        now=now,
+        code=Code.GPU_RIM_UNTRUSTED,
+        expired_code=Code.GPU_RIM_EXPIRED,
+        what="RIM signer",
+        cache=cache.chains if cache else None,
+        allow_expired=accept_expired_certificates,
+    )
+    cn = chain.leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return Rim(
+        tag_id=signed_rim.tag_id,
+        product=signed_rim.product,
+        version=signed_rim.version,
+        measurements=signed_rim.measurements,
+        signer=str(cn[0].value) if cn else chain.leaf.subject.rfc4514_string(),
+        valid_until=chain.not_after,
+        cert_expired=not chain.not_before <= now <= chain.not_after,
+        chain=chain,
+    )
