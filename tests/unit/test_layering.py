@@ -15,8 +15,8 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 RULES: dict[str, set[str]] = {
     "attestation": {"cryptography"},
     # NVIDIA RIMs are XML signatures: verified (gpu/) and minted for tests (simulate/) with signxml + lxml.
-    "attestation/gpu": {"cryptography", "signxml", "lxml"},
-    "attestation/simulate": {"cryptography", "signxml", "lxml"},
+    "attestation/gpu": {"attestation", "cryptography", "signxml", "lxml"},
+    "attestation/simulate": {"attestation", "cryptography", "signxml", "lxml"},
     "policies": {"attestation"},
     "kms/envelope": {"cryptography"},
     "enclave": {"attestation", "proto", "kms.envelope", "cryptography", "nacl", "grpc", "google"},
