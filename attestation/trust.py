@@ -121,6 +121,8 @@ def simulation(
         amd_arks={product: fingerprint(der) for product, der in amd_arks.items()},
         intel_roots=frozenset({fingerprint(intel_root)}),
         allow_simulated=True,
-        nvidia_device_roots=frozenset({fingerprint(nvidia_device_root)}) if nvidia_device_root else frozenset(),
+        nvidia_device_roots=frozenset({fingerprint(nvidia_device_root)})
+        if nvidia_device_root
+        else frozenset(),
         nvidia_rim_roots=frozenset({fingerprint(nvidia_rim_root)}) if nvidia_rim_root else frozenset(),
     )

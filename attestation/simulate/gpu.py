@@ -228,7 +228,7 @@ class GpuSimulator:
         start, end = self._window
         device_id = hashlib.sha256(f"{seed}/id".encode()).hexdigest()[:16].upper()
         brom = _issue(f"{chip} A01 GSP BROM", _key(), prov, not_before=start, not_after=end, ca=True)
-        fwid = hashlib.sha384(f"{seed}/fmc".encode()).digest()
+        fwid = hashlib.sha384(f"fmc/{vbios.hex()}".encode()).digest()  # same firmware, same FWID
         leaf_key = _key()
         name = f"NVIDIA:{chip}:{device_id}"
         extensions: list[x509.ExtensionType] = [
@@ -259,7 +259,7 @@ class GpuSimulator:
         chain = [leaf.cert, brom.cert, prov.cert, identity.cert, root.cert]
 
         measurements = {
-            i: hashlib.sha384(f"{seed}/m{i}/{driver_version}".encode()).digest() for i in range(64)
+            i: hashlib.sha384(f"m{i}/{driver_version}/{vbios.hex()}".encode()).digest() for i in range(64)
         }
         report = self._report(
             nonce=bytes(32) if GpuFault.NONCE_MISMATCH in faults else nonce,
@@ -417,3 +417,25 @@ class GpuSimulator:
             response = builder.sign(cas[i + 1].key, hashes.SHA384())
             out.append(response.public_bytes(serialization.Encoding.DER))
         return tuple(out)
+
+    def provisioner_crl(
+        self, *, revoked: tuple[x509.Certificate, ...] = (), chip: str = "GH100", stale: bool = False
+    ) -> bytes:
+        """A CRL of the provisioner CA (the issuer of every BROM certificate), DER."""
+        _identity, prov = self._device_cas(chip, False)
+        this_update = self.now - timedelta(days=10 if stale else 1)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(prov.cert.subject)
+            .last_update(this_update)
+            .next_update(this_update + timedelta(days=5 if stale else 30))
+        )
+        for cert in revoked:
+            entry = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(this_update)
+                .build()
+            )
+            builder = builder.add_revoked_certificate(entry)
+        return builder.sign(prov.key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)

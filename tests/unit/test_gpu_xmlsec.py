@@ -7,15 +7,13 @@ signature). The test installs ``xmlsec1`` with apt-get when it is missing, as th
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from xmlsec1 import ensure_xmlsec1, xmlsec1_accepts
 
 from attestation import gpu
 from attestation.errors import AttestationError, Code
@@ -32,45 +30,9 @@ RIMS = [
 ]
 
 
-def _ensure_xmlsec1() -> str:
-    found = shutil.which("xmlsec1")
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.fail("xmlsec1 is missing and cannot be installed (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "xmlsec1"]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:  # a fresh image may have no package lists yet
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-    found = shutil.which("xmlsec1")
-    if not found:
-        pytest.fail(f"apt-get install xmlsec1 failed:\n{done.stderr[-2000:]}")
-    return found
-
-
 @pytest.fixture(scope="module")
 def xmlsec1() -> str:
-    return _ensure_xmlsec1()
-
-
-def xmlsec1_accepts(binary: str, rim: Path, root_pem: Path, now: datetime) -> bool:
-    done = subprocess.run(
-        [
-            binary,
-            "--verify",
-            "--trusted-pem",
-            str(root_pem),
-            "--verification-time",
-            now.strftime("%Y-%m-%d %H:%M:%S"),
-            str(rim),
-        ],
-        capture_output=True,
-        check=False,
-        timeout=60,
-    )
-    return done.returncode == 0
+    return ensure_xmlsec1()
 
 
 def ours_accepts(data: bytes, now: datetime) -> bool:
