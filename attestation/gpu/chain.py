@@ -77,9 +77,10 @@ def _verify_links(ders: tuple[bytes, ...], code: Code, what: str) -> Chain:
         raise ChainInvalid(f"{what} chain has {len(ders)} certificates (at most {MAX_CHAIN})", code=code)
     try:
         certs = tuple(x509.load_der_x509_certificate(d) for d in ders)
-        for i, cert in enumerate(certs):
-            issuer = certs[min(i + 1, len(certs) - 1)]
-            if i + 1 < len(certs) and not _is_ca(issuer):
+        # The last certificate is trusted by its pinned fingerprint, so its self-signature adds nothing.
+        for i, cert in enumerate(certs[:-1]):
+            issuer = certs[i + 1]
+            if not _is_ca(issuer):
                 raise ChainInvalid(
                     f"{what} certificate {i + 1} ({issuer.subject.rfc4514_string()}) is not a CA", code=code
                 )

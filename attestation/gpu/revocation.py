@@ -13,9 +13,11 @@ responder the issuer delegated to with the OCSP-signing purpose), or from a CRL 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -25,6 +27,27 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from attestation.errors import X509_PARSE_ERRORS, ChainInvalid, Code, CollateralError
+
+
+@dataclass(frozen=True)
+class _Signer:
+    """Who signed a response: nobody we accept (``ok`` False), the issuer, or a delegated responder whose
+    own window must hold at ``now``."""
+
+    ok: bool
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+    def valid_at(self, now: datetime) -> bool:
+        if not self.ok:
+            return False
+        if self.not_before is None or self.not_after is None:
+            return True
+        return self.not_before <= now <= self.not_after
+
+
+_NOBODY = _Signer(ok=False)
+_ISSUER = _Signer(ok=True)
 
 
 class GpuCollateral:
@@ -37,6 +60,22 @@ class GpuCollateral:
     def __init__(self, ocsp_responses: Sequence[bytes] = (), crls: Sequence[bytes] = ()) -> None:
         self.responses: tuple[ocsp.OCSPResponse, ...] = tuple(_load_ocsp(ocsp_responses))
         self.crls: tuple[x509.CertificateRevocationList, ...] = tuple(_load_crls(crls))
+        # Signature checks are remembered per (item, issuer certificate): verified once per collateral set.
+        # Windows and statuses are judged at every call.
+        self._signed: dict[tuple[str, int, bytes], _Signer] = {}
+        self._lock = threading.Lock()
+
+    def signer(
+        self, kind: str, index: int, issuer: x509.Certificate, check: Callable[[], _Signer]
+    ) -> _Signer:
+        key = (kind, index, issuer.fingerprint(hashes.SHA256()))
+        with self._lock:
+            known = self._signed.get(key)
+        if known is None:
+            known = check()
+            with self._lock:
+                self._signed[key] = known
+        return known
 
     def __repr__(self) -> str:
         return f"GpuCollateral(ocsp={len(self.responses)}, crls={len(self.crls)})"
@@ -87,6 +126,16 @@ def _verify_signature(
     return True
 
 
+def _crl_signer(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> _Signer:
+    key = issuer.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        return _NOBODY
+    try:
+        return _ISSUER if crl.is_signature_valid(key) else _NOBODY
+    except (TypeError, ValueError):
+        return _NOBODY
+
+
 def _key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
     """RFC 6960 issuerKeyHash: the hash of the issuer's subjectPublicKey BIT STRING contents."""
     key = cert.public_key()
@@ -101,10 +150,10 @@ def _key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
     return digest.finalize()
 
 
-def _ocsp_signed_by_issuer(resp: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime) -> bool:
+def _ocsp_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> _Signer:
     algorithm = resp.signature_hash_algorithm
     if _verify_signature(issuer.public_key(), resp.signature, resp.tbs_response_bytes, algorithm):
-        return True
+        return _ISSUER
     for responder in resp.certificates:  # a delegated responder, issued by the issuer for OCSP signing
         try:
             responder.verify_directly_issued_by(issuer)
@@ -113,11 +162,9 @@ def _ocsp_signed_by_issuer(resp: ocsp.OCSPResponse, issuer: x509.Certificate, no
             continue
         if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
             continue
-        if not responder.not_valid_before_utc <= now <= responder.not_valid_after_utc:
-            continue
         if _verify_signature(responder.public_key(), resp.signature, resp.tbs_response_bytes, algorithm):
-            return True
-    return False
+            return _Signer(True, responder.not_valid_before_utc, responder.not_valid_after_utc)
+    return _NOBODY
 
 
 class _Verdicts:
@@ -130,13 +177,13 @@ class _Verdicts:
 def _from_ocsp(
     cert: x509.Certificate, issuer: x509.Certificate, collateral: GpuCollateral, now: datetime, v: _Verdicts
 ) -> None:
-    for resp in collateral.responses:
+    for n, resp in enumerate(collateral.responses):
         for single in resp.responses:
             if single.serial_number != cert.serial_number:
                 continue
             if single.issuer_key_hash != _key_hash(issuer, single.hash_algorithm):
                 continue
-            if not _ocsp_signed_by_issuer(resp, issuer, now):
+            if not collateral.signer("ocsp", n, issuer, partial(_ocsp_signer, resp, issuer)).valid_at(now):
                 continue
             status = single.certificate_status
             if status == ocsp.OCSPCertStatus.REVOKED:
@@ -156,13 +203,10 @@ def _from_ocsp(
 def _from_crls(
     cert: x509.Certificate, issuer: x509.Certificate, collateral: GpuCollateral, now: datetime, v: _Verdicts
 ) -> None:
-    for crl in collateral.crls:
+    for n, crl in enumerate(collateral.crls):
         if crl.issuer != issuer.subject:
             continue
-        try:
-            if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-                continue
-        except (TypeError, ValueError):
+        if not collateral.signer("crl", n, issuer, partial(_crl_signer, crl, issuer)).ok:
             continue
         entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
         if entry is not None and entry.revocation_date_utc <= now:
