@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -41,9 +42,17 @@ class Chain:
         return self.certs[0]
 
     def leaf_key(self) -> ec.EllipticCurvePublicKey:
+        key = self._leaf_key
+        if key is None:
+            raise ChainInvalid("the leaf key is not ECDSA P-384", code=Code.GPU_CHAIN_UNTRUSTED)
+        return key
+
+    @cached_property
+    def _leaf_key(self) -> ec.EllipticCurvePublicKey | None:
+        # Loading a public key validates the curve point; cached chains load it once.
         key = self.leaf.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-            raise ChainInvalid("the leaf key is not ECDSA P-384", code=Code.GPU_CHAIN_UNTRUSTED)
+            return None
         return key
 
 

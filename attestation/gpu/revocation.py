@@ -28,6 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from attestation.errors import X509_PARSE_ERRORS, ChainInvalid, Code, CollateralError
 
+MAX_REMEMBERED = 4096
+
 
 @dataclass(frozen=True)
 class _Signer:
@@ -63,6 +65,7 @@ class GpuCollateral:
         # Signature checks are remembered per (item, issuer certificate): verified once per collateral set.
         # Windows and statuses are judged at every call.
         self._signed: dict[tuple[str, int, bytes], _Signer] = {}
+        self._statements: dict[tuple[x509.Certificate, x509.Certificate], tuple[_Statement, ...]] = {}
         self._lock = threading.Lock()
 
     def signer(
@@ -167,58 +170,69 @@ def _ocsp_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> _Signer:
     return _NOBODY
 
 
-class _Verdicts:
-    def __init__(self) -> None:
-        self.good_until: datetime | None = None
-        self.stale = False
-        self.revoked_reason = ""
+@dataclass(frozen=True)
+class _Statement:
+    """One authentic answer about one certificate; judged against ``now`` at every call."""
+
+    revoked_at: datetime | None  # set: revoked from then on; None: good
+    this_update: datetime
+    next_update: datetime | None
+    signer: _Signer
+    source: str
 
 
-def _from_ocsp(
-    cert: x509.Certificate, issuer: x509.Certificate, collateral: GpuCollateral, now: datetime, v: _Verdicts
-) -> None:
+def _ocsp_statements(
+    cert: x509.Certificate, issuer: x509.Certificate, collateral: GpuCollateral
+) -> list[_Statement]:
+    out = []
     for n, resp in enumerate(collateral.responses):
         for single in resp.responses:
             if single.serial_number != cert.serial_number:
                 continue
             if single.issuer_key_hash != _key_hash(issuer, single.hash_algorithm):
                 continue
-            if not collateral.signer("ocsp", n, issuer, partial(_ocsp_signer, resp, issuer)).valid_at(now):
+            signer = collateral.signer("ocsp", n, issuer, partial(_ocsp_signer, resp, issuer))
+            if not signer.ok:
                 continue
             status = single.certificate_status
+            if status == ocsp.OCSPCertStatus.UNKNOWN:
+                continue  # "unknown" answers nothing
+            revoked_at = None
             if status == ocsp.OCSPCertStatus.REVOKED:
-                when = single.revocation_time_utc
-                if when is None or when <= now:
-                    v.revoked_reason = f"OCSP: revoked at {when:%Y-%m-%d}" if when else "OCSP: revoked"
-                continue
-            if status != ocsp.OCSPCertStatus.GOOD:
-                continue
-            nxt = single.next_update_utc
-            if nxt is not None and single.this_update_utc <= now <= nxt:
-                v.good_until = nxt if v.good_until is None else max(v.good_until, nxt)
-            else:
-                v.stale = True
+                revoked_at = single.revocation_time_utc or single.this_update_utc
+            out.append(_Statement(revoked_at, single.this_update_utc, single.next_update_utc, signer, "OCSP"))
+    return out
 
 
-def _from_crls(
-    cert: x509.Certificate, issuer: x509.Certificate, collateral: GpuCollateral, now: datetime, v: _Verdicts
-) -> None:
+def _crl_statements(
+    cert: x509.Certificate, issuer: x509.Certificate, collateral: GpuCollateral
+) -> list[_Statement]:
+    out = []
     for n, crl in enumerate(collateral.crls):
         if crl.issuer != issuer.subject:
             continue
-        if not collateral.signer("crl", n, issuer, partial(_crl_signer, crl, issuer)).ok:
+        signer = collateral.signer("crl", n, issuer, partial(_crl_signer, crl, issuer))
+        if not signer.ok:
             continue
         entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
-        if entry is not None and entry.revocation_date_utc <= now:
-            v.revoked_reason = (
-                f"CRL of {issuer.subject.rfc4514_string()}: revoked {entry.revocation_date_utc:%Y-%m-%d}"
-            )
-            continue
-        nxt = crl.next_update_utc
-        if nxt is not None and crl.last_update_utc <= now <= nxt:
-            v.good_until = nxt if v.good_until is None else max(v.good_until, nxt)
-        else:
-            v.stale = True
+        revoked_at = entry.revocation_date_utc if entry is not None else None
+        out.append(_Statement(revoked_at, crl.last_update_utc, crl.next_update_utc, signer, "CRL"))
+    return out
+
+
+def _statements(
+    cert: x509.Certificate, issuer: x509.Certificate, collateral: GpuCollateral
+) -> tuple[_Statement, ...]:
+    key = (cert, issuer)
+    with collateral._lock:
+        known = collateral._statements.get(key)
+    if known is None:
+        known = tuple(_ocsp_statements(cert, issuer, collateral) + _crl_statements(cert, issuer, collateral))
+        with collateral._lock:
+            if len(collateral._statements) >= MAX_REMEMBERED:
+                collateral._statements.clear()
+            collateral._statements[key] = known
+    return known
 
 
 def check_revocation(
@@ -234,19 +248,29 @@ def check_revocation(
     checked = 0
     for i in range(first, len(certs) - 1):
         cert, issuer = certs[i], certs[i + 1]
-        verdicts = _Verdicts()
-        _from_ocsp(cert, issuer, collateral, now, verdicts)
-        _from_crls(cert, issuer, collateral, now, verdicts)
-        name = cert.subject.rfc4514_string()
-        if verdicts.revoked_reason:
-            raise ChainInvalid(
-                f"{what} certificate {i} ({name}) is revoked ({verdicts.revoked_reason})",
-                code=Code.GPU_REVOKED,
-            )
-        if verdicts.good_until is None:
-            if verdicts.stale:
+        good_until: datetime | None = None
+        stale = False
+        for st in _statements(cert, issuer, collateral):
+            if not st.signer.valid_at(now):
+                continue
+            if st.revoked_at is not None:
+                if st.revoked_at > now:
+                    continue  # a revocation dated later says nothing good about now
+                raise ChainInvalid(
+                    f"{what} certificate {i} ({cert.subject.rfc4514_string()}) is revoked "
+                    f"({st.source}, since {st.revoked_at:%Y-%m-%d})",
+                    code=Code.GPU_REVOKED,
+                )
+            if st.next_update is not None and st.this_update <= now <= st.next_update:
+                good_until = st.next_update if good_until is None else max(good_until, st.next_update)
+            else:
+                stale = True
+        if good_until is None:
+            name = cert.subject.rfc4514_string()
+            if stale:
                 raise CollateralError(
-                    f"{what} certificate {i} ({name}): every OCSP response / CRL is outside its window at {now:%Y-%m-%dT%H:%M:%SZ}",
+                    f"{what} certificate {i} ({name}): every OCSP response / CRL is outside its window "
+                    f"at {now:%Y-%m-%dT%H:%M:%SZ}",
                     code=Code.GPU_COLLATERAL_EXPIRED,
                 )
             raise CollateralError(
@@ -254,5 +278,5 @@ def check_revocation(
                 code=Code.GPU_COLLATERAL_MISSING,
             )
         checked += 1
-        earliest = verdicts.good_until if earliest is None else min(earliest, verdicts.good_until)
+        earliest = good_until if earliest is None else min(earliest, good_until)
     return RevocationResult(checked=checked, valid_until=earliest)

@@ -10,7 +10,9 @@ Layout: DMTF DSP0274 (SPDM) 1.1, GET_MEASUREMENTS / MEASUREMENTS and the measure
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 
 from attestation.errors import Code, MalformedEvidence
@@ -102,7 +104,7 @@ class SpdmReport:
     signature: bytes
     trailing_bytes: int
 
-    @property
+    @cached_property
     def measurements(self) -> MappingProxyType[int, bytes]:
         return MappingProxyType({b.index: b.value for b in self.blocks})
 
@@ -162,30 +164,39 @@ def parse_request(data: bytes) -> SpdmRequest:
     return SpdmRequest(version, attributes, operation, nonce, slot_id)
 
 
+_BLOCK_HEAD = struct.Struct("<BBH")  # Index, MeasurementSpecification, MeasurementSize
+_VALUE_HEAD = struct.Struct("<BH")  # DMTFSpecMeasurementValueType, DMTFSpecMeasurementValueSize
+
+
 def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
     if count == 0:
         raise malformed("the response carries no measurement blocks")
-    r = _Reader(record, "measurement record")
     blocks: list[MeasurementBlock] = []
     seen: set[int] = set()
+    pos, end = 0, len(record)
     for _ in range(count):
-        index = r.u8("Index")
-        spec = r.u8("MeasurementSpecification")
-        size = r.uint(2, "MeasurementSize")
-        body = _Reader(r.take(size, f"measurement block {index}"), f"measurement block {index}")
-        value_type = body.u8("DMTFSpecMeasurementValueType")
-        value_size = body.uint(2, "DMTFSpecMeasurementValueSize")
-        value = body.take(value_size, "DMTFSpecMeasurementValue")
-        if body.pos != len(body.data):
-            raise malformed(f"measurement block {index}: {len(body.data) - body.pos} bytes beyond its value")
+        if pos + _BLOCK_HEAD.size > end:
+            raise malformed(f"measurement record truncated at block {len(blocks) + 1} of {count}")
+        index, spec, size = _BLOCK_HEAD.unpack_from(record, pos)
+        body = pos + _BLOCK_HEAD.size
+        pos = body + size
+        if pos > end:
+            raise malformed(f"measurement block {index} runs past the measurement record")
+        if size < _VALUE_HEAD.size:
+            raise malformed(f"measurement block {index} is too short for a DMTF measurement")
+        value_type, value_size = _VALUE_HEAD.unpack_from(record, body)
+        if _VALUE_HEAD.size + value_size != size:
+            raise malformed(
+                f"measurement block {index}: value size {value_size} does not fill block size {size}"
+            )
         if spec != DMTF_MEASUREMENT_SPECIFICATION:
             raise malformed(f"measurement block {index} uses specification {spec:#04x}, not DMTF (0x01)")
         if index == 0 or index in seen:
             raise malformed(f"measurement block index {index} is zero or repeated")
         seen.add(index)
-        blocks.append(MeasurementBlock(index, value_type, value))
-    if r.pos != len(record):
-        raise malformed(f"measurement record has {len(record) - r.pos} bytes after its {count} blocks")
+        blocks.append(MeasurementBlock(index, value_type, record[body + _VALUE_HEAD.size : pos]))
+    if pos != end:
+        raise malformed(f"measurement record has {end - pos} bytes after its {count} blocks")
     return tuple(blocks)
 
 

@@ -1,0 +1,214 @@
+"""NVIDIA GPU evidence: report verification against raw P-384 verify, RIM signatures against ``xmlsec1``.
+
+Run: ``.venv/bin/python -m bench.bench_gpu [--quick]``. Rows:
+
+1. GPU report verification with the device chain cached and the RIM comparison included (real H100
+   report ``tests/vectors/gpu/hopper-nvtrust-545`` with nvtrust's sample driver and VBIOS RIMs, at a time
+   inside the RIM chains' window; no OCSP recorded for these, so revocation is off in this row), against one
+   raw ECDSA P-384 verify of the same report signature. Target 0.8x.
+2. The same on simulated evidence with OCSP collateral for both chains (revocation included, the OCSP
+   signatures verified once per collateral set as in the server). Target 0.8x.
+3. RIM signature verification (XML signature + chain to the pinned root + parse, nothing cached) against
+   ``xmlsec1 --verify --trusted-pem ROOT`` on the same files (the three shared RIMs with valid signatures).
+   Process start is excluded by measurement: xmlsec1 verifies K+1 copies in one process and one copy in
+   another, and the per-file figure is the difference divided by K. Target 1.0x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from attestation import gpu
+from attestation.simulate.gpu import GpuSimulator
+from attestation.trust import PRODUCTION
+
+HERE = Path(__file__).resolve().parent
+INSIDE_RIM_WINDOW = datetime(2024, 6, 1, tzinfo=UTC)
+VALID_RIMS = ("driver-nvtrust-sample", "vbios-96005E0001-nvtrust-sample", "vbios-96005E0001-mismatch")
+REPORT_TARGET = 0.8
+RIM_TARGET = 1.0
+
+
+def vectors_dir() -> Path:
+    env = os.environ.get("SOVEREIGN_VECTORS")
+    return Path(env) if env else HERE.parents[1] / "shared" / "vectors"
+
+
+def rate(fn: Callable[[], object], seconds: float) -> float:
+    fn()
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(5):
+            fn()
+        count += 5
+    return count / elapsed
+
+
+def interleaved(
+    ours: Callable[[], object], baseline: Callable[[], object], seconds: float
+) -> tuple[float, float]:
+    """Short alternating rounds, best of each side: load from other processes lands on both sides."""
+    rounds = 5
+    ours_rate = base_rate = 0.0
+    for _ in range(rounds):
+        base_rate = max(base_rate, rate(baseline, seconds / rounds))
+        ours_rate = max(ours_rate, rate(ours, seconds / rounds))
+    return ours_rate, base_rate
+
+
+def _raw_verify(evidence: gpu.GpuEvidence) -> Callable[[], None]:
+    report = gpu.parse_report(evidence.report)
+    chain = gpu.chain.verify_chain(
+        evidence.chain, check_root=lambda _der: None, now=INSIDE_RIM_WINDOW,
+        code=gpu.chain.Code.GPU_CHAIN_UNTRUSTED, expired_code=gpu.chain.Code.GPU_CERT_EXPIRED, what="GPU",
+    )  # fmt: skip
+    key = chain.leaf_key()
+    signature = encode_dss_signature(
+        int.from_bytes(report.signature[:48], "big"), int.from_bytes(report.signature[48:], "big")
+    )
+    algorithm = ec.ECDSA(hashes.SHA384())
+    return lambda: key.verify(signature, report.signed, algorithm)
+
+
+def _row(work: str, ours: float, base: float, target: float, unit: str, **extra: Any) -> dict[str, Any]:
+    ratio = ours / base
+    return {
+        "work": work, "ours": round(ours, 1), "baseline": round(base, 1), "unit": unit,
+        "ratio": round(ratio, 3), "target": target, "met": ratio >= target, **extra,
+    }  # fmt: skip
+
+
+def bench_real_report(vectors: Path, seconds: float) -> dict[str, Any]:
+    repo = HERE.parent / "tests" / "vectors" / "gpu"
+    evidence = gpu.from_pem(
+        gpu.decode_hex_report((repo / "hopper-nvtrust-545.report.txt").read_text()),
+        (repo / "hopper-nvtrust-545.chain.pem").read_bytes(),
+    )
+    driver = (vectors / "gpu/rims/driver-nvtrust-sample.swidtag").read_bytes()
+    vbios = (vectors / "gpu/rims/vbios-96005E0001-nvtrust-sample.swidtag").read_bytes()
+    nonce = gpu.parse_report(evidence.report).request.nonce
+    cache = gpu.GpuVerifierCache()
+    options = gpu.GpuVerifyOptions(require_revocation=False)
+
+    def ours() -> object:
+        claims = gpu.verify_gpu(
+            evidence, nonce=nonce, trust=PRODUCTION, now=INSIDE_RIM_WINDOW, collateral=None,
+            driver_rim=driver, vbios_rim=vbios, options=options, cache=cache,
+        )  # fmt: skip
+        assert claims.measurement_result == "success"
+        return claims
+
+    ours_rate, base_rate = interleaved(ours, _raw_verify(evidence), seconds)
+    return _row(
+        "GPU report verification (chain cached, RIM comparison included)", ours_rate, base_rate,
+        REPORT_TARGET, "verifications/s", vector="hopper-nvtrust-545 + nvtrust sample RIMs",
+        baseline_is="one raw ECDSA P-384 verify of the report signature",
+        note="no recorded OCSP for these real chains: revocation off in this row",
+    )  # fmt: skip
+
+
+def bench_simulated_report(seconds: float) -> dict[str, Any]:
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    sim = GpuSimulator(now)
+    minted = sim.mint(nonce=bytes(range(32)))
+    collateral = minted.collateral()
+    trust = sim.trust_store()
+    cache = gpu.GpuVerifierCache()
+
+    def ours() -> object:
+        return gpu.verify_gpu(
+            minted.evidence, nonce=minted.nonce, trust=trust, now=now, collateral=collateral,
+            driver_rim=minted.driver_rim, vbios_rim=minted.vbios_rim, cache=cache,
+        )  # fmt: skip
+
+    report = gpu.parse_report(minted.evidence.report)
+    chain = gpu.chain.verify_chain(
+        minted.evidence.chain, check_root=trust.check_nvidia_device_root, now=now,
+        code=gpu.chain.Code.GPU_CHAIN_UNTRUSTED, expired_code=gpu.chain.Code.GPU_CERT_EXPIRED, what="GPU",
+    )  # fmt: skip
+    key = chain.leaf_key()
+    sig = encode_dss_signature(
+        int.from_bytes(report.signature[:48], "big"), int.from_bytes(report.signature[48:], "big")
+    )
+    ours_rate, base_rate = interleaved(
+        ours, lambda: key.verify(sig, report.signed, ec.ECDSA(hashes.SHA384())), seconds
+    )
+    return _row(
+        "GPU report verification with OCSP revocation (simulated H100, caches warm)", ours_rate, base_rate,
+        REPORT_TARGET, "verifications/s", baseline_is="one raw ECDSA P-384 verify of the report signature",
+    )  # fmt: skip
+
+
+def _xmlsec1_seconds(binary: str, root: Path, files: list[Path]) -> float:
+    command = [binary, "--verify", "--trusted-pem", str(root), "--verification-time", "2024-06-01 00:00:00"]
+    start = time.perf_counter()
+    done = subprocess.run([*command, *map(str, files)], capture_output=True, check=False, timeout=600)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"xmlsec1 refused a valid RIM: {done.stderr[-300:]!r}")
+    return elapsed
+
+
+def bench_rim_signatures(vectors: Path, seconds: float, copies: int) -> dict[str, Any]:
+    files = [vectors / f"gpu/rims/{name}.swidtag" for name in VALID_RIMS]
+    datas = [f.read_bytes() for f in files]
+
+    def ours() -> object:
+        return [gpu.verify_rim(d, trust=PRODUCTION, now=INSIDE_RIM_WINDOW) for d in datas]
+
+    binary = shutil.which("xmlsec1")
+    ours_rate = 0.0
+    for _ in range(5):
+        ours_rate = max(ours_rate, rate(ours, seconds / 5) * len(datas))
+    if binary is None:
+        row = _row("RIM signature verification vs xmlsec1", ours_rate, 1.0, RIM_TARGET, "RIM files/s")
+        row.update(
+            baseline=None, ratio=None, met=False, note="xmlsec1 not installed (apt-get install xmlsec1)"
+        )
+        return row
+    root = vectors / "gpu/certs/nvidia-rim-root.pem"
+    per_file = float("inf")
+    for _ in range(3):  # best of three, each one the difference of a long and a one-file run
+        one = min(_xmlsec1_seconds(binary, root, [f]) for f in files)
+        many = _xmlsec1_seconds(binary, root, files + files * copies)
+        per_file = min(per_file, max(many - one, 1e-9) / (len(files) * copies + len(files) - 1))
+    return _row(
+        "RIM signature verification (signature + chain to the pinned root, uncached) vs xmlsec1 --verify",
+        ours_rate, 1.0 / per_file, RIM_TARGET, "RIM files/s",
+        baseline_is="xmlsec1 1.2 (OpenSSL) per file, process start excluded: (t[K+1 files] - t[1 file]) / K",
+        files=list(VALID_RIMS),
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="about 1 s per side instead of 5 s")
+    args = parser.parse_args()
+    vectors = vectors_dir()
+    if not (vectors / "MANIFEST.json").is_file():
+        raise SystemExit(f"vectors not found at {vectors}; set SOVEREIGN_VECTORS")
+    tiny = os.environ.get("SOVEREIGN_BENCH_TINY") == "1"
+    seconds = 0.2 if tiny else 1.0 if args.quick else 5.0
+    copies = 2 if tiny else 10 if args.quick else 30
+    with tempfile.TemporaryDirectory():
+        print(json.dumps(bench_real_report(vectors, seconds)))
+        print(json.dumps(bench_simulated_report(seconds)))
+        print(json.dumps(bench_rim_signatures(vectors, seconds, copies)))
+
+
+if __name__ == "__main__":
+    main()
