@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
+from typing import NamedTuple
 
 from attestation.errors import Code, MalformedEvidence
 
@@ -68,11 +69,10 @@ def malformed(message: str) -> MalformedEvidence:
     return MalformedEvidence(message, code=Code.GPU_REPORT_MALFORMED)
 
 
-@dataclass(frozen=True)
-class MeasurementBlock:
-    """One DMTF measurement block: index (1-based), value type, value (a SHA-384 digest on NVIDIA GPUs)."""
+class MeasurementBlock(NamedTuple):
+    """One DMTF measurement block: its index (1-based), value type, value (a SHA-384 digest on NVIDIA GPUs)."""
 
-    index: int
+    measurement_index: int  # SPDM "Index", 1-based
     value_type: int
     value: bytes
 
@@ -106,7 +106,7 @@ class SpdmReport:
 
     @cached_property
     def measurements(self) -> MappingProxyType[int, bytes]:
-        return MappingProxyType({b.index: b.value for b in self.blocks})
+        return MappingProxyType({b.measurement_index: b.value for b in self.blocks})
 
     def opaque_text(self, record: int) -> str | None:
         """A NUL-padded ASCII opaque record (driver version, project, SKU), or None when absent."""
@@ -200,17 +200,24 @@ def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
     return tuple(blocks)
 
 
+_RECORD_HEAD = struct.Struct("<HH")  # type, length
+
+
 def _parse_opaque(data: bytes) -> tuple[dict[int, bytes], tuple[int, ...]]:
-    r = _Reader(data, "opaque data")
     records: dict[int, bytes] = {}
     order: list[int] = []
-    while r.pos < len(data):
-        kind = r.uint(2, "opaque record type")
-        size = r.uint(2, "opaque record length")
-        value = r.take(size, f"opaque record {kind}")
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + _RECORD_HEAD.size > end:
+            raise malformed(f"opaque data truncated in a record header at offset {pos}")
+        kind, size = _RECORD_HEAD.unpack_from(data, pos)
+        start = pos + _RECORD_HEAD.size
+        pos = start + size
+        if pos > end:
+            raise malformed(f"opaque record {kind} runs past the opaque data")
         if kind in records:
             raise malformed(f"opaque record {kind} appears twice")
-        records[kind] = value
+        records[kind] = data[start:pos]
         order.append(kind)
     return records, tuple(order)
 

@@ -97,7 +97,7 @@ def test_reports_parse_to_the_manifest_values(vectors: Path, entry: dict[str, An
         assert report.opaque[gpu.spdm.OPAQUE_VBIOS_VERSION].hex() == exp["vbios_version_hex"]
     if "measurement_blocks" in exp:
         assert len(report.blocks) == exp["measurement_blocks"]
-        assert [b.index for b in report.blocks] == list(range(1, 65))
+        assert [b.measurement_index for b in report.blocks] == list(range(1, 65))
         assert all(b.is_digest and len(b.value) == 48 for b in report.blocks)
     assert len(report.signature) == 96
 
