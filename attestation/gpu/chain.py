@@ -156,7 +156,7 @@ def verify_chain(
     except ChainInvalid as exc:
         remapped = code if exc.code == Code.UNTRUSTED_ROOT else exc.code
         raise ChainInvalid(exc.message, code=remapped) from exc
-    if not allow_expired:
+    if not allow_expired and not chain.not_before <= now <= chain.not_after:
         for i, cert in enumerate(chain.certs):
             if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
                 raise ChainInvalid(

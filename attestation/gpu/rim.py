@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,10 +71,12 @@ class _SignedRim:
     product: str
     version: str
     measurements: Mapping[int, GoldenMeasurement]
+    signer: str
 
 
 class RimCache:
-    """Signature checks remembered per RIM bytes (SHA-256); chain pin and windows are re-checked per call."""
+    """Signature checks remembered per RIM content (the bytes are the key); chain pin and windows are
+    re-checked per call."""
 
     def __init__(self, size: int = 256) -> None:
         self.chains = ChainCache(size)
@@ -185,7 +186,10 @@ def _verify_signed(data: bytes) -> _SignedRim:
     metas = signed.findall(f"{{{SWID_NS}}}Meta")
     if len(metas) != 1:
         raise _invalid(f"the signed RIM has {len(metas)} Meta elements; exactly one is required")
+    leaf = x509.load_der_x509_certificate(ders[0])
+    cn = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return _SignedRim(
+        signer=str(cn[0].value) if cn else leaf.subject.rfc4514_string(),
         ders=tuple(ders),
         tag_id=signed.get("tagId") or "",
         product=metas[0].get("product") or "",
@@ -206,7 +210,7 @@ def verify_rim(
     if not isinstance(data, bytes | bytearray) or len(data) > MAX_RIM_BYTES:
         raise _invalid(f"a RIM must be bytes of at most {MAX_RIM_BYTES}")
     data = bytes(data)
-    key = hashlib.sha256(data).digest()
+    key = data  # content-addressed by the bytes themselves (equality, not identity)
     signed_rim = cache._get(key) if cache else None
     if signed_rim is None:
         signed_rim = _verify_signed(data)
@@ -222,13 +226,12 @@ def verify_rim(
         cache=cache.chains if cache else None,
         allow_expired=accept_expired_certificates,
     )
-    cn = chain.leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return Rim(
         tag_id=signed_rim.tag_id,
         product=signed_rim.product,
         version=signed_rim.version,
         measurements=signed_rim.measurements,
-        signer=str(cn[0].value) if cn else chain.leaf.subject.rfc4514_string(),
+        signer=signed_rim.signer,
         valid_until=chain.not_after,
         cert_expired=not chain.not_before <= now <= chain.not_after,
         chain=chain,

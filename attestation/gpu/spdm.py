@@ -96,7 +96,8 @@ class SpdmReport:
 
     request: SpdmRequest
     slot_id: int
-    blocks: tuple[MeasurementBlock, ...]
+    values: MappingProxyType[int, bytes]  # measurement index (1-based) -> value, in record order
+    value_types: MappingProxyType[int, int]
     responder_nonce: bytes
     opaque: MappingProxyType[int, bytes]
     opaque_order: tuple[int, ...]
@@ -104,9 +105,13 @@ class SpdmReport:
     signature: bytes
     trailing_bytes: int
 
-    @cached_property
+    @property
     def measurements(self) -> MappingProxyType[int, bytes]:
-        return MappingProxyType({b.measurement_index: b.value for b in self.blocks})
+        return self.values
+
+    @cached_property
+    def blocks(self) -> tuple[MeasurementBlock, ...]:
+        return tuple(MeasurementBlock(i, self.value_types[i], v) for i, v in self.values.items())
 
     def opaque_text(self, record: int) -> str | None:
         """A NUL-padded ASCII opaque record (driver version, project, SKU), or None when absent."""
@@ -168,15 +173,15 @@ _BLOCK_HEAD = struct.Struct("<BBH")  # Index, MeasurementSpecification, Measurem
 _VALUE_HEAD = struct.Struct("<BH")  # DMTFSpecMeasurementValueType, DMTFSpecMeasurementValueSize
 
 
-def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
+def _parse_blocks(record: bytes, count: int) -> tuple[dict[int, bytes], dict[int, int]]:
     if count == 0:
         raise malformed("the response carries no measurement blocks")
-    blocks: list[MeasurementBlock] = []
-    seen: set[int] = set()
+    values: dict[int, bytes] = {}
+    types: dict[int, int] = {}
     pos, end = 0, len(record)
     for _ in range(count):
         if pos + _BLOCK_HEAD.size > end:
-            raise malformed(f"measurement record truncated at block {len(blocks) + 1} of {count}")
+            raise malformed(f"measurement record truncated at block {len(values) + 1} of {count}")
         index, spec, size = _BLOCK_HEAD.unpack_from(record, pos)
         body = pos + _BLOCK_HEAD.size
         pos = body + size
@@ -191,13 +196,13 @@ def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
             )
         if spec != DMTF_MEASUREMENT_SPECIFICATION:
             raise malformed(f"measurement block {index} uses specification {spec:#04x}, not DMTF (0x01)")
-        if index == 0 or index in seen:
+        if index == 0 or index in values:
             raise malformed(f"measurement block index {index} is zero or repeated")
-        seen.add(index)
-        blocks.append(MeasurementBlock(index, value_type, record[body + _VALUE_HEAD.size : pos]))
+        values[index] = record[body + _VALUE_HEAD.size : pos]
+        types[index] = value_type
     if pos != end:
         raise malformed(f"measurement record has {end - pos} bytes after its {count} blocks")
-    return tuple(blocks)
+    return values, types
 
 
 _RECORD_HEAD = struct.Struct("<HH")  # type, length
@@ -240,7 +245,7 @@ def parse_report(data: bytes, *, signature_size: int = P384_SIGNATURE_SIZE) -> S
         raise malformed(f"response code {code:#04x} is not MEASUREMENTS (0x60)")
     if slot_id != request.slot_id:
         raise malformed(f"response slot {slot_id} differs from the requested slot {request.slot_id}")
-    blocks = _parse_blocks(r.take(record_length, "MeasurementRecord"), count)
+    values, types = _parse_blocks(r.take(record_length, "MeasurementRecord"), count)
     responder_nonce = r.take(NONCE_SIZE, "Nonce")
     opaque_length = r.uint(2, "OpaqueLength")
     opaque, order = _parse_opaque(r.take(opaque_length, "OpaqueData"))
@@ -249,7 +254,8 @@ def parse_report(data: bytes, *, signature_size: int = P384_SIGNATURE_SIZE) -> S
     return SpdmReport(
         request=request,
         slot_id=slot_id,
-        blocks=blocks,
+        values=MappingProxyType(values),
+        value_types=MappingProxyType(types),
         responder_nonce=responder_nonce,
         opaque=MappingProxyType(opaque),
         opaque_order=order,
