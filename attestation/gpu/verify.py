@@ -315,8 +315,6 @@ def _verify(
     if driver is not None and vbios is not None:
         comparison = compare(report, merge_golden(driver.measurements, vbios.measurements))
         result_text, compared, skipped = "success", comparison.compared, comparison.skipped
-    elif options.require_rims:  # pragma: no cover - _rim raised already
-        raise CollateralError("RIMs are required", code=Code.GPU_COLLATERAL_MISSING)
 
     feature = report.opaque.get(OPAQUE_FEATURE_FLAG)
     version = report.opaque.get(OPAQUE_OPAQUE_DATA_VERSION)

@@ -200,3 +200,12 @@ def test_simulated_rims_satisfy_xmlsec1(sim: GpuSimulator, tmp_path: Path) -> No
         path = tmp_path / f"{name}.xml"
         path.write_bytes(data)
         assert xmlsec1_accepts(binary, path, root, NOW) is want, name
+
+
+def test_rim_signer_chains_need_revocation_answers_too(sim: GpuSimulator) -> None:
+    minted = sim.mint(nonce=os.urandom(32), seed="rim-ocsp")
+    device_only = gpu.GpuCollateral(minted.ocsp_responses[:4])  # the device chain's four answers
+    with pytest.raises(AttestationError) as info:
+        _verify(sim, minted, collateral=device_only)
+    assert info.value.code == Code.GPU_COLLATERAL_MISSING
+    assert "RIM signer" in info.value.message
