@@ -252,7 +252,7 @@ def verify_gpu(
         )
     except AttestationError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as exc:
         # Defence in depth: any shape the parsers did not foresee is still a coded refusal.
         raise MalformedEvidence(
             f"GPU evidence could not be read: {type(exc).__name__}", code=Code.GPU_REPORT_MALFORMED
