@@ -138,5 +138,8 @@ def device_identity(certs: tuple[x509.Certificate, ...]) -> DeviceIdentity:
     architecture = ARCHITECTURES.get(chip, "UNKNOWN")
     ueid = _dice_ueid(certs) or name
     if not ueid:
-        raise _mismatch("the GPU leaf certificate names no device identity (UEID or NVIDIA device name)")
+        raise EndorsementMismatch(
+            "the GPU leaf certificate names no device identity (UEID or NVIDIA device name)",
+            code=Code.GPU_CHAIN_UNTRUSTED,
+        )
     return DeviceIdentity(architecture=architecture, chip=chip, fwid=leaf_fwid(leaf), ueid=ueid)

@@ -114,6 +114,7 @@ class GpuClaims:
     measurement_result: str  # "success" or "not-compared"
     measurements: dict[int, bytes]
     details: dict[str, Any] = field(default_factory=dict)
+    simulated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +129,7 @@ class GpuClaims:
             "measurement_result": self.measurement_result,
             "measurements": {str(k): v.hex() for k, v in sorted(self.measurements.items())},
             "details": self.details,
+            "simulated": self.simulated,
         }
 
 
@@ -348,6 +350,7 @@ def _verify(
         measurement_result=result_text,
         measurements=dict(report.measurements),
         details=details,
+        simulated=trust.allow_simulated,
     )
 
 

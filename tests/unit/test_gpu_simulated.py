@@ -68,6 +68,7 @@ def test_clean_evidence_verifies_strictly(sim: GpuSimulator, architecture: str) 
     assert claims.fwid_in_report
     assert (claims.driver_version, claims.vbios_version) == (minted.driver_version, minted.vbios_version)
     assert claims.measurement_result == "success"
+    assert claims.simulated and claims.to_dict()["simulated"] is True
     assert claims.details["revocation"]["status"] == "good"
     assert claims.details["driver_rim"]["matches_report_version"] is True
     assert claims.details["vbios_rim"]["matches_report_version"] is True

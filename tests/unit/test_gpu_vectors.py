@@ -107,6 +107,7 @@ def test_signature_and_chain_verify(vectors: Path, name: str) -> None:
     claims = _verify(_evidence(vectors, name))
     report = gpu.parse_report(_report(vectors, name))
     assert claims.architecture == "HOPPER" and claims.chip == "GH100"
+    assert not claims.simulated
     assert claims.driver_version == report.opaque_text(gpu.spdm.OPAQUE_DRIVER_VERSION)
     assert claims.ueid.startswith("NVIDIA:GH100:")
     assert claims.measurement_result == "not-compared"
