@@ -86,6 +86,16 @@ def _verify_links(ders: tuple[bytes, ...], code: Code, what: str) -> Chain:
         raise ChainInvalid(f"{what} chain has {len(ders)} certificates (at most {MAX_CHAIN})", code=code)
     try:
         certs = tuple(x509.load_der_x509_certificate(d) for d in ders)
+        for i, cert in enumerate(certs):
+            unknown = [
+                e.oid.dotted_string
+                for e in cert.extensions
+                if e.critical and isinstance(e.value, x509.UnrecognizedExtension)
+            ]
+            if unknown:
+                raise ChainInvalid(
+                    f"{what} certificate {i} has unknown critical extensions {unknown}", code=code
+                )
         # The last certificate is trusted by its pinned fingerprint, so its self-signature adds nothing.
         for i, cert in enumerate(certs[:-1]):
             issuer = certs[i + 1]
