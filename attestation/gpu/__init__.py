@@ -6,7 +6,7 @@ VBIOS RIMs and ``now``, and returns ``GpuClaims`` or raises an ``AttestationErro
 """
 
 from attestation.gpu.chain import Chain, ChainCache
-from attestation.gpu.compare import Comparison, compare, merge_golden
+from attestation.gpu.compare import Comparison, merge_golden
 from attestation.gpu.evidence import GpuEvidence, from_pem, parse_evidence_json
 from attestation.gpu.identity import DeviceIdentity, device_identity
 from attestation.gpu.revocation import GpuCollateral, check_revocation
@@ -36,7 +36,6 @@ __all__ = [
     "RimCache",
     "SpdmReport",
     "check_revocation",
-    "compare",
     "decode_hex_report",
     "device_identity",
     "format_vbios_version",

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attestation import gpu
 from attestation.errors import AttestationError, Code
@@ -111,3 +113,31 @@ def test_vbios_version_text() -> None:
     assert gpu.format_vbios_version(bytes.fromhex("009f009601000000")) == "96.00.9F.00.01"
     with pytest.raises(AttestationError):
         gpu.format_vbios_version(b"\x00")
+
+
+_BLOCK = st.tuples(
+    st.integers(0, 255),  # index
+    st.sampled_from([1, 1, 1, 2]),  # specification
+    st.sampled_from([51, 51, 50, 52]),  # block size
+    st.integers(0, 255),  # value type
+    st.sampled_from([48, 48, 47]),  # value size
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks=st.lists(_BLOCK, min_size=1, max_size=6), extra=st.sampled_from([0, 0, 1, -1]))
+def test_digest_fast_path_agrees_with_the_general_parser(
+    blocks: list[tuple[int, int, int, int, int]], extra: int
+) -> None:
+    record = b"".join(
+        struct.pack("<BBHBH", i, spec, size, vtype, vsize) + bytes(size - 3)
+        for i, spec, size, vtype, vsize in blocks
+    )
+    count = max(1, len(blocks) + extra)
+    fast = spdm._digest_blocks(record, count)
+    try:
+        general = spdm._parse_blocks_general(record, count)
+    except AttestationError:
+        assert fast is None
+        return
+    assert fast is None or fast == general
