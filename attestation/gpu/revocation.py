@@ -65,7 +65,7 @@ class GpuCollateral:
         # Signature checks are remembered per (item, issuer certificate): verified once per collateral set.
         # Windows and statuses are judged at every call.
         self._signed: dict[tuple[str, int, bytes], _Signer] = {}
-        self._statements: dict[tuple[x509.Certificate, x509.Certificate], tuple[_Statement, ...]] = {}
+        self._statements: dict[tuple[tuple[bytes, ...], int], tuple[tuple[_Statement, ...], ...]] = {}
         self._lock = threading.Lock()
 
     def signer(
@@ -220,14 +220,21 @@ def _crl_statements(
     return out
 
 
-def _statements(
-    cert: x509.Certificate, issuer: x509.Certificate, collateral: GpuCollateral
-) -> tuple[_Statement, ...]:
-    key = (cert, issuer)
+def _chain_statements(
+    certs: Sequence[x509.Certificate], ders: tuple[bytes, ...], first: int, collateral: GpuCollateral
+) -> tuple[tuple[_Statement, ...], ...]:
+    """Authentic statements for ``certs[first:-1]``, worked out once per chain and collateral set."""
+    key = (ders, first)
     with collateral._lock:
         known = collateral._statements.get(key)
     if known is None:
-        known = tuple(_ocsp_statements(cert, issuer, collateral) + _crl_statements(cert, issuer, collateral))
+        known = tuple(
+            tuple(
+                _ocsp_statements(certs[i], certs[i + 1], collateral)
+                + _crl_statements(certs[i], certs[i + 1], collateral)
+            )
+            for i in range(first, len(certs) - 1)
+        )
         with collateral._lock:
             if len(collateral._statements) >= MAX_REMEMBERED:
                 collateral._statements.clear()
@@ -237,20 +244,22 @@ def _statements(
 
 def check_revocation(
     certs: Sequence[x509.Certificate],
+    ders: tuple[bytes, ...],
     collateral: GpuCollateral,
     *,
     now: datetime,
     what: str,
     first: int = 0,
 ) -> RevocationResult:
-    """Status of ``certs[first:-1]`` (the pinned root is trusted by pin, not by status)."""
+    """Status of ``certs[first:-1]`` (``ders`` are the same certificates' DER, the cache key); the pinned
+    root is trusted by pin, not by status."""
     earliest: datetime | None = None
     checked = 0
-    for i in range(first, len(certs) - 1):
-        cert, issuer = certs[i], certs[i + 1]
+    for i, statements in enumerate(_chain_statements(certs, ders, first, collateral), start=first):
+        cert = certs[i]
         good_until: datetime | None = None
         stale = False
-        for st in _statements(cert, issuer, collateral):
+        for st in statements:
             if not st.signer.valid_at(now):
                 continue
             if st.revoked_at is not None:

@@ -210,7 +210,7 @@ def _rim(
         accept_expired_certificates=options.accept_expired_rim_certificates,
     )
     if collateral is not None:
-        check_revocation(rim.chain.certs, collateral, now=now, what=f"{role} RIM signer")
+        check_revocation(rim.chain.certs, rim.chain.ders, collateral, now=now, what=f"{role} RIM signer")
     return rim
 
 
@@ -296,7 +296,7 @@ def _verify(
             )
     else:
         # The leaf is made by the GPU at boot and has no OCSP entry; its issuer and the CAs above it do.
-        result = check_revocation(chain.certs, collateral, now=now, what="GPU device", first=1)
+        result = check_revocation(chain.certs, chain.ders, collateral, now=now, what="GPU device", first=1)
         revocation = {
             "status": "good",
             "valid_until": result.valid_until.isoformat() if result.valid_until else None,
