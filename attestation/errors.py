@@ -110,6 +110,12 @@ _DEFAULT_HINTS: dict[Code, str] = {
     Code.GPU_RIM_INVALID: "the RIM's XML signature or structure is invalid; fetch the RIM from NVIDIA again",
     Code.GPU_RIM_EXPIRED: "a RIM signing certificate is outside its validity; fetch a current RIM",
     Code.GPU_MEASUREMENT_MISMATCH: "the GPU runs firmware or a driver that its RIMs do not list; update or re-flash",
+    Code.GPU_CERT_EXPIRED: "a GPU device certificate is outside its validity at the given time; check the clock",
+    Code.GPU_FWID_MISMATCH: "the leaf certificate does not certify the firmware that signed the report",
+    Code.GPU_REVOKED: "NVIDIA revoked a certificate in the GPU or RIM chain; this GPU or RIM is not trusted",
+    Code.GPU_RIM_UNTRUSTED: "the RIM chain must end at the pinned NVIDIA RIM root; fetch the RIM from NVIDIA",
+    Code.GPU_RIM_INDEX_CONFLICT: "the driver and VBIOS RIMs do not belong together; fetch the pair for this GPU",
+    Code.GPU_DUPLICATE_DEVICE: "each GPU may appear once in a node's evidence; collect the evidence again",
 }
 
 

@@ -210,3 +210,8 @@ def test_rim_signer_chains_need_revocation_answers_too(sim: GpuSimulator) -> Non
         _verify(sim, minted, collateral=device_only)
     assert info.value.code == Code.GPU_COLLATERAL_MISSING
     assert "RIM signer" in info.value.message
+
+
+def test_every_gpu_code_has_a_hint() -> None:
+    for code in (c for c in Code if c.value.startswith("GPU_")):
+        assert AttestationError("x", code=code).hint, code
