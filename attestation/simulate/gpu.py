@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -219,9 +220,16 @@ class GpuSimulator:
         driver_version: str = "550.90.07",
         vbios: bytes = bytes.fromhex("009f009601000000"),
         faults: frozenset[GpuFault] | set[GpuFault] = frozenset(),
+        measurements: Mapping[int, bytes] | None = None,
     ) -> MintedGpu:
+        """One GPU's evidence and RIMs; ``measurements`` (RIM index -> 48-byte digest) overrides the derived
+        values at those indexes, so a report can carry another RIM's golden values (report block i + 1)."""
         if len(nonce) != spdm.NONCE_SIZE:
             raise ValueError("the GPU nonce is 32 bytes")
+        if measurements is not None and any(
+            i not in range(64) or len(v) != 48 for i, v in measurements.items()
+        ):
+            raise ValueError("measurement overrides are RIM indexes 0..63 with 48-byte SHA-384 digests")
         faults = frozenset(GpuFault(f) for f in faults)
         chip = "GH100" if architecture == "HOPPER" else "GB100"
         identity, prov = self._device_cas(chip, GpuFault.FOREIGN_CHAIN in faults)
@@ -258,12 +266,13 @@ class GpuSimulator:
         root = self._foreign_root if GpuFault.FOREIGN_CHAIN in faults else self.device_root
         chain = [leaf.cert, brom.cert, prov.cert, identity.cert, root.cert]
 
-        measurements = {
+        values = {
             i: hashlib.sha384(f"m{i}/{driver_version}/{vbios.hex()}".encode()).digest() for i in range(64)
         }
+        values.update(measurements or {})
         report = self._report(
             nonce=bytes(32) if GpuFault.NONCE_MISMATCH in faults else nonce,
-            measurements=measurements,
+            measurements=values,
             opaque=self._opaque(
                 driver_version,
                 vbios,
@@ -272,7 +281,7 @@ class GpuSimulator:
             key=leaf_key,
             faults=faults,
         )
-        driver_rim, vbios_rim, rim_chains = self._rims(measurements, driver_version, vbios, faults)
+        driver_rim, vbios_rim, rim_chains = self._rims(values, driver_version, vbios, faults)
         ocsp_responses = self._ocsp([leaf.cert, brom.cert, prov.cert, identity.cert, root.cert],
                                     [leaf, brom, prov, identity, root], faults)  # fmt: skip
         for cas in rim_chains:

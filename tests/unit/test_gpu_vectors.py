@@ -3,17 +3,23 @@
 Times are pinned: the sample RIM certificates expired in 2025, so "inside the RIM chains' window" is
 2024-06-01, and "today" is a fixed date after every RIM leaf expired.
 
-One pairing in the issue does not hold for the shared bytes, and the test says so instead of hiding it:
+One pairing in the issue does not hold for the shared bytes, and the tests say so instead of hiding it:
 ``hopper-nvtrust-550`` is the report nvtrust ships *today* (driver 550.90.07, VBIOS 96.00.9F.00.01), while
 the two sample RIMs nvtrust still ships beside it were made for its *earlier* sample report (driver 545.00,
-VBIOS 96.00.5E.00.01). That earlier report and its chain are kept in tests/vectors/gpu (provenance in its
-README) and give the full positive: every active golden index matches.
+VBIOS 96.00.5E.00.01), so 550 against them is ``GPU_MEASUREMENT_MISMATCH`` although both RIM signatures
+verify. No real report in the shared vectors matches those RIMs. The positive comparison ("every active
+golden index matches real RIMs") therefore uses a *faithful* report: minted by the simulator (its device
+key and chain, pinned as a test root) with measurement values taken from the real RIMs' golden values,
+checked against the real, production-root-signed RIMs. Adding nvtrust's earlier 545 sample report to
+../shared/vectors would allow a fully real positive test.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ from vectorlib import manifest_entries
 
 from attestation import gpu
 from attestation.errors import AttestationError, Code
+from attestation.simulate.gpu import GpuSimulator
 from attestation.trust import (
     NVIDIA_DEVICE_ROOT_SHA256,
     NVIDIA_RIM_ROOT_SHA256,
@@ -34,7 +41,6 @@ from attestation.trust import (
 REPORTS = manifest_entries("gpu-report")
 INSIDE_RIM_WINDOW = datetime(2024, 6, 1, tzinfo=UTC)
 TODAY = datetime(2026, 12, 3, tzinfo=UTC)
-REPO_VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "gpu"
 NO_COLLATERAL = gpu.GpuVerifyOptions(require_revocation=False, require_rims=False)
 RIMS_NO_REVOCATION = gpu.GpuVerifyOptions(require_revocation=False)
 COCO_REPORT_DATA = (
@@ -189,21 +195,51 @@ def test_nvtrust_550_with_its_shipped_rims_is_a_measurement_mismatch(vectors: Pa
     assert info.value.code == Code.GPU_MEASUREMENT_MISMATCH
 
 
-def _nvtrust_545() -> gpu.GpuEvidence:
-    return gpu.from_pem(
-        gpu.decode_hex_report((REPO_VECTORS / "hopper-nvtrust-545.report.txt").read_text()),
-        (REPO_VECTORS / "hopper-nvtrust-545.chain.pem").read_bytes(),
+SAMPLE_RIMS = ("driver-nvtrust-sample", "vbios-96005E0001-nvtrust-sample")
+VBIOS_545 = bytes.fromhex("005e009601000000")  # 96.00.5E.00.01 in the report's byte order
+
+
+@dataclass(frozen=True)
+class FaithfulReport:
+    """A simulator-signed report carrying the real sample RIMs' golden values, and a trust store that pins
+    the simulator's device root for the report chain and NVIDIA's real RIM root for the RIMs."""
+
+    evidence: gpu.GpuEvidence
+    simulator: GpuSimulator
+    trust: TrustStore
+
+
+@pytest.fixture(scope="module")
+def faithful_545(vectors: Path) -> FaithfulReport:
+    driver, vbios = (
+        gpu.verify_rim(_rim(vectors, n), trust=PRODUCTION, now=INSIDE_RIM_WINDOW) for n in SAMPLE_RIMS
     )
+    golden = {i: m.alternatives[0] for rim in (driver, vbios) for i, m in rim.measurements.items()}
+    simulator = GpuSimulator(INSIDE_RIM_WINDOW)
+    minted = simulator.mint(
+        nonce=hashlib.sha256(b"faithful-545").digest(), driver_version=driver.version, vbios=VBIOS_545,
+        measurements=golden,
+    )  # fmt: skip
+    trust = TrustStore(
+        name="simulated-device+nvidia-rims",
+        amd_arks={},
+        intel_roots=frozenset(),
+        allow_simulated=True,
+        nvidia_device_roots=simulator.trust_store().nvidia_device_roots,
+        nvidia_rim_roots=NVIDIA_RIM_ROOT_SHA256,
+    )
+    return FaithfulReport(minted.evidence, simulator, trust)
 
 
-def test_nvtrust_545_matches_its_rims(vectors: Path) -> None:
+def test_report_with_the_sample_rims_golden_values_matches_the_real_rims(
+    vectors: Path, faithful_545: FaithfulReport
+) -> None:
     claims = _verify(
-        _nvtrust_545(),
-        driver_rim=_rim(vectors, "driver-nvtrust-sample"),
-        vbios_rim=_rim(vectors, "vbios-96005E0001-nvtrust-sample"),
-        options=RIMS_NO_REVOCATION,
-    )
+        faithful_545.evidence, trust=faithful_545.trust, options=RIMS_NO_REVOCATION,
+        driver_rim=_rim(vectors, SAMPLE_RIMS[0]), vbios_rim=_rim(vectors, SAMPLE_RIMS[1]),
+    )  # fmt: skip
     assert claims.measurement_result == "success"
+    assert claims.simulated  # the report is the simulator's; only the RIMs are NVIDIA's
     assert (claims.driver_version, claims.vbios_version) == ("545.00", "96.00.5E.00.01")
     assert claims.details["driver_rim"]["matches_report_version"] is True
     assert claims.details["vbios_rim"]["matches_report_version"] is True
@@ -213,16 +249,45 @@ def test_nvtrust_545_matches_its_rims(vectors: Path) -> None:
     assert claims.details["nvdec0"] == "disabled"
 
 
-def test_vbios_mismatch_rim_has_a_valid_signature_and_fails_the_comparison(vectors: Path) -> None:
-    rim = gpu.verify_rim(_rim(vectors, "vbios-96005E0001-mismatch"), trust=PRODUCTION, now=INSIDE_RIM_WINDOW)
-    assert rim.version == "96.00.5E.00.01"
+def test_the_faithful_report_needs_both_pins(vectors: Path, faithful_545: FaithfulReport) -> None:
+    """The RIMs are checked under NVIDIA's real RIM root and the report under the simulator's device root:
+    dropping either pin refuses."""
+    rims = {"driver_rim": _rim(vectors, SAMPLE_RIMS[0]), "vbios_rim": _rim(vectors, SAMPLE_RIMS[1])}
+    simulator_only = faithful_545.simulator.trust_store()
+    assert (
+        _code(
+            lambda: _verify(faithful_545.evidence, trust=simulator_only, options=RIMS_NO_REVOCATION, **rims)
+        )
+        == Code.GPU_RIM_UNTRUSTED
+    )
+    assert (
+        _code(lambda: _verify(faithful_545.evidence, options=RIMS_NO_REVOCATION, **rims))
+        == Code.TEST_ROOT_IN_PRODUCTION
+    )
+
+
+def test_vbios_mismatch_rim_differs_from_the_sample_at_four_indexes(vectors: Path) -> None:
+    sample, mismatch = (
+        gpu.verify_rim(_rim(vectors, n), trust=PRODUCTION, now=INSIDE_RIM_WINDOW)
+        for n in ("vbios-96005E0001-nvtrust-sample", "vbios-96005E0001-mismatch")
+    )
+    assert mismatch.version == sample.version == "96.00.5E.00.01"
+    assert set(mismatch.measurements) == set(sample.measurements)
+    differing = [
+        i for i in sorted(sample.measurements)
+        if sample.measurements[i].alternatives != mismatch.measurements[i].alternatives
+    ]  # fmt: skip
+    assert differing == [1, 2, 3, 9]
+
+
+def test_vbios_mismatch_rim_has_a_valid_signature_and_fails_the_comparison(
+    vectors: Path, faithful_545: FaithfulReport
+) -> None:
     with pytest.raises(AttestationError) as info:
         _verify(
-            _nvtrust_545(),
-            driver_rim=_rim(vectors, "driver-nvtrust-sample"),
-            vbios_rim=_rim(vectors, "vbios-96005E0001-mismatch"),
-            options=RIMS_NO_REVOCATION,
-        )
+            faithful_545.evidence, trust=faithful_545.trust, options=RIMS_NO_REVOCATION,
+            driver_rim=_rim(vectors, SAMPLE_RIMS[0]), vbios_rim=_rim(vectors, "vbios-96005E0001-mismatch"),
+        )  # fmt: skip
     assert info.value.code == Code.GPU_MEASUREMENT_MISMATCH
     assert "[1, 2, 3, 9]" in info.value.message
 
@@ -238,8 +303,8 @@ def test_rims_edited_after_signing_fail_their_signature_first(
     lenient = gpu.GpuVerifyOptions(require_revocation=False, accept_expired_rim_certificates=True)
     code = _code(
         lambda: _verify(
-            _nvtrust_545(), now=now, driver_rim=_rim(vectors, name),
-            vbios_rim=_rim(vectors, "vbios-96005E0001-nvtrust-sample"), options=lenient,
+            _evidence(vectors, "hopper-nvtrust-550"), now=now, driver_rim=_rim(vectors, name),
+            vbios_rim=_rim(vectors, SAMPLE_RIMS[1]), options=lenient,
         )
     )  # fmt: skip
     assert code == Code.GPU_RIM_INVALID
@@ -256,16 +321,24 @@ def test_expired_rim_certificates_are_refused_today(vectors: Path, name: str) ->
 
 
 def test_accepting_expired_rim_certificates_is_an_explicit_option(vectors: Path) -> None:
-    rims = {
-        "driver_rim": _rim(vectors, "driver-nvtrust-sample"),
-        "vbios_rim": _rim(vectors, "vbios-96005E0001-nvtrust-sample"),
-    }
+    """Strict: the expired sample RIMs are refused. With the option their check passes and verification
+    reaches the comparison, which fails as the 550 report and these RIMs always do (see above)."""
+    evidence = _evidence(vectors, "hopper-nvtrust-550")
+    rims = {"driver_rim": _rim(vectors, SAMPLE_RIMS[0]), "vbios_rim": _rim(vectors, SAMPLE_RIMS[1])}
     assert (
-        _code(lambda: _verify(_nvtrust_545(), now=TODAY, options=RIMS_NO_REVOCATION, **rims))
+        _code(lambda: _verify(evidence, now=TODAY, options=RIMS_NO_REVOCATION, **rims))
         == Code.GPU_RIM_EXPIRED
     )
     lenient = gpu.GpuVerifyOptions(require_revocation=False, accept_expired_rim_certificates=True)
-    claims = _verify(_nvtrust_545(), now=TODAY, options=lenient, **rims)
+    assert (
+        _code(lambda: _verify(evidence, now=TODAY, options=lenient, **rims)) == Code.GPU_MEASUREMENT_MISMATCH
+    )
+
+
+def test_accepted_expired_rims_are_marked_in_the_claims(vectors: Path, faithful_545: FaithfulReport) -> None:
+    rims = {"driver_rim": _rim(vectors, SAMPLE_RIMS[0]), "vbios_rim": _rim(vectors, SAMPLE_RIMS[1])}
+    lenient = gpu.GpuVerifyOptions(require_revocation=False, accept_expired_rim_certificates=True)
+    claims = _verify(faithful_545.evidence, trust=faithful_545.trust, now=TODAY, options=lenient, **rims)
     assert claims.measurement_result == "success"
     assert claims.details["driver_rim"]["certificate_expired_accepted"] is True
     assert claims.details["vbios_rim"]["certificate_expired_accepted"] is True
