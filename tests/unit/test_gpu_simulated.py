@@ -104,6 +104,19 @@ def test_alternatives_are_honoured(sim: GpuSimulator) -> None:
     assert _verify(sim, minted).measurement_result == "success"
 
 
+def test_measurement_overrides_are_what_the_report_carries(sim: GpuSimulator) -> None:
+    """``mint(measurements=...)`` puts given values at RIM index i into report block i + 1 (how a report is
+    made to carry a real RIM's golden values); malformed overrides are refused, not minted."""
+    values = {0: bytes([7]) * 48, 35: bytes([9]) * 48}
+    minted = sim.mint(nonce=os.urandom(32), measurements=values, seed="override")
+    blocks = gpu.parse_report(minted.evidence.report).measurements
+    assert (blocks[1], blocks[36]) == (values[0], values[35])
+    assert _verify(sim, minted).measurement_result == "success"
+    for bad in ({64: bytes(48)}, {-1: bytes(48)}, {3: bytes(32)}):
+        with pytest.raises(ValueError):
+            sim.mint(nonce=os.urandom(32), measurements=bad)
+
+
 def test_crls_answer_for_revocation_too(sim: GpuSimulator) -> None:
     minted = sim.mint(nonce=os.urandom(32), faults={GpuFault.MISSING_COLLATERAL}, seed="crl")
     brom = x509.load_der_x509_certificate(minted.evidence.chain[1])
