@@ -15,6 +15,9 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 # package (path prefix) -> allowed top-level imports besides the stdlib and itself
 RULES: dict[str, set[str]] = {
     "attestation": {"cryptography"},
+    # NVIDIA RIMs are XML signatures: verified (gpu/) and minted for tests (simulate/) with signxml + lxml.
+    "attestation/gpu": {"attestation", "cryptography", "signxml", "lxml"},
+    "attestation/simulate": {"attestation", "cryptography", "signxml", "lxml"},
     "policies": {"attestation"},
     "kms/envelope": {"cryptography"},
     "enclave": {"attestation", "proto", "kms.envelope", "cryptography", "nacl", "grpc", "google"},
