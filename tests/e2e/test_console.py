@@ -86,6 +86,12 @@ def sign_in(driver: WebDriver, url: str, username: str, path: str = "/") -> None
     assert driver.find_element(By.ID, "who").text == username
 
 
+def wait_for(driver: WebDriver, element_id: str) -> str:
+    """The text of ``element_id`` once the page that has it loaded (clicks do not wait for navigations)."""
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, element_id))
+    return str(driver.find_element(By.ID, element_id).text)
+
+
 def shot(driver: WebDriver, shots: Path, name: str) -> None:
     assert driver.save_screenshot(str(shots / f"{name}.png"))
 
@@ -106,7 +112,7 @@ def test_sign_in_and_every_page(console: tuple[ServerProcess, str], browser: Web
         assert browser.find_elements(By.ID, marker), browser.page_source[:2000]
         shot(browser, shots, path.strip("/"))
     browser.find_element(By.ID, "sign-out").click()
-    assert browser.find_elements(By.ID, "signed-out"), browser.page_source[:3000]
+    wait_for(browser, "signed-out")
     browser.get(url + "/nodes")
     assert "/interaction/" in browser.current_url  # signed out: back to the realm
 
@@ -117,7 +123,7 @@ def test_markup_in_a_ledger_field_is_inert(console: tuple[ServerProcess, str], b
     link = browser.find_elements(By.CSS_SELECTOR, "#entries a")
     assert link, browser.page_source[:2000]
     link[-1].click()
-    assert EVIL_NAME in browser.find_element(By.ID, "canonical").text
+    assert EVIL_NAME in wait_for(browser, "canonical")
     assert browser.execute_script("return window.pwned") is None
     assert not browser.find_elements(By.CSS_SELECTOR, "main img")  # the <img> stayed text
 
@@ -231,16 +237,23 @@ def test_approve_as_second_person(
     assert change_id
     sign_in(browser, url, "alice", "/pending")
     browser.find_element(By.CSS_SELECTOR, f"form[action='/pending/{change_id}/approve'] button").click()
-    assert browser.find_element(By.ID, "error-code").text == "AUTH_SAME_APPROVER"
+    assert wait_for(browser, "error-code") == "AUTH_SAME_APPROVER"
     browser.get(url + "/keys")
     assert "scratch/console" in browser.find_element(By.ID, "keys").text  # refused: nothing applied
     browser.find_element(By.ID, "sign-out").click()
+    wait_for(browser, "signed-out")
     sign_in(browser, url, "bob", "/pending")
     shot(browser, shots, "pending")
     browser.find_element(
         By.CSS_SELECTOR, f"form[action='/pending/{change_id}/approve'] input[name=comment]"
     ).send_keys("ok")
     browser.find_element(By.CSS_SELECTOR, f"form[action='/pending/{change_id}/approve'] button").click()
+    # Back on the pending list once the approval was applied: the change has left it.
+    WebDriverWait(browser, 30).until(
+        lambda d: (
+            d.current_url.endswith("/pending") and change_id not in d.find_element(By.ID, "changes").text
+        )
+    )
     browser.get(url + "/pending?state=applied")
     assert change_id in browser.find_element(By.ID, "changes").text
     browser.get(url + "/keys")
