@@ -56,6 +56,7 @@ from kms.server.tls import ReloadingCertificate, ensure_dev_tls
 from kms.storage import open_store
 from kms.storage.group_commit import GroupCommit
 from kms.storage.keys import SqlKeyStore
+from kms.storage.nodes import SqlNodes
 from kms.storage.pending_changes import SqlPendingStore
 from kms.storage.store import Store
 from kms.vault import BaoSettings, OpenBaoTransit, Transit
@@ -169,7 +170,7 @@ def build(
             clock=clock,
             store=store,
             attestation=Attestation(
-                store,
+                SqlNodes(store),
                 nonces=nonces,
                 verifier=verifier,
                 policies=policies,
