@@ -124,6 +124,7 @@ def test_node_changes_from_two_replicas_never_lose_an_update(postgres_url: str) 
     stores = replicas(postgres_url)
     SqlNodes(stores[0]).insert(node("n-1"))
     nodes = [SqlNodes(s) for s in stores]
+
     def bump(current: NodeRecord) -> NodeChange:  # read-check-write
         return NodeChange(current.state, current.reasons, policy_version=current.policy_version + 1)
 
