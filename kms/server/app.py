@@ -56,6 +56,7 @@ from kms.server.tls import ReloadingCertificate, ensure_dev_tls
 from kms.storage import open_store
 from kms.storage.group_commit import GroupCommit
 from kms.storage.keys import SqlKeyStore
+from kms.storage.nodes import SqlNodes
 from kms.storage.pending_changes import SqlPendingStore
 from kms.storage.store import Store
 from kms.vault import BaoSettings, OpenBaoTransit, Transit
@@ -98,7 +99,9 @@ class ControlPlane:
 
 
 def bao_settings(config: ServerConfig) -> BaoSettings:
-    """AppRole when configured, else the dev-mode token file (config validation enforced which)."""
+    """AppRole when configured, else the dev-mode token file (config validation enforced which).
+    ``config`` already holds what the environment says (``kms.config.load_config``); reading it again
+    here would let a variable override the command line, hence the empty environment."""
     settings = BaoSettings.resolve(
         {},
         addr=config.bao_addr,
@@ -169,7 +172,7 @@ def build(
             clock=clock,
             store=store,
             attestation=Attestation(
-                store,
+                SqlNodes(store),
                 nonces=nonces,
                 verifier=verifier,
                 policies=policies,
@@ -305,7 +308,7 @@ async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = sys
             node, AttestationServicer(plane.attestation, pool), KeyReleaseServicer(plane.release)
         )
     else:
-        ca = NodeCa.load_or_create(Path(config.node_ca), clock())
+        ca = NodeCa.load_or_create(Path(config.node_ca_dir), clock())
         release = grpc.aio.server(options=_options(config.max_message_bytes))
         release_creds = ReloadingCertificate(tls[0], tls[1], client_ca=ca.pem).credentials()
         release_port = _listen(release, config.release_listen, release_creds)

@@ -48,13 +48,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 metavar=option.name.upper(),
                 help=option.help + default,
             )
+        for old, flag in zip(option.renamed_from, option.old_flags, strict=True):
+            # still accepted (load_config warns and names the new flag); not listed in --help
+            parser.add_argument(flag, dest=old, type=option.type, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config, overrides={o.name: getattr(args, o.name) for o in OPTIONS})
+        names = [name for o in OPTIONS for name in (o.name, *o.renamed_from)]
+        config = load_config(args.config, overrides={name: getattr(args, name) for name in names})
         trust = load_trust(None if config.trust == "production" else Path(config.trust))
         plane = build(config, trust=trust)
     except (KmsError, AttestationError, PolicyError) as err:
