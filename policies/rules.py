@@ -111,6 +111,21 @@ class NotSimulated:
 
 
 @dataclass(frozen=True)
+class RevocationChecked:
+    """The verifier saw a current CRL for the chain (it may be told not to require one, for archives)."""
+
+    name = "unchecked_revocation"
+
+    def check(self, claims: Claims, now: datetime) -> None:
+        if claims.revocation_checked is not True:
+            raise fail(
+                Code.POLICY_REVOCATION_NOT_CHECKED,
+                "the evidence was verified without a current CRL for its certificate chain, so a revoked "
+                "platform key would not have been noticed",
+            )
+
+
+@dataclass(frozen=True)
 class NoDebug:
     name = "forbid_debug"
 

@@ -220,15 +220,25 @@ def test_production_trust_refuses_simulated_roots(pki: SimulatedPki, product: st
 
 
 def test_endorsements_sent_with_the_evidence_suffice(pki: SimulatedPki) -> None:
+    """The certificates may all come with the evidence; the ARK's CRL cannot (it is collateral)."""
     m = mint(pki, "Genoa", 5, "vcek")
     claims = verify_report(
         m.report,
         trust=pki.trust_store(),
-        collateral=SnpCollateral.empty(),
+        collateral=SnpCollateral.from_der([], m.collateral["crls"]),
         now=NOW,
         endorsements=m.endorsements,
     )
-    assert claims.product == "Genoa"
+    assert claims.product == "Genoa" and claims.revocation_checked is True
+    with pytest.raises(AttestationError) as err:
+        verify_report(
+            m.report,
+            trust=pki.trust_store(),
+            collateral=SnpCollateral.empty(),
+            now=NOW,
+            endorsements=m.endorsements,
+        )
+    assert err.value.code is Code.SNP_CRL_MISSING
 
 
 def test_pki_collateral_items_hold_minted_leaves(pki: SimulatedPki) -> None:
@@ -267,7 +277,7 @@ FAULT_CODES = [
     (Fault.FOREIGN_CHAIN, Code.UNTRUSTED_ROOT),
     (Fault.EXPIRED_CERT, Code.SNP_CERT_EXPIRED),
     (Fault.REVOKED, Code.SNP_CERT_REVOKED),
-    (Fault.EXPIRED_COLLATERAL, Code.SNP_CERT_EXPIRED),  # the ARK's CRL is past nextUpdate
+    (Fault.EXPIRED_COLLATERAL, Code.SNP_CRL_EXPIRED),  # the ARK's CRL is past nextUpdate
     (Fault.TCB_MISMATCH, Code.SNP_TCB_MISMATCH),
     (Fault.CHIP_ID_MISMATCH, Code.SNP_ENDORSEMENT_NOT_FOUND),
 ]
