@@ -81,6 +81,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("collateral", str, "var/collateral", "offline collateral store directory"),
     Option("policy", str, "", "policy TOML; seeds an empty database (later changes: Admin.PutPolicy)"),
     Option("trust", str, "production", "trust profile: 'production' or a simulation trust JSON file"),
+    Option(
+        "dev_trust",
+        bool,
+        False,
+        "accept a --trust file other than 'production' (simulator roots; development only)",
+    ),
     Option("bao_addr", str, "", "OpenBao address, e.g. https://127.0.0.1:8200"),
     Option("bao_role_id", str, "", "OpenBao AppRole role id"),
     Option("bao_secret_id_file", str, "", "file holding the AppRole secret id"),
@@ -142,6 +148,7 @@ class ServerConfig:
     collateral: str = "var/collateral"
     policy: str = ""
     trust: str = "production"
+    dev_trust: bool = False
     bao_addr: str = ""
     bao_role_id: str = ""
     bao_secret_id_file: str = ""
@@ -222,6 +229,11 @@ def validate(c: ServerConfig) -> None:
         raise _bad("--insecure-dev cannot be combined with TLS options")
     if not c.insecure_dev and not c.dev_tls and not (c.tls_cert and c.tls_key):
         raise _bad("TLS is required: give --tls-cert and --tls-key (or --dev-tls DIR for development)")
+    if c.trust != "production" and not c.dev_trust:
+        raise _bad(
+            f"--trust {c.trust!r} is not the production trust profile: it pins roots other than AMD's and "
+            "Intel's, which only development may do; add --dev-trust, or omit --trust in production"
+        )
     if not c.bao_addr:
         raise _bad("no OpenBao address: set --bao-addr or SOVEREIGN_BAO_ADDR")
     approle = bool(c.bao_role_id or c.bao_secret_id_file)

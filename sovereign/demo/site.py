@@ -125,6 +125,7 @@ class ControlPlane:
             "--collateral", str(self.inputs.collateral),
             "--policy", str(self.inputs.policy),
             "--trust", str(self.inputs.trust),
+            "--dev-trust",
             "--bao-addr", self.bao.server.addr,
             "--bao-role-id", self.bao.report.role_id,
             "--bao-secret-id-file", self.bao.report.secret_id_file,

@@ -112,3 +112,14 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     for option in OPTIONS:
         assert option.flag in text and option.env in text
+
+
+def test_a_non_production_trust_profile_needs_the_dev_trust_flag() -> None:
+    """Security review finding 6: ``serve --trust FILE`` (simulator roots) was allowed outside dev mode."""
+    with pytest.raises(KmsError) as info:
+        load_config(None, {}, {**BASE, "trust": "/site/trust.json"})
+    assert info.value.code == "SERVER_CONFIG_INVALID" and "--dev-trust" in info.value.message
+    assert info.value.hint
+    assert load_config(None, {}, {**BASE, "trust": "/site/trust.json", "dev_trust": True}).dev_trust
+    assert load_config(None, {"SOVEREIGN_DEV_TRUST": "1"}, {**BASE, "trust": "/t.json"}).dev_trust
+    assert load_config(None, {}, BASE).trust == "production"
