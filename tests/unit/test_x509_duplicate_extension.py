@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from vectorlib import vectors_dir
 
 from attestation.collateral import Collateral, classify
@@ -78,3 +80,36 @@ def test_an_ask_with_a_duplicate_extension_sent_with_snp_evidence_is_refused() -
             endorsements=[vcek, _ask_with_two_key_usages(), ark],
         )
     assert info.value.code.startswith("SNP_") and info.value.hint is not None
+
+
+def _collateral_files() -> list[bytes]:
+    if VECTORS is None:
+        return []
+    v = Path(VECTORS)
+    return [
+        load_pem_certificates((v / "snp/certs/ask-milan.pem").read_bytes())[0],
+        (v / "snp/milan-v3-oak.vcek.der").read_bytes(),
+        (v / "snp/certs/kds-crl-genoa.der").read_bytes(),
+        (v / "tdx/certs/intel-sgx-root-ca.der").read_bytes(),
+        (v / "tdx/gotdxguest.pck_crl_platform.der").read_bytes(),
+    ]
+
+
+COLLATERAL_FILES = _collateral_files()
+
+
+@needs_vectors
+@settings(max_examples=3000, deadline=None)
+@given(st.integers(0, 4), st.integers(0, 1 << 16), st.integers(0, 7))
+def test_a_flipped_bit_in_a_collateral_certificate_or_crl_is_a_coded_refusal(
+    which: int, offset: int, bit: int
+) -> None:
+    """Certificates and CRLs an operator imports go through the same parse-error mapping: a bad version
+    (InvalidVersion), an unreadable issuer name (ValueError/TypeError on first access) is
+    COLLATERAL_MALFORMED, never a raw exception out of ``classify`` or ``Collateral.from_items``."""
+    data = bytearray(COLLATERAL_FILES[which])
+    data[offset % len(data)] ^= 1 << bit
+    try:
+        Collateral.from_items(classify(bytes(data), "item.der"))
+    except AttestationError as err:
+        assert err.code and err.hint is not None
