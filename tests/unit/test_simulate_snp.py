@@ -247,6 +247,24 @@ def test_pki_collateral_items_hold_minted_leaves(pki: SimulatedPki) -> None:
     assert verify_report(m.report, trust=pki.trust_store(), collateral=collateral, now=NOW).product == "Milan"
 
 
+def test_pki_collateral_items_carry_a_current_crl_for_every_product() -> None:
+    """A site seeded with ``snp_collateral_items`` before any Genoa or Turin mint still verifies their
+    nodes, whose certificates come with the evidence: the ARK CRLs are collateral, and now required."""
+    fresh = SimulatedPki.generate(NOW)
+    items = fresh.snp_collateral_items()
+    issuers = {x509.load_der_x509_crl(crl).issuer.rfc4514_string() for crl in items["crls"]}
+    assert len(issuers) == 3 and all(f"CN=ARK-{p}" in " ".join(issuers) for p in ("Milan", "Genoa", "Turin"))
+    m = fresh.mint_snp_report(product="Turin", version=5, signing_key="vlek")
+    claims = verify_report(
+        m.report,
+        trust=fresh.trust_store(),
+        collateral=SnpCollateral.from_der(**items),
+        now=NOW,
+        endorsements=m.endorsements,
+    )
+    assert claims.product == "Turin" and claims.revocation_checked is True
+
+
 def test_amd_crl_revoking_the_ask_is_enforced(pki: SimulatedPki) -> None:
     m = mint(pki, "Milan", 3, "vcek")
     ask_serial = load(m.chain_der[0]).serial_number
