@@ -141,7 +141,7 @@ class CollateralFresh:
     name = "collateral_expired"
 
     def check(self, claims: Claims, now: datetime) -> None:
-        # SNP has no collateral beyond its certificates; TDX without TCB info (status Unknown) used none.
+        # SNP verified without a current CRL (opt-out) and TDX without TCB info (status Unknown) used none.
         absent_ok = claims.tee is Tee.SNP or claims.tcb_status is TcbStatus.UNKNOWN
         if "collateral_expires" not in claims.details and absent_ok:
             return

@@ -62,16 +62,18 @@ class VerifiedPath:
     windows: tuple[Window, ...]  # every certificate (and CRLs below the ARK): all must hold at ``now``
     ark_crls: tuple[Window, ...]  # the ARK's CRLs: one must hold at ``now`` for revocation to count
 
-    def revocation_current(self, now: datetime) -> bool:
-        return any(w.not_before <= now <= w.not_after for w in self.ark_crls)
+    def current_crls(self, now: datetime) -> list[Window]:
+        return [w for w in self.ark_crls if w.not_before <= now <= w.not_after]
 
 
 @dataclass(frozen=True)
 class ChainResult:
-    """The pinned ARK the chain ended in, and whether a current ARK CRL covered the intermediate."""
+    """The pinned ARK the chain ended in, and whether a current ARK CRL covered the intermediate (and
+    until when the latest of them is current)."""
 
     ark_der: bytes
     revocation_checked: bool
+    crl_next_update: datetime | None = None
 
 
 def _invalid(message: str) -> ChainInvalid:
@@ -174,10 +176,11 @@ def _check_known(
     trust.check_amd_root(product, path.ark.der)
     for window in path.windows:
         window.check(now)
-    current = path.revocation_current(now)
+    current = path.current_crls(now)
     if require_revocation and not current:
         _refuse_unchecked_revocation(path, product, now)
-    return ChainResult(path.ark.der, revocation_checked=current)
+    until = max((w.not_after for w in current), default=None)
+    return ChainResult(path.ark.der, revocation_checked=bool(current), crl_next_update=until)
 
 
 def _refuse_unchecked_revocation(path: VerifiedPath, product: str, now: datetime) -> None:

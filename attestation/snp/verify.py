@@ -215,6 +215,8 @@ def _claims(
     details["leaf_product_name"] = leaf.ext.product_name
     if leaf.ext.csp_id is not None:
         details["vlek_csp_id"] = leaf.ext.csp_id
+    if chain.crl_next_update is not None:  # re-appraisal denies once the CRL is stale, as for TDX
+        details["collateral_expires"] = chain.crl_next_update.isoformat()
     return Claims(
         tee=Tee.SNP,
         product=product,

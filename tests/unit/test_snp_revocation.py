@@ -148,3 +148,22 @@ def test_collateral_imported_from_files_carries_the_crl_to_verify_evidence(vecto
             now=INSIDE_CRLS,
         )
     assert info.value.code is Code.SNP_CRL_MISSING
+
+
+def test_claims_say_until_when_the_crl_is_current_and_reappraisal_denies_after(vectors: Path) -> None:
+    """As for TDX: stored SNP claims are re-appraised, and the CRL they were checked with goes stale."""
+    from policies import Code as PolicyCode
+    from policies import appraise, load_default
+
+    entry = next(e for e in VCEK_REPORTS if _name(e) == "milan-v3-oak")
+    report = (vectors / entry["file"]).read_bytes()
+    collateral = SnpCollateral.from_der(
+        [_leaf(vectors, entry), *_chain(vectors, "milan")], [_crl(vectors, "milan")]
+    )
+    claims = verify_report(report, trust=PRODUCTION, collateral=collateral, now=INSIDE_CRLS)
+    assert claims.details["collateral_expires"] == "2026-10-04T00:00:00+00:00"
+    policy = load_default("default")
+    before = {r.code for r in appraise(policy, claims, now=INSIDE_CRLS).reasons}
+    after = {r.code for r in appraise(policy, claims, now=datetime(2026, 10, 5, tzinfo=UTC)).reasons}
+    assert after - before == {PolicyCode.POLICY_COLLATERAL_EXPIRED}
+    assert PolicyCode.POLICY_REVOCATION_NOT_CHECKED not in before
