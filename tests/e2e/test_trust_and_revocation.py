@@ -17,12 +17,13 @@ import pytest
 from e2e.node_client import NodeClient
 from e2e.operators import StandinRealm
 from e2e.world import SNP_MEASUREMENT, TDX_MRTD, Bao, Inputs, ServerProcess, prepare, server_policy
+from vectorlib import vectors_dir
 
 from attestation.collateral import ItemKind
 from attestation.simulate import SimulatedPki
 from attestation.store import CollateralStore
 from enclave.providers.simulated import simulated_snp, simulated_tdx
-from proto.sovereign.v1 import common_pb2
+from proto.sovereign.v1 import attestation_pb2, common_pb2
 from sovereign.cli._common import dump_trust
 
 
@@ -93,3 +94,20 @@ def test_serve_refuses_a_non_production_trust_file_without_dev_trust(
     assert done.returncode != 0
     assert "SERVER_CONFIG_INVALID" in done.stdout + done.stderr
     assert "--dev-trust" in done.stdout + done.stderr
+
+
+def test_a_pck_certificate_with_a_duplicated_extension_is_a_coded_rejection(
+    server: ServerProcess, pki: SimulatedPki
+) -> None:
+    """Finding 7, against the server: the real dcap-qvl quote with bit 0 of byte 4548 flipped (a PCK
+    certificate then carries basicConstraints twice) was answered INTERNAL with a traceback."""
+    vectors = vectors_dir()
+    if vectors is None:
+        pytest.skip("needs the shared vectors")
+    quote = bytearray((vectors / "tdx/v4-dcapqvl.quote.bin").read_bytes())
+    quote[4548] ^= 0x01
+    node = NodeClient(server.channel(), simulated_tdx(pki, mrtd=TDX_MRTD), name="dup-ext-tdx")
+    evidence = attestation_pb2.Evidence(tee=common_pb2.TEE_TDX, report=bytes(quote))
+    result = node.attestation.Register(node.register_request(evidence=evidence))
+    assert result.state == common_pb2.NODE_STATE_REJECTED
+    assert [r.code for r in result.reasons] == ["TDX_PCK_CHAIN_INVALID"]
