@@ -64,7 +64,8 @@ class Claims:
     (empty for VLEK-signed reports) or the TDX PCK's FMSPC. ``details`` holds the TEE-specific fields
     (all JSON-compatible) that policies may inspect: for SNP ``vmpl``, ``smt_allowed``,
     ``migration_agent_allowed``, ``signing_key``, ``current_tcb``...; for TDX ``mrseam``, ``xfam``,
-    ``tee_tcb_svn``, ``advisory_ids``...
+    ``tee_tcb_svn``, ``advisory_ids``... ``simulated`` says the chain ended in a root other than AMD's or
+    Intel's real ones (whatever the trust profile calls itself).
     """
 
     tee: Tee
@@ -81,6 +82,10 @@ class Claims:
     rtmrs: tuple[bytes, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
     simulated: bool = False
+    # True only when a CRL current at the verification time covered the chain (SNP: the ARK's CRL; TDX:
+    # the PCK and root CA CRLs). False when the verifier was told not to require one (archived evidence)
+    # or did not look (TDX signatures only); policies deny it by default.
+    revocation_checked: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,4 +103,5 @@ class Claims:
             "rtmrs": [r.hex() for r in self.rtmrs],
             "details": self.details,
             "simulated": self.simulated,
+            "revocation_checked": self.revocation_checked,
         }

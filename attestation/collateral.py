@@ -24,6 +24,7 @@ from attestation.snp import SnpCollateral
 from attestation.tdx import TdxCollateral, parse_collateral_bundle
 
 MAX_ITEM_BYTES = 4 << 20
+_DESCRIBE_ERRORS: tuple[type[Exception], ...] = (*X509_PARSE_ERRORS, AttributeError, RecursionError)
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s.*?-----END \1-----", re.DOTALL)
 
 
@@ -54,7 +55,7 @@ class CollateralItem:
             doc = json.loads(self.data)
             inner = doc.get("tcbInfo") or doc.get("enclaveIdentity") or doc
             return f"{inner.get('id', 'bundle')} {inner.get('fmspc', '')}".strip()
-        except (ValueError, AttributeError, TypeError, RecursionError):
+        except _DESCRIBE_ERRORS:
             return "?"
 
 
@@ -85,7 +86,7 @@ def _der_item(der: bytes, source: str) -> CollateralItem:
     try:
         x509.load_der_x509_crl(der)
         return CollateralItem(ItemKind.CRL, der)
-    except ValueError:
+    except X509_PARSE_ERRORS:
         raise CollateralError(
             f"{source}: not a certificate, CRL, PEM file or Intel collateral JSON",
             code=Code.COLLATERAL_MALFORMED,
@@ -146,6 +147,30 @@ def classify(data: bytes, source: str = "<input>") -> list[CollateralItem]:
     return [_der_item(data, source)]
 
 
+def _unreadable(what: str, index: int, exc: Exception) -> CollateralError:
+    return CollateralError(
+        f"collateral item #{index + 1}: the {what} does not parse ({type(exc).__name__})",
+        code=Code.COLLATERAL_MALFORMED,
+        hint="import certificates and CRLs exactly as AMD's KDS or Intel's PCS serve them",
+    )
+
+
+def _certificate(der: bytes, index: int) -> x509.Certificate:
+    try:
+        cert = load_certificate(der)
+        _ = cert.issuer  # parsed lazily: read it here, where a failure can be named
+    except X509_PARSE_ERRORS as exc:
+        raise _unreadable("certificate", index, exc) from None
+    return cert
+
+
+def _crl_issuer(der: bytes, index: int) -> str:
+    try:
+        return _cn(x509.load_der_x509_crl(der).issuer)
+    except X509_PARSE_ERRORS as exc:
+        raise _unreadable("CRL", index, exc) from None
+
+
 def _is_amd(cert: x509.Certificate) -> bool:
     names = (_cn(cert.subject), _cn(cert.issuer))
     return any(n.startswith(("ARK-", "SEV-", "ASK-")) for n in names)
@@ -171,11 +196,11 @@ class Collateral:
         tcb_infos: list[bytes] = []
         qe_identities: list[bytes] = []
         bundles: list[bytes] = []
-        for item in items:
+        for i, item in enumerate(items):
             if item.kind is ItemKind.CERTIFICATE:
-                (amd_certs if _is_amd(load_certificate(item.data)) else intel_certs).append(item.data)
+                (amd_certs if _is_amd(_certificate(item.data, i)) else intel_certs).append(item.data)
             elif item.kind is ItemKind.CRL:
-                issuer = _cn(x509.load_der_x509_crl(item.data).issuer)
+                issuer = _crl_issuer(item.data, i)
                 (amd_crls if issuer.startswith(("ARK-", "SEV-")) else intel_crls).append(item.data)
             elif item.kind is ItemKind.TDX_TCB_INFO:
                 tcb_infos.append(item.data)

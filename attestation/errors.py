@@ -10,12 +10,20 @@ from __future__ import annotations
 from enum import StrEnum
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.x509 import InvalidVersion
+from cryptography.x509 import DuplicateExtension, InvalidVersion, UnsupportedGeneralNameType
 
 # What cryptography raises for certificate or CRL bytes it cannot read: ValueError for most, its own
 # InvalidVersion for a bad version number, UnsupportedAlgorithm for fields it parses on first access,
-# and TypeError for a name attribute whose value type does not fit its OID (also on first access).
-X509_PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, UnsupportedAlgorithm, InvalidVersion, TypeError)
+# TypeError for a name attribute whose value type does not fit its OID (also on first access), and
+# DuplicateExtension / UnsupportedGeneralNameType (plain Exceptions) when the extensions are first read.
+X509_PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    UnsupportedAlgorithm,
+    InvalidVersion,
+    TypeError,
+    DuplicateExtension,
+    UnsupportedGeneralNameType,
+)
 
 
 class Code(StrEnum):
@@ -37,6 +45,8 @@ class Code(StrEnum):
     SNP_CHIP_ID_MISMATCH = "SNP_CHIP_ID_MISMATCH"
     SNP_PRODUCT_MISMATCH = "SNP_PRODUCT_MISMATCH"
     SNP_SIGNING_KEY_MISMATCH = "SNP_SIGNING_KEY_MISMATCH"
+    SNP_CRL_MISSING = "SNP_CRL_MISSING"
+    SNP_CRL_EXPIRED = "SNP_CRL_EXPIRED"
     # Intel TDX
     TDX_QUOTE_MALFORMED = "TDX_QUOTE_MALFORMED"
     TDX_UNSUPPORTED_VERSION = "TDX_UNSUPPORTED_VERSION"

@@ -45,12 +45,20 @@ def verify_evidence(
     now: datetime,
     endorsements: Sequence[bytes] = (),
     require_tcb: bool = True,
+    require_revocation: bool = True,
 ) -> Claims:
-    """Verify SNP or TDX evidence. ``require_tcb=False`` skips Intel TCB info (status Unknown)."""
+    """Verify SNP or TDX evidence. ``require_tcb=False`` skips Intel TCB info (status Unknown) and with it
+    the TDX CRLs. ``require_revocation=False`` lets SNP evidence verify without a current AMD CRL (archived
+    evidence); either way the claims say ``revocation_checked=False`` and the default policy denies them."""
     tee = detect_tee(evidence)
     if tee is Tee.SNP:
         return snp.verify_report(
-            evidence, trust=trust, collateral=collateral.snp, now=now, endorsements=endorsements
+            evidence,
+            trust=trust,
+            collateral=collateral.snp,
+            now=now,
+            endorsements=endorsements,
+            require_revocation=require_revocation,
         )
     if require_tcb:
         return tdx.verify_quote(evidence, trust=trust, collateral=collateral.tdx, now=now)

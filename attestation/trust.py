@@ -34,6 +34,9 @@ NVIDIA_RIM_ROOT_SHA256: frozenset[str] = frozenset(
     {"12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1"}
 )
 
+# The real vendor roots: evidence whose chain ends anywhere else is simulated, whatever the profile says.
+VENDOR_ROOTS_SHA256: frozenset[str] = frozenset(AMD_ARK_SHA256.values()) | INTEL_SGX_ROOT_SHA256
+
 # Every simulator root carries this organisation name, so production can say *why* it refuses.
 SIMULATOR_ORGANIZATION = "sovereign TEE simulator (NOT FOR PRODUCTION)"
 
@@ -44,7 +47,9 @@ def fingerprint(cert_der: bytes) -> str:
 
 @dataclass(frozen=True)
 class TrustStore:
-    """Pinned roots. ``amd_arks`` maps an SNP product name to the ARK fingerprint."""
+    """Pinned roots. ``amd_arks`` maps an SNP product name to the ARK fingerprint. ``allow_simulated`` only
+    chooses how an unpinned simulator root is refused (``TEST_ROOT_IN_PRODUCTION`` rather than
+    ``UNTRUSTED_ROOT``); whether claims are simulated comes from the root itself (``is_simulated_root``)."""
 
     name: str
     amd_arks: Mapping[str, str]
@@ -60,6 +65,11 @@ class TrustStore:
         if pinned is not None and fingerprint(ark_der) == pinned:
             return
         self._refuse(ark_der, f"AMD root for {product}")
+
+    def is_simulated_root(self, root_der: bytes) -> bool:
+        """True unless ``root_der`` is one of AMD's or Intel's real roots (checked, not configured: a trust
+        profile cannot declare its own pins genuine)."""
+        return fingerprint(root_der) not in VENDOR_ROOTS_SHA256
 
     def check_intel_root(self, root_der: bytes) -> None:
         """Raise unless ``root_der`` is a pinned Intel SGX root."""

@@ -13,14 +13,13 @@ import json
 import multiprocessing as mp
 import os
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
 from attestation import snp, tdx
 from attestation.trust import PRODUCTION
-from bench.bench_snp import rate, vectors_dir
+from bench.bench_snp import AMD_CRL_CURRENT, rate, vectors_dir
 from bench.bench_tdx import NOW as TDX_NOW
 from bench.peers import emit, row, tiny
 
@@ -39,8 +38,9 @@ def snp_verifier() -> Callable[[], object]:
     report = (root / entry["file"]).read_bytes()
     leaf = (root / expected["signature_verifies_with"]).read_bytes()
     chain = (root / "snp/certs/kds-cert-chain-vcek-genoa.pem").read_bytes()
-    collateral = snp.SnpCollateral.from_der([leaf, *snp.load_pem_certificates(chain)])
-    now = datetime.fromisoformat(expected["certificates_all_valid_between"][0]) + timedelta(days=1)
+    crl = (root / "snp/certs/kds-crl-genoa.der").read_bytes()
+    collateral = snp.SnpCollateral.from_der([leaf, *snp.load_pem_certificates(chain)], [crl])
+    now = AMD_CRL_CURRENT
     return lambda: snp.verify_report(report, trust=PRODUCTION, collateral=collateral, now=now)
 
 

@@ -82,6 +82,9 @@ class ServerConfig:
     )
     policy: str = _setting("", "policy TOML; seeds an empty database (later changes: Admin.PutPolicy)")
     trust: str = _setting("production", "trust profile: 'production' or a simulation trust JSON file")
+    dev_trust: bool = _setting(
+        False, "accept a --trust file other than 'production' (simulator roots; development only)"
+    )
     bao_addr: str = _setting("", "OpenBao address, e.g. https://127.0.0.1:8200")
     bao_role_id: str = _setting("", "OpenBao AppRole role id")
     bao_secret_id_file: str = _setting("", "file holding the AppRole secret id")
@@ -305,6 +308,11 @@ def validate(c: ServerConfig) -> None:
             raise _bad(
                 "the console needs --tls-ca (the CA that issued --tls-cert) to reach the operator port"
             )
+    if c.trust != "production" and not c.dev_trust:
+        raise _bad(
+            f"--trust {c.trust!r} is not the production trust profile: it pins roots other than AMD's and "
+            "Intel's, which only development may do; add --dev-trust, or omit --trust in production"
+        )
     if not c.bao_addr:
         raise _bad("no OpenBao address: set --bao-addr or SOVEREIGN_BAO_ADDR")
     approle = bool(c.bao_role_id or c.bao_secret_id_file)

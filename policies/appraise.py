@@ -74,6 +74,8 @@ def rules_for(policy: Policy, tee: Tee) -> list[r.Rule]:
         rules.append(r.NotSimulated())
     collateral: r.Rule = r.CollateralFresh()
     rules.append(r.Warn(collateral) if a.collateral_expired is OnFailure.WARN else collateral)
+    revocation: r.Rule = r.RevocationChecked()
+    rules.append(r.Warn(revocation) if a.unchecked_revocation is OnFailure.WARN else revocation)
     if tee is Tee.SNP:
         rules += _snp_rules(a.snp) if a.snp is not None else [r.TeeNotAllowed()]
     else:

@@ -34,6 +34,7 @@ _FIELDS = frozenset(
         "rtmrs",
         "details",
         "simulated",
+        "revocation_checked",
     }
 )
 
@@ -76,7 +77,7 @@ def claims_from_dict(data: object, path: str = "claims") -> Claims:
     unknown = sorted(set(d) - _FIELDS)
     if unknown:
         raise _bad(f"{path}.{unknown[0]}", "unknown field")
-    missing = sorted(_FIELDS - set(d) - {"rtmrs", "details", "simulated"})
+    missing = sorted(_FIELDS - set(d) - {"rtmrs", "details", "simulated", "revocation_checked"})
     if missing:
         raise _bad(f"{path}.{missing[0]}", "required field is missing")
     rtmrs = _typed(d.get("rtmrs", []), list, f"{path}.rtmrs")
@@ -95,6 +96,8 @@ def claims_from_dict(data: object, path: str = "claims") -> Claims:
         rtmrs=tuple(_hex(v, f"{path}.rtmrs[{i}]") for i, v in enumerate(rtmrs)),
         details=_typed(d.get("details", {}), dict, f"{path}.details"),
         simulated=_typed(d.get("simulated", False), bool, f"{path}.simulated"),
+        # Claims stored before the field existed were not known to be revocation-checked: fail closed.
+        revocation_checked=_typed(d.get("revocation_checked", False), bool, f"{path}.revocation_checked"),
     )
 
 

@@ -112,6 +112,7 @@ class AppraisalRules:
     tdx: TdxRules | None = None
     simulated_evidence: Simulated = Simulated.DENY
     collateral_expired: OnFailure = OnFailure.DENY
+    unchecked_revocation: OnFailure = OnFailure.DENY
     require_operator_approval: bool = False
 
 

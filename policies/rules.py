@@ -111,6 +111,21 @@ class NotSimulated:
 
 
 @dataclass(frozen=True)
+class RevocationChecked:
+    """The verifier saw a current CRL for the chain (it may be told not to require one, for archives)."""
+
+    name = "unchecked_revocation"
+
+    def check(self, claims: Claims, now: datetime) -> None:
+        if claims.revocation_checked is not True:
+            raise fail(
+                Code.POLICY_REVOCATION_NOT_CHECKED,
+                "the evidence was verified without a current CRL for its certificate chain, so a revoked "
+                "platform key would not have been noticed",
+            )
+
+
+@dataclass(frozen=True)
 class NoDebug:
     name = "forbid_debug"
 
@@ -126,7 +141,7 @@ class CollateralFresh:
     name = "collateral_expired"
 
     def check(self, claims: Claims, now: datetime) -> None:
-        # SNP has no collateral beyond its certificates; TDX without TCB info (status Unknown) used none.
+        # SNP verified without a current CRL (opt-out) and TDX without TCB info (status Unknown) used none.
         absent_ok = claims.tee is Tee.SNP or claims.tcb_status is TcbStatus.UNKNOWN
         if "collateral_expires" not in claims.details and absent_ok:
             return

@@ -329,6 +329,7 @@ def _appraisal(t: _Table) -> AppraisalRules:
         tdx=_tdx(tdx) if tdx is not None else None,
         simulated_evidence=t.get("simulated_evidence", _choice(Simulated), Simulated.DENY),
         collateral_expired=t.get("collateral_expired", _choice(OnFailure), OnFailure.DENY),
+        unchecked_revocation=t.get("unchecked_revocation", _choice(OnFailure), OnFailure.DENY),
         require_operator_approval=t.get("require_operator_approval", _bool, False),
     )
     t.close()

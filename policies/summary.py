@@ -16,6 +16,8 @@ def notes(policy: Policy) -> list[str]:
         out.append("simulated evidence is allowed: never use this policy in production")
     if a.collateral_expired is OnFailure.WARN:
         out.append("expired collateral only warns")
+    if a.unchecked_revocation is OnFailure.WARN:
+        out.append("evidence verified without a current CRL (revocation not checked) only warns")
     if a.snp is not None:
         if not a.snp.forbid_debug:
             out.append("SNP guests that allow debugging are accepted")

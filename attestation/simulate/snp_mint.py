@@ -183,8 +183,9 @@ class SnpMinting:
 
     def snp_collateral_items(self) -> dict[str, list[bytes]]:
         """For ``SnpCollateral.from_der(**items)``: every genuine (non-foreign) AMD certificate made so
-        far, leaves of fault-free mints included, and one empty CRL per product."""
-        cas = [ca for (_, foreign), ca in self._amd_cas.items() if not foreign]
+        far, leaves of fault-free mints included, and a current, empty ARK CRL for every product (a
+        current CRL is required, so a site made from these verifies any product's simulated nodes)."""
+        cas = [self.amd_ca(product) for product in PRODUCTS]
         certs = [*self._good_leaves]
         for ca in cas:
             certs.extend([*ca.intermediates(), ca.ark_der])

@@ -34,7 +34,7 @@ from attestation.snp import der as asn1
 from attestation.snp.report import product_family
 
 # what makes cryptography give up on a certificate that the DER reader below may still take
-_FALL_BACK_ON: tuple[type[Exception], ...] = (*X509_PARSE_ERRORS, x509.DuplicateExtension)
+_FALL_BACK_ON: tuple[type[Exception], ...] = X509_PARSE_ERRORS
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
 OID_STRUCT_VERSION = f"{AMD_OID}.1"

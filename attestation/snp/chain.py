@@ -1,10 +1,15 @@
 """The AMD endorsement chain: VCEK -> ASK -> ARK, or VLEK -> ASVK -> ARK (pure).
 
 Every signature is RSASSA-PSS with SHA-384 over the exact TBS bytes; the ARK is self-signed and pinned by
-the trust store. CRLs issued by a chain CA, if the collateral holds any, must be signed by it, current, and
-not list the next certificate down. A chain that verified once is remembered (per collateral) together
-with the validity window of every certificate and CRL in it, so later calls only re-check ``now`` against
-those windows and re-check the pin.
+the trust store. Revocation fails closed: a CRL issued by the ARK (AMD KDS ``/vcek/v1/<product>/crl``,
+``/vlek/v1/<product>/crl``) that is current at ``now`` is required unless the caller opts out, and then
+the result says revocation was not checked. Every CRL a chain CA issued must be signed by it and not
+list the next certificate down, current or not. AMD's VCEK- and VLEK-chain CRLs carry the same issuer
+and no distribution-point extension, so nothing in their bytes says which chain one covers: any current
+ARK CRL counts, and the intermediate is checked against every ARK CRL held.
+
+A chain that verified once is remembered (per collateral) together with the validity window of every
+certificate and CRL in it, so later calls only re-check ``now`` against those windows and re-check the pin.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ _MAX_MEMO = 4096
 _CHAIN_HINT = (
     "import the AMD cert_chain (ASK/ASVK and ARK) for this product: sovereign collateral import FILE"
 )
+_CRL_HINT = (
+    "import AMD's current CRL for this product (KDS /vcek/v1/<product>/crl, or /vlek/... for VLEKs): "
+    "sovereign collateral import FILE; for archived evidence verify at a time inside a CRL's window, "
+    "or opt out explicitly (evidence verify --no-revocation-check)"
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,28 @@ class Window:
                 f"not at {now.isoformat()}",
                 code=Code.SNP_CERT_EXPIRED,
             )
+
+
+@dataclass(frozen=True)
+class VerifiedPath:
+    """What a verified leaf -> intermediate -> ARK path needs re-checked on every call."""
+
+    ark: AmdCertificate
+    windows: tuple[Window, ...]  # every certificate (and CRLs below the ARK): all must hold at ``now``
+    ark_crls: tuple[Window, ...]  # the ARK's CRLs: one must hold at ``now`` for revocation to count
+
+    def current_crls(self, now: datetime) -> list[Window]:
+        return [w for w in self.ark_crls if w.not_before <= now <= w.not_after]
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """The pinned ARK the chain ended in, and whether a current ARK CRL covered the intermediate (and
+    until when the latest of them is current)."""
+
+    ark_der: bytes
+    revocation_checked: bool
+    crl_next_update: datetime | None = None
 
 
 def _invalid(message: str) -> ChainInvalid:
@@ -71,8 +103,8 @@ def _check_critical(cert: AmdCertificate) -> None:
 
 
 def _crl_windows(collateral: SnpCollateral, issuer: AmdCertificate, subject: AmdCertificate) -> list[Window]:
-    """Check ``subject`` against every CRL ``issuer`` issued (a revocation in an older CRL still counts);
-    only the newest CRL must be current, so a superseded CRL left in the store does not fail the chain."""
+    """Check ``subject`` against every CRL ``issuer`` issued (a revocation in an older or stale CRL still
+    counts) and return each CRL's window."""
     windows: list[Window] = []
     key = issuer.public_key
     for crl in collateral.crls_issued_by(issuer):
@@ -92,12 +124,12 @@ def _crl_windows(collateral: SnpCollateral, issuer: AmdCertificate, subject: Amd
                 hint="AMD revoked this certificate; the platform must not be trusted",
             )
         windows.append(Window(what, crl.this_update, crl.next_update))
-    return [max(windows, key=lambda w: w.not_before)] if windows else []
+    return windows
 
 
 def _verify_uncached(
     collateral: SnpCollateral, leaf: AmdCertificate, middle: AmdCertificate, ark: AmdCertificate
-) -> tuple[Window, ...]:
+) -> VerifiedPath:
     _check_signed(leaf, middle)
     _check_signed(middle, ark)
     _check_signed(ark, ark)
@@ -108,9 +140,12 @@ def _verify_uncached(
     windows = [
         Window(f"certificate '{c.subject_cn}'", c.not_before, c.not_after) for c in (leaf, middle, ark)
     ]
-    windows += _crl_windows(collateral, ark, middle)
-    windows += _crl_windows(collateral, middle, leaf)
-    return tuple(windows)
+    ark_crls = _crl_windows(collateral, ark, middle)
+    # AMD publishes no CRL below the ARK; one the collateral holds anyway must be current (its newest).
+    below = _crl_windows(collateral, middle, leaf)
+    if below:
+        windows.append(max(below, key=lambda w: w.not_before))
+    return VerifiedPath(ark, tuple(windows), tuple(ark_crls))
 
 
 def _verify_path(
@@ -120,25 +155,49 @@ def _verify_path(
     trust: TrustStore,
     product: str,
     now: datetime,
-) -> None:
+    require_revocation: bool,
+) -> ChainResult:
     leaf, middle, ark = path
     key = (leaf.fingerprint, middle.fingerprint, ark.fingerprint)
-    windows: tuple[Window, ...] | None = collateral.memo.get(key)
-    if windows is None:
-        windows = _verify_uncached(collateral, leaf, middle, ark)
+    verified: VerifiedPath | None = collateral.memo.get(key)
+    if verified is None:
+        verified = _verify_uncached(collateral, leaf, middle, ark)
         if len(collateral.memo) >= _MAX_MEMO:
             collateral.memo.clear()
-        collateral.memo[key] = windows
-    _check_known(trust, product, ark, windows, now=now)
-    collateral.memo[leaf.fingerprint] = (ark, windows)  # the leaf's last fully good path
+        collateral.memo[key] = verified
+    result = _check_known(trust, product, verified, now=now, require_revocation=require_revocation)
+    collateral.memo[leaf.fingerprint] = verified  # the leaf's last fully good path
+    return result
 
 
 def _check_known(
-    trust: TrustStore, product: str, ark: AmdCertificate, windows: tuple[Window, ...], *, now: datetime
-) -> None:
-    trust.check_amd_root(product, ark.der)
-    for window in windows:
+    trust: TrustStore, product: str, path: VerifiedPath, *, now: datetime, require_revocation: bool
+) -> ChainResult:
+    trust.check_amd_root(product, path.ark.der)
+    for window in path.windows:
         window.check(now)
+    current = path.current_crls(now)
+    if require_revocation and not current:
+        _refuse_unchecked_revocation(path, product, now)
+    until = max((w.not_after for w in current), default=None)
+    return ChainResult(path.ark.der, revocation_checked=bool(current), crl_next_update=until)
+
+
+def _refuse_unchecked_revocation(path: VerifiedPath, product: str, now: datetime) -> None:
+    if not path.ark_crls:
+        raise ChainInvalid(
+            f"no CRL issued by 'ARK-{product}' in the collateral, so revocation of the intermediate "
+            "cannot be checked",
+            code=Code.SNP_CRL_MISSING,
+            hint=_CRL_HINT,
+        )
+    newest = max(path.ark_crls, key=lambda w: w.not_before)
+    raise ChainInvalid(
+        f"no CRL issued by 'ARK-{product}' is current at {now.isoformat()}; the newest, {newest.what}, "
+        f"is valid from {newest.not_before.isoformat()} to {newest.not_after.isoformat()}",
+        code=Code.SNP_CRL_EXPIRED,
+        hint=_CRL_HINT,
+    )
 
 
 def verify_chain(
@@ -149,8 +208,11 @@ def verify_chain(
     collateral: SnpCollateral,
     endorsements: CertPool,
     now: datetime,
-) -> None:
-    """Raise unless ``leaf`` chains through the product's ASK/ASVK to its pinned ARK, valid at ``now``.
+    require_revocation: bool = True,
+) -> ChainResult:
+    """Raise unless ``leaf`` chains through the product's ASK/ASVK to its pinned ARK, valid at ``now``,
+    with a current ARK CRL not listing the intermediate (``require_revocation=False``: a missing or
+    stale CRL is reported in the result instead of refused; a listed revocation is always refused).
 
     Candidates come from the collateral first, then from the endorsements; the first path that verifies
     wins, otherwise the first path's error is raised.
@@ -161,11 +223,10 @@ def verify_chain(
         raise _invalid(
             f"'{leaf.subject_cn}' is issued by '{leaf.issuer_cn}'; a {product} chain needs '{middle_cn}'"
         )
-    known = collateral.memo.get(leaf.fingerprint)
+    known: VerifiedPath | None = collateral.memo.get(leaf.fingerprint)
     if known is not None:  # fast path: the path that verified last time for this leaf
         try:
-            _check_known(trust, product, *known, now=now)
-            return
+            return _check_known(trust, product, known, now=now, require_revocation=require_revocation)
         except AttestationError:
             pass  # search again below, which reports the precise error
     middles = [c for pool in (collateral.pool, endorsements) for c in pool.issuers_of(leaf)]
@@ -191,8 +252,14 @@ def verify_chain(
             continue
         for ark in arks:
             try:
-                _verify_path(collateral, (leaf, middle, ark), trust=trust, product=product, now=now)
-                return
+                return _verify_path(
+                    collateral,
+                    (leaf, middle, ark),
+                    trust=trust,
+                    product=product,
+                    now=now,
+                    require_revocation=require_revocation,
+                )
             except AttestationError as exc:
                 first_error = first_error or exc
     raise first_error or _invalid(f"no chain from '{leaf.subject_cn}' to '{ark_cn}'")

@@ -27,7 +27,7 @@ from attestation.errors import (
     SignatureInvalid,
 )
 from attestation.snp.certs import AmdCertificate, AmdExtensions, Role
-from attestation.snp.chain import verify_chain
+from attestation.snp.chain import ChainResult, verify_chain
 from attestation.snp.collateral import CertPool, SnpCollateral
 from attestation.snp.report import (
     PRODUCTS,
@@ -207,12 +207,16 @@ def verify_report_signature(report: SnpReport, key: ec.EllipticCurvePublicKey) -
         ) from exc
 
 
-def _claims(report: SnpReport, product: str, leaf: Leaf, role: Role, simulated: bool) -> Claims:
+def _claims(
+    report: SnpReport, product: str, leaf: Leaf, role: Role, *, trust: TrustStore, chain: ChainResult
+) -> Claims:
     details: dict[str, Any] = report.details()
     details["signing_key"] = role.value
     details["leaf_product_name"] = leaf.ext.product_name
     if leaf.ext.csp_id is not None:
         details["vlek_csp_id"] = leaf.ext.csp_id
+    if chain.crl_next_update is not None:  # re-appraisal denies once the CRL is stale, as for TDX
+        details["collateral_expires"] = chain.crl_next_update.isoformat()
     return Claims(
         tee=Tee.SNP,
         product=product,
@@ -226,7 +230,8 @@ def _claims(report: SnpReport, product: str, leaf: Leaf, role: Role, simulated: 
         tcb_status=TcbStatus.NOT_APPLICABLE,
         platform_id=report.platform_chip_id if role is Role.VCEK else b"",
         details=details,
-        simulated=simulated,
+        simulated=trust.is_simulated_root(chain.ark_der),
+        revocation_checked=chain.revocation_checked,
     )
 
 
@@ -238,11 +243,14 @@ def verify_report(
     now: datetime,
     product: str | None = None,
     endorsements: Sequence[bytes] = (),
+    require_revocation: bool = True,
 ) -> Claims:
     """Verify an SEV-SNP report against pinned AMD roots; return its claims or raise ``AttestationError``.
 
     ``endorsements`` are DER certificates that came with the evidence (an extended report's certificate
-    table); they are trusted only by chaining to the pinned ARK.
+    table); they are trusted only by chaining to the pinned ARK. A current ARK CRL is required
+    (``SNP_CRL_MISSING`` / ``SNP_CRL_EXPIRED``) unless ``require_revocation=False``, the explicit opt-out
+    for archived evidence, whose claims then say ``revocation_checked=False`` when no CRL was current.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -254,17 +262,18 @@ def verify_report(
         try:
             fixed, leaf_product = check_leaf_matches_report(leaf, parsed, role)
             key = leaf_key(leaf.cert)
-            verify_chain(
+            chain = verify_chain(
                 leaf.cert,
                 product=leaf_product,
                 trust=trust,
                 collateral=collateral,
                 endorsements=extra,
                 now=now,
+                require_revocation=require_revocation,
             )
             verify_report_signature(fixed, key)
         except AttestationError as exc:
             first_error = first_error or exc
             continue
-        return _claims(fixed, leaf_product, leaf, role, trust.allow_simulated)
+        return _claims(fixed, leaf_product, leaf, role, trust=trust, chain=chain)
     raise first_error or _mismatch("no usable endorsement key", Code.SNP_ENDORSEMENT_NOT_FOUND)

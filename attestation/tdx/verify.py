@@ -106,6 +106,8 @@ def _claims(
     status: TcbStatus,
     tcb_extra: dict[str, Any],
     details_extra: dict[str, Any],
+    revocation_checked: bool,
+    collateral_roots: tuple[bytes, ...] = (),
 ) -> Claims:
     sgx = platform.chain.sgx
     tee_tcb_svn = quote.tee_tcb_svn
@@ -147,7 +149,8 @@ def _claims(
         platform_id=sgx.fmspc,
         rtmrs=quote.rtmrs,
         details=details,
-        simulated=trust.allow_simulated,
+        simulated=any(trust.is_simulated_root(r) for r in (platform.chain.root_der, *collateral_roots)),
+        revocation_checked=revocation_checked,
     )
 
 
@@ -163,6 +166,7 @@ def verify_quote_signatures(quote: bytes, *, trust: TrustStore, now: datetime) -
         status=TcbStatus.UNKNOWN,
         tcb_extra={"tcb_date": None, "tcb_evaluation_data_number": None},
         details_extra={"advisory_ids": [], "qe_tcb_status": None, "collateral_expires": None},
+        revocation_checked=False,
     )
 
 
@@ -208,4 +212,6 @@ def verify_quote(quote: bytes, *, trust: TrustStore, collateral: TdxCollateral, 
             "td_relaunch_advised": result.relaunch_advised,
             "collateral_expires": expires.isoformat(),
         },
+        revocation_checked=True,  # check_revocation above required current PCK and root CA CRLs
+        collateral_roots=(info_signer.root_der, identity_signer.root_der),
     )

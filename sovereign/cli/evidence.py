@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="TDX: check signatures and the PCK chain only; TCB status reported as Unknown",
     )
+    ver.add_argument(
+        "--no-revocation-check",
+        action="store_true",
+        help="SEV-SNP: verify without requiring an AMD CRL current at --at (archived evidence). The claims "
+        "then say revocation_checked: false, which the default policy denies (unchecked_revocation)",
+    )
     add_trust_argument(ver)
     ver.add_argument("--json", action="store_true", help="machine-readable output")
     ver.set_defaults(func=_verify)
@@ -75,6 +81,7 @@ def _verify(args: argparse.Namespace) -> int:
             now=now,
             endorsements=endorsements,
             require_tcb=not args.no_tcb,
+            require_revocation=not args.no_revocation_check,
         )
     except AttestationError as err:
         return fail(err, as_json=args.json)
@@ -87,6 +94,11 @@ def _verify(args: argparse.Namespace) -> int:
     summary = claims.to_dict()
     for key in ("measurement", "report_data", "host_data", "debug", "policy", "tcb_status", "platform_id"):
         print(f"  {key:<12} {summary[key]}")
+    print(
+        f"  {'revocation':<12} {'checked' if claims.revocation_checked else 'NOT CHECKED (no current CRL)'}"
+    )
+    if claims.simulated:
+        print("  note: the chain ends in a simulator root, not AMD's or Intel's; policies deny it by default")
     print(f"  {'tcb':<12} {summary['tcb']}")
     for i, rtmr in enumerate(summary["rtmrs"]):
         print(f"  rtmr{i:<8} {rtmr}")

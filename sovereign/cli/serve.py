@@ -103,6 +103,12 @@ async def _run(config: ServerConfig, plane: ControlPlane) -> int:
         release = "" if config.insecure_dev else f"; key release on {running.release_address} (mutual TLS)"
         admin = f"; operators on {running.admin_address}" if running.admin_address else " (replica)"
         print(f"listening on {running.node_address} ({scheme}){release}{admin}", flush=True)
+        if config.trust != "production" and not config.replica:
+            print(
+                f"DEV trust profile {config.trust} (--dev-trust): evidence whose chain ends in a root "
+                "other than AMD's or Intel's is marked simulated",
+                flush=True,
+            )
         if running.ca_path is not None and not config.replica:
             print(f"dev CA for clients to pin: {running.ca_path}", flush=True)
         if endpoint is not None:

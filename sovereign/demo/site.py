@@ -44,7 +44,7 @@ class Inputs:
 def prepare_inputs(workdir: Path, pki: SimulatedPki, now: datetime, policy_text: str | None = None) -> Inputs:
     """The simulation trust profile, a collateral store holding the PKI's collateral, and a policy."""
     workdir.mkdir(parents=True, exist_ok=True)
-    pki.mint_snp_report(measurement=SNP_MEASUREMENT)  # makes the AMD CA whose CRL goes in the store
+    pki.mint_snp_report(measurement=SNP_MEASUREMENT)  # its VCEK goes in the store with every ARK CRL
     items = [
         (CollateralItem(_KINDS[kind], data), "simulator")
         for group in (pki.snp_collateral_items(), pki.tdx_collateral_items())
@@ -125,6 +125,7 @@ class ControlPlane:
             "--collateral", str(self.inputs.collateral),
             "--policy", str(self.inputs.policy),
             "--trust", str(self.inputs.trust),
+            "--dev-trust",
             "--bao-addr", self.bao.server.addr,
             "--bao-role-id", self.bao.report.role_id,
             "--bao-secret-id-file", self.bao.report.secret_id_file,

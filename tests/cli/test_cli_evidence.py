@@ -91,11 +91,35 @@ def test_real_vector_through_imported_collateral(tmp_path: Path, vectors: Path) 
     again = sovereign("collateral", "import", "--store", store, "--json", vectors / "snp/certs/ark-genoa.pem")
     assert as_json(again)["unchanged"] and not as_json(again)["added"]
     report = vectors / "snp/genoa-v5-oak.report.bin"
+    # Revocation fails closed: without AMD's CRL the report is refused, and --no-revocation-check (the
+    # opt-out for archived evidence) verifies it with the claims saying so.
+    no_crl = sovereign(
+        "evidence", "verify", report, "--collateral", store, "--at", "2026-09-01T00:00:00Z", "--json"
+    )
+    assert no_crl.returncode == 1 and as_json(no_crl)["error"]["code"] == "SNP_CRL_MISSING"
+    archived = sovereign(
+        "evidence", "verify", report, "--collateral", store, "--at", "2026-01-01T00:00:00Z",
+        "--no-revocation-check", "--json",
+    )  # fmt: skip
+    assert archived.returncode == 0, archived.stdout
+    assert as_json(archived)["claims"]["revocation_checked"] is False
+    text = sovereign("evidence", "verify", report, "--collateral", store, "--at", "2026-01-01T00:00:00Z",
+                     "--no-revocation-check")  # fmt: skip
+    assert "NOT CHECKED" in text.stdout
+    crl = sovereign(
+        "collateral", "import", "--store", store, "--json", vectors / "snp/certs/kds-crl-genoa.der"
+    )
+    assert crl.returncode == 0 and len(as_json(crl)["added"]) == 1, crl.stdout + crl.stderr
     ok = sovereign(
-        "evidence", "verify", report, "--collateral", store, "--at", "2026-01-01T00:00:00Z", "--json"
+        "evidence", "verify", report, "--collateral", store, "--at", "2026-09-01T00:00:00Z", "--json"
     )
     assert ok.returncode == 0, ok.stdout
     assert as_json(ok)["claims"]["product"] == "Genoa"
+    assert as_json(ok)["claims"]["revocation_checked"] is True
+    stale = sovereign(
+        "evidence", "verify", report, "--collateral", store, "--at", "2026-01-01T00:00:00Z", "--json"
+    )
+    assert as_json(stale)["error"]["code"] == "SNP_CRL_EXPIRED"
     expired = sovereign(
         "evidence", "verify", report, "--collateral", store, "--at", "2040-01-01T00:00:00Z", "--json"
     )

@@ -164,6 +164,7 @@ class ServerProcess:
             "--collateral", str(self.inputs.collateral),
             "--policy", str(self.inputs.policy),
             "--trust", str(self.inputs.trust),
+            "--dev-trust",
             "--bao-addr", self.bao_addrs or self.bao.server.addr,
             "--bao-role-id", self.bao.report.role_id,
             "--bao-secret-id-file", self.bao.report.secret_id_file,

@@ -254,3 +254,14 @@ def test_bad_rate_limits_are_refused(overrides: dict[str, object]) -> None:
     with pytest.raises(KmsError) as info:
         load_config(None, {}, {**BASE, **overrides})
     assert info.value.code.value == "SERVER_CONFIG_INVALID" and "node_rate" in info.value.message
+
+
+def test_a_non_production_trust_profile_needs_the_dev_trust_flag() -> None:
+    """Security review finding 6: ``serve --trust FILE`` (simulator roots) was allowed outside dev mode."""
+    with pytest.raises(KmsError) as info:
+        load_config(None, {}, {**BASE, "trust": "/site/trust.json"})
+    assert info.value.code == "SERVER_CONFIG_INVALID" and "--dev-trust" in info.value.message
+    assert info.value.hint
+    assert load_config(None, {}, {**BASE, "trust": "/site/trust.json", "dev_trust": True}).dev_trust
+    assert load_config(None, {"SOVEREIGN_DEV_TRUST": "1"}, {**BASE, "trust": "/t.json"}).dev_trust
+    assert load_config(None, {}, BASE).trust == "production"

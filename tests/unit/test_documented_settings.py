@@ -16,6 +16,7 @@ from pathlib import Path
 
 from enclave.config import NodeConfig
 from enclave.errors import NodeError
+from enclave.workload.keys import AGENT_SOCKET_ENV
 from kms.config import BAO_TOKEN_ENV, OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +92,11 @@ def _python_reads(tree: ast.AST) -> set[str]:
 
 
 def read_by_code() -> set[str]:
-    names = {o.env for o in OPTIONS} | {old for o in OPTIONS for old in o.old_env} | {BAO_TOKEN_ENV}
+    names = (
+        {o.env for o in OPTIONS}
+        | {old for o in OPTIONS for old in o.old_env}
+        | {BAO_TOKEN_ENV, AGENT_SOCKET_ENV}
+    )
     recording = _Recording()
     with contextlib.suppress(NodeError):  # nothing set: refused after every variable was looked up
         NodeConfig.resolve(recording)

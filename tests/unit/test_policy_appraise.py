@@ -23,6 +23,7 @@ from policies import (
     parse_policy,
     reappraise,
 )
+from policies.summary import notes
 from sovereign.cli import main
 
 DEMO_TOML = Path(__file__).resolve().parents[2] / "policies" / "defaults" / "demo.toml"
@@ -80,6 +81,7 @@ def snp(*, details: dict[str, Any] | None = None, **fields: Any) -> Claims:
         tcb={"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115, "raw": "0300000000000873"},
         tcb_status=TcbStatus.NOT_APPLICABLE,
         platform_id=bytes(64),
+        revocation_checked=True,
         details={
             "vmpl": 0,
             "smt_allowed": False,
@@ -107,6 +109,7 @@ def tdx(*, details: dict[str, Any] | None = None, **fields: Any) -> Claims:
         tcb_status=TcbStatus.UP_TO_DATE,
         platform_id=bytes(6),
         rtmrs=(bytes(48), OTHER, bytes(48), OTHER),  # RTMR1 and RTMR3 are not pinned
+        revocation_checked=True,
         details={
             "mrseam": SEAM.hex(),
             "advisory_ids": [],
@@ -162,6 +165,8 @@ def test_conforming_claims_are_attested_into_their_group(claims: Claims) -> None
         (tdx(host_data=bytes(48)), {Code.POLICY_HOST_DATA_MISMATCH}),
         (tdx(details={"collateral_expires": NOW.isoformat()}), {Code.POLICY_COLLATERAL_EXPIRED}),
         (tdx(details={"collateral_expires": "soon"}), {Code.POLICY_CLAIM_INVALID}),
+        (snp(revocation_checked=False), {Code.POLICY_REVOCATION_NOT_CHECKED}),
+        (tdx(revocation_checked=False), {Code.POLICY_REVOCATION_NOT_CHECKED}),
     ],
 )
 def test_each_rule_fails_with_its_code(claims: Claims, expected: set[Code]) -> None:
@@ -341,6 +346,28 @@ def test_demo_policy_rejects(claims: Claims, code: Code) -> None:
     result = appraise(load_default("demo"), claims, now=NOW)
     assert result.verdict is Verdict.REJECTED
     assert [r.code for r in result.reasons] == [code]
+
+
+def test_unchecked_revocation_is_denied_by_default_and_warns_only_when_the_policy_says_so() -> None:
+    """Security review finding 3: evidence verified without a current CRL (the explicit opt-out for
+    archived evidence) must not pass the shipped policies."""
+    unchecked = demo_snp(revocation_checked=False)
+    for name in ("default", "demo"):
+        codes_ = {r.code for r in appraise(load_default(name), unchecked, now=NOW).reasons}
+        assert Code.POLICY_REVOCATION_NOT_CHECKED in codes_, name
+    warn = parse_policy(
+        DEMO_TOML.read_text().replace('unchecked_revocation = "deny"', 'unchecked_revocation = "warn"')
+    )
+    result = appraise(warn, unchecked, now=NOW)
+    assert result.verdict is Verdict.ATTESTED
+    assert [r.code for r in result.warnings] == [Code.POLICY_REVOCATION_NOT_CHECKED]
+    assert any("revocation" in n for n in notes(warn))
+
+
+def test_stored_claims_without_the_revocation_field_count_as_unchecked() -> None:
+    data = snp().to_dict()
+    assert data.pop("revocation_checked") is True
+    assert claims_from_dict(data).revocation_checked is False
 
 
 def test_default_policy_rejects_simulated_and_unlisted_nodes() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from vectorlib import vectors_dir
 
 from attestation.claims import Tee
 from attestation.collateral import Collateral, classify
@@ -41,3 +43,21 @@ def test_both_tees_verify_through_verify_evidence(pki: SimulatedPki) -> None:
         with pytest.raises(AttestationError) as err:
             verify_evidence(evidence, trust=PRODUCTION, collateral=collateral, now=NOW)
         assert err.value.code is Code.TEST_ROOT_IN_PRODUCTION
+
+
+def test_simulated_is_derived_from_the_root_not_from_the_trust_profile(pki: SimulatedPki) -> None:
+    """Security review finding 6: a trust file pinning the simulator's roots with allow_simulated false
+    (or any name) made simulator evidence come out simulated: False, escaping simulated_evidence = "deny"."""
+    snp = pki.mint_snp_report(product="Milan", version=3).report
+    tdx = pki.mint_tdx_quote().quote
+    collateral = imported(pki)
+    disguised = replace(pki.trust_store(), name="production", allow_simulated=False)
+    for evidence in (snp, tdx):
+        claims = verify_evidence(evidence, trust=disguised, collateral=collateral, now=NOW)
+        assert claims.simulated is True
+        assert claims.revocation_checked is True  # the simulator's collateral carries current CRLs
+        assert disguised.is_simulated_root(pki.intel_ca().root_der)
+    vectors = vectors_dir()
+    if vectors is not None:  # Intel's real root is never simulated, whatever the profile says
+        intel_root = (vectors / "tdx/certs/intel-sgx-root-ca.der").read_bytes()
+        assert not disguised.is_simulated_root(intel_root)

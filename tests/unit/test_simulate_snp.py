@@ -220,21 +220,49 @@ def test_production_trust_refuses_simulated_roots(pki: SimulatedPki, product: st
 
 
 def test_endorsements_sent_with_the_evidence_suffice(pki: SimulatedPki) -> None:
+    """The certificates may all come with the evidence; the ARK's CRL cannot (it is collateral)."""
     m = mint(pki, "Genoa", 5, "vcek")
     claims = verify_report(
         m.report,
         trust=pki.trust_store(),
-        collateral=SnpCollateral.empty(),
+        collateral=SnpCollateral.from_der([], m.collateral["crls"]),
         now=NOW,
         endorsements=m.endorsements,
     )
-    assert claims.product == "Genoa"
+    assert claims.product == "Genoa" and claims.revocation_checked is True
+    with pytest.raises(AttestationError) as err:
+        verify_report(
+            m.report,
+            trust=pki.trust_store(),
+            collateral=SnpCollateral.empty(),
+            now=NOW,
+            endorsements=m.endorsements,
+        )
+    assert err.value.code is Code.SNP_CRL_MISSING
 
 
 def test_pki_collateral_items_hold_minted_leaves(pki: SimulatedPki) -> None:
     m = mint(pki, "Milan", 3, "vcek")
     collateral = SnpCollateral.from_der(**pki.snp_collateral_items())
     assert verify_report(m.report, trust=pki.trust_store(), collateral=collateral, now=NOW).product == "Milan"
+
+
+def test_pki_collateral_items_carry_a_current_crl_for_every_product() -> None:
+    """A site seeded with ``snp_collateral_items`` before any Genoa or Turin mint still verifies their
+    nodes, whose certificates come with the evidence: the ARK CRLs are collateral, and now required."""
+    fresh = SimulatedPki.generate(NOW)
+    items = fresh.snp_collateral_items()
+    issuers = {x509.load_der_x509_crl(crl).issuer.rfc4514_string() for crl in items["crls"]}
+    assert len(issuers) == 3 and all(f"CN=ARK-{p}" in " ".join(issuers) for p in ("Milan", "Genoa", "Turin"))
+    m = fresh.mint_snp_report(product="Turin", version=5, signing_key="vlek")
+    claims = verify_report(
+        m.report,
+        trust=fresh.trust_store(),
+        collateral=SnpCollateral.from_der(**items),
+        now=NOW,
+        endorsements=m.endorsements,
+    )
+    assert claims.product == "Turin" and claims.revocation_checked is True
 
 
 def test_amd_crl_revoking_the_ask_is_enforced(pki: SimulatedPki) -> None:
@@ -267,7 +295,7 @@ FAULT_CODES = [
     (Fault.FOREIGN_CHAIN, Code.UNTRUSTED_ROOT),
     (Fault.EXPIRED_CERT, Code.SNP_CERT_EXPIRED),
     (Fault.REVOKED, Code.SNP_CERT_REVOKED),
-    (Fault.EXPIRED_COLLATERAL, Code.SNP_CERT_EXPIRED),  # the ARK's CRL is past nextUpdate
+    (Fault.EXPIRED_COLLATERAL, Code.SNP_CRL_EXPIRED),  # the ARK's CRL is past nextUpdate
     (Fault.TCB_MISMATCH, Code.SNP_TCB_MISMATCH),
     (Fault.CHIP_ID_MISMATCH, Code.SNP_ENDORSEMENT_NOT_FOUND),
 ]

@@ -96,7 +96,11 @@ def test_every_vector_verifies_through_the_fallback_parser(
         assert {c.parsed_by for c in collateral.pool.certificates} == {"der"}
         now = datetime.fromisoformat(exp["certificates_all_valid_between"][0])
         claims = verify_report(
-            (vectors / entry["file"]).read_bytes(), trust=PRODUCTION, collateral=collateral, now=now
+            (vectors / entry["file"]).read_bytes(),
+            trust=PRODUCTION,
+            collateral=collateral,
+            now=now,
+            require_revocation=False,  # the vectors' own time, before AMD's CRLs at hand were issued
         )
         assert claims.measurement.hex() == exp["measurement"]
 

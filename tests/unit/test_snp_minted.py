@@ -166,10 +166,12 @@ def _verify(
     m: Minted,
     report: bytes,
     certs: list[bytes],
-    crls: Sequence[bytes] = (),
+    crls: Sequence[bytes] | None = None,
     *,
     trust: TrustStore | None = None,
 ) -> Claims:
+    """``crls`` default: one current, empty ARK CRL (a current CRL is required)."""
+    crls = [m.crl([])] if crls is None else crls
     collateral = SnpCollateral.from_der([*certs, m.der(m.ask), m.der(m.ark)], crls)
     return verify_report(report, trust=trust or m.trust(), collateral=collateral, now=NOW)
 
@@ -178,7 +180,7 @@ def _code(
     m: Minted,
     report: bytes,
     certs: list[bytes],
-    crls: Sequence[bytes] = (),
+    crls: Sequence[bytes] | None = None,
     *,
     trust: TrustStore | None = None,
 ) -> Code:
@@ -218,7 +220,12 @@ def test_crl_revokes_the_ask(milan: Minted) -> None:
     report = milan.report(tcb_raw=MILAN_RAW, chip=CHIP, cpuid=(0x19, 0x01, 0x01))
     assert _verify(milan, report, [vcek], [milan.crl([0x5])])
     assert _code(milan, report, [vcek], [milan.crl([milan.ask.serial_number])]) is Code.SNP_CERT_REVOKED
-    assert _code(milan, report, [vcek], [milan.crl([], days=5)]) is Code.SNP_CERT_EXPIRED
+    # Revocation fails closed: no ARK CRL, or none current at `now`, is refused with its own code.
+    assert _code(milan, report, [vcek], []) is Code.SNP_CRL_MISSING
+    assert _code(milan, report, [vcek], [milan.crl([], days=5)]) is Code.SNP_CRL_EXPIRED
+    assert (
+        _code(milan, report, [vcek], [milan.crl([], start=NOW + timedelta(days=1))]) is Code.SNP_CRL_EXPIRED
+    )
     # A superseded CRL does not fail the chain, but its revocations still count.
     old = milan.crl([], days=5, start=T0 - timedelta(days=20))
     assert _verify(milan, report, [vcek], [old, milan.crl([0x5])])

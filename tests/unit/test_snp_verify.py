@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from vectorlib import manifest_entries
 
-from attestation.claims import TcbStatus, Tee
+from attestation.claims import Claims, TcbStatus, Tee
 from attestation.errors import AttestationError, Code
 from attestation.snp import (
     SnpCollateral,
@@ -75,11 +75,17 @@ def _code(exc: pytest.ExceptionInfo[AttestationError]) -> Code:
     return exc.value.code
 
 
+def _archived(report: bytes, **kwargs: Any) -> Claims:
+    """Verification at a vector's own time, long before AMD's CRLs here were issued: the explicit
+    opt-out for archived evidence. The CRL requirement itself is tested in test_snp_revocation.py."""
+    return verify_report(report, require_revocation=False, **kwargs)
+
+
 @pytest.mark.parametrize("name", IDS)
 def test_vector_verifies_in_production(all_vectors: dict[str, Vector], name: str) -> None:
     v = all_vectors[name]
     exp = v.entry["expected"]
-    claims = verify_report(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.now)
+    claims = _archived(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.now)
     assert claims.tee is Tee.SNP
     assert claims.product == v.product
     assert claims.version == exp["version"]
@@ -91,6 +97,7 @@ def test_vector_verifies_in_production(all_vectors: dict[str, Vector], name: str
     assert claims.tcb == exp["reported_tcb"]
     assert claims.tcb_status is TcbStatus.NOT_APPLICABLE
     assert claims.simulated is False
+    assert claims.revocation_checked is False  # no CRL in this collateral
     d = claims.details
     is_vlek = exp["key_info"]["signing_key"] == 1
     assert d["signing_key"] == ("vlek" if is_vlek else "vcek")
@@ -107,19 +114,19 @@ def test_vector_verifies_in_production(all_vectors: dict[str, Vector], name: str
 
 def test_debug_vector_verifies_with_debug_claim(all_vectors: dict[str, Vector]) -> None:
     v = all_vectors["milan-v2-gosevguest"]
-    claims = verify_report(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.now)
+    claims = _archived(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.now)
     assert claims.debug is True and claims.details["debug_allowed"] is True
 
 
 def test_vlek_vector_chains_through_asvk(all_vectors: dict[str, Vector]) -> None:
     v = all_vectors["milan-v3-trustee-vlek"]
     assert parse_certificate(v.chain[0]).subject_cn == "SEV-VLEK-Milan"
-    claims = verify_report(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.now)
+    claims = _archived(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.now)
     assert claims.details["signing_key"] == "vlek" and claims.platform_id == b""
     # The VCEK chain (ASK, not ASVK) cannot carry a VLEK.
     milan_vcek_chain = all_vectors["milan-v3-oak"].chain
     with pytest.raises(AttestationError) as info:
-        verify_report(
+        _archived(
             v.report,
             trust=PRODUCTION,
             collateral=SnpCollateral.from_der([v.leaf, *milan_vcek_chain]),
@@ -132,35 +139,30 @@ def test_reported_tcb_not_current_tcb_selects_vcek(all_vectors: dict[str, Vector
     v = all_vectors["milan-v2-trustee-azure"]
     report = parse_report(v.report)
     assert report.current_tcb_raw != report.reported_tcb_raw
-    assert (
-        verify_report(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.now).tcb["microcode"]
-        == 115
-    )
+    assert _archived(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.now).tcb["microcode"] == 115
 
 
 @pytest.mark.parametrize("name", IDS)
 def test_outside_validity_window_is_expired(all_vectors: dict[str, Vector], name: str) -> None:
     v = all_vectors[name]
     collateral = v.collateral()
-    verify_report(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)  # fills the chain memo
+    _archived(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)  # fills the chain memo
     for when in (v.not_before - timedelta(seconds=1), v.not_after + timedelta(seconds=1)):
         with pytest.raises(AttestationError) as info:
-            verify_report(v.report, trust=PRODUCTION, collateral=collateral, now=when)
+            _archived(v.report, trust=PRODUCTION, collateral=collateral, now=when)
         assert _code(info) is Code.SNP_CERT_EXPIRED
     # A fresh collateral (no memo) says the same.
     with pytest.raises(AttestationError) as info:
-        verify_report(
-            v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.not_after + timedelta(days=1)
-        )
+        _archived(v.report, trust=PRODUCTION, collateral=v.collateral(), now=v.not_after + timedelta(days=1))
     assert _code(info) is Code.SNP_CERT_EXPIRED
     for edge in (v.not_before, v.not_after):
-        verify_report(v.report, trust=PRODUCTION, collateral=collateral, now=edge)
+        _archived(v.report, trust=PRODUCTION, collateral=collateral, now=edge)
 
 
 def test_naive_now_is_refused(all_vectors: dict[str, Vector]) -> None:
     v = all_vectors["genoa-v5-oak"]
     with pytest.raises(ValueError, match="timezone"):
-        verify_report(v.report, trust=PRODUCTION, collateral=v.collateral(), now=datetime(2030, 1, 1))
+        _archived(v.report, trust=PRODUCTION, collateral=v.collateral(), now=datetime(2030, 1, 1))
 
 
 @pytest.mark.parametrize("name", IDS)
@@ -171,7 +173,7 @@ def test_other_vectors_vcek_is_not_found(all_vectors: dict[str, Vector], name: s
             continue
         collateral = SnpCollateral.from_der([other.leaf, *v.chain, *other.chain])
         with pytest.raises(AttestationError) as info:
-            verify_report(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)
+            _archived(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)
         assert _code(info) is Code.SNP_ENDORSEMENT_NOT_FOUND, other.name
 
 
@@ -194,7 +196,7 @@ def test_spliced_selectors_reach_signature_check(all_vectors: dict[str, Vector])
     data[0x180:0x188] = donor.report[0x180:0x188]
     data[0x1A0:0x1E0] = donor.report[0x1A0:0x1E0]
     with pytest.raises(AttestationError) as info:
-        verify_report(bytes(data), trust=PRODUCTION, collateral=donor.collateral(), now=donor.now)
+        _archived(bytes(data), trust=PRODUCTION, collateral=donor.collateral(), now=donor.now)
     assert _code(info) is Code.SNP_SIGNATURE_INVALID
 
 
@@ -229,13 +231,13 @@ def _expected_codes(report: bytes, offset: int) -> set[Code]:
 def test_every_signed_byte_and_the_signature_are_covered(all_vectors: dict[str, Vector]) -> None:
     v = all_vectors["milan-v3-oak"]
     collateral = v.collateral()
-    verify_report(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)
+    _archived(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)
     offsets = [*range(0x2A0), *range(0x2A0, 0x330, 3)]
     for offset in offsets:
         data = bytearray(v.report)
         data[offset] ^= 0x01
         with pytest.raises(AttestationError) as info:
-            verify_report(bytes(data), trust=PRODUCTION, collateral=collateral, now=v.now)
+            _archived(bytes(data), trust=PRODUCTION, collateral=collateral, now=v.now)
         want = _expected_codes(v.report, offset) if offset < 0x2A0 else {Code.SNP_SIGNATURE_INVALID}
         assert info.value.code in want, hex(offset)
 
@@ -264,7 +266,7 @@ def test_sampled_flips_on_every_vector(all_vectors: dict[str, Vector], name: str
         data = bytearray(v.report)
         data[offset] ^= 0x80
         with pytest.raises(AttestationError) as info:
-            verify_report(bytes(data), trust=PRODUCTION, collateral=collateral, now=v.now)
+            _archived(bytes(data), trust=PRODUCTION, collateral=collateral, now=v.now)
         assert info.value.code in _expected_codes(v.report, offset) | {Code.SNP_SIGNATURE_INVALID}, hex(
             offset
         )
@@ -275,7 +277,7 @@ def test_truncated_or_padded_is_malformed(all_vectors: dict[str, Vector], size: 
     v = all_vectors["genoa-v5-oak"]
     data = (v.report + bytes(0x4A0))[:size]
     with pytest.raises(AttestationError) as info:
-        verify_report(data, trust=PRODUCTION, collateral=v.collateral(), now=v.now)
+        _archived(data, trust=PRODUCTION, collateral=v.collateral(), now=v.now)
     assert _code(info) is Code.SNP_REPORT_MALFORMED
 
 
@@ -284,12 +286,12 @@ def test_wrong_ark_is_refused(vectors: Path, all_vectors: dict[str, Vector]) -> 
     genoa_ark = load_pem_certificates((vectors / "snp/certs/ark-genoa.pem").read_bytes())[0]
     collateral = SnpCollateral.from_der([v.leaf, v.chain[0], genoa_ark])
     with pytest.raises(AttestationError) as info:
-        verify_report(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)
+        _archived(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)
     assert _code(info) in {Code.SNP_CHAIN_INVALID, Code.UNTRUSTED_ROOT}
     # Pinning the Genoa ARK's fingerprint for Milan does not help: the names and signatures disagree.
     genoa_for_milan = TrustStore("odd", {"Milan": AMD_ARK_SHA256["Genoa"]}, INTEL_SGX_ROOT_SHA256)
     with pytest.raises(AttestationError) as info:
-        verify_report(v.report, trust=genoa_for_milan, collateral=collateral, now=v.now)
+        _archived(v.report, trust=genoa_for_milan, collateral=collateral, now=v.now)
     assert _code(info) is Code.SNP_CHAIN_INVALID
 
 
@@ -299,38 +301,38 @@ def test_trust_store_without_the_ark_is_untrusted(all_vectors: dict[str, Vector]
     no_milan = TrustStore("no-milan", {"Genoa": AMD_ARK_SHA256["Genoa"]}, INTEL_SGX_ROOT_SHA256)
     for _ in range(2):  # the second run goes through the chain memo; the pin is still checked
         with pytest.raises(AttestationError) as info:
-            verify_report(v.report, trust=no_milan, collateral=collateral, now=v.now)
+            _archived(v.report, trust=no_milan, collateral=collateral, now=v.now)
         assert _code(info) is Code.UNTRUSTED_ROOT
-        verify_report(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)
+        _archived(v.report, trust=PRODUCTION, collateral=collateral, now=v.now)
 
 
 def test_missing_ask_or_leaf(all_vectors: dict[str, Vector]) -> None:
     v = all_vectors["genoa-v5-oak"]
     with pytest.raises(AttestationError) as info:
-        verify_report(
+        _archived(
             v.report, trust=PRODUCTION, collateral=SnpCollateral.from_der([v.leaf, v.chain[1]]), now=v.now
         )
     assert _code(info) is Code.SNP_CHAIN_INVALID
     with pytest.raises(AttestationError) as info:
-        verify_report(v.report, trust=PRODUCTION, collateral=SnpCollateral.from_der(v.chain), now=v.now)
+        _archived(v.report, trust=PRODUCTION, collateral=SnpCollateral.from_der(v.chain), now=v.now)
     assert _code(info) is Code.SNP_ENDORSEMENT_NOT_FOUND
     with pytest.raises(AttestationError) as info:
-        verify_report(v.report, trust=PRODUCTION, collateral=SnpCollateral.empty(), now=v.now)
+        _archived(v.report, trust=PRODUCTION, collateral=SnpCollateral.empty(), now=v.now)
     assert _code(info) is Code.SNP_ENDORSEMENT_NOT_FOUND
 
 
 def test_endorsements_from_the_evidence_are_used(all_vectors: dict[str, Vector]) -> None:
     v = all_vectors["genoa-v5-oak"]
     empty = SnpCollateral.empty()
-    claims = verify_report(
+    claims = _archived(
         v.report, trust=PRODUCTION, collateral=empty, now=v.now, endorsements=[v.leaf, *v.chain]
     )
     assert claims.product == "Genoa"
     # Only the leaf in the evidence, the CA certificates in the collateral.
     ca_only = SnpCollateral.from_der(v.chain)
-    verify_report(v.report, trust=PRODUCTION, collateral=ca_only, now=v.now, endorsements=[v.leaf])
+    _archived(v.report, trust=PRODUCTION, collateral=ca_only, now=v.now, endorsements=[v.leaf])
     with pytest.raises(AttestationError) as info:
-        verify_report(v.report, trust=PRODUCTION, collateral=empty, now=v.now, endorsements=[b"\x30\x03junk"])
+        _archived(v.report, trust=PRODUCTION, collateral=empty, now=v.now, endorsements=[b"\x30\x03junk"])
     assert _code(info) is Code.SNP_CHAIN_INVALID
 
 
@@ -338,7 +340,7 @@ def test_endorsed_foreign_chain_cannot_replace_pinned_root(all_vectors: dict[str
     """A Milan chain sent as endorsements for a Genoa report fails on names, not on a trusted path."""
     v, milan = all_vectors["genoa-v5-oak"], all_vectors["milan-v3-oak"]
     with pytest.raises(AttestationError) as info:
-        verify_report(
+        _archived(
             v.report,
             trust=PRODUCTION,
             collateral=SnpCollateral.from_der([v.leaf]),
@@ -350,16 +352,16 @@ def test_endorsed_foreign_chain_cannot_replace_pinned_root(all_vectors: dict[str
 
 def test_product_argument(all_vectors: dict[str, Vector]) -> None:
     v2 = all_vectors["milan-v2-virtee"]
-    assert verify_report(v2.report, trust=PRODUCTION, collateral=v2.collateral(), now=v2.now, product="Milan")
+    assert _archived(v2.report, trust=PRODUCTION, collateral=v2.collateral(), now=v2.now, product="Milan")
     with pytest.raises(AttestationError) as info:
-        verify_report(v2.report, trust=PRODUCTION, collateral=v2.collateral(), now=v2.now, product="Genoa")
+        _archived(v2.report, trust=PRODUCTION, collateral=v2.collateral(), now=v2.now, product="Genoa")
     assert _code(info) is Code.SNP_PRODUCT_MISMATCH
     v3 = all_vectors["genoa-v5-oak"]
     with pytest.raises(AttestationError) as info:
-        verify_report(v3.report, trust=PRODUCTION, collateral=v3.collateral(), now=v3.now, product="Milan")
+        _archived(v3.report, trust=PRODUCTION, collateral=v3.collateral(), now=v3.now, product="Milan")
     assert _code(info) is Code.SNP_PRODUCT_MISMATCH
     with pytest.raises(AttestationError) as info:
-        verify_report(v3.report, trust=PRODUCTION, collateral=v3.collateral(), now=v3.now, product="Venice")
+        _archived(v3.report, trust=PRODUCTION, collateral=v3.collateral(), now=v3.now, product="Venice")
     assert _code(info) in {Code.SNP_PRODUCT_MISMATCH, Code.SNP_REPORT_MALFORMED}
 
 
@@ -368,7 +370,7 @@ def test_unknown_cpuid_is_product_mismatch(all_vectors: dict[str, Vector]) -> No
     data = bytearray(v.report)
     data[0x188] = 0x17
     with pytest.raises(AttestationError) as info:
-        verify_report(bytes(data), trust=PRODUCTION, collateral=v.collateral(), now=v.now)
+        _archived(bytes(data), trust=PRODUCTION, collateral=v.collateral(), now=v.now)
     assert _code(info) is Code.SNP_PRODUCT_MISMATCH
 
 
@@ -379,15 +381,13 @@ def test_signing_key_field(all_vectors: dict[str, Vector], signing_key: int, cod
     data = bytearray(v.report)
     data[0x48] = (data[0x48] & ~0x1C) | signing_key << 2
     with pytest.raises(AttestationError) as info:
-        verify_report(bytes(data), trust=PRODUCTION, collateral=v.collateral(), now=v.now)
+        _archived(bytes(data), trust=PRODUCTION, collateral=v.collateral(), now=v.now)
     assert _code(info) is code
 
 
 def test_errors_carry_message_and_hint(all_vectors: dict[str, Vector]) -> None:
     v = all_vectors["milan-v3-oak"]
     with pytest.raises(AttestationError) as info:
-        verify_report(
-            v.report, trust=PRODUCTION, collateral=v.collateral(), now=datetime(2040, 1, 1, tzinfo=UTC)
-        )
+        _archived(v.report, trust=PRODUCTION, collateral=v.collateral(), now=datetime(2040, 1, 1, tzinfo=UTC))
     err = info.value.to_dict()
     assert err["code"] == "SNP_CERT_EXPIRED" and "SEV-VCEK" in err["message"] and err["hint"]

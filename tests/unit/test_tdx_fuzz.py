@@ -3,6 +3,8 @@ region (or anything that changes the claims) was altered never verifies."""
 
 from __future__ import annotations
 
+import base64
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,6 +107,61 @@ def test_mutated_quotes_full_verification(case: tuple[str, bytes]) -> None:
 def test_random_bytes(data: bytes) -> None:
     with pytest.raises(AttestationError):
         verify_quote_signatures(data, trust=PRODUCTION, now=DCAPQVL_AT)
+
+
+_PEM = re.compile(rb"(-----BEGIN CERTIFICATE-----\n)(.*?)(\n-----END CERTIFICATE-----)", re.DOTALL)
+
+
+def _flip_in_pck_chain(quote: bytes, cert: int, offset: int, mask: int) -> bytes:
+    """Flip bits inside the DER of one PCK chain certificate, re-encoded with the same PEM line layout,
+    so the quote keeps its length and every mutation reaches the certificate parser, not the base64."""
+    blocks = list(_PEM.finditer(quote))
+    block = blocks[cert % len(blocks)]
+    lines = block.group(2).split(b"\n")
+    der = bytearray(base64.b64decode(b"".join(lines)))
+    der[offset % len(der)] ^= mask
+    text = base64.b64encode(bytes(der))
+    body, at = [], 0
+    for line in lines:
+        body.append(text[at : at + len(line)])
+        at += len(line)
+    return quote[: block.start(2)] + b"\n".join(body) + quote[block.end(2) :]
+
+
+@pytest.mark.skipif(not QUOTES, reason="needs the shared vectors")
+@SETTINGS
+@given(
+    st.sampled_from(NAMES),
+    st.integers(0, 2),
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(1, 255)), min_size=1, max_size=3),
+)
+def test_bit_flips_inside_the_pck_chain_certificates(
+    name: str, cert: int, flips: list[tuple[int, int]]
+) -> None:
+    """Security review finding 7: one flipped bit in a PCK certificate's DER (e.g. an extension OID turned
+    into a duplicate basicConstraints) escaped as INTERNAL. Any change there is a coded refusal."""
+    data = QUOTES[name]
+    for offset, mask in flips:
+        data = _flip_in_pck_chain(data, cert, offset, mask)
+    assert len(data) == len(QUOTES[name])
+    _check(data, lambda d: verify_quote_signatures(d, trust=PRODUCTION, now=AT[name]))
+
+
+_X509_EXTENSION_OID = re.compile(rb"\x06\x03\x55\x1d")  # OBJECT IDENTIFIER 2.5.29.x
+
+
+@pytest.mark.skipif(not QUOTES, reason="needs the shared vectors")
+@pytest.mark.parametrize("name", NAMES)
+def test_every_bit_of_every_x509_extension_oid_in_the_pck_chain(name: str) -> None:
+    """Exhaustively, where random flips rarely land: each bit of each standard extension OID's last byte
+    (a flip there can turn one extension into a duplicate of another, or into an unknown critical one)."""
+    quote = QUOTES[name]
+    for cert, block in enumerate(_PEM.finditer(quote)):
+        der = base64.b64decode(b"".join(block.group(2).split(b"\n")))
+        for match in _X509_EXTENSION_OID.finditer(der):
+            for bit in range(8):
+                mutated = _flip_in_pck_chain(quote, cert, match.end(), 1 << bit)
+                _check(mutated, lambda d: verify_quote_signatures(d, trust=PRODUCTION, now=AT[name]))
 
 
 def _collateral_inputs() -> dict[str, bytes]:

@@ -319,9 +319,11 @@ def test_trust_store_without_intel_root(dcapqvl: bytes, bundle: TdxCollateral) -
     assert _code(verify_quote, dcapqvl, trust=empty, collateral=bundle, now=DCAPQVL_AT) is Code.UNTRUSTED_ROOT
 
 
-def test_simulated_flag_follows_the_trust_store(dcapqvl: bytes) -> None:
+def test_simulated_comes_from_the_root_not_from_the_trust_store(dcapqvl: bytes) -> None:
+    """A profile that calls itself simulated does not make Intel's real root simulated (and one that calls
+    itself production does not make a simulator root real: test_simulate_evidence.py)."""
     sim = TrustStore(name="sim", amd_arks={}, intel_roots=PRODUCTION.intel_roots, allow_simulated=True)
-    assert verify_quote_signatures(dcapqvl, trust=sim, now=DCAPQVL_AT).simulated is True
+    assert verify_quote_signatures(dcapqvl, trust=sim, now=DCAPQVL_AT).simulated is False
 
 
 def test_root_crl_revokes_pck_ca_and_tcb_signing_cert() -> None:
