@@ -69,11 +69,17 @@ IDLE_GAP = 0.005  # a release batch goes when no request joined it for this long
 
 def denial_of(row: GrantRow, reason: Reason, openbao_request_id: str | None) -> DenialRow:
     return DenialRow(
-        row.granted_at, row.node_id, row.key_name, row.purpose, row.request_id,
-        reason.code, reason.message, openbao_request_id,
-        row.bao_batch_index if openbao_request_id else None,
-        row.bao_batch_size if openbao_request_id else None,
-    )  # fmt: skip
+        denied_at=row.granted_at,
+        node_id=row.node_id,
+        key_name=row.key_name,
+        purpose=row.purpose,
+        request_id=row.request_id,
+        code=reason.code,
+        message=reason.message,
+        openbao_request_id=openbao_request_id,
+        bao_batch_index=row.bao_batch_index if openbao_request_id else None,
+        bao_batch_size=row.bao_batch_size if openbao_request_id else None,
+    )
 
 
 class GrantLedger:
@@ -178,9 +184,14 @@ def _with_request_id(pending: PendingGrant, unwrapped: Unwrapped, index: int, si
 def premises_of(pending: PendingGrant) -> Grant:
     row = pending.row
     return Grant(
-        row.node_id, pending.lease_id, row.key_name, row.key_version, row.purpose, row.policy_version,
-        row.granted_at,
-    )  # fmt: skip
+        node_id=row.node_id,
+        lease_id=pending.lease_id,
+        key_name=row.key_name,
+        key_version=row.key_version,
+        purpose=row.purpose,
+        policy_version=row.policy_version,
+        decided_at=row.granted_at,
+    )
 
 
 def commit_grants(conn: Connection, items: Sequence[PendingGrant], now: datetime) -> list[int | Reason]:

@@ -9,11 +9,12 @@ policy version) on short-lived cached reads; then the batched stage (``kms.grant
 transit and, in one transaction, checks the same premises on fresh reads (plus the request id's
 freshness) and appends the grant; only after that commit is the key sealed with HPKE to the node's
 attested KEM key under the release AAD. A grant refused at commit because the node's lease changed (a
-renewal the cached read did not show) is decided once more, on fresh reads. Grants and every refusal of an authenticated request are
-audit ledger entries (``release.grant`` / ``release.deny``): the grant's ledger sequence is the
-``audit_sequence`` in the AAD and the reply; nothing is ever recorded as granted for a denial. The
-plaintext key lives only in memory, from the batch decrypt to the seal (CPython cannot wipe it; it is
-never logged or repr'd).
+renewal the cached read did not show) is decided once more, on fresh reads.
+
+Grants and every refusal of an authenticated request are audit ledger entries (``release.grant`` /
+``release.deny``): the grant's ledger sequence is the ``audit_sequence`` in the AAD and the reply;
+nothing is ever recorded as granted for a denial. The plaintext key lives only in memory, from the
+batch decrypt to the seal (CPython cannot wipe it; it is never logged or repr'd).
 """
 
 from __future__ import annotations
@@ -205,6 +206,8 @@ def check_client_certificate(peer: ClientCertificate, node_id: str, signing_publ
 
 @dataclass(frozen=True)
 class Prepared:
+    """A request that passed every check before the unwrap: what the batched stage needs."""
+
     node: NodeRecord
     fields: ReleaseBody
     grant: GrantRequest
@@ -318,20 +321,35 @@ class KeyRelease:
         # WRITE must get the latest version: read it fresh (writes are rare)
         key = self._key(f.key_name, fresh=fresh or f.purpose == "write")
         version = f.key_version or (key.current_version if key is not None else 0)
-        grant = Grant(f.node_id, node.lease_id, f.key_name, version, f.purpose, policy.version, now)
+        grant = Grant(
+            node_id=f.node_id,
+            lease_id=node.lease_id or "",
+            key_name=f.key_name,
+            key_version=version,
+            purpose=f.purpose,
+            policy_version=policy.version,
+            decided_at=now,
+        )
         failed = check_premises(grant, Snapshot(node_standing(node), key_standing(key), policy.version))
         if failed is not None:
             raise _denial(f, now, [failed])
         assert key is not None, "check_premises refuses a key that does not exist"
         ciphertext = key.version(version).ciphertext
         assert ciphertext is not None, "check_premises refuses a version without wrapped material"
-        lease_expires = now + timedelta(seconds=decision.lease_seconds)
         row = GrantRow(
-            now, f.node_id, f.key_name, version, f.purpose, f.request_id,
-            "", lease_expires, policy.version, decision.rule,
-        )  # fmt: skip
+            granted_at=now,
+            node_id=f.node_id,
+            key_name=f.key_name,
+            key_version=version,
+            purpose=f.purpose,
+            request_id=f.request_id,
+            openbao_request_id="",  # filled in after the decrypt
+            lease_expires_at=now + timedelta(seconds=decision.lease_seconds),
+            policy_version=policy.version,
+            rule=decision.rule,
+        )
         # the request id is remembered until its timestamp can no longer pass the skew check
-        pending = PendingGrant(row, node.lease_id or "", max(now, f.timestamp) + self._skew)
+        pending = PendingGrant(row, grant.lease_id or "", max(now, f.timestamp) + self._skew)
         return Prepared(node, f, GrantRequest(ciphertext, pending))
 
     def _key(self, name: str, *, fresh: bool) -> KeyRecord | None:
@@ -345,34 +363,22 @@ class KeyRelease:
             self._key_cache.clear()
             raise ReleaseDenied([outcome.reason.to_dict()], outcome.audit_sequence)
         row = prepared.grant.pending.row
-        return self._seal(
-            prepared.node, f=prepared.fields, version=row.key_version, sequence=outcome.sequence,
-            lease_expires=row.lease_expires_at, key=outcome.plaintext,
-        )  # fmt: skip
+        return self._seal(prepared.node, prepared.fields, row, outcome.sequence, outcome.plaintext)
 
-    def _seal(
-        self,
-        node: NodeRecord,
-        *,
-        f: ReleaseBody,
-        version: int,
-        sequence: int,
-        lease_expires: datetime,
-        key: bytes,
-    ) -> Released:
+    def _seal(self, node: NodeRecord, f: ReleaseBody, row: GrantRow, sequence: int, key: bytes) -> Released:
         aad = release_aad(
             node_id=f.node_id,
             key_name=f.key_name,
-            key_version=version,
+            key_version=row.key_version,
             purpose=f.purpose,
             request_id=f.request_id,
             audit_sequence=sequence,
-            lease_expiry=int(lease_expires.timestamp()),
+            lease_expiry=int(row.lease_expires_at.timestamp()),
         )
         sealed = seal_key(node.kem_public, suite_by_id_bytes(node.kem_suite), key, aad)
         if self._metrics is not None:
             self._metrics.releases.labels(f.purpose).inc()
-        return Released(sealed, f.key_name, version, f.purpose, sequence, lease_expires, aad)
+        return Released(sealed, f.key_name, row.key_version, f.purpose, sequence, row.lease_expires_at, aad)
 
 
 def _describe(catalogue: Catalogue, name: str) -> KeyRecord | None:

@@ -23,7 +23,7 @@ from enclave.identity import NodeIdentity
 from kms.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, KeyVersion
 from kms.clock import ManualClock
 from kms.envelope import open_sealed_key
-from kms.errors import Code, KmsError, OpenBaoError
+from kms.errors import KmsError, OpenBaoError
 from kms.grants import GrantLedger
 from kms.metrics import Metrics
 from kms.policy_source import PolicySource
@@ -84,15 +84,25 @@ class World:
     node_id: str = "n-1"
 
     def request(
-        self, key: str = "dataset/train", purpose: str = "read", *, version: int = 0, rid: bytes = b"\x01" * 16,
-        when: datetime | None = None, identity: NodeIdentity | None = None,
-    ) -> SignedRelease:  # fmt: skip
+        self,
+        key: str = "dataset/train",
+        purpose: str = "read",
+        *,
+        version: int = 0,
+        rid: bytes = b"\x01" * 16,
+        when: datetime | None = None,
+        identity: NodeIdentity | None = None,
+    ) -> SignedRelease:
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(when or self.clock())
         body = key_release_pb2.ReleaseRequestBody(
-            node_id=self.node_id, key_name=key, request_id=rid, timestamp=stamp, key_version=version,
+            node_id=self.node_id,
+            key_name=key,
+            request_id=rid,
+            timestamp=stamp,
+            key_version=version,
             purpose=common_pb2.PURPOSE_WRITE if purpose == "write" else common_pb2.PURPOSE_READ,
-        ).SerializeToString(deterministic=True)  # fmt: skip
+        ).SerializeToString(deterministic=True)
         signer = identity or self.identity
         return release_in(
             key_release_pb2.ReleaseRequest(body=body, signature=signer.sign(SIGNING_DOMAIN + body))
@@ -127,9 +137,15 @@ class World:
 
 def _key(name: str, kind: KeyKind, versions: int) -> KeyRecord:
     return KeyRecord(
-        name, kind, KeyState.ACTIVE, versions, NOW, NOW, None,
+        name,
+        kind,
+        KeyState.ACTIVE,
+        versions,
+        NOW,
+        NOW,
+        None,
         tuple(KeyVersion(v, f"vault:v{v}:{name}", 1, NOW) for v in range(1, versions + 1)),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -139,13 +155,28 @@ def world(tmp_path: Path) -> Iterator[World]:
     identity = NodeIdentity.generate()
     SqlNodes(store).insert(
         NodeRecord(
-            node_id="n-1", node_name="n", state=NodeState.ATTESTED, tee="snp", kem_suite=identity.kem_suite,
-            kem_public=identity.kem_public, signing_public=identity.signing_public, claims={},
-            claims_digest="", groups=("trainers",), requested_groups=(), reasons=(), evidence_time=NOW,
-            lease_id="l-1", lease_issued_at=NOW, lease_expires_at=NOW + timedelta(seconds=300),
-            policy_version=1, registered_at=NOW, attested_at=NOW, state_changed_at=NOW,
+            node_id="n-1",
+            node_name="n",
+            state=NodeState.ATTESTED,
+            tee="snp",
+            kem_suite=identity.kem_suite,
+            kem_public=identity.kem_public,
+            signing_public=identity.signing_public,
+            claims={},
+            claims_digest="",
+            groups=("trainers",),
+            requested_groups=(),
+            reasons=(),
+            evidence_time=NOW,
+            lease_id="l-1",
+            lease_issued_at=NOW,
+            lease_expires_at=NOW + timedelta(seconds=300),
+            policy_version=1,
+            registered_at=NOW,
+            attested_at=NOW,
+            state_changed_at=NOW,
         )
-    )  # fmt: skip
+    )
     key_store = SqlKeyStore(store)
     key_store.insert(_key("dataset/train", KeyKind.DATASET, 1))
     key_store.insert(_key("model/main", KeyKind.MODEL, 2))
@@ -156,9 +187,13 @@ def world(tmp_path: Path) -> Iterator[World]:
     ledger = GrantLedger(store, transit, commit, clock)  # type: ignore[arg-type]
     metrics = Metrics()
     release = KeyRelease(
-        store, catalogue=Catalogue(key_store, None, clock), ledger=ledger, policies=policies, clock=clock,
+        store,
+        catalogue=Catalogue(key_store, None, clock),
+        ledger=ledger,
+        policies=policies,
+        clock=clock,
         metrics=metrics,
-    )  # fmt: skip
+    )
     try:
         yield World(store, clock, transit, metrics, release, identity)
     finally:
@@ -199,7 +234,7 @@ def _destroy_v1(world: World) -> None:
 
 
 # (what to change first, the request's arguments, the code the node gets)
-DENIALS: dict[str, tuple[Callable[[World], None], dict[str, Any], str]] = {
+DENIALS: dict[str, tuple[Callable[[World], object], dict[str, Any], str]] = {
     "suspended": (lambda w: w.set_node(state="suspended"), {}, "RELEASE_NODE_NOT_ATTESTED"),
     "lease-expired": (lambda w: w.clock.advance(301), {}, "RELEASE_LEASE_EXPIRED"),
     "no-rule": (lambda w: None, {"key": "secret/x"}, "RELEASE_NO_RULE"),
@@ -274,15 +309,18 @@ def test_the_certificate_check_comes_before_every_other_denial(world: World) -> 
     assert denied.code == "RELEASE_CLIENT_CERT_MISMATCH"
 
 
+def _unknown_node_request(world: World) -> SignedRelease:
+    world.node_id = "n-9"
+    return world.request()
+
+
 @pytest.mark.parametrize(
     ("request_of", "code"),
     [
         pytest.param(
             lambda w: w.request(identity=NodeIdentity.generate()), "REQUEST_SIGNATURE_INVALID", id="bad-sig"
         ),
-        pytest.param(
-            lambda w: (setattr(w, "node_id", "n-9"), w.request())[1], "NODE_NOT_FOUND", id="unknown-node"
-        ),
+        pytest.param(_unknown_node_request, "NODE_NOT_FOUND", id="unknown-node"),
     ],
 )
 def test_unauthenticated_requests_are_refused_counted_not_recorded(
@@ -383,21 +421,44 @@ STANDING = Snapshot(
     [
         (STANDING, None),
         (Snapshot(None, STANDING.key, 1), "RELEASE_NODE_NOT_ATTESTED"),
-        (Snapshot(NodeStanding(NodeState.SUSPENDED, "l-1", NOW), STANDING.key, 1), "RELEASE_NODE_NOT_ATTESTED"),
-        (Snapshot(NodeStanding(NodeState.ATTESTED, "l-2", NOW + timedelta(1)), STANDING.key, 1), "RELEASE_NODE_CHANGED"),
+        (
+            Snapshot(NodeStanding(NodeState.SUSPENDED, "l-1", NOW), STANDING.key, 1),
+            "RELEASE_NODE_NOT_ATTESTED",
+        ),
+        (
+            Snapshot(NodeStanding(NodeState.ATTESTED, "l-2", NOW + timedelta(1)), STANDING.key, 1),
+            "RELEASE_NODE_CHANGED",
+        ),
         (Snapshot(NodeStanding(NodeState.ATTESTED, "l-1", NOW), STANDING.key, 1), "RELEASE_NODE_CHANGED"),
         (Snapshot(STANDING.node, None, 1), "KEY_NOT_FOUND"),
-        (Snapshot(STANDING.node, KeyStanding(KeyKind.MODEL, KeyState.DISABLED, 2, {1: True, 2: True}), 1), "KEY_DISABLED"),
-        (Snapshot(STANDING.node, KeyStanding(KeyKind.MODEL, KeyState.ACTIVE, 3, {1: True, 2: True, 3: True}), 1), "RELEASE_VERSION_NOT_WRITABLE"),
-        (Snapshot(STANDING.node, KeyStanding(KeyKind.DATASET, KeyState.ACTIVE, 2, {1: True, 2: True}), 1), "RELEASE_PURPOSE_NOT_ALLOWED"),
-        (Snapshot(STANDING.node, KeyStanding(KeyKind.MODEL, KeyState.ACTIVE, 2, {1: True, 2: False}), 1), "KEY_DESTROYED"),
-        (Snapshot(STANDING.node, KeyStanding(KeyKind.MODEL, KeyState.ACTIVE, 1, {1: True}), 1), "KEY_VERSION_NOT_FOUND"),
+        (
+            Snapshot(STANDING.node, KeyStanding(KeyKind.MODEL, KeyState.DISABLED, 2, {1: True, 2: True}), 1),
+            "KEY_DISABLED",
+        ),
+        (
+            Snapshot(
+                STANDING.node, KeyStanding(KeyKind.MODEL, KeyState.ACTIVE, 3, {1: True, 2: True, 3: True}), 1
+            ),
+            "RELEASE_VERSION_NOT_WRITABLE",
+        ),
+        (
+            Snapshot(STANDING.node, KeyStanding(KeyKind.DATASET, KeyState.ACTIVE, 2, {1: True, 2: True}), 1),
+            "RELEASE_PURPOSE_NOT_ALLOWED",
+        ),
+        (
+            Snapshot(STANDING.node, KeyStanding(KeyKind.MODEL, KeyState.ACTIVE, 2, {1: True, 2: False}), 1),
+            "KEY_DESTROYED",
+        ),
+        (
+            Snapshot(STANDING.node, KeyStanding(KeyKind.MODEL, KeyState.ACTIVE, 1, {1: True}), 1),
+            "KEY_VERSION_NOT_FOUND",
+        ),
         (Snapshot(STANDING.node, STANDING.key, 2), "RELEASE_POLICY_CHANGED"),
         (Snapshot(STANDING.node, STANDING.key, 1, request_seen=True), "REQUEST_REPLAYED"),
     ],
-)  # fmt: skip
+)
 def test_check_premises(snapshot: Snapshot, code: str | None) -> None:
     reason = check_premises(GRANT, snapshot)
     assert (reason.code if reason else None) == code
     if reason is not None:
-        assert reason.message and Code.RELEASE_NODE_CHANGED.value != "" and "vault:" not in reason.message
+        assert reason.message and "vault:" not in reason.message
