@@ -215,12 +215,12 @@ class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
         if request is UNDECODABLE:
             await abort_async(context, NOT_PROTOBUF)
         try:
-            signed = codec.release_in(request)
-            peer = self._peers.of(context.auth_context()) if self._mutual_tls else None
-        except KmsError as err:  # refused before the use case saw it
-            self._uc.refused(err.code.value)
-            await abort_async(context, err)
-        try:
+            try:
+                signed = codec.release_in(request)
+                peer = self._peers.of(context.auth_context()) if self._mutual_tls else None
+            except KmsError as err:
+                self._uc.refused(err.code.value)  # refused before the use case saw it
+                raise
             return codec.released_out(await self._uc.release(signed, peer))
         except CODED as err:
             await abort_async(context, err)
