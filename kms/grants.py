@@ -1,15 +1,16 @@
 """Unwrap and record, batched: the durable heart of a key release.
 
-Concurrent releases that passed every check are coalesced on the event loop (``kms.batching.LoopBatcher``):
-one OpenBao transit ``batch_input`` decrypt for all of them, then one database transaction that re-reads
-everything each grant rests on and checks it again with ``kms.premises.check_premises``
-(``commit_grants``), appends the grants that still stand and commits once. Only then do callers get their plaintext keys, to seal them. A grant refused in
-that transaction comes after its key was unwrapped: the refusal is recorded as a denial carrying the
-OpenBao request id in the same transaction, so OpenBao's audit log still reconciles with the ledger.
-All items of a batch share the OpenBao request id of the one batch decrypt; each grant or deny entry
-records it with the item's batch index and the batch size (``sovereign audit reconcile`` counts them).
-Grants and denials are audit ledger entries appended inside the batch's one commit: durable before any
-reply, one fsync per batch.
+Concurrent releases that passed every check are gathered on the event loop
+(``kms.batching.LoopBatcher``): one OpenBao transit ``batch_input`` decrypt for all of them, then one
+database transaction that reads everything each grant rests on afresh, checks it again with
+``kms.premises.check_premises`` (``commit_grants``), appends the grants that still stand and commits
+once. Only then do callers get their plaintext keys, to seal them. A grant refused in that transaction
+comes after its key was unwrapped: the refusal is recorded as a denial carrying the OpenBao request id
+in the same transaction, so OpenBao's audit log still reconciles with the ledger. All items of a batch
+share the OpenBao request id of the one batch decrypt; each grant or deny entry records it with the
+item's batch index and the batch size (``sovereign audit reconcile`` counts them). Grants and denials
+are audit ledger entries appended inside the batch's one commit: durable before any reply, one fsync
+per batch. Refusals decided before any decrypt are group-committed (``GrantLedger.deny``).
 """
 
 from __future__ import annotations
