@@ -23,7 +23,7 @@ from enclave.identity import NodeIdentity
 from kms.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, KeyVersion
 from kms.clock import ManualClock
 from kms.envelope import open_sealed_key
-from kms.errors import KmsError, OpenBaoError
+from kms.errors import Code, KmsError, OpenBaoError
 from kms.grants import GrantLedger
 from kms.metrics import Metrics
 from kms.policy_source import PolicySource
@@ -57,6 +57,7 @@ class FakeTransit:
 
     before: Callable[[], None] | None = None
     calls: list[list[str]] = field(default_factory=list)
+    answer: Unwrapped | OpenBaoError | None = None  # instead of the key, for every item
 
     def unwrap_batch(
         self, ciphertexts: Sequence[str], kek: str | None = None
@@ -64,7 +65,7 @@ class FakeTransit:
         self.calls.append(list(ciphertexts))
         if self.before is not None:
             self.before()
-        return [Unwrapped(KEYS[c], f"bao-{len(self.calls)}") for c in ciphertexts]
+        return [self.answer or Unwrapped(KEYS[c], f"bao-{len(self.calls)}") for c in ciphertexts]
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,23 @@ def test_a_change_between_decision_and_commit_refuses_the_grant(
 def _append_policy(store: Store) -> None:
     with store.transaction() as conn:
         SqlPolicies(store).append(conn, PolicyRow(2, POLICY, "0" * 64, NOW, "test"))
+
+
+def test_an_openbao_failure_is_its_coded_error_and_grants_nothing(world: World) -> None:
+    world.transit.answer = OpenBaoError("sealed", code=Code.KMS_SEALED)
+    with pytest.raises(OpenBaoError) as info:
+        world.run(world.request())
+    assert info.value.code is Code.KMS_SEALED
+    assert world.rows("SELECT count(*) FROM grants") == [(0,)]
+    assert world.denial_count("KMS_SEALED") == 1.0
+
+
+def test_a_key_that_does_not_unwrap_to_32_bytes_is_a_recorded_denial(world: World) -> None:
+    world.transit.answer = Unwrapped(b"\x01" * 16, "bao-short")
+    denied = world.denied(world.request())
+    assert denied.code == "KMS_BAD_RESPONSE"
+    assert world.rows("SELECT code, openbao_request_id FROM denials") == [("KMS_BAD_RESPONSE", "bao-short")]
+    assert world.rows("SELECT count(*) FROM grants") == [(0,)]
 
 
 def test_a_replayed_request_is_refused_at_commit(world: World) -> None:
