@@ -1,9 +1,10 @@
-"""Coalesce concurrent calls into batches: many threads submit one item each, a collector thread hands
-groups of items to one batch function and wakes each caller with its own result or exception;
-``LoopBatcher`` does the same for coroutines (the release servicer), gathering on the event loop.
+"""Coalesce concurrent calls into batches and wake each caller with its own result or exception.
 
-Used for OpenBao transit unwraps (one ``batch_input`` decrypt instead of N HTTP calls) and for group
-commit of grant rows (one durable SQLite commit instead of N fsyncs). The window bounds the added latency.
+``LoopBatcher`` gathers coroutines on the event loop: the release path (``kms.grants``) uses it for
+OpenBao transit unwraps (one ``batch_input`` decrypt instead of N HTTP calls) plus one commit per batch.
+``Batcher`` does the same for threads (a collector thread hands groups of items to one batch function):
+``kms.storage.group_commit`` uses it for small writes such as denials and audit entries (one durable
+SQLite commit instead of N fsyncs). The window bounds the added latency.
 """
 
 from __future__ import annotations

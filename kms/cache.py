@@ -1,8 +1,9 @@
 """A small time-bounded read cache for the release path.
 
-Only for values that every grant re-checks inside its writing transaction (node standing, key state,
-policy version), so a stale entry can delay a refusal until commit, never cause a wrong grant; and a
-refusal based on cached values is re-decided on fresh reads before it is reported.
+Only for values whose premises every grant checks again inside its writing transaction
+(``kms.premises``: node standing, key state, policy version), so a stale entry can delay a refusal until
+commit, never cause a wrong grant; and a refusal based on cached values is decided again on fresh reads
+before it is reported.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ contain key material, tokens or secret ids.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -136,6 +137,23 @@ _DEFAULT_HINTS: dict[Code, str] = {
         "generate a fresh HPKE key pair for an accepted suite in the TEE and register again"
     ),
 }
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why something was refused: a stable code (from any core), what failed, what to do."""
+
+    code: str
+    message: str
+    hint: str = ""
+
+    @classmethod
+    def of(cls, code: Code, message: str, hint: str | None = None) -> Reason:
+        """A reason with this core's default hint for ``code`` unless one is given."""
+        return cls(code.value, message, _DEFAULT_HINTS.get(code, "") if hint is None else hint)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
 
 
 class KmsError(Exception):

@@ -1,16 +1,20 @@
-"""Key release (DESIGN.md, Protocol 4) as a plain use case.
+"""Key release (DESIGN.md, Protocol 4): the one use case the KeyRelease servicer and the tests run.
 
 For one signed request, in order: shape checks (malformed -> REQUEST_INVALID, nothing recorded), the
 node's registered key verifies the signature over "sovereign/v1 release" || body (unknown node or bad
-signature: refused, not recorded, since nothing authenticated the request), the timestamp lies in the
-skew window, node state + lease + release policy, key state; then the batched stage (``kms.grants``)
-unwraps in OpenBao transit and, in one transaction, re-checks node, lease, key, policy version and the
-request id's freshness and appends the grant; only after that commit is the key sealed with HPKE to the
-node's attested KEM key under the release AAD. Grants and every refusal of an authenticated request are
-audit ledger entries (``release.grant`` / ``release.deny``): the grant's ledger sequence is the
-``audit_sequence`` in the AAD and the reply; nothing is ever recorded as granted for a denial. The
-plaintext key lives only in memory, from the batch decrypt to the seal (CPython cannot wipe it; it is
-never logged or repr'd).
+signature: refused, not recorded, since nothing authenticated the request), the TLS client certificate
+names that node and key (on the mutual-TLS port), the timestamp lies in the skew window, the release
+policy entitles the node, and the grant's premises hold (``kms.premises``: node, lease, key, version,
+policy version) on short-lived cached reads; then the batched stage (``kms.grants``) unwraps in OpenBao
+transit and, in one transaction, checks the same premises on fresh reads (plus the request id's
+freshness) and appends the grant; only after that commit is the key sealed with HPKE to the node's
+attested KEM key under the release AAD. A grant refused at commit because the node's lease changed (a
+renewal the cached read did not show) is decided once more, on fresh reads.
+
+Grants and every refusal of an authenticated request are audit ledger entries (``release.grant`` /
+``release.deny``): the grant's ledger sequence is the ``audit_sequence`` in the AAD and the reply;
+nothing is ever recorded as granted for a denial. The plaintext key lives only in memory, from the
+batch decrypt to the seal (CPython cannot wipe it; it is never logged or repr'd).
 """
 
 from __future__ import annotations
@@ -18,23 +22,23 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Protocol
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from kms.cache import TtlCache
-from kms.catalogue import Catalogue, KeyKind, KeyRecord, WrappedRecord, require_usable
+from kms.catalogue import Catalogue, KeyRecord
 from kms.clock import Clock
 from kms.envelope import EnvelopeError, check_recipient_key, release_aad, seal_key, suite_by_id_bytes
 from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name
-from kms.errors import CatalogueError, Code, KmsError, OpenBaoError
+from kms.errors import CatalogueError, Code, KmsError, OpenBaoError, Reason
 from kms.grants import GrantLedger, GrantRequest, Outcome, Refused
 from kms.metrics import Metrics
 from kms.policy_source import PolicySource
+from kms.premises import Grant, Snapshot, check_premises, key_standing, key_usable, node_standing
 from kms.registry import POLICY_STATE, NodeRecord
 from kms.storage.decisions import DenialRow, GrantRow, PendingGrant
 from kms.storage.nodes import SqlNodes
@@ -47,7 +51,6 @@ MAX_BODY = 1024
 SIGNATURE_BYTES = 64
 REQUEST_ID_BYTES = 16
 DEFAULT_SKEW = timedelta(seconds=120)
-BATCH_TIMEOUT = 30.0
 PURPOSES = ("read", "write")
 # Policy reasons about the node's standing, as opposed to the key or the rules.
 STANDING_CODES = frozenset(
@@ -99,10 +102,6 @@ class ReleaseDenied(Exception):
     @property
     def audit_sequence(self) -> int:
         return self.denial_id
-
-
-def _reason(code: Any, message: str, hint: str = "") -> dict[str, str]:
-    return {"code": str(getattr(code, "value", code)), "message": message, "hint": hint}
 
 
 def _invalid(message: str) -> KmsError:
@@ -163,36 +162,52 @@ def check_sealable(kem_suite: bytes, kem_public: bytes) -> None:
         ) from None
 
 
+class ClientCertificate(Protocol):
+    """Who the TLS client certificate of the call names (``kms.server.node_certs.PeerIdentity``)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def signing_public(self) -> bytes: ...
+
+
 class Denial(Exception):
     """A refusal decided before any decrypt; ``row`` is what the ``release.deny`` entry records."""
 
-    def __init__(self, reasons: list[dict[str, str]], row: DenialRow) -> None:
-        super().__init__(reasons[0]["code"])
+    def __init__(self, reasons: Sequence[Reason], row: DenialRow) -> None:
+        super().__init__(reasons[0].code)
         self.reasons = reasons
         self.row = row
 
 
 def _denial(
-    f: ReleaseBody, now: datetime, reasons: list[dict[str, str]], ledger_only: Sequence[dict[str, str]] = ()
+    f: ReleaseBody, now: datetime, reasons: Sequence[Reason], ledger_only: Sequence[Reason] = ()
 ) -> Denial:
     """``reasons`` go to the node and the ledger; ``ledger_only`` to the ledger alone."""
     first = reasons[0]
-    more = tuple((r["code"], r["message"]) for r in [*reasons[1:], *ledger_only])
+    more = tuple((r.code, r.message) for r in [*reasons[1:], *ledger_only])
     row = DenialRow(
-        now,
-        f.node_id,
-        f.key_name,
-        f.purpose,
-        f.request_id,
-        first["code"],
-        first["message"],
-        more_reasons=more,
+        now, f.node_id, f.key_name, f.purpose, f.request_id, first.code, first.message, more_reasons=more
     )
     return Denial(reasons, row)
 
 
+def check_client_certificate(peer: ClientCertificate, node_id: str, signing_public: bytes) -> Reason | None:
+    """The certificate must have been issued to the node that signed the request, for the same key."""
+    if peer.node_id == node_id and peer.signing_public == signing_public:
+        return None
+    return Reason.of(
+        Code.RELEASE_CLIENT_CERT_MISMATCH,
+        f"the client certificate was issued to node {peer.node_id[:64]!r}, not to {node_id[:64]!r}",
+        "each node must use its own client certificate (issued by Register/Renew)",
+    )
+
+
 @dataclass(frozen=True)
 class Prepared:
+    """A request that passed every check before the unwrap: what the batched stage needs."""
+
     node: NodeRecord
     fields: ReleaseBody
     grant: GrantRequest
@@ -218,58 +233,56 @@ class KeyRelease:
         self._clock = clock
         self._skew = skew
         self._metrics = metrics
-        # Re-checked by every grant inside its transaction (kms.storage.decisions), so short-lived
-        # copies only ever delay a refusal to commit time.
+        # Every grant's premises are checked again inside its transaction (kms.grants), so short-lived
+        # copies only ever delay a refusal to commit time; and a refusal decided on them is decided
+        # again on fresh reads before it is reported.
         self._node_cache: TtlCache[str, NodeRecord | None] = TtlCache(cache_seconds)
-        self._key_cache: TtlCache[str, KeyRecord] = TtlCache(cache_seconds)
+        self._key_cache: TtlCache[str, KeyRecord | None] = TtlCache(cache_seconds)
         self._cache_seconds = cache_seconds
 
-    # The release runs in three steps so an asyncio server can await the batch instead of parking a
-    # thread on it: ``prepare`` (checks, no writes) -> ``submit`` (batched unwrap + durable grant) ->
-    # ``finish`` (seal). A ``Denial`` from ``prepare`` is recorded with ``record``/``record_future``.
-
-    def release(self, req: SignedRelease) -> Released:
-        """All three steps, blocking (thread-per-request servers, tests)."""
+    async def release(self, req: SignedRelease, peer: ClientCertificate | None = None) -> Released:
+        """Release the key ``req`` asks for, sealed to the node; ``peer``: the call's TLS client
+        certificate (None: the call came without mutual TLS, the insecure dev mode). Raises
+        ``KmsError`` (not recorded: malformed or unauthenticated) or ``ReleaseDenied`` (recorded)."""
         started = time.perf_counter()
         try:
-            prepared, outcome = self._attempt(req, fresh=False)
-            if self.lease_changed(outcome):  # renewed since the cached read: check again, once
-                prepared, outcome = self._attempt(req, fresh=True)
-            return self.finish(prepared, outcome)
+            prepared, outcome = await self._attempt(req, peer, fresh=False)
+            if _lease_changed(outcome):  # renewed since the cached read: check again, once
+                prepared, outcome = await self._attempt(req, peer, fresh=True)
+            return self._finish(prepared, outcome)
         except (ReleaseDenied, KmsError) as err:
-            self.count_denial(str(getattr(err.code, "value", err.code)))
+            self.refused(str(err.code))
             raise
         finally:
-            self.observe(started)
+            if self._metrics is not None:
+                self._metrics.release_seconds.observe(time.perf_counter() - started)
 
-    def _attempt(self, req: SignedRelease, *, fresh: bool) -> tuple[Prepared, Outcome]:
+    def refused(self, code: str) -> None:
+        """Count a refused request (also those the servicer refuses before decoding them)."""
+        if self._metrics is not None:
+            self._metrics.denials.labels(code).inc()
+
+    async def _attempt(
+        self, req: SignedRelease, peer: ClientCertificate | None, *, fresh: bool
+    ) -> tuple[Prepared, Outcome]:
         try:
-            prepared = self.prepare(req, fresh=fresh)
+            prepared = self._prepare(req, peer, fresh=fresh)
         except Denial as denial:
-            raise self.denied(denial, self._ledger.deny(denial.row)) from None
-        return prepared, self.submit(prepared).result(timeout=BATCH_TIMEOUT)
+            denial_id = await self._ledger.deny(denial.row)
+            raise ReleaseDenied([r.to_dict() for r in denial.reasons], denial_id) from None
+        return prepared, await self._ledger.grant(prepared.grant)
 
-    def prepare(self, req: SignedRelease, *, fresh: bool = False) -> Prepared:
-        """Every check that needs no write: raises ``KmsError`` (not recorded: malformed or
-        unauthenticated) or ``Denial`` (to be recorded). A denial decided on cached reads is decided
-        again on fresh ones, so a node approved or a key enabled a moment ago is not refused;
-        ``fresh`` skips the cached reads."""
+    def _prepare(self, req: SignedRelease, peer: ClientCertificate | None, *, fresh: bool) -> Prepared:
+        """Every check that needs no write. A denial decided on cached reads is decided again on fresh
+        ones, so a node approved or a key enabled a moment ago is not refused."""
         if not fresh:
             try:
-                return self._prepare(req, fresh=False)
+                return self._decide(req, peer, fresh=False)
             except Denial:
                 pass
-        return self._prepare(req, fresh=True)
+        return self._decide(req, peer, fresh=True)
 
-    @staticmethod
-    def lease_changed(outcome: Outcome) -> bool:
-        """The commit refused the grant because the node's lease is not the one the checks saw: a
-        renewal that the cached node record did not show yet, or one that landed in between. Such a
-        request is worth checking again once, on fresh reads (the refusal stays in the ledger, with
-        its decrypt; the request id was not used up)."""
-        return isinstance(outcome, Refused) and outcome.refusal.code == Code.RELEASE_NODE_CHANGED.value
-
-    def _prepare(self, req: SignedRelease, *, fresh: bool) -> Prepared:
+    def _decide(self, req: SignedRelease, peer: ClientCertificate | None, *, fresh: bool) -> Prepared:
         check_shape(req)
         f = req.fields
         node = self._node_cache.get(f.node_id, lambda: self._nodes.get(f.node_id), fresh=fresh)
@@ -277,11 +290,14 @@ class KeyRelease:
             raise KmsError(f"no node with id {f.node_id!r}", code=Code.NODE_NOT_FOUND, hint="register first")
         verify_signature(node.signing_public, req.body, req.signature)
         now = self._clock()
+        mismatch = None if peer is None else check_client_certificate(peer, node.node_id, node.signing_public)
+        if mismatch is not None:
+            raise _denial(f, now, [mismatch])
         try:
             check_skew(f.timestamp, now, self._skew)
             check_sealable(node.kem_suite, node.kem_public)  # no grant is recorded for a seal that fails
         except KmsError as err:
-            raise _denial(f, now, [_reason(err.code, err.message, err.hint)]) from None
+            raise _denial(f, now, [Reason(err.code.value, err.message, err.hint)]) from None
         policy = self._policies.active(max_age=0 if fresh else self._cache_seconds)
         decision = decide_release(
             policy.policy,
@@ -293,117 +309,90 @@ class KeyRelease:
             evidence_time=node.evidence_time,
             now=now,
         )
-        reasons = [_reason(r.code, r.message) for r in decision.reasons]
-        standing = [r for r in reasons if r["code"] in STANDING_CODES]
+        reasons = [Reason(r.code.value, r.message) for r in decision.reasons]
+        standing = [r for r in reasons if r.code in STANDING_CODES]
         if standing:
             raise _denial(f, now, standing + [r for r in reasons if r not in standing])
         if not decision.allowed or decision.rule is None:
             # decided before the catalogue is read: a node no rule entitles to the key learns nothing
             # about whether it exists; only the ledger has the catalogue's answer
-            raise _denial(f, now, reasons, ledger_only=self._key_status(f.key_name, fresh=fresh))
-        wrapped = self._wrapped_key(f, now, fresh=fresh)
-        lease_expires = now + timedelta(seconds=decision.lease_seconds)
-        row = GrantRow(
-            now, f.node_id, f.key_name, wrapped.version, f.purpose, f.request_id,
-            "", lease_expires, policy.version, decision.rule,
-        )  # fmt: skip
-        # the request id is remembered until its timestamp can no longer pass the skew check
-        pending = PendingGrant(row, node.lease_id or "", max(now, f.timestamp) + self._skew)
-        return Prepared(node, f, GrantRequest(wrapped.ciphertext, pending))
-
-    def submit(self, prepared: Prepared) -> Future[Outcome]:
-        return self._ledger.submit(prepared.grant)
-
-    async def submit_async(self, prepared: Prepared) -> Outcome:
-        return await self._ledger.submit_async(prepared.grant)
-
-    def finish(self, prepared: Prepared, outcome: Outcome) -> Released:
-        if isinstance(outcome, OpenBaoError):
-            raise outcome
-        if isinstance(outcome, Refused):
-            self._node_cache.clear()
-            self._key_cache.clear()
-            r = outcome.refusal
-            raise ReleaseDenied([_reason(r.code, r.message, r.hint)], outcome.audit_sequence)
-        row = prepared.grant.pending.row
-        return self._seal(
-            prepared.node, f=prepared.fields, version=row.key_version, sequence=outcome.sequence,
-            lease_expires=row.lease_expires_at, key=outcome.plaintext,
-        )  # fmt: skip
-
-    def record_future(self, denial: Denial) -> Future[int]:
-        return self._ledger.deny_future(denial.row)
-
-    @staticmethod
-    def denied(denial: Denial, denial_id: int) -> ReleaseDenied:
-        return ReleaseDenied(denial.reasons, denial_id)
-
-    def count_denial(self, code: str) -> None:
-        if self._metrics is not None:
-            self._metrics.denials.labels(code).inc()
-
-    def observe(self, started: float) -> None:
-        if self._metrics is not None:
-            self._metrics.release_seconds.observe(time.perf_counter() - started)
-
-    def _key_status(self, key_name: str, *, fresh: bool) -> list[dict[str, str]]:
-        """For the ledger of a denial only: what the catalogue says about ``key_name`` (nothing when
-        the key is usable)."""
-        try:
-            require_usable(
-                self._key_cache.get(key_name, lambda: self._catalogue.describe(key_name), fresh=fresh)
-            )
-        except CatalogueError as err:
-            return [_reason(err.code, err.message)]
-        return []
-
-    def _wrapped_key(self, f: ReleaseBody, now: datetime, *, fresh: bool) -> WrappedRecord:
-        try:
-            # WRITE must get the latest version: read it fresh (writes are rare)
-            record = self._key_cache.get(
-                f.key_name, lambda: self._catalogue.describe(f.key_name), fresh=fresh or f.purpose == "write"
-            )
-            require_usable(record)
-            version = record.version(f.key_version or None)
-        except CatalogueError as err:
-            raise _denial(f, now, [_reason(err.code, err.message, err.hint)]) from None
-        if f.purpose == "write" and record.kind is not KeyKind.MODEL:
-            raise _denial(
-                f, now,
-                [_reason(PolicyCode.RELEASE_PURPOSE_NOT_ALLOWED, f"{f.key_name} is a dataset key: read only")],
-            )  # fmt: skip
-        if f.purpose == "write" and version.version != record.current_version:
-            raise _denial(
-                f, now,
-                [_reason(Code.RELEASE_VERSION_NOT_WRITABLE,
-                         f"only v{record.current_version} of {f.key_name} is released for write")],
-            )  # fmt: skip
-        if version.ciphertext is None:
-            raise _denial(f, now, [_reason(Code.KEY_DESTROYED, f"{f.key_name} has no wrapped material")])
-        return WrappedRecord(
-            record.name, record.kind, version.version, version.ciphertext, version.kek_version
+            status = key_usable(f.key_name, key_standing(self._key(f.key_name, fresh=fresh)))
+            raise _denial(f, now, reasons, ledger_only=[status] if status else [])
+        # WRITE must get the latest version: read it fresh (writes are rare)
+        key = self._key(f.key_name, fresh=fresh or f.purpose == "write")
+        version = f.key_version or (key.current_version if key is not None else 0)
+        grant = Grant(
+            node_id=f.node_id,
+            lease_id=node.lease_id or "",
+            key_name=f.key_name,
+            key_version=version,
+            purpose=f.purpose,
+            policy_version=policy.version,
+            decided_at=now,
         )
-
-    def _seal(
-        self,
-        node: NodeRecord,
-        *,
-        f: ReleaseBody,
-        version: int,
-        sequence: int,
-        lease_expires: datetime,
-        key: bytes,
-    ) -> Released:
-        aad = release_aad(
+        failed = check_premises(grant, Snapshot(node_standing(node), key_standing(key), policy.version))
+        if failed is not None:
+            raise _denial(f, now, [failed])
+        assert key is not None, "check_premises refuses a key that does not exist"
+        ciphertext = key.version(version).ciphertext
+        assert ciphertext is not None, "check_premises refuses a version without wrapped material"
+        row = GrantRow(
+            granted_at=now,
             node_id=f.node_id,
             key_name=f.key_name,
             key_version=version,
             purpose=f.purpose,
             request_id=f.request_id,
+            openbao_request_id="",  # filled in after the decrypt
+            lease_expires_at=now + timedelta(seconds=decision.lease_seconds),
+            policy_version=policy.version,
+            rule=decision.rule,
+        )
+        # the request id is remembered until its timestamp can no longer pass the skew check
+        pending = PendingGrant(row, grant.lease_id or "", max(now, f.timestamp) + self._skew)
+        return Prepared(node, f, GrantRequest(ciphertext, pending))
+
+    def _key(self, name: str, *, fresh: bool) -> KeyRecord | None:
+        return self._key_cache.get(name, lambda: _describe(self._catalogue, name), fresh=fresh)
+
+    def _finish(self, prepared: Prepared, outcome: Outcome) -> Released:
+        if isinstance(outcome, OpenBaoError):
+            raise outcome
+        if isinstance(outcome, Refused):
+            self._node_cache.clear()
+            self._key_cache.clear()
+            raise ReleaseDenied([outcome.reason.to_dict()], outcome.audit_sequence)
+        row = prepared.grant.pending.row
+        return self._seal(prepared.node, prepared.fields, row, outcome.sequence, outcome.plaintext)
+
+    def _seal(self, node: NodeRecord, f: ReleaseBody, row: GrantRow, sequence: int, key: bytes) -> Released:
+        aad = release_aad(
+            node_id=f.node_id,
+            key_name=f.key_name,
+            key_version=row.key_version,
+            purpose=f.purpose,
+            request_id=f.request_id,
             audit_sequence=sequence,
-            lease_expiry=int(lease_expires.timestamp()),
+            lease_expiry=int(row.lease_expires_at.timestamp()),
         )
         sealed = seal_key(node.kem_public, suite_by_id_bytes(node.kem_suite), key, aad)
         if self._metrics is not None:
             self._metrics.releases.labels(f.purpose).inc()
-        return Released(sealed, f.key_name, version, f.purpose, sequence, lease_expires, aad)
+        return Released(sealed, f.key_name, row.key_version, f.purpose, sequence, row.lease_expires_at, aad)
+
+
+def _describe(catalogue: Catalogue, name: str) -> KeyRecord | None:
+    try:
+        return catalogue.describe(name)
+    except CatalogueError as err:
+        if err.code is Code.KEY_NOT_FOUND:
+            return None
+        raise
+
+
+def _lease_changed(outcome: Outcome) -> bool:
+    """The commit refused the grant because the node's lease is not the one the checks saw: a renewal
+    that the cached node record did not show yet, or one that landed in between. Such a request is
+    worth deciding again once, on fresh reads (the refusal stays in the ledger, with its decrypt; the
+    request id was not used up)."""
+    return isinstance(outcome, Refused) and outcome.reason.code == Code.RELEASE_NODE_CHANGED.value

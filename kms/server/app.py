@@ -314,7 +314,7 @@ async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = sys
         release_port = _listen(release, config.release_listen, release_creds)
         certs = ClientCerts(ca, timedelta(seconds=config.node_cert_ttl), release_port, clock)
         add_node_services(node, AttestationServicer(plane.attestation, pool, certs), None)
-        add_node_services(release, None, KeyReleaseServicer(plane.release, clock))
+        add_node_services(release, None, KeyReleaseServicer(plane.release, mutual_tls=True))
     checker = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, node)
     reflection.enable_server_reflection((*NODE_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), node)

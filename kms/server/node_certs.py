@@ -132,16 +132,6 @@ def peer_identity(auth_context: Any) -> PeerIdentity:
         ) from None
 
 
-def check_peer(peer: PeerIdentity, node_id: str, signing_public: bytes) -> None:
-    """The certificate must have been issued to the node that signed the request."""
-    if peer.node_id != node_id or peer.signing_public != signing_public:
-        raise KmsError(
-            f"the client certificate was issued to node {peer.node_id[:64]!r}, not to {node_id[:64]!r}",
-            code=Code.RELEASE_CLIENT_CERT_MISMATCH,
-            hint="each node must use its own client certificate (issued by Register/Renew)",
-        )
-
-
 class NodeCa:
     """Issues node client certificates; the CA files are made on first use."""
 

@@ -7,15 +7,15 @@ work). Attestation (CPU-heavy evidence verification, database writes) runs in a 
 Mutual TLS: an ATTESTED Register/Renew that carries a client TLS key (signed by the node's attested
 Ed25519 key over the request nonce) is answered with a short-lived client certificate from the node CA
 (``kms.server.node_certs``). KeyRelease is served on its own port whose TLS requires such a certificate;
-the servicer then requires that the certificate names the node of the signed body and carries the key
-that verified its signature, else RELEASE_CLIENT_CERT_MISMATCH (recorded as a denial).
+the servicer hands the certificate's identity to the release use case (``kms.release``), which requires
+that it names the node of the signed body and carries the key that verified its signature, else
+RELEASE_CLIENT_CERT_MISMATCH (recorded as a denial).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,10 +29,9 @@ from attestation.errors import AttestationError
 from kms.attest import Attestation, AttestationOutcome, Outcome
 from kms.clock import Clock
 from kms.errors import Code, KmsError
-from kms.release import Denial, KeyRelease, Prepared, ReleaseDenied, SignedRelease
+from kms.release import KeyRelease, ReleaseDenied
 from kms.server import codec, node_certs
 from kms.server.errors import INTERNAL, abort_async, status_for
-from kms.storage.decisions import DenialRow
 from policies.errors import PolicyError
 from proto.sovereign.v1 import attestation_pb2, attestation_pb2_grpc, key_release_pb2, key_release_pb2_grpc
 
@@ -202,62 +201,29 @@ class PeerIdentities:
 
 
 class KeyReleaseServicer(key_release_pb2_grpc.KeyReleaseServicer):
-    """``clock`` set: mutual TLS is required (the node client certificate must match the signer)."""
+    """Decodes the request and the TLS client certificate, runs the release use case, encodes the
+    answer. ``mutual_tls``: the call must carry a node client certificate (the KeyRelease port)."""
 
-    def __init__(self, release: KeyRelease, clock: Clock | None = None) -> None:
+    def __init__(self, release: KeyRelease, *, mutual_tls: bool = False) -> None:
         self._uc = release
-        self._clock = clock
+        self._mutual_tls = mutual_tls
         self._peers = PeerIdentities()
-
-    def _peer_mismatch(
-        self, context: Context, signed: SignedRelease, signing_public: bytes | None
-    ) -> Denial | None:
-        """A denial to record when the client certificate belongs to another node (or other keys)."""
-        if self._clock is None:
-            return None
-        peer = self._peers.of(context.auth_context())  # no certificate: refused, not recorded
-        try:
-            node_certs.check_peer(peer, signed.fields.node_id, signing_public or peer.signing_public)
-        except KmsError as err:
-            f = signed.fields
-            row = DenialRow(
-                self._clock(), f.node_id, f.key_name, f.purpose, f.request_id, err.code.value, err.message
-            )
-            return Denial([err.to_dict()], row)
-        return None
-
-    async def _checked(self, context: Context, signed: SignedRelease, *, fresh: bool) -> Prepared:
-        """The use case's checks plus the client certificate's; a denial is recorded, then raised."""
-        try:
-            prepared = self._uc.prepare(signed, fresh=fresh)  # verifies the body's signature first
-            mismatch = self._peer_mismatch(context, signed, prepared.node.signing_public)
-            if mismatch is not None:
-                raise mismatch
-            return prepared
-        except Denial as denial:
-            denial = self._peer_mismatch(context, signed, None) or denial
-            denial_id = await asyncio.wrap_future(self._uc.record_future(denial))
-            raise self._uc.denied(denial, denial_id) from None
 
     async def ReleaseKey(
         self, request: key_release_pb2.ReleaseRequest, context: Context
     ) -> key_release_pb2.ReleaseResponse:
-        started = time.perf_counter()
         if request is UNDECODABLE:
             await abort_async(context, NOT_PROTOBUF)
         try:
-            signed = codec.release_in(request)
-            prepared = await self._checked(context, signed, fresh=False)
-            outcome = await self._uc.submit_async(prepared)
-            if self._uc.lease_changed(outcome):  # renewed since the cached read: check again, once
-                prepared = await self._checked(context, signed, fresh=True)
-                outcome = await self._uc.submit_async(prepared)
-            return codec.released_out(self._uc.finish(prepared, outcome))
+            try:
+                signed = codec.release_in(request)
+                peer = self._peers.of(context.auth_context()) if self._mutual_tls else None
+            except KmsError as err:
+                self._uc.refused(err.code.value)  # refused before the use case saw it
+                raise
+            return codec.released_out(await self._uc.release(signed, peer))
         except CODED as err:
-            self._uc.count_denial(str(getattr(err.code, "value", err.code)))
             await abort_async(context, err)
         except Exception:
             log.exception("unexpected failure")
             await abort_async(context, INTERNAL)
-        finally:
-            self._uc.observe(started)

@@ -1,11 +1,12 @@
 """SQL for release decisions: seen request ids, and grant and deny entries in the audit ledger.
 
-``commit_grants`` writes a whole batch of grants in one transaction with a handful of statements: it
-re-reads, inside the writing transaction, everything a grant depends on (node state and lease, key state,
-active policy version, request ids already seen), refuses each item whose premises changed and appends a
-``release.grant`` ledger entry for each other one; the entry's sequence number is the grant's audit
-sequence (bound into the release AAD). ``insert_denial`` appends a ``release.deny`` entry. The old
-``grants`` and ``denials`` tables are views over these entries now (``audit_migrations``).
+SQL only; what the rows mean is ``kms.premises``'s to decide. For a batch of grants, inside its one
+writing transaction: ``read_standing`` reads everything they rest on (node state and lease, key state
+and versions, active policy version, request ids already seen) in a handful of statements, and
+``insert_grants`` remembers the request ids and appends a ``release.grant`` ledger entry for each grant
+that still stands; the entry's sequence number is the grant's audit sequence (bound into the release
+AAD). ``insert_denial`` appends a ``release.deny`` entry. The old ``grants`` and ``denials`` tables are
+views over these entries now (``audit_migrations``).
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Row, bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from kms.audit.entry import Decision, Kind, Reason
 from kms.audit.ledger import Draft, append_entries, node_actor
-from kms.errors import Code
+from kms.catalogue import KeyKind, KeyState
+from kms.premises import KeyStanding, NodeStanding
+from kms.registry import NodeState
 from kms.storage.control_schema import nodes, release_requests
 from kms.storage.policy_versions import active_version
 from kms.storage.schema import key_versions, keys
-from policies.errors import Code as PolicyCode
 
 
 @dataclass(frozen=True)
@@ -67,54 +70,14 @@ class DenialRow:
 
 
 @dataclass(frozen=True)
-class Refusal:
-    """Why a pending grant was not recorded (a stable code from any of the cores)."""
+class Standing:
+    """What the database says, inside the writing transaction, about a batch's nodes, keys, policy and
+    request ids (``kms.premises`` decides what it means for each grant)."""
 
-    code: str
-    message: str
-    hint: str = ""
-
-
-_KEY_CODES = {"disabled": Code.KEY_DISABLED.value, "destroyed": Code.KEY_DESTROYED.value}
-
-
-def _refusal(
-    item: PendingGrant,
-    standing: dict[str, tuple[str, str | None, datetime | None]],
-    key_state: dict[tuple[str, int], str],
-    latest: dict[str, int],
-    policy: int,
-) -> Refusal | None:
-    row = item.row
-    node = standing.get(row.node_id)
-    if node is None or node[0] != "attested":
-        return Refusal(
-            PolicyCode.RELEASE_NODE_NOT_ATTESTED.value,
-            f"node {row.node_id} is {node[0] if node else 'gone'}, not attested",
-        )
-    if node[1] != item.lease_id or node[2] is None or node[2] <= row.granted_at:
-        return Refusal(
-            Code.RELEASE_NODE_CHANGED.value,
-            f"the lease of node {row.node_id} ended or was replaced",
-            "re-attest (Renew) and retry",
-        )
-    state = key_state.get((row.key_name, row.key_version))
-    if state != "active":
-        code = _KEY_CODES.get(state or "", Code.KEY_NOT_FOUND.value)
-        return Refusal(code, f"key {row.key_name} v{row.key_version} is {state or 'gone'}")
-    if row.purpose == "write" and latest.get(row.key_name) != row.key_version:
-        return Refusal(
-            Code.RELEASE_VERSION_NOT_WRITABLE.value,
-            f"{row.key_name} was rotated: v{row.key_version} is no longer released for write",
-            "retry with a fresh request id",
-        )
-    if policy != row.policy_version:
-        return Refusal(
-            Code.RELEASE_POLICY_CHANGED.value,
-            f"the policy changed (v{row.policy_version} -> v{policy}) while the request was served",
-            "retry with a fresh request id",
-        )
-    return None
+    nodes: dict[str, NodeStanding]
+    keys: dict[str, KeyStanding]
+    policy_version: int
+    seen: set[tuple[str, str]]  # (node_id, request_id hex) already used
 
 
 # Built once: per batch only parameters change (SQLAlchemy then skips building and coercing them).
@@ -124,6 +87,7 @@ _STANDING = select(nodes.c.node_id, nodes.c.state, nodes.c.lease_id, nodes.c.lea
 _KEYS = (
     select(
         keys.c.name,
+        keys.c.kind,
         keys.c.state,
         keys.c.current_version,
         key_versions.c.version,
@@ -140,44 +104,38 @@ _SEEN = select(release_requests.c.node_id, release_requests.c.request_id).where(
 _INSERT_REQUEST = insert(release_requests)
 
 
-def commit_grants(conn: Connection, items: Sequence[PendingGrant], now: datetime) -> list[int | Refusal]:
-    """Record every item whose premises hold; return its ledger sequence, or the reason it was refused."""
+def read_standing(conn: Connection, items: Sequence[PendingGrant]) -> Standing:
+    """Fresh reads of everything the grants in ``items`` rest on."""
     node_ids = sorted({i.row.node_id for i in items})
-    standing = {
-        r.node_id: (r.state, r.lease_id, r.lease_expires_at)
+    nodes_now = {
+        r.node_id: NodeStanding(NodeState(r.state), r.lease_id, r.lease_expires_at)
         for r in conn.execute(_STANDING, {"node_ids": node_ids})
     }
-    latest: dict[str, int] = {}
-    key_state: dict[tuple[str, int], str] = {}
+    rows: dict[str, list[Row[Any]]] = {}
     for r in conn.execute(_KEYS, {"names": sorted({i.row.key_name for i in items})}):
-        key_state[(r.name, r.version)] = r.state if r.ciphertext_present else "destroyed"
-        latest[r.name] = r.current_version
-    policy = active_version(conn)
-    pairs = [(i.row.node_id, i.row.request_id.hex()) for i in items]
-    wanted = set(pairs)
+        rows.setdefault(r.name, []).append(r)
+    keys_now = {
+        name: KeyStanding(
+            KeyKind(vs[0].kind),
+            KeyState(vs[0].state),
+            vs[0].current_version,
+            {v.version: bool(v.ciphertext_present) for v in vs},
+        )
+        for name, vs in rows.items()
+    }
+    pairs = {(i.row.node_id, i.row.request_id.hex()) for i in items}
     seen = {
         (r.node_id, r.request_id)
         for r in conn.execute(_SEEN, {"node_ids": node_ids, "request_ids": sorted({rid for _, rid in pairs})})
-        if (r.node_id, r.request_id) in wanted
+        if (r.node_id, r.request_id) in pairs
     }
-    outcome: list[int | Refusal] = []
-    accepted: list[PendingGrant] = []
-    for item, pair in zip(items, pairs, strict=True):
-        refusal = _refusal(item, standing, key_state, latest, policy)
-        if refusal is None and pair in seen:
-            refusal = Refusal(
-                Code.REQUEST_REPLAYED.value,
-                "this request id was already used by the node",
-                "every release request needs a fresh random 16-byte request_id",
-            )
-        if refusal is None:
-            seen.add(pair)
-            accepted.append(item)
-            outcome.append(0)
-        else:
-            outcome.append(refusal)
+    return Standing(nodes_now, keys_now, active_version(conn), seen)
+
+
+def insert_grants(conn: Connection, accepted: Sequence[PendingGrant], now: datetime) -> list[int]:
+    """Remember the request ids and append a ``release.grant`` entry per item; their ledger sequences."""
     if not accepted:
-        return outcome
+        return []
     conn.execute(
         _INSERT_REQUEST,
         [
@@ -189,8 +147,7 @@ def commit_grants(conn: Connection, items: Sequence[PendingGrant], now: datetime
             for i in accepted
         ],
     )
-    it = iter(append_entries(conn, [grant_draft(i.row) for i in accepted], now))
-    return [next(it) if o == 0 else o for o in outcome]
+    return append_entries(conn, [grant_draft(i.row) for i in accepted], now)
 
 
 def purge_request_ids(conn: Connection, now: datetime) -> None:

@@ -5,6 +5,7 @@ and KEK rotation behave."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from kms.clock import ManualClock
 from kms.config import ServerConfig
 from kms.envelope import open_sealed_key
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.release import SIGNING_DOMAIN, ReleaseDenied, SignedRelease
+from kms.release import SIGNING_DOMAIN, Released, ReleaseDenied, SignedRelease
 from kms.server.app import ControlPlane, build
 from kms.server.codec import release_in
 from kms.storage.keys import SqlKeyStore
@@ -99,6 +100,11 @@ def signed(
     )
 
 
+def release(plane: ControlPlane, request: SignedRelease) -> Released:
+    """The release use case, as the KeyRelease servicer runs it (on an event loop)."""
+    return asyncio.run(plane.release.release(request))
+
+
 def db_rows(plane: ControlPlane, sql: str) -> list[tuple[object, ...]]:
     path = plane.store.engine.url.database
     assert path is not None
@@ -114,7 +120,7 @@ def test_release_matches_the_owners_key_and_reconciles(
     try:
         record = plane.admin.create_key("dataset/train", KeyKind.DATASET)
         identity, node_id = register(plane, pki, tee)
-        released = plane.release.release(signed(identity, node_id, "dataset/train", clock))
+        released = release(plane, signed(identity, node_id, "dataset/train", clock))
         key = open_sealed_key(identity.kem_private_key(), released.sealed_key, released.aad)
         owner = kms_dev.admin().unwrap(record.version().ciphertext or "").plaintext
         assert key == owner and len(key) == 32
@@ -134,16 +140,24 @@ def test_release_matches_the_owners_key_and_reconciles(
         plane.close()
 
 
-def test_revocation_between_decision_and_commit(kms_dev: Kms, tmp_path: Path, pki: SimulatedPki) -> None:
+def test_revocation_between_decision_and_commit(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = ManualClock(START)
-    plane = make_plane(tmp_path, pki, kms_dev.approle(), clock)
+    transit = kms_dev.approle()
+    plane = make_plane(tmp_path, pki, transit, clock)
     try:
         plane.admin.create_key("dataset/train", KeyKind.DATASET)
         identity, node_id = register(plane, pki, "snp")
-        prepared = plane.release.prepare(signed(identity, node_id, "dataset/train", clock))
-        plane.admin.revoke_node(node_id, "compromised")
+        unwrap = transit.unwrap_batch
+
+        def revoke_then_unwrap(ciphertexts: list[str]) -> Any:  # decided already, not yet committed
+            plane.admin.revoke_node(node_id, "compromised")
+            return unwrap(ciphertexts)
+
+        monkeypatch.setattr(transit, "unwrap_batch", revoke_then_unwrap)
         with pytest.raises(ReleaseDenied) as info:
-            plane.release.finish(prepared, plane.release.submit(prepared).result())
+            release(plane, signed(identity, node_id, "dataset/train", clock))
         assert info.value.code == "RELEASE_NODE_NOT_ATTESTED" and info.value.denial_id > 0
         assert db_rows(plane, "SELECT count(*) FROM grants") == [(0,)]
         ((code, bao_id),) = db_rows(plane, "SELECT code, openbao_request_id FROM denials")
@@ -160,12 +174,12 @@ def test_lease_expiry_and_renewal(kms_dev: Kms, tmp_path: Path, pki: SimulatedPk
         identity, node_id = register(plane, pki, "tdx")
         clock.advance(301)  # the demo policy's lease is 300 s
         with pytest.raises(ReleaseDenied) as info:
-            plane.release.release(signed(identity, node_id, "dataset/train", clock))
+            release(plane, signed(identity, node_id, "dataset/train", clock))
         assert info.value.code == "RELEASE_LEASE_EXPIRED"
         renewed = renew(plane, pki, identity, node_id, "tdx")
         assert renewed.outcome is Outcome.ATTESTED and renewed.lease is not None
         assert renewed.lease.expires_at > clock()
-        plane.release.release(signed(identity, node_id, "dataset/train", clock))
+        release(plane, signed(identity, node_id, "dataset/train", clock))
     finally:
         plane.close()
 
@@ -178,9 +192,9 @@ def test_a_release_right_after_a_renewal_is_checked_again_not_refused(
     try:
         plane.admin.create_key("dataset/train", KeyKind.DATASET)
         identity, node_id = register(plane, pki, "snp")
-        plane.release.release(signed(identity, node_id, "dataset/train", clock))  # caches the node
+        release(plane, signed(identity, node_id, "dataset/train", clock))  # caches the node
         assert renew(plane, pki, identity, node_id, "snp").outcome is Outcome.ATTESTED
-        released = plane.release.release(signed(identity, node_id, "dataset/train", clock))
+        released = release(plane, signed(identity, node_id, "dataset/train", clock))
         assert len(open_sealed_key(identity.kem_private_key(), released.sealed_key, released.aad)) == 32
         # the first try, decided on the cached lease, stays in the ledger with its decrypt
         ((code, bao_id),) = db_rows(plane, "SELECT code, openbao_request_id FROM denials")
@@ -347,7 +361,7 @@ def test_a_policy_change_narrows_the_groups_of_nodes_that_stay_attested(
         assert "POLICY_MEASUREMENT_NOT_ALLOWED" in [r["code"] for r in only_trainers.reasons]
         identity, node_id = nodes[()]
         with pytest.raises(ReleaseDenied) as info:
-            plane.release.release(signed(identity, node_id, "dataset/train", clock))
+            release(plane, signed(identity, node_id, "dataset/train", clock))
         assert info.value.code == "RELEASE_NO_RULE"
     finally:
         plane.close()
@@ -388,7 +402,7 @@ def test_kek_rotation_rewraps_and_releases_continue(
     try:
         plane.admin.create_key("model/main", KeyKind.MODEL)
         identity, node_id = register(plane, pki, "snp")
-        before = plane.release.release(signed(identity, node_id, "model/main", clock, "write"))
+        before = release(plane, signed(identity, node_id, "model/main", clock, "write"))
         with pytest.raises(OpenBaoError) as info:  # the control plane's AppRole may not rotate the KEK
             plane.admin.rotate_kek("")
         assert info.value.code is Code.KMS_PERMISSION_DENIED
@@ -401,7 +415,7 @@ def test_kek_rotation_rewraps_and_releases_continue(
         )
         version, report = operator.rotate_kek("yearly")
         assert version == 2 and report.rewrapped == 1
-        after = plane.release.release(signed(identity, node_id, "model/main", clock, "write"))
+        after = release(plane, signed(identity, node_id, "model/main", clock, "write"))
         k1 = open_sealed_key(identity.kem_private_key(), before.sealed_key, before.aad)
         k2 = open_sealed_key(identity.kem_private_key(), after.sealed_key, after.aad)
         assert k1 == k2 and after.audit_sequence > before.audit_sequence
@@ -419,7 +433,7 @@ def test_signature_domain_is_required(kms_dev: Kms, tmp_path: Path, pki: Simulat
         bad = type(good)(good.body, identity.sign(good.body), good.fields)
         assert identity.sign(SIGNING_DOMAIN + good.body) == good.signature
         with pytest.raises(Exception) as info:
-            plane.release.release(bad)
+            release(plane, bad)
         assert getattr(info.value, "code", None) is Code.REQUEST_SIGNATURE_INVALID
     finally:
         plane.close()

@@ -5,13 +5,13 @@ made with the AppRole outside the server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from integration.test_control_plane_release import START, make_plane, register, signed
+from integration.test_control_plane_release import START, make_plane, register, release, signed
 
 from attestation.simulate import SimulatedPki, shared_pki
 from kms.audit.checkpoint import load_audit_keys
@@ -23,7 +23,7 @@ from kms.audit.verify import verify_export
 from kms.bootstrap import ROLE_NAME
 from kms.catalogue import KeyKind
 from kms.clock import ManualClock
-from kms.release import ReleaseDenied
+from kms.release import Released, ReleaseDenied
 from kms.storage.audit_ledger import StoredEntry
 
 if TYPE_CHECKING:
@@ -49,12 +49,15 @@ def test_traffic_exports_verifies_offline_and_reconciles(
         requests = [
             signed(identity, node_id, "dataset/train", clock) for identity, node_id in nodes for _ in range(6)
         ]
-        with ThreadPoolExecutor(12) as pool:  # concurrent: several items share one batch decrypt
-            released = list(pool.map(plane.release.release, requests))
+
+        async def all_at_once() -> list[Released]:  # concurrent: several items share one batch decrypt
+            return list(await asyncio.gather(*(plane.release.release(r) for r in requests)))
+
+        released = asyncio.run(all_at_once())
         assert len({r.audit_sequence for r in released}) == 12
         plane.admin.revoke_node(nodes[1][1], "lost")
         with pytest.raises(ReleaseDenied) as denied:
-            plane.release.release(signed(*nodes[1], "dataset/train", clock))
+            release(plane, signed(*nodes[1], "dataset/train", clock))
         assert denied.value.audit_sequence > max(r.audit_sequence for r in released)
         assert plane.audit is not None
         reader = plane.audit.reader

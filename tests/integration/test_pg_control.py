@@ -14,12 +14,13 @@ from sqlalchemy import func, select
 
 from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion
 from kms.clock import ManualClock
-from kms.errors import Code, KmsError
+from kms.errors import Code, KmsError, Reason
+from kms.grants import commit_grants
 from kms.nonces import Nonces
 from kms.registry import NodeChange, NodeRecord, NodeState
 from kms.storage import open_store
 from kms.storage.control_schema import release_requests
-from kms.storage.decisions import GrantRow, PendingGrant, Refusal, commit_grants
+from kms.storage.decisions import GrantRow, PendingGrant
 from kms.storage.keys import SqlKeyStore
 from kms.storage.nodes import SqlNodes
 from kms.storage.policy_versions import PolicyRow, SqlPolicies
@@ -149,7 +150,7 @@ def pending(request_id: bytes) -> PendingGrant:
     return PendingGrant(row, "l-1", NOW + timedelta(seconds=120))
 
 
-def commit(store: Store, items: list[PendingGrant]) -> list[int | Refusal]:
+def commit(store: Store, items: list[PendingGrant]) -> list[int | Reason]:
     with store.transaction() as conn:
         return commit_grants(conn, items, NOW)
 
@@ -159,7 +160,7 @@ def test_a_request_id_is_granted_once_whichever_replicas_see_it(postgres_url: st
     _seed_release(stores[0])
     results = race(8, lambda i: commit(stores[i % 2], [pending(b"\x07" * 16)])[0])
     granted = [r for r in results if isinstance(r, int)]
-    refused = [r for r in results if isinstance(r, Refusal)]
+    refused = [r for r in results if isinstance(r, Reason)]
     assert len(granted) == 1 and len(refused) == 7, results
     assert {r.code for r in refused} == {Code.REQUEST_REPLAYED.value}
     with stores[1].reader() as conn:

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from kms.errors import KmsError
-from kms.server.node_certs import NodeCa, check_peer, check_tls_key, identity_of, peer_identity, proof_message
+from kms.release import check_client_certificate
+from kms.server.node_certs import NodeCa, check_tls_key, identity_of, peer_identity, proof_message
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 NONCE = b"\x07" * 32
@@ -42,13 +43,11 @@ def test_a_proven_key_is_accepted_and_certified(tmp_path: Path) -> None:
     assert NodeCa.load_or_create(tmp_path / "ca", NOW).cert == ca.cert  # kept, not remade
     assert oct((tmp_path / "ca" / "node-ca-key.pem").stat().st_mode & 0o777) == "0o600"
     peer = peer_identity({"x509_pem_cert": [cert.public_bytes(serialization.Encoding.PEM)]})
-    check_peer(peer, "n-1", public)
-    with pytest.raises(KmsError) as other:
-        check_peer(peer, "n-2", public)
-    assert other.value.code.value == "RELEASE_CLIENT_CERT_MISMATCH"
-    with pytest.raises(KmsError) as keys:
-        check_peer(peer, "n-1", b"\x01" * 32)
-    assert keys.value.code.value == "RELEASE_CLIENT_CERT_MISMATCH"
+    assert check_client_certificate(peer, "n-1", public) is None
+    other = check_client_certificate(peer, "n-2", public)
+    assert other is not None and other.code == "RELEASE_CLIENT_CERT_MISMATCH"
+    keys = check_client_certificate(peer, "n-1", b"\x01" * 32)
+    assert keys is not None and keys.code == "RELEASE_CLIENT_CERT_MISMATCH"
 
 
 @pytest.mark.parametrize("fault", ["other-nonce", "other-signer", "rsa-key", "truncated"])

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_not_destroyed
+from kms.errors import Reason
+from kms.grants import commit_grants
 from kms.registry import NodeRecord, NodeState, revoke
 from kms.storage import open_store
-from kms.storage.decisions import GrantRow, PendingGrant, Refusal, commit_grants
+from kms.storage.decisions import GrantRow, PendingGrant
 from kms.storage.keys import SqlKeyStore
 from kms.storage.nodes import SqlNodes
 from kms.storage.policy_versions import PolicyRow, SqlPolicies
@@ -55,13 +57,13 @@ def pending(node_id: str = "n-1", request_id: bytes = b"\x01" * 16, *, key: str 
     return PendingGrant(row, lease_id, NOW + timedelta(seconds=120))
 
 
-def commit(store: Store, items: list[PendingGrant]) -> list[int | Refusal]:
+def commit(store: Store, items: list[PendingGrant]) -> list[int | Reason]:
     with store.transaction() as conn:
         return commit_grants(conn, items, NOW)
 
 
-def codes(results: list[int | Refusal]) -> list[str | None]:
-    return [r.code if isinstance(r, Refusal) else None for r in results]
+def codes(results: list[int | Reason]) -> list[str | None]:
+    return [r.code if isinstance(r, Reason) else None for r in results]
 
 
 def grant_rows(store: Store) -> int:
