@@ -81,6 +81,7 @@ def claims(report_data: bytes = bytes(64), **fields: Any) -> Claims:
         tcb={"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115, "raw": "0300000000000873"},
         tcb_status=TcbStatus.NOT_APPLICABLE,
         platform_id=bytes(64),
+        revocation_checked=True,  # the fake verifier stands for one that had a current CRL
         details={
             "vmpl": 0,
             "smt_allowed": False,
