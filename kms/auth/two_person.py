@@ -200,6 +200,14 @@ class PendingStore(Protocol):
 
     def list(self, state: ChangeState | None = None) -> Sequence[PendingChange]: ...
 
+    def page(self, state: ChangeState | None, offset: int, limit: int) -> Sequence[PendingChange]:
+        """Changes in ``state`` (None: any) in proposal order, ``limit`` from ``offset``."""
+        ...
+
+    def expire_due(self, now: datetime) -> int:
+        """Mark every undecided change past its deadline EXPIRED; how many were."""
+        ...
+
 
 class TwoPersonRule:
     """Hold, approve and reject changes against a store."""
