@@ -27,9 +27,11 @@ FILLED: list[Message] = [
 
 
 def test_every_holdable_method_has_a_command_and_a_request() -> None:
-    assert {c.action for c in COMMANDS} == set(REQUESTS) == {
-        type(m).DESCRIPTOR.name.removesuffix("Request") for m in FILLED
-    }
+    assert (
+        {c.action for c in COMMANDS}
+        == set(REQUESTS)
+        == {type(m).DESCRIPTOR.name.removesuffix("Request") for m in FILLED}
+    )
 
 
 @pytest.mark.parametrize("request_msg", FILLED, ids=lambda m: type(m).__name__)

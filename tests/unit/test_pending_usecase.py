@@ -87,7 +87,11 @@ class RecordingActions:
 
 
 class JsonCodec:
-    TYPES: Mapping[str, type[Any]] = {"DestroyKey": DestroyKey, "RotateKey": RotateKey, "PutPolicy": PutPolicy}
+    TYPES: Mapping[str, type[Any]] = {
+        "DestroyKey": DestroyKey,
+        "RotateKey": RotateKey,
+        "PutPolicy": PutPolicy,
+    }
 
     def encode(self, command: AdminCommand) -> bytes:
         return json.dumps(dataclasses.asdict(command), sort_keys=True).encode()
@@ -192,7 +196,9 @@ def test_a_second_operator_applies_the_change_as_proposed(world: World) -> None:
     assert approved.change.decided_by == OperatorRef.of(BOB) and approved.change.decided_at == world.now
     assert world.store.items[change.change_id] == approved.change
     assert world.audit.pending_entries[-1] == (
-        "bob", Kind.PENDING_APPROVE, {"pending_id": change.change_id, "comment": "agreed"}
+        "bob",
+        Kind.PENDING_APPROVE,
+        {"pending_id": change.change_id, "comment": "agreed"},
     )
     with pytest.raises(AuthError) as again:  # applied once only
         world.pending.approve(change.change_id, BOB)
@@ -243,7 +249,9 @@ def test_reject_needs_a_comment_and_is_audited(world: World) -> None:
     rejected = world.pending.reject(change.change_id, ALICE, "withdrawn")  # the proposer may withdraw
     assert rejected.state is ChangeState.REJECTED and rejected.comment == "withdrawn"
     assert world.audit.pending_entries[-1] == (
-        "alice", Kind.PENDING_REJECT, {"pending_id": change.change_id, "comment": "withdrawn"}
+        "alice",
+        Kind.PENDING_REJECT,
+        {"pending_id": change.change_id, "comment": "withdrawn"},
     )
     with pytest.raises(AuthError) as late:
         world.pending.approve(change.change_id, BOB)
