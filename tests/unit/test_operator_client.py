@@ -115,7 +115,7 @@ CASES: list[tuple[type[Any], Message]] = [
                     request_id=b"\x0b",
                     reasons=[REASON],
                     actor="node:n1",
-                )  # fmt: skip
+                )
             ],
             next_page_token="5",
         ),
@@ -144,7 +144,7 @@ def test_records_hold_plain_values() -> None:
 
 def test_an_enum_value_the_client_does_not_know_is_out_of_contract() -> None:
     with pytest.raises(OperatorError) as info:
-        from_message(r.Node, admin_pb2.Node(node_id="n", state=99))  # type: ignore[arg-type]
+        from_message(r.Node, admin_pb2.Node(node_id="n", state=99))
     assert info.value.code == "REPLY_INVALID" and "Node.state" in info.value.message
 
 
@@ -167,8 +167,8 @@ class FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
     def is_active(self) -> bool:
         return False
 
-    def time_remaining(self) -> float | None:
-        return None
+    def time_remaining(self) -> float:
+        return 0.0
 
     def cancel(self) -> bool:
         return False
