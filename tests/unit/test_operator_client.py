@@ -144,11 +144,11 @@ def test_records_hold_plain_values() -> None:
 
 def test_an_enum_value_the_client_does_not_know_is_out_of_contract() -> None:
     with pytest.raises(OperatorError) as info:
-        from_message(r.Node, admin_pb2.Node(node_id="n", state=99))
+        from_message(r.Node, admin_pb2.Node(node_id="n", state=99))  # type: ignore[arg-type]
     assert info.value.code == "REPLY_INVALID" and "Node.state" in info.value.message
 
 
-class FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+class FailedCall(grpc.RpcError, grpc.Call):
     def __init__(self, status: grpc.StatusCode, text: str, trailer: tuple[tuple[str, bytes], ...]) -> None:
         self._status, self._text, self._trailer = status, text, trailer
 
