@@ -88,7 +88,7 @@ def test_imports_follow_the_layering(package: str, path: Path) -> None:
 
 def _generated_operator_imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    names = [n for n in _imports(path) if n.startswith(OPERATOR_WIRE)]
+    names: list[str] = [n for n in _imports(path) if n.startswith(OPERATOR_WIRE)]
     for node in ast.walk(tree):  # from proto.sovereign.v1 import admin_pb2
         if isinstance(node, ast.ImportFrom) and node.module == "proto.sovereign.v1":
             names += [
