@@ -49,7 +49,7 @@ OPERATOR_CLIENT = ("sovereign/client/", "sovereign/console/")
 
 def _imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    names = []
+    names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
