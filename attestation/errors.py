@@ -65,6 +65,22 @@ class Code(StrEnum):
     COLLATERAL_BUNDLE_INVALID = "COLLATERAL_BUNDLE_INVALID"
     COLLATERAL_FETCH_FAILED = "COLLATERAL_FETCH_FAILED"
     COLLATERAL_NOT_FOUND = "COLLATERAL_NOT_FOUND"
+    # NVIDIA GPU (SPDM measurements, device chain, RIMs, offline revocation collateral)
+    GPU_REPORT_MALFORMED = "GPU_REPORT_MALFORMED"
+    GPU_SIGNATURE_INVALID = "GPU_SIGNATURE_INVALID"
+    GPU_CHAIN_UNTRUSTED = "GPU_CHAIN_UNTRUSTED"
+    GPU_CERT_EXPIRED = "GPU_CERT_EXPIRED"
+    GPU_FWID_MISMATCH = "GPU_FWID_MISMATCH"
+    GPU_NONCE_MISMATCH = "GPU_NONCE_MISMATCH"
+    GPU_REVOKED = "GPU_REVOKED"
+    GPU_COLLATERAL_MISSING = "GPU_COLLATERAL_MISSING"
+    GPU_COLLATERAL_EXPIRED = "GPU_COLLATERAL_EXPIRED"
+    GPU_RIM_INVALID = "GPU_RIM_INVALID"
+    GPU_RIM_UNTRUSTED = "GPU_RIM_UNTRUSTED"
+    GPU_RIM_EXPIRED = "GPU_RIM_EXPIRED"
+    GPU_RIM_INDEX_CONFLICT = "GPU_RIM_INDEX_CONFLICT"
+    GPU_MEASUREMENT_MISMATCH = "GPU_MEASUREMENT_MISMATCH"
+    GPU_DUPLICATE_DEVICE = "GPU_DUPLICATE_DEVICE"
     # Report-data binding
     BINDING_MISMATCH = "BINDING_MISMATCH"
     BINDING_INPUT_INVALID = "BINDING_INPUT_INVALID"
@@ -85,6 +101,21 @@ _DEFAULT_HINTS: dict[Code, str] = {
     Code.TDX_TCB_NOT_MATCHED: "the platform is below every TCB level Intel lists; update firmware",
     Code.UNTRUSTED_ROOT: "the chain does not end at a pinned AMD/Intel root; check the trust profile",
     Code.TEST_ROOT_IN_PRODUCTION: "simulated evidence is refused by the production trust profile",
+    Code.GPU_REPORT_MALFORMED: "pass the SPDM GET_MEASUREMENTS request || MEASUREMENTS response from NVML as captured",
+    Code.GPU_SIGNATURE_INVALID: "the GPU report is not signed by its leaf certificate; capture the evidence again",
+    Code.GPU_CHAIN_UNTRUSTED: "the GPU chain must end at the pinned NVIDIA Device Identity CA; check the trust profile",
+    Code.GPU_NONCE_MISMATCH: "the GPU report answers another nonce: request a fresh report for this challenge",
+    Code.GPU_COLLATERAL_MISSING: "import OCSP responses or CRLs for the GPU and RIM chains: sovereign collateral import",
+    Code.GPU_COLLATERAL_EXPIRED: "import fresh NVIDIA OCSP responses or CRLs (outside their validity window)",
+    Code.GPU_RIM_INVALID: "the RIM's XML signature or structure is invalid; fetch the RIM from NVIDIA again",
+    Code.GPU_RIM_EXPIRED: "a RIM signing certificate is outside its validity; fetch a current RIM",
+    Code.GPU_MEASUREMENT_MISMATCH: "the GPU runs firmware or a driver that its RIMs do not list; update or re-flash",
+    Code.GPU_CERT_EXPIRED: "a GPU device certificate is outside its validity at the given time; check the clock",
+    Code.GPU_FWID_MISMATCH: "the leaf certificate does not certify the firmware that signed the report",
+    Code.GPU_REVOKED: "NVIDIA revoked a certificate in the GPU or RIM chain; this GPU or RIM is not trusted",
+    Code.GPU_RIM_UNTRUSTED: "the RIM chain must end at the pinned NVIDIA RIM root; fetch the RIM from NVIDIA",
+    Code.GPU_RIM_INDEX_CONFLICT: "the driver and VBIOS RIMs do not belong together; fetch the pair for this GPU",
+    Code.GPU_DUPLICATE_DEVICE: "each GPU may appear once in a node's evidence; collect the evidence again",
 }
 
 

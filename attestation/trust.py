@@ -25,6 +25,14 @@ AMD_ARK_SHA256: Mapping[str, str] = {
 INTEL_SGX_ROOT_SHA256: frozenset[str] = frozenset(
     {"44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"}
 )
+# NVIDIA Device Identity CA (ECDSA P-384), root of every GPU device certificate chain (Hopper, Blackwell).
+NVIDIA_DEVICE_ROOT_SHA256: frozenset[str] = frozenset(
+    {"102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"}
+)
+# NVIDIA CoRIM signing Root CA (ECDSA P-384), root of the RIM (SWID tag) signing chains.
+NVIDIA_RIM_ROOT_SHA256: frozenset[str] = frozenset(
+    {"12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1"}
+)
 
 # Every simulator root carries this organisation name, so production can say *why* it refuses.
 SIMULATOR_ORGANIZATION = "sovereign TEE simulator (NOT FOR PRODUCTION)"
@@ -42,6 +50,8 @@ class TrustStore:
     amd_arks: Mapping[str, str]
     intel_roots: frozenset[str]
     allow_simulated: bool = False
+    nvidia_device_roots: frozenset[str] = frozenset()
+    nvidia_rim_roots: frozenset[str] = frozenset()
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def check_amd_root(self, product: str, ark_der: bytes) -> None:
@@ -56,6 +66,18 @@ class TrustStore:
         if fingerprint(root_der) in self.intel_roots:
             return
         self._refuse(root_der, "Intel SGX root")
+
+    def check_nvidia_device_root(self, root_der: bytes) -> None:
+        """Raise unless ``root_der`` is a pinned NVIDIA Device Identity root."""
+        if fingerprint(root_der) in self.nvidia_device_roots:
+            return
+        self._refuse(root_der, "NVIDIA Device Identity root")
+
+    def check_nvidia_rim_root(self, root_der: bytes) -> None:
+        """Raise unless ``root_der`` is a pinned NVIDIA RIM signing root."""
+        if fingerprint(root_der) in self.nvidia_rim_roots:
+            return
+        self._refuse(root_der, "NVIDIA RIM root")
 
     def _refuse(self, root_der: bytes, what: str) -> None:
         if not self.allow_simulated and _is_simulator_root(root_der):
@@ -78,14 +100,29 @@ def _is_simulator_root(root_der: bytes) -> bool:
     return any(a.value == SIMULATOR_ORGANIZATION for a in orgs)
 
 
-PRODUCTION = TrustStore(name="production", amd_arks=AMD_ARK_SHA256, intel_roots=INTEL_SGX_ROOT_SHA256)
+PRODUCTION = TrustStore(
+    name="production",
+    amd_arks=AMD_ARK_SHA256,
+    intel_roots=INTEL_SGX_ROOT_SHA256,
+    nvidia_device_roots=NVIDIA_DEVICE_ROOT_SHA256,
+    nvidia_rim_roots=NVIDIA_RIM_ROOT_SHA256,
+)
 
 
-def simulation(amd_arks: Mapping[str, bytes], intel_root: bytes) -> TrustStore:
+def simulation(
+    amd_arks: Mapping[str, bytes],
+    intel_root: bytes,
+    nvidia_device_root: bytes | None = None,
+    nvidia_rim_root: bytes | None = None,
+) -> TrustStore:
     """A store that pins the simulator's generated roots (and nothing else)."""
     return TrustStore(
         name="simulation",
         amd_arks={product: fingerprint(der) for product, der in amd_arks.items()},
         intel_roots=frozenset({fingerprint(intel_root)}),
         allow_simulated=True,
+        nvidia_device_roots=frozenset({fingerprint(nvidia_device_root)})
+        if nvidia_device_root
+        else frozenset(),
+        nvidia_rim_roots=frozenset({fingerprint(nvidia_rim_root)}) if nvidia_rim_root else frozenset(),
     )

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ from enclave.release_request import (
     open_grant,
     sign_release,
 )
-from kms.envelope import DEFAULT_CHUNK_SIZE, StreamInfo, names, read_header
+from kms.envelope import DEFAULT_CHUNK_SIZE, StreamInfo, decrypt_stream, names, read_header
 from kms.envelope.files import decrypt_file, encrypt_file
+from kms.envelope.stream import Writable
 
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
@@ -123,6 +125,59 @@ def write_key_file(
         raise
     os.close(fd)
     return target
+
+
+# --- where decrypted plaintext may go ----------------------------------------------------------------
+
+
+def _plaintext_unsafe(message: str) -> NodeError:
+    return NodeError(message, code=NodeCode.PLAINTEXT_OUTPUT_UNSAFE)
+
+
+def check_plaintext_path(path: Path, *, mounts: str, force_non_tmpfs: bool = False) -> Path:
+    """The resolved output path for decrypted data; PLAINTEXT_OUTPUT_UNSAFE unless its directory is on
+    tmpfs/ramfs (or ``force_non_tmpfs``)."""
+    directory = Path(os.path.realpath(path.parent))
+    if not directory.is_dir():
+        raise _plaintext_unsafe(f"{path.parent} is not a directory")
+    fstype = filesystem_type(str(directory), mounts)
+    if fstype not in MEMORY_FILESYSTEMS and not force_non_tmpfs:
+        raise _plaintext_unsafe(
+            f"{directory} is on a {fstype or 'unknown'} filesystem, not tmpfs: the plaintext would reach a disk"
+        )
+    return directory / path.name
+
+
+def check_plaintext_stream(fd: int, *, mounts: str, force_non_tmpfs: bool = False) -> None:
+    """A descriptor to stream plaintext to: pipes, sockets and terminals pass; a regular file must be on
+    tmpfs/ramfs (a shell redirect ``> file`` writes to disk as surely as an output path); a block device
+    never passes unless ``force_non_tmpfs``."""
+    mode = os.fstat(fd).st_mode
+    if force_non_tmpfs or not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        return
+    if stat.S_ISBLK(mode):
+        raise _plaintext_unsafe(f"descriptor {fd} is a block device: the plaintext would reach a disk")
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    if not target.startswith("/") or target.endswith(" (deleted)"):
+        raise _plaintext_unsafe(f"descriptor {fd} is a file whose filesystem cannot be told ({target!r})")
+    check_plaintext_path(Path(target), mounts=mounts)
+
+
+def check_plaintext_output(
+    out: str | os.PathLike[str] | Writable, *, mounts: str, force_non_tmpfs: bool = False
+) -> None:
+    """``check_plaintext_path`` for a path, ``check_plaintext_stream`` for a stream with a descriptor;
+    a stream without one (in memory, a hash) passes."""
+    if isinstance(out, str | os.PathLike):
+        check_plaintext_path(Path(out), mounts=mounts, force_non_tmpfs=force_non_tmpfs)
+        return
+    fileno = getattr(out, "fileno", None)
+    try:
+        fd = int(fileno()) if fileno is not None else None
+    except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream
+        fd = None
+    if fd is not None:
+        check_plaintext_stream(fd, mounts=mounts, force_non_tmpfs=force_non_tmpfs)
 
 
 # --- the agent ---------------------------------------------------------------------------------------
@@ -307,9 +362,21 @@ class NodeAgent:
         return released, written
 
     def decrypt(
-        self, key_name: str | None, in_path: str | os.PathLike[str], out_path: str | os.PathLike[str]
+        self,
+        key_name: str | None,
+        in_path: str | os.PathLike[str],
+        out: str | os.PathLike[str] | Writable,
+        *,
+        force_non_tmpfs: bool = False,
+        mounts_file: Path = PROC_MOUNTS,
     ) -> FileResult:
-        """Open a sealed stream; the key (and version) come from its header's key_ref when it names one."""
+        """Open a sealed stream; the key (and version) come from its header's key_ref when it names one.
+
+        ``out`` is a path (written atomically; refused with PLAINTEXT_OUTPUT_UNSAFE unless on tmpfs or
+        ``force_non_tmpfs``) or a binary stream that gets each chunk once it authenticated (a stream on
+        a descriptor is checked the same way; a failure can leave earlier, verified chunks written).
+        Output is checked before the key is released."""
+        check_plaintext_output(out, mounts=mounts_file.read_text(), force_non_tmpfs=force_non_tmpfs)
         with open(in_path, "rb") as src:
             key_ref = read_header(src).key_ref
         named = parse_key_ref(key_ref)
@@ -325,7 +392,10 @@ class NodeAgent:
             )
         name, version = named if named is not None else (str(key_name), 0)
         released = self.release(name, "read", version)
-        return FileResult.of(released, decrypt_file(released.key, in_path, out_path))
+        if isinstance(out, str | os.PathLike):
+            return FileResult.of(released, decrypt_file(released.key, in_path, out))
+        with open(in_path, "rb", buffering=0) as src:
+            return FileResult.of(released, decrypt_stream(released.key, src, out))
 
     def encrypt(
         self,

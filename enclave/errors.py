@@ -34,6 +34,7 @@ class NodeCode(StrEnum):
     SEALED_KEY_INVALID = "SEALED_KEY_INVALID"
     KEY_REF_MISMATCH = "KEY_REF_MISMATCH"
     KEY_OUTPUT_UNSAFE = "KEY_OUTPUT_UNSAFE"
+    PLAINTEXT_OUTPUT_UNSAFE = "PLAINTEXT_OUTPUT_UNSAFE"
 
 
 _DEFAULT_HINTS: dict[NodeCode, str] = {
@@ -65,6 +66,10 @@ _DEFAULT_HINTS: dict[NodeCode, str] = {
     NodeCode.SEALED_KEY_INVALID: "the sealed key did not open with this node's key; re-register and retry",
     NodeCode.KEY_REF_MISMATCH: "the file was sealed under another key; pass the key it names, or none",
     NodeCode.KEY_OUTPUT_UNSAFE: "write keys only to a new file on a tmpfs (e.g. under /dev/shm or /run/user)",
+    NodeCode.PLAINTEXT_OUTPUT_UNSAFE: (
+        "decrypt to a tmpfs (e.g. /dev/shm), to '-' piped into the consumer, or read the sealed file in place "
+        "with enclave.workload.open_sealed; --force-non-tmpfs accepts plaintext on disk"
+    ),
 }
 
 

@@ -1,11 +1,11 @@
-"""Operator use cases: nodes, keys, KEK, policy and collateral (served on the local admin socket only).
+"""Operator use cases: nodes, keys, KEK, policy and collateral (served on the operator port).
 
 Every change is applied atomically and recorded in the audit ledger before the call returns: node
 changes and policy changes in the same transaction as the change; key, KEK and collateral changes (made
-through OpenBao and the catalogue) right after they commit. Every mutating call takes ``actor``: the
-authenticated operator as a mapping (``{"subject", "username", "roles"}``, see
-``kms.audit.ledger.operator_draft``); without one the actor is the fixed identity ``LOCAL_OPERATOR``
-(whoever can open the 0600 admin socket).
+through OpenBao and the catalogue) right after they commit. Node changes are the transitions of
+``kms.registry``. Every mutating call takes ``actor``: the authenticated operator as a mapping
+(``{"subject", "username", "roles"}``, see ``kms.audit.ledger.operator_draft``); without one the actor
+is the fixed identity ``LOCAL_OPERATOR`` (in-process callers such as tests and the dev harness).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from attestation.store import ImportReport
 from kms.attest import check_groups, granted_groups
 from kms.audit.entry import Kind, Reason
@@ -27,19 +25,23 @@ from kms.clock import Clock
 from kms.errors import Code, KmsError
 from kms.policy_source import ActivePolicy, PolicySource, sha256_text
 from kms.registry import (
-    FROM_POLICY_STATE,
-    POLICY_STATE,
+    NodeChange,
     NodeRecord,
     NodeState,
-    canonical_json,
-    lease_values,
+    NodeStore,
+    approve,
+    from_policy_state,
     new_lease,
     operator_suspended,
+    policy_state,
+    policy_suspended,
+    reappraised,
     reason_dicts,
     require_from,
+    revoke,
+    suspend,
 )
-from kms.storage.nodes import SqlNodes, load, load_all, not_found, set_values
-from kms.storage.policy_versions import active_version
+from kms.storage.nodes import SqlNodes, apply_change, load_all, not_found
 from kms.storage.store import Store
 from kms.verifier import EvidenceVerifier
 from policies import Change, Verdict, appraise, claims_from_dict, parse_policy, reappraise
@@ -93,10 +95,11 @@ class Admin:
         clock: Clock,
         *,
         audit: AuditLedger | None = None,
+        nodes: NodeStore | None = None,
     ) -> None:
         self._store = store
         self._audit = audit
-        self._nodes = SqlNodes(store)
+        self._nodes = nodes or SqlNodes(store, audit.append if audit is not None else None)
         self._catalogue = catalogue
         self._policies = policies
         self._verifier = verifier
@@ -125,33 +128,6 @@ class Admin:
         if self._audit is not None:
             self._audit.record(operator_draft(actor or LOCAL_ACTOR, kind, fields, reasons=reasons))
 
-    def _change_node(
-        self,
-        node_id: str,
-        fn: Callable[[NodeRecord], dict[str, Any]],
-        entry: Callable[[NodeRecord, NodeRecord], Draft],
-        *,
-        policy_version: int | None = None,
-    ) -> NodeRecord:
-        """Read, check and update a node and append its audit entry in one transaction; with
-        ``policy_version``, only while that policy version is still the active one."""
-        with self._store.transaction() as conn:
-            if policy_version is not None and active_version(conn) != policy_version:
-                raise KmsError(
-                    f"the active policy changed from version {policy_version} while this was checked",
-                    code=Code.POLICY_VERSION_CONFLICT,
-                    hint="retry: the node is checked again under the new policy",
-                )
-            current = load(conn, node_id)
-            if current is None:
-                raise not_found(node_id)
-            set_values(conn, node_id, fn(current))
-            updated = load(conn, node_id)
-            assert updated is not None
-            if self._audit is not None:
-                self._audit.append(conn, [entry(current, updated)])
-        return updated
-
     def check_approval(self, node_id: str, groups: Sequence[str], comment: str) -> tuple[str, ...]:
         """Every check of ``approve_node`` without changing anything (a held approval is checked when
         it is proposed and again when it is applied); returns the groups it would grant."""
@@ -169,63 +145,46 @@ class Admin:
         lease_seconds = policy.policy.release.lease_seconds
         now = self._clock()
 
-        def change(node: NodeRecord) -> dict[str, Any]:
+        def transition(node: NodeRecord) -> NodeChange:
             check_approvable(node, granted, policy, now)
-            return {
-                "state": NodeState.ATTESTED.value,
-                "groups_json": canonical_json(list(granted)),
-                "reasons_json": "[]",
-                "policy_version": policy.version,
-                "state_changed_at": now,
-                **lease_values(new_lease(now, lease_seconds)),
-            }
+            lease = new_lease(now, lease_seconds)
+            return approve(node, groups=granted, policy_version=policy.version, lease=lease, now=now)
 
         def entry(old: NodeRecord, new: NodeRecord) -> Draft:
             fields = {"node_id": node_id, "old_state": old.state.value, "new_state": new.state.value,
                       "groups": list(granted), "comment": comment, "policy_version": policy.version}  # fmt: skip
             return operator_draft(actor or LOCAL_ACTOR, Kind.NODE_APPROVE, fields)
 
-        return self._change_node(node_id, change, entry, policy_version=policy.version)
+        # only while the policy the claims were checked against is still the active one
+        return self._nodes.apply(node_id, transition, entry=entry, policy_version=policy.version)
 
     def revoke_node(self, node_id: str, reason: str, *, actor: Actor | None = None) -> NodeRecord:
-        return self._bar(node_id, reason, NodeState.REVOKED, Code.NODE_REVOKED_BY_OPERATOR, actor)
-
-    def suspend_node(self, node_id: str, reason: str, *, actor: Actor | None = None) -> NodeRecord:
-        return self._bar(node_id, reason, NodeState.SUSPENDED, Code.NODE_SUSPENDED_BY_OPERATOR, actor)
-
-    def _bar(
-        self, node_id: str, reason: str, state: NodeState, code: Code, actor: Actor | None
-    ) -> NodeRecord:
         require_text(reason, "reason", required=True)
         now = self._clock()
-        allowed = (NodeState.PENDING, NodeState.ATTESTED, NodeState.SUSPENDED)
+        return self._nodes.apply(
+            node_id,
+            lambda node: revoke(node, reason, now),
+            entry=self._bar_entry(actor, Kind.NODE_REVOKE, Code.NODE_REVOKED_BY_OPERATOR, reason),
+        )
 
-        def change(node: NodeRecord) -> dict[str, Any]:
-            require_from(node, allowed, "revoke" if state is NodeState.REVOKED else "suspend")
-            reasons = [{"code": code.value, "message": reason, "hint": ""}]
-            if state is NodeState.SUSPENDED:
-                if operator_suspended(node):
-                    raise KmsError(
-                        f"node {node.node_id} is already suspended by an operator",
-                        code=Code.NODE_TRANSITION_INVALID,
-                        hint="see its reasons with GetNode; ApproveNode lifts the suspension",
-                    )
-                # over a policy suspension its reasons stay; from now on only an operator lifts it
-                reasons += [dict(r) for r in node.reasons]
-            return {
-                "state": state.value,
-                "reasons_json": canonical_json(reasons),
-                "state_changed_at": now,
-                **lease_values(None),
-            }
+    def suspend_node(self, node_id: str, reason: str, *, actor: Actor | None = None) -> NodeRecord:
+        require_text(reason, "reason", required=True)
+        now = self._clock()
+        return self._nodes.apply(
+            node_id,
+            lambda node: suspend(node, reason, now),
+            entry=self._bar_entry(actor, Kind.NODE_SUSPEND, Code.NODE_SUSPENDED_BY_OPERATOR, reason),
+        )
 
-        kind = Kind.NODE_REVOKE if state is NodeState.REVOKED else Kind.NODE_SUSPEND
-
+    @staticmethod
+    def _bar_entry(
+        actor: Actor | None, kind: Kind, code: Code, reason: str
+    ) -> Callable[[NodeRecord, NodeRecord], Draft]:
         def entry(old: NodeRecord, new: NodeRecord) -> Draft:
-            fields = {"node_id": node_id, "old_state": old.state.value, "new_state": new.state.value}
+            fields = {"node_id": new.node_id, "old_state": old.state.value, "new_state": new.state.value}
             return operator_draft(actor or LOCAL_ACTOR, kind, fields, reasons=[Reason(code.value, reason)])
 
-        return self._change_node(node_id, change, entry)
+        return entry
 
     # -- keys
 
@@ -317,8 +276,9 @@ class Admin:
             version = self._policies.append(conn, toml, expected_version, by, now)
             nodes = load_all(conn)
             checked, changes = _reappraisal(policy, nodes, now)
+            by_id = {n.node_id: n for n in nodes}
             for change in changes:
-                _apply(conn, change, now)
+                apply_change(conn, change.node_id, _transition(by_id[change.node_id], change, now))
             if self._audit is not None:
                 fields = {"old_policy_digest": old_digest, "new_policy_digest": sha256_text(toml),
                           "policy_version": version, "count": checked}  # fmt: skip
@@ -375,7 +335,7 @@ def check_approvable(node: NodeRecord, groups: Sequence[str], policy: ActivePoli
 def _reappraisal(policy: Any, nodes: Sequence[NodeRecord], now: datetime) -> tuple[int, list[Change]]:
     """Re-appraise every live node; operator suspensions are never lifted by a policy change."""
     live = [n for n in nodes if n.state is not NodeState.REVOKED]
-    inputs = [(n.node_id, claims_from_dict(dict(n.claims)), POLICY_STATE[n.state]) for n in live]
+    inputs = [(n.node_id, claims_from_dict(dict(n.claims)), policy_state(n.state).value) for n in live]
     by_id = {n.node_id: n for n in live}
     changes = []
     for change in reappraise(policy, inputs, now):
@@ -425,24 +385,11 @@ def _is_demotion(change: Change) -> bool:
     return change.new_state.value in ("SUSPENDED", "REJECTED")
 
 
-def _apply(conn: Connection, change: Change, now: datetime) -> None:
-    demoted = _is_demotion(change)
-    state = NodeState.SUSPENDED if demoted else FROM_POLICY_STATE[change.new_state.value]
+def _transition(node: NodeRecord, change: Change, now: datetime) -> NodeChange:
     reasons = reason_dicts(change.reasons)
-    if demoted:
-        reasons = [
-            {"code": Code.NODE_SUSPENDED_BY_POLICY.value, "message": "a policy change re-appraised the "
-             "stored claims and they no longer pass", "hint": "fix the node and Renew"},
-            *reasons,
-        ]  # fmt: skip
-    values: dict[str, Any] = {"state": state.value, "reasons_json": canonical_json(reasons)}
-    if change.new_state is not change.old_state:
-        values["state_changed_at"] = now
-    if demoted:
-        values.update(lease_values(None))
-    else:
-        values["groups_json"] = canonical_json(list(change.groups))
-    set_values(conn, change.node_id, values)
+    if _is_demotion(change):
+        return policy_suspended(node, reasons, now)
+    return reappraised(node, from_policy_state(change.new_state), change.groups, reasons, now)
 
 
 __all__ = ["LOCAL_ACTOR", "LOCAL_OPERATOR", "Actor", "Admin", "PolicyChange", "PolicyError"]

@@ -24,8 +24,9 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from attestation.binding import verify_binding
 from attestation.claims import Claims
@@ -38,23 +39,22 @@ from kms.envelope import SUITES, Suite, check_recipient_key
 from kms.envelope.errors import EnvelopeError
 from kms.errors import Code, KmsError
 from kms.metrics import Metrics
-from kms.nonces import Challenge, NonceError, Nonces, require_label
-from kms.policy_source import ActivePolicy, PolicySource
+from kms.nonces import Challenge, NonceError, require_label
+from kms.policy_source import ActivePolicy
 from kms.registry import (
+    Evidence,
     Lease,
+    NodeChange,
     NodeRecord,
     NodeState,
-    canonical_json,
+    NodeStore,
     claims_digest,
-    lease_values,
     new_lease,
     new_node_id,
     operator_suspended,
     reason_dicts,
+    renewed,
 )
-from kms.storage.nodes import SqlNodes
-from kms.storage.store import Store
-from kms.verifier import EvidenceVerifier
 from policies import Verdict, appraise
 from policies.errors import PolicyError
 
@@ -214,19 +214,39 @@ def granted_groups(requested: Sequence[str], eligible: Sequence[str]) -> tuple[s
 # --- the use case -----------------------------------------------------------------------------------
 
 
+class NonceBook(Protocol):
+    """``kms.nonces.Nonces``."""
+
+    def issue(self, node_name: str) -> Challenge: ...
+
+    def consume(self, nonce: bytes, node_name: str) -> None: ...
+
+
+class Verifier(Protocol):
+    """``kms.verifier.EvidenceVerifier``."""
+
+    def verify(self, report: bytes, endorsements: Sequence[bytes], now: datetime) -> Claims: ...
+
+
+class Policies(Protocol):
+    """``kms.policy_source.PolicySource``."""
+
+    def active(self, *, max_age: float = 0.0) -> ActivePolicy: ...
+
+
 class Attestation:
     def __init__(
         self,
-        store: Store,
+        nodes: NodeStore,
         *,
-        nonces: Nonces,
-        verifier: EvidenceVerifier,
-        policies: PolicySource,
+        nonces: NonceBook,
+        verifier: Verifier,
+        policies: Policies,
         clock: Clock,
         metrics: Metrics | None = None,
         audit: AuditLedger | None = None,
     ) -> None:
-        self._nodes = SqlNodes(store)
+        self._nodes = nodes
         self._audit = audit
         self._nonces = nonces
         self._verifier = verifier
@@ -300,7 +320,7 @@ class Attestation:
             )
         attested = appraisal.verdict is Verdict.ATTESTED
         lease = new_lease(now, policy.policy.release.lease_seconds) if attested else None
-        record = NodeRecord(
+        record = NodeRecord(  # a new node: its first state, not a transition
             node_id=new_node_id(),
             node_name=req.node_name,
             state=NodeState.ATTESTED if attested else NodeState.PENDING,
@@ -452,39 +472,25 @@ class Attestation:
         groups: Sequence[str],
         reasons: list[dict[str, str]],
         policy: ActivePolicy,
-        now: Any,
+        now: datetime,
     ) -> NodeRecord:
-        """Record the renewal. A node revoked meanwhile stays revoked (``_Rejected``); one suspended by
-        an operator stays suspended with its new claims (an operator's approval is checked against
-        them): the caller sees that in the returned record."""
+        """Record the renewal (``kms.registry.renewed``). A node revoked meanwhile stays revoked
+        (``_Rejected``); one suspended by an operator stays suspended with its new claims: the caller
+        sees that in the returned record."""
+        evidence = Evidence(claims.to_dict(), now)
 
-        def change(current: NodeRecord) -> dict[str, Any]:
-            if current.state is NodeState.REVOKED:
-                raise _reject(Code.NODE_NOT_RENEWABLE, f"node {current.node_id} is revoked")
-            values: dict[str, Any] = {
-                "state": state.value,
-                "claims_json": canonical_json(claims.to_dict()),
-                "claims_digest": claims_digest(claims.to_dict()),
-                "groups_json": canonical_json(list(groups)),
-                "reasons_json": canonical_json(reasons),
-                "evidence_time": now,
-                "policy_version": policy.version,
-                "attested_at": now,
-                **lease_values(lease),
-            }
-            if operator_suspended(current):
-                held = [dict(r) for r in current.reasons if r.get("code") == Code.NODE_SUSPENDED_BY_OPERATOR]
-                values.update(
-                    state=NodeState.SUSPENDED.value,
-                    groups_json=canonical_json(list(current.groups)),
-                    reasons_json=canonical_json(held + reasons),
-                    **lease_values(None),
-                )
-            elif current.state is not state:
-                values["state_changed_at"] = now
-            return values
+        def transition(current: NodeRecord) -> NodeChange:
+            return renewed(
+                current, evidence=evidence, state=state, lease=lease, groups=groups, reasons=reasons,
+                policy_version=policy.version,
+            )  # fmt: skip
 
-        return self._nodes.change(node.node_id, change)
+        try:
+            return self._nodes.apply(node.node_id, transition)
+        except KmsError as err:
+            if err.code != Code.NODE_NOT_RENEWABLE:
+                raise
+            raise _Rejected(reason_dicts([err])) from None
 
     def _held_by_operator(
         self, node: NodeRecord, claims: Claims, reasons: list[dict[str, str]], policy: ActivePolicy

@@ -1,22 +1,137 @@
 """``sovereign serve`` configuration: defaults < TOML file < SOVEREIGN_* environment < command line.
 
-Every option is declared once in ``OPTIONS`` (name, type, default, help); the CLI, the environment
-names and the TOML keys all come from that table, so ``--help`` documents every option.
+Every option is declared once, as a field of ``ServerConfig`` (type, default, help, former names);
+``OPTIONS`` is derived from it, and the CLI flags, the environment names and the TOML keys all come
+from that table, so ``--help`` documents every option. The OpenBao settings of the operator commands
+(``kms.vault.BaoSettings.resolve``) read the same ``bao_*`` variables from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from kms.errors import Code, KmsError
+
+
+def _setting(
+    default: Any, help: str, *, renamed_from: tuple[str, ...] = (), old_env: tuple[str, ...] = ()
+) -> Any:
+    """A ``ServerConfig`` field: its default, its ``--help`` text and the names it had before (still
+    read, with a deprecation warning naming the new one): ``renamed_from`` old option names (TOML key
+    and flag), ``old_env`` old environment variable names."""
+    return field(default=default, metadata={"help": help, "renamed_from": renamed_from, "old_env": old_env})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every ``sovereign serve`` setting, declared once: ``OPTIONS`` (flags, environment names, TOML
+    keys, ``--help``) is derived from these fields."""
+
+    listen: str = _setting("127.0.0.1:8443", "node-facing address HOST:PORT (Attestation, KeyRelease)")
+    release_listen: str = _setting(
+        "127.0.0.1:8444",
+        "KeyRelease address HOST:PORT (mutual TLS with the node client certificates of --node-ca-dir)",
+    )
+    admin_listen: str = _setting(
+        "127.0.0.1:8445", "operator address HOST:PORT (Admin, Audit; TLS + bearer token)"
+    )
+    tls_cert: str = _setting(
+        "", "server certificate chain (PEM) for every port; a replaced file is used from the next handshake"
+    )
+    tls_key: str = _setting("", "server private key (PEM); reloaded like --tls-cert")
+    node_ca_dir: str = _setting(
+        "var/node-ca",
+        "directory of the node client CA (made on first start; key 0600)",
+        renamed_from=("node_ca",),
+        old_env=("SOVEREIGN_NODE_CA",),
+    )
+    node_cert_ttl: int = _setting(3600, "node client certificate lifetime, seconds (at most the lease)")
+    oidc_issuer: str = _setting(
+        "", "Keycloak realm URL https://HOST/realms/REALM whose tokens operators send"
+    )
+    oidc_audience: str = _setting("sovereign", "client id the operator tokens must be for (aud or azp)")
+    oidc_server_url: str = _setting(
+        "", "Keycloak base URL to fetch the realm keys from (default: from the issuer)"
+    )
+    oidc_jwks_file: str = _setting("", "the realm's JWKS saved to a file (air-gapped sites; no fetch)")
+    oidc_ca_file: str = _setting("", "CA bundle for Keycloak's TLS certificate")
+    role_map: str = _setting(
+        "", "role map file (JSON or TOML, see docs/keycloak.md); default: the four roles"
+    )
+    two_person_actions: str = _setting(
+        "PutPolicy,DestroyKey,ApproveNode",
+        "comma-separated Admin methods held for a second operator ('' for none)",
+    )
+    two_person_ttl: int = _setting(86400, "seconds a held change waits for its second operator")
+    dev_tls: str = _setting("", "make a dev CA + loopback server certificate in this directory if absent")
+    insecure_dev: bool = _setting(False, "serve the node port WITHOUT TLS (development only)")
+    db: str = _setting("var/sovereign.db", "SQLite database file (or an SQLAlchemy URL)")
+    collateral: str = _setting("var/collateral", "offline collateral store directory")
+    collateral_signers: str = _setting(
+        "",
+        "comma-separated PEM public keys of the collateral bundle signers (NAME.pub.pem); when set, Admin.ImportCollateral accepts only bundles signed by one of them, never unsigned items",
+    )
+    policy: str = _setting("", "policy TOML; seeds an empty database (later changes: Admin.PutPolicy)")
+    trust: str = _setting("production", "trust profile: 'production' or a simulation trust JSON file")
+    bao_addr: str = _setting("", "OpenBao address, e.g. https://127.0.0.1:8200")
+    bao_role_id: str = _setting("", "OpenBao AppRole role id")
+    bao_secret_id_file: str = _setting("", "file holding the AppRole secret id")
+    bao_token_file: str = _setting("", "file holding an OpenBao token (dev modes only)")
+    bao_ca_cert: str = _setting(
+        "", "CA bundle to verify OpenBao's TLS certificate", old_env=("SOVEREIGN_BAO_CACERT",)
+    )
+    failover_budget: float = _setting(
+        15.0, "seconds one OpenBao call may spend finding a new active raft member before it fails closed"
+    )
+    nonce_ttl: int = _setting(60, "challenge nonce lifetime, seconds")
+    clock_skew: int = _setting(120, "accepted release timestamp skew, +/- seconds")
+    max_message_bytes: int = _setting(256 << 10, "largest request accepted on the node port, bytes")
+    workers: int = _setting(16, "threads for Register/Renew (evidence verification)")
+    node_rate_limit: float = _setting(
+        20.0,
+        "calls per second each peer address may make on the node port (Challenge, Register, Renew, health, reflection), refilling its bucket; more are refused RESOURCE_EXHAUSTED/RATE_LIMITED (0: no limit)",
+    )
+    node_rate_burst: int = _setting(
+        200, "calls a peer address may make at once on the node port (its bucket)"
+    )
+    metrics_port: int = _setting(0, "serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
+    console_listen: str = _setting(
+        "", "web console address HOST:PORT (HTTPS with --tls-cert; '' for no console)"
+    )
+    console_url: str = _setting(
+        "", "the console's URL as browsers reach it (default: https://CONSOLE_LISTEN)"
+    )
+    console_audit_key: str = _setting(
+        "", "audit public key (PEM) the console's in-browser proof check pins (default: read from OpenBao)"
+    )
+    tls_ca: str = _setting(
+        "", "CA (PEM) that issued --tls-cert; the console pins it to reach the operator port"
+    )
+    release_window_ms: float = _setting(
+        30.0,
+        "longest a release batch gathers under load (one OpenBao decrypt and one commit per batch); a batch nobody joined for 5 ms goes at once",
+    )
+    denial_window_ms: float = _setting(2.0, "how long a denial record waits for others to commit with")
+    processes: int = _setting(
+        1,
+        "node-facing server processes sharing the port (SO_REUSEPORT), all stateless over the same database and OpenBao; only the first serves Admin and metrics",
+    )
+    replica: bool = _setting(
+        False, "internal: run as a replica started by --processes (no Admin, no metrics)"
+    )
+
+    @property
+    def dev_mode(self) -> bool:
+        return self.insecure_dev or bool(self.dev_tls)
 
 
 @dataclass(frozen=True)
@@ -25,165 +140,73 @@ class Option:
     type: type
     default: Any
     help: str
+    renamed_from: tuple[str, ...] = ()
+    old_env: tuple[str, ...] = ()
 
     @property
     def env(self) -> str:
-        return "SOVEREIGN_" + self.name.upper()
+        return ENV_PREFIX + self.name.upper()
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
-
-OPTIONS: tuple[Option, ...] = (
-    Option("listen", str, "127.0.0.1:8443", "node-facing address HOST:PORT (Attestation, KeyRelease)"),
-    Option(
-        "release_listen",
-        str,
-        "127.0.0.1:8444",
-        "KeyRelease address HOST:PORT (mutual TLS with the node client certificates of --node-ca)",
-    ),
-    Option(
-        "admin_listen", str, "127.0.0.1:8445", "operator address HOST:PORT (Admin, Audit; TLS + bearer token)"
-    ),
-    Option(
-        "tls_cert",
-        str,
-        "",
-        "server certificate chain (PEM) for every port; a replaced file is used from the next handshake",
-    ),
-    Option("tls_key", str, "", "server private key (PEM); reloaded like --tls-cert"),
-    Option("node_ca", str, "var/node-ca", "directory of the node client CA (made on first start; key 0600)"),
-    Option("node_cert_ttl", int, 3600, "node client certificate lifetime, seconds (at most the lease)"),
-    Option(
-        "oidc_issuer", str, "", "Keycloak realm URL https://HOST/realms/REALM whose tokens operators send"
-    ),
-    Option("oidc_audience", str, "sovereign", "client id the operator tokens must be for (aud or azp)"),
-    Option(
-        "oidc_server_url",
-        str,
-        "",
-        "Keycloak base URL to fetch the realm keys from (default: from the issuer)",
-    ),
-    Option("oidc_jwks_file", str, "", "the realm's JWKS saved to a file (air-gapped sites; no fetch)"),
-    Option("oidc_ca_file", str, "", "CA bundle for Keycloak's TLS certificate"),
-    Option(
-        "role_map", str, "", "role map file (JSON or TOML, see docs/keycloak.md); default: the four roles"
-    ),
-    Option(
-        "two_person_actions",
-        str,
-        "PutPolicy,DestroyKey,ApproveNode",
-        "comma-separated Admin methods held for a second operator ('' for none)",
-    ),
-    Option("two_person_ttl", int, 86400, "seconds a held change waits for its second operator"),
-    Option("dev_tls", str, "", "make a dev CA + loopback server certificate in this directory if absent"),
-    Option("insecure_dev", bool, False, "serve the node port WITHOUT TLS (development only)"),
-    Option("db", str, "var/sovereign.db", "SQLite database file (or an SQLAlchemy URL)"),
-    Option("collateral", str, "var/collateral", "offline collateral store directory"),
-    Option(
-        "collateral_signers",
-        str,
-        "",
-        "comma-separated PEM public keys of the collateral bundle signers (NAME.pub.pem); when set, "
-        "Admin.ImportCollateral accepts only bundles signed by one of them, never unsigned items",
-    ),
-    Option("policy", str, "", "policy TOML; seeds an empty database (later changes: Admin.PutPolicy)"),
-    Option("trust", str, "production", "trust profile: 'production' or a simulation trust JSON file"),
-    Option("bao_addr", str, "", "OpenBao address, e.g. https://127.0.0.1:8200"),
-    Option("bao_role_id", str, "", "OpenBao AppRole role id"),
-    Option("bao_secret_id_file", str, "", "file holding the AppRole secret id"),
-    Option("bao_token_file", str, "", "file holding an OpenBao token (dev modes only)"),
-    Option("bao_ca_cert", str, "", "CA bundle to verify OpenBao's TLS certificate"),
-    Option(
-        "failover_budget",
-        float,
-        15.0,
-        "seconds one OpenBao call may spend finding a new active raft member before it fails closed",
-    ),
-    Option("nonce_ttl", int, 60, "challenge nonce lifetime, seconds"),
-    Option("clock_skew", int, 120, "accepted release timestamp skew, +/- seconds"),
-    Option("max_message_bytes", int, 256 << 10, "largest request accepted on the node port, bytes"),
-    Option("workers", int, 16, "threads for Register/Renew (evidence verification)"),
-    Option(
-        "node_rate_limit",
-        float,
-        20.0,
-        "calls per second each peer address may make on the node port (Challenge, Register, Renew, "
-        "health, reflection), refilling its bucket; more are refused RESOURCE_EXHAUSTED/RATE_LIMITED "
-        "(0: no limit)",
-    ),
-    Option(
-        "node_rate_burst", int, 200, "calls a peer address may make at once on the node port (its bucket)"
-    ),
-    Option("metrics_port", int, 0, "serve Prometheus /metrics on 127.0.0.1:PORT (0: off)"),
-    Option(
-        "release_window_ms",
-        float,
-        30.0,
-        "longest a release batch gathers under load (one OpenBao decrypt and one commit per batch); "
-        "a batch nobody joined for 5 ms goes at once",
-    ),
-    Option("denial_window_ms", float, 2.0, "how long a denial record waits for others to commit with"),
-    Option(
-        "processes",
-        int,
-        1,
-        "node-facing server processes sharing the port (SO_REUSEPORT), all stateless over the same "
-        "database and OpenBao; only the first serves Admin and metrics",
-    ),
-    Option(
-        "replica", bool, False, "internal: run as a replica started by --processes (no Admin, no metrics)"
-    ),
-)
-_BY_NAME = {o.name: o for o in OPTIONS}
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    listen: str = "127.0.0.1:8443"
-    release_listen: str = "127.0.0.1:8444"
-    admin_listen: str = "127.0.0.1:8445"
-    tls_cert: str = ""
-    tls_key: str = ""
-    node_ca: str = "var/node-ca"
-    node_cert_ttl: int = 3600
-    oidc_issuer: str = ""
-    oidc_audience: str = "sovereign"
-    oidc_server_url: str = ""
-    oidc_jwks_file: str = ""
-    oidc_ca_file: str = ""
-    role_map: str = ""
-    two_person_actions: str = "PutPolicy,DestroyKey,ApproveNode"
-    two_person_ttl: int = 86400
-    dev_tls: str = ""
-    insecure_dev: bool = False
-    db: str = "var/sovereign.db"
-    collateral: str = "var/collateral"
-    collateral_signers: str = ""
-    policy: str = ""
-    trust: str = "production"
-    bao_addr: str = ""
-    bao_role_id: str = ""
-    bao_secret_id_file: str = ""
-    bao_token_file: str = ""
-    bao_ca_cert: str = ""
-    failover_budget: float = 15.0
-    nonce_ttl: int = 60
-    clock_skew: int = 120
-    max_message_bytes: int = 256 << 10
-    workers: int = 16
-    node_rate_limit: float = 20.0
-    node_rate_burst: int = 200
-    metrics_port: int = 0
-    release_window_ms: float = 30.0
-    denial_window_ms: float = 2.0
-    processes: int = 1
-    replica: bool = False
-
     @property
-    def dev_mode(self) -> bool:
-        return self.insecure_dev or bool(self.dev_tls)
+    def old_flags(self) -> tuple[str, ...]:
+        return tuple("--" + old.replace("_", "-") for old in self.renamed_from)
+
+
+ENV_PREFIX = "SOVEREIGN_"
+# A raw OpenBao token in the environment: operator commands only (``BaoSettings.resolve``); ``serve``
+# takes a token only from a file, in dev mode.
+BAO_TOKEN_ENV = "SOVEREIGN_BAO_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+
+def _options() -> tuple[Option, ...]:
+    types = get_type_hints(ServerConfig)
+    return tuple(
+        Option(
+            f.name,
+            types[f.name],
+            f.default,
+            f.metadata["help"],
+            f.metadata["renamed_from"],
+            f.metadata["old_env"],
+        )
+        for f in dataclasses.fields(ServerConfig)
+    )
+
+
+OPTIONS: tuple[Option, ...] = _options()
+OPTION = {o.name: o for o in OPTIONS}
+# old option name -> the option it is now
+RENAMED = {old: o for o in OPTIONS for old in o.renamed_from}
+log = logging.getLogger("sovereign.config")
+
+
+def deprecated(old: str, new: str) -> None:
+    log.warning("%s is deprecated and will be removed: use %s", old, new)
+
+
+def env_value(option: Option, env: Mapping[str, str]) -> str | None:
+    """``option``'s value in ``env``: its variable, else one of its old names (with a deprecation
+    warning naming the new one), else None."""
+    if option.env in env:
+        for old in option.old_env:
+            if old in env and not _other_meaning(option, env[old]):
+                log.warning("%s is ignored: %s is set (and replaces it)", old, option.env)
+        return env[option.env]
+    for old in option.old_env:
+        if old in env and not _other_meaning(option, env[old]):
+            deprecated(old, option.env)
+            return env[old]
+    return None
+
+
+def _other_meaning(option: Option, value: str) -> bool:
+    # SOVEREIGN_NODE_CA also names the node agent's CA file to pin; serve read it as the node-CA
+    # directory before it became SOVEREIGN_NODE_CA_DIR. A file there is the agent's: not serve's.
+    return option.name.endswith("_dir") and Path(value).is_file()
 
 
 def _bad(message: str) -> KmsError:
@@ -219,18 +242,34 @@ def load_config(
             doc = tomllib.loads(file.read_text())
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise _bad(f"cannot read config {file}: {type(exc).__name__}: {exc}") from None
+        keys = {key.replace("-", "_") for key in doc}
         for key, value in doc.items():
-            option = _BY_NAME.get(key.replace("-", "_"))
+            name = key.replace("-", "_")
+            option = OPTION.get(name) or RENAMED.get(name)
             if option is None:
                 raise _bad(f"{file}: unknown option {key!r}")
+            if option.name != name:
+                if option.name in keys:
+                    raise _bad(
+                        f"{file}: {key!r} is the old name of {option.name!r}; give only {option.name!r}"
+                    )
+                deprecated(f"{file}: option {key!r}", repr(option.name))
             values[option.name] = _coerce(option, value, str(file))
     env = os.environ if environ is None else environ
     for option in OPTIONS:
-        if option.env in env:
-            values[option.name] = _coerce(option, env[option.env], option.env)
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = _coerce(_BY_NAME[name], value, _BY_NAME[name].flag)
+        text = env_value(option, env)
+        if text is not None:
+            values[option.name] = _coerce(option, text, option.env)
+    given = {name: value for name, value in (overrides or {}).items() if value is not None}
+    for name, value in given.items():
+        option = OPTION.get(name) or RENAMED[name]
+        if option.name != name:
+            if option.name in given:
+                raise _bad(
+                    f"give --{option.name.replace('_', '-')} only (--{name.replace('_', '-')} is its old name)"
+                )
+            deprecated("--" + name.replace("_", "-"), option.flag)
+        values[option.name] = _coerce(option, value, option.flag)
     config = dataclasses.replace(ServerConfig(), **values)
     validate(config)
     return config
@@ -254,6 +293,18 @@ def validate(c: ServerConfig) -> None:
                 )
     if not c.insecure_dev and not c.dev_tls and not (c.tls_cert and c.tls_key):
         raise _bad("TLS is required: give --tls-cert and --tls-key (or --dev-tls DIR for development)")
+    if c.console_listen:
+        host, _, port = c.console_listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise _bad(f"console_listen must be HOST:PORT, got {c.console_listen!r}")
+        if c.insecure_dev:
+            raise _bad(
+                "the console needs TLS (its session cookie is Secure): drop --insecure-dev or --console-listen"
+            )
+        if c.tls_cert and not c.tls_ca:
+            raise _bad(
+                "the console needs --tls-ca (the CA that issued --tls-cert) to reach the operator port"
+            )
     if not c.bao_addr:
         raise _bad("no OpenBao address: set --bao-addr or SOVEREIGN_BAO_ADDR")
     approle = bool(c.bao_role_id or c.bao_secret_id_file)
@@ -278,8 +329,8 @@ def validate(c: ServerConfig) -> None:
         )
     if c.node_cert_ttl <= 0 or c.two_person_ttl <= 0:
         raise _bad("node_cert_ttl and two_person_ttl must be positive")
-    if not c.node_ca:
-        raise _bad("node_ca (the node client CA directory) is required")
+    if not c.node_ca_dir:
+        raise _bad("node_ca_dir (the node client CA directory) is required")
 
 
 def is_loopback(host: str) -> bool:

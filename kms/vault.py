@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from requests.adapters import HTTPAdapter
 
+from kms.config import BAO_TOKEN_ENV, OPTION, env_value
 from kms.errors import Code, OpenBaoError
 
 KEK_NAME = "sovereign-kek"
@@ -159,18 +160,21 @@ class BaoSettings:
         ca_cert: str | None = None,
         approle: bool = True,
     ) -> BaoSettings:
-        """Explicit arguments win over ``SOVEREIGN_BAO_*`` variables; AppRole wins over a token.
+        """Explicit arguments win over the ``SOVEREIGN_BAO_*`` variables of ``kms.config.OPTIONS`` (the
+        ones ``serve`` reads, old names included); AppRole wins over a token.
 
         ``approle=False`` for operator commands: only a token counts, whatever the environment says.
         """
         env = os.environ if environ is None else environ
-        addr = addr or env.get("SOVEREIGN_BAO_ADDR")
+
+        def setting(name: str) -> str | None:
+            return env_value(OPTION[name], env) or None
+
+        addr = addr or setting("bao_addr")
         if not addr:
             raise OpenBaoError("no OpenBao address given", code=Code.KMS_CONFIG_INVALID)
-        role_id = (role_id or env.get("SOVEREIGN_BAO_ROLE_ID")) if approle else None
-        secret_file = (
-            (secret_id_file or _path_or_none(env.get("SOVEREIGN_BAO_SECRET_ID_FILE"))) if approle else None
-        )
+        role_id = (role_id or setting("bao_role_id")) if approle else None
+        secret_file = (secret_id_file or _path_or_none(setting("bao_secret_id_file"))) if approle else None
         auth: TokenAuth | AppRoleAuth
         if role_id or secret_file:
             if not (role_id and secret_file):
@@ -179,12 +183,12 @@ class BaoSettings:
                 )
             auth = AppRoleAuth(role_id=role_id, secret_id=_read_secret(secret_file, "secret id"))
         else:
-            tfile = token_file or _path_or_none(env.get("SOVEREIGN_BAO_TOKEN_FILE"))
-            token = _read_secret(tfile, "token") if tfile else env.get("SOVEREIGN_BAO_TOKEN", "")
+            tfile = token_file or _path_or_none(setting("bao_token_file"))
+            token = _read_secret(tfile, "token") if tfile else env.get(BAO_TOKEN_ENV, "")
             if not token:
                 raise OpenBaoError("no OpenBao credentials given", code=Code.KMS_CONFIG_INVALID)
             auth = TokenAuth(token)
-        return cls(addr=addr, auth=auth, ca_cert=ca_cert or env.get("SOVEREIGN_BAO_CACERT"))
+        return cls(addr=addr, auth=auth, ca_cert=ca_cert or setting("bao_ca_cert"))
 
 
 def _path_or_none(text: str | None) -> Path | None:

@@ -9,6 +9,11 @@
 // oidc-provider has no password grant and cannot look up its own JWT access tokens (so no userinfo
 // or introspection for them); the few routes below add those on top of the provider's models and keys.
 //
+// Browser sign-in (authorization code + PKCE, S256 required) for the client `sovereign`, as the web
+// console uses it: a login form at /realms/<realm>/interaction/<uid> (password `<user>-password`),
+// consent granted automatically (a first-party client), redirect URIs https://127.0.0.1:<any port>/auth/callback
+// and https://localhost:<any port>/auth/callback (the console's callback on loopback).
+//
 // Test-only routes (never part of Keycloak): /test/realms/<realm>/mint (a token with chosen claims
 // signed by the realm key), /test/realms/<realm>/device/approve (complete a device login),
 // /test/stats (request counts per path).
@@ -92,10 +97,21 @@ function makeProvider(realm, issuer, keys) {
     clients: CLIENTS.map((clientId) => ({
       client_id: clientId,
       token_endpoint_auth_method: 'none',
-      grant_types: ['password', 'urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
-      response_types: [],
-      redirect_uris: [],
+      grant_types: ['password', 'urn:ietf:params:oauth:grant-type:device_code', 'refresh_token', 'authorization_code'],
+      response_types: ['code'],
+      redirect_uris: ['https://127.0.0.1/auth/callback'],
     })),
+    interactions: { url: async (_ctx, interaction) => `/realms/${realm}/interaction/${interaction.uid}` },
+    loadExistingGrant: async (ctx) => {
+      // First-party client: consent is implied, as Keycloak does with consent off.
+      const existing = ctx.oidc.result?.consent?.grantId || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+      if (existing) return ctx.oidc.provider.Grant.find(existing);
+      const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
+      grant.addOIDCScope('openid profile');
+      grant.addResourceScope(RESOURCE, 'openid profile');
+      await grant.save();
+      return grant;
+    },
     jwks: { keys: keys.jwks },
     findAccount: async (_ctx, sub) => {
       const user = accountBySub(realm, sub);
@@ -184,7 +200,51 @@ function makeProvider(realm, issuer, keys) {
     },
     ['username', 'password', 'scope'],
   );
+  const allowed = provider.Client.prototype.redirectUriAllowed;
+  provider.Client.prototype.redirectUriAllowed = function redirectUriAllowed(value) {
+    return allowed.call(this, value) || (this.clientId === 'sovereign' && consoleCallback(value));
+  };
   return provider;
+}
+
+function consoleCallback(value) {
+  try {
+    const url = new URL(value);
+    return url.protocol === 'https:' && ['127.0.0.1', 'localhost'].includes(url.hostname)
+      && url.pathname === '/auth/callback' && !url.search && !url.hash && !url.username;
+  } catch {
+    return false;
+  }
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+}
+
+async function interaction(realm, provider, uid, req, res) {
+  // The login form of the browser flow (Keycloak's own page in production).
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) return send(res, 400, { error: 'invalid_request' });
+  if (req.method === 'GET') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+    return res.end(`<!doctype html><html><head><title>Sign in to ${escapeHtml(realm)}</title></head><body>
+<h1>Sign in to ${escapeHtml(realm)}</h1>
+<form method="post" action="/realms/${escapeHtml(realm)}/interaction/${escapeHtml(uid)}">
+<label>Username <input id="username" name="username" autocomplete="username"></label>
+<label>Password <input id="password" name="password" type="password" autocomplete="current-password"></label>
+<button id="kc-login" type="submit">Sign In</button></form></body></html>`);
+  }
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const form = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+  const username = form.get('username') ?? '';
+  if (!USERS[username] || form.get('password') !== `${username}-password`) {
+    res.writeHead(401, { 'content-type': 'text/html; charset=utf-8' });
+    return res.end('<!doctype html><p id="error">Invalid username or password.</p>');
+  }
+  return provider.interactionFinished(req, res, { login: { accountId: subjectOf(realm, username) } }, {
+    mergeWithLastSubmission: false,
+  });
 }
 
 function b64url(data) {
@@ -323,6 +383,10 @@ server.listen(0, '127.0.0.1', () => {
         });
       }
       if (rest === '/protocol/openid-connect/userinfo') return await userinfo(m[1], realm.keys, req, res);
+      const step = rest.match(/^\/interaction\/([A-Za-z0-9_-]+)$/);
+      if (step && (req.method === 'GET' || req.method === 'POST')) {
+        return await interaction(m[1], realm.provider, step[1], req, res);
+      }
       if (rest === '/protocol/openid-connect/token/introspect' && req.method === 'POST') {
         return await introspect(realm.keys, req, res);
       }

@@ -31,6 +31,7 @@ class AuditPlane:
     recovery: Recovery
     checkpointer: Checkpointer | None
     address: str
+    signer: TransitSigner | None = None  # the primary's audit key (None on replicas)
 
     def stop(self) -> None:
         try:
@@ -62,4 +63,4 @@ def start_audit(
     if recovery.rebuilt:
         log.warning("audit ledger: subtree hashes rebuilt from %d entries", recovery.size)
     checkpointer = Checkpointer(store, signer, clock, interval=interval) if signer is not None else None
-    return AuditPlane(ledger, LedgerReader(store), recovery, checkpointer, address)
+    return AuditPlane(ledger, LedgerReader(store), recovery, checkpointer, address, signer)

@@ -56,6 +56,7 @@ from kms.server.tls import ReloadingCertificate, ensure_dev_tls
 from kms.storage import open_store
 from kms.storage.group_commit import GroupCommit
 from kms.storage.keys import SqlKeyStore
+from kms.storage.nodes import SqlNodes
 from kms.storage.pending_changes import SqlPendingStore
 from kms.storage.store import Store
 from kms.vault import BaoSettings, OpenBaoTransit, Transit
@@ -98,7 +99,9 @@ class ControlPlane:
 
 
 def bao_settings(config: ServerConfig) -> BaoSettings:
-    """AppRole when configured, else the dev-mode token file (config validation enforced which)."""
+    """AppRole when configured, else the dev-mode token file (config validation enforced which).
+    ``config`` already holds what the environment says (``kms.config.load_config``); reading it again
+    here would let a variable override the command line, hence the empty environment."""
     settings = BaoSettings.resolve(
         {},
         addr=config.bao_addr,
@@ -169,7 +172,7 @@ def build(
             clock=clock,
             store=store,
             attestation=Attestation(
-                store,
+                SqlNodes(store),
                 nonces=nonces,
                 verifier=verifier,
                 policies=policies,
@@ -263,7 +266,7 @@ class Running:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _tls_files(config: ServerConfig, clock: Clock) -> tuple[Path, Path, Path | None]:
+def tls_files(config: ServerConfig, clock: Clock) -> tuple[Path, Path, Path | None]:
     """(certificate, key, dev CA to print) of the server's TLS identity."""
     if config.dev_tls:
         files = ensure_dev_tls(Path(config.dev_tls), clock())
@@ -293,7 +296,7 @@ def _node_interceptors(config: ServerConfig, plane: ControlPlane) -> list[Any]:
 
 async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = system_clock) -> Running:
     """Start the servers in the running event loop; the caller awaits a stop signal, then ``stop``."""
-    tls: tuple[Path, Path, Path | None] | None = None if config.insecure_dev else _tls_files(config, clock)
+    tls: tuple[Path, Path, Path | None] | None = None if config.insecure_dev else tls_files(config, clock)
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="attest")
     node = grpc.aio.server(
         options=_options(config.max_message_bytes), interceptors=_node_interceptors(config, plane)
@@ -305,7 +308,7 @@ async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = sys
             node, AttestationServicer(plane.attestation, pool), KeyReleaseServicer(plane.release)
         )
     else:
-        ca = NodeCa.load_or_create(Path(config.node_ca), clock())
+        ca = NodeCa.load_or_create(Path(config.node_ca_dir), clock())
         release = grpc.aio.server(options=_options(config.max_message_bytes))
         release_creds = ReloadingCertificate(tls[0], tls[1], client_ca=ca.pem).credentials()
         release_port = _listen(release, config.release_listen, release_creds)

@@ -1,19 +1,26 @@
-"""SQL for the node registry (table ``nodes``): implements what ``kms.registry`` needs."""
+"""SQL for the node registry (table ``nodes``): implements ``kms.registry.NodeStore``. The only place
+a node or a ``NodeChange`` is mapped to columns."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from kms.errors import Code, KmsError
-from kms.registry import NodeRecord, NodeState, canonical_json
+from kms.registry import KEEP, NodeChange, NodeRecord, NodeState, Transition, canonical_json, claims_digest
 from kms.storage.control_schema import nodes
+from kms.storage.policy_versions import active_version
 from kms.storage.store import Store
+
+if TYPE_CHECKING:
+    from kms.audit.ledger import Draft
+
+AppendEntries = Callable[[Connection, Sequence["Draft"]], object]
 
 
 def to_row(record: NodeRecord) -> dict[str, Any]:
@@ -72,12 +79,40 @@ def load(conn: Connection, node_id: str) -> NodeRecord | None:
     return from_row(row) if row is not None else None
 
 
-Change = Callable[[NodeRecord], dict[str, Any]]
+def change_columns(change: NodeChange) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "state": change.state.value,
+        "reasons_json": canonical_json([dict(r) for r in change.reasons]),
+    }
+    if change.state_changed_at is not KEEP:
+        values["state_changed_at"] = change.state_changed_at
+    if change.groups is not KEEP:
+        values["groups_json"] = canonical_json(list(change.groups))
+    if change.lease is not KEEP:
+        lease = change.lease
+        values["lease_id"] = lease.lease_id if lease else None
+        values["lease_issued_at"] = lease.issued_at if lease else None
+        values["lease_expires_at"] = lease.expires_at if lease else None
+    if change.evidence is not KEEP:
+        values["claims_json"] = canonical_json(change.evidence.claims)
+        values["claims_digest"] = claims_digest(change.evidence.claims)
+        values["evidence_time"] = change.evidence.verified_at
+        values["attested_at"] = change.evidence.verified_at
+    if change.policy_version is not KEEP:
+        values["policy_version"] = change.policy_version
+    return values
+
+
+def apply_change(conn: Connection, node_id: str, change: NodeChange) -> None:
+    """Write ``change`` inside the caller's transaction."""
+    conn.execute(update(nodes).where(nodes.c.node_id == node_id).values(**change_columns(change)))
 
 
 class SqlNodes:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, append: AppendEntries | None = None) -> None:
+        """``append``: the audit ledger's in-transaction append, for ``apply(..., entry=...)``."""
         self._store = store
+        self._append = append
 
     def insert(self, record: NodeRecord) -> None:
         with self._store.transaction() as conn:
@@ -96,16 +131,30 @@ class SqlNodes:
         with self._store.reader() as conn:
             return load(conn, node_id)
 
-    def change(self, node_id: str, fn: Change) -> NodeRecord:
-        """Atomically read the node, let ``fn`` check it and return the columns to set, write them."""
+    def apply(
+        self,
+        node_id: str,
+        transition: Transition,
+        *,
+        entry: Callable[[NodeRecord, NodeRecord], Draft] | None = None,
+        policy_version: int | None = None,
+    ) -> NodeRecord:
+        """See ``kms.registry.NodeStore.apply``."""
         with self._store.transaction() as conn:
+            if policy_version is not None and active_version(conn) != policy_version:
+                raise KmsError(
+                    f"the active policy changed from version {policy_version} while this was checked",
+                    code=Code.POLICY_VERSION_CONFLICT,
+                    hint="retry: the node is checked again under the new policy",
+                )
             current = load(conn, node_id)
             if current is None:
                 raise not_found(node_id)
-            values = fn(current)
-            conn.execute(update(nodes).where(nodes.c.node_id == node_id).values(**values))
+            apply_change(conn, node_id, transition(current))
             updated = load(conn, node_id)
             assert updated is not None
+            if entry is not None and self._append is not None:
+                self._append(conn, [entry(current, updated)])
             return updated
 
     def list(self, states: Sequence[NodeState], offset: int, limit: int) -> list[NodeRecord]:
@@ -126,10 +175,6 @@ def not_found(node_id: str) -> KmsError:
 
 def load_all(conn: Connection) -> list[NodeRecord]:
     return [from_row(r) for r in conn.execute(select(nodes).order_by(nodes.c.registered_at))]
-
-
-def set_values(conn: Connection, node_id: str, values: dict[str, Any]) -> None:
-    conn.execute(update(nodes).where(nodes.c.node_id == node_id).values(**values))
 
 
 def count_by_state(conn: Connection) -> dict[tuple[str, str], int]:

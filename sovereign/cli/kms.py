@@ -28,7 +28,7 @@ def add_bao_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--secret-id-file", type=Path, help="AppRole secret id file (default $SOVEREIGN_BAO_SECRET_ID_FILE)"
     )
-    group.add_argument("--ca-cert", help="CA bundle for a TLS listener (default $SOVEREIGN_BAO_CACERT)")
+    group.add_argument("--ca-cert", help="CA bundle for a TLS listener (default $SOVEREIGN_BAO_CA_CERT)")
 
 
 def bao_settings(args: argparse.Namespace, *, operator: bool = False) -> BaoSettings:

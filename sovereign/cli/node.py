@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from enclave.agent import NodeAgent
+from enclave.agent import PROC_MOUNTS, NodeAgent, check_plaintext_output
 from enclave.config import PROVIDER_CHOICES, NodeConfig, build_client, build_provider
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
@@ -61,10 +62,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch.add_argument("--force-non-tmpfs", action="store_true", help="allow a disk-backed path (unsafe)")
     fetch.set_defaults(func=_fetch_key)
 
-    dec = command("decrypt", "decrypt a sealed dataset or model file (key from its key_ref)")
+    dec = command(
+        "decrypt",
+        "decrypt a sealed dataset or model file (key from its key_ref) to a tmpfs file or stdout",
+    )
     dec.add_argument("--key", help="expected key name (default: the one the file's key_ref names)")
     dec.add_argument("input", type=Path, metavar="IN")
-    dec.add_argument("output", type=Path, metavar="OUT")
+    dec.add_argument(
+        "output",
+        metavar="OUT",
+        help="a new file on a tmpfs (e.g. /dev/shm/x), or '-': stream to stdout (a pipe), chunk by "
+        "authenticated chunk; a failure can leave earlier chunks written and exits non-zero",
+    )
+    dec.add_argument(
+        "--force-non-tmpfs", action="store_true", help="allow plaintext on a disk-backed path (unsafe)"
+    )
     dec.set_defaults(func=_decrypt)
 
     enc = command("encrypt", "seal a model output with the latest version of a model key")
@@ -77,6 +89,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--keys", default="", help="comma-separated keys to check read access to")
     run.add_argument("--decrypt", action="append", default=[], metavar="IN:OUT", help="repeatable")
     run.add_argument("--encrypt", action="append", default=[], metavar="KEY:IN:OUT", help="repeatable")
+    run.add_argument(
+        "--force-non-tmpfs",
+        action="store_true",
+        help="allow --decrypt outputs on a disk-backed path (unsafe)",
+    )
     run.set_defaults(func=_run)
 
 
@@ -159,9 +176,16 @@ def _fetch_key(args: argparse.Namespace) -> int:
 
 
 def _decrypt(args: argparse.Namespace) -> int:
+    stdout = sys.stdout  # taken before the redirect below: with OUT '-' it carries the plaintext
+
     def work() -> int:
+        out: Any = stdout.buffer if args.output == "-" else Path(args.output)
+        # Checked before registering: no key is released for an output that would put plaintext on disk.
+        check_plaintext_output(out, mounts=PROC_MOUNTS.read_text(), force_non_tmpfs=args.force_non_tmpfs)
         with _session(args) as (agent, registration):
-            result = agent.decrypt(args.key, args.input, args.output)
+            result = agent.decrypt(args.key, args.input, out, force_non_tmpfs=args.force_non_tmpfs)
+            if args.output == "-":
+                out.flush()
             return _report(
                 args,
                 {"registration": registration, "file": asdict(result)},
@@ -169,7 +193,10 @@ def _decrypt(args: argparse.Namespace) -> int:
                 f"({result.plaintext_bytes} bytes)",
             )
 
-    return _guarded(args, work)
+    if args.output != "-":
+        return _guarded(args, work)
+    with contextlib.redirect_stdout(sys.stderr):  # reports and errors must not mix with the plaintext
+        return _guarded(args, work)
 
 
 def _encrypt(args: argparse.Namespace) -> int:
@@ -196,12 +223,18 @@ def _run(args: argparse.Namespace) -> int:
     def work() -> int:
         decrypts = [_split(v, 2, "IN:OUT") for v in args.decrypt]
         encrypts = [_split(v, 3, "KEY:IN:OUT") for v in args.encrypt]
+        mounts = PROC_MOUNTS.read_text()
+        for _, dst in decrypts:  # before registering, as `decrypt` does
+            check_plaintext_output(Path(dst), mounts=mounts, force_non_tmpfs=args.force_non_tmpfs)
         with _session(args) as (agent, registration):
             checked = []
             for name in filter(None, (k.strip() for k in args.keys.split(","))):
                 released = agent.release(name, "read")
                 checked.append({"key_name": name, "key_version": released.key_version})
-            files = [asdict(agent.decrypt(None, src, dst)) for src, dst in decrypts]
+            files = [
+                asdict(agent.decrypt(None, src, dst, force_non_tmpfs=args.force_non_tmpfs))
+                for src, dst in decrypts
+            ]
             files += [asdict(agent.encrypt(key, src, dst)) for key, src, dst in encrypts]
             return _report(
                 args,

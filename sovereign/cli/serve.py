@@ -19,6 +19,7 @@ from kms.server.monitoring import serve_http
 from policies.errors import PolicyError
 from sovereign.cli._common import load_trust
 from sovereign.cli._output import fail
+from sovereign.console.server import start_console
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,13 +48,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 metavar=option.name.upper(),
                 help=option.help + default,
             )
+        for old, flag in zip(option.renamed_from, option.old_flags, strict=True):
+            # still accepted (load_config warns and names the new flag); not listed in --help
+            parser.add_argument(flag, dest=old, type=option.type, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config, overrides={o.name: getattr(args, o.name) for o in OPTIONS})
+        names = [name for o in OPTIONS for name in (o.name, *o.renamed_from)]
+        config = load_config(args.config, overrides={name: getattr(args, name) for name in names})
         trust = load_trust(None if config.trust == "production" else Path(config.trust))
         plane = build(config, trust=trust)
     except (KmsError, AttestationError, PolicyError) as err:
@@ -73,7 +78,10 @@ async def _run(config: ServerConfig, plane: ControlPlane) -> int:
         loop.add_signal_handler(signum, stop.set)
     running = await serve(config, plane)
     others = []
+    console = None
     try:
+        if config.console_listen and not config.replica:
+            console = await start_console(config, plane, running)
         if config.processes > 1:
             again = dataclasses.replace(
                 config,
@@ -99,9 +107,13 @@ async def _run(config: ServerConfig, plane: ControlPlane) -> int:
             print(f"dev CA for clients to pin: {running.ca_path}", flush=True)
         if endpoint is not None:
             print(f"metrics on http://127.0.0.1:{endpoint.port}/metrics (health: /healthz)", flush=True)
+        if console is not None:
+            print(f"console on {console.url}", flush=True)
         await stop.wait()
         print("stopping", file=sys.stderr, flush=True)
     finally:
+        if console is not None:
+            await console.stop()
         await asyncio.to_thread(replicas.stop, others)
         await running.stop()
     return 0

@@ -10,8 +10,10 @@ are refused with their codes; a node is revoked and then denied.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import hvac
@@ -152,15 +155,54 @@ def running_site(
         stack.callback(idp.stop)
         bao = start_bao(workdir)
         stack.callback(bao.server.stop)
-        plane = ControlPlane(workdir, inputs, bao, oidc_issuer=idp.issuer(realm.REALM)).start()
+        plane = ControlPlane(
+            workdir,
+            inputs,
+            bao,
+            oidc_issuer=idp.issuer(realm.REALM),
+            extra=["--console-listen", "127.0.0.1:0"],
+        ).start()
         stack.callback(plane.stop)
         yield plane, bao, idp
+
+
+def _console_login(url: str, ca: bytes, idp: realm.Standin) -> str:
+    """What the console answers a browser opening /login: a 303 to the realm's sign-in page."""
+    if not url:
+        return "no console"
+    parts = urlsplit(url)
+    context = ssl.create_default_context(cadata=ca.decode())
+    conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, context=context, timeout=10)
+    try:
+        conn.request("GET", "/login")
+        response = conn.getresponse()
+        location = response.getheader("Location") or ""
+    except (OSError, http.client.HTTPException) as exc:
+        return f"unreachable ({type(exc).__name__})"
+    finally:
+        conn.close()
+    to_realm = location.startswith(idp.issuer(realm.REALM) + "/protocol/openid-connect/auth?")
+    return str(response.status) if to_realm else f"{response.status} to {location[:60]}"
 
 
 def sign_in(idp: realm.Standin, username: str) -> str:
     """The operator signs in to the dev realm (password grant via python-keycloak, as ``sovereign login``)."""
     openid = openid_client(idp.server_url, realm.REALM, realm.CLIENT_ID)
     return password_login(openid, username, realm.password_of(username), now=datetime.now(UTC)).access_token
+
+
+class _Sha256Sink:
+    """A write-only sink that keeps only the SHA-256 of what it is given."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hash.update(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
@@ -175,6 +217,17 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
         ca = plane.ca.read_bytes()
         token = sign_in(idp, "alice")
         rec.add("sign in (Keycloak realm, password grant)", "operator alice", "ok", "ok", "sovereign-admin")
+        console = next((line.split()[-1] for line in plane.output if line.startswith("console on ")), "")
+        progress(
+            f"web console: {console} (sign in as alice, password alice-password; up while the demo runs)"
+        )
+        rec.add(
+            "web console sends sign-in to the realm",
+            "browser",
+            "303",
+            _console_login(console, ca, idp),
+            console,
+        )
         channel = operator_channel(plane, ca, token)
         stack.callback(channel.close)
         admin = AdminClient(channel, timeout=30)
@@ -211,10 +264,10 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
         for tee, agent in nodes.items():
             result = agent.register()
             rec.add("register", f"{tee.upper()} node", "ATTESTED", result.state.name, ",".join(result.groups))
-            out = workdir / f"train.{tee}.out"
             try:
-                agent.decrypt(None, sealed, out)
-                same = hashlib.sha256(out.read_bytes()).hexdigest() == digest
+                hashed = _Sha256Sink()  # the plaintext is hashed as it streams, never written to the folder
+                agent.decrypt(None, sealed, hashed)
+                same = hashed.hexdigest() == digest
                 rec.add(
                     "fetch key + stream-decrypt dataset",
                     f"{tee.upper()} node",

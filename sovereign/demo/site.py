@@ -118,7 +118,7 @@ class ControlPlane:
             "--listen", self.target,
             "--release-listen", f"127.0.0.1:{self.release_port}",
             "--admin-listen", self.admin_target,
-            "--node-ca", str(self.workdir / "node-ca"),
+            "--node-ca-dir", str(self.workdir / "node-ca"),
             "--oidc-issuer", self.oidc_issuer,
             "--dev-tls", str(self.workdir / "tls"),
             "--db", str(self.db),

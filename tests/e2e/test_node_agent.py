@@ -8,12 +8,16 @@ the wrapped form in the server's database, not through the node agent."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,11 +30,13 @@ from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp, simulated_tdx
-from kms.envelope import StreamError, read_header
+from kms.envelope import StreamError, encrypt_stream, read_header
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.server.tls import ensure_dev_tls
 from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc
+from sovereign.cli import main
+from sovereign.cli import node as node_cli
 
 DATASET = os.urandom(3 * 65536 + 123)  # several chunks with a short last one
 
@@ -95,7 +101,10 @@ def test_decrypt_a_sealed_dataset(
     node = nodes["tdx"]
     if not node.node_id:
         node.require_attested(node.register())
-    result = node.decrypt(None, sealed, out)
+    with pytest.raises(NodeError) as on_disk:  # tmp_path is on a disk filesystem
+        node.decrypt(None, sealed, out)
+    assert on_disk.value.code is NodeCode.PLAINTEXT_OUTPUT_UNSAFE and not out.exists()
+    result = node.decrypt(None, sealed, out, force_non_tmpfs=True)
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(DATASET).digest()
     assert (result.key_name, result.key_version, result.plaintext_bytes, result.chunks) == (
         "ds-train",
@@ -104,14 +113,14 @@ def test_decrypt_a_sealed_dataset(
         4,
     )
     with pytest.raises(NodeError) as mismatch:
-        node.decrypt("ds-other", sealed, tmp_path / "x")
+        node.decrypt("ds-other", sealed, tmp_path / "x", force_non_tmpfs=True)
     assert mismatch.value.code is NodeCode.KEY_REF_MISMATCH
     tampered = bytearray(sealed.read_bytes())
     tampered[-5] ^= 1
     bad = tmp_path / "tampered.sov"
     bad.write_bytes(bytes(tampered))
     with pytest.raises(StreamError):
-        node.decrypt(None, bad, tmp_path / "tampered.out")
+        node.decrypt(None, bad, tmp_path / "tampered.out", force_non_tmpfs=True)
     assert not (tmp_path / "tampered.out").exists()
 
 
@@ -128,7 +137,7 @@ def test_seal_a_model_output_then_read_it_elsewhere(
     with sealed.open("rb") as src:
         assert read_header(src).key_ref == f"model-main@v{written.key_version}".encode()
     assert DATASET[::-1] not in sealed.read_bytes()
-    reader.decrypt("model-main", sealed, back)
+    reader.decrypt("model-main", sealed, back, force_non_tmpfs=True)
     assert back.read_bytes() == DATASET[::-1]
     # the owner's copy of the model key opens it too: it really is the catalogue's key
     decrypt_file(owner_key(server, bao, "model-main", written.key_version), sealed, tmp_path / "owner.out")
@@ -208,3 +217,98 @@ def test_cli_node_explains_what_it_cannot_do(server: ServerProcess) -> None:
         [*base[:-5], "--node-name", "cli-node"], check=False, cwd=ROOT, capture_output=True, text=True
     )
     assert unpinned.returncode == 1 and "CONFIG_INVALID" in unpinned.stderr
+
+
+# --- plaintext output: tmpfs files or streams, never a disk file by default ----------------------------
+
+
+def _sealed_dataset(server: ServerProcess, bao: Bao, directory: Path) -> Path:
+    sealed = directory / "train.sov"
+    with sealed.open("wb") as out:
+        encrypt_stream(
+            owner_key(server, bao, "ds-train"), DATASET, out, key_ref="ds-train@v1", chunk_size=65536
+        )
+    return sealed
+
+
+def test_decrypt_output_is_checked_before_any_key_is_released(
+    server: ServerProcess, bao: Bao, pki: SimulatedPki, tmp_path: Path
+) -> None:
+    sealed = _sealed_dataset(server, bao, tmp_path)
+    unregistered = agent(server, pki, "snp", "agent-unregistered")
+    try:
+        # PLAINTEXT_OUTPUT_UNSAFE, not NODE_NOT_ATTESTED: the output was refused before asking for the key
+        for out in (tmp_path / "plain.out", (tmp_path / "redirect").open("wb")):
+            with pytest.raises(NodeError) as info:
+                unregistered.decrypt(None, sealed, out)
+            assert info.value.code is NodeCode.PLAINTEXT_OUTPUT_UNSAFE, info.value
+        with pytest.raises(NodeError) as info:
+            unregistered.decrypt(None, sealed, Path("/dev/shm") / f"sov-{os.getpid()}.out")
+        assert info.value.code is NodeCode.NODE_NOT_ATTESTED  # a tmpfs path passes the check
+    finally:
+        unregistered.client.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["redirect", "train.sov"]
+    assert (tmp_path / "redirect").read_bytes() == b""
+
+
+def test_decrypt_to_tmpfs_and_to_a_pipe(
+    nodes: dict[str, NodeAgent], server: ServerProcess, bao: Bao, tmp_path: Path
+) -> None:
+    sealed = _sealed_dataset(server, bao, tmp_path)
+    node = nodes["snp"]
+    if not node.node_id:
+        node.require_attested(node.register())
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        result = node.decrypt(None, sealed, Path(shm) / "train.bin")
+        assert (Path(shm) / "train.bin").read_bytes() == DATASET and result.chunks == 4
+    received = _through_a_pipe(lambda out: node.decrypt(None, sealed, out))
+    assert received == DATASET
+
+
+def _through_a_pipe(write: Callable[[io.BufferedWriter], object]) -> bytes:
+    """Run ``write`` with the write end of a real pipe, collecting what comes out of the other end."""
+    read_fd, write_fd = os.pipe()
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read_fd, 1 << 16), b"")))
+    reader.start()
+    try:
+        with open(write_fd, "wb") as out:
+            write(out)
+    finally:
+        reader.join(30)
+        os.close(read_fd)
+    return b"".join(chunks)
+
+
+def test_cli_node_decrypt_streams_to_stdout(
+    server: ServerProcess, bao: Bao, pki: SimulatedPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sovereign node decrypt IN -` in this process against the real server; only the evidence provider
+    is the simulated one the server trusts (a CLI process cannot load a simulator PKI yet)."""
+    assert server.ca is not None
+    sealed = _sealed_dataset(server, bao, tmp_path)
+    monkeypatch.setattr(node_cli, "build_provider", lambda config: simulated_tdx(pki, mrtd=TDX_MRTD))
+    argv = [
+        "node",
+        "decrypt",
+        str(sealed),
+        "-",
+        "--server",
+        f"127.0.0.1:{server.port}",
+        "--ca",
+        str(server.ca),
+    ]
+    argv += ["--node-name", "cli-decrypt", "--group", "trainers", "--json"]
+    report = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", report)
+    codes: list[int] = []
+
+    def run(out: io.BufferedWriter) -> None:
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, write_through=True))
+        codes.append(main(argv))
+
+    streamed = _through_a_pipe(run)
+    assert codes == [0], report.getvalue()
+    assert streamed == DATASET  # stdout carries the plaintext and nothing else
+    outcome = json.loads(report.getvalue())
+    assert outcome["ok"] and outcome["file"]["plaintext_bytes"] == len(DATASET)

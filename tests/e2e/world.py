@@ -156,7 +156,7 @@ class ServerProcess:
             "--listen", f"127.0.0.1:{self.port}",
             "--release-listen", f"127.0.0.1:{self.release_port}",
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
-            "--node-ca", str(self.node_ca),
+            "--node-ca-dir", str(self.node_ca),
             "--oidc-issuer", realm.issuer,
             *jwks,
             "--dev-tls", str(self.workdir / "tls"),

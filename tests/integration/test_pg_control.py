@@ -16,7 +16,7 @@ from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion
 from kms.clock import ManualClock
 from kms.errors import Code, KmsError
 from kms.nonces import Nonces
-from kms.registry import NodeRecord, NodeState
+from kms.registry import NodeChange, NodeRecord, NodeState
 from kms.storage import open_store
 from kms.storage.control_schema import release_requests
 from kms.storage.decisions import GrantRow, PendingGrant, Refusal, commit_grants
@@ -124,8 +124,11 @@ def test_node_changes_from_two_replicas_never_lose_an_update(postgres_url: str) 
     stores = replicas(postgres_url)
     SqlNodes(stores[0]).insert(node("n-1"))
     nodes = [SqlNodes(s) for s in stores]
-    bump = lambda current: {"policy_version": current.policy_version + 1}  # noqa: E731 (read-check-write)
-    results: list[NodeRecord | KmsError] = race(16, lambda i: nodes[i % 2].change("n-1", bump))
+
+    def bump(current: NodeRecord) -> NodeChange:  # read-check-write
+        return NodeChange(current.state, current.reasons, policy_version=current.policy_version + 1)
+
+    results: list[NodeRecord | KmsError] = race(16, lambda i: nodes[i % 2].apply("n-1", bump))
     assert not [r for r in results if isinstance(r, KmsError)]
     final = nodes[1].get("n-1")
     assert final is not None and final.policy_version == 17

@@ -39,9 +39,79 @@ def test_two_person_actions_are_a_comma_list() -> None:
     assert two_person_actions(load_config(None, {}, {**BASE, "two_person_actions": ""})) == frozenset()
 
 
-def test_option_table_matches_the_dataclass() -> None:
-    defaults = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
-    assert defaults == {o.name: o.default for o in OPTIONS}
+def test_option_table_is_derived_from_the_dataclass() -> None:
+    fields = dataclasses.fields(ServerConfig)
+    assert [(f.name, f.default, f.metadata["help"]) for f in fields] == [
+        (o.name, o.default, o.help) for o in OPTIONS
+    ]
+    assert all(isinstance(o.default, o.type) for o in OPTIONS)
+    assert len({o.env for o in OPTIONS} | {e for o in OPTIONS for e in o.old_env}) == len(OPTIONS) + sum(
+        len(o.old_env) for o in OPTIONS
+    )  # one variable names one setting
+
+
+# --- old names: still read, with a deprecation warning naming the new one ---------------------------
+
+
+def test_bao_ca_cert_has_one_name_and_the_old_one_still_works(caplog: pytest.LogCaptureFixture) -> None:
+    config = load_config(None, {"SOVEREIGN_BAO_CACERT": "/old.pem"}, BASE)
+    assert config.bao_ca_cert == "/old.pem"
+    assert "SOVEREIGN_BAO_CACERT is deprecated" in caplog.text and "use SOVEREIGN_BAO_CA_CERT" in caplog.text
+    caplog.clear()
+    both = {"SOVEREIGN_BAO_CACERT": "/old.pem", "SOVEREIGN_BAO_CA_CERT": "/new.pem"}
+    assert load_config(None, both, BASE).bao_ca_cert == "/new.pem"
+    assert "SOVEREIGN_BAO_CACERT is ignored" in caplog.text
+
+
+def test_openbao_settings_read_the_same_variables_as_serve(tmp_path: Path) -> None:
+    from kms.vault import AppRoleAuth, BaoSettings
+
+    secret = tmp_path / "secret-id"
+    secret.write_text("s-1\n")
+    env = {
+        "SOVEREIGN_BAO_ADDR": "https://bao:8200",
+        "SOVEREIGN_BAO_ROLE_ID": "role-1",
+        "SOVEREIGN_BAO_SECRET_ID_FILE": str(secret),
+        "SOVEREIGN_BAO_CA_CERT": "/ca.pem",
+    }
+    settings = BaoSettings.resolve(env)
+    served = load_config(
+        None, env, {**BASE, "bao_addr": None, "bao_role_id": None, "bao_secret_id_file": None}
+    )
+    assert (
+        (settings.addr, settings.ca_cert)
+        == (served.bao_addr, served.bao_ca_cert)
+        == ("https://bao:8200", "/ca.pem")
+    )
+    assert settings.auth == AppRoleAuth("role-1", "s-1")
+    old = {**env, "SOVEREIGN_BAO_CACERT": "/old.pem"}
+    del old["SOVEREIGN_BAO_CA_CERT"]
+    assert BaoSettings.resolve(old).ca_cert == "/old.pem"
+
+
+def test_node_ca_dir_and_its_old_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert load_config(None, {"SOVEREIGN_NODE_CA_DIR": "/ca-dir"}, BASE).node_ca_dir == "/ca-dir"
+    file = tmp_path / "serve.toml"
+    file.write_text('node_ca = "/from-file"\n')
+    assert load_config(file, {}, BASE).node_ca_dir == "/from-file"
+    assert "option 'node_ca' is deprecated" in caplog.text and "use 'node_ca_dir'" in caplog.text
+    assert load_config(None, {}, {**BASE, "node_ca": "/flag"}).node_ca_dir == "/flag"
+    assert "--node-ca is deprecated" in caplog.text and "use --node-ca-dir" in caplog.text
+    with pytest.raises(KmsError, match="old name"):
+        load_config(None, {}, {**BASE, "node_ca": "/a", "node_ca_dir": "/b"})
+    file.write_text('node_ca = "/a"\nnode_ca_dir = "/b"\n')
+    with pytest.raises(KmsError, match="old name"):
+        load_config(file, {}, BASE)
+    # serve read SOVEREIGN_NODE_CA as its CA directory; the node agent reads it as the CA file to pin
+    assert load_config(None, {"SOVEREIGN_NODE_CA": str(tmp_path)}, BASE).node_ca_dir == str(tmp_path)
+    pin = tmp_path / "ca.pem"
+    pin.write_text("pem")
+    assert load_config(None, {"SOVEREIGN_NODE_CA": str(pin)}, BASE).node_ca_dir == "var/node-ca"
+
+
+def test_old_flag_is_accepted_by_serve_but_not_listed() -> None:
+    args = build_parser().parse_args(["serve", "--node-ca", "/x"])
+    assert args.node_ca == "/x" and args.node_ca_dir is None
 
 
 def test_precedence(tmp_path: Path) -> None:

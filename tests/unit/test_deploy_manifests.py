@@ -68,7 +68,7 @@ def test_every_file_the_config_names_is_mounted(tmp_path: Path) -> None:
     mounts = {m["mountPath"]: m for m in _container()["volumeMounts"]}
     assert {m["name"] for m in mounts.values()} <= volumes.keys()
     db_query = parse_qs(urlsplit(config.db).query)
-    files = [config.tls_cert, config.tls_key, config.node_ca, config.oidc_ca_file, config.bao_ca_cert,
+    files = [config.tls_cert, config.tls_key, config.node_ca_dir, config.oidc_ca_file, config.bao_ca_cert,
              config.bao_secret_id_file, config.collateral, *db_query.get("sslrootcert", [])]  # fmt: skip
     files += [e["value"] for e in _container().get("env", []) if e["name"] == "PGPASSFILE"]
     for probe in ("readinessProbe", "livenessProbe"):
@@ -87,7 +87,7 @@ def test_the_node_ca_is_one_secret_shared_by_every_replica(tmp_path: Path) -> No
     config = _config(tmp_path)
     spec = _one("Deployment", "sovereign-control-plane")["spec"]
     assert spec["replicas"] > 1
-    (mount,) = [m for m in _container()["volumeMounts"] if m["mountPath"] == config.node_ca]
+    (mount,) = [m for m in _container()["volumeMounts"] if m["mountPath"] == config.node_ca_dir]
     assert mount.get("readOnly") is True
     (volume,) = [v for v in spec["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
     assert "secret" in volume, "the node CA must come from a Secret, the same for every pod"

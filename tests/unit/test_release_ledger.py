@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_not_destroyed
-from kms.registry import NodeRecord, NodeState
+from kms.registry import NodeRecord, NodeState, revoke
 from kms.storage import open_store
 from kms.storage.decisions import GrantRow, PendingGrant, Refusal, commit_grants
 from kms.storage.keys import SqlKeyStore
@@ -86,7 +86,7 @@ def test_replay_within_a_batch_and_across_batches(store: Store) -> None:
 
 
 def test_revoked_node_and_replaced_lease(store: Store) -> None:
-    SqlNodes(store).change("n-1", lambda _n: {"state": "revoked", "lease_id": None})
+    SqlNodes(store).apply("n-1", lambda n: revoke(n, "test", NOW))
     assert codes(commit(store, [pending()])) == ["RELEASE_NODE_NOT_ATTESTED"]
     assert codes(commit(store, [pending("n-2", lease_id="l-old")])) == ["RELEASE_NODE_CHANGED"]
     assert codes(commit(store, [pending("n-9")])) == ["RELEASE_NODE_NOT_ATTESTED"]
