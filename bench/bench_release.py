@@ -26,7 +26,9 @@ import requests
 
 from attestation.simulate import SimulatedPki
 from enclave.providers.simulated import simulated_snp
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from proto.sovereign.v1 import common_pb2
+from sovereign.client import AdminClient
+from sovereign.client.records import KeyKind
 from tests.e2e.node_client import NodeClient
 from tests.e2e.world import SNP_MEASUREMENT, Bao, ServerProcess, prepare, start_bao
 
@@ -91,9 +93,7 @@ def baseline(bao: Bao, threads: int, seconds: float) -> tuple[float, list[float]
 
 def enrol(server: ServerProcess, pki: SimulatedPki, threads: int) -> list[NodeClient]:
     with server.admin_channel() as channel:
-        admin_pb2_grpc.AdminStub(channel).CreateKey(
-            admin_pb2.CreateKeyRequest(name=KEY, kind=common_pb2.KEY_KIND_DATASET)
-        )
+        AdminClient(channel).create_key(KEY, KeyKind.DATASET)
     provider = simulated_snp(pki, measurement=SNP_MEASUREMENT)
     nodes = []
     for i in range(threads):

@@ -22,7 +22,9 @@ from bench.bench_release import KEY, percentile, run_threads
 from bench.bench_scaling_release import register
 from bench.peers import emit, note, row, tiny
 from enclave.providers.simulated import simulated_snp
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2, key_release_pb2_grpc
+from proto.sovereign.v1 import key_release_pb2_grpc
+from sovereign.client import AdminClient
+from sovereign.client.records import KeyKind
 from tests.e2e.node_client import NodeClient, mtls_channel, pem_key
 from tests.e2e.world import SNP_MEASUREMENT, ServerProcess, prepare, start_bao
 from tests.pg.server import PostgresServer
@@ -69,9 +71,7 @@ def bench(threads: int, seconds: float) -> dict[str, Any]:
             a = ServerProcess(workdir / "server", inputs, bao, db_url=url).start()
             procs.append(a)
             with a.admin_channel() as channel:
-                admin_pb2_grpc.AdminStub(channel).CreateKey(
-                    admin_pb2.CreateKeyRequest(name=KEY, kind=common_pb2.KEY_KIND_DATASET)
-                )
+                AdminClient(channel).create_key(KEY, KeyKind.DATASET)
             provider = simulated_snp(pki, measurement=SNP_MEASUREMENT)
             nodes = [NodeClient(a.channel(), provider, name=f"bench-{i}") for i in range(threads)]
             register(nodes)

@@ -22,7 +22,9 @@ from attestation.simulate import SimulatedPki
 from bench.bench_release import KEY, baseline, percentile, run_threads
 from bench.peers import emit, note, row, tiny
 from enclave.providers.simulated import simulated_snp
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from proto.sovereign.v1 import common_pb2
+from sovereign.client import AdminClient
+from sovereign.client.records import KeyKind
 from tests.e2e.node_client import NodeClient
 from tests.e2e.world import SNP_MEASUREMENT, ServerProcess, prepare, start_bao
 
@@ -104,9 +106,7 @@ def bench(concurrencies: list[int], seconds: float, memory_nodes: int) -> list[d
             server.start()
             idle = rss_bytes(server.proc.pid)
             with server.admin_channel() as channel:
-                admin_pb2_grpc.AdminStub(channel).CreateKey(
-                    admin_pb2.CreateKeyRequest(name=KEY, kind=common_pb2.KEY_KIND_DATASET)
-                )
+                AdminClient(channel).create_key(KEY, KeyKind.DATASET)
             channel = server.channel()
             provider = simulated_snp(pki, measurement=SNP_MEASUREMENT)
             total = max(*concurrencies, memory_nodes)

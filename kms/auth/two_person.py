@@ -1,7 +1,8 @@
 """The two-person rule: some Admin changes are held until a second, different operator approves them.
 
 Pure decisions (``propose``, ``approve``, ``reject``, ``expire``) take the change, the actor and ``now``
-and return the new state or raise AuthError; ``TwoPersonRule`` runs them against a ``PendingStore``.
+and return the new state or raise AuthError; ``TwoPersonRule`` runs them against a ``PendingStore``;
+``kms.pending.PendingChanges`` is the workflow around them (apply, roll back, audit).
 Which actions are held is configurable; by default ``PutPolicy``, ``DestroyKey`` and ``ApproveNode``
 (who gets which keys: a node's groups, and any suspend-then-approve sequence).
 
@@ -199,6 +200,14 @@ class PendingStore(Protocol):
         ...
 
     def list(self, state: ChangeState | None = None) -> Sequence[PendingChange]: ...
+
+    def page(self, state: ChangeState | None, offset: int, limit: int) -> Sequence[PendingChange]:
+        """Changes in ``state`` (None: any) in proposal order, ``limit`` from ``offset``."""
+        ...
+
+    def expire_due(self, now: datetime) -> int:
+        """Mark every undecided change past its deadline EXPIRED; how many were."""
+        ...
 
 
 class TwoPersonRule:

@@ -15,14 +15,11 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from kms.audit.checkpoint import AuditKeys, Checkpoint, Signature, load_audit_keys
+from kms.audit.checkpoint import AuditKeys, Checkpoint, load_audit_keys
 from kms.audit.entry import Entry
 from kms.audit.errors import AuditError, ExportInvalid, KeyInvalid, ProofInvalid
 from kms.audit.export import parse_json_line, read_lines, write_items
@@ -33,10 +30,10 @@ from kms.auth.cache import load_cached_token
 from kms.auth.errors import AuthError
 from kms.errors import Code, KmsError
 from kms.vault import KEK_NAME, TRANSIT_MOUNT
-from proto.sovereign.v1 import audit_pb2, audit_pb2_grpc
 from sovereign.cli._common import parse_time
 from sovereign.cli._output import fail, print_json, print_table
-from sovereign.cli.admin import RemoteError
+from sovereign.client import AuditClient, OperatorError, operator_channel
+from sovereign.client.records import AuditRecord, Decision
 
 MAX_KEY_FILE = 1 << 20
 
@@ -134,12 +131,12 @@ def _keys(args: argparse.Namespace) -> tuple[AuditKeys, Checkpoint | None]:
 def _server_head(args: argparse.Namespace) -> Checkpoint:
     """The server's latest checkpoint; its signature is checked by the verifier like any other."""
     try:
-        client = _Client(args)
+        client = audit_client(args)
     except OSError as err:
         raise KmsError(
             f"cannot read the server CA {args.ca}: {err.strerror}", code=Code.REQUEST_INVALID
         ) from None
-    return checkpoint_in(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest()))
+    return client.checkpoint()
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -158,8 +155,8 @@ def _verify(args: argparse.Namespace) -> int:
     except OSError as err:
         error = ExportInvalid(f"cannot read {args.export}: {err.strerror}", code=Code.AUDIT_MALFORMED_EXPORT)
         return fail(error, as_json=args.json)
-    except grpc.RpcError as err:
-        return fail(RemoteError(err), as_json=args.json)
+    except OperatorError as err:
+        return fail(err, as_json=args.json)
     except (KmsError, AuthError) as err:  # AuditError included
         if args.json:
             print_json({"ok": False, "error": err.to_dict()})
@@ -206,7 +203,7 @@ DEFAULT_SERVER = "127.0.0.1:8445"
 from kms.bootstrap import ROLE_NAME  # noqa: E402
 
 COLUMNS = ("seq", "time", "kind", "decision", "actor", "node_id", "key_name", "reasons")
-_DECISIONS: dict[str, Any] = {"grant": audit_pb2.DECISION_GRANT, "deny": audit_pb2.DECISION_DENY}
+_DECISIONS = {"grant": Decision.GRANT, "deny": Decision.DENY}
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
@@ -275,32 +272,21 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
     rec.set_defaults(func=_reconcile_command)
 
 
-class _Client:
-    def __init__(self, args: argparse.Namespace) -> None:
-        target: str = args.server
-        if target.startswith("unix:") or args.insecure:
-            self._channel = grpc.insecure_channel(target)
-        else:
-            ca = Path(args.ca).read_bytes() if args.ca else None
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
-        # as 'sovereign admin': an expired or missing sign-in is said here, with the command to run
-        self._metadata = load_cached_token(args.token_cache, now=datetime.now(UTC)).metadata()
-        self.stub = audit_pb2_grpc.AuditStub(self._channel)
-
-    def call(self, method: str, request: Any) -> Any:
-        return getattr(self.stub, method)(request, metadata=self._metadata, timeout=60)
-
-    def stream(self, request: audit_pb2.ExportRequest) -> Iterator[audit_pb2.ExportItem]:
-        yield from self.stub.Export(request, metadata=self._metadata)
+def audit_client(args: argparse.Namespace) -> AuditClient:
+    target: str = args.server
+    ca = None if target.startswith("unix:") or args.insecure or not args.ca else Path(args.ca).read_bytes()
+    channel = operator_channel(target, ca=ca, insecure=args.insecure)
+    # as 'sovereign admin': an expired or missing sign-in is said here, with the command to run
+    return AuditClient(
+        channel, metadata=load_cached_token(args.token_cache, now=datetime.now(UTC)).metadata()
+    )
 
 
 def _remote(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
-            return int(fn(args, _Client(args)))
-        except grpc.RpcError as err:
-            return fail(RemoteError(err), as_json=args.json)
-        except (AuditError, KmsError, AuthError) as err:
+            return int(fn(args, audit_client(args)))
+        except (OperatorError, AuditError, KmsError, AuthError) as err:
             return fail(err, as_json=args.json)
         except OSError as err:
             return fail(
@@ -310,7 +296,7 @@ def _remote(fn: Any) -> Any:
     return run
 
 
-def _row(item: audit_pb2.AuditEntry) -> dict[str, Any]:
+def _row(item: AuditRecord) -> dict[str, Any]:
     entry = Entry.decode(item.canonical)
     return {
         "seq": item.sequence,
@@ -334,25 +320,25 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
         sys.stdout.flush()
 
 
-def _page(client: _Client, request: audit_pb2.ListEntriesRequest) -> tuple[list[dict[str, Any]], str]:
-    reply = client.call("ListEntries", request)
+def _page(client: AuditClient, **query: Any) -> tuple[list[dict[str, Any]], str]:
+    reply = client.list_entries(**query)
     return [_row(e) for e in reply.entries], reply.next_page_token
 
 
-def _size(client: _Client) -> int:
+def _size(client: AuditClient) -> int:
     try:
-        return int(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest()).tree_size)
-    except grpc.RpcError:
+        return client.checkpoint().size
+    except OperatorError:
         return 0
 
 
 @_remote
-def _tail(args: argparse.Namespace, client: _Client) -> int:
+def _tail(args: argparse.Namespace, client: AuditClient) -> int:
     start = max(0, _size(client) - args.lines)
     rows: list[dict[str, Any]] = []
     token = str(start)
     while True:  # entries after the latest checkpoint are listed too: read to the end
-        page, nxt = _page(client, audit_pb2.ListEntriesRequest(page_token=token, page_size=1000))
+        page, nxt = _page(client, page_token=token, page_size=1000)
         rows += page
         token = nxt or (str(page[-1]["seq"] + 1) if page else token)
         if not nxt:
@@ -360,7 +346,7 @@ def _tail(args: argparse.Namespace, client: _Client) -> int:
     _print(rows[-args.lines :] if args.lines > 0 else [], args.json)
     while args.follow:
         time.sleep(1.0)
-        page, nxt = _page(client, audit_pb2.ListEntriesRequest(page_token=token, page_size=1000))
+        page, nxt = _page(client, page_token=token, page_size=1000)
         _print(page, args.json)
         if page:
             token = str(page[-1]["seq"] + 1)
@@ -368,57 +354,30 @@ def _tail(args: argparse.Namespace, client: _Client) -> int:
 
 
 @_remote
-def _query(args: argparse.Namespace, client: _Client) -> int:
-    request = audit_pb2.ListEntriesRequest(
-        node_id=args.node,
-        key_name=args.key,
-        reason_code=args.reason,
-        decision=_DECISIONS.get(args.decision or "", 0),
-    )
-    if args.since:
-        request.start_time.FromDatetime(parse_time(args.since).astimezone(UTC))
-    if args.until:
-        request.end_time.FromDatetime(parse_time(args.until).astimezone(UTC))
+def _query(args: argparse.Namespace, client: AuditClient) -> int:
+    query: dict[str, Any] = {
+        "node_id": args.node,
+        "key_name": args.key,
+        "reason_code": args.reason,
+        "decision": _DECISIONS.get(args.decision or ""),
+        "start": parse_time(args.since).astimezone(UTC) if args.since else None,
+        "end": parse_time(args.until).astimezone(UTC) if args.until else None,
+    }
     rows: list[dict[str, Any]] = []
+    token = ""
     while len(rows) < args.limit:
-        request.page_size = min(1000, args.limit - len(rows))
-        page, token = _page(client, request)
+        page, token = _page(client, **query, page_size=min(1000, args.limit - len(rows)), page_token=token)
         rows += page
         if not token:
             break
-        request.page_token = token
     _print(rows, args.json)
     return 0
 
 
-def checkpoint_in(msg: audit_pb2.SignedCheckpoint) -> Checkpoint:
-    """A server checkpoint back in the core's form; its signed body must be exactly what the fields say."""
-    body = bytes(msg.signed_body).decode()
-    time_text = body.rstrip("\n").rsplit("\n", 1)[-1]
-    cp = Checkpoint(
-        msg.tree_size,
-        bytes(msg.root_hash),
-        time_text,
-        msg.key_name,
-        Signature(msg.key_version, bytes(msg.signature)),
-    )
-    if cp.message() != bytes(msg.signed_body):
-        raise ExportInvalid(f"checkpoint of size {msg.tree_size}: the signed body does not match its fields")
-    return cp
-
-
-def _items(client: _Client, end: int) -> Iterator[bytes | Checkpoint]:
-    for item in client.stream(audit_pb2.ExportRequest(start_sequence=0, end_sequence=end)):
-        if item.HasField("checkpoint"):
-            yield checkpoint_in(item.checkpoint)
-        else:
-            yield bytes(item.entry.canonical)
-
-
 @_remote
-def _export(args: argparse.Namespace, client: _Client) -> int:
+def _export(args: argparse.Namespace, client: AuditClient) -> int:
     with tempfile.TemporaryFile() as spool, args.output.open("wb") as out:
-        final = write_items(out, _items(client, args.size), spool)
+        final = write_items(out, client.export(0, args.size), spool)
     summary = {
         "ok": True,
         "file": str(args.output),
@@ -436,8 +395,8 @@ def _export(args: argparse.Namespace, client: _Client) -> int:
 
 
 @_remote
-def _save_checkpoint(args: argparse.Namespace, client: _Client) -> int:
-    cp = checkpoint_in(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest()))
+def _save_checkpoint(args: argparse.Namespace, client: AuditClient) -> int:
+    cp = client.checkpoint()
     args.output.write_text(json.dumps({"checkpoint": cp.to_obj()}, sort_keys=True) + "\n")
     if args.json:
         print_json({"ok": True, "file": str(args.output), **cp.to_obj()})
@@ -449,30 +408,19 @@ def _save_checkpoint(args: argparse.Namespace, client: _Client) -> int:
 
 
 @_remote
-def _proof(args: argparse.Namespace, client: _Client) -> int:
-    cp = checkpoint_in(client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest(tree_size=args.size)))
+def _proof(args: argparse.Namespace, client: AuditClient) -> int:
+    cp = client.checkpoint(args.size)
     if args.leaf is not None:
-        reply = client.call(
-            "GetInclusionProof", audit_pb2.GetInclusionProofRequest(leaf_index=args.leaf, tree_size=cp.size)
-        )
-        listed = client.call(
-            "ListEntries", audit_pb2.ListEntriesRequest(page_token=str(args.leaf), page_size=1)
-        )
+        hashes = list(client.inclusion_proof(args.leaf, cp.size))
+        listed = client.list_entries(page_token=str(args.leaf), page_size=1)
         if not listed.entries or listed.entries[0].sequence != args.leaf:
             raise ProofInvalid(f"entry {args.leaf} is not in the ledger")
-        leaf = leaf_hash(bytes(listed.entries[0].canonical))
-        hashes = [bytes(h) for h in reply.hashes]
+        leaf = leaf_hash(listed.entries[0].canonical)
         verify_inclusion(args.leaf, cp.size, leaf, hashes, cp.root)
         out = {"ok": True, "kind": "inclusion", "leaf_index": args.leaf, "tree_size": cp.size}
     else:
-        first = checkpoint_in(
-            client.call("GetCheckpoint", audit_pb2.GetCheckpointRequest(tree_size=args.first))
-        )
-        reply = client.call(
-            "GetConsistencyProof",
-            audit_pb2.GetConsistencyProofRequest(first_size=first.size, second_size=cp.size),
-        )
-        hashes = [bytes(h) for h in reply.hashes]
+        first = client.checkpoint(args.first)
+        hashes = list(client.consistency_proof(first.size, cp.size))
         verify_consistency(first.size, cp.size, first.root, cp.root, hashes)
         out = {"ok": True, "kind": "consistency", "first_size": first.size, "second_size": cp.size}
     out |= {"root": cp.root.hex(), "checkpoint_time": cp.time, "hashes": [h.hex() for h in hashes]}
@@ -485,7 +433,7 @@ def _proof(args: argparse.Namespace, client: _Client) -> int:
     return 0
 
 
-def _reconcile(args: argparse.Namespace, client: _Client | None = None) -> int:
+def _reconcile(args: argparse.Namespace, client: AuditClient | None = None) -> int:
     path = f"{args.mount}/decrypt/{args.kek}"
     with args.bao_log.open("rb") as f:
         decrypts = parse_bao_log(f, role_name=args.role, path=path)
@@ -494,7 +442,7 @@ def _reconcile(args: argparse.Namespace, client: _Client | None = None) -> int:
             entries = [line[9:-2] for line in read_lines(f) if line.startswith(b'{"entry":')]
     else:
         assert client is not None
-        entries = [item for item in _items(client, 0) if isinstance(item, bytes)]
+        entries = [item for item in client.export() if isinstance(item, bytes)]
     report = reconcile(decrypts, entries)
     if args.json:
         print_json(report.to_dict())

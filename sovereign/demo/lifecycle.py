@@ -45,8 +45,7 @@ from kms.envelope.names import format_key_ref
 from kms.storage import open_store
 from kms.storage.keys import SqlKeyStore
 from kms.vault import AUDIT_KEY_NAME, KEK_NAME, TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
-from sovereign.cli.audit import checkpoint_in
+from sovereign.client import AdminClient, AuditClient, records
 from sovereign.demo import realm
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD, Bao, ControlPlane, prepare_inputs, start_bao
 
@@ -93,23 +92,6 @@ def operator_channel(plane: ControlPlane, ca: bytes, token: str) -> grpc.Channel
     return grpc.secure_channel(plane.admin_target, creds)
 
 
-class Admin:
-    """The operator's Admin calls: TLS to the operator port (CA pinned) with a Keycloak bearer token."""
-
-    def __init__(self, plane: ControlPlane, ca: bytes, token: str) -> None:
-        self._channel = operator_channel(plane, ca, token)
-        self._stub = admin_pb2_grpc.AdminStub(self._channel)
-
-    def create_key(self, name: str, kind: Any) -> None:
-        self._stub.CreateKey(admin_pb2.CreateKeyRequest(name=name, kind=kind), timeout=30)
-
-    def revoke(self, node_id: str, reason: str) -> None:
-        self._stub.RevokeNode(admin_pb2.RevokeNodeRequest(node_id=node_id, reason=reason), timeout=30)
-
-    def close(self) -> None:
-        self._channel.close()
-
-
 def _owner_catalogue(plane: ControlPlane, bao: Bao) -> Catalogue:
     """The data owner's view of the catalogue, with the owner's own OpenBao credentials (the dev server's
     root token here) — not the control plane's AppRole, whose decrypts must all be ledger grants."""
@@ -125,15 +107,11 @@ def _audit_steps(
     time.sleep(1.2)  # let a signed checkpoint cover the last entries (one is made at least every second)
     export = workdir / "audit-export.jsonl"
     with operator_channel(plane, ca, token) as channel, tempfile.TemporaryFile() as spool:
-        stub = audit_pb2_grpc.AuditStub(channel)
+        auditor = AuditClient(channel)
         # the head seen before exporting: the export must reach it (freshness), checked offline below
-        head = checkpoint_in(stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=60))
-        items = (
-            checkpoint_in(i.checkpoint) if i.HasField("checkpoint") else bytes(i.entry.canonical)
-            for i in stub.Export(audit_pb2.ExportRequest(start_sequence=0, end_sequence=0), timeout=60)
-        )
+        head = auditor.checkpoint()
         with export.open("wb") as out:
-            final = write_items(out, items, spool)
+            final = write_items(out, auditor.export(), spool)
     rec.add("export the ledger (Audit RPC)", "auditor carol", "ok", "ok", f"{final.size} entries")
     # The public half of the OpenBao transit audit key is all the offline verifier needs.
     key = hvac.Client(url=bao.server.addr, token=bao.server.root_token).secrets.transit.read_key(
@@ -250,16 +228,17 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
             _console_login(console, ca, idp),
             console,
         )
-        admin = Admin(plane, ca, token)
-        stack.callback(admin.close)
+        channel = operator_channel(plane, ca, token)
+        stack.callback(channel.close)
+        admin = AdminClient(channel, timeout=30)
 
         def node(name: str, provider: Any) -> NodeAgent:
             client = ControlPlaneClient(plane.target, ca_pem=ca, timeout=15)
             stack.callback(client.close)
             return NodeAgent(client, provider, NodeIdentity.generate(), node_name=name, groups=["trainers"])
 
-        admin.create_key(DATASET_KEY, common_pb2.KEY_KIND_DATASET)
-        admin.create_key(MODEL_KEY, common_pb2.KEY_KIND_MODEL)
+        admin.create_key(DATASET_KEY, records.KeyKind.DATASET)
+        admin.create_key(MODEL_KEY, records.KeyKind.MODEL)
         rec.add(
             f"create keys {DATASET_KEY}, {MODEL_KEY}",
             "operator alice",
@@ -325,7 +304,7 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
             outcome = code if result.state is NodeState.REJECTED and code in codes else result.state.name
             rec.add("register", name, code, outcome, ",".join(codes))
 
-        admin.revoke(nodes["tdx"].node_id or "", "demo: node decommissioned")
+        admin.revoke_node(nodes["tdx"].node_id or "", "demo: node decommissioned")
         rec.add("revoke TDX node", "operator alice", "ok", "ok")
         try:
             nodes["tdx"].fetch_key(DATASET_KEY)

@@ -7,6 +7,7 @@ an ErrorDetail trailer carrying the code, and a call of the ``on_refused`` (audi
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,15 @@ class MemoryStore:
 
     def list(self, state: ChangeState | None = None) -> Sequence[PendingChange]:
         return [c for c in self._items.values() if state is None or c.state is state]
+
+    def page(self, state: ChangeState | None, offset: int, limit: int) -> Sequence[PendingChange]:
+        return list(self.list(state))[offset : offset + limit]
+
+    def expire_due(self, now: datetime) -> int:
+        due = [c for c in self._items.values() if c.state is ChangeState.PENDING and now >= c.expires_at]
+        for change in due:
+            self.swap(change, dataclasses.replace(change, state=ChangeState.EXPIRED, decided_at=now))
+        return len(due)
 
 
 @dataclass

@@ -43,12 +43,19 @@ RULES: dict[str, set[str]] = {
         "jwcrypto",
     },
     "proto": {"google", "grpc", "grpc_tools"},
+    # the typed operator client: the wire, the audit core's checkpoint form, the shared trailer parser
+    "sovereign/client": {"proto", "grpc", "google", "kms.audit", "enclave.client"},
 }
+# On the operator side only sovereign/client sees the generated Admin and Audit types. The web console
+# (sovereign/console) has its own async gRPC backend (grpc.aio), which this client does not offer yet.
+OPERATOR_SIDE = ("sovereign", "bench")
+OPERATOR_WIRE = ("proto.sovereign.v1.admin_pb2", "proto.sovereign.v1.audit_pb2")
+OPERATOR_CLIENT = ("sovereign/client/", "sovereign/console/")
 
 
 def _imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    names = []
+    names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
@@ -83,6 +90,30 @@ def _cases() -> list[tuple[str, Path]]:
 def test_imports_follow_the_layering(package: str, path: Path) -> None:
     bad = [n for n in _imports(path) if not _allowed(n, package, RULES[package])]
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}, outside what {package}/ may import"
+
+
+def _generated_operator_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: list[str] = [n for n in _imports(path) if n.startswith(OPERATOR_WIRE)]
+    for node in ast.walk(tree):  # from proto.sovereign.v1 import admin_pb2
+        if isinstance(node, ast.ImportFrom) and node.module == "proto.sovereign.v1":
+            names += [
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if f"{node.module}.{a.name}".startswith(OPERATOR_WIRE)
+            ]
+    return names
+
+
+def test_only_the_operator_client_uses_the_generated_admin_and_audit_types() -> None:
+    offenders = {
+        path.relative_to(ROOT).as_posix(): names
+        for top in OPERATOR_SIDE
+        for path in sorted((ROOT / top).rglob("*.py"))
+        if not path.relative_to(ROOT).as_posix().startswith(OPERATOR_CLIENT)
+        and (names := _generated_operator_imports(path))
+    }
+    assert not offenders, f"use sovereign.client instead of the generated types: {offenders}"
 
 
 def test_rules_cover_every_package() -> None:
