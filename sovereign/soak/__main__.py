@@ -29,17 +29,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval", type=float, default=30.0, help="seconds between faults after the first round"
     )
-    p.add_argument("--hold", type=float, default=2.0, help="seconds a stall, seal or full disk lasts")
+    p.add_argument(
+        "--hold", type=float, default=6.0, help="seconds a stall, a seal or a full filesystem lasts"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.minutes <= 0 or args.rate <= 0 or args.workers <= 0 or args.hold < 0 or args.interval <= 0:
-            raise SoakError(
-                "--minutes, --rate, --workers and --interval must be positive, --hold not negative"
-            )
+        if min(args.minutes, args.rate, args.workers, args.interval) <= 0 or args.hold < 0:
+            raise SoakError("--minutes, --rate, --workers, --interval must be positive, --hold not negative")
         cfg = SoakConfig(
             minutes=args.minutes, topology=args.topology, faults=parse_faults(args.faults), seed=args.seed,
             out=args.out, rate=args.rate, workers=args.workers, max_ops=args.max_ops, interval=args.interval,

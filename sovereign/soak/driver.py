@@ -63,7 +63,10 @@ class SoakConfig:
     workers: int = 4
     max_nodes: int = 8
     max_ops: int = 0  # 0: rate x duration
-    hold: float = 2.0  # seconds a stall, a seal or a full disk lasts
+    # seconds a stall, a seal or a full filesystem lasts: longer than the client deadline, so a stall
+    # times calls out (the server then grants requests whose client gave up), and long enough for SQLite
+    # to need new space (it first reuses what its files hold: the WAL restarts after each checkpoint)
+    hold: float = 6.0
     interval: float = 30.0  # seconds between faults once every kind has run
     timeout: float = 5.0  # client RPC deadline
     recovery_limit: float = 60.0  # a fault not recovered within this is a violation
@@ -183,6 +186,10 @@ class Run:
             violations.append(
                 Violation(ViolationKind.NOT_RECOVERED, "the system did not serve after the load ended")
             )
+        for f in self.state.faults:
+            end = f.served if f.recovered else load_end
+            during = [o for o in rec.ops if f.at <= o.at <= end]
+            f.ops_ok, f.ops_failed = sum(o.ok for o in during), sum(not o.ok for o in during)
         checker = report.to_dict()
         del checker["violations"]
         results: dict[str, Any] = {

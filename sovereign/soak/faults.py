@@ -89,6 +89,8 @@ class FaultRecord:
     healed: float = -1.0  # when the heal action finished
     served: float = -1.0  # first successful release after healing
     error: str = ""
+    ops_ok: int = 0  # operations that began between injection and serving again, by outcome:
+    ops_failed: int = 0  # shows the fault bit (a fault nothing noticed tested nothing)
 
     @property
     def recovered(self) -> bool:
@@ -114,6 +116,8 @@ class FaultRecord:
             "outage_s": self.outage,
             "recovered": self.recovered,
             "error": self.error,
+            "ops_ok_during": self.ops_ok,
+            "ops_failed_during": self.ops_failed,
         }
 
 

@@ -58,6 +58,8 @@ def faults_by_kind(faults: Sequence[FaultRecord]) -> dict[str, dict[str, Any]]:
             "recovery_p99_s": percentile(recoveries, 99),
             "outage_p50_s": percentile(outages, 50),
             "outage_p99_s": percentile(outages, 99),
+            "ops_failed_during": sum(f.ops_failed for f in items),
+            "ops_ok_during": sum(f.ops_ok for f in items),
         }
     return out
 
@@ -145,7 +147,7 @@ def markdown(results: dict[str, Any]) -> str:
     for kind, f in results["faults_by_kind"].items():
         lines.append(
             f"| {kind} | {f['injected']} | {f['recovered']} | {f['recovery_p50_s']} | {f['recovery_p99_s']} | "
-            f"{f['outage_p99_s']} |"
+            f"{f['outage_p99_s']} | {f['ops_failed_during']} / {f['ops_ok_during']} |"
         )
     lines += [
         "",
