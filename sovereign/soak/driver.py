@@ -169,6 +169,7 @@ class Run:
             (self.work / "serve.log").write_text("\n".join(self.stack.plane.output) + "\n")
             self.stack.stop()
         key_scan = scan([cfg.out], rec.keys)  # the tmpfs is still mounted: the database is scanned too
+        db_bytes = sum(p.stat().st_size for p in self.stack.plane_dir.glob("sovereign.db*"))
         violations = list(report.violations)
         violations += [
             Violation(ViolationKind.LEDGER_INVALID, f"during the run: {f}") for f in rec.export_failures
@@ -204,6 +205,7 @@ class Run:
             "fault_windows": [w.to_dict() for w in injector.windows],
             "processes": monitor.report(),
             "key_scan": key_scan.to_dict(),
+            "db_bytes": db_bytes,
             "invariants": {
                 "violations_total": len(violations),
                 "violations": [v.to_dict() for v in violations],

@@ -141,9 +141,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Faults",
         "",
-        "| kind | injected | recovered | recovery p50 s | recovery p99 s | outage p99 s |",
+        "| kind | injected | recovered | recovery p50 s | recovery p99 s | outage p99 s | ops failed / ok during |",
     ]
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|")
     for kind, f in results["faults_by_kind"].items():
         lines.append(
             f"| {kind} | {f['injected']} | {f['recovered']} | {f['recovery_p50_s']} | {f['recovery_p99_s']} | "
@@ -183,6 +183,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Key-material scan: {scan['files']} files, {scan['bytes']} bytes, {scan['keys']} distinct released keys, "
         f"{len(scan['hits'])} hits.",
     ]
+    lines.append(
+        f"Ledger database at the end: {results['db_bytes']} bytes on a {cfg['db_fs_mib']} MiB tmpfs."
+    )
     if results.get("unexpected_exits"):
         lines.append(f"Unexpected serve exits (restarted): {len(results['unexpected_exits'])}.")
     lines += ["", "![throughput](throughput.svg)", ""]

@@ -31,7 +31,7 @@ class ScanReport:
     files: int = 0
     bytes: int = 0
     keys: int = 0
-    hits: list[str] = field(default_factory=list)  # "path (form n)", never the key itself
+    hits: list[str] = field(default_factory=list)  # "path (forms [n, ...])", never the key itself
 
     def to_dict(self) -> dict[str, object]:
         return {"files": self.files, "bytes": self.bytes, "keys": self.keys, "hits": self.hits}
@@ -50,17 +50,17 @@ def scan(roots: Iterable[Path], keys: Iterable[bytes]) -> ScanReport:
     for root in roots:
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
             report.files += 1
+            found: set[int] = set()
             try:
                 with path.open("rb") as f:
                     tail = b""
                     while chunk := f.read(MAX_FILE):
                         report.bytes += len(chunk)
                         window = tail + chunk
-                        for n, pattern in patterns:
-                            if pattern in window:
-                                report.hits.append(f"{path} (form {n})")
+                        found.update(n for n, pattern in patterns if pattern in window)
                         tail = window[-longest:] if longest else b""
             except OSError:
                 continue
-    report.hits = sorted(set(report.hits))
+            if found:
+                report.hits.append(f"{path} (forms {sorted(found)})")
     return report
