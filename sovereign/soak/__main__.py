@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=30.0, help="seconds between faults after the first round"
     )
     p.add_argument(
+        "--db-fs-mib", type=int, default=64, help="size of the tmpfs holding the ledger's database"
+    )
+    p.add_argument(
         "--hold", type=float, default=6.0, help="seconds a stall, a seal or a full filesystem lasts"
     )
     return p
