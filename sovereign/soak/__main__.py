@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if min(args.minutes, args.rate, args.workers, args.interval, args.db_fs_mib) <= 0 or args.hold < 0:
-            raise SoakError("--minutes, --rate, --workers, --interval must be positive, --hold not negative")
+            raise SoakError(
+                "--minutes, --rate, --workers, --interval, --db-fs-mib must be positive, --hold not negative"
+            )
         cfg = SoakConfig(
             minutes=args.minutes, topology=args.topology, faults=parse_faults(args.faults), seed=args.seed,
             out=args.out, rate=args.rate, workers=args.workers, max_ops=args.max_ops, interval=args.interval,

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,7 @@ class Run:
         violations += [
             Violation(ViolationKind.LEDGER_INVALID, f"during the run: {f}") for f in rec.export_failures
         ]
+        violations += [replace(v, detail=f"during the run: {v.detail}") for v in rec.midrun_violations]
         violations += monitor.violations() + key_scan.violations()
         for f in self.state.faults:
             if not f.recovered:
@@ -193,6 +194,7 @@ class Run:
             f.ops_ok, f.ops_failed = sum(o.ok for o in during), sum(not o.ok for o in during)
         checker = report.to_dict()
         del checker["violations"]
+        checker["midrun_checks"] = rec.midrun_checks
         results: dict[str, Any] = {
             "config": cfg.to_dict(),
             "started": started.isoformat(),

@@ -44,7 +44,8 @@ from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
 from sovereign.cli.audit import checkpoint_in
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD
-from sovereign.soak.history import Received, Refusal
+from sovereign.soak.checker import Violation, check
+from sovereign.soak.history import ClientHistory, Received, Refusal
 from sovereign.soak.stack import Stack
 
 KEYS = {"dataset/train": common_pb2.KEY_KIND_DATASET, "model/main": common_pb2.KEY_KIND_MODEL}
@@ -72,28 +73,32 @@ class Recorder:
     refusals: list[Refusal] = field(default_factory=list)
     keys: set[bytes] = field(default_factory=set, repr=False)  # memory only: for the key-material scan
     export_failures: list[str] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    midrun_violations: list[Violation] = field(
+        default_factory=list
+    )  # the checker on exports taken during the run
+    midrun_checks: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
         return time.monotonic() - self.started
 
     def op(self, name: str, began: float, code: str = "ok") -> bool:
         end = self.now()
-        with self._lock:
+        with self.lock:
             self.ops.append(OpRecord(begin_or(began), name, code == "ok", code, end - began))
         return code == "ok"
 
     def got(self, received: Received, key: bytes) -> None:
-        with self._lock:
+        with self.lock:
             self.received.append(received)
             self.keys.add(key)
 
     def refused(self, refusal: Refusal) -> None:
-        with self._lock:
+        with self.lock:
             self.refusals.append(refusal)
 
     def key(self, plaintext: bytes) -> None:
-        with self._lock:
+        with self.lock:
             self.keys.add(plaintext)
 
 
@@ -455,4 +460,18 @@ class Workload:
             self.rec.op(op, began, err.code.value)
             return None
         self.rec.op(op, began)
+        if op == "export":
+            self._check_midrun(path, final.size)
         return final.size
+
+    def _check_midrun(self, path: Path, size: int) -> None:
+        """The ledger-side invariants on this export, against the keys received with a grant inside it."""
+        with self.rec.lock:
+            received = [r for r in self.rec.received if r.audit_sequence < size]
+            refusals = list(self.rec.refusals)
+        history = ClientHistory(received, refusals, [])
+        lines = path.read_bytes().splitlines(keepends=True)
+        report = check(history, lines, self.audit_keys(), None, role_name="", decrypt_path="")
+        with self.rec.lock:
+            self.rec.midrun_checks += 1
+            self.rec.midrun_violations += report.violations

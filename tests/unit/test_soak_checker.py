@@ -207,3 +207,16 @@ def test_a_tampered_ledger_fails_offline_verification() -> None:
 def test_openbao_times_keep_microseconds() -> None:
     assert parse_bao_time("2026-12-03T08:00:01.123456789Z") == T0 + timedelta(seconds=1, microseconds=123456)
     assert parse_bao_time("not a time") is None
+
+
+def test_during_a_run_the_ledger_side_is_judged_without_openbao() -> None:
+    w = clean()
+    w.decrypt("bao-after-the-cut")  # its entry would come after the export's checkpoint
+    w.grant("n1", "dd01", policy=2)  # after n1's revocation
+    builder = ExportBuilder(SIGNER)
+    body = [builder.add(e.encode()) for e in w.entries]
+    body.append(builder.checkpoint(w.at()))
+    history = ClientHistory(w.received, w.refusals, [])
+    report = check(history, [builder.header(), *body], KEYS, None, role_name=ROLE, decrypt_path=PATH)
+    assert kinds(report) == [ViolationKind.GRANT_AFTER_REVOCATION]
+    assert report.decrypts == 0
