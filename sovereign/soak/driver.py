@@ -129,7 +129,11 @@ class Run:
         self.stack.start()
         rec = Recorder()
         wl = Workload(self.stack, rec, timeout=cfg.timeout, max_nodes=cfg.max_nodes)
-        injector = Injector(self.stack, hold=cfg.hold)
+        injector = Injector(
+            self.stack,
+            hold=cfg.hold,
+            storage_errors=lambda: sum(o.code == "STORAGE_ERROR" for o in list(rec.ops)),
+        )
         monitor = Monitor({"serve": self.stack.serve_pid, "openbao": self._bao_pid, "driver": os.getpid})
         try:
             wl.create_keys()

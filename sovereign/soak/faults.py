@@ -21,6 +21,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -124,9 +125,10 @@ class FaultRecord:
 class Injector:
     """Performs faults on a stack; ``windows`` collects the spans where a decrypt may lose its commit."""
 
-    def __init__(self, stack: Stack, *, hold: float) -> None:
+    def __init__(self, stack: Stack, *, hold: float, storage_errors: Callable[[], int] = lambda: 0) -> None:
         self.stack = stack
         self.hold = hold
+        self.storage_errors = storage_errors  # refusals coded STORAGE_ERROR the clients saw so far
         self.windows: list[Window] = []
         self.lock = threading.Lock()  # held while a fault is in progress: the supervisor keeps off
 
@@ -185,9 +187,15 @@ class Injector:
     def _disk_full(self) -> None:
         filler = self.stack.plane_dir / "filler.bin"
         start = datetime.now(UTC)
+        seen = self.storage_errors()
         try:
             fill(filler)
             time.sleep(self.hold)
+            # SQLite first reuses the space its files hold (the WAL restarts after a checkpoint): keep the
+            # filesystem full, up to 4 holds, until a client has been refused for it
+            deadline = time.monotonic() + 3 * self.hold
+            while self.storage_errors() == seen and time.monotonic() < deadline:
+                time.sleep(0.25)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 filler.unlink()
