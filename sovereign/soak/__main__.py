@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out, rate=args.rate, workers=args.workers, max_ops=args.max_ops, interval=args.interval,
             hold=args.hold, db_fs_mib=args.db_fs_mib,
         )  # fmt: skip
-        results = run(cfg)
+        results = run(cfg, lambda line: print(line, flush=True))
     except (SoakError, FaultError, MountError) as err:
         print(f"soak: {err}", file=sys.stderr)
         return 2
