@@ -41,7 +41,10 @@ class Series:
             return {"samples": 0, **{f"bound_{k}": v for k, v in bound.items()}}
         rss = [p[1] for p in self.points]
         fds = [p[2] for p in self.points]
+        quarter = max(1, len(rss) // 4)
         return {
+            # a leak shows as the last quarter's peak above the first quarter's, run after run
+            "rss_mib_growth": round(max(rss[-quarter:]) - max(rss[:quarter]), 1),
             "samples": len(self.points),
             "rss_mib_first": round(rss[0], 1),
             "rss_mib_last": round(rss[-1], 1),

@@ -168,13 +168,14 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Processes",
         "",
-        "| process | RSS MiB first / last / max (bound) | fds first / last / max (bound) |",
+        "| process | RSS MiB first / last / max (bound) | RSS growth MiB | fds first / last / max (bound) |",
     ]
-    lines.append("|---|---|---|")
+    lines.append("|---|---|---|---|")
     for name, p in results["processes"].items():
         if p.get("samples"):
             lines.append(
                 f"| {name} | {p['rss_mib_first']} / {p['rss_mib_last']} / {p['rss_mib_max']} ({p['bound_rss_mib']}) | "
+                f"{p['rss_mib_growth']} | "
                 f"{p['fds_first']} / {p['fds_last']} / {p['fds_max']} ({p['bound_fds']}) |"
             )
     scan = results["key_scan"]
