@@ -4,6 +4,7 @@ when every planned fault was injected and recovered and the invariant checker fo
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -38,8 +39,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (e.g. from timeout) stops the run the way Ctrl-C does: cleaned up
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if min(args.minutes, args.rate, args.workers, args.interval, args.db_fs_mib) <= 0 or args.hold < 0:
             raise SoakError(

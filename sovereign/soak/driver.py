@@ -303,10 +303,14 @@ class Run:
                     record.error = f"{type(exc).__name__}: {str(exc)[:300]}"
             record.healed = rec.now()
             deadline = record.healed + self.cfg.recovery_limit
+            attempts = 0
             while rec.now() < deadline:
                 if wl.probe_release():
                     record.served = rec.now()
                     break
+                attempts += 1
+                if attempts % 5 == 0:  # whatever the refusal, re-attest now and then
+                    wl.renew_probe()
                 time.sleep(0.2)
             self.state.faults.append(record)
             self.say(

@@ -52,8 +52,11 @@ KEYS = {"dataset/train": common_pb2.KEY_KIND_DATASET, "model/main": common_pb2.K
 GROUPS = ["trainers"]
 # refusals after which a node re-attests before its next release
 RENEW_AFTER = frozenset(
-    {"RELEASE_NODE_NOT_ATTESTED", "RELEASE_NODE_CHANGED", "NODE_NOT_ATTESTED", "LEASE_EXPIRED"}
+    {"RELEASE_NODE_NOT_ATTESTED", "RELEASE_NODE_CHANGED", "NODE_NOT_ATTESTED", "RELEASE_LEASE_EXPIRED"}
 )
+# a node re-attests before a release when its last attestation is older than this: the demo policy's
+# leases last 300 s (a node agent's background renewal does the same; here it is part of the load)
+RENEW_EVERY = 120.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class Node:
     attested_at: float = 0.0
     needs_renew: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def due(self) -> bool:
+        return self.needs_renew or time.monotonic() - self.attested_at > RENEW_EVERY
 
     def close(self) -> None:
         self.agent.client.close()
@@ -239,7 +245,7 @@ class Workload:
         except NodeError as err:
             return self.rec.op(name, began, node_code(err)[0])
         if result.state is NodeState.ATTESTED:
-            node.state, node.attested_at, node.needs_renew = "attested", self.rec.now(), False
+            node.state, node.attested_at, node.needs_renew = "attested", time.monotonic(), False
             return self.rec.op(name, began)
         codes = [r.code for r in result.reasons] or [result.state.value]
         if result.state is NodeState.REJECTED:
@@ -303,15 +309,19 @@ class Workload:
         node = self._take(choose)
         if node is None:
             return False
-        if node.needs_renew:
+        if node.due():
             with node.lock:
                 self._attest(node, "renew", node.agent.renew)
         return self.release(node, key_name, purpose, "release" if purpose == "read" else "release-write")
 
+    def renew_probe(self) -> None:
+        assert self.probe is not None
+        self.probe.needs_renew = True
+
     def probe_release(self) -> bool:
         probe = self.probe
         assert probe is not None
-        if probe.needs_renew:
+        if probe.due():
             with probe.lock:
                 self._attest(probe, "probe-renew", probe.agent.renew)
         return self.release(probe, "dataset/train", "read", "probe-release")
