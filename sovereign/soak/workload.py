@@ -76,9 +76,8 @@ class Recorder:
     refusals: list[Refusal] = field(default_factory=list)
     keys: set[bytes] = field(default_factory=set, repr=False)  # memory only: for the key-material scan
     export_failures: list[str] = field(default_factory=list)
-    midrun_violations: list[Violation] = field(
-        default_factory=list
-    )  # the checker on exports taken during the run
+    # the checker on the auditor's exports during the run
+    midrun_violations: list[Violation] = field(default_factory=list)
     midrun_checks: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,7 +87,7 @@ class Recorder:
     def op(self, name: str, began: float, code: str = "ok") -> bool:
         end = self.now()
         with self.lock:
-            self.ops.append(OpRecord(begin_or(began), name, code == "ok", code, end - began))
+            self.ops.append(OpRecord(round(began, 3), name, code == "ok", code, round(end - began, 3)))
         return code == "ok"
 
     def got(self, received: Received, key: bytes) -> None:
@@ -103,10 +102,6 @@ class Recorder:
     def key(self, plaintext: bytes) -> None:
         with self.lock:
             self.keys.add(plaintext)
-
-
-def begin_or(value: float) -> float:
-    return round(value, 3)
 
 
 def rpc_code(err: grpc.RpcError) -> str:
