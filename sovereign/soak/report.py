@@ -99,9 +99,9 @@ def svg(series: Sequence[dict[str, int]], faults: Sequence[FaultRecord], title: 
             f'<rect x="{x(f.at):.1f}" y="{top}" width="{max(1.0, x(end) - x(f.at)):.1f}" height="{plot_h}" '
             f'fill="{colour}" fill-opacity="0.25"><title>{escape(str(f.kind))} at {f.at:.1f}s</title></rect>'
         )
-    for key, colour in (("ok", "#2ca02c"), ("failed", "#d62728")):
+    for key, colour, dash in (("ok", "#2ca02c", ""), ("failed", "#000000", ' stroke-dasharray="4 3"')):
         points = " ".join(f"{x(s['t'] + 0.5):.1f},{y(s[key]):.1f}" for s in series)
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
     for v in (0, peak):
         parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v}</text>')
     for t in range(0, seconds + 1, max(1, seconds // 10)):
@@ -109,7 +109,7 @@ def svg(series: Sequence[dict[str, int]], faults: Sequence[FaultRecord], title: 
     parts.append(
         f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">seconds into the run</text>'
     )
-    legend = [("succeeded ops/s", "#2ca02c"), ("failed ops/s", "#d62728")]
+    legend = [("succeeded ops/s", "#2ca02c"), ("failed ops/s (dashed)", "#000000")]
     legend += [(k, c) for k, c in COLOURS.items() if any(str(f.kind) == k for f in faults)]
     for i, (label, colour) in enumerate(legend):
         ly = top + 10 + 16 * i
