@@ -163,6 +163,7 @@ class Workload:
         self._nodes_lock = threading.Lock()
         self._operator_lock = threading.Lock()  # operators act one at a time, as people would
         self._owner_lock = threading.Lock()
+        self._auditor_lock = threading.Lock()
         self._made = 0
         self._revision = 0
         self._sealed = 0
@@ -436,7 +437,12 @@ class Workload:
         return self.rec.op("seal", began)
 
     def export(self, path: Path, *, op: str = "export") -> int | None:
-        """The auditor exports the ledger over the Audit RPC and verifies it offline; the entry count."""
+        """The auditor exports the ledger over the Audit RPC and verifies it offline; the entry count.
+        One auditor, one export at a time: two writing the same file would interleave their lines."""
+        with self._auditor_lock:
+            return self._export(path, op)
+
+    def _export(self, path: Path, op: str) -> int | None:
         began = self.rec.now()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
