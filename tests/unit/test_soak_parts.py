@@ -1,0 +1,98 @@
+"""The soak's pure helpers: the key-material scan finds a key in every encoding at any offset and nothing
+in clean files; the fault schedule is reproducible from its seed and runs every kind; fault lists parse
+with a coded error for unknown kinds; percentiles are nearest-rank; throughput bins count by outcome."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from sovereign.soak.checker import ViolationKind
+from sovereign.soak.faults import ALL_FAULTS, FaultError, FaultKind, FaultRecord, parse_faults, schedule
+from sovereign.soak.report import percentile, svg, throughput
+from sovereign.soak.scan import forms, scan
+from sovereign.soak.workload import OpRecord
+
+KEY = bytes(range(1, 33))
+
+
+@pytest.mark.parametrize("prefix", [b"", b"x", b"xy", b"xyz", b"log line: "])
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda b: b,
+        lambda b: b.hex().encode(),
+        lambda b: b.hex().upper().encode(),
+        base64.b64encode,
+        base64.urlsafe_b64encode,
+    ],
+)
+def test_the_scan_finds_a_key_in_any_encoding_at_any_offset(
+    tmp_path: Path, prefix: bytes, encode: object
+) -> None:
+    assert callable(encode)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "leak.log").write_bytes(
+        os.urandom(100) + encode(prefix + KEY + b"tail") + os.urandom(50)
+    )
+    (tmp_path / "clean.db").write_bytes(os.urandom(4096))
+    report = scan([tmp_path], {KEY})
+    assert report.files == 2 and report.keys == 1
+    assert len(report.hits) == 1 and "leak.log" in report.hits[0]
+    assert [v.kind for v in report.violations()] == [ViolationKind.KEY_MATERIAL_IN_FILE]
+
+
+def test_the_scan_of_clean_files_finds_nothing_and_never_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(os.urandom(1 << 16))
+    report = scan([tmp_path], {KEY, bytes(32)[:-1] + b"\x01"})
+    assert report.hits == [] and report.keys == 2
+    assert KEY.hex() not in repr(report.to_dict())
+
+
+def test_every_form_is_key_dependent_only() -> None:
+    other = bytes(32)
+    assert all(f not in b"".join(forms(other)) for f in forms(KEY))
+
+
+def test_the_schedule_is_reproducible_and_runs_every_kind() -> None:
+    one = schedule(ALL_FAULTS, 60, 7, warmup=6, tail=7.5, interval=30)
+    assert one == schedule(ALL_FAULTS, 60, 7, warmup=6, tail=7.5, interval=30)
+    assert one != schedule(ALL_FAULTS, 60, 8, warmup=6, tail=7.5, interval=30)
+    assert sorted(k for _, k in one) == sorted(ALL_FAULTS)
+    times = [t for t, _ in one]
+    assert times == sorted(times) and times[0] >= 6 and times[-1] <= 60 - 7.5
+    long = schedule((FaultKind.SERVE_KILL,), 1800, 1, warmup=6, tail=8, interval=30)
+    assert len(long) == (1800 - 14) // 30
+    assert schedule((), 60, 1, warmup=6, tail=8, interval=30) == []
+
+
+def test_fault_lists_parse_and_unknown_kinds_are_refused() -> None:
+    assert parse_faults("all") == ALL_FAULTS
+    assert parse_faults("none") == ()
+    assert parse_faults("serve-kill, disk-full,serve-kill") == (FaultKind.SERVE_KILL, FaultKind.DISK_FULL)
+    with pytest.raises(FaultError, match="unknown fault 'partition'"):
+        parse_faults("serve-kill,partition")
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+
+
+def test_throughput_bins_by_outcome_and_the_plot_marks_faults() -> None:
+    ops = [OpRecord(0.2, "release", True, "ok", 0.1), OpRecord(1.5, "release", False, "KMS_SEALED", 0.2),
+           OpRecord(1.6, "renew", True, "ok", 0.1)]  # fmt: skip
+    series = throughput(ops, 3)
+    assert series == [
+        {"t": 0, "ok": 1, "failed": 0},
+        {"t": 1, "ok": 1, "failed": 1},
+        {"t": 2, "ok": 0, "failed": 0},
+    ]
+    fault = FaultRecord(FaultKind.BAO_SEAL, 1.0, healed=1.8, served=2.0)
+    picture = svg(series, [fault], "t")
+    assert picture.startswith("<svg") and "bao-seal at 1.0s" in picture
