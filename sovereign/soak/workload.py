@@ -42,7 +42,7 @@ from kms.storage import open_store
 from kms.storage.keys import SqlKeyStore
 from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
-from sovereign.cli.audit import checkpoint_in
+from sovereign.client.audit import checkpoint_in
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD
 from sovereign.soak.checker import Violation, check
 from sovereign.soak.history import ClientHistory, Received, Refusal
