@@ -43,8 +43,8 @@ RULES: dict[str, set[str]] = {
         "jwcrypto",
     },
     "proto": {"google", "grpc", "grpc_tools"},
-    # the typed operator client: the wire, the audit core's checkpoint form, the shared trailer parser
-    "sovereign/client": {"proto", "grpc", "google", "kms.audit", "enclave.client"},
+    # the typed operator client: the wire (with proto.contract's trailer parser), the audit core's checkpoint form
+    "sovereign/client": {"proto", "grpc", "google", "kms.audit"},
 }
 # On the operator side only sovereign/client sees the generated Admin and Audit types. The web console
 # (sovereign/console) has its own async gRPC backend (grpc.aio), which this client does not offer yet; the soak
