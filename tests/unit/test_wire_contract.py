@@ -92,6 +92,17 @@ def test_the_server_packs_what_the_clients_parse() -> None:
     assert status is grpc.StatusCode.INVALID_ARGUMENT and message.startswith("REQUEST_INVALID")
 
 
+def test_the_parse_reads_sync_and_async_metadata() -> None:
+    """Nodes and the operator client get a tuple of pairs; the console's grpc.aio gets ``Metadata``."""
+    value = contract.pack_error_status(
+        7, "AUTH_ROLE_MISSING", domain="kms", message="m", hint="h", metadata={"a": "b"}
+    )
+    expected = contract.ErrorDetail("AUTH_ROLE_MISSING", "kms", "h", {"a": "b"})
+    assert contract.parse_error_detail((("x", "y"), (contract.TRAILER, value))) == expected
+    assert contract.parse_error_detail(grpc.aio.Metadata(("x", "y"), (contract.TRAILER, value))) == expected
+    assert contract.parse_error_detail(None) is None and contract.parse_error_detail(7) is None
+
+
 @pytest.mark.parametrize(
     "value",
     [
