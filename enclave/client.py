@@ -17,10 +17,9 @@ leaves this process.
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -29,13 +28,13 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import DecodeError
 
 from attestation.claims import Tee
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from enclave.providers.base import Evidence
 from enclave.release_request import PURPOSES, ReleaseGrant, SignedRelease
+from proto.contract import MAX_TEXT, parse_error_detail, tls_key_proof_message
 from proto.sovereign.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -44,11 +43,7 @@ from proto.sovereign.v1 import (
     key_release_pb2_grpc,
 )
 
-TRAILER = "grpc-status-details-bin"
-ERROR_DETAIL_TYPE = "type.googleapis.com/sovereign.v1.ErrorDetail"
 DEFAULT_TIMEOUT = 10.0
-MAX_TEXT = 1024
-_REASON_CODE = re.compile(r"[A-Z0-9_]{1,64}")
 _TEE_WIRE = {Tee.SNP: common_pb2.TEE_SNP, Tee.TDX: common_pb2.TEE_TDX}
 _PURPOSE_OUT = {common_pb2.PURPOSE_READ: "read", common_pb2.PURPOSE_WRITE: "write"}
 _SC = grpc.StatusCode
@@ -63,8 +58,6 @@ _DENIED = {
     _SC.ABORTED,
 }
 T = TypeVar("T")
-# Must equal kms.server.node_certs.PROOF_LABEL (the wire contract, attestation.proto ClientTlsKey).
-TLS_KEY_PROOF_LABEL = b"sovereign/v1 client tls key\x00"
 
 
 class NodeState(StrEnum):
@@ -161,36 +154,8 @@ class ControlPlaneError(NodeError):
         return out
 
 
-@dataclass(frozen=True)
-class ServerDetail:
-    reason: str
-    domain: str
-    hint: str
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
 def _text(value: str) -> str:
     return value[:MAX_TEXT]
-
-
-def parse_error_detail(trailing: Iterable[tuple[str, str | bytes]] | None) -> ServerDetail | None:
-    """The ErrorDetail in a call's ``grpc-status-details-bin`` trailer; None if absent or malformed."""
-    for key, value in trailing or ():
-        if key != TRAILER or not isinstance(value, bytes):
-            continue
-        try:
-            status = common_pb2.ErrorStatus.FromString(value)
-            if len(status.details) != 1 or status.details[0].type_url != ERROR_DETAIL_TYPE:
-                return None
-            detail = common_pb2.ErrorDetail()
-            status.details[0].Unpack(detail)
-        except DecodeError:
-            return None
-        if not _REASON_CODE.fullmatch(detail.reason):
-            return None
-        metadata = {_text(k)[:64]: _text(v) for k, v in list(detail.metadata.items())[:16]}
-        return ServerDetail(detail.reason, _text(detail.domain), _text(detail.hint), metadata)
-    return None
 
 
 def error_from_rpc(err: grpc.RpcError, *, call: str, denied: NodeCode) -> ControlPlaneError:
@@ -198,7 +163,7 @@ def error_from_rpc(err: grpc.RpcError, *, call: str, denied: NodeCode) -> Contro
     status: grpc.StatusCode = err.code() if hasattr(err, "code") else _SC.UNKNOWN
     details = _text(str(err.details() or "")) if hasattr(err, "details") else ""
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    detail = parse_error_detail(trailing)  # type: ignore[arg-type]  # stubs type pairs as _Metadatum
+    detail = parse_error_detail(trailing)
     if status in _UNREACHABLE:
         code = NodeCode.CONTROL_PLANE_UNAVAILABLE
     elif status in _MALFORMED:
@@ -369,7 +334,7 @@ class ControlPlaneClient:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return attestation_pb2.ClientTlsKey(
-            public_key=spki, signature=identity.sign(TLS_KEY_PROOF_LABEL + nonce + spki)
+            public_key=spki, signature=identity.sign(tls_key_proof_message(nonce, spki))
         )
 
     def _take_certificate(self, reply: attestation_pb2.AttestationResult) -> None:

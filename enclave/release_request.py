@@ -1,6 +1,7 @@
 """Release requests: the signed ``ReleaseRequestBody`` and the checks on a reply before its key is opened.
 
-Signing (proto/README.md, "Release-request signing transcript"):
+Signing (proto/README.md, "Release-request signing transcript"; the encoding, size limit and domain are
+``proto.contract``'s, shared with the control plane):
 
     body      = ReleaseRequestBody(...).SerializeToString(deterministic=True)
     signature = Ed25519(node signing key, b"sovereign/v1 release" || body)
@@ -23,12 +24,11 @@ from typing import NoReturn, Protocol
 from enclave.errors import NodeCode, NodeError
 from kms.envelope import EnvelopeError, PrivateKey, open_sealed_key, release_aad
 from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name
+from proto.contract import BodyRejected, encode_release_body, release_transcript
 from proto.sovereign.v1 import common_pb2, key_release_pb2
 
-SIGNING_DOMAIN = b"sovereign/v1 release"
 REQUEST_ID_LEN = 16
 DATA_KEY_LEN = 32
-MAX_BODY = 1024
 MAX_KEY_VERSION = (1 << 32) - 1
 PURPOSES = ("read", "write")
 _PURPOSE_WIRE = {"read": common_pb2.PURPOSE_READ, "write": common_pb2.PURPOSE_WRITE}
@@ -138,20 +138,15 @@ def encode_body(fields: ReleaseFields) -> bytes:
         key_version=fields.key_version,
     )
     msg.timestamp.FromDatetime(fields.timestamp.astimezone(UTC))
-    body = msg.SerializeToString(deterministic=True)
-    if len(body) > MAX_BODY:
-        raise _invalid(f"release request body of {len(body)} bytes exceeds {MAX_BODY}")
-    return body
-
-
-def transcript(body: bytes) -> bytes:
-    """The signed bytes: the 20-byte domain string, no separator, then the body exactly as sent."""
-    return SIGNING_DOMAIN + body
+    try:
+        return encode_release_body(msg)
+    except BodyRejected as exc:
+        raise _invalid(exc.message) from None
 
 
 def sign_release(signer: Signer, fields: ReleaseFields) -> SignedRelease:
     body = encode_body(fields)
-    return SignedRelease(fields, body, signer.sign(transcript(body)))
+    return SignedRelease(fields, body, signer.sign(release_transcript(body)))
 
 
 def expected_aad(request: ReleaseFields, grant: ReleaseGrant) -> bytes:

@@ -45,9 +45,8 @@ from kms.storage.nodes import SqlNodes
 from kms.storage.store import Store
 from policies import decide_release
 from policies.errors import Code as PolicyCode
+from proto.contract import MAX_BODY, release_transcript
 
-SIGNING_DOMAIN = b"sovereign/v1 release"
-MAX_BODY = 1024
 SIGNATURE_BYTES = 64
 REQUEST_ID_BYTES = 16
 DEFAULT_SKEW = timedelta(seconds=120)
@@ -130,7 +129,7 @@ def check_shape(req: SignedRelease) -> None:
 
 def verify_signature(signing_public: bytes, body: bytes, signature: bytes) -> None:
     try:
-        VerifyKey(signing_public).verify(SIGNING_DOMAIN + body, signature)
+        VerifyKey(signing_public).verify(release_transcript(body), signature)
     except (BadSignatureError, ValueError, TypeError):
         raise KmsError(
             "the request signature does not verify with the node's registered key",

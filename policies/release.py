@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name
 from policies.appraise import require_aware
 from policies.errors import Code, Reason
 from policies.model import NodeState, Policy, Purpose, ReleaseRule
-from policies.schema import KEY_NAME
 
-MAX_KEY_NAME = 256
 # Evidence time is the control plane's clock at registration; replicas may disagree by a little.
 CLOCK_SKEW = timedelta(seconds=5)
 
@@ -100,8 +99,8 @@ def decide_release(
     reasons = _state_reasons(str(node_state), lease_left)
     age = now - evidence_time
     grant: ReleaseRule | Reason | None = None
-    if not isinstance(key_name, str) or len(key_name) > MAX_KEY_NAME or not KEY_NAME.fullmatch(key_name):
-        reasons.append(Reason(Code.RELEASE_KEY_NAME_INVALID, f"{key_name!r:.80} is not a key name"))
+    if not is_valid_key_name(key_name):
+        reasons.append(Reason(Code.RELEASE_KEY_NAME_INVALID, f"{key_name!r:.80} is not {KEY_NAME_RULE}"))
     elif purpose not in {p.value for p in Purpose}:
         reasons.append(Reason(Code.RELEASE_PURPOSE_NOT_ALLOWED, f"{purpose!r:.40} is not read or write"))
     elif age < -CLOCK_SKEW:

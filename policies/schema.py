@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from attestation.claims import TcbStatus
+from kms.envelope.names import KEY_PATTERN_RULE, is_valid_key_pattern
 from policies.errors import PolicyError
 from policies.model import (
     SCHEMA_VERSION,
@@ -37,9 +38,6 @@ SNP_HOST_DATA_BYTES = 32
 SNP_PRODUCTS = ("Milan", "Genoa", "Turin")
 MAX_SECONDS = 366 * 24 * 3600
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_KEY_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-KEY_NAME = re.compile(rf"{_KEY_SEGMENT}(?:/{_KEY_SEGMENT})*")
-_KEY_PATTERN = re.compile(rf"{_KEY_SEGMENT}(?:/{_KEY_SEGMENT})*(?:/\*)?")
 _HEX = re.compile(r"[0-9a-fA-F]*")
 # Never acceptable, whatever a policy says: Intel revoked the level, or the status is not a TDX one.
 _TDX_STATUS_NEVER = frozenset({TcbStatus.REVOKED, TcbStatus.NOT_APPLICABLE})
@@ -181,10 +179,8 @@ def _list_of(
 
 def _key_pattern(value: object, path: str) -> str:
     text = _string(value, path)
-    if not _KEY_PATTERN.fullmatch(text):
-        raise SchemaError(
-            path, f"{text!r} is not a key name or 'prefix/*' (segments of letters, digits, '.', '_', '-')"
-        )
+    if not is_valid_key_pattern(text):
+        raise SchemaError(path, f"{text[:160]!r} does not follow the key-name rule: {KEY_PATTERN_RULE}")
     return text
 
 

@@ -23,7 +23,8 @@ from kms.auth.errors import AuthError, Code
 from kms.auth.roles import OPERATOR_SERVICES, RoleMap
 from kms.auth.tokens import Actor
 from kms.clock import Clock, system_clock
-from kms.server.errors import TRAILER, details
+from kms.server.errors import details
+from proto.contract import TRAILER
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import DecodeError
 
 from attestation.claims import Claims
 from kms.attest import AttestationOutcome, EvidenceInput, NodeKeys, Outcome, RegisterInput, RenewInput
@@ -15,9 +14,10 @@ from kms.catalogue import KeyKind, KeyRecord, KeyState
 from kms.envelope import Suite
 from kms.errors import Code, KmsError
 from kms.registry import Lease, NodeRecord, NodeState
-from kms.release import MAX_BODY, ReleaseBody, Released, SignedRelease
+from kms.release import ReleaseBody, Released, SignedRelease
 from policies import claims_from_dict
 from policies.errors import PolicyError
+from proto.contract import BodyRejected, decode_release_body
 from proto.sovereign.v1 import admin_pb2, attestation_pb2, common_pb2, key_release_pb2
 
 _TEE = {common_pb2.TEE_SNP: "snp", common_pb2.TEE_TDX: "tdx"}
@@ -141,20 +141,10 @@ def outcome_out(result: AttestationOutcome) -> attestation_pb2.AttestationResult
 def release_in(msg: key_release_pb2.ReleaseRequest) -> SignedRelease:
     """Parse the signed body and require its one canonical encoding (proto/README.md, step 4)."""
     body = bytes(msg.body)
-    if not body or len(body) > MAX_BODY:
-        raise invalid(f"body must be 1-{MAX_BODY} bytes")
-    parsed = key_release_pb2.ReleaseRequestBody()
     try:
-        parsed.ParseFromString(body)
-    except DecodeError:
-        raise invalid("body is not a ReleaseRequestBody") from None
-    parsed.DiscardUnknownFields()
-    if parsed.SerializeToString(deterministic=True) != body:
-        raise invalid(
-            "body is not the canonical encoding of its fields (unknown, repeated, reordered or default "
-            "fields, or over-long varints)",
-            Code.REQUEST_NOT_CANONICAL,
-        )
+        parsed = decode_release_body(body)
+    except BodyRejected as exc:
+        raise invalid(exc.message, Code(exc.code)) from None
     if not parsed.HasField("timestamp"):
         raise invalid("timestamp is required")
     try:

@@ -1,7 +1,8 @@
 """Map coded errors to gRPC statuses with the ``grpc-status-details-bin`` trailer (proto/README.md).
 
 The trailer holds an ``ErrorStatus`` (wire-identical to google.rpc.Status) with exactly one ``Any`` that
-packs an ``ErrorDetail`` whose ``reason`` is the stable code. Messages never carry secrets: they are the
+packs an ``ErrorDetail`` whose ``reason`` is the stable code; ``proto.contract`` packs it here and parses
+it on the nodes and operator clients. Messages never carry secrets: they are the
 coded errors' own messages, which are written to be safe.
 """
 
@@ -11,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
 
 from attestation.errors import AttestationError
 from attestation.errors import Code as AttestationCode
@@ -20,9 +20,8 @@ from kms.errors import KmsError
 from kms.release import ReleaseDenied
 from policies.errors import Code as PolicyCode
 from policies.errors import PolicyError
-from proto.sovereign.v1 import common_pb2
+from proto.contract import TRAILER, pack_error_status
 
-TRAILER = "grpc-status-details-bin"
 SC = grpc.StatusCode
 
 _STATUS: dict[str, grpc.StatusCode] = {
@@ -99,12 +98,9 @@ def domain_of(code: str) -> str:
 def details(
     status: grpc.StatusCode, code: str, message: str, hint: str, metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    detail = common_pb2.ErrorDetail(reason=code, domain=domain_of(code), hint=hint[:1024])
-    for key, value in (metadata or {}).items():
-        detail.metadata[key] = value
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    return common_pb2.ErrorStatus(code=status.value[0], message=message, details=[packed]).SerializeToString()
+    return pack_error_status(
+        status.value[0], code, domain=domain_of(code), message=message, hint=hint, metadata=metadata
+    )
 
 
 Coded = KmsError | AttestationError | PolicyError | ReleaseDenied
@@ -144,15 +140,3 @@ async def abort_async(context: grpc.aio.ServicerContext[Any, Any], err: Coded) -
     status, message, trailer = failure(err)
     await context.abort(status, message, trailing_metadata=trailer)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-
-def parse_trailer(metadata: object) -> common_pb2.ErrorDetail | None:
-    """Client side: the ErrorDetail from a call's trailing metadata, if present."""
-    for key, value in metadata or ():  # type: ignore[attr-defined]
-        if key == TRAILER and isinstance(value, bytes):
-            status = common_pb2.ErrorStatus.FromString(value)
-            if status.details:
-                detail = common_pb2.ErrorDetail()
-                status.details[0].Unpack(detail)
-                return detail
-    return None

@@ -28,22 +28,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kms.errors import Code, KmsError
+from proto.contract import tls_key_proof_message
 
 # A private OID under the UUID arc (ITU-T X.667): the node's attested Ed25519 public key (OCTET STRING).
 NODE_KEY_OID = x509.ObjectIdentifier("2.25.247961541402307345870436406934516069131")
 URI_PREFIX = "urn:sovereign:node:"
-PROOF_LABEL = b"sovereign/v1 client tls key\x00"
 NONCE_BYTES = 32
 MAX_SPKI = 256
 BACKDATE = timedelta(minutes=1)
 CA_LIFETIME = timedelta(days=3650)
 
 _CERT_HINT = "register or renew with the node's own client TLS key, then call ReleaseKey over mutual TLS"
-
-
-def proof_message(nonce: bytes, spki: bytes) -> bytes:
-    """What the node's Ed25519 key signs to vouch for its TLS key."""
-    return PROOF_LABEL + nonce + spki
 
 
 def _octet_string(data: bytes) -> bytes:
@@ -81,7 +76,7 @@ def check_tls_key(
         raise bad("the public key is not in canonical DER")
     try:
         ed25519.Ed25519PublicKey.from_public_bytes(signing_public).verify(
-            signature, proof_message(nonce, spki)
+            signature, tls_key_proof_message(nonce, spki)
         )
     except (InvalidSignature, ValueError):
         raise bad("the signature does not verify with the node's attested Ed25519 key") from None

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from enclave.client import parse_error_detail
+from proto.contract import parse_error_detail
 
 
 class OperatorError(Exception):

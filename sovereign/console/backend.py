@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kms.server.errors import parse_trailer
+from proto.contract import parse_error_detail
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
 
 NODE_STATES = {
@@ -130,7 +130,7 @@ class Backend:
         try:
             return await method(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10)
         except grpc.aio.AioRpcError as err:
-            detail = parse_trailer(err.trailing_metadata())
+            detail = parse_error_detail(err.trailing_metadata())
             code = detail.reason if detail is not None else err.code().name
             hint = detail.hint if detail is not None else ""
             message = err.details() or ""

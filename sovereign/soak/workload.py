@@ -25,7 +25,7 @@ from typing import Any, cast
 import grpc
 
 from enclave.agent import NodeAgent
-from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState, parse_error_detail
+from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
 from enclave.errors import NodeError
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp, simulated_tdx
@@ -41,6 +41,7 @@ from kms.errors import KmsError
 from kms.storage import open_store
 from kms.storage.keys import SqlKeyStore
 from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
+from proto.contract import parse_error_detail
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
 from sovereign.client.audit import checkpoint_in
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD

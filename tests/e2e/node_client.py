@@ -25,6 +25,7 @@ from google.protobuf import timestamp_pb2
 from enclave.identity import NodeIdentity
 from enclave.providers.base import Evidence, EvidenceProvider
 from kms.envelope import open_sealed_key, release_aad
+from proto.contract import SIGNING_DOMAIN
 from proto.sovereign.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -33,7 +34,6 @@ from proto.sovereign.v1 import (
     key_release_pb2_grpc,
 )
 
-SIGNING_DOMAIN = b"sovereign/v1 release"
 TLS_KEY_LABEL = b"sovereign/v1 client tls key\x00"
 TEE = {"snp": common_pb2.TEE_SNP, "tdx": common_pb2.TEE_TDX}
 PURPOSE = {"read": common_pb2.PURPOSE_READ, "write": common_pb2.PURPOSE_WRITE}
@@ -202,11 +202,11 @@ class NodeClient:
 
 def rpc_error(fn: Any, *args: Any) -> tuple[grpc.StatusCode, str, Any]:
     """Call ``fn(*args)`` expecting a failed RPC; returns (status, ErrorDetail.reason, ErrorDetail)."""
-    from kms.server.errors import parse_trailer
+    from proto.contract import parse_error_detail
 
     try:
         fn(*args)
     except grpc.RpcError as err:
-        detail = parse_trailer(err.trailing_metadata())
+        detail = parse_error_detail(err.trailing_metadata())
         return err.code(), detail.reason if detail else "", detail
     raise AssertionError("the call succeeded but should have been refused")

@@ -35,11 +35,11 @@ from kms.audit.reader import LedgerReader, recover
 from kms.audit.verify import verify_export
 from kms.bootstrap import bootstrap
 from kms.openbao_cluster import OpenBaoCluster
-from kms.server.errors import parse_trailer
 from kms.storage import open_store
 from kms.storage.audit_ledger import checkpoints_between
 from kms.storage.group_commit import GroupCommit
 from kms.storage.store import Store
+from proto.contract import parse_error_detail
 from proto.sovereign.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -198,7 +198,7 @@ def send(
         o.seq, o.code, o.reason = stub.ReleaseKey(request, timeout=10).audit_sequence, grpc.StatusCode.OK, ""
         return True
     except grpc.RpcError as err:
-        detail = parse_trailer(err.trailing_metadata())
+        detail = parse_error_detail(err.trailing_metadata())
         o.code, o.reason = err.code(), detail.reason if detail else ""
         return o.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -287,7 +287,7 @@ def test_openbao_leader_stop_fails_closed_until_a_new_leader_then_releases_resum
                 with lock:
                     keys.append(key)
             except grpc.RpcError as err:
-                detail = parse_trailer(err.trailing_metadata())
+                detail = parse_error_detail(err.trailing_metadata())
                 o.code, o.reason = err.code(), detail.reason if detail else ""
                 time.sleep(0.05)
             with lock:

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from attestation.simulate import SimulatedPki
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp
-from kms.server.errors import parse_trailer
+from proto.contract import parse_error_detail
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, attestation_pb2, attestation_pb2_grpc, common_pb2
 
 SC = grpc.StatusCode
@@ -70,7 +70,7 @@ def junk_evidence() -> attestation_pb2.Evidence:
 
 
 def reason_of(err: grpc.RpcError) -> str:
-    detail = parse_trailer(err.trailing_metadata())
+    detail = parse_error_detail(err.trailing_metadata())
     return detail.reason if detail else ""
 
 

@@ -27,7 +27,7 @@ from kms.auth.interceptor import OperatorAuthInterceptor, abort, current_actor
 from kms.auth.roles import RoleMap
 from kms.auth.tokens import Actor, keycloak_validator
 from kms.auth.two_person import ChangeState, PendingChange, TwoPersonConfig, TwoPersonRule
-from kms.server.errors import parse_trailer
+from proto.contract import ErrorDetail, parse_error_detail
 from proto.sovereign.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -35,7 +35,6 @@ from proto.sovereign.v1 import (
     attestation_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
-    common_pb2,
 )
 
 pytestmark = pytest.mark.integration
@@ -186,14 +185,14 @@ def bearer(value: str) -> tuple[tuple[str, str], ...]:
 
 def expect_refused(
     served: Served, call: Any, metadata: Any, status: grpc.StatusCode, code: Code, method: str = "ListNodes"
-) -> common_pb2.ErrorDetail:
+) -> ErrorDetail:
     before = len(served.world.refused)
     with pytest.raises(grpc.RpcError) as info:
         call(metadata)
     err: Any = info.value
     assert err.code() == status, err.details()
     assert err.details().startswith(f"{code.value}: ")
-    detail = parse_trailer(err.trailing_metadata())
+    detail = parse_error_detail(err.trailing_metadata())
     assert detail is not None and detail.reason == code.value and detail.hint
     assert served.world.refused[before:] and served.world.refused[-1][1:] == (
         f"/sovereign.v1.Admin/{method}" if "/" not in method else method,
@@ -348,7 +347,7 @@ def test_two_person_rule_and_same_approver(keycloak: Standin, served: Served) ->
         approve(bearer(token(keycloak, "alice")))
     err: Any = info.value
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert parse_trailer(err.trailing_metadata()).reason == Code.AUTH_SAME_APPROVER.value  # type: ignore[union-attr]
+    assert parse_error_detail(err.trailing_metadata()).reason == Code.AUTH_SAME_APPROVER.value  # type: ignore[union-attr]
     assert served.world.refused[before:] == [
         (served.world.refused[-1][0], "ApprovePendingChange", Code.AUTH_SAME_APPROVER)
     ]
@@ -374,7 +373,7 @@ def test_two_person_rule_and_same_approver(keycloak: Standin, served: Served) ->
     # Applied once: a second approval is refused.
     with pytest.raises(grpc.RpcError) as info:
         approve(bearer(bob))
-    assert parse_trailer(info.value.trailing_metadata()).reason == Code.AUTH_CHANGE_NOT_PENDING.value  # type: ignore[union-attr]
+    assert parse_error_detail(info.value.trailing_metadata()).reason == Code.AUTH_CHANGE_NOT_PENDING.value  # type: ignore[union-attr]
 
 
 def test_custodian_without_admin_cannot_approve_a_policy_change(keycloak: Standin, served: Served) -> None:
@@ -386,7 +385,7 @@ def test_custodian_without_admin_cannot_approve_a_policy_change(keycloak: Standi
             admin_pb2.ApprovePendingChangeRequest(change_id=reply.pending_change.change_id),
             metadata=bearer(token(keycloak, "frank")),  # key custodian (client role) only
         )
-    assert parse_trailer(info.value.trailing_metadata()).reason == Code.AUTH_ROLE_MISSING.value  # type: ignore[union-attr]
+    assert parse_error_detail(info.value.trailing_metadata()).reason == Code.AUTH_ROLE_MISSING.value  # type: ignore[union-attr]
 
 
 def test_pending_changes_expire(keycloak: Standin) -> None:

@@ -8,9 +8,10 @@ import pytest
 from attestation.errors import BindingError
 from kms.errors import Code, KmsError
 from kms.release import ReleaseDenied
-from kms.server.errors import TRAILER, domain_of, failure, parse_trailer, status_for
+from kms.server.errors import domain_of, failure, status_for
 from policies.errors import Code as PolicyCode
 from policies.errors import PolicyError
+from proto.contract import TRAILER, parse_error_detail
 from proto.sovereign.v1 import common_pb2
 
 
@@ -61,7 +62,7 @@ def test_trailer_round_trip(err: KmsError | BindingError | PolicyError | Release
     decoded = common_pb2.ErrorStatus.FromString(value)
     assert decoded.code == status.value[0] and decoded.message == message and len(decoded.details) == 1
     assert decoded.details[0].type_url == "type.googleapis.com/sovereign.v1.ErrorDetail"
-    detail = parse_trailer(trailer)
+    detail = parse_error_detail(trailer)
     assert detail is not None
     code = str(getattr(err.code, "value", err.code))
     assert detail.reason == code and message.startswith(code)

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from kms.errors import KmsError
 from kms.release import check_client_certificate
-from kms.server.node_certs import NodeCa, check_tls_key, identity_of, peer_identity, proof_message
+from kms.server.node_certs import NodeCa, check_tls_key, identity_of, peer_identity
+from proto.contract import tls_key_proof_message
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 NONCE = b"\x07" * 32
@@ -28,7 +29,7 @@ def _signed(nonce: bytes = NONCE) -> tuple[ed25519.Ed25519PrivateKey, bytes, byt
     node = ed25519.Ed25519PrivateKey.generate()
     public = node.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     spki = _spki(ec.generate_private_key(ec.SECP256R1()))
-    return node, public, spki, node.sign(proof_message(nonce, spki))
+    return node, public, spki, node.sign(tls_key_proof_message(nonce, spki))
 
 
 def test_a_proven_key_is_accepted_and_certified(tmp_path: Path) -> None:

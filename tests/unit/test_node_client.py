@@ -16,7 +16,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from attestation.claims import Tee
 from attestation.simulate import shared_pki
 from enclave.agent import NodeAgent
-from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState, parse_error_detail
+from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from enclave.providers.base import Evidence, embedded_report_data
@@ -27,6 +27,7 @@ from kms.errors import Code as KmsCode
 from kms.errors import KmsError
 from kms.openbao_server import free_port
 from kms.server import errors as server_errors
+from proto.contract import TRAILER, parse_error_detail
 from proto.sovereign.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -54,7 +55,7 @@ def trailer(status: SC, reason: str, *, hint: str = "", type_url: str | None = N
 def failing(status: SC, details: bytes | None, message: str = "refused") -> Handler:
     def handle(_request: Any, context: grpc.ServicerContext) -> Any:
         if details is not None:
-            context.set_trailing_metadata(((server_errors.TRAILER, details),))
+            context.set_trailing_metadata(((TRAILER, details),))
         context.abort(status, message)
 
     return handle

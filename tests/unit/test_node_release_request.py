@@ -12,17 +12,16 @@ from nacl.signing import VerifyKey
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from enclave.release_request import (
-    SIGNING_DOMAIN,
     ReleaseFields,
     ReleaseGrant,
     encode_body,
     open_grant,
     sign_release,
-    transcript,
     unix_seconds,
 )
 from kms.envelope import release_aad, seal_key
 from kms.server.codec import release_in
+from proto.contract import SIGNING_DOMAIN, release_transcript
 from proto.sovereign.v1 import key_release_pb2
 
 WHEN = datetime(2026, 11, 28, 7, 30, 15, 250_000, tzinfo=UTC)
@@ -95,7 +94,7 @@ def test_signature_covers_domain_then_exact_body_and_server_accepts_it() -> None
     identity = NodeIdentity.generate()
     signed = sign_release(identity, fields(key_version=3))
     assert SIGNING_DOMAIN == b"sovereign/v1 release" and len(SIGNING_DOMAIN) == 20
-    assert transcript(signed.body) == SIGNING_DOMAIN + signed.body
+    assert release_transcript(signed.body) == SIGNING_DOMAIN + signed.body
     VerifyKey(identity.signing_public).verify(SIGNING_DOMAIN + signed.body, signed.signature)
     with pytest.raises(Exception, match="Signature"):
         VerifyKey(identity.signing_public).verify(signed.body, signed.signature)  # no domain: must fail

@@ -13,7 +13,8 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from kms.server.errors import TRAILER, details
+from kms.server.errors import details
+from proto.contract import TRAILER
 from proto.sovereign.v1 import admin_pb2, attestation_pb2, audit_pb2, common_pb2
 from sovereign.client import OperatorError, to_json
 from sovereign.client import records as r

@@ -29,7 +29,7 @@ from kms.metrics import Metrics
 from kms.policy_source import PolicySource
 from kms.premises import Grant, KeyStanding, NodeStanding, Snapshot, check_premises
 from kms.registry import NodeRecord, NodeState
-from kms.release import SIGNING_DOMAIN, KeyRelease, Released, ReleaseDenied, SignedRelease
+from kms.release import KeyRelease, Released, ReleaseDenied, SignedRelease
 from kms.server.codec import release_in
 from kms.storage import open_store
 from kms.storage.control_schema import nodes
@@ -40,6 +40,7 @@ from kms.storage.policy_versions import PolicyRow, SqlPolicies
 from kms.storage.schema import key_versions, keys
 from kms.storage.store import Store
 from kms.vault import Unwrapped
+from proto.contract import SIGNING_DOMAIN
 from proto.sovereign.v1 import common_pb2, key_release_pb2
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
