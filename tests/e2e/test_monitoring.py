@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,9 +49,16 @@ def scraped(server: ServerProcess, pki: SimulatedPki) -> dict[str, list[tuple[st
     node.register(requested_groups=["trainers"])
     node.release("dataset/train")
     rpc_error(node.release_stub.ReleaseKey, node.release_request("dataset/train", "write"))
-    status, text = _get(server, "/metrics")
-    assert status == 200
-    return _samples(text)
+    # The first checkpoint is signed within a second of the first entries, and the stored-state gauges are
+    # read at most every 5 s: scrape until both show (never longer than 20 s).
+    deadline = time.monotonic() + 20
+    while True:
+        status, text = _get(server, "/metrics")
+        assert status == 200
+        samples = _samples(text)
+        if "sovereign_checkpoint_size" in samples or time.monotonic() > deadline:
+            return samples
+        time.sleep(1)
 
 
 def test_state_families_are_exported(scraped: dict[str, list[tuple[str, float]]]) -> None:
