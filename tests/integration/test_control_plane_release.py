@@ -27,7 +27,8 @@ from kms.clock import ManualClock
 from kms.config import ServerConfig
 from kms.envelope import open_sealed_key
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.release import SIGNING_DOMAIN, Released, ReleaseDenied, SignedRelease
+from kms.release import Released, ReleaseDenied, SignedRelease
+from proto.contract import SIGNING_DOMAIN
 from kms.server.app import ControlPlane, build
 from kms.server.codec import release_in
 from kms.storage.keys import SqlKeyStore
