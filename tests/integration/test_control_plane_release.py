@@ -28,12 +28,12 @@ from kms.config import ServerConfig
 from kms.envelope import open_sealed_key
 from kms.errors import Code, KmsError, OpenBaoError
 from kms.release import Released, ReleaseDenied, SignedRelease
-from proto.contract import SIGNING_DOMAIN
 from kms.server.app import ControlPlane, build
 from kms.server.codec import release_in
 from kms.storage.keys import SqlKeyStore
 from kms.vault import Transit
 from kms.verifier import EvidenceVerifier
+from proto.contract import SIGNING_DOMAIN
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Kms
