@@ -46,6 +46,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         )
         p.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, development only")
         p.add_argument("--provider", choices=PROVIDER_CHOICES, default=None, help="evidence provider (auto)")
+        p.add_argument(
+            "--sim-pki",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="simulated providers only: the test PKI saved by `evidence simulate --save-pki DIR` "
+            "(env SOVEREIGN_NODE_SIM_PKI; development only)",
+        )
+        p.add_argument(
+            "--sim-measurement",
+            default=None,
+            metavar="HEX",
+            help="simulated providers only: the SNP MEASUREMENT / TDX MRTD to report (default zeros)",
+        )
         p.add_argument("--node-name", help="this node's name, an RFC 1123 label (env SOVEREIGN_NODE_NAME)")
         p.add_argument("--group", action="append", default=None, help="group to request (repeatable)")
         p.add_argument("--timeout", type=float, default=None, help="seconds per RPC (default 10)")
@@ -107,6 +121,8 @@ def _session(args: argparse.Namespace) -> Iterator[tuple[NodeAgent, dict[str, An
         provider=args.provider,
         groups=args.group,
         timeout=args.timeout,
+        sim_pki=args.sim_pki,
+        sim_measurement=args.sim_measurement,
     )
     provider = build_provider(config)
     with build_client(config) as client:
