@@ -170,3 +170,115 @@ def _simulated_provider(config: NodeConfig) -> EvidenceProvider:
     if config.provider == "simulated-snp":
         return simulated_snp(pki, measurement=config.sim_measurement)
     return simulated_tdx(pki, mrtd=config.sim_measurement)
+
+
+# --- the resident agent's settings (node.toml) --------------------------------------------------------
+
+REVOCATION_ACTIONS = ("deny", "terminate")
+DEFAULT_SOCKET = Path("/run/sovereign/agent.sock")
+_NODE_KEYS = {"server", "node_name", "ca", "insecure_dev", "provider", "groups", "timeout", "sim_pki"}
+_NODE_KEYS |= {"sim_measurement", "agent"}
+_AGENT_KEYS = {
+    "socket",
+    "socket_mode",
+    "socket_group",
+    "allowed_uids",
+    "allowed_gids",
+    "revocation_action",
+    "check_interval",
+    "keys",
+}
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """``[agent]`` in node.toml: the local socket and what happens on revocation."""
+
+    socket: Path = DEFAULT_SOCKET
+    socket_mode: int = 0o660
+    socket_group: str = ""
+    allowed_uids: tuple[int, ...] = ()
+    allowed_gids: tuple[int, ...] = ()
+    revocation_action: str = "deny"
+    check_interval: float = 30.0
+    keys: tuple[str, ...] = ()  # released at start (fail fast) and held
+
+    def __post_init__(self) -> None:
+        if self.revocation_action not in REVOCATION_ACTIONS:
+            raise _invalid(f"revocation_action must be one of {', '.join(REVOCATION_ACTIONS)}")
+        if self.socket_mode & ~0o777 or self.socket_mode & 0o007:
+            raise _invalid(f"socket_mode {self.socket_mode:o}: at most 0770 (never open to every user)")
+        if not self.check_interval > 0:
+            raise _invalid("check_interval must be positive")
+        if any(not isinstance(i, int) or i < 0 for i in (*self.allowed_uids, *self.allowed_gids)):
+            raise _invalid("allowed_uids / allowed_gids are lists of numeric ids")
+
+
+def _typed(doc: Mapping[str, object], key: str, kind: type | tuple[type, ...], where: str) -> object:
+    value = doc[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise _invalid(f"{where}: {key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def load_node_toml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[NodeConfig, AgentSettings]:
+    """node.toml (see deploy/config/node.toml): top-level node settings, ``[agent]`` for the agent.
+    ``SOVEREIGN_NODE_*`` variables fill what the file leaves out."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _invalid(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise _invalid(f"{path} is not TOML: {exc}") from None
+    unknown = set(doc) - _NODE_KEYS
+    agent_doc = doc.get("agent", {})
+    if not isinstance(agent_doc, dict):
+        raise _invalid(f"{path}: [agent] must be a table")
+    unknown |= {f"agent.{k}" for k in set(agent_doc) - _AGENT_KEYS}
+    if unknown:
+        raise _invalid(f"{path}: unknown settings {sorted(unknown)}")
+    where = str(path)
+    text = {
+        k: str(_typed(doc, k, str, where))
+        for k in ("server", "node_name", "ca", "provider", "sim_pki")
+        if k in doc
+    }
+    groups = _typed(doc, "groups", list, where) if "groups" in doc else None
+    if groups is not None and not all(isinstance(g, str) for g in groups):  # type: ignore[attr-defined]
+        raise _invalid(f"{path}: groups is a list of names")
+    timeout = float(_typed(doc, "timeout", (int, float), where)) if "timeout" in doc else None  # type: ignore[arg-type]
+    insecure = bool(_typed(doc, "insecure_dev", bool, where)) if "insecure_dev" in doc else False
+    measurement = str(_typed(doc, "sim_measurement", str, where)) if "sim_measurement" in doc else None
+    config = NodeConfig.resolve(
+        environ,
+        server=text.get("server"),
+        node_name=text.get("node_name"),
+        ca=Path(text["ca"]) if "ca" in text else None,
+        insecure_dev=insecure,
+        provider=text.get("provider"),
+        groups=list(groups) if groups is not None else None,  # type: ignore[call-overload]
+        timeout=timeout,
+        sim_pki=Path(text["sim_pki"]) if "sim_pki" in text else None,
+        sim_measurement=measurement,
+    )
+    a: dict[str, object] = {}
+    if "socket" in agent_doc:
+        a["socket"] = Path(str(_typed(agent_doc, "socket", str, where)))
+    if "socket_mode" in agent_doc:
+        mode = _typed(agent_doc, "socket_mode", (str, int), where)
+        try:
+            a["socket_mode"] = int(mode, 8) if isinstance(mode, str) else mode
+        except ValueError:
+            raise _invalid(f'{path}: socket_mode {mode!r} is not octal (e.g. "0660")') from None
+    if "socket_group" in agent_doc:
+        a["socket_group"] = str(_typed(agent_doc, "socket_group", (str, int), where))
+    for key in ("allowed_uids", "allowed_gids", "keys"):
+        if key in agent_doc:
+            a[key] = tuple(_typed(agent_doc, key, list, where))  # type: ignore[arg-type]
+    if "revocation_action" in agent_doc:
+        a["revocation_action"] = str(_typed(agent_doc, "revocation_action", str, where))
+    if "check_interval" in agent_doc:
+        a["check_interval"] = float(_typed(agent_doc, "check_interval", (int, float), where))  # type: ignore[arg-type]
+    return config, AgentSettings(**a)  # type: ignore[arg-type]

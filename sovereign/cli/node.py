@@ -1,6 +1,7 @@
-"""``sovereign node register|fetch-key|decrypt|encrypt|run``: the node agent, one process per session.
+"""``sovereign node register|fetch-key|decrypt|encrypt|run``: the node agent, one process per session;
+``sovereign node agent|exec`` (``sovereign.cli._node_agent``): the resident agent and workloads under it.
 
-The node's keys live only in this process's memory, so every command registers first (fresh keys,
+The node's keys live only in process memory, so every one-shot command registers first (fresh keys,
 fresh evidence) and then does its work; nothing about the session is saved.
 """
 
@@ -19,6 +20,7 @@ from enclave.config import PROVIDER_CHOICES, NodeConfig, build_client, build_pro
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from kms.envelope import EnvelopeError
+from sovereign.cli import _node_agent as node_agent
 from sovereign.cli._output import fail, print_json
 
 
@@ -109,6 +111,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="allow --decrypt outputs on a disk-backed path (unsafe)",
     )
     run.set_defaults(func=_run)
+
+    node_agent.add_commands(cmds, command)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,328 @@
+"""The resident node agent across real processes: ``sovereign serve`` (trusting a simulator PKI saved to
+disk), OpenBao, ``sovereign node agent`` and a workload run by ``sovereign node exec`` that reads a
+sealed shard through ``enclave.workload.open_sealed`` with its keys from the agent's socket.
+
+The lease is 4 seconds (the demo policy with ``lease_seconds = 4``), so the agent must renew it several
+times while the workload reads. Independent oracle for the data: the owner's key unwrapped straight from
+OpenBao with the root token."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from e2e.world import ROOT, SNP_MEASUREMENT, TDX_MRTD, Bao, ServerProcess, server_policy
+
+from attestation.simulate import SimulatedPki
+from enclave.workload import agent_api
+from kms.envelope import encrypt_stream
+from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
+from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from sovereign.cli._sim_pki import save_sim_pki
+from sovereign.demo.site import Inputs
+
+LEASE_SECONDS = 4
+SHARD = os.urandom(5 * 65536 + 77)
+NOBODY = 65534
+WORKLOAD = r"""
+import hashlib, json, sys, time
+from enclave.workload import ERRORS, open_sealed
+shard, want, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+deadline, reads = time.monotonic() + seconds, 0
+while time.monotonic() < deadline:
+    try:
+        with open_sealed(shard) as f:
+            ok = hashlib.sha256(f.read()).hexdigest() == want
+    except ERRORS as err:
+        print(json.dumps({"reads": reads, "code": str(err.code), "reason": getattr(err, "reason", "")}), flush=True)
+        sys.exit(3)
+    if not ok:
+        sys.exit(4)
+    reads += 1
+    print(json.dumps({"reads": reads}), flush=True)
+    time.sleep(0.2)
+sys.exit(0)
+"""
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("sim") / "pki"
+    now = datetime.now(UTC)
+    save_sim_pki(SimulatedPki.generate(now), directory, now)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory, sim_dir: Path, bao: Bao) -> Iterator[ServerProcess]:
+    """``serve`` trusting the saved PKI (its trust.json and collateral), leases of 4 seconds."""
+    workdir = tmp_path_factory.mktemp("serve")
+    policy = workdir / "policy.toml"
+    policy.write_text(server_policy().replace("lease_seconds = 300", f"lease_seconds = {LEASE_SECONDS}"))
+    inputs = Inputs(sim_dir / "trust.json", sim_dir / "collateral", policy)
+    proc = ServerProcess(workdir, inputs, bao).start()
+    try:
+        with proc.admin_channel() as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            admin.CreateKey(
+                admin_pb2.CreateKeyRequest(name="dataset/train", kind=common_pb2.KEY_KIND_DATASET)
+            )
+            admin.CreateKey(admin_pb2.CreateKeyRequest(name="model/main", kind=common_pb2.KEY_KIND_MODEL))
+        yield proc
+    finally:
+        proc.stop()
+
+
+def owner_key(server: ServerProcess, bao: Bao, name: str) -> bytes:
+    row = (
+        sqlite3.connect(server.db)
+        .execute("SELECT ciphertext FROM key_versions WHERE key_name = ? AND version = 1", (name,))
+        .fetchone()
+    )
+    transit = OpenBaoTransit(BaoSettings(addr=bao.server.addr, auth=TokenAuth(bao.server.root_token or "")))
+    try:
+        return transit.unwrap(row[0]).plaintext
+    finally:
+        transit.close()
+
+
+@pytest.fixture(scope="module")
+def shard(plane: ServerProcess, bao: Bao, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "shard-000.tar.sealed"
+    with path.open("wb") as out:
+        encrypt_stream(
+            owner_key(plane, bao, "dataset/train"), SHARD, out, key_ref="dataset/train@v1", chunk_size=65536
+        )
+    return path
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A folder another uid can reach (pytest's tmp_path is 0700 under root's)."""
+    directory = Path(tempfile.mkdtemp(prefix="sov-agent-"))
+    os.chmod(directory, 0o711)
+    yield directory
+    for child in directory.iterdir():
+        child.unlink()
+    directory.rmdir()
+
+
+def node_toml(
+    plane: ServerProcess,
+    sim_dir: Path,
+    directory: Path,
+    *,
+    tee: str = "snp",
+    action: str = "deny",
+    extra: str = "",
+) -> Path:
+    assert plane.ca is not None
+    measurement = (SNP_MEASUREMENT if tee == "snp" else TDX_MRTD).hex()
+    path = directory / f"node-{tee}-{action}.toml"
+    path.write_text(
+        f'server = "127.0.0.1:{plane.port}"\nnode_name = "trainer-{tee}"\nca = "{plane.ca}"\n'
+        f'provider = "simulated-{tee}"\nsim_pki = "{sim_dir}"\nsim_measurement = "{measurement}"\n'
+        f'groups = ["trainers"]\n\n[agent]\nsocket = "{directory / "agent.sock"}"\nsocket_mode = "0660"\n'
+        f'revocation_action = "{action}"\ncheck_interval = 0.5\n{extra}'
+    )
+    return path
+
+
+def start_agent(config: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sovereign", "node", "agent", "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if " ATTESTED" in line:
+            os.set_blocking(proc.stdout.fileno(), False)
+            return proc
+    proc.kill()
+    pytest.fail("the node agent did not attest:\n" + "".join(seen[-30:]))
+
+
+def stop(proc: subprocess.Popen[str]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def status(socket_path: Path) -> dict[str, object]:
+    return agent_api.call(str(socket_path), {"op": "status"}, timeout=10)
+
+
+def run_workload(
+    socket_path: Path, shard: Path, seconds: float, *, keys: str = "dataset/train"
+) -> subprocess.Popen[str]:
+    import hashlib
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "sovereign", "node", "exec", "--socket", str(socket_path), "--keys", keys, "--",
+         sys.executable, "-c", WORKLOAD, str(shard), hashlib.sha256(SHARD).hexdigest(), str(seconds)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def last_line(out: str) -> dict[str, object]:
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+@pytest.mark.parametrize("tee", ["snp", "tdx"])
+def test_two_process_node_registers_with_the_saved_pki(plane: ServerProcess, sim_dir: Path, tee: str) -> None:
+    assert plane.ca is not None
+    measurement = (SNP_MEASUREMENT if tee == "snp" else TDX_MRTD).hex()
+    done = subprocess.run(
+        [sys.executable, "-m", "sovereign", "node", "register", "--server", f"127.0.0.1:{plane.port}",
+         "--ca", str(plane.ca), "--node-name", f"cli-{tee}", "--group", "trainers", "--provider",
+         f"simulated-{tee}", "--sim-pki", str(sim_dir), "--sim-measurement", measurement, "--json"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    registration = json.loads(done.stdout)["registration"]
+    assert registration["state"] == "ATTESTED" and registration["simulated"] is True
+
+
+@pytest.mark.parametrize("tee", ["snp", "tdx"])
+def test_lease_is_renewed_while_the_workload_reads(
+    plane: ServerProcess, sim_dir: Path, shard: Path, sock_dir: Path, tee: str
+) -> None:
+    agent = start_agent(node_toml(plane, sim_dir, sock_dir, tee=tee))
+    socket_path = sock_dir / "agent.sock"
+    try:
+        first = status(socket_path)
+        workload = run_workload(socket_path, shard, seconds=3.5 * LEASE_SECONDS)
+        out, err = workload.communicate(timeout=120)
+        assert workload.returncode == 0, out + err
+        assert int(last_line(out)["reads"]) >= 10  # type: ignore[call-overload]
+        after = status(socket_path)
+        # Each 4 s lease renewed at 50-75% of its life: at least three renewals in 14 s of reading.
+        assert int(after["renewals"]) >= 3, after  # type: ignore[call-overload]
+        assert after["node_id"] == first["node_id"] and after["state"] == "ATTESTED"
+        assert int(after["handouts"]) >= 10  # type: ignore[call-overload]
+        assert "keys available: dataset/train@v1" in err
+    finally:
+        assert stop(agent) == 0
+
+
+def test_exec_fails_fast_on_a_key_the_node_may_not_have(
+    plane: ServerProcess, sim_dir: Path, shard: Path, sock_dir: Path
+) -> None:
+    agent = start_agent(node_toml(plane, sim_dir, sock_dir))
+    try:
+        workload = run_workload(sock_dir / "agent.sock", shard, seconds=1, keys="dataset/nope")
+        out, err = workload.communicate(timeout=60)
+        assert workload.returncode == 1 and "AGENT_KEY_DENIED" in err and not out
+    finally:
+        stop(agent)
+
+
+@pytest.mark.parametrize("action", ["deny", "terminate"])
+def test_revocation_mid_run_ends_key_access(
+    plane: ServerProcess, sim_dir: Path, shard: Path, sock_dir: Path, action: str
+) -> None:
+    agent = start_agent(node_toml(plane, sim_dir, sock_dir, action=action))
+    socket_path = sock_dir / "agent.sock"
+    try:
+        workload = run_workload(socket_path, shard, seconds=60)
+        assert workload.stdout is not None
+        assert json.loads(workload.stdout.readline())["reads"] == 1  # reading under the agent
+        node_id = str(status(socket_path)["node_id"])
+        with plane.admin_channel() as channel:
+            admin_pb2_grpc.AdminStub(channel).RevokeNode(
+                admin_pb2.RevokeNodeRequest(node_id=node_id, reason="test")
+            )
+        out, err = workload.communicate(timeout=60)
+        if action == "deny":
+            assert workload.returncode == 3, out + err
+            assert last_line(out) | {"reads": 0} == {
+                "reads": 0, "code": "WORKLOAD_KEY_UNAVAILABLE", "reason": "AGENT_NODE_REVOKED",
+            }  # fmt: skip
+        else:
+            assert workload.returncode == 128 + signal.SIGTERM, out + err
+        assert status(socket_path)["state"] == "REVOKED"
+    finally:
+        stop(agent)
+
+
+def test_killed_agent_gives_a_coded_error_and_a_restarted_one_registers_again(
+    plane: ServerProcess, sim_dir: Path, shard: Path, sock_dir: Path
+) -> None:
+    config = node_toml(plane, sim_dir, sock_dir)
+    socket_path = sock_dir / "agent.sock"
+    agent = start_agent(config)
+    workload = run_workload(socket_path, shard, seconds=60)
+    try:
+        assert workload.stdout is not None
+        assert json.loads(workload.stdout.readline())["reads"] == 1
+        first = status(socket_path)["node_id"]
+        agent.kill()
+        agent.wait()
+        out, err = workload.communicate(timeout=60)
+        assert workload.returncode == 3, out + err
+        assert last_line(out)["code"] == "WORKLOAD_AGENT_UNAVAILABLE"
+        agent = start_agent(config)  # the dead agent's socket file is taken over
+        again = status(socket_path)
+        assert again["state"] == "ATTESTED" and again["node_id"] != first
+        workload = run_workload(socket_path, shard, seconds=1)
+        out, err = workload.communicate(timeout=60)
+        assert workload.returncode == 0, out + err
+    finally:
+        if workload.poll() is None:
+            workload.kill()
+        stop(agent)
+
+
+def test_a_caller_with_another_uid_is_refused_at_the_socket(
+    plane: ServerProcess, sim_dir: Path, sock_dir: Path
+) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a child as another uid")
+    # The socket's group lets uid 65534 connect; SO_PEERCRED then refuses it (not on the allow-list).
+    agent = start_agent(node_toml(plane, sim_dir, sock_dir, extra=f"socket_group = {NOBODY}\n"))
+    socket_path = sock_dir / "agent.sock"
+    probe = (
+        "import json, sys\n"
+        "from enclave.workload.keys import AgentSocketKeySource\n"
+        "from enclave.workload import ERRORS\n"
+        "try:\n"
+        "    AgentSocketKeySource(sys.argv[1]).read_key(b'dataset/train@v1')\n"
+        "except ERRORS as err:\n"
+        "    print(json.dumps({'code': str(err.code), 'reason': getattr(err, 'reason', '')}))\n"
+    )
+    try:
+        other = subprocess.run(
+            [sys.executable, "-c", probe, str(socket_path)],
+            cwd=ROOT, capture_output=True, text=True, check=False, user=NOBODY, group=NOBODY,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )  # fmt: skip
+        assert json.loads(other.stdout) == {
+            "code": "WORKLOAD_AGENT_UNAVAILABLE",
+            "reason": "AGENT_PEER_REFUSED",
+        }, other.stdout + other.stderr
+        assert int(status(socket_path)["refusals"]) >= 1  # type: ignore[call-overload]
+        mine = agent_api.call(str(socket_path), {"op": "key", "name": "dataset/train", "purpose": "read"})
+        assert mine["ok"] is True and mine["key_ref"] == "dataset/train@v1"
+    finally:
+        stop(agent)
