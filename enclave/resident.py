@@ -357,28 +357,60 @@ class ResidentAgent:
         with self._lock:
             wanted = version or self._latest.get((name, purpose), 0)
             held = self._keys.get((name, wanted, purpose)) if wanted else None
-            agent = self._agent
         if held is not None:
             return held
-        assert agent is not None
-        try:
-            released = agent.release(name, purpose, version)
-        except ControlPlaneError as exc:
-            if exc.reason in _NODE_OUT:
-                self._revoked(f"release refused ({exc.reason})")
-                raise Refused(agent_api.NODE_REVOKED, f"node {self.node_id} is no longer attested") from None
-            if exc.code is NodeCode.RELEASE_DENIED:
-                raise Refused(agent_api.KEY_DENIED, exc.message, exc.hint) from None
-            raise Refused(agent_api.AGENT_ERROR, exc.message, exc.hint) from None
-        except NodeError as exc:
-            raise Refused(agent_api.AGENT_ERROR, exc.message, exc.hint) from None
+        released = self._release(name, purpose, version)
         with self._lock:
-            if self.state is not AgentState.ATTESTED:  # revoked while this release was in flight
-                raise Refused(agent_api.NODE_REVOKED, f"node {self.node_id} is no longer attested")
+            if self.state is not AgentState.ATTESTED:  # revoked or lapsed while this release was in flight
+                self._require_attested()
             self._keys[(name, released.key_version, purpose)] = released
             if not version:
                 self._latest[(name, purpose)] = released.key_version
         return released
+
+    def _release(self, name: str, purpose: str, version: int) -> ReleasedKey:
+        for attempt in (1, 2):
+            agent = self._agent
+            if agent is None:
+                raise Refused(agent_api.NOT_READY, "the node is re-registering")
+            try:
+                return agent.release(name, purpose, version)
+            except ControlPlaneError as exc:
+                if exc.reason in _NODE_OUT:
+                    self._revoked(f"release refused ({exc.reason})")
+                    raise Refused(
+                        agent_api.NODE_REVOKED, f"node {self.node_id} is no longer attested"
+                    ) from None
+                if exc.reason == "RELEASE_LEASE_EXPIRED":
+                    # The lease ran out before its renewal landed (a slow or refused renewal): renew now
+                    # and try once more; a workload never gets a key on a lapsed lease.
+                    if attempt == 1 and self._renew_now(timeout=max(10.0, agent.client.timeout)):
+                        continue
+                    raise Refused(agent_api.NOT_READY, "the node's lease expired; re-attesting") from None
+                if exc.code is NodeCode.RELEASE_DENIED:
+                    raise Refused(agent_api.KEY_DENIED, exc.message, exc.hint) from None
+                raise Refused(agent_api.AGENT_ERROR, exc.message, exc.hint) from None
+            except NodeError as exc:
+                raise Refused(agent_api.AGENT_ERROR, exc.message, exc.hint) from None
+        raise AssertionError("unreachable")
+
+    def _renew_now(self, *, timeout: float) -> bool:
+        """Ask the lease thread to renew at once; True once a new lease is in place."""
+        registration = self.registration
+        before = registration.lease.lease_id if registration and registration.lease else ""
+        with self._lock:
+            self._renew_at = self._now()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            current = self.registration
+            lease = current.lease if current else None
+            if self.state is AgentState.REVOKED:
+                return False
+            if self.state is AgentState.ATTESTED and lease is not None and lease.lease_id != before:
+                return True
+            time.sleep(0.05)
+        return False
 
     def status(self) -> dict[str, Any]:
         registration = self.registration

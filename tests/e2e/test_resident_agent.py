@@ -25,6 +25,8 @@ from e2e.world import ROOT, SNP_MEASUREMENT, TDX_MRTD, Bao, ServerProcess, serve
 
 from attestation.simulate import SimulatedPki
 from enclave.workload import agent_api
+from enclave.workload.errors import WorkloadError
+from enclave.workload.keys import AgentSocketKeySource
 from kms.envelope import encrypt_stream
 from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
@@ -151,7 +153,7 @@ def start_agent(config: Path) -> subprocess.Popen[str]:
         if not line:
             break
         seen.append(line)
-        if " ATTESTED" in line:
+        if line.startswith("node agent: node ") and line.rstrip().endswith(" ATTESTED"):
             os.set_blocking(proc.stdout.fileno(), False)
             return proc
     proc.kill()
@@ -182,6 +184,16 @@ def run_workload(
          sys.executable, "-c", WORKLOAD, str(shard), hashlib.sha256(SHARD).hexdigest(), str(seconds)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def first_read(workload: subprocess.Popen[str]) -> None:
+    assert workload.stdout is not None
+    line = workload.stdout.readline()
+    if not line.startswith("{"):
+        workload.kill()
+        out, err = workload.communicate()
+        pytest.fail(f"the workload did not read: {line}{out}{err}")
+    assert json.loads(line)["reads"] == 1
 
 
 def last_line(out: str) -> dict[str, object]:
@@ -246,8 +258,7 @@ def test_revocation_mid_run_ends_key_access(
     socket_path = sock_dir / "agent.sock"
     try:
         workload = run_workload(socket_path, shard, seconds=60)
-        assert workload.stdout is not None
-        assert json.loads(workload.stdout.readline())["reads"] == 1  # reading under the agent
+        first_read(workload)  # reading under the agent
         node_id = str(status(socket_path)["node_id"])
         with plane.admin_channel() as channel:
             admin_pb2_grpc.AdminStub(channel).RevokeNode(
@@ -274,8 +285,7 @@ def test_killed_agent_gives_a_coded_error_and_a_restarted_one_registers_again(
     agent = start_agent(config)
     workload = run_workload(socket_path, shard, seconds=60)
     try:
-        assert workload.stdout is not None
-        assert json.loads(workload.stdout.readline())["reads"] == 1
+        first_read(workload)
         first = status(socket_path)["node_id"]
         agent.kill()
         agent.wait()
@@ -294,6 +304,31 @@ def test_killed_agent_gives_a_coded_error_and_a_restarted_one_registers_again(
         stop(agent)
 
 
+def probe_as(uid: int, socket_path: Path) -> dict[str, str]:
+    """Ask the agent for a key from a forked child running as ``uid`` (the venv's interpreter lives
+    under root's home, so a fresh process as another user could not even start)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to uid, ask, report, exit without running pytest's cleanup
+        result = {"code": "", "reason": ""}
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            AgentSocketKeySource(str(socket_path)).read_key(b"dataset/train@v1")
+        except WorkloadError as err:
+            result = {"code": str(err.code), "reason": getattr(err, "reason", "")}
+        except BaseException as err:  # noqa: BLE001 - reported to the parent
+            result = {"code": type(err).__name__, "reason": ""}
+        os.write(write_end, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
 def test_a_caller_with_another_uid_is_refused_at_the_socket(
     plane: ServerProcess, sim_dir: Path, sock_dir: Path
 ) -> None:
@@ -302,25 +337,11 @@ def test_a_caller_with_another_uid_is_refused_at_the_socket(
     # The socket's group lets uid 65534 connect; SO_PEERCRED then refuses it (not on the allow-list).
     agent = start_agent(node_toml(plane, sim_dir, sock_dir, extra=f"socket_group = {NOBODY}\n"))
     socket_path = sock_dir / "agent.sock"
-    probe = (
-        "import json, sys\n"
-        "from enclave.workload.keys import AgentSocketKeySource\n"
-        "from enclave.workload import ERRORS\n"
-        "try:\n"
-        "    AgentSocketKeySource(sys.argv[1]).read_key(b'dataset/train@v1')\n"
-        "except ERRORS as err:\n"
-        "    print(json.dumps({'code': str(err.code), 'reason': getattr(err, 'reason', '')}))\n"
-    )
     try:
-        other = subprocess.run(
-            [sys.executable, "-c", probe, str(socket_path)],
-            cwd=ROOT, capture_output=True, text=True, check=False, user=NOBODY, group=NOBODY,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        )  # fmt: skip
-        assert json.loads(other.stdout) == {
+        assert probe_as(NOBODY, socket_path) == {
             "code": "WORKLOAD_AGENT_UNAVAILABLE",
             "reason": "AGENT_PEER_REFUSED",
-        }, other.stdout + other.stderr
+        }
         assert int(status(socket_path)["refusals"]) >= 1  # type: ignore[call-overload]
         mine = agent_api.call(str(socket_path), {"op": "key", "name": "dataset/train", "purpose": "read"})
         assert mine["ok"] is True and mine["key_ref"] == "dataset/train@v1"
