@@ -318,7 +318,7 @@ def probe_as(uid: int, socket_path: Path) -> dict[str, str]:
             AgentSocketKeySource(str(socket_path)).read_key(b"dataset/train@v1")
         except WorkloadError as err:
             result = {"code": str(err.code), "reason": getattr(err, "reason", "")}
-        except BaseException as err:  # noqa: BLE001 - reported to the parent
+        except BaseException as err:
             result = {"code": type(err).__name__, "reason": ""}
         os.write(write_end, json.dumps(result).encode())
         os._exit(0)
