@@ -347,3 +347,72 @@ def test_a_caller_with_another_uid_is_refused_at_the_socket(
         assert mine["ok"] is True and mine["key_ref"] == "dataset/train@v1"
     finally:
         stop(agent)
+
+
+def test_the_systemd_unit_runs_the_agent_with_the_sample_config(
+    plane: ServerProcess, sim_dir: Path, shard: Path, sock_dir: Path
+) -> None:
+    """deploy/systemd/sovereign-node.service's ExecStart, as written, with deploy/config/node.toml;
+    only the install paths and the site's values are substituted."""
+    unit = (ROOT / "deploy" / "systemd" / "sovereign-node.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))[
+        len("ExecStart=") :
+    ]
+    sample = (ROOT / "deploy" / "config" / "node.toml").read_text()
+    assert plane.ca is not None
+    site = {
+        'server = "control-plane.example.internal:8443"': f'server = "127.0.0.1:{plane.port}"',
+        'ca = "/etc/sovereign/control-plane-ca.pem"': f'ca = "{plane.ca}"',
+        'provider = "auto"': 'provider = "simulated-snp"',
+        '# sim_pki = "/var/lib/sovereign/sim-pki"': f'sim_pki = "{sim_dir}"',
+        "# sim_measurement = ": "sim_measurement = ",
+        'socket = "/run/sovereign-node/agent.sock"': f'socket = "{sock_dir / "agent.sock"}"',
+    }
+    for old, new in site.items():
+        assert old in sample, old
+        sample = sample.replace(old, new)
+    config = sock_dir / "node.toml"
+    config.write_text(sample)
+    command = exec_start.replace(
+        "/opt/sovereign/current/venv/bin/sovereign", str(ROOT / ".venv" / "bin" / "sovereign")
+    )
+    command = command.replace("/etc/sovereign/node.toml", str(config))
+    proc = subprocess.Popen(
+        command.split(), cwd=sock_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        seen = [proc.stdout.readline() for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while not any(line.rstrip().endswith(" ATTESTED") for line in seen) and time.monotonic() < deadline:
+            seen.append(proc.stdout.readline())
+        assert any(line.startswith("node agent: node ") for line in seen), "".join(seen)
+        workload = run_workload(sock_dir / "agent.sock", shard, seconds=1)
+        out, err = workload.communicate(timeout=60)
+        assert workload.returncode == 0, out + err
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the unit's KillSignal
+        assert proc.wait(15) == 0
+
+
+def test_exec_starts_an_agent_for_the_commands_life_and_returns_its_status(
+    plane: ServerProcess, sim_dir: Path, shard: Path, sock_dir: Path
+) -> None:
+    import hashlib
+
+    config = node_toml(plane, sim_dir, sock_dir, tee="tdx")
+    base = [sys.executable, "-m", "sovereign", "node", "exec", "--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if k != "SOVEREIGN_AGENT_SOCKET"}
+    reads = subprocess.run(
+        [*base, "--keys", "dataset/train", "--", sys.executable, "-c", WORKLOAD, str(shard),
+         hashlib.sha256(SHARD).hexdigest(), "1"],
+        cwd=ROOT, capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    assert reads.returncode == 0, reads.stdout + reads.stderr
+    assert int(last_line(reads.stdout)["reads"]) >= 1  # type: ignore[call-overload]
+    code = subprocess.run(
+        [*base, "--", sys.executable, "-c", "import os, sys; sys.exit(7 if os.environ['SOVEREIGN_AGENT_SOCKET'] else 1)"],
+        cwd=ROOT, capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    assert code.returncode == 7, code.stderr
+    assert not (sock_dir / "agent.sock").exists()  # the configured socket was never used: nothing ran there
