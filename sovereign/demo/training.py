@@ -6,11 +6,16 @@ checkpoint with ``create_sealed``)."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from attestation.simulate import SimulatedPki
+from attestation.simulate.persist import dump_pki
 from kms.envelope import encrypt_stream
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train.py"
@@ -50,3 +55,26 @@ def node_toml(
         f'sim_pki = "{sim_pki}"\nsim_measurement = "{measurement.hex()}"\ngroups = ["trainers"]\n\n'
         f'[agent]\nsocket = "{socket}"\nsocket_mode = "0600"\nrevocation_action = "deny"\ncheck_interval = 30\n'
     )
+
+
+def write_pki(pki: SimulatedPki, directory: Path) -> Path:
+    """``directory/pki.json`` (0600): the in-memory PKI the control plane already trusts, for a node
+    process (``--sim-pki directory``)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = directory / "pki.json"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(dump_pki(pki))
+    return directory
+
+
+def run_training(
+    *, node_config: Path, shard: Path, checkpoint: Path, timeout: float = 180.0
+) -> subprocess.CompletedProcess[str]:
+    """examples/train.py as its own process under ``sovereign node exec`` (which starts the agent)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sovereign", "node", "exec", "--config", str(node_config), "--keys",
+         "dataset/train", "--", sys.executable, str(EXAMPLE), str(shard), str(checkpoint)],
+        env=env, capture_output=True, text=True, check=False, timeout=timeout, cwd=EXAMPLE.parents[1],
+    )  # fmt: skip
