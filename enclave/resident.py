@@ -56,6 +56,7 @@ class AgentState(StrEnum):
     STARTING = "STARTING"
     ATTESTED = "ATTESTED"
     LAPSED = "LAPSED"  # the lease ended before it could be renewed; re-attesting
+    PENDING = "PENDING"  # registered, waiting for an operator's approval (renewed until then)
     REVOKED = "REVOKED"
     STOPPED = "STOPPED"
 
@@ -126,6 +127,7 @@ class ResidentAgent:
         self.counters = Counters()
         self.last_error: NodeError | None = None
         self._ready = threading.Event()
+        self._attempted = threading.Event()
         self._thread: threading.Thread | None = None
         self._renew_at: datetime = clock()
 
@@ -147,6 +149,12 @@ class ResidentAgent:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="node-agent-lease", daemon=True)
         self._thread.start()
+
+    def wait_first_attempt(self, timeout: float | None = None) -> bool:
+        """True if the first registration attempt left the node ATTESTED; False once it did not (the
+        reason is in ``last_error``), without waiting for the retries."""
+        self._attempted.wait(timeout)
+        return self.state is AgentState.ATTESTED
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the first registration was ATTESTED (or the agent gave up / was revoked)."""
@@ -183,7 +191,9 @@ class ResidentAgent:
                 self._sleep(3600)
                 continue
             try:
-                if self.state is not AgentState.ATTESTED:
+                if self.state is AgentState.PENDING:
+                    self._await_approval()
+                elif self.state is not AgentState.ATTESTED:
                     self._register()
                 elif self._now() >= self._renew_at:
                     self._renew()
@@ -200,6 +210,7 @@ class ResidentAgent:
                     return
                 continue
             finally:
+                self._attempted.set()
                 if self.state in (AgentState.ATTESTED, AgentState.REVOKED):
                     self._ready.set()
             if self.state is AgentState.ATTESTED:
@@ -227,9 +238,11 @@ class ResidentAgent:
         if old is not None and old.client is not agent.client:
             old.client.close()
         result = agent.register()
+        if result.state is NodeState.PENDING_APPROVAL:
+            self.state = AgentState.PENDING  # renewed (same identity) until an operator approves it
+            agent.require_attested(result)
         if result.state is not NodeState.ATTESTED:
-            # Pending approval or rejected by policy: keep the record, retry with backoff.
-            self.state = AgentState.LAPSED
+            self.state = AgentState.LAPSED  # rejected: register again with backoff (policy may change)
             agent.require_attested(result)
         with self._lock:
             self.counters.registrations += 1
@@ -240,6 +253,22 @@ class ResidentAgent:
             result.node_id,
             result.lease.expires_at if result.lease else "-",
         )
+
+    def _await_approval(self) -> None:
+        agent = self._agent
+        assert agent is not None
+        result = agent.renew()
+        if result.state is NodeState.ATTESTED:
+            with self._lock:
+                self.counters.registrations += 1
+                self.state = AgentState.ATTESTED
+            self._schedule_renewal(result)
+            log.info("node agent: node %s approved", result.node_id)
+            return
+        if result.state is not NodeState.PENDING_APPROVAL:
+            self._revoked(f"the pending registration ended {result.state.value}")
+            return
+        agent.require_attested(result)  # NODE_NOT_ATTESTED: wait with backoff
 
     def _renew(self) -> None:
         agent = self._agent

@@ -199,7 +199,7 @@ def _exec(args: argparse.Namespace) -> int:
             os.chmod(private, 0o700)
             own = replace(settings, socket=Path(private) / "agent.sock")
             with _running_agent(config, own) as (resident, server):
-                if not resident.wait_ready(READY_TIMEOUT):
+                if not resident.wait_first_attempt(READY_TIMEOUT):  # fail fast, with the code
                     return fail(_not_attested(resident), as_json=args.json)
                 return _run_under(server.path, argv, args)
     except NodeError as err:

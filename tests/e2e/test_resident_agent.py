@@ -424,3 +424,41 @@ def test_exec_starts_an_agent_for_the_commands_life_and_returns_its_status(
     )  # fmt: skip
     assert code.returncode == 7, code.stderr
     assert not (sock_dir / "agent.sock").exists()  # the configured socket was never used: nothing ran there
+
+
+def test_exec_fails_fast_when_the_node_is_rejected(
+    plane: ServerProcess, sim_dir: Path, sock_dir: Path
+) -> None:
+    config = node_toml(plane, sim_dir, sock_dir)
+    config.write_text(config.read_text().replace(SNP_MEASUREMENT.hex(), "33" * 48))  # not an approved image
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "sovereign", "node", "exec", "--config", str(config), "--", "true"],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "REGISTRATION_REJECTED" in done.stderr, done.stderr
+    assert "POLICY_MEASUREMENT_NOT_ALLOWED" in done.stderr
+    assert time.monotonic() - started < 60  # the first refusal ends it; no waiting out the retries
+
+
+def test_the_production_profile_refuses_the_saved_pki(
+    tmp_path_factory: pytest.TempPathFactory, sim_dir: Path, bao: Bao
+) -> None:
+    workdir = tmp_path_factory.mktemp("serve-production")
+    policy = workdir / "policy.toml"
+    policy.write_text(server_policy())
+    inputs = Inputs(Path("production"), sim_dir / "collateral", policy)
+    production = ServerProcess(workdir, inputs, bao).start()
+    try:
+        assert production.ca is not None
+        done = subprocess.run(
+            [sys.executable, "-m", "sovereign", "node", "register", "--server", f"127.0.0.1:{production.port}",
+             "--ca", str(production.ca), "--node-name", "sim-in-prod", "--group", "trainers", "--provider",
+             "simulated-snp", "--sim-pki", str(sim_dir), "--sim-measurement", SNP_MEASUREMENT.hex(), "--json"],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        error = json.loads(done.stdout)["error"]
+        assert error["code"] == "REGISTRATION_REJECTED" and "TEST_ROOT_IN_PRODUCTION" in error["message"]
+    finally:
+        production.stop()
