@@ -384,7 +384,10 @@ class ResidentAgent:
             raise Refused(agent_api.REQUEST_INVALID, "version is an integer >= 0 (0: the latest)")
         self._require_attested()
         with self._lock:
-            wanted = version or self._latest.get((name, purpose), 0)
+            # "The current version for writing" is asked afresh each time: after a rotation, new
+            # outputs must be sealed under the new version, not the one held from before.
+            latest = 0 if purpose == "write" else self._latest.get((name, purpose), 0)
+            wanted = version or latest
             held = self._keys.get((name, wanted, purpose)) if wanted else None
         if held is not None:
             return held

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -384,6 +385,14 @@ def test_the_systemd_unit_runs_the_agent_with_the_sample_config(
         "/opt/sovereign/current/venv/bin/sovereign", str(ROOT / ".venv" / "bin" / "sovereign")
     )
     command = command.replace("/etc/sovereign/node.toml", str(config))
+    if shutil.which("systemd-analyze"):  # the unit file itself parses (here with the substituted binary)
+        local_unit = sock_dir / "sovereign-node.service"
+        local_unit.write_text(unit.replace(exec_start, command))
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(local_unit)], capture_output=True, text=True, check=False
+        )
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+        local_unit.unlink()
     proc = subprocess.Popen(
         command.split(), cwd=sock_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
