@@ -471,3 +471,32 @@ def test_the_production_profile_refuses_the_saved_pki(
         assert error["code"] == "REGISTRATION_REJECTED" and "TEST_ROOT_IN_PRODUCTION" in error["message"]
     finally:
         production.stop()
+
+
+def test_a_tampered_or_truncated_shard_fails_at_its_chunk_with_keys_from_the_agent(
+    plane: ServerProcess, sim_dir: Path, shard: Path, sock_dir: Path, tmp_path: Path
+) -> None:
+    from enclave.workload import open_sealed
+    from kms.envelope import Code, StreamError, read_header
+
+    chunk, record = 65536, 17 + 65536 + 16  # the shard's chunk size; a chunk's record on disk
+    with shard.open("rb") as f:
+        start = len(read_header(f).raw)
+    tampered, truncated = tmp_path / "tampered.sealed", tmp_path / "truncated.sealed"
+    blob = bytearray(shard.read_bytes())
+    blob[start + 2 * record + 100] ^= 0x40
+    tampered.write_bytes(bytes(blob))
+    truncated.write_bytes(shard.read_bytes()[: start + 3 * record + 10])
+    agent = start_agent(node_toml(plane, sim_dir, sock_dir))
+    keys = AgentSocketKeySource(str(sock_dir / "agent.sock"))
+    try:
+        with open_sealed(tampered, keys=keys) as f:
+            assert f.read(2 * chunk) == SHARD[: 2 * chunk]  # chunks 0 and 1 are intact
+            with pytest.raises(StreamError) as info:
+                f.read(1)
+        assert (info.value.code, info.value.chunk) == (Code.STREAM_CHUNK_TAMPERED, 2)
+        with pytest.raises(StreamError) as cut:
+            open_sealed(truncated, keys=keys)
+        assert cut.value.code is Code.STREAM_TRUNCATED and cut.value.chunk is not None
+    finally:
+        stop(agent)
