@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,38 @@ from sovereign.demo.training import shard_bytes
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def save_bytes(weights: np.ndarray) -> bytes:
+    from safetensors.numpy import save
+
+    return save({"weights": weights})
+
+
+def files_holding(needles: list[bytes], *, since: float) -> list[str]:
+    """Regular files under /tmp, /dev/shm and /var/tmp changed since ``since`` that hold a needle."""
+    found = []
+    for top in ("/tmp", "/dev/shm", "/var/tmp"):
+        for folder, _, names in os.walk(top):
+            for name in names:
+                path = Path(folder) / name
+                try:
+                    info = path.lstat()
+                    if (
+                        not path.is_file()
+                        or path.is_symlink()
+                        or info.st_mtime < since
+                        or info.st_size > 64 << 20
+                    ):
+                        continue
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                if any(needle in data for needle in needles):
+                    found.append(str(path))
+    return found
+
+
 def test_dev_up_then_a_training_node_then_dev_down(tmp_path: Path) -> None:
+    started = time.time()
     directory = tmp_path / "dev"
     up = subprocess.Popen(
         [sys.executable, "-m", "sovereign", "dev", "up", "--dir", str(directory), "--json"],
@@ -59,8 +91,11 @@ def test_dev_up_then_a_training_node_then_dev_down(tmp_path: Path) -> None:
         named = parse_key_ref(open_header_ref(checkpoint))
         assert named is not None and named[0] == "model/main"
         weights = load(read_with_owner_key(directory, checkpoint, named[1]))["weights"]
-        _, expected = shard_bytes()
+        plaintext, expected = shard_bytes()
         assert np.allclose(weights, expected)
+        # The training step left no plaintext of the shard (or the checkpoint) in any file written since.
+        leaks = files_holding([plaintext[512:656], save_bytes(expected)], since=started)
+        assert leaks == [], leaks
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "sovereign", "dev", "down", "--dir", str(directory)],
