@@ -180,6 +180,10 @@ class LocalApiServer:
                     log.warning(
                         "node agent: refused pid %d uid %d gid %d (not allowed)", *vars(peer).values()
                     )
+                    # Read the request first: closing with it unread would reset the connection and
+                    # the caller could lose the refusal (and its code) with it.
+                    with contextlib.suppress(agent_api.ApiError, OSError):
+                        agent_api.recv_frame(conn)
                     agent_api.send_frame(
                         conn,
                         agent_api.refusal(
