@@ -367,7 +367,11 @@ class ControlPlaneClient:
             self._release = key_release_pb2_grpc.KeyReleaseStub(channel)
             self.client_certificate = bytes(reply.client_certificate)
         if old is not None:
-            old.close()
+            # A release may still be in flight on the old channel (a renewal runs beside the workload's
+            # requests): close it once any call on it has met its deadline, not now.
+            timer = threading.Timer(self.timeout + 1.0, old.close)
+            timer.daemon = True
+            timer.start()
 
     def _call(self, name: str, fn: Callable[..., T], request: Any, denied: NodeCode) -> T:
         try:

@@ -1,10 +1,11 @@
 """Node-agent settings and the objects built from them (client, evidence provider).
 
-Settings come from the command line, falling back to ``SOVEREIGN_NODE_*`` environment variables. A
-simulated provider cannot be built here: its evidence is signed by a ``SimulatedPki`` that exists
-only in the memory of the process that generated it, and the simulator has no way to hand that PKI
-to another process. Simulated nodes therefore run in the same process as the PKI the control plane
-trusts (tests, ``./dev demo``), where ``enclave.providers.simulated_snp/simulated_tdx`` take it.
+Settings come from the command line, falling back to ``SOVEREIGN_NODE_*`` environment variables.
+A simulated provider (``simulated-snp``/``simulated-tdx``, development only) signs with a test PKI
+saved by ``sovereign evidence simulate --save-pki DIR`` and named by ``--sim-pki DIR``; a control plane
+accepts its evidence only under that PKI's simulation trust profile (the production profile refuses
+it with TEST_ROOT_IN_PRODUCTION). The resident agent's settings (``AgentSettings``) come from a
+``node.toml`` (``load_node_toml``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class NodeConfig:
     groups: tuple[str, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     renew_margin: timedelta = DEFAULT_RENEW_MARGIN
+    sim_pki: Path | None = None
+    sim_measurement: bytes = bytes(48)
 
     def __post_init__(self) -> None:
         if not self.server:
@@ -65,6 +68,10 @@ class NodeConfig:
             raise _invalid("--ca and --insecure-dev exclude each other")
         if not self.timeout > 0 or self.renew_margin <= timedelta(0):
             raise _invalid("timeout and renewal margin must be positive")
+        if self.sim_pki is not None and self.provider not in SIMULATED:
+            raise _invalid("--sim-pki goes with --provider simulated-snp or simulated-tdx")
+        if len(self.sim_measurement) != 48:
+            raise _invalid("the simulated measurement is 48 bytes (96 hex digits)")
 
     @classmethod
     def resolve(
@@ -78,8 +85,11 @@ class NodeConfig:
         provider: str | None = None,
         groups: Sequence[str] | None = None,
         timeout: float | None = None,
+        sim_pki: Path | None = None,
+        sim_measurement: str | None = None,
     ) -> NodeConfig:
-        """Explicit values win over ``SOVEREIGN_NODE_*`` variables (SERVER, NAME, CA, PROVIDER, GROUPS)."""
+        """Explicit values win over ``SOVEREIGN_NODE_*`` variables (SERVER, NAME, CA, PROVIDER, GROUPS,
+        SIM_PKI, SIM_MEASUREMENT)."""
         env = os.environ if environ is None else environ
 
         def pick(value: str | None, name: str) -> str | None:
@@ -97,7 +107,20 @@ class NodeConfig:
             if groups is not None
             else tuple(g for g in (env_groups or "").split(",") if g),
             timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+            sim_pki=sim_pki if sim_pki is not None else (Path(p) if (p := pick(None, "SIM_PKI")) else None),
+            sim_measurement=parse_measurement(pick(sim_measurement, "SIM_MEASUREMENT") or ""),
         )
+
+
+def parse_measurement(text: str) -> bytes:
+    """48 bytes from hex (shorter values are zero-padded, as ``evidence simulate --measurement``)."""
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise _invalid(f"simulated measurement {text[:100]!r} is not hex") from None
+    if len(value) > 48:
+        raise _invalid("the simulated measurement is at most 48 bytes (96 hex digits)")
+    return value.ljust(48, b"\0")
 
 
 def build_client(config: NodeConfig) -> ControlPlaneClient:
@@ -115,14 +138,147 @@ def build_client(config: NodeConfig) -> ControlPlaneClient:
 
 
 def build_provider(config: NodeConfig) -> EvidenceProvider:
-    """The configured hardware provider; simulated ones are refused here (see the module doc)."""
+    """The configured hardware provider, or a simulated one signing with the saved PKI ``sim_pki``."""
     if config.provider in SIMULATED:
-        raise NodeError(
-            f"the {config.provider} provider cannot run as a separate node process: its evidence must be "
-            "signed by the same SimulatedPki the control plane trusts, and that PKI lives only in the "
-            "memory of the process that generated it (attestation.simulate cannot save or load one)",
-            code=NodeCode.PROVIDER_UNAVAILABLE,
-            hint="drive simulated nodes in-process: NodeAgent with enclave.providers.simulated_snp(pki) "
-            "(see tests/e2e/test_node_agent.py); or run on SEV-SNP/TDX hardware",
-        )
+        return _simulated_provider(config)
     return detect_provider(prefer=None if config.provider == "auto" else config.provider)
+
+
+def _simulated_provider(config: NodeConfig) -> EvidenceProvider:
+    from attestation.simulate.persist import PkiFileError, load_pki  # development only: loaded on demand
+    from enclave.providers.simulated import simulated_snp, simulated_tdx
+
+    if config.sim_pki is None:
+        raise NodeError(
+            f"the {config.provider} provider needs the simulator PKI the control plane trusts (no SimulatedPki "
+            "given)",
+            code=NodeCode.PROVIDER_UNAVAILABLE,
+            hint="save one with `sovereign evidence simulate --save-pki DIR` (or `sovereign dev up`) and pass "
+            "--sim-pki DIR; or run on SEV-SNP/TDX hardware",
+        )
+    path = config.sim_pki / "pki.json"
+    try:
+        pki = load_pki(path.read_bytes())
+    except OSError as exc:
+        raise NodeError(
+            f"cannot read the simulator PKI {path}: {exc.strerror}",
+            code=NodeCode.PROVIDER_UNAVAILABLE,
+            hint="pass the folder given to `sovereign evidence simulate --save-pki`",
+        ) from None
+    except PkiFileError as exc:
+        raise NodeError(f"{path}: {exc}", code=NodeCode.PROVIDER_UNAVAILABLE) from None
+    if config.provider == "simulated-snp":
+        return simulated_snp(pki, measurement=config.sim_measurement)
+    return simulated_tdx(pki, mrtd=config.sim_measurement)
+
+
+# --- the resident agent's settings (node.toml) --------------------------------------------------------
+
+REVOCATION_ACTIONS = ("deny", "terminate")
+DEFAULT_SOCKET = Path("/run/sovereign/agent.sock")
+_NODE_KEYS = {"server", "node_name", "ca", "insecure_dev", "provider", "groups", "timeout", "sim_pki"}
+_NODE_KEYS |= {"sim_measurement", "agent"}
+_AGENT_KEYS = {
+    "socket",
+    "socket_mode",
+    "socket_group",
+    "allowed_uids",
+    "allowed_gids",
+    "revocation_action",
+    "check_interval",
+    "keys",
+}
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """``[agent]`` in node.toml: the local socket and what happens on revocation."""
+
+    socket: Path = DEFAULT_SOCKET
+    socket_mode: int = 0o660
+    socket_group: str = ""
+    allowed_uids: tuple[int, ...] = ()
+    allowed_gids: tuple[int, ...] = ()
+    revocation_action: str = "deny"
+    check_interval: float = 30.0
+    keys: tuple[str, ...] = ()  # released at start (fail fast) and held
+
+    def __post_init__(self) -> None:
+        if self.revocation_action not in REVOCATION_ACTIONS:
+            raise _invalid(f"revocation_action must be one of {', '.join(REVOCATION_ACTIONS)}")
+        if self.socket_mode & ~0o777 or self.socket_mode & 0o007:
+            raise _invalid(f"socket_mode {self.socket_mode:o}: at most 0770 (never open to every user)")
+        if not self.check_interval > 0:
+            raise _invalid("check_interval must be positive")
+        if any(not isinstance(i, int) or i < 0 for i in (*self.allowed_uids, *self.allowed_gids)):
+            raise _invalid("allowed_uids / allowed_gids are lists of numeric ids")
+
+
+def _typed(doc: Mapping[str, object], key: str, kind: type | tuple[type, ...], where: str) -> object:
+    value = doc[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise _invalid(f"{where}: {key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def load_node_toml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[NodeConfig, AgentSettings]:
+    """node.toml (see deploy/config/node.toml): top-level node settings, ``[agent]`` for the agent.
+    ``SOVEREIGN_NODE_*`` variables fill what the file leaves out."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _invalid(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise _invalid(f"{path} is not TOML: {exc}") from None
+    unknown = set(doc) - _NODE_KEYS
+    agent_doc = doc.get("agent", {})
+    if not isinstance(agent_doc, dict):
+        raise _invalid(f"{path}: [agent] must be a table")
+    unknown |= {f"agent.{k}" for k in set(agent_doc) - _AGENT_KEYS}
+    if unknown:
+        raise _invalid(f"{path}: unknown settings {sorted(unknown)}")
+    where = str(path)
+    text = {
+        k: str(_typed(doc, k, str, where))
+        for k in ("server", "node_name", "ca", "provider", "sim_pki")
+        if k in doc
+    }
+    groups = _typed(doc, "groups", list, where) if "groups" in doc else None
+    if groups is not None and not all(isinstance(g, str) for g in groups):  # type: ignore[attr-defined]
+        raise _invalid(f"{path}: groups is a list of names")
+    timeout = float(_typed(doc, "timeout", (int, float), where)) if "timeout" in doc else None  # type: ignore[arg-type]
+    insecure = bool(_typed(doc, "insecure_dev", bool, where)) if "insecure_dev" in doc else False
+    measurement = str(_typed(doc, "sim_measurement", str, where)) if "sim_measurement" in doc else None
+    config = NodeConfig.resolve(
+        environ,
+        server=text.get("server"),
+        node_name=text.get("node_name"),
+        ca=Path(text["ca"]) if "ca" in text else None,
+        insecure_dev=insecure,
+        provider=text.get("provider"),
+        groups=list(groups) if groups is not None else None,  # type: ignore[call-overload]
+        timeout=timeout,
+        sim_pki=Path(text["sim_pki"]) if "sim_pki" in text else None,
+        sim_measurement=measurement,
+    )
+    a: dict[str, object] = {}
+    if "socket" in agent_doc:
+        a["socket"] = Path(str(_typed(agent_doc, "socket", str, where)))
+    if "socket_mode" in agent_doc:
+        mode = _typed(agent_doc, "socket_mode", (str, int), where)
+        try:
+            a["socket_mode"] = int(mode, 8) if isinstance(mode, str) else mode
+        except ValueError:
+            raise _invalid(f'{path}: socket_mode {mode!r} is not octal (e.g. "0660")') from None
+    if "socket_group" in agent_doc:
+        a["socket_group"] = str(_typed(agent_doc, "socket_group", (str, int), where))
+    for key in ("allowed_uids", "allowed_gids", "keys"):
+        if key in agent_doc:
+            a[key] = tuple(_typed(agent_doc, key, list, where))  # type: ignore[arg-type]
+    if "revocation_action" in agent_doc:
+        a["revocation_action"] = str(_typed(agent_doc, "revocation_action", str, where))
+    if "check_interval" in agent_doc:
+        a["check_interval"] = float(_typed(agent_doc, "check_interval", (int, float), where))  # type: ignore[arg-type]
+    return config, AgentSettings(**a)  # type: ignore[arg-type]

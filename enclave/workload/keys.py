@@ -6,19 +6,20 @@ version's ``key_ref`` into the new file. Keys are 32-byte AES keys held in memor
 logs, prints or repr's them.
 
 - ``MemoryKeySource``: keys this process already holds (tests, a key handed over by other means).
-- ``AgentSocketKeySource``: the node agent's Unix socket (``SOVEREIGN_AGENT_SOCKET``). This is the seam
-  for the resident agent of issue 16; its client is NOT implemented yet and every call answers
-  ``WORKLOAD_AGENT_UNAVAILABLE``.
+- ``AgentSocketKeySource``: the resident node agent's Unix socket (``SOVEREIGN_AGENT_SOCKET``, set by
+  ``sovereign node exec``); protocol in ``enclave.workload.agent_api``.
 - ``default_key_source()``: what ``open_sealed``/``create_sealed`` use when no ``keys=`` is given.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from enclave.workload import agent_api
 from enclave.workload.errors import WorkloadCode, WorkloadError
 from kms.envelope import names
 
@@ -108,34 +109,101 @@ class MemoryKeySource:
         return DataKey(names.format_key_ref(name, version), self._keys[(name, version)][0])
 
 
-class AgentSocketKeySource:
-    """The node agent's local API on a Unix socket: the seam for the resident agent (issue 16).
+class AgentRefused(WorkloadError):
+    """The node agent answered with a refusal; ``reason`` is its code (``enclave.workload.agent_api``)."""
 
-    NOT IMPLEMENTED: the agent and its socket protocol do not exist yet. When they do, this class
-    connects to ``path``, asks for ``read_key``/``write_key`` with the purpose, and returns what the
-    agent hands out (the agent checks the caller with SO_PEERCRED and logs the handout). Until then
-    every call raises ``WORKLOAD_AGENT_UNAVAILABLE`` rather than pretending.
+    def __init__(self, message: str, *, code: WorkloadCode, reason: str, hint: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message, code=code, hint=hint)
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "reason": self.reason}
+
+
+# Refusals about the agent itself (rather than about a key) are WORKLOAD_AGENT_UNAVAILABLE.
+_AGENT_REASONS = frozenset({agent_api.PEER_REFUSED, agent_api.REQUEST_INVALID, agent_api.AGENT_ERROR})
+
+
+class AgentSocketKeySource:
+    """The node agent's local API on a Unix socket (``sovereign node agent`` / ``node exec``).
+
+    Each call is one request on a fresh connection (``enclave.workload.agent_api``); the agent checks
+    the caller with SO_PEERCRED and logs the handout. An agent that cannot be reached (not running,
+    killed) is ``WORKLOAD_AGENT_UNAVAILABLE``; a key the agent refuses (node revoked, key denied, lease
+    lapsed) is ``WORKLOAD_KEY_UNAVAILABLE`` with the agent's code in ``reason``.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, timeout: float = 30.0) -> None:
         self.path = path
+        self.timeout = timeout
 
     def __repr__(self) -> str:
         return f"AgentSocketKeySource(path={self.path!r})"
 
-    def _not_implemented(self) -> WorkloadError:
-        return WorkloadError(
-            f"the node agent's socket API ({self.path}) is not available in this release",
-            code=WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE,
-            hint="pass keys=MemoryKeySource(...) with keys fetched by the node agent (`sovereign node fetch-key`)",
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            reply = agent_api.call(self.path, request, timeout=self.timeout)
+        except (OSError, agent_api.ApiError) as exc:
+            raise WorkloadError(
+                f"cannot reach the node agent at {self.path}: {getattr(exc, 'strerror', None) or exc}",
+                code=WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE,
+            ) from None
+        if reply.get("ok") is True:
+            return reply
+        reason = str(reply.get("code", agent_api.AGENT_ERROR))[:64]
+        code = (
+            WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE
+            if reason in _AGENT_REASONS
+            else WorkloadCode.WORKLOAD_KEY_UNAVAILABLE
+        )
+        message = str(reply.get("message", ""))[:500]
+        hint = str(reply.get("hint", ""))[:500] or None
+        raise AgentRefused(
+            f"the node agent refused: {reason}: {message}", code=code, reason=reason, hint=hint
         )
 
+    def _key(self, name: str, purpose: str, version: int) -> DataKey:
+        reply = self._call({"op": "key", "name": name, "purpose": purpose, "version": version})
+        try:
+            key = base64.b64decode(str(reply["key"]), validate=True)
+            data_key = DataKey(str(reply["key_ref"]), key)
+        except (KeyError, ValueError, WorkloadError):
+            raise WorkloadError(
+                "the node agent's answer is not a key", code=WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE
+            ) from None
+        named = names.parse_key_ref(data_key.key_ref.encode())
+        if named is None or named[0] != name:
+            raise WorkloadError(
+                f"the node agent answered for {data_key.key_ref!r}, not {name!r}",
+                code=WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE,
+            )
+        return data_key
+
     def read_key(self, key_ref: bytes) -> bytes:
-        _named(key_ref)
-        raise self._not_implemented()
+        name, version = _named(key_ref)
+        data_key = self._key(name, "read", version)
+        if data_key.key_ref != names.format_key_ref(name, version):
+            raise WorkloadError(
+                f"the node agent answered {data_key.key_ref!r} for {name}@v{version}",
+                code=WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE,
+            )
+        return data_key.key
 
     def write_key(self, name: str) -> DataKey:
-        raise self._not_implemented()
+        if not names.is_valid_key_name(name):
+            raise WorkloadError(
+                f"{name!r}: a key name follows {names.KEY_NAME_RULE}",
+                code=WorkloadCode.WORKLOAD_INPUT_INVALID,
+            )
+        return self._key(name, "write", 0)
+
+    def check(self, key_names: list[str], purpose: str = "read") -> list[str]:
+        """The key_refs of ``key_names`` if the node may have them now (no key material travels)."""
+        reply = self._call({"op": "check", "names": key_names, "purpose": purpose})
+        return [str(ref) for ref in reply.get("keys", [])]
+
+    def status(self) -> dict[str, Any]:
+        return self._call({"op": "status"})
 
 
 def default_key_source(environ: Mapping[str, str] | None = None) -> KeySource:

@@ -18,6 +18,7 @@ from attestation.simulate import Fault, SimulatedPki
 from attestation.store import CollateralStore
 from sovereign.cli._common import dump_trust, parse_time
 from sovereign.cli._output import fail, print_json
+from sovereign.cli._sim_pki import save_sim_pki
 
 
 def _hex(nbytes: int) -> Callable[[str], bytes]:
@@ -67,6 +68,14 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.add_argument(
         "--at", type=parse_time, default=None, metavar="TIME", help="mint as of this time (default now)"
     )
+    sim.add_argument(
+        "--save-pki",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also save this test PKI (pki.json, trust.json, collateral/) for `serve --trust DIR/trust.json "
+        "--collateral DIR/collateral` and `node --provider simulated-snp|simulated-tdx --sim-pki DIR`",
+    )
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=_simulate)
 
@@ -111,6 +120,13 @@ def _simulate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot write into {out}: {exc.strerror}", file=sys.stderr)
         return 1
+    saved: dict[str, str] = {}
+    if args.save_pki is not None:
+        try:
+            saved = save_sim_pki(pki, args.save_pki, now)
+        except (OSError, AttestationError) as exc:
+            print(f"error: cannot save the PKI into {args.save_pki}: {exc}", file=sys.stderr)
+            return 1
     store = CollateralStore(out / "collateral")
     try:
         items = [(item, f"simulated-{i}") for i, raw in enumerate(raw_items) for item in classify(raw)]
@@ -130,6 +146,7 @@ def _simulate(args: argparse.Namespace) -> int:
                 "trust": str(out / "trust.json"),
                 "collateral": str(out / "collateral"),
                 "verify_command": verify,
+                "saved_pki": saved,
             }
         )
     else:
@@ -137,4 +154,6 @@ def _simulate(args: argparse.Namespace) -> int:
             f"wrote {out / 'evidence.bin'} ({len(evidence)} bytes), {len(items)} collateral items, trust.json"
         )
         print(f"verify with:\n  {verify}")
+        if saved:
+            print(f"saved the test PKI into {args.save_pki} (pki.json 0600, trust.json, collateral/)")
     return 0

@@ -13,6 +13,7 @@ from kms.errors import KmsError
 from kms.openbao_server import OpenBaoServer
 from kms.vault import BaoSettings, TokenAuth
 from sovereign.cli._output import fail, print_json, print_table
+from sovereign.cli._signals import stop_signals_interrupt
 
 
 def add_bao_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +97,11 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    with stop_signals_interrupt():  # SIGTERM must stop OpenBao too, not leave it running unsealed
+        return _dev_foreground(args)
+
+
+def _dev_foreground(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sovereign-bao-"))
     try:
         server = OpenBaoServer.dev(workdir, port=args.port)

@@ -1,6 +1,7 @@
-"""``sovereign node register|fetch-key|decrypt|encrypt|run``: the node agent, one process per session.
+"""``sovereign node register|fetch-key|decrypt|encrypt|run``: the node agent, one process per session;
+``sovereign node agent|exec`` (``sovereign.cli._node_agent``): the resident agent and workloads under it.
 
-The node's keys live only in this process's memory, so every command registers first (fresh keys,
+The node's keys live only in process memory, so every one-shot command registers first (fresh keys,
 fresh evidence) and then does its work; nothing about the session is saved.
 """
 
@@ -19,6 +20,7 @@ from enclave.config import PROVIDER_CHOICES, NodeConfig, build_client, build_pro
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from kms.envelope import EnvelopeError
+from sovereign.cli import _node_agent as node_agent
 from sovereign.cli._output import fail, print_json
 
 
@@ -46,6 +48,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         )
         p.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, development only")
         p.add_argument("--provider", choices=PROVIDER_CHOICES, default=None, help="evidence provider (auto)")
+        p.add_argument(
+            "--sim-pki",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="simulated providers only: the test PKI saved by `evidence simulate --save-pki DIR` "
+            "(env SOVEREIGN_NODE_SIM_PKI; development only)",
+        )
+        p.add_argument(
+            "--sim-measurement",
+            default=None,
+            metavar="HEX",
+            help="simulated providers only: the SNP MEASUREMENT / TDX MRTD to report (default zeros)",
+        )
         p.add_argument("--node-name", help="this node's name, an RFC 1123 label (env SOVEREIGN_NODE_NAME)")
         p.add_argument("--group", action="append", default=None, help="group to request (repeatable)")
         p.add_argument("--timeout", type=float, default=None, help="seconds per RPC (default 10)")
@@ -96,6 +112,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.set_defaults(func=_run)
 
+    node_agent.add_commands(cmds, command)
+
 
 @contextlib.contextmanager
 def _session(args: argparse.Namespace) -> Iterator[tuple[NodeAgent, dict[str, Any]]]:
@@ -107,6 +125,8 @@ def _session(args: argparse.Namespace) -> Iterator[tuple[NodeAgent, dict[str, An
         provider=args.provider,
         groups=args.group,
         timeout=args.timeout,
+        sim_pki=args.sim_pki,
+        sim_measurement=args.sim_measurement,
     )
     provider = build_provider(config)
     with build_client(config) as client:

@@ -26,12 +26,15 @@ from urllib.parse import urlsplit
 
 import grpc
 import hvac
+import numpy as np
+from safetensors.numpy import load as safetensors_load
 
 from attestation.simulate import SimulatedPki
 from enclave.agent import NodeAgent
 from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp, simulated_tdx
+from enclave.workload import MemoryKeySource, open_sealed
 from kms.audit.checkpoint import load_audit_keys
 from kms.audit.errors import AuditError
 from kms.audit.export import read_lines, write_items
@@ -40,13 +43,14 @@ from kms.audit.verify import verify_export
 from kms.auth.login import openid_client, password_login
 from kms.bootstrap import ROLE_NAME
 from kms.catalogue import Catalogue, KeyKind
+from kms.envelope import read_header
 from kms.envelope.files import encrypt_file
 from kms.envelope.names import format_key_ref
 from kms.storage import open_store
 from kms.storage.keys import SqlKeyStore
 from kms.vault import AUDIT_KEY_NAME, KEK_NAME, TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth
 from sovereign.client import AdminClient, AuditClient, records
-from sovereign.demo import realm
+from sovereign.demo import realm, training
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD, Bao, ControlPlane, prepare_inputs, start_bao
 
 DATASET_KEY = "dataset/train"
@@ -205,6 +209,45 @@ class _Sha256Sink:
         return self._hash.hexdigest()
 
 
+def _training_step(rec: Recorder, *, workdir: Path, plane: ControlPlane, bao: Bao, pki: SimulatedPki) -> None:
+    """examples/train.py as a separate process under `sovereign node exec`: it streams a sealed WebDataset
+    shard through open_sealed and writes a sealed safetensors checkpoint with the model key; the data
+    owner then opens the checkpoint with the model key from OpenBao and checks the trained weights."""
+    assert plane.ca is not None
+    owner = _owner_catalogue(plane, bao)
+    key = owner.unwrap(DATASET_KEY, kind=KeyKind.DATASET)
+    data, expected = training.shard_bytes()
+    shard, checkpoint = workdir / "shard-000.tar.sealed", workdir / "ckpt.safetensors.sealed"
+    training.seal_shard(shard, key.plaintext, format_key_ref(key.name, key.version), data)
+    del key, data
+    config = workdir / "node.toml"
+    config.write_text(
+        training.node_toml(
+            server=plane.target, ca=plane.ca, sim_pki=training.write_pki(pki, workdir / "sim-pki"),
+            socket=workdir / "agent.sock", measurement=SNP_MEASUREMENT, name="trainer-exec",
+        )
+    )  # fmt: skip
+    done = training.run_training(node_config=config, shard=shard, checkpoint=checkpoint)
+    outcome = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip()[-200:]}"
+    if done.returncode == 0:
+        with checkpoint.open("rb") as src:
+            version = int(read_header(src).key_ref.decode().rpartition("@v")[2])
+        model = owner.unwrap(MODEL_KEY, version, kind=KeyKind.MODEL)
+        keys = MemoryKeySource()
+        keys.add(MODEL_KEY, version, model.plaintext)
+        del model
+        with open_sealed(checkpoint, keys=keys) as f:
+            weights = safetensors_load(f.read())["weights"]
+        outcome = "ok" if np.allclose(weights, expected) else "WEIGHTS_MISMATCH"
+    rec.add(
+        "train.py under `node exec`: sealed WebDataset shard in, sealed safetensors checkpoint out",
+        "SNP node (separate process)",
+        "ok",
+        outcome,
+        "open_sealed + create_sealed over the agent socket",
+    )
+
+
 def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
     now = datetime.now(UTC)
     pki = SimulatedPki.generate(now)
@@ -291,6 +334,8 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
             rec.add("fetch dataset key for writing", "TDX node", "RELEASE_PURPOSE_NOT_ALLOWED", "ok")
         except ControlPlaneError as err:
             rec.add("fetch dataset key for writing", "TDX node", "RELEASE_PURPOSE_NOT_ALLOWED", _code(err))
+
+        _training_step(rec, workdir=workdir, plane=plane, bao=bao, pki=pki)
 
         below = {"bootloader": 3, "tee": 0, "snp": 7, "microcode": 115}  # demo policy: Milan snp >= 8
         guests = [

@@ -35,6 +35,8 @@ def test_demo_runs_the_whole_lifecycle_and_every_outcome_is_expected(tmp_path: P
     ):
         assert steps[("auditor carol", step)]["outcome"] == "ok"
     assert steps[("operator alice", "sign in (Keycloak realm, password grant)")]["outcome"] == "ok"
+    training = [s for s in out["lifecycle"] if s["step"].startswith("train.py under `node exec`")]
+    assert [s["outcome"] for s in training] == ["ok"]  # checked by the owner against the expected weights
     assert all(r["as_expected"] for r in out["evidence"])
     assert {"simulated SNP", "simulated TDX", "real SNP", "real TDX"} <= {
         r["source"] for r in out["evidence"]
@@ -44,4 +46,4 @@ def test_demo_runs_the_whole_lifecycle_and_every_outcome_is_expected(tmp_path: P
 
     db = sqlite3.connect(tmp_path / "demo" / "sovereign.db")
     (grants,) = db.execute("SELECT COUNT(*) FROM grants").fetchone()
-    assert grants == 3  # two dataset reads, one model write
+    assert grants == 5  # dataset reads by two nodes and train.py, model writes by a node and train.py

@@ -169,8 +169,8 @@ def test_config_refuses_bad_node_names(name: str) -> None:
 
 
 @pytest.mark.parametrize("provider", ["simulated-snp", "simulated-tdx"])
-def test_simulated_provider_cannot_run_as_a_separate_process(provider: str) -> None:
+def test_simulated_provider_needs_a_saved_pki(provider: str) -> None:
     config = NodeConfig(server="h:1", node_name="node-a", insecure_dev=True, provider=provider)
     with pytest.raises(NodeError, match="SimulatedPki") as info:
         build_provider(config)
-    assert info.value.code is NodeCode.PROVIDER_UNAVAILABLE and "in-process" in info.value.hint
+    assert info.value.code is NodeCode.PROVIDER_UNAVAILABLE and "--sim-pki DIR" in info.value.hint

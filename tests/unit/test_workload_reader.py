@@ -255,7 +255,7 @@ def test_without_keys_it_asks_the_agent_socket(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv(AGENT_SOCKET_ENV, str(tmp_path / "agent.sock"))
     with pytest.raises(WorkloadError) as info:
         open_sealed(path)
-    assert info.value.code is WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE  # the seam, not implemented yet
+    assert info.value.code is WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE  # no agent listens there
 
 
 def test_not_a_sealed_stream_or_not_a_regular_file(tmp_path: Path) -> None:

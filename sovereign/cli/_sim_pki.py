@@ -1,0 +1,51 @@
+"""A saved simulator PKI on disk: what a dev control plane trusts and what simulated nodes sign with.
+
+``DIR/pki.json`` (0600, in a 0700 folder): the test roots and CAs (``attestation.simulate.persist``);
+``DIR/trust.json``: the simulation trust profile pinning them (``sovereign serve --trust DIR/trust.json``);
+``DIR/collateral``: a collateral store with their CRLs, TCB info and QE identity
+(``sovereign serve --collateral DIR/collateral``). Nodes use it with ``--provider simulated-snp|tdx
+--sim-pki DIR``. The production trust profile refuses these roots (TEST_ROOT_IN_PRODUCTION).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from attestation.collateral import CollateralItem, ItemKind
+from attestation.simulate import SimulatedPki
+from attestation.simulate.persist import dump_pki
+from attestation.store import CollateralStore
+from sovereign.cli._common import dump_trust
+
+PKI_FILE = "pki.json"
+_KINDS = {
+    "certs": ItemKind.CERTIFICATE,
+    "crls": ItemKind.CRL,
+    "tcb_infos": ItemKind.TDX_TCB_INFO,
+    "qe_identities": ItemKind.TDX_QE_IDENTITY,
+}
+
+
+def save_sim_pki(pki: SimulatedPki, directory: Path, now: datetime) -> dict[str, str]:
+    """Write pki.json, trust.json and the collateral store into ``directory``; their paths."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    pki.mint_snp_report()  # makes the ASKs whose CRLs and certificates go in the store
+    pki.mint_snp_report(signing_key="vlek")
+    target = directory / PKI_FILE
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(dump_pki(pki))
+    trust = directory / "trust.json"
+    trust.write_text(dump_trust(pki.trust_store()) + "\n")
+    items = [
+        (CollateralItem(_KINDS[kind], data), "simulator")
+        for group in (pki.snp_collateral_items(), pki.tdx_collateral_items())
+        for kind, values in group.items()
+        for data in values
+    ]
+    CollateralStore(directory / "collateral").import_items(items, trust=pki.trust_store(), now=now)
+    return {"pki": str(target), "trust": str(trust), "collateral": str(directory / "collateral")}
