@@ -26,8 +26,6 @@ from urllib.parse import urlsplit
 
 import grpc
 import hvac
-import numpy as np
-from safetensors.numpy import load as safetensors_load
 
 from attestation.simulate import SimulatedPki
 from enclave.agent import NodeAgent
@@ -50,7 +48,7 @@ from kms.storage import open_store
 from kms.storage.keys import SqlKeyStore
 from kms.vault import AUDIT_KEY_NAME, KEK_NAME, TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth
 from sovereign.client import AdminClient, AuditClient, records
-from sovereign.demo import realm, training
+from sovereign.demo import realm
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD, Bao, ControlPlane, prepare_inputs, start_bao
 
 DATASET_KEY = "dataset/train"
@@ -213,6 +211,12 @@ def _training_step(rec: Recorder, *, workdir: Path, plane: ControlPlane, bao: Ba
     """examples/train.py as a separate process under `sovereign node exec`: it streams a sealed WebDataset
     shard through open_sealed and writes a sealed safetensors checkpoint with the model key; the data
     owner then opens the checkpoint with the model key from OpenBao and checks the trained weights."""
+    # Imported here: numpy and safetensors are the demo's (dev) dependencies, not the installed product's.
+    import numpy as np
+    from safetensors.numpy import load as safetensors_load
+
+    from sovereign.demo import training
+
     assert plane.ca is not None
     owner = _owner_catalogue(plane, bao)
     key = owner.unwrap(DATASET_KEY, kind=KeyKind.DATASET)
