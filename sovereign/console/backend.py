@@ -112,13 +112,11 @@ class Query:
 
 
 class Backend:
-    def __init__(self, address: str, ca_pem: bytes | None) -> None:
-        if ca_pem is None:
-            self._channel = grpc.aio.insecure_channel(address)
-        else:
-            self._channel = grpc.aio.secure_channel(
-                address, grpc.ssl_channel_credentials(root_certificates=ca_pem)
-            )
+    def __init__(self, address: str, ca_pem: bytes) -> None:
+        # Always TLS with the pinned CA: the console refuses to run beside --insecure-dev.
+        self._channel = grpc.aio.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=ca_pem)
+        )
         channel: Any = self._channel  # the generated stubs are typed for the sync channel; aio works alike
         self._admin = admin_pb2_grpc.AdminStub(channel)
         self._audit = audit_pb2_grpc.AuditStub(channel)
