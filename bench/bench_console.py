@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.start()
             assert server.ca is not None
-            url = next(line.split()[-1] for line in server.output if line.startswith("console on "))
+            url = server.announced("console on ")
             nodes = enrol(server, pki, threads)
             fill_ledger(nodes, entries)
             session = sign_in(url, server.ca, "carol")  # the auditor sees the ledger

@@ -264,7 +264,7 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
         ca = plane.ca.read_bytes()
         token = sign_in(idp, "alice")
         rec.add("sign in (Keycloak realm, password grant)", "operator alice", "ok", "ok", "sovereign-admin")
-        console = next((line.split()[-1] for line in plane.output if line.startswith("console on ")), "")
+        console = plane.announced("console on ")
         progress(
             f"web console: {console} (sign in as alice, password alice-password; up while the demo runs)"
         )

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -139,6 +140,11 @@ class ControlPlane:
     def stop(self) -> int | None:
         return stop_process(self.proc)
 
+    def announced(self, prefix: str, timeout: float = 15.0) -> str:
+        """The last word of the first output line starting with ``prefix`` (an address serve prints after
+        it is ready, e.g. ``console on``), waiting for it up to ``timeout`` seconds."""
+        return wait_for_line(self.output, prefix, timeout).split()[-1]
+
 
 def launch_serve(
     command: list[str], output: list[str], *, timeout: float = 30.0, cwd: Path | None = None
@@ -166,6 +172,19 @@ def launch_serve(
         stop_process(proc)
         raise RuntimeError("sovereign serve did not start:\n" + "\n".join(output[-40:]))
     return proc, found[0]
+
+
+def wait_for_line(output: list[str], prefix: str, timeout: float) -> str:
+    """The first line of ``output`` (filled by a reader thread) that starts with ``prefix``; serve prints its
+    listening lines one after another, so a line after the one ``launch_serve`` waits for may still be coming."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = next((line for line in list(output) if line.startswith(prefix)), None)
+        if line is not None:
+            return line
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sovereign serve never printed {prefix!r}:\n" + "\n".join(output[-40:]))
+        time.sleep(0.05)
 
 
 def stop_process(proc: subprocess.Popen[str] | None) -> int | None:

@@ -6,7 +6,6 @@ temporary folder (set SOVEREIGN_CONSOLE_SHOTS=DIR to keep them)."""
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import ssl
 import urllib.error
@@ -47,7 +46,7 @@ def console(
             # Free text an operator (or an attacker who is one) can put into the ledger.
             admin.CreateKey(admin_pb2.CreateKeyRequest(name="scratch/evil", kind=KIND["dataset"]))
             admin.DisableKey(admin_pb2.DisableKeyRequest(name="scratch/evil", reason=EVIL_NAME))
-        url = next(m.group(1) for line in proc.output if (m := re.match(r"console on (https://\S+)", line)))
+        url = proc.announced("console on ")
         node = NodeClient(
             proc.channel(), simulated_snp(pki, measurement=SNP_MEASUREMENT), name="trainer-console"
         )

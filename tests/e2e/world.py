@@ -34,6 +34,7 @@ from sovereign.demo.site import (  # noqa: F401 (re-exported to the tests)
     prepare_inputs,
     start_bao,
     stop_process,
+    wait_for_line,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,6 +179,10 @@ class ServerProcess:
         self.proc, self.ca = launch_serve(self.command(), self.output, timeout=timeout, cwd=ROOT)
         assert any(re.match(r"listening on 127\.0\.0\.1:\d+ \(TLS\)", line) for line in self.output)
         return self
+
+    def announced(self, prefix: str, timeout: float = 15.0) -> str:
+        """The address serve printed on its line starting with ``prefix`` (e.g. ``console on``), waited for."""
+        return wait_for_line(self.output, prefix, timeout).split()[-1]
 
     def channel(self) -> grpc.Channel:
         assert self.ca is not None
