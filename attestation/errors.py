@@ -12,6 +12,8 @@ from enum import StrEnum
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import DuplicateExtension, InvalidVersion, UnsupportedGeneralNameType
 
+from attestation.coded import CodedError
+
 # What cryptography raises for certificate or CRL bytes it cannot read: ValueError for most, its own
 # InvalidVersion for a bad version number, UnsupportedAlgorithm for fields it parses on first access,
 # TypeError for a name attribute whose value type does not fit its OID (also on first access), and
@@ -129,22 +131,16 @@ _DEFAULT_HINTS: dict[Code, str] = {
 }
 
 
-class AttestationError(Exception):
+class AttestationError(CodedError):
     """Base of every attestation failure. Carries a stable code and a hint."""
 
     default_code: Code = Code.EVIDENCE_MALFORMED
 
+    code: Code
+
     def __init__(self, message: str, *, code: Code | None = None, hint: str | None = None) -> None:
-        self.code: Code = code if code is not None else self.default_code
-        self.message = message
-        self.hint = hint if hint is not None else _DEFAULT_HINTS.get(self.code, "")
-        super().__init__(f"{self.code}: {message}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": self.message, "hint": self.hint}
+        code = code if code is not None else self.default_code
+        super().__init__(code, message, hint if hint is not None else _DEFAULT_HINTS.get(code, ""))
 
 
 class MalformedEvidence(AttestationError):

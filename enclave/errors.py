@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from attestation.coded import CodedError
+
 
 class NodeCode(StrEnum):
     """Stable node-agent error codes. Never rename: operators script against them."""
@@ -73,17 +75,10 @@ _DEFAULT_HINTS: dict[NodeCode, str] = {
 }
 
 
-class NodeError(Exception):
+class NodeError(CodedError):
     """Base of every node-agent failure. Carries a stable code and a hint."""
 
+    code: NodeCode
+
     def __init__(self, message: str, *, code: NodeCode, hint: str | None = None) -> None:
-        self.code: NodeCode = code
-        self.message = message
-        self.hint = hint if hint is not None else _DEFAULT_HINTS.get(code, "")
-        super().__init__(f"{code}: {message}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": self.message, "hint": self.hint}
+        super().__init__(code, message, hint if hint is not None else _DEFAULT_HINTS.get(code, ""))

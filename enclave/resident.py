@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from attestation.coded import CodedError
 from enclave.agent import Clock, NodeAgent, system_clock
 from enclave.client import ControlPlaneError, NodeState, Registration
 from enclave.errors import NodeCode, NodeError
@@ -71,14 +72,8 @@ class Timing:
     terminate_grace: float = 5.0
 
 
-class Refused(Exception):
+class Refused(CodedError):
     """A local request the agent refuses; ``code`` is one of ``agent_api``'s refusal codes."""
-
-    def __init__(self, code: str, message: str, hint: str = "") -> None:
-        self.code = code
-        self.message = message
-        self.hint = hint
-        super().__init__(f"{code}: {message}")
 
     def to_reply(self) -> dict[str, Any]:
         return agent_api.refusal(self.code, self.message, self.hint)

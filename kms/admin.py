@@ -318,7 +318,7 @@ def check_approvable(node: NodeRecord, groups: Sequence[str], policy: ActivePoli
     require_from(node, (NodeState.PENDING, NodeState.SUSPENDED), "approve")
     appraisal = appraise(policy.policy, claims_from_dict(dict(node.claims)), now=now)
     if appraisal.verdict is Verdict.REJECTED:
-        codes = ", ".join(str(getattr(r.code, "value", r.code)) for r in appraisal.reasons)
+        codes = ", ".join(str(r.code) for r in appraisal.reasons)
         raise KmsError(
             f"node {node.node_id}'s latest verified evidence fails policy v{policy.version} ({codes})",
             code=Code.NODE_EVIDENCE_FAILS_POLICY,
@@ -376,7 +376,7 @@ def _narrowed(policy: Any, node: NodeRecord, now: datetime) -> Change | None:
 
 def _suspension_draft(actor: Actor, change: Change, version: int) -> Draft:
     reasons = [Reason(Code.NODE_SUSPENDED_BY_POLICY.value, f"re-appraised under policy v{version}")]
-    reasons += [Reason(str(getattr(r.code, "value", r.code)), str(r.message)) for r in change.reasons]
+    reasons += [Reason(str(r.code), str(r.message)) for r in change.reasons]
     fields = {"node_id": change.node_id, "new_state": NodeState.SUSPENDED.value, "policy_version": version}
     return operator_draft(actor, Kind.NODE_SUSPEND, fields, reasons=reasons)
 

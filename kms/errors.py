@@ -7,8 +7,9 @@ contain key material, tokens or secret ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+
+from attestation.coded import CodedError, Reason
 
 
 class Code(StrEnum):
@@ -139,39 +140,21 @@ _DEFAULT_HINTS: dict[Code, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Reason:
-    """Why something was refused: a stable code (from any core), what failed, what to do."""
-
-    code: str
-    message: str
-    hint: str = ""
-
-    @classmethod
-    def of(cls, code: Code, message: str, hint: str | None = None) -> Reason:
-        """A reason with this core's default hint for ``code`` unless one is given."""
-        return cls(code.value, message, _DEFAULT_HINTS.get(code, "") if hint is None else hint)
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message, "hint": self.hint}
+def reason_for(code: Code, message: str, hint: str | None = None) -> Reason:
+    """A reason with this core's default hint for ``code`` unless one is given."""
+    return Reason(code.value, message, _DEFAULT_HINTS.get(code, "") if hint is None else hint)
 
 
-class KmsError(Exception):
+class KmsError(CodedError):
     """Base of every control-plane failure. Carries a stable code and a hint."""
 
     default_code: Code = Code.KMS_ERROR
 
+    code: Code
+
     def __init__(self, message: str, *, code: Code | None = None, hint: str | None = None) -> None:
-        self.code: Code = code if code is not None else self.default_code
-        self.message = message
-        self.hint = hint if hint is not None else _DEFAULT_HINTS.get(self.code, "")
-        super().__init__(f"{self.code}: {message}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": self.message, "hint": self.hint}
+        code = code if code is not None else self.default_code
+        super().__init__(code, message, hint if hint is not None else _DEFAULT_HINTS.get(code, ""))
 
 
 class OpenBaoError(KmsError):

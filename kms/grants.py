@@ -25,10 +25,11 @@ from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
+from attestation.coded import Reason
 from kms.batching import LoopBatcher
 from kms.catalogue import DATA_KEY_BYTES
 from kms.clock import Clock
-from kms.errors import Code, OpenBaoError, Reason
+from kms.errors import Code, OpenBaoError, reason_for
 from kms.premises import Grant, Snapshot, check_premises
 from kms.storage.decisions import (
     DenialRow,
@@ -151,7 +152,7 @@ class GrantLedger:
                 continue
             item = _with_request_id(request.pending, result, index, len(requests))
             if len(result.plaintext) != DATA_KEY_BYTES:
-                bad = Reason.of(Code.KMS_BAD_RESPONSE, "the stored key did not unwrap to a 32-byte data key")
+                bad = reason_for(Code.KMS_BAD_RESPONSE, "the stored key did not unwrap to a 32-byte data key")
                 refused.append((index, denial_of(item.row, bad, result.request_id), bad))
             else:
                 pending.append((index, item, result.plaintext))

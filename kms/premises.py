@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from attestation.coded import Reason
 from kms.catalogue import KeyKind, KeyRecord, KeyState
-from kms.errors import Code, Reason
+from kms.errors import Code, reason_for
 from kms.registry import NodeRecord, NodeState
 from policies.errors import Code as PolicyCode
 
@@ -82,7 +83,7 @@ def check_premises(grant: Grant, now: Snapshot) -> Reason | None:
         or node.lease_expires_at is None
         or node.lease_expires_at <= grant.decided_at
     ):
-        return Reason.of(
+        return reason_for(
             Code.RELEASE_NODE_CHANGED,
             f"the lease of node {grant.node_id} ended or was replaced",
             "re-attest (Renew) and retry",
@@ -91,14 +92,14 @@ def check_premises(grant: Grant, now: Snapshot) -> Reason | None:
     if reason is not None:
         return reason
     if now.policy_version != grant.policy_version:
-        return Reason.of(
+        return reason_for(
             Code.RELEASE_POLICY_CHANGED,
             f"the policy changed (v{grant.policy_version} -> v{now.policy_version}) while the request was "
             "served",
             "retry with a fresh request id",
         )
     if now.request_seen:
-        return Reason.of(
+        return reason_for(
             Code.REQUEST_REPLAYED,
             "this request id was already used by the node",
             "every release request needs a fresh random 16-byte request_id",
@@ -109,11 +110,11 @@ def check_premises(grant: Grant, now: Snapshot) -> Reason | None:
 def key_usable(name: str, key: KeyStanding | None) -> Reason | None:
     """Does the key exist and may it be used at all (neither disabled nor destroyed)?"""
     if key is None:
-        return Reason.of(Code.KEY_NOT_FOUND, f"no key named {name!r}")
+        return reason_for(Code.KEY_NOT_FOUND, f"no key named {name!r}")
     if key.state is KeyState.DESTROYED:
-        return Reason.of(Code.KEY_DESTROYED, f"key {name} is destroyed")
+        return reason_for(Code.KEY_DESTROYED, f"key {name} is destroyed")
     if key.state is KeyState.DISABLED:
-        return Reason.of(Code.KEY_DISABLED, f"key {name} is disabled")
+        return reason_for(Code.KEY_DISABLED, f"key {name} is disabled")
     return None
 
 
@@ -125,18 +126,18 @@ def check_key(grant: Grant, key: KeyStanding | None) -> Reason | None:
         return reason
     name, version = grant.key_name, grant.key_version
     if version not in key.material:
-        return Reason.of(
+        return reason_for(
             Code.KEY_VERSION_NOT_FOUND,
             f"key {name} has no version {version} (versions 1..{key.current_version})",
         )
     if grant.purpose == "write" and key.kind is not KeyKind.MODEL:
         return Reason(PolicyCode.RELEASE_PURPOSE_NOT_ALLOWED.value, f"{name} is a dataset key: read only")
     if grant.purpose == "write" and version != key.current_version:
-        return Reason.of(
+        return reason_for(
             Code.RELEASE_VERSION_NOT_WRITABLE,
             f"only v{key.current_version} of {name} is released for write, not v{version}",
             "ask for the latest version (key_version 0) with a fresh request id",
         )
     if not key.material[version]:
-        return Reason.of(Code.KEY_DESTROYED, f"{name} v{version} has no wrapped material")
+        return reason_for(Code.KEY_DESTROYED, f"{name} v{version} has no wrapped material")
     return None

@@ -113,8 +113,7 @@ def reason_dicts(reasons: Iterable[Any]) -> list[dict[str, str]]:
         if isinstance(r, Mapping):
             out.append({"code": str(r["code"]), "message": str(r["message"]), "hint": str(r.get("hint", ""))})
         else:
-            code = getattr(r.code, "value", r.code)
-            out.append({"code": str(code), "message": str(r.message), "hint": str(getattr(r, "hint", ""))})
+            out.append({"code": str(r.code), "message": str(r.message), "hint": str(getattr(r, "hint", ""))})
     return out
 
 

@@ -29,12 +29,13 @@ from typing import Protocol
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from attestation.coded import CodedError, Reason
 from kms.cache import TtlCache
 from kms.catalogue import Catalogue, KeyRecord
 from kms.clock import Clock
 from kms.envelope import EnvelopeError, check_recipient_key, release_aad, seal_key, suite_by_id_bytes
 from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name
-from kms.errors import CatalogueError, Code, KmsError, OpenBaoError, Reason
+from kms.errors import CatalogueError, Code, KmsError, OpenBaoError, reason_for
 from kms.grants import GrantLedger, GrantRequest, Outcome, Refused
 from kms.metrics import Metrics
 from kms.policy_source import PolicySource
@@ -85,18 +86,15 @@ class Released:
     aad: bytes
 
 
-class ReleaseDenied(Exception):
-    """A refused release. ``code`` is the first reason's code; ``denial_id`` the ledger sequence of the
-    ``release.deny`` entry (0: not recorded; entry 0 is always the first server.start)."""
+class ReleaseDenied(CodedError):
+    """A refused release. ``code`` is the first reason's code (from any core); ``denial_id`` the ledger
+    sequence of the ``release.deny`` entry (0: not recorded; entry 0 is always the first server.start)."""
 
-    def __init__(self, reasons: Sequence[dict[str, str]], denial_id: int = 0) -> None:
+    def __init__(self, reasons: Sequence[Reason], denial_id: int = 0) -> None:
         first = reasons[0]
-        self.code = first["code"]
-        self.message = first["message"]
-        self.hint = first.get("hint", "")
+        super().__init__(first.code, first.message, first.hint)
         self.reasons = tuple(reasons)
         self.denial_id = denial_id
-        super().__init__(f"{self.code}: {self.message}")
 
     @property
     def audit_sequence(self) -> int:
@@ -171,11 +169,12 @@ class ClientCertificate(Protocol):
     def signing_public(self) -> bytes: ...
 
 
-class Denial(Exception):
-    """A refusal decided before any decrypt; ``row`` is what the ``release.deny`` entry records."""
+class Denial(CodedError):
+    """A refusal decided before any decrypt, not yet recorded; ``row`` is what the ``release.deny`` entry
+    records. ``KeyRelease`` records it and raises ``ReleaseDenied`` in its place."""
 
     def __init__(self, reasons: Sequence[Reason], row: DenialRow) -> None:
-        super().__init__(reasons[0].code)
+        super().__init__(reasons[0].code, reasons[0].message, reasons[0].hint)
         self.reasons = reasons
         self.row = row
 
@@ -196,7 +195,7 @@ def check_client_certificate(peer: ClientCertificate, node_id: str, signing_publ
     """The certificate must have been issued to the node that signed the request, for the same key."""
     if peer.node_id == node_id and peer.signing_public == signing_public:
         return None
-    return Reason.of(
+    return reason_for(
         Code.RELEASE_CLIENT_CERT_MISMATCH,
         f"the client certificate was issued to node {peer.node_id[:64]!r}, not to {node_id[:64]!r}",
         "each node must use its own client certificate (issued by Register/Renew)",
@@ -268,7 +267,7 @@ class KeyRelease:
             prepared = self._prepare(req, peer, fresh=fresh)
         except Denial as denial:
             denial_id = await self._ledger.deny(denial.row)
-            raise ReleaseDenied([r.to_dict() for r in denial.reasons], denial_id) from None
+            raise ReleaseDenied(denial.reasons, denial_id) from None
         return prepared, await self._ledger.grant(prepared.grant)
 
     def _prepare(self, req: SignedRelease, peer: ClientCertificate | None, *, fresh: bool) -> Prepared:
@@ -360,7 +359,7 @@ class KeyRelease:
         if isinstance(outcome, Refused):
             self._node_cache.clear()
             self._key_cache.clear()
-            raise ReleaseDenied([outcome.reason.to_dict()], outcome.audit_sequence)
+            raise ReleaseDenied([outcome.reason], outcome.audit_sequence)
         row = prepared.grant.pending.row
         return self._seal(prepared.node, prepared.fields, row, outcome.sequence, outcome.plaintext)
 

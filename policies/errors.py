@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from attestation.coded import CodedError
+
 
 class Code(StrEnum):
     """Stable codes. Never rename or reuse: they are part of the wire and audit contract."""
@@ -76,8 +78,10 @@ class Reason:
         return {"code": self.code.value, "message": self.message}
 
 
-class PolicyError(Exception):
+class PolicyError(CodedError):
     """An unusable input to the policies core. ``path`` and ``line`` locate policy schema errors."""
+
+    code: Code
 
     def __init__(
         self,
@@ -89,23 +93,11 @@ class PolicyError(Exception):
         path: str | None = None,
         line: int | None = None,
     ) -> None:
-        self.code = code
-        self.message = message
-        self.hint = hint if hint is not None else _DEFAULT_HINTS.get(code, "")
+        super().__init__(code, message, hint if hint is not None else _DEFAULT_HINTS.get(code, ""))
         self.source = source
         self.path = path
         self.line = line
-        super().__init__(f"{code}: {message}")
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "code": self.code.value,
-            "message": self.message,
-            "hint": self.hint,
-            "source": self.source,
-            "path": self.path,
-            "line": self.line,
-        }
+    def to_dict(self) -> dict[str, str]:
+        where = {"source": self.source, "path": self.path, "line": self.line}
+        return super().to_dict() | {k: str(v) for k, v in where.items() if v is not None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from attestation.coded import CodedError
 from kms.envelope import EnvelopeError
 
 
@@ -37,20 +38,13 @@ _DEFAULT_HINTS: dict[WorkloadCode, str] = {
 }
 
 
-class WorkloadError(Exception):
+class WorkloadError(CodedError):
     """Base of every workload-library failure that is not about the sealed bytes themselves."""
 
+    code: WorkloadCode
+
     def __init__(self, message: str, *, code: WorkloadCode, hint: str | None = None) -> None:
-        self.code: WorkloadCode = code
-        self.message = message
-        self.hint = hint if hint is not None else _DEFAULT_HINTS[code]
-        super().__init__(f"{code}: {message}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": self.message, "hint": self.hint}
+        super().__init__(code, message, hint if hint is not None else _DEFAULT_HINTS[code])
 
 
 ERRORS: tuple[type[Exception], ...] = (WorkloadError, EnvelopeError)

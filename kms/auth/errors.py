@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from attestation.coded import CodedError
+
 
 class Code(StrEnum):
     """Stable codes. Never rename: they are part of the wire and audit contract."""
@@ -81,17 +83,10 @@ _DEFAULT_HINTS: dict[Code, str] = {
 }
 
 
-class AuthError(Exception):
+class AuthError(CodedError):
     """An operator was not authenticated or not allowed. Carries a stable code and a hint."""
 
+    code: Code
+
     def __init__(self, code: Code, message: str, *, hint: str | None = None) -> None:
-        self.code = code
-        self.message = message
-        self.hint = hint if hint is not None else _DEFAULT_HINTS.get(code, "")
-        super().__init__(f"{code}: {message}")
-
-    def __repr__(self) -> str:
-        return f"AuthError(code={self.code.value!r}, message={self.message!r})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": self.message, "hint": self.hint}
+        super().__init__(code, message, hint if hint is not None else _DEFAULT_HINTS.get(code, ""))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from attestation.coded import CodedError
+
 
 class Code(StrEnum):
     """Stable error codes. Never renumber or rename: they are part of the wire and audit contract."""
@@ -59,22 +61,16 @@ _DEFAULT_HINTS: dict[Code, str] = {
 }
 
 
-class EnvelopeError(Exception):
+class EnvelopeError(CodedError):
     """Base of every envelope failure. Carries a stable code and a hint."""
 
     default_code: Code = Code.ENVELOPE_INPUT_INVALID
 
+    code: Code
+
     def __init__(self, message: str, *, code: Code | None = None, hint: str | None = None) -> None:
-        self.code: Code = code if code is not None else self.default_code
-        self.message = message
-        self.hint = hint if hint is not None else _DEFAULT_HINTS.get(self.code, "")
-        super().__init__(f"{self.code}: {message}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": self.message, "hint": self.hint}
+        code = code if code is not None else self.default_code
+        super().__init__(code, message, hint if hint is not None else _DEFAULT_HINTS.get(code, ""))
 
 
 class InvalidInput(EnvelopeError):

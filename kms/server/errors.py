@@ -13,13 +13,12 @@ from typing import Any, NoReturn
 
 import grpc
 
-from attestation.errors import AttestationError
+from attestation.coded import CodedError
 from attestation.errors import Code as AttestationCode
 from kms.errors import Code as KmsCode
 from kms.errors import KmsError
 from kms.release import ReleaseDenied
 from policies.errors import Code as PolicyCode
-from policies.errors import PolicyError
 from proto.contract import TRAILER, pack_error_status
 
 SC = grpc.StatusCode
@@ -103,22 +102,19 @@ def details(
     )
 
 
-Coded = KmsError | AttestationError | PolicyError | ReleaseDenied
-
-
-def describe(err: Coded) -> tuple[str, str, str, dict[str, str]]:
+def describe(err: CodedError) -> tuple[str, str, str, dict[str, str]]:
     """(code, message, hint, metadata) of any coded error."""
-    code = str(getattr(err.code, "value", err.code))
+    code = str(err.code)
     metadata: dict[str, str] = {}
     if isinstance(err, ReleaseDenied):
         if err.denial_id:
             metadata["denial_id"] = str(err.denial_id)
         for i, reason in enumerate(err.reasons[1:8], start=1):
-            metadata[f"reason_{i}"] = reason["code"]
+            metadata[f"reason_{i}"] = reason.code
     return code, err.message[:1024], err.hint or "", metadata
 
 
-def failure(err: Coded) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+def failure(err: CodedError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
     """(status, status message, trailing metadata with the ErrorStatus) for a coded error."""
     code, message, hint, metadata = describe(err)
     status = status_for(code)
@@ -129,14 +125,14 @@ def failure(err: Coded) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], 
 INTERNAL = KmsError("internal error; see the server log", code=KmsCode.INTERNAL_ERROR)
 
 
-def abort(context: grpc.ServicerContext, err: Coded) -> NoReturn:
+def abort(context: grpc.ServicerContext, err: CodedError) -> NoReturn:
     status, message, trailer = failure(err)
     context.set_trailing_metadata(trailer)
     context.abort(status, message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
-async def abort_async(context: grpc.aio.ServicerContext[Any, Any], err: Coded) -> NoReturn:
+async def abort_async(context: grpc.aio.ServicerContext[Any, Any], err: CodedError) -> NoReturn:
     status, message, trailer = failure(err)
     await context.abort(status, message, trailing_metadata=trailer)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover

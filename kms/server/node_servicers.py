@@ -139,7 +139,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServicer):
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
         except CODED as err:
-            code = str(getattr(err.code, "value", err.code))
+            code = str(err.code)
             if status_for(code) is grpc.StatusCode.INVALID_ARGUMENT:
                 self._uc.refused(code)
             await abort_async(context, err)

@@ -29,7 +29,7 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> No
 
 def fail(err: CodedError, *, as_json: bool, exit_code: int = 1) -> int:
     """Report a coded error (on stdout as JSON when asked, else on stderr) and return the exit code."""
-    code = str(getattr(err.code, "value", err.code))
+    code = str(err.code)
     if as_json:
         print_json({"ok": False, "error": {"code": code, "message": err.message, "hint": err.hint}})
     else:

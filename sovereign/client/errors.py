@@ -7,10 +7,11 @@ from collections.abc import Mapping
 
 import grpc
 
+from attestation.coded import CodedError
 from proto.contract import parse_error_detail
 
 
-class OperatorError(Exception):
+class OperatorError(CodedError):
     """A refused or failed call: ``code`` is the server's reason (e.g. ``AUTH_SAME_APPROVER``), or the
     gRPC status name when the reply carried none (an unreachable server: ``UNAVAILABLE``)."""
 
@@ -22,15 +23,12 @@ class OperatorError(Exception):
         status: str = "",
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.hint = hint
+        super().__init__(code, message, hint)
         self.status = status
         self.metadata: dict[str, str] = dict(metadata or {})
 
     def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message, "hint": self.hint, "status": self.status}
+        return super().to_dict() | {"status": self.status}
 
     @classmethod
     def from_rpc(cls, err: grpc.RpcError) -> OperatorError:

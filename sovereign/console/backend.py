@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from attestation.coded import CodedError
 from proto.contract import parse_error_detail
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
 
@@ -31,15 +32,12 @@ _PENDING_STATE = {admin_pb2.PENDING_CHANGE_STATE_PENDING: "pending", admin_pb2.P
 PAGE = 1000
 
 
-class BackendError(Exception):
+class BackendError(CodedError):
     """A refused or failed operator call, with the server's code and hint."""
 
     def __init__(self, status: str, code: str, message: str, hint: str = "") -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(code, message, hint)
         self.status = status
-        self.code = code
-        self.message = message
-        self.hint = hint
 
 
 def _time(ts: Timestamp) -> str:

@@ -433,7 +433,7 @@ class Workload:
                 del key
             except (KmsError, OSError) as err:
                 return self.rec.op(
-                    "seal", began, getattr(getattr(err, "code", None), "value", type(err).__name__)
+                    "seal", began, str(err.code) if isinstance(err, KmsError) else type(err).__name__
                 )
         return self.rec.op("seal", began)
 

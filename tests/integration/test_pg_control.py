@@ -12,9 +12,10 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import func, select
 
+from attestation.coded import Reason
 from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion
 from kms.clock import ManualClock
-from kms.errors import Code, KmsError, Reason
+from kms.errors import Code, KmsError
 from kms.grants import commit_grants
 from kms.nonces import Nonces
 from kms.registry import NodeChange, NodeRecord, NodeState

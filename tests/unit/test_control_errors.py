@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from attestation.coded import Reason
 from attestation.errors import BindingError
 from kms.errors import Code, KmsError
 from kms.release import ReleaseDenied
@@ -47,10 +48,7 @@ def test_domains() -> None:
         BindingError("report data differs"),
         PolicyError("bad toml"),
         ReleaseDenied(
-            [
-                {"code": PolicyCode.RELEASE_NO_RULE.value, "message": "no rule", "hint": ""},
-                {"code": "RELEASE_EVIDENCE_TOO_OLD", "message": "old", "hint": ""},
-            ],
+            [Reason(PolicyCode.RELEASE_NO_RULE.value, "no rule"), Reason("RELEASE_EVIDENCE_TOO_OLD", "old")],
             denial_id=12,
         ),
     ],
@@ -64,7 +62,7 @@ def test_trailer_round_trip(err: KmsError | BindingError | PolicyError | Release
     assert decoded.details[0].type_url == "type.googleapis.com/sovereign.v1.ErrorDetail"
     detail = parse_error_detail(trailer)
     assert detail is not None
-    code = str(getattr(err.code, "value", err.code))
+    code = str(err.code)
     assert detail.reason == code and message.startswith(code)
     if isinstance(err, ReleaseDenied):
         assert (

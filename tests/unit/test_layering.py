@@ -15,6 +15,7 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 # package (path prefix) -> allowed top-level imports besides the stdlib and itself
 RULES: dict[str, set[str]] = {
     "attestation": {"cryptography"},
+    # attestation.coded (stdlib only) is the one error root: every package may import it (SHARED below)
     # NVIDIA RIMs are XML signatures: verified (gpu/) and minted for tests (simulate/) with signxml + lxml.
     "attestation/gpu": {"attestation", "cryptography", "signxml", "lxml"},
     "attestation/simulate": {"attestation", "cryptography", "signxml", "lxml"},
@@ -50,6 +51,8 @@ RULES: dict[str, set[str]] = {
 # On the operator side only sovereign/client sees the generated Admin and Audit types. The web console
 # (sovereign/console) has its own async gRPC backend (grpc.aio), which this client does not offer yet; the soak
 # driver (sovereign/soak, dev tooling) still calls the stubs with per-call timeouts. Both are to move onto the client.
+# The shared error root (Reason, CodedError): stdlib only, so importing it loads nothing else of attestation.
+SHARED = ("attestation.coded",)
 OPERATOR_SIDE = ("sovereign", "bench")
 OPERATOR_WIRE = ("proto.sovereign.v1.admin_pb2", "proto.sovereign.v1.audit_pb2")
 OPERATOR_CLIENT = ("sovereign/client/", "sovereign/console/", "sovereign/soak/")
@@ -71,7 +74,7 @@ def _allowed(name: str, own: str, allowed: set[str]) -> bool:
     own_mod = own.replace("/", ".")
     if top in STDLIB or name == own_mod or name.startswith(own_mod + "."):
         return True
-    return any(name == a or name.startswith(a + ".") for a in allowed)
+    return any(name == a or name.startswith(a + ".") for a in (*allowed, *SHARED))
 
 
 def _cases() -> list[tuple[str, Path]]:
@@ -123,10 +126,17 @@ def test_rules_cover_every_package() -> None:
 
 
 def test_the_workload_library_loads_without_grpc_or_the_control_plane() -> None:
+    # the shared error root (attestation.coded, stdlib only) is the one piece of attestation it loads
     probe = (
         "import sys, enclave.workload; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'grpc', 'google', 'proto', 'attestation', 'policies'}"
-        " | {m for m in sys.modules if m.startswith('enclave.') and not m.startswith('enclave.workload')}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'grpc', 'google', 'proto', 'policies'}"
+        " | {m for m in sys.modules if m.startswith('enclave.') and not m.startswith('enclave.workload')}"
+        " | {m for m in sys.modules if m.startswith('attestation') and m not in ('attestation', 'attestation.coded')}))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_shared_error_root_imports_only_the_stdlib() -> None:
+    names = _imports(ROOT / "attestation" / "coded.py")
+    assert names and all(n.split(".")[0] in STDLIB for n in names), names

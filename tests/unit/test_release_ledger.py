@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from attestation.coded import Reason
 from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_not_destroyed
-from kms.errors import Reason
 from kms.grants import commit_grants
 from kms.registry import NodeRecord, NodeState, revoke
 from kms.storage import open_store
