@@ -1,7 +1,7 @@
 """Audit ledger appends per second with durability on, against plain SQLite inserts of the same bytes.
 
 Run: ``.venv/bin/python -m bench.bench_ledger [--quick]``. ``THREADS`` writer threads append realistic
-``release.grant`` entries (~500 bytes) for a fixed time through the group commit (``kms.audit.ledger``:
+``release.grant`` entries (~500 bytes) for a fixed time through the group commit (``kms.sql.audit_append``:
 sequence, canonical encoding, leaf hash, subtree hashes and the tree head in the same transaction;
 ``synchronous = FULL``, one fsync per batch). The baseline, in the same run, is the same threads inserting
 the same canonical bytes as plain rows into a one-table SQLite file through the same group commit and
@@ -23,11 +23,11 @@ from pathlib import Path
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, insert
 
 from kms.audit.entry import Decision, Entry, Kind, format_time
-from kms.audit.ledger import AuditLedger, Draft
-from kms.audit.reader import recover
-from kms.storage import open_store
-from kms.storage.group_commit import GroupCommit
-from kms.storage.store import Store, sqlite_engine
+from kms.sql import open_store
+from kms.sql.audit_append import AuditLedger, Draft
+from kms.sql.audit_reader import recover
+from kms.sql.group_commit import GroupCommit
+from kms.sql.store import Store, sqlite_engine
 
 THREADS = 64
 TARGET = 0.5  # ledger appends/s at least half of bare durable inserts of the same bytes

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import hvac
 
-from kms.bootstrap import bootstrap
-from kms.openbao_server import OpenBaoServer
-from kms.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
+from kms.openbao.bootstrap import bootstrap
+from kms.openbao.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
+from sovereign.devtools.openbao_server import OpenBaoServer
 
 TARGET = 0.9
 BATCH = 100

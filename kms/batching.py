@@ -1,9 +1,9 @@
 """Coalesce concurrent calls into batches and wake each caller with its own result or exception.
 
-``LoopBatcher`` gathers coroutines on the event loop: the release path (``kms.grants``) uses it for
+``LoopBatcher`` gathers coroutines on the event loop: the release path (``kms.usecases.grants``) uses it for
 OpenBao transit unwraps (one ``batch_input`` decrypt instead of N HTTP calls) plus one commit per batch.
 ``Batcher`` does the same for threads (a collector thread hands groups of items to one batch function):
-``kms.storage.group_commit`` uses it for small writes such as denials and audit entries (one durable
+``kms.sql.group_commit`` uses it for small writes such as denials and audit entries (one durable
 SQLite commit instead of N fsyncs). The window bounds the added latency.
 """
 

@@ -3,7 +3,7 @@
 Every option is declared once, as a field of ``ServerConfig`` (type, default, help, former names);
 ``OPTIONS`` is derived from it, and the CLI flags, the environment names and the TOML keys all come
 from that table, so ``--help`` documents every option. The OpenBao settings of the operator commands
-(``kms.vault.BaoSettings.resolve``) read the same ``bao_*`` variables from here.
+(``kms.openbao.vault.BaoSettings.resolve``) read the same ``bao_*`` variables from here.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 nonce book, the evidence verifier and the policy source; the clock is ``kms.clock.ManualClock``.
 
 The fake store applies a transition's ``NodeChange`` with ``NodeChange.applied_to``, the same meaning
-``kms.storage.nodes`` gives it in SQL (tests/integration/test_pg_control.py covers that side).
+``kms.sql.nodes`` gives it in SQL (tests/integration/test_pg_control.py covers that side).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from attestation.claims import Claims, TcbStatus, Tee
 from attestation.errors import AttestationError
 from attestation.errors import Code as AttestationCode
 from attestation.evidence import SNP_REPORT_SIZE
-from kms.attest import EvidenceInput, NodeKeys
-from kms.audit.ledger import Draft
+from kms.domain.registry import NodeRecord, NodeState, Transition
 from kms.errors import Code, KmsError
-from kms.nonces import Challenge, NonceError
-from kms.policy_source import ActivePolicy
-from kms.registry import NodeRecord, NodeState, Transition
-from kms.storage.nodes import not_found
-from kms.storage.policy_versions import PolicyRow
+from kms.sql.audit_append import Draft
+from kms.sql.nodes import not_found
+from kms.sql.policy_versions import PolicyRow
+from kms.usecases.attest import EvidenceInput, NodeKeys
+from kms.usecases.nonces import Challenge, NonceError
+from kms.usecases.policy_source import ActivePolicy
 from policies import parse_policy
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -150,7 +150,7 @@ class FakePolicies:
 
 @dataclass
 class FakeNodes:
-    """``kms.registry.NodeStore`` over a dict; ``entries`` are the audit drafts of its changes."""
+    """``kms.domain.registry.NodeStore`` over a dict; ``entries`` are the audit drafts of its changes."""
 
     active_version: Callable[[], int] = lambda: 0
     nodes: dict[str, NodeRecord] = field(default_factory=dict)

@@ -28,24 +28,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from attestation.trust import TrustStore
-from kms.admin import Admin
-from kms.attest import Attestation
-from kms.audit.service import AuditPlane, start_audit
-from kms.auth.errors import AuthError
-from kms.auth.interceptor import OperatorAuthInterceptor
-from kms.auth.roles import ADMIN_SERVICE, RoleMap
-from kms.auth.tokens import TokenValidator, keycloak_validator
-from kms.auth.two_person import TwoPersonConfig, TwoPersonRule
-from kms.catalogue import Catalogue
 from kms.clock import Clock, system_clock
 from kms.config import ServerConfig, two_person_actions
+from kms.domain.catalogue import Catalogue
 from kms.errors import Code, KmsError
-from kms.grants import GrantLedger
-from kms.metrics import Metrics
-from kms.nonces import Nonces
-from kms.policy_source import PolicySource
-from kms.release import KeyRelease
+from kms.oidc.errors import AuthError
+from kms.oidc.roles import ADMIN_SERVICE, RoleMap
+from kms.oidc.tokens import TokenValidator, keycloak_validator
+from kms.oidc.two_person import TwoPersonConfig, TwoPersonRule
+from kms.openbao.vault import BaoSettings, OpenBaoTransit, Transit
 from kms.server.audit_servicer import add_audit_service
+from kms.server.auth_interceptor import OperatorAuthInterceptor
 from kms.server.monitoring import ControlPlaneCollector, Sources
 from kms.server.node_certs import NodeCa
 from kms.server.node_servicers import AttestationServicer, ClientCerts, KeyReleaseServicer, add_node_services
@@ -53,14 +46,21 @@ from kms.server.operator_audit import OperatorAudit
 from kms.server.rate_limit import PeerRateLimit, TokenBuckets
 from kms.server.servicers import AdminServicer
 from kms.server.tls import ReloadingCertificate, ensure_dev_tls
-from kms.storage import open_store
-from kms.storage.group_commit import GroupCommit
-from kms.storage.keys import SqlKeyStore
-from kms.storage.nodes import SqlNodes
-from kms.storage.pending_changes import SqlPendingStore
-from kms.storage.store import Store
-from kms.vault import BaoSettings, OpenBaoTransit, Transit
-from kms.verifier import EvidenceVerifier, load_signers
+from kms.sql import open_store
+from kms.sql.group_commit import GroupCommit
+from kms.sql.keys import SqlKeyStore
+from kms.sql.nodes import SqlNodes
+from kms.sql.pending_changes import SqlPendingStore
+from kms.sql.store import Store
+from kms.usecases.admin import Admin
+from kms.usecases.attest import Attestation
+from kms.usecases.audit_service import AuditPlane, start_audit
+from kms.usecases.grants import GrantLedger
+from kms.usecases.metrics import Metrics
+from kms.usecases.nonces import Nonces
+from kms.usecases.policy_source import PolicySource
+from kms.usecases.release import KeyRelease
+from kms.usecases.verifier import EvidenceVerifier, load_signers
 from proto.sovereign.v1 import (
     admin_pb2_grpc,
     attestation_pb2,

@@ -13,11 +13,11 @@ import grpc
 from kms.audit.checkpoint import Checkpoint
 from kms.audit.entry import Decision, Entry, format_time
 from kms.audit.errors import AuditError
-from kms.audit.reader import LedgerReader
 from kms.server import codec
 from kms.server.errors import abort
 from kms.server.servicers import handle
-from kms.storage.audit_ledger import EntryFilter, StoredEntry
+from kms.sql.audit_ledger import EntryFilter, StoredEntry
+from kms.sql.audit_reader import LedgerReader
 from proto.sovereign.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 
 AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name

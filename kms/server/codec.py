@@ -9,12 +9,19 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from attestation.claims import Claims
-from kms.attest import AttestationOutcome, EvidenceInput, NodeKeys, Outcome, RegisterInput, RenewInput
-from kms.catalogue import KeyKind, KeyRecord, KeyState
+from kms.domain.catalogue import KeyKind, KeyRecord, KeyState
+from kms.domain.registry import Lease, NodeRecord, NodeState
 from kms.envelope import Suite
 from kms.errors import Code, KmsError
-from kms.registry import Lease, NodeRecord, NodeState
-from kms.release import ReleaseBody, Released, SignedRelease
+from kms.usecases.attest import (
+    AttestationOutcome,
+    EvidenceInput,
+    NodeKeys,
+    Outcome,
+    RegisterInput,
+    RenewInput,
+)
+from kms.usecases.release import ReleaseBody, Released, SignedRelease
 from policies import claims_from_dict
 from policies.errors import PolicyError
 from proto.contract import BodyRejected, decode_release_body

@@ -17,7 +17,7 @@ from attestation.coded import CodedError
 from attestation.errors import Code as AttestationCode
 from kms.errors import Code as KmsCode
 from kms.errors import KmsError
-from kms.release import ReleaseDenied
+from kms.usecases.release import ReleaseDenied
 from policies.errors import Code as PolicyCode
 from proto.contract import TRAILER, pack_error_status
 

@@ -1,7 +1,7 @@
 """What an operations team watches: gauges read from the control plane at scrape time, and the HTTP
 endpoint that serves them (``/metrics`` for Prometheus, ``/healthz`` for probes, nothing else).
 
-Counters and histograms that requests update live in ``kms.metrics``; the state that already sits in the
+Counters and histograms that requests update live in ``kms.usecases.metrics``; the state that already sits in the
 database or the collateral store (nodes by state, leases about to end, ledger size, checkpoint age,
 collateral windows) is read when Prometheus scrapes, so it can never drift from the truth. Each source
 is read at most once per ``cache_seconds``: a scrape storm must not become a database storm.
@@ -27,9 +27,9 @@ from attestation.errors import AttestationError
 from attestation.freshness import expiry
 from attestation.store import CollateralStore
 from kms.clock import Clock
-from kms.storage import nodes as node_rows
-from kms.storage.audit_ledger import latest_checkpoint, read_head
-from kms.storage.store import Store
+from kms.sql import nodes as node_rows
+from kms.sql.audit_ledger import latest_checkpoint, read_head
+from kms.sql.store import Store
 
 log = logging.getLogger("sovereign.metrics")
 

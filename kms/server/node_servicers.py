@@ -7,7 +7,7 @@ work). Attestation (CPU-heavy evidence verification, database writes) runs in a 
 Mutual TLS: an ATTESTED Register/Renew that carries a client TLS key (signed by the node's attested
 Ed25519 key over the request nonce) is answered with a short-lived client certificate from the node CA
 (``kms.server.node_certs``). KeyRelease is served on its own port whose TLS requires such a certificate;
-the servicer hands the certificate's identity to the release use case (``kms.release``), which requires
+the servicer hands the certificate's identity to the release use case (``kms.usecases.release``), which requires
 that it names the node of the signed body and carries the key that verified its signature, else
 RELEASE_CLIENT_CERT_MISMATCH (recorded as a denial).
 """
@@ -26,12 +26,12 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from attestation.errors import AttestationError
-from kms.attest import Attestation, AttestationOutcome, Outcome
 from kms.clock import Clock
 from kms.errors import Code, KmsError
-from kms.release import KeyRelease, ReleaseDenied
 from kms.server import codec, node_certs
 from kms.server.errors import INTERNAL, abort_async, status_for
+from kms.usecases.attest import Attestation, AttestationOutcome, Outcome
+from kms.usecases.release import KeyRelease, ReleaseDenied
 from policies.errors import PolicyError
 from proto.sovereign.v1 import attestation_pb2, attestation_pb2_grpc, key_release_pb2, key_release_pb2_grpc
 

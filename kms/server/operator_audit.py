@@ -1,10 +1,10 @@
-"""Operator actions and refusals into the audit ledger (``kms.audit.ledger.AuditLedger.record_operator_action``).
+"""Operator actions and refusals into the audit ledger (``kms.sql.audit_append.AuditLedger.record_operator_action``).
 
 Every admitted change and every refused call of an authenticated operator (a valid token: a role it
 lacks, the two-person rule) becomes one entry with the actor's subject, user name and roles. A call
 refused before authentication (no token, a malformed, expired, forged or foreign one) proves nothing
 about who sent it and costs the sender nothing: it is counted and rate-limit logged
-(``kms.metrics.Refusals``, endpoint ``operator``), never appended to the ledger. The ledger's entry
+(``kms.usecases.metrics.Refusals``, endpoint ``operator``), never appended to the ledger. The ledger's entry
 vocabulary is closed: a kind the ledger does not know is logged instead of failing the call.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from kms.audit.entry import Decision, Kind, Reason
-from kms.auth.errors import AuthError
-from kms.auth.tokens import Actor
-from kms.auth.two_person import OperatorRef
-from kms.metrics import Refusals
+from kms.oidc.errors import AuthError
+from kms.oidc.tokens import Actor
+from kms.oidc.two_person import OperatorRef
+from kms.usecases.metrics import Refusals
 
 log = logging.getLogger("sovereign.audit")
 
@@ -45,7 +45,7 @@ def _kind(value: str) -> Kind | None:
 
 
 def actor_fields(actor: Actor | OperatorRef | None) -> dict[str, Any]:
-    """Who acted, as the ledger records it (``kms.audit.ledger.operator_draft``)."""
+    """Who acted, as the ledger records it (``kms.sql.audit_append.operator_draft``)."""
     if actor is None:
         return dict(ANONYMOUS)
     return {"subject": actor.subject, "username": actor.username, "roles": sorted(actor.roles)}

@@ -4,7 +4,7 @@ Anyone may call Challenge, Register and Renew: the evidence is what authenticate
 it costs CPU, a nonce row and a database write. A bucket per peer *address* (the port is dropped: one
 host opening many connections is one peer) holds at most ``burst`` calls and refills ``rate`` per
 second; a call finding it empty is refused with ``RATE_LIMITED`` and counted like every other refusal
-before authentication (``kms.metrics.Refusals``). KeyRelease is not limited here: it has its own port
+before authentication (``kms.usecases.metrics.Refusals``). KeyRelease is not limited here: it has its own port
 behind mutual TLS with node certificates (with --insecure-dev it shares this port and stays exempt).
 
 The buckets are kept least recently used first and at most ``max_peers`` of them: past that the oldest
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from kms.errors import Code, KmsError
-from kms.metrics import Refusals
 from kms.server.errors import abort_async
+from kms.usecases.metrics import Refusals
 
 RATE_LIMITED = KmsError(
     "too many requests from this address",

@@ -3,7 +3,7 @@ decode the request, call a use case as the authenticated operator (``current_act
 reply. Coded errors become statuses with an ``ErrorDetail`` trailer; anything unexpected is logged and
 answered INTERNAL.
 
-Changes go through ``kms.pending.PendingChanges`` (the two-person rule: applied now, or held for a
+Changes go through ``kms.usecases.pending.PendingChanges`` (the two-person rule: applied now, or held for a
 second operator); a held change keeps its request exactly as the deterministic protobuf encoding of
 the command (``ProtoCommands``), bound by a digest, so rows written by earlier versions still apply.
 """
@@ -20,8 +20,19 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from attestation.errors import AttestationError
-from kms.admin import Admin, PolicyChange
-from kms.admin_commands import (
+from kms.clock import Clock
+from kms.domain.catalogue import KeyRecord
+from kms.domain.registry import NodeRecord
+from kms.errors import KmsError
+from kms.oidc.errors import AuthError
+from kms.oidc.two_person import ChangeState, OperatorRef, PendingChange, TwoPersonRule
+from kms.server import auth_interceptor as interceptor
+from kms.server import codec
+from kms.server.auth_interceptor import current_actor
+from kms.server.errors import INTERNAL, abort
+from kms.server.operator_audit import OperatorAudit, actor_fields
+from kms.usecases.admin import Admin, PolicyChange
+from kms.usecases.admin_commands import (
     COMMANDS,
     AdminActions,
     AdminCommand,
@@ -29,20 +40,9 @@ from kms.admin_commands import (
     KekRotated,
     audit_fields,
 )
-from kms.auth import interceptor
-from kms.auth.errors import AuthError
-from kms.auth.interceptor import current_actor
-from kms.auth.two_person import ChangeState, OperatorRef, PendingChange, TwoPersonRule
-from kms.catalogue import KeyRecord
-from kms.clock import Clock
-from kms.errors import KmsError
-from kms.pending import Applied, PendingChanges
-from kms.policy_source import ActivePolicy
-from kms.registry import NodeRecord
-from kms.release import ReleaseDenied
-from kms.server import codec
-from kms.server.errors import INTERNAL, abort
-from kms.server.operator_audit import OperatorAudit, actor_fields
+from kms.usecases.pending import Applied, PendingChanges
+from kms.usecases.policy_source import ActivePolicy
+from kms.usecases.release import ReleaseDenied
 from policies.errors import PolicyError
 from proto.sovereign.v1 import (
     admin_pb2,
@@ -149,7 +149,7 @@ def command_out(command: AdminCommand) -> Message:
 
 
 class ProtoCommands:
-    """``kms.pending.CommandCodec``: a held command as its request's deterministic protobuf bytes."""
+    """``kms.usecases.pending.CommandCodec``: a held command as its request's deterministic protobuf bytes."""
 
     def encode(self, command: AdminCommand) -> bytes:
         return command_out(command).SerializeToString(deterministic=True)

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kms.auth.cache import load_cached_token
-from kms.auth.errors import AuthError
 from kms.errors import Code, KmsError
+from kms.oidc.cache import load_cached_token
+from kms.oidc.errors import AuthError
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.client import AdminClient, OperatorError, operator_channel, to_json
 from sovereign.client.records import ChangeState, KeyKind, KeyState, NodeState

@@ -26,10 +26,10 @@ from kms.audit.export import parse_json_line, read_lines, write_items
 from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import unchecked_head_error, verify_export
-from kms.auth.cache import load_cached_token
-from kms.auth.errors import AuthError
 from kms.errors import Code, KmsError
-from kms.vault import KEK_NAME, TRANSIT_MOUNT
+from kms.oidc.cache import load_cached_token
+from kms.oidc.errors import AuthError
+from kms.openbao.vault import KEK_NAME, TRANSIT_MOUNT
 from sovereign.cli._common import parse_time
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.client import AuditClient, OperatorError, operator_channel
@@ -200,7 +200,7 @@ def _describe(against: tuple[tuple[str, object], ...]) -> str:
 # --- server-backed actions ------------------------------------------------------------------------
 
 DEFAULT_SERVER = "127.0.0.1:8445"
-from kms.bootstrap import ROLE_NAME  # noqa: E402
+from kms.openbao.bootstrap import ROLE_NAME  # noqa: E402
 
 COLUMNS = ("seq", "time", "kind", "decision", "actor", "node_id", "key_name", "reasons")
 _DECISIONS = {"grant": Decision.GRANT, "deny": Decision.DENY}

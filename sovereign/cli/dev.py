@@ -118,10 +118,10 @@ def _up(args: argparse.Namespace) -> int:
 
 def _run(directory: Path, args: argparse.Namespace) -> int:
     # Imported here: these start processes and pull in the control plane; `dev down` needs none of it.
-    from kms.bootstrap import write_private
-    from kms.catalogue import KeyKind
+    from kms.domain.catalogue import KeyKind
     from kms.envelope.names import format_key_ref
     from kms.errors import KmsError
+    from kms.openbao.bootstrap import write_private
     from sovereign.client import AdminClient, records
     from sovereign.demo import realm, training
     from sovereign.demo.lifecycle import _owner_catalogue, operator_channel, sign_in

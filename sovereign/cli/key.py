@@ -8,11 +8,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.catalogue import Catalogue, summary_rows
+from kms.domain.catalogue import Catalogue, summary_rows
 from kms.errors import KmsError
-from kms.storage import open_store
-from kms.storage.keys import SqlKeyStore
-from kms.vault import OpenBaoTransit
+from kms.openbao.vault import OpenBaoTransit
+from kms.sql import open_store
+from kms.sql.keys import SqlKeyStore
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.cli.kms import add_bao_arguments, bao_settings
 

@@ -8,12 +8,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from kms import bootstrap as boot
 from kms.errors import KmsError
-from kms.openbao_server import OpenBaoServer
-from kms.vault import BaoSettings, TokenAuth
+from kms.openbao import bootstrap as boot
+from kms.openbao.vault import BaoSettings, TokenAuth
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.cli._signals import stop_signals_interrupt
+from sovereign.devtools.openbao_server import OpenBaoServer
 
 
 def add_bao_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,10 +10,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.auth.cache import default_path, delete_cached_token, read_cached_token, save_token
-from kms.auth.errors import AuthError
-from kms.auth.login import openid_client, password_login, poll_device_login, start_device_login
-from kms.auth.tokens import split_unverified
+from kms.oidc.cache import default_path, delete_cached_token, read_cached_token, save_token
+from kms.oidc.errors import AuthError
+from kms.oidc.login import openid_client, password_login, poll_device_login, start_device_login
+from kms.oidc.tokens import split_unverified
 from sovereign.cli._output import fail, print_json
 
 

@@ -27,9 +27,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from kms.auth.errors import AuthError
-from kms.auth.roles import ADMIN_SERVICE, AUDIT_SERVICE, RoleMap, method_path
-from kms.auth.tokens import TokenValidator
+from kms.oidc.errors import AuthError
+from kms.oidc.roles import ADMIN_SERVICE, AUDIT_SERVICE, RoleMap, method_path
+from kms.oidc.tokens import TokenValidator
 from sovereign.console.backend import NODE_STATES, Backend, BackendError, Query
 from sovereign.console.login import Realm, authorization_url, exchange_code, new_verifier
 from sovereign.console.overview import Overview

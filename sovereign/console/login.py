@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from kms.auth.errors import AuthError, Code
+from kms.oidc.errors import AuthError, Code
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from kms.auth.tokens import Actor
+from kms.oidc.tokens import Actor
 
 COOKIE = "__Host-sovereign-console"
 MAX_SESSIONS = 10_000

@@ -20,9 +20,9 @@ from pathlib import Path
 from attestation.collateral import CollateralItem, ItemKind
 from attestation.simulate import SimulatedPki
 from attestation.store import CollateralStore
-from kms.bootstrap import BootstrapReport, bootstrap
-from kms.openbao_server import OpenBaoServer, free_port
+from kms.openbao.bootstrap import BootstrapReport, bootstrap
 from sovereign.cli._common import dump_trust
+from sovereign.devtools.openbao_server import OpenBaoServer, free_port
 
 SNP_MEASUREMENT = b"\x11" * 48  # what the demo policy's "trainers" group admits
 TDX_MRTD = b"\x22" * 48

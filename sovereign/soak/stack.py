@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from attestation.simulate import SimulatedPki
 from kms.audit.checkpoint import AuditKeys, load_audit_keys
-from kms.bootstrap import bootstrap
-from kms.openbao_server import OpenBaoServer
-from kms.vault import AUDIT_KEY_NAME
+from kms.openbao.bootstrap import bootstrap
+from kms.openbao.vault import AUDIT_KEY_NAME
 from sovereign.demo.site import Bao, ControlPlane, Inputs, prepare_inputs
+from sovereign.devtools.openbao_server import OpenBaoServer
 
 REALM_ROLES = {
     "alice": ["sovereign-admin", "sovereign-key-custodian"],

@@ -34,13 +34,13 @@ from kms.audit.checkpoint import AuditKeys
 from kms.audit.errors import AuditError
 from kms.audit.export import read_lines, write_items
 from kms.audit.verify import verify_export
-from kms.catalogue import Catalogue, KeyKind
+from kms.domain.catalogue import Catalogue, KeyKind
 from kms.envelope.files import encrypt_file
 from kms.envelope.names import format_key_ref
 from kms.errors import KmsError
-from kms.storage import open_store
-from kms.storage.keys import SqlKeyStore
-from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
+from kms.openbao.vault import BaoSettings, OpenBaoTransit, TokenAuth
+from kms.sql import open_store
+from kms.sql.keys import SqlKeyStore
 from proto.contract import parse_error_detail
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
 from sovereign.client.audit import checkpoint_in

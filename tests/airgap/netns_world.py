@@ -24,10 +24,10 @@ def main() -> int:
     from attestation.collateral import CollateralItem, ItemKind
     from attestation.simulate import SimulatedPki
     from enclave.providers.simulated import simulated_snp
-    from kms.bootstrap import bootstrap
-    from kms.openbao_server import OpenBaoServer
+    from kms.openbao.bootstrap import bootstrap
     from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
     from sovereign.cli._common import dump_trust
+    from sovereign.devtools.openbao_server import OpenBaoServer
 
     bin_dir = prefix / "current" / "venv" / "bin"
     now = datetime.now(UTC)

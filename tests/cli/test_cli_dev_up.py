@@ -17,7 +17,7 @@ from safetensors.numpy import load
 
 from enclave.workload import MemoryKeySource, open_sealed
 from kms.envelope.names import parse_key_ref
-from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
+from kms.openbao.vault import BaoSettings, OpenBaoTransit, TokenAuth
 from sovereign.demo.training import shard_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """Operators of the e2e tests: users of the Keycloak stand-in (tests/oidc) signing in for real.
 
 ``StandinRealm`` is the ``e2e.world.Realm`` of the stand-in: the server fetches the realm's keys from
-it at start, and ``token(username)`` signs in with the password grant through ``kms.auth.login`` (the
+it at start, and ``token(username)`` signs in with the password grant through ``kms.oidc.login`` (the
 code behind ``sovereign login``). ``operator_token`` is the same for callers outside the tests (the
 demo): start the stand-in with ``oidc.provider.start()`` and ask for a token of one of its users
 (alice, bob: admin + key custodian; carol: auditor; dave: read-only operator; erin: no role).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from oidc.provider import CLIENT_ID, REALM, Standin, password_of
 
-from kms.auth.login import openid_client, password_login
+from kms.oidc.login import openid_client, password_login
 
 
 def operator_token(standin: Standin, username: str, realm: str = REALM) -> str:

@@ -29,8 +29,8 @@ from kms.audit.entry import Entry, Kind
 from kms.audit.errors import ExportInvalid
 from kms.audit.export import checkpoint_line, header_line, parse_checkpoint_line, parse_header
 from kms.audit.verify import verify_export
-from kms.auth.cache import CachedToken, save_token
-from kms.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
+from kms.oidc.cache import CachedToken, save_token
+from kms.openbao.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
 
 AUDITOR = "carol"

@@ -32,8 +32,8 @@ from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp, simulated_tdx
 from kms.envelope import StreamError, encrypt_stream, read_header
 from kms.envelope.files import decrypt_file, encrypt_file
+from kms.openbao.vault import BaoSettings, OpenBaoTransit, TokenAuth
 from kms.server.tls import ensure_dev_tls
-from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc
 from sovereign.cli import main
 from sovereign.cli import node as node_cli

@@ -15,7 +15,7 @@ from e2e.operators import StandinRealm
 from e2e.world import ROOT, ServerProcess
 from oidc.provider import CLIENT_ID, REALM, password_of
 
-from kms.auth.cache import CachedToken, save_token
+from kms.oidc.cache import CachedToken, save_token
 
 
 def sovereign(args: list[str], cache: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:

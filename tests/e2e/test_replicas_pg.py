@@ -27,18 +27,17 @@ from sqlalchemy.engine import make_url
 from attestation.simulate import SimulatedPki
 from enclave.providers.simulated import simulated_snp
 from kms.audit.checkpoint import LocalSigner, load_audit_keys
-from kms.audit.checkpointer import Checkpointer
 from kms.audit.entry import Entry, Kind
 from kms.audit.errors import AuditError
-from kms.audit.ledger import SYSTEM, AuditLedger, Draft
-from kms.audit.reader import LedgerReader, recover
 from kms.audit.verify import verify_export
-from kms.bootstrap import bootstrap
-from kms.openbao_cluster import OpenBaoCluster
-from kms.storage import open_store
-from kms.storage.audit_ledger import checkpoints_between
-from kms.storage.group_commit import GroupCommit
-from kms.storage.store import Store
+from kms.openbao.bootstrap import bootstrap
+from kms.sql import open_store
+from kms.sql.audit_append import SYSTEM, AuditLedger, Draft
+from kms.sql.audit_ledger import checkpoints_between
+from kms.sql.audit_reader import LedgerReader, recover
+from kms.sql.group_commit import GroupCommit
+from kms.sql.store import Store
+from kms.usecases.audit_checkpointer import Checkpointer
 from proto.contract import parse_error_detail
 from proto.sovereign.v1 import (
     admin_pb2,
@@ -48,6 +47,7 @@ from proto.sovereign.v1 import (
     key_release_pb2,
     key_release_pb2_grpc,
 )
+from sovereign.devtools.openbao_cluster import OpenBaoCluster
 
 KEY = "dataset/train"
 SIGNER = LocalSigner(key_id="sovereign-audit", version=1)

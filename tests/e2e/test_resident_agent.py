@@ -30,7 +30,7 @@ from enclave.workload import agent_api
 from enclave.workload.errors import WorkloadError
 from enclave.workload.keys import AgentSocketKeySource
 from kms.envelope import encrypt_stream
-from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
+from kms.openbao.vault import BaoSettings, OpenBaoTransit, TokenAuth
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from sovereign.cli._sim_pki import save_sim_pki
 from sovereign.demo.site import Inputs

@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from attestation.simulate import SimulatedPki
-from kms.openbao_server import free_port
 from sovereign.demo.site import (  # noqa: F401 (re-exported to the tests)
     SNP_MEASUREMENT,
     TDX_MRTD,
@@ -36,6 +35,7 @@ from sovereign.demo.site import (  # noqa: F401 (re-exported to the tests)
     stop_process,
     wait_for_line,
 )
+from sovereign.devtools.openbao_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"dataset/train": "dataset", "dataset/other": "dataset", "model/main": "model"}

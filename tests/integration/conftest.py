@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from kms.bootstrap import BootstrapReport, bootstrap
-from kms.openbao_server import OpenBaoServer
-from kms.vault import AppRoleAuth, BaoSettings, OpenBaoTransit, TokenAuth
+from kms.openbao.bootstrap import BootstrapReport, bootstrap
+from kms.openbao.vault import AppRoleAuth, BaoSettings, OpenBaoTransit, TokenAuth
+from sovereign.devtools.openbao_server import OpenBaoServer
 
 
 @dataclass

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 from oidc.provider import CLIENT_ID, REALM, Standin, keycloak_fixture, password_of  # noqa: F401
 
-from kms.auth.cache import CachedToken, load_cached_token, read_cached_token, save_token
-from kms.auth.errors import AuthError, Code
-from kms.auth.tokens import keycloak_validator
+from kms.oidc.cache import CachedToken, load_cached_token, read_cached_token, save_token
+from kms.oidc.errors import AuthError, Code
+from kms.oidc.tokens import keycloak_validator
 from sovereign.cli import main
 
 pytestmark = pytest.mark.integration

@@ -22,11 +22,11 @@ from keycloak import KeycloakOpenID
 from oidc import forge
 from oidc.provider import CLIENT_ID, OTHER_REALM, REALM, Standin, keycloak_fixture, password_of  # noqa: F401
 
-from kms.auth.errors import AuthError, Code
-from kms.auth.interceptor import OperatorAuthInterceptor, abort, current_actor
-from kms.auth.roles import RoleMap
-from kms.auth.tokens import Actor, keycloak_validator
-from kms.auth.two_person import ChangeState, PendingChange, TwoPersonConfig, TwoPersonRule
+from kms.oidc.errors import AuthError, Code
+from kms.oidc.roles import RoleMap
+from kms.oidc.tokens import Actor, keycloak_validator
+from kms.oidc.two_person import ChangeState, PendingChange, TwoPersonConfig, TwoPersonRule
+from kms.server.auth_interceptor import OperatorAuthInterceptor, abort, current_actor
 from proto.contract import ErrorDetail, parse_error_detail
 from proto.sovereign.v1 import (
     admin_pb2,

@@ -12,9 +12,9 @@ from keycloak import KeycloakOpenID
 from oidc import forge
 from oidc.provider import CLIENT_ID, OTHER_REALM, REALM, Standin, keycloak_fixture, password_of  # noqa: F401
 
-from kms.auth.errors import AuthError, Code
-from kms.auth.jwks import FileJwks, parse_keyset
-from kms.auth.tokens import TokenValidator, keycloak_validator
+from kms.oidc.errors import AuthError, Code
+from kms.oidc.jwks import FileJwks, parse_keyset
+from kms.oidc.tokens import TokenValidator, keycloak_validator
 
 pytestmark = pytest.mark.integration
 

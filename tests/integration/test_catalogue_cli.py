@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from kms.bootstrap import POLICY_HCL
+from kms.openbao.bootstrap import POLICY_HCL
 from sovereign.cli import main
 
 if TYPE_CHECKING:

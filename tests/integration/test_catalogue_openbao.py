@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kms.catalogue import Catalogue, KeyKind, KeyState
+from kms.domain.catalogue import Catalogue, KeyKind, KeyState
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.storage import open_store
-from kms.storage.keys import SqlKeyStore
-from kms.vault import Transit
+from kms.openbao.vault import Transit
+from kms.sql import open_store
+from kms.sql.keys import SqlKeyStore
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Kms

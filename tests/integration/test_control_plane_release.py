@@ -20,19 +20,19 @@ from e2e.world import SNP_MEASUREMENT, TDX_MRTD, prepare
 from attestation.simulate import SimulatedPki, shared_pki
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp, simulated_tdx
-from kms.admin import Admin
-from kms.attest import EvidenceInput, NodeKeys, Outcome, RegisterInput, RenewInput
-from kms.catalogue import Catalogue, KeyKind
 from kms.clock import ManualClock
 from kms.config import ServerConfig
+from kms.domain.catalogue import Catalogue, KeyKind
 from kms.envelope import open_sealed_key
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.release import Released, ReleaseDenied, SignedRelease
+from kms.openbao.vault import Transit
 from kms.server.app import ControlPlane, build
 from kms.server.codec import release_in
-from kms.storage.keys import SqlKeyStore
-from kms.vault import Transit
-from kms.verifier import EvidenceVerifier
+from kms.sql.keys import SqlKeyStore
+from kms.usecases.admin import Admin
+from kms.usecases.attest import EvidenceInput, NodeKeys, Outcome, RegisterInput, RenewInput
+from kms.usecases.release import Released, ReleaseDenied, SignedRelease
+from kms.usecases.verifier import EvidenceVerifier
 from proto.contract import SIGNING_DOMAIN
 
 if TYPE_CHECKING:

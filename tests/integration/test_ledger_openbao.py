@@ -15,16 +15,16 @@ from integration.test_control_plane_release import START, make_plane, register, 
 
 from attestation.simulate import SimulatedPki, shared_pki
 from kms.audit.checkpoint import load_audit_keys
-from kms.audit.checkpointer import TransitSigner
 from kms.audit.entry import Entry, Kind
 from kms.audit.export import write_items
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import verify_export
-from kms.bootstrap import ROLE_NAME
-from kms.catalogue import KeyKind
 from kms.clock import ManualClock
-from kms.release import Released, ReleaseDenied
-from kms.storage.audit_ledger import StoredEntry
+from kms.domain.catalogue import KeyKind
+from kms.openbao.bootstrap import ROLE_NAME
+from kms.sql.audit_ledger import StoredEntry
+from kms.usecases.audit_checkpointer import TransitSigner
+from kms.usecases.release import Released, ReleaseDenied
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Kms

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kms.bootstrap import POLICY_HCL, POLICY_NAME, ROLE_NAME, bootstrap
 from kms.errors import Code, OpenBaoError
-from kms.vault import BaoSettings, OpenBaoTransit, TokenAuth
+from kms.openbao.bootstrap import POLICY_HCL, POLICY_NAME, ROLE_NAME, bootstrap
+from kms.openbao.vault import BaoSettings, OpenBaoTransit, TokenAuth
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Kms

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kms.openbao_server import bao_binary, free_port
+from sovereign.devtools.openbao_server import bao_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENBAO = ROOT / "deploy" / "openbao"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kms.errors import Code, OpenBaoError
-from kms.openbao_server import OpenBaoServer
+from sovereign.devtools.openbao_server import OpenBaoServer
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Kms

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kms.errors import Code, OpenBaoError
-from kms.vault import AppRoleAuth, BaoSettings, OpenBaoTransit, TokenAuth, Unwrapped
+from kms.openbao.vault import AppRoleAuth, BaoSettings, OpenBaoTransit, TokenAuth, Unwrapped
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Kms

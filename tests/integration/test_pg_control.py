@@ -13,19 +13,19 @@ import pytest
 from sqlalchemy import func, select
 
 from attestation.coded import Reason
-from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion
 from kms.clock import ManualClock
+from kms.domain.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion
+from kms.domain.registry import NodeChange, NodeRecord, NodeState
 from kms.errors import Code, KmsError
-from kms.grants import commit_grants
-from kms.nonces import Nonces
-from kms.registry import NodeChange, NodeRecord, NodeState
-from kms.storage import open_store
-from kms.storage.control_schema import release_requests
-from kms.storage.decisions import GrantRow, PendingGrant
-from kms.storage.keys import SqlKeyStore
-from kms.storage.nodes import SqlNodes
-from kms.storage.policy_versions import PolicyRow, SqlPolicies
-from kms.storage.store import Store
+from kms.sql import open_store
+from kms.sql.control_schema import release_requests
+from kms.sql.decisions import GrantRow, PendingGrant
+from kms.sql.keys import SqlKeyStore
+from kms.sql.nodes import SqlNodes
+from kms.sql.policy_versions import PolicyRow, SqlPolicies
+from kms.sql.store import Store
+from kms.usecases.grants import commit_grants
+from kms.usecases.nonces import Nonces
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ import pytest
 from pg.server import PostgresServer
 from sqlalchemy import insert, inspect, select, text
 
-from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_usable
+from kms.domain.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_usable
 from kms.errors import Code, KmsError, StorageError
-from kms.storage import control_schema, migrations, open_store, schema
-from kms.storage.keys import SqlKeyStore
-from kms.vault import WrappedKey
+from kms.openbao.vault import WrappedKey
+from kms.sql import control_schema, migrations, open_store, schema
+from kms.sql.keys import SqlKeyStore
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kms.bootstrap import BootstrapReport, bootstrap
 from kms.errors import Code, OpenBaoError
-from kms.openbao_cluster import OpenBaoCluster, RaftNode
-from kms.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
+from kms.openbao.bootstrap import BootstrapReport, bootstrap
+from kms.openbao.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
+from sovereign.devtools.openbao_cluster import OpenBaoCluster, RaftNode
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kms.openbao_server import free_port
+from sovereign.devtools.openbao_server import free_port
 
 PG_USER = "sovereign-test"
 SUPERUSER = "sovereign"

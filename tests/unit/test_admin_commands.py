@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from google.protobuf.message import Message
 
-from kms.admin_commands import COMMANDS, ApproveNode, CreateKey, RotateKek, audit_fields
-from kms.catalogue import KeyKind
+from kms.domain.catalogue import KeyKind
 from kms.errors import Code, KmsError
 from kms.server.servicers import REQUESTS, ProtoCommands, command_in
+from kms.usecases.admin_commands import COMMANDS, ApproveNode, CreateKey, RotateKek, audit_fields
 from proto.sovereign.v1 import admin_pb2, common_pb2
 
 FILLED: list[Message] = [

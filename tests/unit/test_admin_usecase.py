@@ -24,12 +24,9 @@ from node_fakes import (
 )
 
 from enclave.identity import NodeIdentity
-from kms.admin import Admin
-from kms.attest import Attestation, Outcome, RegisterInput, RenewInput
 from kms.audit.entry import Kind
 from kms.clock import ManualClock
-from kms.errors import Code, KmsError
-from kms.registry import (
+from kms.domain.registry import (
     Evidence,
     NodeRecord,
     NodeState,
@@ -40,11 +37,14 @@ from kms.registry import (
     reappraised,
     renewed,
 )
-from kms.registry import approve as approve_transition
-from kms.registry import revoke as revoke_transition
-from kms.registry import suspend as suspend_transition
-from kms.storage import open_store
-from kms.storage.nodes import SqlNodes
+from kms.domain.registry import approve as approve_transition
+from kms.domain.registry import revoke as revoke_transition
+from kms.domain.registry import suspend as suspend_transition
+from kms.errors import Code, KmsError
+from kms.sql import open_store
+from kms.sql.nodes import SqlNodes
+from kms.usecases.admin import Admin
+from kms.usecases.attest import Attestation, Outcome, RegisterInput, RenewInput
 
 
 class World:

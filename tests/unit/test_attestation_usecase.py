@@ -22,10 +22,10 @@ from node_fakes import (
 
 from attestation.errors import Code as AttestationCode
 from enclave.identity import NodeIdentity
-from kms.attest import Attestation, AttestationOutcome, Outcome, RegisterInput, RenewInput
 from kms.clock import ManualClock
+from kms.domain.registry import NodeState, operator_suspended, revoke, suspend
 from kms.errors import KmsError
-from kms.registry import NodeState, operator_suspended, revoke, suspend
+from kms.usecases.attest import Attestation, AttestationOutcome, Outcome, RegisterInput, RenewInput
 
 
 @dataclass

@@ -174,7 +174,7 @@ def test_remote_actions_say_an_expired_sign_in_before_calling(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from kms.auth.cache import CachedToken, save_token
+    from kms.oidc.cache import CachedToken, save_token
 
     cache = tmp_path / "token.json"
     then = datetime.now(UTC) - timedelta(hours=2)
@@ -190,7 +190,7 @@ def test_remote_actions_say_an_expired_sign_in_before_calling(
 def test_server_head_failures_are_coded_and_never_ok(
     files: tuple[Path, Path, list[bytes]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kms.auth.cache import CachedToken, save_token
+    from kms.oidc.cache import CachedToken, save_token
 
     export, key, _ = files
     base = ["audit", "verify", str(export), "--public-key", str(key), "--server-head", "--json"]

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from kms.auth.errors import AuthError
-from kms.auth.interceptor import OperatorAuthInterceptor
-from kms.auth.roles import RoleMap
-from kms.auth.tokens import Actor
+from kms.oidc.errors import AuthError
+from kms.oidc.roles import RoleMap
+from kms.oidc.tokens import Actor
+from kms.server.auth_interceptor import OperatorAuthInterceptor
 
 
 class Exploding:

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kms.catalogue import Catalogue, KeyKind, KeyState, parse_kind, summary_rows, validate_name
+from kms.domain.catalogue import Catalogue, KeyKind, KeyState, parse_kind, summary_rows, validate_name
 from kms.errors import CatalogueError, Code, KmsError, OpenBaoError
-from kms.storage import open_store
-from kms.storage.keys import SqlKeyStore
-from kms.vault import PublicKey, Signature, Unwrapped, WrappedKey
+from kms.openbao.vault import PublicKey, Signature, Unwrapped, WrappedKey
+from kms.sql import open_store
+from kms.sql.keys import SqlKeyStore
 
 
 class FakeTransit:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, inspect, select, text
 
-from kms.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, KeyVersion, require_usable
+from kms.domain.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, KeyVersion, require_usable
 from kms.errors import Code, KmsError, StorageError
-from kms.storage import migrations, open_store, schema
-from kms.storage.keys import SqlKeyStore
-from kms.vault import WrappedKey
+from kms.openbao.vault import WrappedKey
+from kms.sql import migrations, open_store, schema
+from kms.sql.keys import SqlKeyStore
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 

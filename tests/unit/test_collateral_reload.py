@@ -1,4 +1,4 @@
-"""The control plane's collateral paths (``kms.verifier``, ``attestation.store``): a store changed by
+"""The control plane's collateral paths (``kms.usecases.verifier``, ``attestation.store``): a store changed by
 another process (``sovereign collateral import``) is used from the next verification; the Admin import
 follows the configured collateral signers; a CRL whose issuer is unknown is refused."""
 
@@ -20,7 +20,7 @@ from attestation.simulate import MintedSnp, SimulatedPki, shared_pki
 from attestation.store import CollateralStore
 from kms.errors import Code as KmsCode
 from kms.errors import KmsError
-from kms.verifier import EvidenceVerifier, load_signers
+from kms.usecases.verifier import EvidenceVerifier, load_signers
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 KINDS = {"certs": ItemKind.CERTIFICATE, "crls": ItemKind.CRL}

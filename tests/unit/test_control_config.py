@@ -64,7 +64,7 @@ def test_bao_ca_cert_has_one_name_and_the_old_one_still_works(caplog: pytest.Log
 
 
 def test_openbao_settings_read_the_same_variables_as_serve(tmp_path: Path) -> None:
-    from kms.vault import AppRoleAuth, BaoSettings
+    from kms.openbao.vault import AppRoleAuth, BaoSettings
 
     secret = tmp_path / "secret-id"
     secret.write_text("s-1\n")

@@ -8,8 +8,8 @@ import pytest
 from attestation.coded import Reason
 from attestation.errors import BindingError
 from kms.errors import Code, KmsError
-from kms.release import ReleaseDenied
 from kms.server.errors import domain_of, failure, status_for
+from kms.usecases.release import ReleaseDenied
 from policies.errors import Code as PolicyCode
 from policies.errors import PolicyError
 from proto.contract import TRAILER, parse_error_detail

@@ -19,11 +19,11 @@ from attestation.tdx import parse_collateral_bundle
 from kms.audit.checkpoint import load_audit_keys
 from kms.audit.errors import AuditError
 from kms.audit.reconcile import parse_bao_log
-from kms.auth.errors import AuthError
-from kms.auth.jwks import FileJwks
-from kms.auth.tokens import split_unverified
 from kms.config import load_config
 from kms.errors import KmsError
+from kms.oidc.errors import AuthError
+from kms.oidc.jwks import FileJwks
+from kms.oidc.tokens import split_unverified
 from sovereign.bundle.installer import BundleError, parse_manifest
 
 DEEP = b"[" * 3_000 + b"]" * 3_000  # far past the recursion limit, small enough for every size cap

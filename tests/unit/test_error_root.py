@@ -9,11 +9,11 @@ from attestation.errors import AttestationError, BindingError
 from enclave.errors import NodeCode, NodeError
 from enclave.resident import Refused
 from enclave.workload.errors import WorkloadCode, WorkloadError
-from kms.auth.errors import AuthError
-from kms.auth.errors import Code as AuthCode
 from kms.envelope.errors import EnvelopeError, StreamError
 from kms.errors import Code, KmsError, reason_for
-from kms.release import ReleaseDenied
+from kms.oidc.errors import AuthError
+from kms.oidc.errors import Code as AuthCode
+from kms.usecases.release import ReleaseDenied
 from policies.errors import PolicyError
 from sovereign.client.errors import OperatorError
 from sovereign.console.backend import BackendError

@@ -9,7 +9,7 @@ import pytest
 
 import enclave.release_request
 import kms.envelope.names
-import kms.release
+import kms.usecases.release
 import policies.release
 import policies.schema
 from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name, is_valid_key_pattern
@@ -87,7 +87,7 @@ def test_the_release_decision_refuses_names_no_key_can_have(name: str) -> None:
 
 
 def test_every_side_uses_the_one_rule() -> None:
-    for module in (policies.release, kms.release, enclave.release_request):
+    for module in (policies.release, kms.usecases.release, enclave.release_request):
         assert module.is_valid_key_name is kms.envelope.names.is_valid_key_name
     assert vars(policies.schema)["is_valid_key_pattern"] is kms.envelope.names.is_valid_key_pattern
     for module, old in (

@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 
 from kms.audit.checkpoint import AuditKeys, LocalSigner, sign_checkpoint
-from kms.audit.checkpointer import Checkpointer, checkpoint_now, next_time
 from kms.audit.entry import Decision, Entry, Kind, Reason
 from kms.audit.errors import AuditError, SecretInEntry
 from kms.audit.export import write_items
-from kms.audit.ledger import AuditLedger, Draft, append_entries, operator_draft
 from kms.audit.merkle import MemoryHashStore, leaf_hash, verify_consistency, verify_inclusion
-from kms.audit.reader import LedgerReader, recover
 from kms.audit.verify import verify_export
 from kms.clock import ManualClock
-from kms.storage import open_store
-from kms.storage.audit_ledger import EntryFilter
-from kms.storage.group_commit import GroupCommit
-from kms.storage.store import Store
+from kms.sql import open_store
+from kms.sql.audit_append import AuditLedger, Draft, append_entries, operator_draft
+from kms.sql.audit_ledger import EntryFilter
+from kms.sql.audit_reader import LedgerReader, recover
+from kms.sql.group_commit import GroupCommit
+from kms.sql.store import Store
+from kms.usecases.audit_checkpointer import Checkpointer, checkpoint_now, next_time
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 SIGNER = LocalSigner(key_id="sovereign-audit", version=3)

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from kms.errors import KmsError
-from kms.release import check_client_certificate
 from kms.server.node_certs import NodeCa, check_tls_key, identity_of, peer_identity
+from kms.usecases.release import check_client_certificate
 from proto.contract import tls_key_proof_message
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)

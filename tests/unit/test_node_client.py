@@ -25,7 +25,6 @@ from enclave.release_request import ReleaseFields, SignedRelease, sign_release
 from kms.envelope import release_aad, seal_key
 from kms.errors import Code as KmsCode
 from kms.errors import KmsError
-from kms.openbao_server import free_port
 from kms.server import errors as server_errors
 from proto.contract import TRAILER, parse_error_detail
 from proto.sovereign.v1 import (
@@ -35,6 +34,7 @@ from proto.sovereign.v1 import (
     key_release_pb2,
     key_release_pb2_grpc,
 )
+from sovereign.devtools.openbao_server import free_port
 
 SC = grpc.StatusCode
 Handler = Callable[[Any, grpc.ServicerContext], Any]

@@ -1,4 +1,4 @@
-"""The node transitions of ``kms.registry`` (pure): what each sets, what each refuses, and the policies
+"""The node transitions of ``kms.domain.registry`` (pure): what each sets, what each refuses, and the policies
 core's state names mapped at that boundary only."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kms.errors import Code, KmsError
-from kms.registry import (
+from kms.domain.registry import (
     KEEP,
     NodeRecord,
     NodeState,
@@ -23,6 +22,7 @@ from kms.registry import (
     revoke,
     suspend,
 )
+from kms.errors import Code, KmsError
 from policies import NodeState as PolicyNodeState
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)

@@ -10,8 +10,8 @@ import pytest
 
 from kms.clock import ManualClock
 from kms.errors import Code, KmsError
-from kms.nonces import NONCE_BYTES, NonceError, Nonces
-from kms.storage import open_store
+from kms.sql import open_store
+from kms.usecases.nonces import NONCE_BYTES, NonceError, Nonces
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""``kms.pending.PendingChanges`` with small fakes at its ports: an in-memory store, actions that record
+"""``kms.usecases.pending.PendingChanges`` with small fakes at its ports: an in-memory store, actions that record
 what they apply, a JSON codec, an audit sink and a settable clock. The two-person decisions are the
-real ``kms.auth.two_person`` ones."""
+real ``kms.oidc.two_person`` ones."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from kms.admin_commands import AdminCommand, DestroyKey, PutPolicy, RotateKey
 from kms.audit.entry import Kind
-from kms.auth.errors import AuthError
-from kms.auth.errors import Code as AuthCode
-from kms.auth.roles import RoleMap
-from kms.auth.tokens import Actor
-from kms.auth.two_person import ChangeState, OperatorRef, PendingChange, TwoPersonConfig, TwoPersonRule
 from kms.errors import Code, KmsError
-from kms.pending import Applied, Held, PendingChanges
+from kms.oidc.errors import AuthError
+from kms.oidc.errors import Code as AuthCode
+from kms.oidc.roles import RoleMap
+from kms.oidc.tokens import Actor
+from kms.oidc.two_person import ChangeState, OperatorRef, PendingChange, TwoPersonConfig, TwoPersonRule
+from kms.usecases.admin_commands import AdminCommand, DestroyKey, PutPolicy, RotateKey
+from kms.usecases.pending import Applied, Held, PendingChanges
 
 T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
 CUSTODIAN = "sovereign-key-custodian"

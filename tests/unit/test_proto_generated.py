@@ -279,7 +279,7 @@ def test_grpc_stub_renderer_refuses_unknown_rpc_types() -> None:
 def test_the_contract_states_the_servers_default_clock_skew() -> None:
     """key_release.proto documents the acceptance window; it must be the one the server uses by default."""
     from kms.config import ServerConfig
-    from kms.release import DEFAULT_SKEW
+    from kms.usecases.release import DEFAULT_SKEW
 
     text = " ".join((generate.PROTO_DIR / "key_release.proto").read_text().split())
     stated = [int(s) for s in re.findall(r"default \+/- (\d+) s", text)]

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from attestation.coded import Reason
-from kms.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_not_destroyed
-from kms.grants import commit_grants
-from kms.registry import NodeRecord, NodeState, revoke
-from kms.storage import open_store
-from kms.storage.decisions import GrantRow, PendingGrant
-from kms.storage.keys import SqlKeyStore
-from kms.storage.nodes import SqlNodes
-from kms.storage.policy_versions import PolicyRow, SqlPolicies
-from kms.storage.store import Store
-from kms.vault import WrappedKey
+from kms.domain.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_not_destroyed
+from kms.domain.registry import NodeRecord, NodeState, revoke
+from kms.openbao.vault import WrappedKey
+from kms.sql import open_store
+from kms.sql.decisions import GrantRow, PendingGrant
+from kms.sql.keys import SqlKeyStore
+from kms.sql.nodes import SqlNodes
+from kms.sql.policy_versions import PolicyRow, SqlPolicies
+from kms.sql.store import Store
+from kms.usecases.grants import commit_grants
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 LEASE = NOW + timedelta(minutes=5)

@@ -10,8 +10,8 @@ from google.protobuf import timestamp_pb2
 
 from enclave.identity import NodeIdentity
 from kms.errors import KmsError
-from kms.release import SignedRelease, check_shape, check_skew, verify_signature
 from kms.server.codec import release_in
+from kms.usecases.release import SignedRelease, check_shape, check_skew, verify_signature
 from proto.contract import SIGNING_DOMAIN
 from proto.sovereign.v1 import common_pb2, key_release_pb2
 

@@ -20,26 +20,26 @@ from google.protobuf import timestamp_pb2
 from sqlalchemy import update
 
 from enclave.identity import NodeIdentity
-from kms.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, KeyVersion
 from kms.clock import ManualClock
+from kms.domain.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, KeyVersion
+from kms.domain.premises import Grant, KeyStanding, NodeStanding, Snapshot, check_premises
+from kms.domain.registry import NodeRecord, NodeState
 from kms.envelope import open_sealed_key
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.grants import GrantLedger
-from kms.metrics import Metrics
-from kms.policy_source import PolicySource
-from kms.premises import Grant, KeyStanding, NodeStanding, Snapshot, check_premises
-from kms.registry import NodeRecord, NodeState
-from kms.release import KeyRelease, Released, ReleaseDenied, SignedRelease
+from kms.openbao.vault import Unwrapped
 from kms.server.codec import release_in
-from kms.storage import open_store
-from kms.storage.control_schema import nodes
-from kms.storage.group_commit import GroupCommit
-from kms.storage.keys import SqlKeyStore
-from kms.storage.nodes import SqlNodes
-from kms.storage.policy_versions import PolicyRow, SqlPolicies
-from kms.storage.schema import key_versions, keys
-from kms.storage.store import Store
-from kms.vault import Unwrapped
+from kms.sql import open_store
+from kms.sql.control_schema import nodes
+from kms.sql.group_commit import GroupCommit
+from kms.sql.keys import SqlKeyStore
+from kms.sql.nodes import SqlNodes
+from kms.sql.policy_versions import PolicyRow, SqlPolicies
+from kms.sql.schema import key_versions, keys
+from kms.sql.store import Store
+from kms.usecases.grants import GrantLedger
+from kms.usecases.metrics import Metrics
+from kms.usecases.policy_source import PolicySource
+from kms.usecases.release import KeyRelease, Released, ReleaseDenied, SignedRelease
 from proto.contract import SIGNING_DOMAIN
 from proto.sovereign.v1 import common_pb2, key_release_pb2
 

@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from kms.audit.entry import Kind, Reason
-from kms.auth.errors import AuthError, Code
-from kms.auth.tokens import Actor
-from kms.metrics import Metrics, Refusals
+from kms.oidc.errors import AuthError, Code
+from kms.oidc.tokens import Actor
 from kms.server.operator_audit import OperatorAudit
 from kms.server.rate_limit import TokenBuckets, peer_address
+from kms.usecases.metrics import Metrics, Refusals
 
 
 class Clock:

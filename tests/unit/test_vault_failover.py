@@ -9,7 +9,7 @@ import requests
 import urllib3.exceptions
 
 from kms.errors import Code, OpenBaoError
-from kms.vault import BaoSettings, FailoverError, StandbyRedirect, TokenAuth, _mapped
+from kms.openbao.vault import BaoSettings, FailoverError, StandbyRedirect, TokenAuth, _mapped
 
 ADDR = "http://127.0.0.1:8200"
 

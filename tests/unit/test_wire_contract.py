@@ -11,10 +11,10 @@ import pytest
 
 import enclave.client
 import enclave.release_request
-import kms.release
 import kms.server.codec
 import kms.server.errors
 import kms.server.node_certs
+import kms.usecases.release
 import sovereign.client.errors
 import sovereign.console.backend
 from enclave.release_request import ReleaseFields, encode_body
@@ -120,8 +120,8 @@ SHARED = [
     (enclave.release_request, "SIGNING_DOMAIN", contract.SIGNING_DOMAIN),
     (enclave.release_request, "MAX_BODY", contract.MAX_BODY),
     (enclave.release_request, "transcript", contract.release_transcript),
-    (kms.release, "SIGNING_DOMAIN", contract.SIGNING_DOMAIN),
-    (kms.release, "MAX_BODY", contract.MAX_BODY),
+    (kms.usecases.release, "SIGNING_DOMAIN", contract.SIGNING_DOMAIN),
+    (kms.usecases.release, "MAX_BODY", contract.MAX_BODY),
     (kms.server.codec, "MAX_BODY", contract.MAX_BODY),
     (enclave.client, "TLS_KEY_PROOF_LABEL", contract.TLS_KEY_PROOF_LABEL),
     (kms.server.node_certs, "PROOF_LABEL", contract.TLS_KEY_PROOF_LABEL),

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from kms.errors import StorageError
-from kms.storage.store import open_store
-from kms.storage.writer_queue import WriterQueue
+from kms.sql.store import open_store
+from kms.sql.writer_queue import WriterQueue
 
 HOLD_IN_CHILD = """
 import sys, time
 from pathlib import Path
-from kms.storage.writer_queue import WriterQueue
+from kms.sql.writer_queue import WriterQueue
 with WriterQueue(Path(sys.argv[1]), 5).turn():
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

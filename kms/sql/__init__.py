@@ -1,0 +1,10 @@
+"""Durable state of the control plane behind a small ``Store``: SQLite by default, PostgreSQL later.
+
+``Store`` owns the engine, transactions and migrations (``migrations.MIGRATIONS``); per-area modules such
+as ``keys`` hold the SQL for one part of the schema (``schema``) and speak only SQLAlchemy Core, so the
+same code runs on both databases.
+"""
+
+from kms.sql.store import Store, open_store
+
+__all__ = ["Store", "open_store"]

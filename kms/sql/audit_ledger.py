@@ -1,0 +1,172 @@
+"""SQL for the audit ledger: the head row, entries, subtree hashes and checkpoints (``audit_schema``).
+
+Only SQLAlchemy Core; every write runs inside a transaction the caller owns (the release batch, the
+group commit, an admin change), so an entry commits together with what it records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, and_, bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from kms.audit.checkpoint import Checkpoint, format_transit_signature, parse_transit_signature
+from kms.audit.merkle import HASH_SIZE
+from kms.sql.audit_schema import audit_checkpoints, audit_entries, audit_head, audit_nodes
+
+
+@dataclass(frozen=True)
+class Head:
+    size: int
+    frontier: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    node_id: str = ""
+    key_name: str = ""
+    decision: str = ""  # "grant", "deny" or "" for any
+    reason_code: str = ""
+    start_time: str = ""  # entry time text, inclusive
+    end_time: str = ""  # exclusive
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    seq: int
+    canonical: bytes
+    leaf_hash: bytes
+
+
+_HEAD = select(audit_head.c.size, audit_head.c.frontier).where(audit_head.c.id == 1)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_SET_HEAD = update(audit_head).where(audit_head.c.id == 1)
+_INSERT_ENTRY = insert(audit_entries)
+_INSERT_NODE = insert(audit_nodes)
+_NODE = select(audit_nodes.c.hash).where(
+    audit_nodes.c.level == bindparam("level"), audit_nodes.c.idx == bindparam("idx")
+)
+_LEAF = select(audit_entries.c.leaf_hash).where(audit_entries.c.seq == bindparam("seq"))
+
+
+def read_head(conn: Connection, *, for_update: bool = False) -> Head:
+    row = conn.execute(_HEAD_FOR_UPDATE if for_update else _HEAD).one()
+    blob = bytes(row.frontier)
+    return Head(int(row.size), tuple(blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)))
+
+
+def write_head(conn: Connection, head: Head) -> None:
+    conn.execute(_SET_HEAD, {"size": head.size, "frontier": b"".join(head.frontier)})
+
+
+def insert_entries(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(_INSERT_ENTRY, list(rows))
+
+
+def insert_nodes(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(_INSERT_NODE, list(rows))
+
+
+def node_hash_at(conn: Connection, level: int, index: int) -> bytes | None:
+    if level == 0:
+        value = conn.execute(_LEAF, {"seq": index}).scalar()
+    else:
+        value = conn.execute(_NODE, {"level": level, "idx": index}).scalar()
+    return bytes(value) if value is not None else None
+
+
+def entry_count(conn: Connection) -> tuple[int, int]:
+    """(number of entries, highest seq + 1)."""
+    row = conn.execute(select(func.count(), func.max(audit_entries.c.seq))).one()
+    return int(row[0]), (int(row[1]) + 1 if row[1] is not None else 0)
+
+
+def entries_range(conn: Connection, start: int, end: int, batch: int = 2048) -> Iterator[StoredEntry]:
+    """Entries with start <= seq < end in order, read ``batch`` at a time."""
+    cursor = start
+    while cursor < end:
+        rows = conn.execute(
+            select(audit_entries.c.seq, audit_entries.c.canonical, audit_entries.c.leaf_hash)
+            .where(audit_entries.c.seq >= cursor, audit_entries.c.seq < min(end, cursor + batch))
+            .order_by(audit_entries.c.seq)
+        ).all()
+        if not rows:
+            return
+        for r in rows:
+            yield StoredEntry(int(r.seq), bytes(r.canonical), bytes(r.leaf_hash))
+        cursor = int(rows[-1].seq) + 1
+
+
+def query_entries(conn: Connection, where: EntryFilter, after: int, limit: int) -> list[StoredEntry]:
+    c = audit_entries.c
+    conditions = [c.seq >= after]
+    if where.node_id:
+        conditions.append(c.node_id == where.node_id)
+    if where.key_name:
+        conditions.append(c.key_name == where.key_name)
+    if where.decision:
+        conditions.append(c.decision == where.decision)
+    if where.reason_code:
+        conditions.append(c.reason_codes.contains(f" {where.reason_code} ", autoescape=True))
+    if where.start_time:
+        conditions.append(c.time >= where.start_time)
+    if where.end_time:
+        conditions.append(c.time < where.end_time)
+    rows = conn.execute(
+        select(c.seq, c.canonical, c.leaf_hash).where(and_(*conditions)).order_by(c.seq).limit(limit)
+    ).all()
+    return [StoredEntry(int(r.seq), bytes(r.canonical), bytes(r.leaf_hash)) for r in rows]
+
+
+def bao_request_ids(conn: Connection, kinds: Sequence[str]) -> list[tuple[int, str, bytes]]:
+    """(seq, OpenBao request id, canonical) of every entry of these kinds that carries one."""
+    c = audit_entries.c
+    rows = conn.execute(
+        select(c.seq, c.bao_request_id, c.canonical)
+        .where(c.kind.in_(list(kinds)), c.bao_request_id.is_not(None))
+        .order_by(c.seq)
+    )
+    return [(int(r.seq), str(r.bao_request_id), bytes(r.canonical)) for r in rows]
+
+
+# --- checkpoints
+
+
+def insert_checkpoint(conn: Connection, cp: Checkpoint) -> None:
+    conn.execute(
+        insert(audit_checkpoints).values(
+            size=cp.size,
+            root=cp.root,
+            time=cp.time,
+            key_id=cp.key_id,
+            signature=format_transit_signature(cp.signature),
+        )
+    )
+
+
+def _checkpoint(row: Row[Any]) -> Checkpoint:
+    return Checkpoint(
+        int(row.size), bytes(row.root), str(row.time), str(row.key_id), parse_transit_signature(row.signature)
+    )
+
+
+def latest_checkpoint(conn: Connection) -> Checkpoint | None:
+    row = conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.size.desc()).limit(1)).first()
+    return _checkpoint(row) if row is not None else None
+
+
+def checkpoint_at(conn: Connection, size: int) -> Checkpoint | None:
+    row = conn.execute(select(audit_checkpoints).where(audit_checkpoints.c.size == size)).first()
+    return _checkpoint(row) if row is not None else None
+
+
+def checkpoints_between(conn: Connection, low: int, high: int) -> list[Checkpoint]:
+    """Checkpoints with low < size <= high, by size."""
+    c = audit_checkpoints.c
+    rows = conn.execute(select(audit_checkpoints).where(c.size > low, c.size <= high).order_by(c.size))
+    return [_checkpoint(r) for r in rows]
