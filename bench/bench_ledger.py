@@ -22,9 +22,10 @@ from pathlib import Path
 
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, insert
 
+from kms.audit.draft import Draft
 from kms.audit.entry import Decision, Entry, Kind, format_time
 from kms.sql import open_store
-from kms.sql.audit_append import AuditLedger, Draft
+from kms.sql.audit_append import AuditLedger
 from kms.sql.audit_reader import recover
 from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store, sqlite_engine

@@ -18,9 +18,9 @@ from attestation.claims import Claims, TcbStatus, Tee
 from attestation.errors import AttestationError
 from attestation.errors import Code as AttestationCode
 from attestation.evidence import SNP_REPORT_SIZE
+from kms.audit.draft import Draft
 from kms.domain.registry import NodeRecord, NodeState, Transition
 from kms.errors import Code, KmsError
-from kms.sql.audit_append import Draft
 from kms.sql.nodes import not_found
 from kms.sql.policy_versions import PolicyRow
 from kms.usecases.attest import EvidenceInput, NodeKeys

@@ -14,9 +14,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from kms.domain.transit import Transit, WrappedKey
 from kms.envelope.names import is_valid_key_name
 from kms.errors import CatalogueError, Code, OpenBaoError
-from kms.openbao.vault import Transit, WrappedKey
 
 DATA_KEY_BYTES = 32
 

@@ -26,7 +26,7 @@ from kms.errors import Code, KmsError
 from policies import NodeState as PolicyNodeState
 
 if TYPE_CHECKING:
-    from kms.sql.audit_append import Draft
+    from kms.audit.draft import Draft
 
 
 class NodeState(StrEnum):

@@ -17,16 +17,9 @@ import hvac
 import hvac.exceptions
 import requests
 
+from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME
 from kms.errors import Code, OpenBaoError
-from kms.openbao.vault import (
-    AUDIT_KEY_NAME,
-    KEK_NAME,
-    TRANSIT_MOUNT,
-    BaoSettings,
-    OpenBaoTransit,
-    TokenAuth,
-    map_error,
-)
+from kms.openbao.vault import TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth, map_error
 
 POLICY_NAME = "sovereign-control-plane"
 ROLE_NAME = "sovereign-control-plane"

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import hvac
 import hvac.exceptions
@@ -34,74 +34,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from requests.adapters import HTTPAdapter
 
 from kms.config import BAO_TOKEN_ENV, OPTION, env_value
+from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME, KeyInfo, PublicKey, Signature, Unwrapped, WrappedKey
 from kms.errors import Code, OpenBaoError
 
-KEK_NAME = "sovereign-kek"
-AUDIT_KEY_NAME = "sovereign-audit"
 TRANSIT_MOUNT = "transit"
 DATA_KEY_BITS = 256
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class WrappedKey:
-    """A data key as OpenBao wrapped it (``vault:vN:...``) and the KEK version that did."""
-
-    ciphertext: str
-    kek_version: int
-
-
-@dataclass(frozen=True)
-class Unwrapped:
-    """Plaintext key bytes (hidden from repr) and the OpenBao request id of the decrypt."""
-
-    plaintext: bytes = field(repr=False)
-    request_id: str
-
-
-@dataclass(frozen=True)
-class Signature:
-    """An audit-key signature: OpenBao's ``vault:vN:<b64>`` form and the raw Ed25519 bytes."""
-
-    value: str
-    key_version: int
-    raw: bytes
-    request_id: str
-
-
-@dataclass(frozen=True)
-class PublicKey:
-    key_version: int
-    raw: bytes  # 32-byte Ed25519 public key
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    name: str
-    type: str
-    latest_version: int
-    min_decryption_version: int
-    exportable: bool
-    deletion_allowed: bool
-
-
-class Transit(Protocol):
-    """What the control plane needs from a KMS. ``kek=None`` means the configured KEK."""
-
-    kek: str
-
-    def generate_wrapped_data_key(self, kek: str | None = None) -> WrappedKey: ...
-    def unwrap(self, ciphertext: str, kek: str | None = None) -> Unwrapped: ...
-    def unwrap_batch(
-        self, ciphertexts: Sequence[str], kek: str | None = None
-    ) -> list[Unwrapped | OpenBaoError]: ...
-    def rewrap(self, ciphertext: str, kek: str | None = None) -> WrappedKey: ...
-    def rotate_kek(self) -> int: ...
-    def sign(self, data: bytes) -> Signature: ...
-    def verify(self, data: bytes, signature: Signature) -> None: ...
-    def public_key(self, version: int | None = None) -> PublicKey: ...
-    def key_info(self, name: str | None = None) -> KeyInfo: ...
 
 
 # --- connection settings -------------------------------------------------------------------------

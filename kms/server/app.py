@@ -31,12 +31,13 @@ from attestation.trust import TrustStore
 from kms.clock import Clock, system_clock
 from kms.config import ServerConfig, two_person_actions
 from kms.domain.catalogue import Catalogue
+from kms.domain.transit import Transit
 from kms.errors import Code, KmsError
 from kms.oidc.errors import AuthError
 from kms.oidc.roles import ADMIN_SERVICE, RoleMap
 from kms.oidc.tokens import TokenValidator, keycloak_validator
 from kms.oidc.two_person import TwoPersonConfig, TwoPersonRule
-from kms.openbao.vault import BaoSettings, OpenBaoTransit, Transit
+from kms.openbao.vault import BaoSettings, OpenBaoTransit
 from kms.server.audit_servicer import add_audit_service
 from kms.server.auth_interceptor import OperatorAuthInterceptor
 from kms.server.monitoring import ControlPlaneCollector, Sources

@@ -45,7 +45,7 @@ def _kind(value: str) -> Kind | None:
 
 
 def actor_fields(actor: Actor | OperatorRef | None) -> dict[str, Any]:
-    """Who acted, as the ledger records it (``kms.sql.audit_append.operator_draft``)."""
+    """Who acted, as the ledger records it (``kms.audit.draft.operator_draft``)."""
     if actor is None:
         return dict(ANONYMOUS)
     return {"subject": actor.subject, "username": actor.username, "roles": sorted(actor.roles)}

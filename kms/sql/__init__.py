@@ -5,6 +5,9 @@ as ``keys`` hold the SQL for one part of the schema (``schema``) and speak only 
 same code runs on both databases.
 """
 
+from sqlalchemy.engine import Connection
+
 from kms.sql.store import Store, open_store
 
-__all__ = ["Store", "open_store"]
+# Connection: the transaction handle the use cases pass through to SQL functions (they import no sqlalchemy)
+__all__ = ["Connection", "Store", "open_store"]

@@ -14,14 +14,14 @@ everything else goes through the group commit (``AuditLedger.record``), one fsyn
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from kms.audit.draft import Draft, operator_draft
 from kms.audit.entry import Decision, Entry, Kind, Reason, format_time
 from kms.audit.errors import AuditError
 from kms.audit.merkle import CompactRange, leaf_hash
@@ -30,49 +30,6 @@ from kms.errors import Code
 from kms.sql.audit_ledger import Head, insert_entries, insert_nodes, read_head, write_head
 from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store
-
-SYSTEM = "system"
-MAX_REASON_MESSAGE = 1024
-
-
-@dataclass(frozen=True)
-class Draft:
-    """An entry before the ledger gives it a sequence number and a time."""
-
-    kind: Kind
-    actor: str
-    decision: Decision = Decision.NONE
-    reasons: tuple[Reason, ...] = ()
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-def reasons_of(items: Iterable[Mapping[str, str]]) -> tuple[Reason, ...]:
-    """``[{"code", "message", ...}]`` (the control plane's reason dicts) -> entry reasons (no hints)."""
-    return tuple(Reason(str(r["code"]), str(r["message"])[:MAX_REASON_MESSAGE]) for r in items)
-
-
-def node_actor(node_id: str) -> str:
-    return f"node:{node_id}" if node_id else "node:unregistered"
-
-
-def operator_draft(
-    actor_fields: Mapping[str, Any],
-    kind: Kind,
-    fields: Mapping[str, Any],
-    decision: Decision = Decision.NONE,
-    reasons: Sequence[Reason] = (),
-) -> Draft:
-    """An operator action. ``actor_fields``: the authenticated operator, e.g. ``{"subject": ...,
-    "username": ..., "roles": [...]}`` (kms.oidc's Actor); the actor string is the subject, else the
-    username, and those fields are recorded too. Unknown actor keys are refused (closed vocabulary)."""
-    subject = str(actor_fields.get("subject") or actor_fields.get("username") or "")
-    if not subject:
-        raise AuditError("an operator action needs the operator's subject or username")
-    extra = {k: v for k, v in actor_fields.items() if k in ("subject", "username", "roles")}
-    unknown = set(actor_fields) - {"subject", "username", "roles"}
-    if unknown:
-        raise AuditError(f"unknown operator fields {sorted(unknown)}: record subject, username, roles")
-    return Draft(kind, subject, decision, tuple(reasons), {**fields, **extra})
 
 
 def _row(entry: Entry, data: bytes, leaf: bytes) -> dict[str, Any]:

@@ -19,11 +19,12 @@ from typing import Any
 from sqlalchemy import Row, bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
+from kms.audit.draft import Draft, node_actor
 from kms.audit.entry import Decision, Kind, Reason
 from kms.domain.catalogue import KeyKind, KeyState
 from kms.domain.premises import KeyStanding, NodeStanding
 from kms.domain.registry import NodeState
-from kms.sql.audit_append import Draft, append_entries, node_actor
+from kms.sql.audit_append import append_entries
 from kms.sql.control_schema import nodes, release_requests
 from kms.sql.policy_versions import active_version
 from kms.sql.schema import key_versions, keys

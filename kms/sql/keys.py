@@ -9,8 +9,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from kms.domain.catalogue import Check, KeyKind, KeyRecord, KeyState, KeyVersion, StaleVersion, not_found
+from kms.domain.transit import WrappedKey
 from kms.errors import CatalogueError, Code, StorageError
-from kms.openbao.vault import WrappedKey
 from kms.sql.schema import key_versions, keys
 from kms.sql.store import Store
 

@@ -26,7 +26,7 @@ from kms.sql.policy_versions import active_version
 from kms.sql.store import Store
 
 if TYPE_CHECKING:
-    from kms.sql.audit_append import Draft
+    from kms.audit.draft import Draft
 
 AppendEntries = Callable[[Connection, Sequence["Draft"]], object]
 

@@ -4,7 +4,7 @@ Every change is applied atomically and recorded in the audit ledger before the c
 changes and policy changes in the same transaction as the change; key, KEK and collateral changes (made
 through OpenBao and the catalogue) right after they commit. Node changes are the transitions of
 ``kms.domain.registry``. Every mutating call takes ``actor``: the authenticated operator as a mapping
-(``{"subject", "username", "roles"}``, see ``kms.sql.audit_append.operator_draft``); without one the actor
+(``{"subject", "username", "roles"}``, see ``kms.audit.draft.operator_draft``); without one the actor
 is the fixed identity ``LOCAL_OPERATOR`` (in-process callers such as tests and the dev harness).
 """
 
@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from attestation.store import ImportReport
+from kms.audit.draft import Draft, operator_draft
 from kms.audit.entry import Kind, Reason
 from kms.clock import Clock
 from kms.domain.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, RewrapReport
@@ -38,7 +39,7 @@ from kms.domain.registry import (
     suspend,
 )
 from kms.errors import Code, KmsError
-from kms.sql.audit_append import AuditLedger, Draft, operator_draft
+from kms.sql.audit_append import AuditLedger
 from kms.sql.nodes import SqlNodes, apply_change, load_all, not_found
 from kms.sql.store import Store
 from kms.usecases.attest import check_groups, granted_groups

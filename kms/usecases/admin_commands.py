@@ -23,7 +23,7 @@ Principal = Actor | OperatorRef
 
 
 def principal_fields(by: Principal) -> dict[str, Any]:
-    """Who acted, as the audit ledger records it (``kms.sql.audit_append.operator_draft``)."""
+    """Who acted, as the audit ledger records it (``kms.audit.draft.operator_draft``)."""
     return {"subject": by.subject, "username": by.username, "roles": sorted(by.roles)}
 
 

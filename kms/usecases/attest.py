@@ -32,6 +32,7 @@ from attestation.binding import verify_binding
 from attestation.claims import Claims
 from attestation.errors import AttestationError
 from attestation.evidence import detect_tee
+from kms.audit.draft import Draft, node_actor, reasons_of
 from kms.audit.entry import Decision, Kind
 from kms.clock import Clock
 from kms.domain.registry import (
@@ -51,7 +52,7 @@ from kms.domain.registry import (
 from kms.envelope import SUITES, Suite, check_recipient_key
 from kms.envelope.errors import EnvelopeError
 from kms.errors import Code, KmsError
-from kms.sql.audit_append import AuditLedger, Draft, node_actor, reasons_of
+from kms.sql.audit_append import AuditLedger
 from kms.usecases.metrics import Metrics
 from kms.usecases.nonces import Challenge, NonceError, require_label
 from kms.usecases.policy_source import ActivePolicy

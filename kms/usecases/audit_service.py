@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from kms.audit.draft import SYSTEM, Draft
 from kms.audit.entry import Kind
 from kms.clock import Clock
-from kms.openbao.vault import Transit
-from kms.sql.audit_append import SYSTEM, AuditLedger, Draft
+from kms.domain.transit import Transit
+from kms.sql.audit_append import AuditLedger
+from kms.sql.audit_checkpointer import Checkpointer, TransitSigner
 from kms.sql.audit_reader import LedgerReader, Recovery, recover
 from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store
-from kms.usecases.audit_checkpointer import Checkpointer, TransitSigner
 
 log = logging.getLogger("sovereign.audit")
 

@@ -23,15 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy.engine import Connection
-
 from attestation.coded import Reason
 from kms.batching import LoopBatcher
 from kms.clock import Clock
 from kms.domain.catalogue import DATA_KEY_BYTES
 from kms.domain.premises import Grant, Snapshot, check_premises
+from kms.domain.transit import Transit, Unwrapped
 from kms.errors import Code, OpenBaoError, reason_for
-from kms.openbao.vault import Transit, Unwrapped
+from kms.sql import Connection
 from kms.sql.decisions import (
     DenialRow,
     GrantRow,

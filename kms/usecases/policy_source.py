@@ -14,10 +14,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.engine import Connection
-
 from kms.clock import Clock
 from kms.errors import Code, KmsError
+from kms.sql import Connection
 from kms.sql.policy_versions import PolicyRow, SqlPolicies, active_version
 from kms.sql.store import Store
 from policies import Policy, parse_policy

@@ -295,7 +295,7 @@ class KeyRelease:
             check_skew(f.timestamp, now, self._skew)
             check_sealable(node.kem_suite, node.kem_public)  # no grant is recorded for a seal that fails
         except KmsError as err:
-            raise _denial(f, now, [Reason(err.code.value, err.message, err.hint)]) from None
+            raise _denial(f, now, [err.as_reason()]) from None
         policy = self._policies.active(max_age=0 if fresh else self._cache_seconds)
         decision = decide_release(
             policy.policy,

@@ -26,10 +26,11 @@ from kms.audit.export import parse_json_line, read_lines, write_items
 from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import unchecked_head_error, verify_export
+from kms.domain.transit import KEK_NAME
 from kms.errors import Code, KmsError
 from kms.oidc.cache import load_cached_token
 from kms.oidc.errors import AuthError
-from kms.openbao.vault import KEK_NAME, TRANSIT_MOUNT
+from kms.openbao.vault import TRANSIT_MOUNT
 from sovereign.cli._common import parse_time
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.client import AuditClient, OperatorError, operator_channel

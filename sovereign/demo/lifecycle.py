@@ -39,12 +39,13 @@ from kms.audit.export import read_lines, write_items
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import verify_export
 from kms.domain.catalogue import Catalogue, KeyKind
+from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME
 from kms.envelope import read_header
 from kms.envelope.files import encrypt_file
 from kms.envelope.names import format_key_ref
 from kms.oidc.login import openid_client, password_login
 from kms.openbao.bootstrap import ROLE_NAME
-from kms.openbao.vault import AUDIT_KEY_NAME, KEK_NAME, TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth
+from kms.openbao.vault import TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth
 from kms.sql import open_store
 from kms.sql.keys import SqlKeyStore
 from sovereign.client import AdminClient, AuditClient, records

@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kms.domain.transit import KEK_NAME
 from kms.openbao.bootstrap import ROLE_NAME
-from kms.openbao.vault import KEK_NAME, TRANSIT_MOUNT
+from kms.openbao.vault import TRANSIT_MOUNT
 from sovereign.soak.checker import CheckReport, Violation, ViolationKind, check
 from sovereign.soak.faults import ALL_FAULTS, FaultKind, FaultRecord, Injector, schedule
 from sovereign.soak.history import ClientHistory

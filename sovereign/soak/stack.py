@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from attestation.simulate import SimulatedPki
 from kms.audit.checkpoint import AuditKeys, load_audit_keys
+from kms.domain.transit import AUDIT_KEY_NAME
 from kms.openbao.bootstrap import bootstrap
-from kms.openbao.vault import AUDIT_KEY_NAME
 from sovereign.demo.site import Bao, ControlPlane, Inputs, prepare_inputs
 from sovereign.devtools.openbao_server import OpenBaoServer
 

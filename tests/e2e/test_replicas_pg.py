@@ -27,17 +27,18 @@ from sqlalchemy.engine import make_url
 from attestation.simulate import SimulatedPki
 from enclave.providers.simulated import simulated_snp
 from kms.audit.checkpoint import LocalSigner, load_audit_keys
+from kms.audit.draft import SYSTEM, Draft
 from kms.audit.entry import Entry, Kind
 from kms.audit.errors import AuditError
 from kms.audit.verify import verify_export
 from kms.openbao.bootstrap import bootstrap
 from kms.sql import open_store
-from kms.sql.audit_append import SYSTEM, AuditLedger, Draft
+from kms.sql.audit_append import AuditLedger
+from kms.sql.audit_checkpointer import Checkpointer
 from kms.sql.audit_ledger import checkpoints_between
 from kms.sql.audit_reader import LedgerReader, recover
 from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store
-from kms.usecases.audit_checkpointer import Checkpointer
 from proto.contract import parse_error_detail
 from proto.sovereign.v1 import (
     admin_pb2,

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kms.domain.catalogue import Catalogue, KeyKind, KeyState
+from kms.domain.transit import Transit
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.openbao.vault import Transit
 from kms.sql import open_store
 from kms.sql.keys import SqlKeyStore
 

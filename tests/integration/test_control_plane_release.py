@@ -23,9 +23,9 @@ from enclave.providers.simulated import simulated_snp, simulated_tdx
 from kms.clock import ManualClock
 from kms.config import ServerConfig
 from kms.domain.catalogue import Catalogue, KeyKind
+from kms.domain.transit import Transit
 from kms.envelope import open_sealed_key
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.openbao.vault import Transit
 from kms.server.app import ControlPlane, build
 from kms.server.codec import release_in
 from kms.sql.keys import SqlKeyStore

@@ -22,8 +22,8 @@ from kms.audit.verify import verify_export
 from kms.clock import ManualClock
 from kms.domain.catalogue import KeyKind
 from kms.openbao.bootstrap import ROLE_NAME
+from kms.sql.audit_checkpointer import TransitSigner
 from kms.sql.audit_ledger import StoredEntry
-from kms.usecases.audit_checkpointer import TransitSigner
 from kms.usecases.release import Released, ReleaseDenied
 
 if TYPE_CHECKING:

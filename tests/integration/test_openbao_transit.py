@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from kms.domain.transit import Unwrapped
 from kms.errors import Code, OpenBaoError
-from kms.openbao.vault import AppRoleAuth, BaoSettings, OpenBaoTransit, TokenAuth, Unwrapped
+from kms.openbao.vault import AppRoleAuth, BaoSettings, OpenBaoTransit, TokenAuth
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Kms

@@ -12,8 +12,8 @@ from pg.server import PostgresServer
 from sqlalchemy import insert, inspect, select, text
 
 from kms.domain.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_usable
+from kms.domain.transit import WrappedKey
 from kms.errors import Code, KmsError, StorageError
-from kms.openbao.vault import WrappedKey
 from kms.sql import control_schema, migrations, open_store, schema
 from kms.sql.keys import SqlKeyStore
 

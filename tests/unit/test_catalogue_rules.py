@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kms.domain.catalogue import Catalogue, KeyKind, KeyState, parse_kind, summary_rows, validate_name
+from kms.domain.transit import PublicKey, Signature, Unwrapped, WrappedKey
 from kms.errors import CatalogueError, Code, KmsError, OpenBaoError
-from kms.openbao.vault import PublicKey, Signature, Unwrapped, WrappedKey
 from kms.sql import open_store
 from kms.sql.keys import SqlKeyStore
 

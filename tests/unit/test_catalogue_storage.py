@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import insert, inspect, select, text
 
 from kms.domain.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, KeyVersion, require_usable
+from kms.domain.transit import WrappedKey
 from kms.errors import Code, KmsError, StorageError
-from kms.openbao.vault import WrappedKey
 from kms.sql import migrations, open_store, schema
 from kms.sql.keys import SqlKeyStore
 

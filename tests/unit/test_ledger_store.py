@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kms.audit.checkpoint import AuditKeys, LocalSigner, sign_checkpoint
+from kms.audit.draft import Draft, operator_draft
 from kms.audit.entry import Decision, Entry, Kind, Reason
 from kms.audit.errors import AuditError, SecretInEntry
 from kms.audit.export import write_items
@@ -19,12 +20,12 @@ from kms.audit.merkle import MemoryHashStore, leaf_hash, verify_consistency, ver
 from kms.audit.verify import verify_export
 from kms.clock import ManualClock
 from kms.sql import open_store
-from kms.sql.audit_append import AuditLedger, Draft, append_entries, operator_draft
+from kms.sql.audit_append import AuditLedger, append_entries
+from kms.sql.audit_checkpointer import Checkpointer, checkpoint_now, next_time
 from kms.sql.audit_ledger import EntryFilter
 from kms.sql.audit_reader import LedgerReader, recover
 from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store
-from kms.usecases.audit_checkpointer import Checkpointer, checkpoint_now, next_time
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 SIGNER = LocalSigner(key_id="sovereign-audit", version=3)

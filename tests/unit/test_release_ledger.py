@@ -13,7 +13,7 @@ import pytest
 from attestation.coded import Reason
 from kms.domain.catalogue import KeyKind, KeyRecord, KeyState, KeyVersion, require_not_destroyed
 from kms.domain.registry import NodeRecord, NodeState, revoke
-from kms.openbao.vault import WrappedKey
+from kms.domain.transit import WrappedKey
 from kms.sql import open_store
 from kms.sql.decisions import GrantRow, PendingGrant
 from kms.sql.keys import SqlKeyStore

@@ -24,9 +24,9 @@ from kms.clock import ManualClock
 from kms.domain.catalogue import Catalogue, KeyKind, KeyRecord, KeyState, KeyVersion
 from kms.domain.premises import Grant, KeyStanding, NodeStanding, Snapshot, check_premises
 from kms.domain.registry import NodeRecord, NodeState
+from kms.domain.transit import Unwrapped
 from kms.envelope import open_sealed_key
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.openbao.vault import Unwrapped
 from kms.server.codec import release_in
 from kms.sql import open_store
 from kms.sql.control_schema import nodes

@@ -31,8 +31,8 @@ from kms.audit.entry import format_time, parse_time
 from kms.audit.errors import AuditError, KeyInvalid
 from kms.audit.merkle import CompactRange
 from kms.clock import Clock
+from kms.domain.transit import AUDIT_KEY_NAME, Transit
 from kms.errors import Code, KmsError
-from kms.openbao.vault import AUDIT_KEY_NAME, Transit
 from kms.sql.audit_ledger import insert_checkpoint, latest_checkpoint, read_head
 from kms.sql.store import Store
 
