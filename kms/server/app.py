@@ -40,6 +40,7 @@ from kms.catalogue import Catalogue
 from kms.clock import Clock, system_clock
 from kms.config import ServerConfig, two_person_actions
 from kms.errors import Code, KmsError
+from kms.gpu_appraisal import GpuCollateralFolder, GpuVerifier
 from kms.grants import GrantLedger
 from kms.metrics import Metrics
 from kms.nonces import Nonces
@@ -179,6 +180,7 @@ def build(
                 clock=clock,
                 metrics=metrics,
                 audit=audit.ledger,
+                gpus=GpuVerifier(trust, GpuCollateralFolder(Path(config.collateral) / "gpu", trust)),
             ),
             release=KeyRelease(
                 store,
