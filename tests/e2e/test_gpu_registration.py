@@ -52,7 +52,11 @@ def gpus() -> GpuSimulator:
 
 @pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, pki: SimulatedPki, bao: Bao, realm: StandinRealm, gpus: GpuSimulator
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: SimulatedPki,
+    bao: Bao,
+    realm: StandinRealm,
+    gpus: GpuSimulator,
 ) -> Iterator[ServerProcess]:
     workdir: Path = tmp_path_factory.mktemp("e2e-gpu")
     inputs = prepare_inputs(workdir, pki, datetime.now(UTC), gpu_policy(), gpus=gpus)
@@ -134,7 +138,9 @@ def test_relayed_gpu_evidence_is_refused(
     victim_gpus = Recording(SimulatedGpus(gpus, 2, seed="victim"))
     victim = node(server, clients, "victim", victim_gpus, pki)
     assert victim.register().state is NodeState.ATTESTED
-    relayed = tuple(GpuEvidenceItem(g.report, g.chain, g.declared_architecture or "") for g in victim_gpus.last)
+    relayed = tuple(
+        GpuEvidenceItem(g.report, g.chain, g.declared_architecture or "") for g in victim_gpus.last
+    )
 
     attacker = node(server, clients, "relay", NoGpu(), pki)
     # (1) an honest CPU image commits to the GPUs it really has (none): the relayed list is not what it bound

@@ -63,7 +63,9 @@ def test_no_gpu_is_an_empty_list() -> None:
     assert info.value.code is NodeCode.REPORT_DATA_INVALID
 
 
-def test_simulated_gpus_answer_the_nonce_with_stable_identities(sim: GpuSimulator, verifier: GpuVerifier) -> None:
+def test_simulated_gpus_answer_the_nonce_with_stable_identities(
+    sim: GpuSimulator, verifier: GpuVerifier
+) -> None:
     source = SimulatedGpus(sim, 2, seed="node-a")
     assert isinstance(source, GpuEvidenceSource)
     nonce = os.urandom(32)
@@ -95,7 +97,9 @@ def test_each_fault_knob_yields_its_code(sim: GpuSimulator, verifier: GpuVerifie
     assert set(EXPECTED) == set(REPORT_FAULTS)
     nonce = os.urandom(32)
     with pytest.raises(AttestationError) as info:
-        verifier.verify(_items(SimulatedGpus(sim, 1, seed=f"f-{fault}", fault=fault), nonce), nonce=nonce, now=NOW)
+        verifier.verify(
+            _items(SimulatedGpus(sim, 1, seed=f"f-{fault}", fault=fault), nonce), nonce=nonce, now=NOW
+        )
     assert info.value.code == EXPECTED[fault], info.value.message
 
 
@@ -118,7 +122,10 @@ def test_no_collateral_fails_closed(sim: GpuSimulator, tmp_path: Path) -> None:
     assert missing.value.code == Code.GPU_COLLATERAL_MISSING
     # the folder is re-read when its files change: the RIMs arrive, the same GPU verifies
     save_gpu_collateral(tmp_path / "no-rims", rims=files.rims, ocsp_responses=(), crls=())
-    assert GpuVerifier(sim.trust_store(), folder).verify(items, nonce=nonce, now=NOW)[0]["measurement_result"] == "success"
+    assert (
+        GpuVerifier(sim.trust_store(), folder).verify(items, nonce=nonce, now=NOW)[0]["measurement_result"]
+        == "success"
+    )
 
 
 def test_a_saved_simulator_mints_under_the_same_roots(sim: GpuSimulator, verifier: GpuVerifier) -> None:
@@ -154,6 +161,10 @@ def test_node_settings_for_simulated_gpus(sim: GpuSimulator, tmp_path: Path) -> 
     )
     assert isinstance(source, SimulatedGpus) and (source.count, source.fault) == (2, "vbios-mismatch")
     env = NodeConfig.resolve(
-        {"SOVEREIGN_NODE_SIM_GPUS": "2"}, server="h:1", node_name="n", insecure_dev=True, provider="simulated-tdx"
+        {"SOVEREIGN_NODE_SIM_GPUS": "2"},
+        server="h:1",
+        node_name="n",
+        insecure_dev=True,
+        provider="simulated-tdx",
     )
     assert env.sim_gpus == 2

@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 
 from attestation.claims import Claims, TcbStatus, Tee
-from policies import Code, NodeState, PolicyError, Verdict, appraise, claims_from_dict, parse_policy, reappraise
+from policies import (
+    Code,
+    NodeState,
+    PolicyError,
+    Verdict,
+    appraise,
+    claims_from_dict,
+    parse_policy,
+    reappraise,
+)
 
 NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
 SNP_M = bytes([0x11]) * 48
@@ -162,7 +171,9 @@ def test_without_gpu_rules_gpus_are_not_appraised_and_the_digest_is_unchanged() 
     assert result(node(None), BASE) == (Verdict.ATTESTED, ("trainers", "gpu-trainers"), [])
     assert result(node(gpu(cc_mode="off")), BASE)[0] is Verdict.ATTESTED
     canonical = parse_policy(BASE + RELEASE.replace("require_gpu_attested = true\n", "")).canonical()
-    assert "gpu" not in canonical["appraisal"] and "require_gpu_attested" not in canonical["release"]["rules"][0]
+    assert (
+        "gpu" not in canonical["appraisal"] and "require_gpu_attested" not in canonical["release"]["rules"][0]
+    )
 
 
 def test_simulated_gpus_follow_simulated_evidence_deny() -> None:
