@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from attestation.gpu.evidence import GpuEvidence
 from enclave.errors import NodeCode, NodeError
 
-if TYPE_CHECKING:  # the simulator is loaded only by whoever simulates GPUs
+if TYPE_CHECKING:  # attestation.gpu loads signxml/lxml: only the sources that make evidence need it at run time
+    from attestation.gpu.evidence import GpuEvidence
     from attestation.simulate.gpu import GpuSimulator
 
 GPU_NONCE_SIZE = 32
