@@ -226,3 +226,18 @@ def test_reappraisal_uses_stored_gpu_claims() -> None:
     ]
     assert replace(stored, details={**stored.details, "gpus": "x"}) != stored
     assert result(replace(stored, details={**stored.details, "gpus": "x"}))[2][0] is Code.POLICY_CLAIM_INVALID
+
+
+def test_summary_shows_gpu_rules_and_relaxations() -> None:
+    from policies import summarize
+    from policies.summary import notes
+
+    relaxed = (BASE + GPU + RELEASE).replace("require_rim_match = true", "require_rim_match = false")
+    summary = summarize(parse_policy(relaxed))
+    assert (
+        summary["gpu"]["min_driver"] == "550.54.14"
+        and summary["groups"]["gpu-trainers"]["gpu_min_count"] == 2
+    )
+    assert summary["release_rules"][0]["require_gpu_attested"] is True
+    assert any("not matched against their RIMs" in n for n in notes(parse_policy(relaxed)))
+    assert "gpu" not in summarize(parse_policy(BASE))
