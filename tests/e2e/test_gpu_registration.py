@@ -23,6 +23,7 @@ from e2e.world import SNP_MEASUREMENT, Bao, ServerProcess, prepare_inputs, serve
 from attestation.gpu.evidence import GpuEvidence
 from attestation.simulate import SimulatedPki
 from attestation.simulate.gpu import GpuSimulator
+from attestation.simulate.gpu_persist import dump_gpu_simulator
 from enclave.agent import NodeAgent
 from enclave.client import ControlPlaneClient, NodeState, Registration
 from enclave.identity import NodeIdentity
@@ -30,16 +31,22 @@ from enclave.providers.gpu import GpuEvidenceSource, NoGpu, SimulatedGpus
 from enclave.providers.simulated import simulated_snp
 from proto.contract import GpuEvidenceItem, gpu_commitment
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from sovereign.cli import main
+from sovereign.demo.training import write_pki
 
 GPU_MEASUREMENT = b"\x55" * 48  # the image only GPU-attested nodes may run
 GPU_KEY = "gpu-models/weights"
 
 
 def gpu_policy() -> str:
-    return server_policy() + (
+    """The e2e policy (the demo's, with its [appraisal.gpu]) narrowed to Hopper, plus a GPU-attested group
+    and a release rule only it satisfies."""
+    demo_gpu = 'architectures = ["HOPPER", "BLACKWELL"]\nmin_driver = "535.0"\n'
+    text = server_policy()
+    assert text.count(demo_gpu) == 1
+    return text.replace(demo_gpu, 'architectures = ["HOPPER"]\nmin_driver = "550.0"\n') + (
         f'\n[[appraisal.snp.groups]]\nname = "gpu-trainers"\nmeasurements = ["{GPU_MEASUREMENT.hex()}"]\n'
-        '\n[appraisal.gpu]\narchitectures = ["HOPPER"]\nmin_driver = "550.0"\nrequire_rim_match = true\n'
-        'require_cc_mode = true\n\n[[appraisal.gpu.groups]]\nname = "gpu-trainers"\nmin_count = 2\n'
+        '\n[[appraisal.gpu.groups]]\nname = "gpu-trainers"\nmin_count = 2\n'
         '\n[[release.rules]]\nname = "gpu-weights"\ngroups = ["gpu-trainers"]\nkeys = ["gpu-models/*"]\n'
         'purposes = ["read"]\nrequire_gpu_attested = true\n'
     )
@@ -187,3 +194,28 @@ def test_the_gpu_attested_image_without_gpus_is_refused_by_policy(
     assert result.state is NodeState.REJECTED and codes(result) == ["POLICY_GPU_COUNT"]
     one = node(server, clients, "one-gpu", SimulatedGpus(gpus, 1, seed=os.urandom(4).hex()), pki).register()
     assert one.state is NodeState.REJECTED and codes(one) == ["POLICY_GPU_COUNT"]
+
+
+@pytest.mark.parametrize(("fault", "expected"), [(None, 0), ("vbios-mismatch", 1)])
+def test_node_register_cli_with_simulated_gpus(
+    server: ServerProcess, pki: SimulatedPki, gpus: GpuSimulator, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], fault: str | None, expected: int,
+) -> None:  # fmt: skip
+    """`sovereign node register --provider simulated-snp --sim-pki DIR --sim-gpus 2 [--sim-gpu-fault F]`:
+    the node process loads the saved CPU and GPU simulator PKIs the control plane trusts."""
+    assert server.ca is not None
+    sim_pki = write_pki(pki, tmp_path / "sim-pki")
+    (sim_pki / "gpu-pki.json").write_bytes(dump_gpu_simulator(gpus))
+    argv = [
+        "node", "register", "--server", f"127.0.0.1:{server.port}", "--ca", str(server.ca),
+        "--provider", "simulated-snp", "--sim-pki", str(sim_pki), "--sim-measurement", GPU_MEASUREMENT.hex(),
+        "--sim-gpus", "2", "--node-name", f"cli-gpu-{expected}", "--json",
+    ]  # fmt: skip
+    if fault:
+        argv += ["--sim-gpu-fault", fault]
+    assert main(argv) == expected
+    captured = capsys.readouterr()
+    if fault is None:
+        assert json.loads(captured.out)["registration"]["groups"] == ["gpu-trainers"]
+    else:
+        assert "GPU_MEASUREMENT_MISMATCH" in captured.out + captured.err
