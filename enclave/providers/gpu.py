@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from enclave.errors import NodeCode, NodeError
 
-if TYPE_CHECKING:  # attestation.gpu loads signxml/lxml: only the sources that make evidence need it at run time
+if (
+    TYPE_CHECKING
+):  # attestation.gpu loads signxml/lxml: only the sources that make evidence need it at run time
     from attestation.gpu.evidence import GpuEvidence
     from attestation.simulate.gpu import GpuSimulator
 
