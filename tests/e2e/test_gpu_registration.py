@@ -44,7 +44,7 @@ def gpu_policy() -> str:
     demo_gpu = 'architectures = ["HOPPER", "BLACKWELL"]\nmin_driver = "535.0"\n'
     text = server_policy()
     assert text.count(demo_gpu) == 1
-    return text.replace(demo_gpu, 'architectures = ["HOPPER"]\nmin_driver = "550.0"\n') + (
+    return str(text).replace(demo_gpu, 'architectures = ["HOPPER"]\nmin_driver = "550.0"\n') + (
         f'\n[[appraisal.snp.groups]]\nname = "gpu-trainers"\nmeasurements = ["{GPU_MEASUREMENT.hex()}"]\n'
         '\n[[appraisal.gpu.groups]]\nname = "gpu-trainers"\nmin_count = 2\n'
         '\n[[release.rules]]\nname = "gpu-weights"\ngroups = ["gpu-trainers"]\nkeys = ["gpu-models/*"]\n'
