@@ -24,6 +24,7 @@ from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState, Reg
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from enclave.providers.base import Evidence, EvidenceProvider
+from enclave.providers.gpu import GpuEvidenceSource, NoGpu
 from enclave.release_request import (
     REQUEST_ID_LEN,
     ReleasedKey,
@@ -36,6 +37,7 @@ from enclave.release_request import (
 from kms.envelope import DEFAULT_CHUNK_SIZE, StreamInfo, decrypt_stream, names, read_header
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.envelope.stream import Writable
+from proto.contract import GpuEvidenceItem, GpuEvidenceRejected, gpu_commitment, gpu_nonce
 
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
@@ -225,9 +227,11 @@ class NodeAgent:
         node_name: str,
         groups: Sequence[str] = (),
         clock: Clock = system_clock,
+        gpus: GpuEvidenceSource | None = None,
     ) -> None:
         self.client = client
         self.provider = provider
+        self.gpus: GpuEvidenceSource = gpus if gpus is not None else NoGpu()
         self.identity = identity
         self.node_name = node_name
         self.groups = tuple(groups)
@@ -253,7 +257,18 @@ class NodeAgent:
 
     # attestation ------------------------------------------------------------------------------------
 
-    def _fresh_evidence(self) -> tuple[bytes, Evidence]:
+    def _gpu_evidence(self, nonce: bytes) -> tuple[GpuEvidenceItem, ...]:
+        """The GPUs' evidence over the transcript's GPU nonce (ARCHITECTURE.md, "GPU evidence in registration")."""
+        keys = self.identity
+        collected = self.gpus.collect(gpu_nonce(nonce, keys.kem_suite, keys.kem_public, keys.signing_public))
+        items = tuple(GpuEvidenceItem(g.report, g.chain, g.declared_architecture or "") for g in collected)
+        try:
+            gpu_commitment(items)
+        except GpuEvidenceRejected as exc:
+            raise NodeError(f"GPU evidence: {exc}", code=NodeCode.PROVIDER_BAD_OUTPUT) from None
+        return items
+
+    def _fresh_evidence(self) -> tuple[bytes, Evidence, tuple[GpuEvidenceItem, ...]]:
         challenge = self.client.challenge(self.node_name)
         if self.identity.kem_suite not in challenge.accepted_suites:
             raise NodeError(
@@ -261,17 +276,20 @@ class NodeAgent:
                 code=NodeCode.REGISTRATION_REJECTED,
                 hint="create the identity with a suite from the Challenge's accepted list",
             )
-        return challenge.nonce, self.provider.get_evidence(self.identity.report_data(challenge.nonce))
+        gpus = self._gpu_evidence(challenge.nonce)
+        report_data = self.identity.report_data(challenge.nonce, gpu_commitment=gpu_commitment(gpus))
+        return challenge.nonce, self.provider.get_evidence(report_data), gpus
 
     def register(self) -> Registration:
-        """Challenge, evidence over this identity's keys, Register. Returns the outcome as given."""
-        nonce, evidence = self._fresh_evidence()
+        """Challenge, evidence over this identity's keys (and GPUs), Register. Returns the outcome as given."""
+        nonce, evidence, gpus = self._fresh_evidence()
         result = self.client.register(
             nonce=nonce,
             evidence=evidence,
             identity=self.identity,
             node_name=self.node_name,
             groups=self.groups,
+            gpus=gpus,
         )
         if result.node_id:
             with self._lock:
@@ -282,12 +300,13 @@ class NodeAgent:
     def renew(self) -> Registration:
         """Fresh nonce and evidence, same keys. A non-ATTESTED outcome leaves the known lease as it was."""
         node_id = self._require_node_id()
-        nonce, evidence = self._fresh_evidence()
+        nonce, evidence, gpus = self._fresh_evidence()
         result = self.client.renew(
             node_id=node_id,
             nonce=nonce,
             evidence=evidence,
             identity=self.identity,
+            gpus=gpus,
         )
         if result.node_id and result.node_id != node_id:
             raise ControlPlaneError(

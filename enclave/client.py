@@ -34,7 +34,7 @@ from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from enclave.providers.base import Evidence
 from enclave.release_request import PURPOSES, ReleaseGrant, SignedRelease
-from proto.contract import MAX_TEXT, parse_error_detail, tls_key_proof_message
+from proto.contract import MAX_TEXT, GpuEvidenceItem, parse_error_detail, tls_key_proof_message
 from proto.sovereign.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -224,6 +224,15 @@ def _evidence(evidence: Evidence) -> attestation_pb2.Evidence:
     )
 
 
+def _gpus(items: Sequence[GpuEvidenceItem]) -> list[attestation_pb2.GpuEvidence]:
+    return [
+        attestation_pb2.GpuEvidence(
+            report=g.report, certificates=list(g.certificates), architecture=g.architecture
+        )
+        for g in items
+    ]
+
+
 def _registration(call: str, msg: attestation_pb2.AttestationResult) -> Registration:
     state = _STATE_OUT.get(msg.state)
     if state is None:
@@ -402,8 +411,9 @@ class ControlPlaneClient:
         identity: NodeIdentity,
         node_name: str,
         groups: Sequence[str] = (),
+        gpus: Sequence[GpuEvidenceItem] = (),
     ) -> Registration:
-        """Register; ``identity`` contributes its public keys only."""
+        """Register; ``identity`` contributes its public keys only; ``gpus``: what the report data committed to."""
         request = attestation_pb2.RegisterRequest(
             nonce=nonce,
             evidence=_evidence(evidence),
@@ -411,6 +421,7 @@ class ControlPlaneClient:
             node_name=node_name,
             requested_groups=list(groups),
             client_tls_key=self._tls_key_message(nonce, identity),
+            gpu_evidence=_gpus(gpus),
         )
         reply = self._call("Register", self._attestation.Register, request, NodeCode.REGISTRATION_REJECTED)
         registration = _registration("Register", reply)
@@ -418,7 +429,13 @@ class ControlPlaneClient:
         return registration
 
     def renew(
-        self, *, node_id: str, nonce: bytes, evidence: Evidence, identity: NodeIdentity
+        self,
+        *,
+        node_id: str,
+        nonce: bytes,
+        evidence: Evidence,
+        identity: NodeIdentity,
+        gpus: Sequence[GpuEvidenceItem] = (),
     ) -> Registration:
         request = attestation_pb2.RenewRequest(
             node_id=node_id,
@@ -426,6 +443,7 @@ class ControlPlaneClient:
             evidence=_evidence(evidence),
             keys=_keys(identity),
             client_tls_key=self._tls_key_message(nonce, identity),
+            gpu_evidence=_gpus(gpus),
         )
         reply = self._call("Renew", self._attestation.Renew, request, NodeCode.REGISTRATION_REJECTED)
         registration = _registration("Renew", reply)

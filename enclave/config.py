@@ -20,6 +20,7 @@ from pathlib import Path
 from enclave.client import DEFAULT_TIMEOUT, ControlPlaneClient
 from enclave.errors import NodeCode, NodeError
 from enclave.providers import PROVIDER_NAMES, EvidenceProvider, detect_provider
+from enclave.providers.gpu import MAX_SIMULATED_GPUS, REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
 
 PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
 SIMULATED = frozenset({"simulated-snp", "simulated-tdx"})
@@ -50,6 +51,8 @@ class NodeConfig:
     renew_margin: timedelta = DEFAULT_RENEW_MARGIN
     sim_pki: Path | None = None
     sim_measurement: bytes = bytes(48)
+    sim_gpus: int = 0  # simulated H100s beside a simulated CPU (DIR/gpu-pki.json of --sim-pki)
+    sim_gpu_fault: str | None = None
 
     def __post_init__(self) -> None:
         if not self.server:
@@ -72,6 +75,14 @@ class NodeConfig:
             raise _invalid("--sim-pki goes with --provider simulated-snp or simulated-tdx")
         if len(self.sim_measurement) != 48:
             raise _invalid("the simulated measurement is 48 bytes (96 hex digits)")
+        if not 0 <= self.sim_gpus <= MAX_SIMULATED_GPUS:
+            raise _invalid(f"--sim-gpus is 0 to {MAX_SIMULATED_GPUS}")
+        if (self.sim_gpus or self.sim_gpu_fault) and self.provider not in SIMULATED:
+            raise _invalid("--sim-gpus and --sim-gpu-fault go with --provider simulated-snp or simulated-tdx")
+        if self.sim_gpu_fault is not None and (self.sim_gpu_fault not in REPORT_FAULTS or not self.sim_gpus):
+            raise _invalid(
+                f"--sim-gpu-fault is one of {', '.join(REPORT_FAULTS)} and needs --sim-gpus N",
+            )
 
     @classmethod
     def resolve(
@@ -87,6 +98,8 @@ class NodeConfig:
         timeout: float | None = None,
         sim_pki: Path | None = None,
         sim_measurement: str | None = None,
+        sim_gpus: int | None = None,
+        sim_gpu_fault: str | None = None,
     ) -> NodeConfig:
         """Explicit values win over ``SOVEREIGN_NODE_*`` variables (SERVER, NAME, CA, PROVIDER, GROUPS,
         SIM_PKI, SIM_MEASUREMENT)."""
@@ -109,7 +122,15 @@ class NodeConfig:
             timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
             sim_pki=sim_pki if sim_pki is not None else (Path(p) if (p := pick(None, "SIM_PKI")) else None),
             sim_measurement=parse_measurement(pick(sim_measurement, "SIM_MEASUREMENT") or ""),
+            sim_gpus=sim_gpus if sim_gpus is not None else _count(pick(None, "SIM_GPUS") or "0"),
+            sim_gpu_fault=pick(sim_gpu_fault, "SIM_GPU_FAULT") or None,
         )
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise _invalid(f"SOVEREIGN_NODE_SIM_GPUS {text[:20]!r} is not a count")
+    return int(text)
 
 
 def parse_measurement(text: str) -> bytes:
@@ -170,6 +191,34 @@ def _simulated_provider(config: NodeConfig) -> EvidenceProvider:
     if config.provider == "simulated-snp":
         return simulated_snp(pki, measurement=config.sim_measurement)
     return simulated_tdx(pki, mrtd=config.sim_measurement)
+
+
+def build_gpu_source(config: NodeConfig) -> GpuEvidenceSource:
+    """Simulated GPUs under ``--sim-pki DIR/gpu-pki.json`` when asked for; otherwise no GPU."""
+    if not config.sim_gpus:
+        return NoGpu()
+    from attestation.simulate.gpu_persist import GpuPkiFileError, load_gpu_simulator  # development only
+
+    path = (config.sim_pki or Path(".")) / "gpu-pki.json"
+    if config.sim_pki is None:
+        raise NodeError(
+            "simulated GPUs need the simulator PKI the control plane trusts",
+            code=NodeCode.PROVIDER_UNAVAILABLE,
+            hint="pass --sim-pki DIR (saved by `sovereign evidence simulate --save-pki DIR`)",
+        )
+    try:
+        simulator = load_gpu_simulator(path.read_bytes())
+    except OSError as exc:
+        raise NodeError(
+            f"cannot read the GPU simulator PKI {path}: {exc.strerror}",
+            code=NodeCode.PROVIDER_UNAVAILABLE,
+            hint="save the PKI again with a version that writes gpu-pki.json",
+        ) from None
+    except GpuPkiFileError as exc:
+        raise NodeError(f"{path}: {exc}", code=NodeCode.PROVIDER_UNAVAILABLE) from None
+    return SimulatedGpus(
+        simulator, config.sim_gpus, seed=f"{config.node_name}-gpu", fault=config.sim_gpu_fault
+    )
 
 
 # --- the resident agent's settings (node.toml) --------------------------------------------------------

@@ -63,14 +63,17 @@ class NodeIdentity:
         """The HPKE private key, for ``kms.envelope.open_sealed_key`` in memory. Never persist it."""
         return self._kem_private
 
-    def report_data(self, nonce: bytes) -> bytes:
-        """The 64 bytes to put in the hardware report for this server nonce (DESIGN Protocol 2)."""
+    def report_data(self, nonce: bytes, *, gpu_commitment: bytes = b"") -> bytes:
+        """The 64 bytes to put in the hardware report for this server nonce (DESIGN Protocol 2) and, for a
+        node with GPUs, the commitment to their evidence (``proto.contract.gpu_commitment``)."""
         if not isinstance(nonce, bytes):
             raise NodeError(
                 f"nonce must be bytes, not {type(nonce).__name__}", code=NodeCode.REPORT_DATA_INVALID
             )
         try:
-            return expected_report_data(nonce, self.kem_suite, self.kem_public, self.signing_public)
+            return expected_report_data(
+                nonce, self.kem_suite, self.kem_public, self.signing_public, gpu_commitment=gpu_commitment
+            )
         except BindingError as exc:
             raise NodeError(exc.message, code=NodeCode.REPORT_DATA_INVALID) from exc
 

@@ -9,6 +9,7 @@ from typing import Any
 from attestation.claims import Claims, Tee
 from policies import rules as r
 from policies.errors import Code, PolicyError, Reason
+from policies.gpu_rules import InSomeGpuGroup, gpu_rules
 from policies.model import OnFailure, Policy, Simulated, SnpRules, TdxRules, Verdict
 
 
@@ -80,6 +81,9 @@ def rules_for(policy: Policy, tee: Tee) -> list[r.Rule]:
         rules += _snp_rules(a.snp) if a.snp is not None else [r.TeeNotAllowed()]
     else:
         rules += _tdx_rules(a.tdx) if a.tdx is not None else [r.TeeNotAllowed()]
+    if a.gpu is not None:
+        rules += gpu_rules(a.gpu, deny_simulated=a.simulated_evidence is Simulated.DENY)
+        rules = [InSomeGpuGroup(x, a.gpu) if isinstance(x, r.InSomeGroup) else x for x in rules]
     return rules
 
 
@@ -94,7 +98,9 @@ def appraise(policy: Policy, claims: Claims, *, now: datetime) -> Appraisal:
     if failures:
         verdict = Verdict.REJECTED
     else:
-        groups = next(rule for rule in rules if isinstance(rule, r.InSomeGroup)).match(claims)[0]
+        groups = next(rule for rule in rules if isinstance(rule, r.InSomeGroup | InSomeGpuGroup)).match(
+            claims
+        )[0]
         if policy.appraisal.require_operator_approval:
             verdict = Verdict.PENDING_APPROVAL
             failures = [

@@ -106,10 +106,39 @@ class TdxRules:
     groups: tuple[TdxGroup, ...] = ()
 
 
+GPU_ARCHITECTURES = ("HOPPER", "BLACKWELL")
+
+
+@dataclass(frozen=True)
+class GpuGroup:
+    """A GPU-attested group: a node keeps this (CPU-matched) group only with enough GPUs, each allowed."""
+
+    name: str
+    min_count: int = 1
+    ueids: frozenset[str] | None = None  # None: any device
+
+
+@dataclass(frozen=True)
+class GpuRules:
+    """``[appraisal.gpu]``: applied to every GPU a node presents (claims.details["gpus"])."""
+
+    min_count: int = 0  # GPUs every node must present
+    architectures: frozenset[str] = frozenset(GPU_ARCHITECTURES)
+    min_driver: tuple[int, ...] | None = None  # None: any driver
+    vbios_versions: frozenset[str] | None = None  # None: any VBIOS
+    require_rim_match: bool = True
+    require_cc_mode: bool = True
+    groups: tuple[GpuGroup, ...] = ()
+
+    def group(self, name: str) -> GpuGroup | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+
 @dataclass(frozen=True)
 class AppraisalRules:
     snp: SnpRules | None = None  # None: the TEE is not allowed at all
     tdx: TdxRules | None = None
+    gpu: GpuRules | None = None  # None: GPU claims are not appraised
     simulated_evidence: Simulated = Simulated.DENY
     collateral_expired: OnFailure = OnFailure.DENY
     unchecked_revocation: OnFailure = OnFailure.DENY
@@ -125,6 +154,7 @@ class ReleaseRule:
     purposes: frozenset[Purpose]
     lease_seconds: int
     max_evidence_age: int
+    require_gpu_attested: bool = False  # every group named is a GPU-attested group (checked at load)
 
     def matches_key(self, key_name: str) -> bool:
         return any(key_name.startswith(p[:-1]) if p.endswith("/*") else key_name == p for p in self.keys)
@@ -154,6 +184,12 @@ class Policy:
         """A JSON-compatible form with every default filled in and every set sorted."""
         data = asdict(self)
         del data["source"]
+        # a policy without GPU rules keeps the digest it had before they existed
+        if data["appraisal"]["gpu"] is None:
+            del data["appraisal"]["gpu"]
+        for rule in data["release"]["rules"]:
+            if not rule["require_gpu_attested"]:
+                del rule["require_gpu_attested"]
         return _jsonable(data)  # type: ignore[no-any-return]
 
     def groups(self) -> frozenset[str]:

@@ -16,9 +16,12 @@ from attestation.claims import TcbStatus
 from kms.envelope.names import KEY_PATTERN_RULE, is_valid_key_pattern
 from policies.errors import PolicyError
 from policies.model import (
+    GPU_ARCHITECTURES,
     SCHEMA_VERSION,
     SNP_SIGNING_KEYS,
     AppraisalRules,
+    GpuGroup,
+    GpuRules,
     OnFailure,
     Policy,
     Purpose,
@@ -317,12 +320,91 @@ def _tdx(t: _Table) -> TdxRules:
     return rules
 
 
+_DRIVER = re.compile(r"[0-9]{1,4}(\.[0-9]{1,4}){0,3}")
+_VBIOS = re.compile(r"[0-9A-F]{2}(\.[0-9A-F]{2}){4}")
+_UEID = re.compile(r"[A-Za-z0-9:._-]{1,128}")
+MAX_GPUS = 16
+
+
+def driver_version(text: str) -> tuple[int, ...] | None:
+    """``550.90.07`` -> (550, 90, 7); None for anything else (the GPU claims carry the report's text)."""
+    return tuple(int(p) for p in text.split(".")) if _DRIVER.fullmatch(text) else None
+
+
+def _driver(value: object, path: str) -> tuple[int, ...]:
+    parsed = driver_version(_string(value, path))
+    if parsed is None:
+        raise SchemaError(path, 'expected a driver version such as "550.90.07"')
+    return parsed
+
+
+def _vbios(value: object, path: str) -> str:
+    text = _string(value, path)
+    if not _VBIOS.fullmatch(text):
+        raise SchemaError(path, 'expected a VBIOS version such as "96.00.9F.00.01" (upper-case hex)')
+    return text
+
+
+def _ueid(value: object, path: str) -> str:
+    text = _string(value, path)
+    if not _UEID.fullmatch(text):
+        raise SchemaError(path, 'expected a GPU UEID as the claims show it (e.g. "NVIDIA:GH100:..." or hex)')
+    return text
+
+
+def _gpu_group(t: _Table, groups: frozenset[str]) -> GpuGroup:
+    name = t.get("name", _name)
+    if name not in groups:
+        raise SchemaError(t.sub("name"), f"group {name!r} is not defined under appraisal.snp/tdx.groups")
+    ueids = t.get("ueids", _list_of(_ueid, non_empty=True), None)
+    group = GpuGroup(
+        name=name,
+        min_count=t.get("min_count", _int_in(1, MAX_GPUS), 1),
+        ueids=frozenset(ueids) if ueids is not None else None,
+    )
+    t.close()
+    return group
+
+
+def _gpu(t: _Table, groups: frozenset[str]) -> GpuRules:
+    group_tables = t.tables("groups")
+    gpu_groups = [_gpu_group(g, groups) for g in group_tables]
+    _unique_names(
+        [(tb.sub("name"), g.name) for tb, g in zip(group_tables, gpu_groups, strict=True)], "GPU group"
+    )
+    vbios = t.get("vbios_versions", _list_of(_vbios, non_empty=True), None)
+    rules = GpuRules(
+        min_count=t.get("min_count", _int_in(0, MAX_GPUS), 0),
+        architectures=frozenset(
+            t.get(
+                "architectures",
+                _list_of(_choice_of(GPU_ARCHITECTURES), non_empty=True),
+                list(GPU_ARCHITECTURES),
+            )
+        ),
+        min_driver=t.get("min_driver", _driver, None),
+        vbios_versions=frozenset(vbios) if vbios is not None else None,
+        require_rim_match=t.get("require_rim_match", _bool, True),
+        require_cc_mode=t.get("require_cc_mode", _bool, True),
+        groups=tuple(gpu_groups),
+    )
+    t.close()
+    return rules
+
+
 def _appraisal(t: _Table) -> AppraisalRules:
     snp = t.table("snp")
     tdx = t.table("tdx")
+    snp_rules = _snp(snp) if snp is not None else None
+    tdx_rules = _tdx(tdx) if tdx is not None else None
+    cpu_groups = frozenset(
+        g.name for rules in (snp_rules, tdx_rules) if rules is not None for g in rules.groups
+    )
+    gpu = t.table("gpu")
     rules = AppraisalRules(
-        snp=_snp(snp) if snp is not None else None,
-        tdx=_tdx(tdx) if tdx is not None else None,
+        snp=snp_rules,
+        tdx=tdx_rules,
+        gpu=_gpu(gpu, cpu_groups) if gpu is not None else None,
         simulated_evidence=t.get("simulated_evidence", _choice(Simulated), Simulated.DENY),
         collateral_expired=t.get("collateral_expired", _choice(OnFailure), OnFailure.DENY),
         unchecked_revocation=t.get("unchecked_revocation", _choice(OnFailure), OnFailure.DENY),
@@ -332,13 +414,23 @@ def _appraisal(t: _Table) -> AppraisalRules:
     return rules
 
 
-def _release_rule(t: _Table, index: int, defaults: ReleaseRules, groups: frozenset[str]) -> ReleaseRule:
+def _release_rule(
+    t: _Table, index: int, defaults: ReleaseRules, groups: frozenset[str], gpu_groups: frozenset[str]
+) -> ReleaseRule:
     names = t.get("groups", _list_of(_name, non_empty=True))
     for i, name in enumerate(names):
         if name not in groups:
             raise SchemaError(
                 f"{t.sub('groups')}[{i}]", f"group {name!r} is not defined under appraisal.snp/tdx.groups"
             )
+    require_gpu = t.get("require_gpu_attested", _bool, False)
+    if require_gpu:
+        for i, name in enumerate(names):
+            if name not in gpu_groups:
+                raise SchemaError(
+                    f"{t.sub('groups')}[{i}]",
+                    f"the rule requires GPU-attested groups, and {name!r} is not one of appraisal.gpu.groups",
+                )
     rule = ReleaseRule(
         index=index,
         name=t.get("name", _name, f"rule-{index}"),
@@ -347,12 +439,13 @@ def _release_rule(t: _Table, index: int, defaults: ReleaseRules, groups: frozens
         purposes=frozenset(t.get("purposes", _list_of(_choice(Purpose), non_empty=True))),
         lease_seconds=t.get("lease_seconds", _seconds, defaults.lease_seconds),
         max_evidence_age=t.get("max_evidence_age", _seconds, defaults.max_evidence_age),
+        require_gpu_attested=require_gpu,
     )
     t.close()
     return rule
 
 
-def _release(t: _Table | None, groups: frozenset[str]) -> ReleaseRules:
+def _release(t: _Table | None, groups: frozenset[str], gpu_groups: frozenset[str]) -> ReleaseRules:
     if t is None:
         return ReleaseRules()
     d = t.table("defaults")
@@ -364,7 +457,7 @@ def _release(t: _Table | None, groups: frozenset[str]) -> ReleaseRules:
         )
         d.close()
     rule_tables = t.tables("rules")
-    rules = tuple(_release_rule(r, i, defaults, groups) for i, r in enumerate(rule_tables))
+    rules = tuple(_release_rule(r, i, defaults, groups, gpu_groups) for i, r in enumerate(rule_tables))
     _unique_names(
         [(r.sub("name"), rule.name) for r, rule in zip(rule_tables, rules, strict=True)], "release rule"
     )
@@ -382,6 +475,7 @@ def build_policy(document: dict[str, Any], source: str) -> Policy:
         )
     appraisal = _appraisal(root.required_table("appraisal"))
     partial = Policy(appraisal=appraisal, release=ReleaseRules(), source=source)
-    release = _release(root.table("release"), partial.groups())
+    gpu_groups = frozenset(g.name for g in appraisal.gpu.groups) if appraisal.gpu is not None else frozenset()
+    release = _release(root.table("release"), partial.groups(), gpu_groups)
     root.close()
     return Policy(appraisal=appraisal, release=release, version=version, source=source)

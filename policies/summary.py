@@ -35,6 +35,11 @@ def notes(policy: Policy) -> list[str]:
                 loose = [f"RTMR{i}" for i, v in enumerate(image.rtmrs) if v is None]
                 if loose:
                     out.append(f"TDX group {group.name!r} image {k} does not pin {', '.join(loose)}")
+    if a.gpu is not None:
+        if not a.gpu.require_rim_match:
+            out.append("GPUs whose measurements were not matched against their RIMs are accepted")
+        if not a.gpu.require_cc_mode:
+            out.append("GPUs outside confidential-computing mode are accepted")
     if a.snp is None and a.tdx is None:
         out.append("no TEE section: every node is rejected")
     elif not policy.groups():
@@ -53,7 +58,10 @@ def summarize(policy: Policy) -> dict[str, Any]:
     if a.tdx is not None:
         for t in a.tdx.groups:
             groups.setdefault(t.name, {})["tdx_images"] = len(t.images)
-    return {
+    if a.gpu is not None:
+        for gg in a.gpu.groups:
+            groups.setdefault(gg.name, {})["gpu_min_count"] = gg.min_count
+    out: dict[str, Any] = {
         "source": policy.source,
         "schema": policy.version,
         "digest": policy.digest,
@@ -68,8 +76,17 @@ def summarize(policy: Policy) -> dict[str, Any]:
                 "purposes": sorted(p.value for p in r.purposes),
                 "lease_seconds": r.lease_seconds,
                 "max_evidence_age": r.max_evidence_age,
+                **({"require_gpu_attested": True} if r.require_gpu_attested else {}),
             }
             for r in policy.release.rules
         ],
         "notes": notes(policy),
     }
+    if a.gpu is not None:
+        out["gpu"] = {
+            "min_count": a.gpu.min_count,
+            "architectures": sorted(a.gpu.architectures),
+            "min_driver": ".".join(str(p) for p in a.gpu.min_driver) if a.gpu.min_driver else None,
+            "vbios_versions": sorted(a.gpu.vbios_versions) if a.gpu.vbios_versions is not None else None,
+        }
+    return out

@@ -5,7 +5,11 @@
   ``SIGNING_DOMAIN || body``; the server accepts only the one canonical encoding of the parsed fields;
 - the TLS-key proof: the node's attested Ed25519 key signs ``TLS_KEY_PROOF_LABEL || nonce || spki``;
 - the error detail: the ``grpc-status-details-bin`` trailer holds an ``ErrorStatus`` with exactly one
-  ``Any`` packing an ``ErrorDetail`` whose ``reason`` is the stable code.
+  ``Any`` packing an ``ErrorDetail`` whose ``reason`` is the stable code;
+- the GPU binding (ARCHITECTURE.md, "GPU evidence in registration"): the nonce every GPU answers is
+  ``gpu_nonce(...)`` of the registration transcript, and the CPU report data commits to
+  ``gpu_commitment(...)`` of the GPU evidence list (empty list: no commitment, the report data of a node
+  without GPUs is unchanged).
 
 The key-name rule lives in ``kms.envelope.names`` (stdlib only; both ``policies`` and ``kms.envelope``
 import it, and keys already exist under it). Here: protobuf only, no clock, no I/O.
@@ -13,8 +17,9 @@ import it, and keys already exist under it). Here: protobuf only, no clock, no I
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
@@ -30,6 +35,13 @@ ERROR_DETAIL_TYPE = "type.googleapis.com/sovereign.v1.ErrorDetail"
 MAX_TEXT = 1024
 MAX_METADATA = 16
 _REASON_CODE = re.compile(r"[A-Z0-9_]{1,64}")
+GPU_NONCE_DOMAIN = b"sovereign/v1 gpu nonce"
+GPU_EVIDENCE_DOMAIN = b"sovereign/v1 gpu evidence"
+MAX_GPUS = 16
+MAX_GPU_REPORT = 16 << 10
+MAX_GPU_CERTS = 8
+MAX_GPU_CERT = 8 << 10
+MAX_GPU_ARCHITECTURE = 32
 
 
 class BodyRejected(ValueError):
@@ -136,3 +148,73 @@ def parse_error_detail(trailing: object) -> ErrorDetail | None:
         metadata = {_text(k)[:64]: _text(v) for k, v in list(detail.metadata.items())[:MAX_METADATA]}
         return ErrorDetail(detail.reason, _text(detail.domain), _text(detail.hint), metadata)
     return None
+
+
+# --- GPU evidence in registration --------------------------------------------------------------------
+
+
+class GpuEvidenceRejected(ValueError):
+    """A GPU evidence list outside the wire limits (the control plane answers REQUEST_INVALID)."""
+
+
+@dataclass(frozen=True)
+class GpuEvidenceItem:
+    """One GPU's evidence as it travels in ``RegisterRequest.gpu_evidence``: the SPDM request || response,
+    the device chain (DER, leaf first) and the architecture the node declares (diagnostics; the leaf decides)."""
+
+    report: bytes = field(repr=False)
+    certificates: tuple[bytes, ...] = field(repr=False)
+    architecture: str = ""
+
+
+def _prefixed(value: bytes, size: int) -> bytes:
+    return len(value).to_bytes(size, "big") + value
+
+
+def gpu_nonce(nonce: bytes, kem_suite: bytes, kem_public: bytes, signing_public: bytes) -> bytes:
+    """The 32-byte nonce every GPU of a registering node must answer: SHA-256 over the domain and the
+    registration transcript (the Challenge nonce and the node's keys, each with a 2-byte length)."""
+    fields = (nonce, kem_suite, kem_public, signing_public)
+    if not all(isinstance(f, bytes) and 1 <= len(f) <= 0xFFFF for f in fields):
+        raise GpuEvidenceRejected(
+            "the GPU nonce needs the Challenge nonce and the node's keys (1-65535 bytes each)"
+        )
+    return hashlib.sha256(GPU_NONCE_DOMAIN + b"".join(_prefixed(f, 2) for f in fields)).digest()
+
+
+def check_gpu_evidence(items: Sequence[GpuEvidenceItem]) -> tuple[GpuEvidenceItem, ...]:
+    """The list within the wire limits, or ``GpuEvidenceRejected``."""
+    if len(items) > MAX_GPUS:
+        raise GpuEvidenceRejected(f"at most {MAX_GPUS} GPUs")
+    for i, item in enumerate(items):
+        if not 1 <= len(item.report) <= MAX_GPU_REPORT:
+            raise GpuEvidenceRejected(f"GPU {i}: the report must be 1 byte to {MAX_GPU_REPORT} bytes")
+        if not 1 <= len(item.certificates) <= MAX_GPU_CERTS:
+            raise GpuEvidenceRejected(f"GPU {i}: 1 to {MAX_GPU_CERTS} certificates")
+        if any(not 1 <= len(c) <= MAX_GPU_CERT for c in item.certificates):
+            raise GpuEvidenceRejected(
+                f"GPU {i}: each certificate must be 1 byte to {MAX_GPU_CERT} bytes of DER"
+            )
+        if len(item.architecture.encode()) > MAX_GPU_ARCHITECTURE or not item.architecture.isascii():
+            raise GpuEvidenceRejected(
+                f"GPU {i}: the architecture is at most {MAX_GPU_ARCHITECTURE} ASCII characters"
+            )
+    return tuple(items)
+
+
+def gpu_commitment(items: Sequence[GpuEvidenceItem]) -> bytes:
+    """What the CPU report data commits to: empty for no GPUs (the report data stays as before GPUs existed),
+    else SHA-256 of the canonical encoding of the list, in the order sent:
+
+    ``"sovereign/v1 gpu evidence" || u16 count || per GPU: u32 len || report || u8 count ||
+    (u32 len || certificate)* || u8 len || architecture`` (big-endian lengths)."""
+    check_gpu_evidence(items)
+    if not items:
+        return b""
+    parts = [GPU_EVIDENCE_DOMAIN, len(items).to_bytes(2, "big")]
+    for item in items:
+        parts.append(_prefixed(item.report, 4))
+        parts.append(len(item.certificates).to_bytes(1, "big"))
+        parts.extend(_prefixed(c, 4) for c in item.certificates)
+        parts.append(_prefixed(item.architecture.encode("ascii"), 1))
+    return hashlib.sha256(b"".join(parts)).digest()

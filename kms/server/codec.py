@@ -24,7 +24,7 @@ from kms.usecases.attest import (
 from kms.usecases.release import ReleaseBody, Released, SignedRelease
 from policies import claims_from_dict
 from policies.errors import PolicyError
-from proto.contract import BodyRejected, decode_release_body
+from proto.contract import BodyRejected, GpuEvidenceItem, decode_release_body
 from proto.sovereign.v1 import admin_pb2, attestation_pb2, common_pb2, key_release_pb2
 
 _TEE = {common_pb2.TEE_SNP: "snp", common_pb2.TEE_TDX: "tdx"}
@@ -78,16 +78,28 @@ def keys_in(msg: attestation_pb2.NodeKeys) -> NodeKeys:
     return NodeKeys(suite, bytes(msg.kem_public_key), bytes(msg.signing_public_key))
 
 
-def evidence_in(msg: attestation_pb2.Evidence) -> EvidenceInput:
+def gpus_in(items: Iterable[attestation_pb2.GpuEvidence]) -> tuple[GpuEvidenceItem, ...]:
+    return tuple(
+        GpuEvidenceItem(bytes(g.report), tuple(bytes(c) for c in g.certificates), g.architecture)
+        for g in items
+    )
+
+
+def evidence_in(
+    msg: attestation_pb2.Evidence, gpus: Iterable[attestation_pb2.GpuEvidence] = ()
+) -> EvidenceInput:
     return EvidenceInput(
-        _TEE.get(msg.tee, ""), bytes(msg.report), tuple(bytes(e.der) for e in msg.endorsements)
+        _TEE.get(msg.tee, ""),
+        bytes(msg.report),
+        tuple(bytes(e.der) for e in msg.endorsements),
+        gpus_in(gpus),
     )
 
 
 def register_in(msg: attestation_pb2.RegisterRequest) -> RegisterInput:
     return RegisterInput(
         nonce=bytes(msg.nonce),
-        evidence=evidence_in(msg.evidence),
+        evidence=evidence_in(msg.evidence, msg.gpu_evidence),
         keys=keys_in(msg.keys),
         node_name=msg.node_name,
         requested_groups=tuple(msg.requested_groups),
@@ -95,7 +107,9 @@ def register_in(msg: attestation_pb2.RegisterRequest) -> RegisterInput:
 
 
 def renew_in(msg: attestation_pb2.RenewRequest) -> RenewInput:
-    return RenewInput(msg.node_id, bytes(msg.nonce), evidence_in(msg.evidence), keys_in(msg.keys))
+    return RenewInput(
+        msg.node_id, bytes(msg.nonce), evidence_in(msg.evidence, msg.gpu_evidence), keys_in(msg.keys)
+    )
 
 
 def lease_out(lease: Lease) -> common_pb2.Lease:

@@ -58,6 +58,7 @@ from kms.usecases.nonces import Challenge, NonceError, require_label
 from kms.usecases.policy_source import ActivePolicy
 from policies import Verdict, appraise
 from policies.errors import PolicyError
+from proto.contract import GpuEvidenceItem, GpuEvidenceRejected, check_gpu_evidence, gpu_commitment, gpu_nonce
 
 MAX_GROUPS = 32
 MAX_ENDORSEMENTS = 8
@@ -84,6 +85,7 @@ class EvidenceInput:
     tee: str  # "snp" or "tdx" as declared by the node
     report: bytes = field(repr=False)
     endorsements: tuple[bytes, ...] = field(default=(), repr=False)
+    gpus: tuple[GpuEvidenceItem, ...] = field(default=(), repr=False)  # RegisterRequest.gpu_evidence
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,10 @@ def check_evidence(evidence: EvidenceInput) -> None:
         raise _invalid("endorsements are only for SNP evidence")
     if any(not 1 <= len(e) <= 16 << 10 for e in evidence.endorsements):
         raise _invalid("each endorsement must be 1 byte to 16 KiB of DER")
+    try:
+        check_gpu_evidence(evidence.gpus)
+    except GpuEvidenceRejected as exc:
+        raise _invalid(f"gpu_evidence: {exc}") from None
 
 
 def check_groups(groups: Sequence[str]) -> tuple[str, ...]:
@@ -229,6 +235,14 @@ class Verifier(Protocol):
     def verify(self, report: bytes, endorsements: Sequence[bytes], now: datetime) -> Claims: ...
 
 
+class GpuVerifier(Protocol):
+    """``kms.usecases.gpu_appraisal.GpuVerifier``: the node's GPUs -> claim entries, or a GPU_* AttestationError."""
+
+    def verify(
+        self, items: Sequence[GpuEvidenceItem], *, nonce: bytes, now: datetime
+    ) -> list[dict[str, Any]]: ...
+
+
 class Policies(Protocol):
     """``kms.usecases.policy_source.PolicySource``."""
 
@@ -246,8 +260,10 @@ class Attestation:
         clock: Clock,
         metrics: Metrics | None = None,
         audit: AuditLedger | None = None,
+        gpus: GpuVerifier | None = None,
     ) -> None:
         self._nodes = nodes
+        self._gpus = gpus
         self._audit = audit
         self._nonces = nonces
         self._verifier = verifier
@@ -295,6 +311,7 @@ class Attestation:
         try:
             self._spend(req.nonce, req.node_name)
             claims = self._verify(req.evidence, req.nonce, req.keys)
+            claims = self._verify_gpus(req.evidence, req.nonce, req.keys, claims)
             appraisal = self._appraise(policy, claims)
         except _Rejected as rej:
             return self._rejected("", rej, policy)
@@ -370,6 +387,7 @@ class Attestation:
                 raise _reject(Code.NODE_NOT_FOUND, f"no node with id {req.node_id!r}", "register instead")
             self._check_renewable(node, req.keys)
             claims = self._verify(req.evidence, req.nonce, req.keys)
+            claims = self._verify_gpus(req.evidence, req.nonce, req.keys, claims)
             appraisal = self._appraise(policy, claims)
         except _Rejected as rej:
             return self._rejected(req.node_id if node else "", rej, policy)
@@ -433,13 +451,44 @@ class Attestation:
                     "set Evidence.tee to the TEE that produced the report",
                 )
             claims = self._verifier.verify(evidence.report, evidence.endorsements, self._clock())
-            verify_binding(claims.report_data, nonce, keys.kem_suite, keys.kem_public, keys.signing_public)
+            verify_binding(
+                claims.report_data, nonce, keys.kem_suite, keys.kem_public, keys.signing_public,
+                gpu_commitment=gpu_commitment(evidence.gpus),
+            )  # fmt: skip
         except AttestationError as err:
             raise _Rejected(reason_dicts([err])) from None
         finally:
             if self._metrics is not None:
                 self._metrics.verification_seconds.labels(evidence.tee).observe(time.perf_counter() - started)
         return claims
+
+    def _verify_gpus(self, evidence: EvidenceInput, nonce: bytes, keys: NodeKeys, claims: Claims) -> Claims:
+        """The GPUs the CPU report committed to, each answering the transcript's GPU nonce; their entries go
+        beside the CPU claims (``details["gpus"]``). A node without GPUs keeps its claims as they were. The
+        node is authenticated by now (its CPU evidence bound the nonce), so a refusal carries its claims."""
+        if not evidence.gpus:
+            return claims
+        started = time.perf_counter()
+        try:
+            if self._gpus is None:
+                raise _Rejected(
+                    [
+                        {
+                            "code": "GPU_COLLATERAL_MISSING",
+                            "message": "this control plane verifies no GPU evidence (no GPU verifier configured)",
+                            "hint": "",
+                        }
+                    ],
+                    claims,
+                )
+            expected = gpu_nonce(nonce, keys.kem_suite, keys.kem_public, keys.signing_public)
+            entries = self._gpus.verify(evidence.gpus, nonce=expected, now=self._clock())
+        except AttestationError as err:
+            raise _Rejected(reason_dicts([err]), claims) from None
+        finally:
+            if self._metrics is not None:
+                self._metrics.verification_seconds.labels("gpu").observe(time.perf_counter() - started)
+        return dataclasses.replace(claims, details={**claims.details, "gpus": entries})
 
     def _appraise(self, policy: ActivePolicy, claims: Claims) -> Any:
         try:

@@ -49,6 +49,8 @@ def load_trust(path: Path | None) -> trust.TrustStore:
             amd_arks={str(k): str(v) for k, v in doc["amd_arks"].items()},
             intel_roots=frozenset(str(v) for v in doc["intel_roots"]),
             allow_simulated=bool(doc.get("allow_simulated", False)),
+            nvidia_device_roots=frozenset(str(v) for v in doc.get("nvidia_device_roots", [])),
+            nvidia_rim_roots=frozenset(str(v) for v in doc.get("nvidia_rim_roots", [])),
         )
     except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
         raise ChainInvalid(
@@ -59,12 +61,13 @@ def load_trust(path: Path | None) -> trust.TrustStore:
 
 
 def dump_trust(store: trust.TrustStore) -> str:
-    return json.dumps(
-        {
-            "name": store.name,
-            "amd_arks": dict(store.amd_arks),
-            "intel_roots": sorted(store.intel_roots),
-            "allow_simulated": store.allow_simulated,
-        },
-        indent=2,
-    )
+    doc: dict[str, object] = {
+        "name": store.name,
+        "amd_arks": dict(store.amd_arks),
+        "intel_roots": sorted(store.intel_roots),
+        "allow_simulated": store.allow_simulated,
+    }
+    if store.nvidia_device_roots or store.nvidia_rim_roots:  # written only when pinned: older files unchanged
+        doc["nvidia_device_roots"] = sorted(store.nvidia_device_roots)
+        doc["nvidia_rim_roots"] = sorted(store.nvidia_rim_roots)
+    return json.dumps(doc, indent=2)

@@ -3,7 +3,8 @@
 ``DIR/pki.json`` (0600, in a 0700 folder): the test roots and CAs (``attestation.simulate.persist``);
 ``DIR/trust.json``: the simulation trust profile pinning them (``sovereign serve --trust DIR/trust.json``);
 ``DIR/collateral``: a collateral store with their CRLs, TCB info and QE identity
-(``sovereign serve --collateral DIR/collateral``). Nodes use it with ``--provider simulated-snp|tdx
+(``sovereign serve --collateral DIR/collateral``); ``DIR/gpu-pki.json``: simulated NVIDIA GPU roots and CAs
+(nodes' ``--sim-gpus N``), pinned in trust.json, their RIMs and OCSP/CRLs in ``DIR/collateral/gpu``. Nodes use it with ``--provider simulated-snp|tdx
 --sim-pki DIR``. The production trust profile refuses these roots (TEST_ROOT_IN_PRODUCTION).
 """
 
@@ -15,11 +16,15 @@ from pathlib import Path
 
 from attestation.collateral import CollateralItem, ItemKind
 from attestation.simulate import SimulatedPki
+from attestation.simulate.gpu import GpuSimulator
+from attestation.simulate.gpu_persist import dump_gpu_simulator, gpu_collateral, pin_gpu_roots
 from attestation.simulate.persist import dump_pki
 from attestation.store import CollateralStore
+from kms.usecases.gpu_appraisal import save_gpu_collateral
 from sovereign.cli._common import dump_trust
 
 PKI_FILE = "pki.json"
+GPU_PKI_FILE = "gpu-pki.json"
 _KINDS = {
     "certs": ItemKind.CERTIFICATE,
     "crls": ItemKind.CRL,
@@ -35,12 +40,11 @@ def save_sim_pki(pki: SimulatedPki, directory: Path, now: datetime) -> dict[str,
     pki.mint_snp_report()  # makes the ASKs whose CRLs and certificates go in the store
     pki.mint_snp_report(signing_key="vlek")
     target = directory / PKI_FILE
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), 0o600)
-        out.write(dump_pki(pki))
+    _write_private(target, dump_pki(pki))
+    gpus = GpuSimulator(now)
+    _write_private(directory / GPU_PKI_FILE, dump_gpu_simulator(gpus))
     trust = directory / "trust.json"
-    trust.write_text(dump_trust(pki.trust_store()) + "\n")
+    trust.write_text(dump_trust(pin_gpu_roots(pki.trust_store(), gpus)) + "\n")
     items = [
         (CollateralItem(_KINDS[kind], data), "simulator")
         for group in (pki.snp_collateral_items(), pki.tdx_collateral_items())
@@ -48,4 +52,18 @@ def save_sim_pki(pki: SimulatedPki, directory: Path, now: datetime) -> dict[str,
         for data in values
     ]
     CollateralStore(directory / "collateral").import_items(items, trust=pki.trust_store(), now=now)
+    files = gpu_collateral(gpus)
+    save_gpu_collateral(
+        directory / "collateral" / "gpu",
+        rims=files.rims,
+        ocsp_responses=files.ocsp_responses,
+        crls=files.crls,
+    )
     return {"pki": str(target), "trust": str(trust), "collateral": str(directory / "collateral")}
+
+
+def _write_private(target: Path, data: bytes) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(data)

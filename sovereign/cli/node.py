@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from enclave.agent import PROC_MOUNTS, NodeAgent, check_plaintext_output
-from enclave.config import PROVIDER_CHOICES, NodeConfig, build_client, build_provider
+from enclave.config import PROVIDER_CHOICES, NodeConfig, build_client, build_gpu_source, build_provider
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
+from enclave.providers.gpu import REPORT_FAULTS
 from kms.envelope import EnvelopeError
 from sovereign.cli import _node_agent as node_agent
 from sovereign.cli._output import fail, print_json
@@ -61,6 +62,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             default=None,
             metavar="HEX",
             help="simulated providers only: the SNP MEASUREMENT / TDX MRTD to report (default zeros)",
+        )
+        p.add_argument(
+            "--sim-gpus",
+            type=int,
+            default=None,
+            metavar="N",
+            help="simulated providers only: attest N simulated H100s with the node (env SOVEREIGN_NODE_SIM_GPUS)",
+        )
+        p.add_argument(
+            "--sim-gpu-fault",
+            choices=REPORT_FAULTS,
+            default=None,
+            help="simulated GPUs only: what they report wrongly (e.g. vbios-mismatch)",
         )
         p.add_argument("--node-name", help="this node's name, an RFC 1123 label (env SOVEREIGN_NODE_NAME)")
         p.add_argument("--group", action="append", default=None, help="group to request (repeatable)")
@@ -127,11 +141,19 @@ def _session(args: argparse.Namespace) -> Iterator[tuple[NodeAgent, dict[str, An
         timeout=args.timeout,
         sim_pki=args.sim_pki,
         sim_measurement=args.sim_measurement,
+        sim_gpus=args.sim_gpus,
+        sim_gpu_fault=args.sim_gpu_fault,
     )
     provider = build_provider(config)
+    gpus = build_gpu_source(config)
     with build_client(config) as client:
         agent = NodeAgent(
-            client, provider, NodeIdentity.generate(), node_name=config.node_name, groups=config.groups
+            client,
+            provider,
+            NodeIdentity.generate(),
+            node_name=config.node_name,
+            groups=config.groups,
+            gpus=gpus,
         )
         registration = agent.require_attested(agent.register())
         yield agent, registration.to_dict()

@@ -3,8 +3,10 @@
 A real OpenBao (dev mode, file audit device), the real ``sovereign serve`` on loopback over TLS with SQLite,
 and simulated nodes whose evidence is in the real SEV-SNP / TDX formats: an SNP and a TDX node register,
 a data owner seals a dataset, both nodes fetch the key and stream-decrypt it (hash checked), a model
-output is sealed with a model key; a debug guest, a wrong-measurement guest and a below-minimum-TCB guest
-are refused with their codes; a node is revoked and then denied.
+output is sealed with a model key; an SNP node with two simulated H100s registers with its GPUs verified and
+bound to its registration, and one whose VBIOS does not match its RIM is refused with the GPU code; a debug
+guest, a wrong-measurement guest and a below-minimum-TCB guest are refused with their codes; a node is
+revoked and then denied.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import grpc
 import hvac
 
 from attestation.simulate import SimulatedPki
+from attestation.simulate.gpu import GpuSimulator
 from enclave.agent import NodeAgent
 from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
 from enclave.identity import NodeIdentity
+from enclave.providers.gpu import GpuEvidenceSource, SimulatedGpus
 from enclave.providers.simulated import simulated_snp, simulated_tdx
 from enclave.workload import MemoryKeySource, open_sealed
 from kms.audit.checkpoint import load_audit_keys
@@ -150,10 +154,10 @@ def _audit_steps(
 
 @contextmanager
 def running_site(
-    workdir: Path, pki: SimulatedPki, now: datetime
+    workdir: Path, pki: SimulatedPki, now: datetime, gpus: GpuSimulator | None = None
 ) -> Iterator[tuple[ControlPlane, Bao, realm.Standin]]:
     with ExitStack() as stack:
-        inputs = prepare_inputs(workdir / "site", pki, now)
+        inputs = prepare_inputs(workdir / "site", pki, now, gpus=gpus)
         idp = realm.start()
         stack.callback(idp.stop)
         bao = start_bao(workdir)
@@ -253,14 +257,39 @@ def _training_step(rec: Recorder, *, workdir: Path, plane: ControlPlane, bao: Ba
     )
 
 
+def _gpu_steps(rec: Recorder, node: Callable[..., NodeAgent], pki: SimulatedPki, gpus: GpuSimulator) -> None:
+    """SNP nodes with two simulated H100s each: the GPUs answer a nonce derived from the registration and
+    the CPU report commits to their evidence; the control plane verifies them against its offline RIMs and
+    OCSP/CRLs and appraises them under [appraisal.gpu]."""
+    cases = [
+        ("SNP node + 2 H100s", SimulatedGpus(gpus, 2, seed="trainer-gpu"), "ATTESTED"),
+        (
+            "H100 VBIOS not its RIM",
+            SimulatedGpus(gpus, 2, seed="odd-vbios", fault="vbios-mismatch"),
+            "GPU_MEASUREMENT_MISMATCH",
+        ),
+    ]
+    for actor, source, expected in cases:
+        result = node(actor.replace(" ", "-").replace("+", "").replace("--", "-").lower(),
+                      simulated_snp(pki, measurement=SNP_MEASUREMENT), source).register()  # fmt: skip
+        codes = [r.code for r in result.reasons]
+        if result.state is NodeState.ATTESTED:
+            outcome, detail = "ATTESTED", f"{source.count} GPUs verified; groups {','.join(result.groups)}"
+        else:
+            outcome = expected if expected in codes else result.state.name
+            detail = ",".join(codes)
+        rec.add("register with GPUs", actor, expected, outcome, detail)
+
+
 def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
     now = datetime.now(UTC)
     pki = SimulatedPki.generate(now)
+    gpus = GpuSimulator(now)  # test NVIDIA device and RIM roots, pinned by the demo's trust profile
     rec = Recorder(progress)
     progress(
         "starting the dev Keycloak realm, OpenBao (dev, file audit) and the control plane on loopback ..."
     )
-    with running_site(workdir, pki, now) as (plane, bao, idp), ExitStack() as stack:
+    with running_site(workdir, pki, now, gpus) as (plane, bao, idp), ExitStack() as stack:
         assert plane.ca is not None
         ca = plane.ca.read_bytes()
         token = sign_in(idp, "alice")
@@ -280,10 +309,17 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
         stack.callback(channel.close)
         admin = AdminClient(channel, timeout=30)
 
-        def node(name: str, provider: Any) -> NodeAgent:
+        def node(name: str, provider: Any, gpu_source: GpuEvidenceSource | None = None) -> NodeAgent:
             client = ControlPlaneClient(plane.target, ca_pem=ca, timeout=15)
             stack.callback(client.close)
-            return NodeAgent(client, provider, NodeIdentity.generate(), node_name=name, groups=["trainers"])
+            return NodeAgent(
+                client,
+                provider,
+                NodeIdentity.generate(),
+                node_name=name,
+                groups=["trainers"],
+                gpus=gpu_source,
+            )
 
         admin.create_key(DATASET_KEY, records.KeyKind.DATASET)
         admin.create_key(MODEL_KEY, records.KeyKind.MODEL)
@@ -341,6 +377,8 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
             rec.add("fetch dataset key for writing", "TDX node", "RELEASE_PURPOSE_NOT_ALLOWED", _code(err))
 
         _training_step(rec, workdir=workdir, plane=plane, bao=bao, pki=pki)
+
+        _gpu_steps(rec, node, pki, gpus)
 
         below = {"bootloader": 3, "tee": 0, "snp": 7, "microcode": 115}  # demo policy: Milan snp >= 8
         guests = [

@@ -19,8 +19,11 @@ from pathlib import Path
 
 from attestation.collateral import CollateralItem, ItemKind
 from attestation.simulate import SimulatedPki
+from attestation.simulate.gpu import GpuSimulator
+from attestation.simulate.gpu_persist import gpu_collateral, pin_gpu_roots
 from attestation.store import CollateralStore
 from kms.openbao.bootstrap import BootstrapReport, bootstrap
+from kms.usecases.gpu_appraisal import save_gpu_collateral
 from sovereign.cli._common import dump_trust
 from sovereign.devtools.openbao_server import OpenBaoServer, free_port
 
@@ -42,8 +45,15 @@ class Inputs:
     policy: Path
 
 
-def prepare_inputs(workdir: Path, pki: SimulatedPki, now: datetime, policy_text: str | None = None) -> Inputs:
-    """The simulation trust profile, a collateral store holding the PKI's collateral, and a policy."""
+def prepare_inputs(
+    workdir: Path,
+    pki: SimulatedPki,
+    now: datetime,
+    policy_text: str | None = None,
+    gpus: GpuSimulator | None = None,
+) -> Inputs:
+    """The simulation trust profile, a collateral store holding the PKI's collateral, and a policy; with
+    ``gpus``, the simulated NVIDIA roots pinned too and their RIMs and OCSP/CRLs in the store's gpu/ folder."""
     workdir.mkdir(parents=True, exist_ok=True)
     pki.mint_snp_report(measurement=SNP_MEASUREMENT)  # its VCEK goes in the store with every ARK CRL
     items = [
@@ -53,8 +63,18 @@ def prepare_inputs(workdir: Path, pki: SimulatedPki, now: datetime, policy_text:
         for data in values
     ]
     CollateralStore(workdir / "collateral").import_items(items, trust=pki.trust_store(), now=now)
+    trust_store = pki.trust_store()
+    if gpus is not None:
+        trust_store = pin_gpu_roots(trust_store, gpus)
+        files = gpu_collateral(gpus)
+        save_gpu_collateral(
+            workdir / "collateral" / "gpu",
+            rims=files.rims,
+            ocsp_responses=files.ocsp_responses,
+            crls=files.crls,
+        )
     trust = workdir / "trust.json"
-    trust.write_text(dump_trust(pki.trust_store()))
+    trust.write_text(dump_trust(trust_store))
     policy = workdir / "policy.toml"
     if policy_text is None:
         policy_text = resources.files("policies.defaults").joinpath("demo.toml").read_text()

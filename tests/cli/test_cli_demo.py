@@ -25,6 +25,10 @@ def test_demo_runs_the_whole_lifecycle_and_every_outcome_is_expected(tmp_path: P
     assert steps[("debug guest", "register")]["outcome"] == "POLICY_DEBUG_FORBIDDEN"
     assert steps[("wrong measurement", "register")]["outcome"] == "POLICY_MEASUREMENT_NOT_ALLOWED"
     assert steps[("below-minimum TCB", "register")]["outcome"] == "POLICY_TCB_BELOW_MINIMUM"
+    # issue 17: an SNP node with two simulated H100s registers; one whose VBIOS is not its RIM's is refused
+    assert steps[("SNP node + 2 H100s", "register with GPUs")]["outcome"] == "ATTESTED"
+    assert steps[("SNP node + 2 H100s", "register with GPUs")]["detail"].startswith("2 GPUs verified")
+    assert steps[("H100 VBIOS not its RIM", "register with GPUs")]["outcome"] == "GPU_MEASUREMENT_MISMATCH"
     assert steps[("TDX node", "fetch key after revocation")]["outcome"] == "RELEASE_NODE_NOT_ATTESTED"
     for tee in ("SNP", "TDX"):
         assert steps[(f"{tee} node", "fetch key + stream-decrypt dataset")]["outcome"] == "ok"

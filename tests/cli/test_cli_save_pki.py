@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from attestation.simulate.gpu_persist import load_gpu_simulator, pin_gpu_roots
 from attestation.simulate.persist import load_pki
 from sovereign.cli._common import dump_trust
 
@@ -25,9 +26,14 @@ def test_save_pki_writes_a_private_pki_and_its_trust_profile(tmp_path: Path) -> 
     report = json.loads(done.stdout)
     assert report["saved_pki"]["pki"] == str(saved / "pki.json")
     assert (saved / "pki.json").stat().st_mode & 0o777 == 0o600
+    assert (saved / "gpu-pki.json").stat().st_mode & 0o777 == 0o600
     pki = load_pki((saved / "pki.json").read_bytes())
-    assert json.loads((saved / "trust.json").read_text()) == json.loads(dump_trust(pki.trust_store()))
-    assert (saved / "trust.json").read_text() == (out / "trust.json").read_text()  # the same roots
+    gpus = load_gpu_simulator((saved / "gpu-pki.json").read_bytes())
+    saved_trust = json.loads((saved / "trust.json").read_text())
+    assert saved_trust == json.loads(dump_trust(pin_gpu_roots(pki.trust_store(), gpus)))
+    cpu_roots = {k: v for k, v in saved_trust.items() if not k.startswith("nvidia_")}
+    assert cpu_roots == json.loads((out / "trust.json").read_text())  # the same roots
+    assert len(list((saved / "collateral" / "gpu" / "rims").iterdir())) == 2  # driver and VBIOS RIMs
     verify = subprocess.run(
         [sys.executable, "-m", "sovereign", "evidence", "verify", str(out / "evidence.bin"), "--collateral",
          str(saved / "collateral"), "--trust", str(saved / "trust.json")],

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from proto.sovereign.v1 import common_pb2 as proto_dot_sovereign_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$proto/sovereign/v1/attestation.proto\x12\x0csovereign.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fproto/sovereign/v1/common.proto\";\n\x08KemSuite\x12\x0e\n\x06kem_id\x18\x01 \x01(\r\x12\x0e\n\x06kdf_id\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x65\x61\x64_id\x18\x03 \x01(\r\"i\n\x08NodeKeys\x12)\n\tkem_suite\x18\x01 \x01(\x0b\x32\x16.sovereign.v1.KemSuite\x12\x16\n\x0ekem_public_key\x18\x02 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x03 \x01(\x0c\"(\n\x0b\x45ndorsement\x12\x0c\n\x04guid\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x65r\x18\x02 \x01(\x0c\"k\n\x08\x45vidence\x12\x1e\n\x03tee\x18\x01 \x01(\x0e\x32\x11.sovereign.v1.Tee\x12\x0e\n\x06report\x18\x02 \x01(\x0c\x12/\n\x0c\x65ndorsements\x18\x03 \x03(\x0b\x32\x19.sovereign.v1.Endorsement\"%\n\x10\x43hallengeRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"\x87\x01\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x13\x61\x63\x63\x65pted_kem_suites\x18\x03 \x03(\x0b\x32\x16.sovereign.v1.KemSuite\"\xd1\x01\n\x0fRegisterRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12(\n\x08\x65vidence\x18\x02 \x01(\x0b\x32\x16.sovereign.v1.Evidence\x12$\n\x04keys\x18\x03 \x01(\x0b\x32\x16.sovereign.v1.NodeKeys\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x18\n\x10requested_groups\x18\x05 \x03(\t\x12\x32\n\x0e\x63lient_tls_key\x18\x06 \x01(\x0b\x32\x1a.sovereign.v1.ClientTlsKey\"\xb2\x01\n\x0cRenewRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12(\n\x08\x65vidence\x18\x03 \x01(\x0b\x32\x16.sovereign.v1.Evidence\x12$\n\x04keys\x18\x04 \x01(\x0b\x32\x16.sovereign.v1.NodeKeys\x12\x32\n\x0e\x63lient_tls_key\x18\x05 \x01(\x0b\x32\x1a.sovereign.v1.ClientTlsKey\"\xdc\x01\n\rClaimsSummary\x12\x1e\n\x03tee\x18\x01 \x01(\x0e\x32\x11.sovereign.v1.Tee\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x18\n\x10\x65vidence_version\x18\x03 \x01(\r\x12\x13\n\x0bmeasurement\x18\x04 \x01(\x0c\x12\x11\n\thost_data\x18\x05 \x01(\x0c\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\x12\x12\n\ntcb_status\x18\x07 \x01(\t\x12\x13\n\x0bplatform_id\x18\x08 \x01(\x0c\x12\r\n\x05rtmrs\x18\t \x03(\x0c\x12\x11\n\tsimulated\x18\n \x01(\x08\"5\n\x0c\x43lientTlsKey\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xb6\x02\n\x11\x41ttestationResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.sovereign.v1.NodeState\x12\"\n\x05lease\x18\x03 \x01(\x0b\x32\x13.sovereign.v1.Lease\x12%\n\x07reasons\x18\x04 \x03(\x0b\x32\x14.sovereign.v1.Reason\x12+\n\x06\x63laims\x18\x05 \x01(\x0b\x32\x1b.sovereign.v1.ClaimsSummary\x12\x0e\n\x06groups\x18\x06 \x03(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x04\x12\x16\n\x0e\x61udit_sequence\x18\x08 \x01(\x04\x12\x1a\n\x12\x63lient_certificate\x18\t \x01(\x0c\x12\x14\n\x0crelease_port\x18\n \x01(\r2\xed\x01\n\x0b\x41ttestation\x12L\n\tChallenge\x12\x1e.sovereign.v1.ChallengeRequest\x1a\x1f.sovereign.v1.ChallengeResponse\x12J\n\x08Register\x12\x1d.sovereign.v1.RegisterRequest\x1a\x1f.sovereign.v1.AttestationResult\x12\x44\n\x05Renew\x12\x1a.sovereign.v1.RenewRequest\x1a\x1f.sovereign.v1.AttestationResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$proto/sovereign/v1/attestation.proto\x12\x0csovereign.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fproto/sovereign/v1/common.proto\";\n\x08KemSuite\x12\x0e\n\x06kem_id\x18\x01 \x01(\r\x12\x0e\n\x06kdf_id\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x65\x61\x64_id\x18\x03 \x01(\r\"i\n\x08NodeKeys\x12)\n\tkem_suite\x18\x01 \x01(\x0b\x32\x16.sovereign.v1.KemSuite\x12\x16\n\x0ekem_public_key\x18\x02 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x03 \x01(\x0c\"(\n\x0b\x45ndorsement\x12\x0c\n\x04guid\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x65r\x18\x02 \x01(\x0c\"k\n\x08\x45vidence\x12\x1e\n\x03tee\x18\x01 \x01(\x0e\x32\x11.sovereign.v1.Tee\x12\x0e\n\x06report\x18\x02 \x01(\x0c\x12/\n\x0c\x65ndorsements\x18\x03 \x03(\x0b\x32\x19.sovereign.v1.Endorsement\"I\n\x0bGpuEvidence\x12\x0e\n\x06report\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0c\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\"%\n\x10\x43hallengeRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"\x87\x01\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x13\x61\x63\x63\x65pted_kem_suites\x18\x03 \x03(\x0b\x32\x16.sovereign.v1.KemSuite\"\x82\x02\n\x0fRegisterRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12(\n\x08\x65vidence\x18\x02 \x01(\x0b\x32\x16.sovereign.v1.Evidence\x12$\n\x04keys\x18\x03 \x01(\x0b\x32\x16.sovereign.v1.NodeKeys\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x18\n\x10requested_groups\x18\x05 \x03(\t\x12\x32\n\x0e\x63lient_tls_key\x18\x06 \x01(\x0b\x32\x1a.sovereign.v1.ClientTlsKey\x12/\n\x0cgpu_evidence\x18\x07 \x03(\x0b\x32\x19.sovereign.v1.GpuEvidence\"\xe3\x01\n\x0cRenewRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12(\n\x08\x65vidence\x18\x03 \x01(\x0b\x32\x16.sovereign.v1.Evidence\x12$\n\x04keys\x18\x04 \x01(\x0b\x32\x16.sovereign.v1.NodeKeys\x12\x32\n\x0e\x63lient_tls_key\x18\x05 \x01(\x0b\x32\x1a.sovereign.v1.ClientTlsKey\x12/\n\x0cgpu_evidence\x18\x06 \x03(\x0b\x32\x19.sovereign.v1.GpuEvidence\"\xdc\x01\n\rClaimsSummary\x12\x1e\n\x03tee\x18\x01 \x01(\x0e\x32\x11.sovereign.v1.Tee\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x18\n\x10\x65vidence_version\x18\x03 \x01(\r\x12\x13\n\x0bmeasurement\x18\x04 \x01(\x0c\x12\x11\n\thost_data\x18\x05 \x01(\x0c\x12\r\n\x05\x64\x65\x62ug\x18\x06 \x01(\x08\x12\x12\n\ntcb_status\x18\x07 \x01(\t\x12\x13\n\x0bplatform_id\x18\x08 \x01(\x0c\x12\r\n\x05rtmrs\x18\t \x03(\x0c\x12\x11\n\tsimulated\x18\n \x01(\x08\"5\n\x0c\x43lientTlsKey\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xb6\x02\n\x11\x41ttestationResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.sovereign.v1.NodeState\x12\"\n\x05lease\x18\x03 \x01(\x0b\x32\x13.sovereign.v1.Lease\x12%\n\x07reasons\x18\x04 \x03(\x0b\x32\x14.sovereign.v1.Reason\x12+\n\x06\x63laims\x18\x05 \x01(\x0b\x32\x1b.sovereign.v1.ClaimsSummary\x12\x0e\n\x06groups\x18\x06 \x03(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x04\x12\x16\n\x0e\x61udit_sequence\x18\x08 \x01(\x04\x12\x1a\n\x12\x63lient_certificate\x18\t \x01(\x0c\x12\x14\n\x0crelease_port\x18\n \x01(\r2\xed\x01\n\x0b\x41ttestation\x12L\n\tChallenge\x12\x1e.sovereign.v1.ChallengeRequest\x1a\x1f.sovereign.v1.ChallengeResponse\x12J\n\x08Register\x12\x1d.sovereign.v1.RegisterRequest\x1a\x1f.sovereign.v1.AttestationResult\x12\x44\n\x05Renew\x12\x1a.sovereign.v1.RenewRequest\x1a\x1f.sovereign.v1.AttestationResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,20 +41,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDORSEMENT']._serialized_end=328
   _globals['_EVIDENCE']._serialized_start=330
   _globals['_EVIDENCE']._serialized_end=437
-  _globals['_CHALLENGEREQUEST']._serialized_start=439
-  _globals['_CHALLENGEREQUEST']._serialized_end=476
-  _globals['_CHALLENGERESPONSE']._serialized_start=479
-  _globals['_CHALLENGERESPONSE']._serialized_end=614
-  _globals['_REGISTERREQUEST']._serialized_start=617
-  _globals['_REGISTERREQUEST']._serialized_end=826
-  _globals['_RENEWREQUEST']._serialized_start=829
-  _globals['_RENEWREQUEST']._serialized_end=1007
-  _globals['_CLAIMSSUMMARY']._serialized_start=1010
-  _globals['_CLAIMSSUMMARY']._serialized_end=1230
-  _globals['_CLIENTTLSKEY']._serialized_start=1232
-  _globals['_CLIENTTLSKEY']._serialized_end=1285
-  _globals['_ATTESTATIONRESULT']._serialized_start=1288
-  _globals['_ATTESTATIONRESULT']._serialized_end=1598
-  _globals['_ATTESTATION']._serialized_start=1601
-  _globals['_ATTESTATION']._serialized_end=1838
+  _globals['_GPUEVIDENCE']._serialized_start=439
+  _globals['_GPUEVIDENCE']._serialized_end=512
+  _globals['_CHALLENGEREQUEST']._serialized_start=514
+  _globals['_CHALLENGEREQUEST']._serialized_end=551
+  _globals['_CHALLENGERESPONSE']._serialized_start=554
+  _globals['_CHALLENGERESPONSE']._serialized_end=689
+  _globals['_REGISTERREQUEST']._serialized_start=692
+  _globals['_REGISTERREQUEST']._serialized_end=950
+  _globals['_RENEWREQUEST']._serialized_start=953
+  _globals['_RENEWREQUEST']._serialized_end=1180
+  _globals['_CLAIMSSUMMARY']._serialized_start=1183
+  _globals['_CLAIMSSUMMARY']._serialized_end=1403
+  _globals['_CLIENTTLSKEY']._serialized_start=1405
+  _globals['_CLIENTTLSKEY']._serialized_end=1458
+  _globals['_ATTESTATIONRESULT']._serialized_start=1461
+  _globals['_ATTESTATIONRESULT']._serialized_end=1771
+  _globals['_ATTESTATION']._serialized_start=1774
+  _globals['_ATTESTATION']._serialized_end=2011
 # @@protoc_insertion_point(module_scope)

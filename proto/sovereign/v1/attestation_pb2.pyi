@@ -50,6 +50,16 @@ class Evidence(_message.Message):
     endorsements: _containers.RepeatedCompositeFieldContainer[Endorsement]
     def __init__(self, tee: _Optional[_Union[_common_pb2.Tee, str]] = ..., report: _Optional[bytes] = ..., endorsements: _Optional[_Iterable[_Union[Endorsement, _Mapping]]] = ...) -> None: ...
 
+class GpuEvidence(_message.Message):
+    __slots__ = ("report", "certificates", "architecture")
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    report: bytes
+    certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    architecture: str
+    def __init__(self, report: _Optional[bytes] = ..., certificates: _Optional[_Iterable[bytes]] = ..., architecture: _Optional[str] = ...) -> None: ...
+
 class ChallengeRequest(_message.Message):
     __slots__ = ("node_name",)
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -67,34 +77,38 @@ class ChallengeResponse(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accepted_kem_suites: _Optional[_Iterable[_Union[KemSuite, _Mapping]]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("nonce", "evidence", "keys", "node_name", "requested_groups", "client_tls_key")
+    __slots__ = ("nonce", "evidence", "keys", "node_name", "requested_groups", "client_tls_key", "gpu_evidence")
     NONCE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_GROUPS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TLS_KEY_FIELD_NUMBER: _ClassVar[int]
+    GPU_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     nonce: bytes
     evidence: Evidence
     keys: NodeKeys
     node_name: str
     requested_groups: _containers.RepeatedScalarFieldContainer[str]
     client_tls_key: ClientTlsKey
-    def __init__(self, nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ..., node_name: _Optional[str] = ..., requested_groups: _Optional[_Iterable[str]] = ..., client_tls_key: _Optional[_Union[ClientTlsKey, _Mapping]] = ...) -> None: ...
+    gpu_evidence: _containers.RepeatedCompositeFieldContainer[GpuEvidence]
+    def __init__(self, nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ..., node_name: _Optional[str] = ..., requested_groups: _Optional[_Iterable[str]] = ..., client_tls_key: _Optional[_Union[ClientTlsKey, _Mapping]] = ..., gpu_evidence: _Optional[_Iterable[_Union[GpuEvidence, _Mapping]]] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
-    __slots__ = ("node_id", "nonce", "evidence", "keys", "client_tls_key")
+    __slots__ = ("node_id", "nonce", "evidence", "keys", "client_tls_key", "gpu_evidence")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TLS_KEY_FIELD_NUMBER: _ClassVar[int]
+    GPU_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     nonce: bytes
     evidence: Evidence
     keys: NodeKeys
     client_tls_key: ClientTlsKey
-    def __init__(self, node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ..., client_tls_key: _Optional[_Union[ClientTlsKey, _Mapping]] = ...) -> None: ...
+    gpu_evidence: _containers.RepeatedCompositeFieldContainer[GpuEvidence]
+    def __init__(self, node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ..., client_tls_key: _Optional[_Union[ClientTlsKey, _Mapping]] = ..., gpu_evidence: _Optional[_Iterable[_Union[GpuEvidence, _Mapping]]] = ...) -> None: ...
 
 class ClaimsSummary(_message.Message):
     __slots__ = ("tee", "product", "evidence_version", "measurement", "host_data", "debug", "tcb_status", "platform_id", "rtmrs", "simulated")

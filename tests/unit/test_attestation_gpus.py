@@ -1,0 +1,104 @@
+"""The Attestation use case with GPU evidence, over the fakes of tests/node_fakes.py and the real GPU
+verifier over simulated GPUs: GPU claims stored beside CPU claims, a server without a GPU verifier fails
+closed, a GPU refusal is recorded with the (authenticated) CPU claims, out-of-limit lists are malformed."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from node_fakes import FakeNodes, FakeNonces, FakePolicies, FakeVerifier, evidence, keys_of
+
+from attestation.simulate.gpu import GpuSimulator
+from attestation.simulate.gpu_persist import gpu_collateral
+from enclave.identity import NodeIdentity
+from enclave.providers.gpu import SimulatedGpus
+from kms.clock import ManualClock
+from kms.errors import Code, KmsError
+from kms.usecases.attest import Attestation, AttestationOutcome, Outcome, RegisterInput
+from kms.usecases.gpu_appraisal import GpuCollateralFolder, GpuVerifier, save_gpu_collateral
+from proto.contract import GpuEvidenceItem, gpu_commitment, gpu_nonce
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+def sim() -> GpuSimulator:
+    return GpuSimulator(NOW)
+
+
+def use_case(gpus: GpuVerifier | None) -> tuple[Attestation, FakeNonces, FakeNodes]:
+    nonces, nodes, policies = FakeNonces(), FakeNodes(), FakePolicies()
+    nodes.active_version = lambda: policies.version
+    attestation = Attestation(
+        nodes, nonces=nonces, verifier=FakeVerifier(), policies=policies, clock=ManualClock(NOW), gpus=gpus
+    )
+    return attestation, nonces, nodes
+
+
+def register(
+    attestation: Attestation,
+    nonces: FakeNonces,
+    sim: GpuSimulator,
+    *,
+    fault: str | None = None,
+    count: int = 2,
+) -> AttestationOutcome:
+    identity = NodeIdentity.generate()
+    nonce = nonces.issue("gpu-node").nonce
+    expected = gpu_nonce(nonce, identity.kem_suite, identity.kem_public, identity.signing_public)
+    items = tuple(
+        GpuEvidenceItem(g.report, g.chain, g.declared_architecture or "")
+        for g in SimulatedGpus(sim, count, seed="uc", fault=fault).collect(expected)
+    )
+    report = evidence(identity.report_data(nonce, gpu_commitment=gpu_commitment(items)))
+    report = dataclasses.replace(report, gpus=items)
+    return attestation.register(RegisterInput(nonce, report, keys_of(identity), "gpu-node", ("trainers",)))
+
+
+@pytest.fixture(scope="module")
+def verifier(sim: GpuSimulator, tmp_path_factory: pytest.TempPathFactory) -> GpuVerifier:
+    folder: Path = tmp_path_factory.mktemp("gpu")
+    files = gpu_collateral(sim)
+    save_gpu_collateral(folder, rims=files.rims, ocsp_responses=files.ocsp_responses, crls=files.crls)
+    return GpuVerifier(sim.trust_store(), GpuCollateralFolder(folder, sim.trust_store()))
+
+
+def test_gpu_claims_are_stored_beside_the_cpu_claims(sim: GpuSimulator, verifier: GpuVerifier) -> None:
+    attestation, nonces, nodes = use_case(verifier)
+    result = register(attestation, nonces, sim)
+    assert result.outcome is Outcome.ATTESTED
+    assert result.claims is not None and len(result.claims.details["gpus"]) == 2
+    stored = nodes.get(result.node_id)
+    assert (
+        stored is not None and [g["architecture"] for g in stored.claims["details"]["gpus"]] == ["HOPPER"] * 2
+    )
+
+
+def test_without_a_gpu_verifier_gpu_evidence_fails_closed(sim: GpuSimulator) -> None:
+    attestation, nonces, _ = use_case(None)
+    result = register(attestation, nonces, sim)
+    assert result.outcome is Outcome.REJECTED and [r["code"] for r in result.reasons] == [
+        "GPU_COLLATERAL_MISSING"
+    ]
+    assert result.authenticated  # the CPU evidence bound the nonce: the refusal is recorded with its claims
+
+
+def test_a_gpu_refusal_carries_the_cpu_claims(sim: GpuSimulator, verifier: GpuVerifier) -> None:
+    attestation, nonces, _ = use_case(verifier)
+    result = register(attestation, nonces, sim, fault="vbios-mismatch")
+    assert [r["code"] for r in result.reasons] == ["GPU_MEASUREMENT_MISMATCH"] and result.authenticated
+
+
+def test_out_of_limit_gpu_lists_are_malformed_requests(sim: GpuSimulator, verifier: GpuVerifier) -> None:
+    attestation, nonces, _ = use_case(verifier)
+    identity = NodeIdentity.generate()
+    nonce = nonces.issue("gpu-node").nonce
+    report = dataclasses.replace(
+        evidence(identity.report_data(nonce)), gpus=(GpuEvidenceItem(b"r", (), "HOPPER"),)
+    )
+    with pytest.raises(KmsError) as info:
+        attestation.register(RegisterInput(nonce, report, keys_of(identity), "gpu-node", ()))
+    assert info.value.code is Code.REQUEST_INVALID

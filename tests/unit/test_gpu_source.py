@@ -1,0 +1,170 @@
+"""The node's GPU evidence seam: "no GPU" is an empty list, simulated GPUs answer the nonce they are given
+with stable device identities, survive a save/load of their PKI, and each fault knob makes the control
+plane's GPU verifier (kms/gpu_appraisal.py, over the interim collateral folder) refuse with its code;
+without collateral the verifier fails closed. Node settings refuse GPU options that cannot apply."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from attestation.errors import AttestationError, Code
+from attestation.gpu import parse_report
+from attestation.simulate.gpu import GpuSimulator
+from attestation.simulate.gpu_persist import (
+    GpuPkiFileError,
+    dump_gpu_simulator,
+    gpu_collateral,
+    load_gpu_simulator,
+)
+from enclave.config import NodeConfig, build_gpu_source
+from enclave.errors import NodeCode, NodeError
+from enclave.providers.gpu import REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
+from kms.usecases.gpu_appraisal import GpuCollateralFolder, GpuVerifier, save_gpu_collateral
+from proto.contract import GpuEvidenceItem
+
+NOW = datetime.now(UTC)  # the simulator's PKI is anchored here; the verifier is passed the same time
+EXPECTED = {
+    "vbios-mismatch": Code.GPU_MEASUREMENT_MISMATCH,
+    "malformed": Code.GPU_REPORT_MALFORMED,
+    "bad-signature": Code.GPU_SIGNATURE_INVALID,
+    "foreign-chain": Code.GPU_CHAIN_UNTRUSTED,
+    "expired-cert": Code.GPU_CERT_EXPIRED,
+    "fwid-mismatch": Code.GPU_FWID_MISMATCH,
+    "nonce-mismatch": Code.GPU_NONCE_MISMATCH,
+}
+
+
+@pytest.fixture(scope="module")
+def sim() -> GpuSimulator:
+    return GpuSimulator(NOW)
+
+
+@pytest.fixture(scope="module")
+def verifier(sim: GpuSimulator, tmp_path_factory: pytest.TempPathFactory) -> GpuVerifier:
+    folder = tmp_path_factory.mktemp("gpu-collateral")
+    files = gpu_collateral(sim)
+    save_gpu_collateral(folder, rims=files.rims, ocsp_responses=files.ocsp_responses, crls=files.crls)
+    return GpuVerifier(sim.trust_store(), GpuCollateralFolder(folder, sim.trust_store()))
+
+
+def _items(source: GpuEvidenceSource, nonce: bytes) -> list[GpuEvidenceItem]:
+    return [GpuEvidenceItem(g.report, g.chain, g.declared_architecture or "") for g in source.collect(nonce)]
+
+
+def test_no_gpu_is_an_empty_list() -> None:
+    assert isinstance(NoGpu(), GpuEvidenceSource)
+    assert NoGpu().collect(bytes(32)) == []
+    with pytest.raises(NodeError) as info:
+        NoGpu().collect(b"short")
+    assert info.value.code is NodeCode.REPORT_DATA_INVALID
+
+
+def test_simulated_gpus_answer_the_nonce_with_stable_identities(
+    sim: GpuSimulator, verifier: GpuVerifier
+) -> None:
+    source = SimulatedGpus(sim, 2, seed="node-a")
+    assert isinstance(source, GpuEvidenceSource)
+    nonce = os.urandom(32)
+    items = _items(source, nonce)
+    assert [parse_report(i.report).request.nonce for i in items] == [nonce, nonce]
+    first = verifier.verify(items, nonce=nonce, now=NOW)
+    again = verifier.verify(_items(source, nonce), nonce=nonce, now=NOW)
+    assert [e["ueid"] for e in first] == [e["ueid"] for e in again] and len({e["ueid"] for e in first}) == 2
+    entry = first[0]
+    assert (entry["architecture"], entry["measurement_result"], entry["rim_versions_match"]) == (
+        "HOPPER", "success", True,
+    )  # fmt: skip
+    assert (entry["cc_mode"], entry["revocation"], entry["simulated"]) == ("on", "good", True)
+    with pytest.raises(AttestationError) as info:  # another nonce: what a relayed list would answer
+        verifier.verify(items, nonce=os.urandom(32), now=NOW)
+    assert info.value.code == Code.GPU_NONCE_MISMATCH
+
+
+def test_the_same_gpu_twice_is_refused(sim: GpuSimulator, verifier: GpuVerifier) -> None:
+    nonce = os.urandom(32)
+    item = _items(SimulatedGpus(sim, 1, seed="twice"), nonce)[0]
+    with pytest.raises(AttestationError) as info:
+        verifier.verify([item, item], nonce=nonce, now=NOW)
+    assert info.value.code == Code.GPU_DUPLICATE_DEVICE
+
+
+@pytest.mark.parametrize("fault", REPORT_FAULTS)
+def test_each_fault_knob_yields_its_code(sim: GpuSimulator, verifier: GpuVerifier, fault: str) -> None:
+    assert set(EXPECTED) == set(REPORT_FAULTS)
+    nonce = os.urandom(32)
+    with pytest.raises(AttestationError) as info:
+        verifier.verify(
+            _items(SimulatedGpus(sim, 1, seed=f"f-{fault}", fault=fault), nonce), nonce=nonce, now=NOW
+        )
+    assert info.value.code == EXPECTED[fault], info.value.message
+
+
+def test_no_collateral_fails_closed(sim: GpuSimulator, tmp_path: Path) -> None:
+    nonce = os.urandom(32)
+    items = _items(SimulatedGpus(sim, 1), nonce)
+    for verifier in (
+        GpuVerifier(sim.trust_store(), None),
+        GpuVerifier(sim.trust_store(), GpuCollateralFolder(tmp_path / "absent", sim.trust_store())),
+    ):
+        with pytest.raises(AttestationError) as info:
+            verifier.verify(items, nonce=nonce, now=NOW)
+        assert info.value.code == Code.GPU_COLLATERAL_MISSING
+    # revocation answers but no RIM for the reported versions
+    files = gpu_collateral(sim)
+    save_gpu_collateral(tmp_path / "no-rims", rims=(), ocsp_responses=files.ocsp_responses, crls=files.crls)
+    folder = GpuCollateralFolder(tmp_path / "no-rims", sim.trust_store())
+    with pytest.raises(AttestationError) as missing:
+        GpuVerifier(sim.trust_store(), folder).verify(items, nonce=nonce, now=NOW)
+    assert missing.value.code == Code.GPU_COLLATERAL_MISSING
+    # the folder is re-read when its files change: the RIMs arrive, the same GPU verifies
+    save_gpu_collateral(tmp_path / "no-rims", rims=files.rims, ocsp_responses=(), crls=())
+    assert (
+        GpuVerifier(sim.trust_store(), folder).verify(items, nonce=nonce, now=NOW)[0]["measurement_result"]
+        == "success"
+    )
+
+
+def test_a_saved_simulator_mints_under_the_same_roots(sim: GpuSimulator, verifier: GpuVerifier) -> None:
+    loaded = load_gpu_simulator(dump_gpu_simulator(sim))
+    assert loaded.trust_store().nvidia_device_roots == sim.trust_store().nvidia_device_roots
+    nonce = os.urandom(32)
+    assert len(verifier.verify(_items(SimulatedGpus(loaded, 2), nonce), nonce=nonce, now=NOW)) == 2
+    for junk in (b"", b"{}", b'{"format": "sovereign-simulated-gpu-pki/1"}', b"[1]"):
+        with pytest.raises(GpuPkiFileError):
+            load_gpu_simulator(junk)
+
+
+def test_node_settings_for_simulated_gpus(sim: GpuSimulator, tmp_path: Path) -> None:
+    def config(**kw: object) -> NodeConfig:
+        return NodeConfig.resolve({}, server="h:1", node_name="n", insecure_dev=True, **kw)  # type: ignore[arg-type]
+
+    assert isinstance(build_gpu_source(config(provider="simulated-snp")), NoGpu)
+    for bad in (
+        {"provider": "auto", "sim_gpus": 2},
+        {"provider": "simulated-snp", "sim_gpus": 9},
+        {"provider": "simulated-snp", "sim_gpus": 2, "sim_gpu_fault": "revoked"},
+        {"provider": "simulated-snp", "sim_gpu_fault": "vbios-mismatch"},
+    ):
+        with pytest.raises(NodeError) as info:
+            config(**bad)
+        assert info.value.code is NodeCode.CONFIG_INVALID, bad
+    with pytest.raises(NodeError) as missing:
+        build_gpu_source(config(provider="simulated-snp", sim_gpus=2, sim_pki=tmp_path))
+    assert missing.value.code is NodeCode.PROVIDER_UNAVAILABLE
+    (tmp_path / "gpu-pki.json").write_bytes(dump_gpu_simulator(sim))
+    source = build_gpu_source(
+        config(provider="simulated-snp", sim_gpus=2, sim_gpu_fault="vbios-mismatch", sim_pki=tmp_path)
+    )
+    assert isinstance(source, SimulatedGpus) and (source.count, source.fault) == (2, "vbios-mismatch")
+    env = NodeConfig.resolve(
+        {"SOVEREIGN_NODE_SIM_GPUS": "2"},
+        server="h:1",
+        node_name="n",
+        insecure_dev=True,
+        provider="simulated-tdx",
+    )
+    assert env.sim_gpus == 2
