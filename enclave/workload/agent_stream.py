@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 
 from enclave.workload import agent_api
 from enclave.workload.errors import WorkloadCode, WorkloadError
@@ -111,7 +112,5 @@ class AgentChunkSealer:
 
     def abort(self) -> None:
         """Tell the agent to forget the stream (best effort: it also forgets unfinished ones itself)."""
-        try:
+        with contextlib.suppress(WorkloadError):
             self._source.call_stream({"op": "seal_abort", "stream": self.stream}, None)
-        except WorkloadError:
-            pass

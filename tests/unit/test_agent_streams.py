@@ -141,12 +141,14 @@ def test_writing_through_the_agent_seals_under_the_current_write_key(
 
 def test_an_aborted_writer_leaves_no_file_and_no_stream(server: LocalApiServer, tmp_path: Path) -> None:
     out = tmp_path / "ckpt.sealed"
-    with pytest.raises(RuntimeError):
-        with create_sealed(
+    with (
+        pytest.raises(RuntimeError),
+        create_sealed(
             out, key="model/main", keys=agent_source(server), chunk_size=CHUNK, via_agent=True
-        ) as w:
-            w.write(DATA)
-            raise RuntimeError("the training step failed")
+        ) as w,
+    ):
+        w.write(DATA)
+        raise RuntimeError("the training step failed")
     assert not out.exists() and not list(tmp_path.glob(".ckpt*"))
     assert server.streams.sealing == 0
 
