@@ -21,7 +21,7 @@ from enclave.workload import agent_api
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[LocalApiServer, MetricsEndpoint]]:
-    resident = ResidentAgent(FakeNode)  # type: ignore[arg-type]
+    resident = ResidentAgent(FakeNode)
     resident.start()
     assert resident.wait_ready(10)
     server = LocalApiServer(resident, tmp_path / "agent.sock", mode=0o600)

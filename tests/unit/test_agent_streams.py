@@ -195,7 +195,7 @@ def test_stream_requests_out_of_bounds_are_coded(server: LocalApiServer, sealed:
     header = read_header(io.BytesIO(raw))
     good = base64.b64encode(header.raw).decode()
     record = raw[len(header.raw) : len(header.raw) + RECORD]
-    cases = [
+    cases: list[tuple[dict[str, object], bytes | None, str]] = [
         ({"op": "open_chunk", "header": "%%%", "index": 0}, record, agent_api.REQUEST_INVALID),
         ({"op": "open_chunk", "header": good, "index": -1}, record, agent_api.REQUEST_INVALID),
         ({"op": "open_chunk", "header": good, "index": True}, record, agent_api.REQUEST_INVALID),
