@@ -94,7 +94,9 @@ class StreamService:
         with self._lock:
             self._sealing.clear()
 
-    def open_chunk(self, request: dict[str, Any], record: bytes) -> tuple[dict[str, Any], bytes, str]:
+    def open_chunk(
+        self, request: dict[str, Any], record: bytes | memoryview
+    ) -> tuple[dict[str, Any], bytes | memoryview, str]:
         """Returns (answer, plaintext, key_ref) for one chunk of the file whose header is given."""
         index = _index(request.get("index"))
         try:
@@ -113,8 +115,8 @@ class StreamService:
             opened = ChunkOpener(released.key, header).open_record(index, memoryview(record), out)
         except EnvelopeError as exc:
             return _stream_failed(exc), b"", ref
-        plain = bytes(out[: opened.length])
-        return {"ok": True, "payload": True, "flag": opened.flag, "length": opened.length}, plain, ref
+        answer = {"ok": True, "payload": True, "flag": opened.flag, "length": opened.length}
+        return answer, out[: opened.length], ref
 
     def seal_begin(self, request: dict[str, Any], uid: int) -> tuple[dict[str, Any], str]:
         name, chunk_size = request.get("name"), request.get("chunk_size")
@@ -162,7 +164,7 @@ class StreamService:
             return stream, sealing  # type: ignore[return-value]
 
     def seal_chunk(
-        self, request: dict[str, Any], plain: bytes, uid: int
+        self, request: dict[str, Any], plain: bytes | memoryview, uid: int
     ) -> tuple[dict[str, Any], bytes, str]:
         last = request.get("last")
         if not isinstance(last, bool):

@@ -176,6 +176,7 @@ class LocalApiServer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(self.timeout)
+            agent_api.widen_buffers(conn)
             try:
                 peer = peer_of(conn)
                 if not self.allowed(peer):
@@ -220,8 +221,8 @@ class LocalApiServer:
         return refused.to_reply()
 
     def handle_stream(
-        self, request: dict[str, Any], payload: bytes | None, peer: Peer
-    ) -> tuple[dict[str, Any], bytes]:
+        self, request: dict[str, Any], payload: memoryview | None, peer: Peer
+    ) -> tuple[dict[str, Any], bytes | memoryview]:
         """The sealed-stream requests (``agent_api.STREAM_OPS``); the answer and its payload."""
         op = request.get("op")
         try:

@@ -503,6 +503,7 @@ class ResidentAgent:
             "renewal_failures": c.renewal_failures,
             "handouts": c.handouts,
             "refusals": c.refusals,
+            "keys_held": self.keys_held,
             "last_error": self.last_error.code.value if self.last_error else "",
         }
 

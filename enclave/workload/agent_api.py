@@ -113,24 +113,46 @@ def send_payload(sock: socket.socket, data: bytes | memoryview) -> None:
     sock.sendall(data)
 
 
-def recv_payload(sock: socket.socket) -> bytes:
+def recv_payload(sock: socket.socket, into: memoryview | None = None) -> memoryview:
+    """The next payload frame, received into ``into`` (if given and large enough) or a new buffer."""
     (size,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size))
     if size > MAX_PAYLOAD:
         raise ApiError(f"a payload of {size} bytes is over the {MAX_PAYLOAD}-byte limit")
-    return _recv_exact(sock, size)
+    view = into[:size] if into is not None and len(into) >= size else memoryview(bytearray(size))
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ApiError("the connection closed in the middle of a payload")
+        got += n
+    return view
+
+
+def widen_buffers(sock: socket.socket) -> None:
+    """Room for a whole chunk in the socket buffers: a 1 MiB chunk then needs no wake-up in between
+    (the kernel caps the size at net.core.wmem_max / rmem_max)."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, MAX_PAYLOAD)
 
 
 def call_with_payload(
-    path: str, request: dict[str, Any], payload: bytes | memoryview | None, *, timeout: float = 30.0
-) -> tuple[dict[str, Any], bytes]:
+    path: str,
+    request: dict[str, Any],
+    payload: bytes | memoryview | None,
+    *,
+    timeout: float = 30.0,
+    into: memoryview | None = None,
+) -> tuple[dict[str, Any], memoryview]:
     """A ``STREAM_OPS`` request (with ``payload`` if it carries bytes); the response and its payload
-    (empty for a refusal or an answer without one)."""
+    (empty for a refusal or an answer without one), received into ``into`` when it has room."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
+        widen_buffers(sock)
         sock.connect(path)
         send_frame(sock, {"v": VERSION, **request})
         if payload is not None:
             send_payload(sock, payload)
         reply = recv_frame(sock)
-        data = recv_payload(sock) if reply.get("ok") is True and reply.get("payload") is True else b""
-        return reply, data
+        if reply.get("ok") is True and reply.get("payload") is True:
+            return reply, recv_payload(sock, into)
+        return reply, memoryview(b"")

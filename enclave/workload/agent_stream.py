@@ -64,7 +64,7 @@ class AgentChunkOpener(ChunkOpener):
     def open_record(self, position: int, raw: memoryview, out: memoryview) -> Record:
         request = {"op": "open_chunk", "header": self._header, "index": position}
         try:
-            reply, plain = self._source.call_stream(request, raw)
+            reply, plain = self._source.call_stream(request, raw, into=out)
         except WorkloadError as err:
             if getattr(err, "reason", "") == agent_api.STREAM_FAILED:
                 failure = _stream_error(getattr(err, "reply", {}))
@@ -74,7 +74,8 @@ class AgentChunkOpener(ChunkOpener):
         flag, length = reply.get("flag"), reply.get("length")
         if flag not in (FLAG_LAST, FLAG_MORE) or length != len(plain) or len(plain) > len(out):
             raise _broken("to open_chunk is not a chunk")
-        out[: len(plain)] = plain
+        if plain.obj is not out.obj:  # received elsewhere (no room in out): copy it in
+            out[: len(plain)] = plain
         return Record(b"", position, int(flag), len(plain))
 
 

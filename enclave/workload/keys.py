@@ -159,11 +159,14 @@ class AgentSocketKeySource:
         return self._answer(reply)
 
     def call_stream(
-        self, request: dict[str, Any], payload: bytes | memoryview | None
-    ) -> tuple[dict[str, Any], bytes]:
-        """A sealed-stream request (``agent_api.STREAM_OPS``): the answer and its payload."""
+        self, request: dict[str, Any], payload: bytes | memoryview | None, *, into: memoryview | None = None
+    ) -> tuple[dict[str, Any], memoryview]:
+        """A sealed-stream request (``agent_api.STREAM_OPS``): the answer and its payload (received into
+        ``into`` when it has room)."""
         try:
-            reply, data = agent_api.call_with_payload(self.path, request, payload, timeout=self.timeout)
+            reply, data = agent_api.call_with_payload(
+                self.path, request, payload, timeout=self.timeout, into=into
+            )
         except (OSError, agent_api.ApiError) as exc:
             raise self._unreachable(exc) from None
         return self._answer(reply), data
