@@ -169,6 +169,7 @@ class StreamService:
         last = request.get("last")
         if not isinstance(last, bool):
             raise _invalid("last is true or false")
+        self.agent.require_attested()  # a revoked node says so, rather than "no such stream"
         stream, sealing = self._sealing_of(request, uid)
         # Not under our lock: the agent's lock may call drop_all (revocation) meanwhile.
         self.agent.key(sealing.name, "write", sealing.version)

@@ -403,6 +403,10 @@ class ResidentAgent:
         with self._lock:
             self._attached = {p for p in self._attached if _alive(p)} | {pid}
 
+    def require_attested(self) -> None:
+        """``Refused`` (``AGENT_NODE_REVOKED`` / ``AGENT_NOT_READY``) unless keys may be used now."""
+        self._require_attested()
+
     def _require_attested(self) -> None:
         if self.state is AgentState.REVOKED:
             raise Refused(

@@ -11,7 +11,7 @@ A frame is a 4-byte big-endian length, then that many bytes of UTF-8 JSON (an ob
 - ``{"op": "check", "names": [NAME...], "purpose": "read"|"write"}`` -> ``{"ok": true, "keys":
   ["NAME@vN"...]}``: the keys are obtainable now (no key material in the answer)
 - ``{"op": "status"}`` -> ``{"ok": true, "state": ..., "node_id": ..., "lease_expires_at": ...,
-  "registrations": N, "renewals": N, "handouts": N, "refusals": N}``
+  "registrations": N, "renewals": N, "handouts": N, "refusals": N, "keys_held": N}``
 
 A refusal is ``{"ok": false, "code": CODE, "message": ..., "hint": ...}``; the codes are listed below.
 
@@ -20,12 +20,14 @@ answer that carries bytes is followed on the same connection by one payload fram
 length, then that many raw bytes (at most ``MAX_PAYLOAD``). Chunks are at most ``MAX_STREAM_CHUNK``.
 
 - ``{"op": "open_chunk", "header": BASE64, "index": N}`` + payload (chunk N's record as read from the
-  file) -> ``{"ok": true, "flag": 0|1, "length": N}`` + payload (the chunk's plaintext). Stateless: each
-  request checks the node's state and the key (purpose read) like a key handout.
+  file) -> ``{"ok": true, "payload": true, "flag": 0|1, "length": N}`` + payload (the chunk's
+  plaintext). Stateless: each request checks the node's state and the key (purpose read) like a key
+  handout.
 - ``{"op": "seal_begin", "name": NAME, "chunk_size": N}`` -> ``{"ok": true, "stream": ID, "key_ref":
   ..., "header": BASE64}``: the agent holds the sealer (chunk counter and nonces never repeat).
-- ``{"op": "seal_chunk", "stream": ID, "last": BOOL}`` + payload (plaintext) -> ``{"ok": true}`` + payload
-  (the record: 17-byte record header, then ciphertext and tag). The last chunk ends the stream.
+- ``{"op": "seal_chunk", "stream": ID, "last": BOOL}`` + payload (plaintext) -> ``{"ok": true,
+  "payload": true}`` + payload (the record: 17-byte record header, then ciphertext and tag). The last
+  chunk ends the stream.
 - ``{"op": "seal_abort", "stream": ID}`` -> ``{"ok": true}``.
 
 A chunk the agent cannot open answers ``STREAM_FAILED`` with ``stream_code`` (a ``kms.envelope`` code)
