@@ -4,7 +4,9 @@ The socket is created with the configured mode (default 0660) and owning group, 
 by accident (bound under a 0177 umask, then chmod/chown). Each connection's peer credentials (pid,
 uid, gid, from the kernel) are checked against the allow-list before a frame is read: the agent's own
 uid, ``allowed_uids`` and ``allowed_gids`` (primary gid). Every handout is logged with the peer's pid
-and uid and counted; refusals are logged and counted too. Protocol: ``enclave.workload.agent_api``.
+and uid and counted; refusals are logged and counted too. Protocol: ``enclave.workload.agent_api``;
+the sealed-stream requests (chunks opened and sealed for workloads that never hold the key) are served by
+``enclave.agent_streams``, each chunk logged with the caller's pid and uid.
 """
 
 from __future__ import annotations
@@ -243,6 +245,10 @@ class LocalApiServer:
                 what = f"aborted sealing stream {str(request.get('stream'))[:8]}"
         except Refused as refused:
             return self._refused(op, refused, peer), b""
+        except Exception as exc:  # a bug must still answer with a code, never drop the connection
+            log.exception("node agent: %s for pid %d uid %d failed", op, peer.pid, peer.uid)
+            failed = Refused(agent_api.AGENT_ERROR, f"the agent failed on {op} ({type(exc).__name__})")
+            return self._refused(op, failed, peer), b""
         if reply.get("ok") is not True:
             self.agent.counters.refused(str(reply.get("code")))
             log.warning(

@@ -251,3 +251,15 @@ def test_sealing_streams_are_bounded_least_recently_used_first(server: LocalApiS
         streams.seal_abort({"stream": ids[0]}, 0)
     assert getattr(gone.value, "code", "") == agent_api.STREAM_UNKNOWN
     assert streams.seal_abort({"stream": ids[3]}, 0) == {"ok": True}
+
+
+def test_an_unexpected_failure_still_answers_with_a_code(
+    server: LocalApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.streams, "seal_begin", broken)
+    reply = call(server, {"op": "seal_begin", "name": "model/main", "chunk_size": CHUNK}, None)
+    assert reply["ok"] is False and reply["code"] == agent_api.AGENT_ERROR
+    assert "a bug" not in str(reply["message"])  # the type, never the message (it could carry data)
