@@ -188,6 +188,7 @@ _AGENT_KEYS = {
     "check_interval",
     "keys",
     "metrics_listen",
+    "hand_out_keys",
 }
 
 
@@ -223,6 +224,7 @@ class AgentSettings:
     check_interval: float = 30.0
     keys: tuple[str, ...] = ()  # released at start (fail fast) and held
     metrics_listen: str = ""  # loopback HOST:PORT for Prometheus; "" = no metrics endpoint
+    hand_out_keys: bool = True  # False: workloads only open/seal through the agent (via_agent)
 
     def __post_init__(self) -> None:
         if self.revocation_action not in REVOCATION_ACTIONS:
@@ -302,6 +304,8 @@ def load_node_toml(path: Path, environ: Mapping[str, str] | None = None) -> tupl
             a[key] = tuple(_typed(agent_doc, key, list, where))  # type: ignore[arg-type]
     if "revocation_action" in agent_doc:
         a["revocation_action"] = str(_typed(agent_doc, "revocation_action", str, where))
+    if "hand_out_keys" in agent_doc:
+        a["hand_out_keys"] = bool(_typed(agent_doc, "hand_out_keys", bool, where))
     if "metrics_listen" in agent_doc:
         a["metrics_listen"] = str(_typed(agent_doc, "metrics_listen", str, where))
     if "check_interval" in agent_doc:

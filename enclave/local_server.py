@@ -72,6 +72,7 @@ class LocalApiServer:
         allowed_uids: Iterable[int] = (),
         allowed_gids: Iterable[int] = (),
         timeout: float = 30.0,
+        hand_out_keys: bool = True,
     ) -> None:
         if mode & 0o007:
             raise NodeError(
@@ -86,6 +87,7 @@ class LocalApiServer:
         self.allowed_uids = frozenset({os.getuid(), *allowed_uids})
         self.allowed_gids = frozenset(allowed_gids)
         self.timeout = timeout
+        self.hand_out_keys = hand_out_keys
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
@@ -287,6 +289,12 @@ class LocalApiServer:
             version = request.get("version", 0)
             if not isinstance(name, str) or not isinstance(purpose, str):
                 raise Refused(agent_api.REQUEST_INVALID, "name and purpose are strings")
+            if not self.hand_out_keys:
+                raise Refused(
+                    agent_api.KEY_HANDOUT_DISABLED,
+                    "this agent keeps its keys: it opens and seals files for workloads but hands out no key",
+                    "use open_sealed(path, via_agent=True) / create_sealed(..., via_agent=True)",
+                )
             released = self.agent.key(name, purpose, version)
             ref = f"{released.key_name}@v{released.key_version}"
             self.agent.counters.handed(peer.uid, released.key_name, purpose)

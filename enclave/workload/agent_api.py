@@ -59,6 +59,7 @@ KEY_DENIED = "AGENT_KEY_DENIED"  # the control plane refused this key for this p
 AGENT_ERROR = "AGENT_ERROR"  # the agent could not reach the control plane or failed otherwise
 STREAM_FAILED = "AGENT_STREAM_FAILED"  # a chunk did not authenticate or the header is bad (stream_code)
 STREAM_UNKNOWN = "AGENT_STREAM_UNKNOWN"  # no such sealing stream (ended, dropped on revocation, evicted)
+KEY_HANDOUT_DISABLED = "AGENT_KEY_HANDOUT_DISABLED"  # hand_out_keys = false: streams through the agent only
 
 
 class ApiError(Exception):

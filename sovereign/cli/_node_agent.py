@@ -114,6 +114,7 @@ def _running_agent(
         group=resolve_group(settings.socket_group),
         allowed_uids=settings.allowed_uids,
         allowed_gids=settings.allowed_gids,
+        hand_out_keys=settings.hand_out_keys,
     )
     metrics = None
     try:

@@ -263,3 +263,23 @@ def test_an_unexpected_failure_still_answers_with_a_code(
     reply = call(server, {"op": "seal_begin", "name": "model/main", "chunk_size": CHUNK}, None)
     assert reply["ok"] is False and reply["code"] == agent_api.AGENT_ERROR
     assert "a bug" not in str(reply["message"])  # the type, never the message (it could carry data)
+
+
+def test_an_agent_that_hands_out_no_keys_still_opens_and_seals(
+    server: LocalApiServer, sealed: Path, tmp_path: Path
+) -> None:
+    server.hand_out_keys = False
+    source = agent_source(server)
+    with pytest.raises(AgentRefused) as info:
+        source.read_key(b"dataset/train@v1")
+    assert info.value.reason == agent_api.KEY_HANDOUT_DISABLED
+    assert info.value.code is WorkloadCode.WORKLOAD_KEY_UNAVAILABLE
+    with pytest.raises(AgentRefused):
+        open_sealed(sealed, keys=source)  # in-process opening needs the key
+    with open_sealed(sealed, keys=source, via_agent=True) as f:
+        assert f.read() == DATA
+    out = tmp_path / "out.sealed"
+    with create_sealed(out, key="model/main", keys=source, chunk_size=CHUNK, via_agent=True) as w:
+        w.write(DATA)
+    assert source.check(["dataset/train"]) == ["dataset/train@v1"]  # no key material: still answered
+    assert server.agent.counters.snapshot().handouts == 0

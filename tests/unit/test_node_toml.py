@@ -35,6 +35,7 @@ def test_the_shipped_sample_loads() -> None:
         'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = "127.0.0.1"',  # no port
         'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = "127.0.0.1:70000"',
         'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = 9464',
+        'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nhand_out_keys = "no"',
         'server = "h:1"\nnode_name = "n"\nca = "/x"\ntimeout = "soon"',
         'server = "h:1"\nnode_name = "n"\nca = "/x"\nsim_pki = "/p"',  # sim_pki without a simulated provider
         'server = "h:1"\nnode_name = "n"\nca = "/x"\nprovider = "simulated-snp"\nsim_measurement = "zz"',
@@ -65,3 +66,9 @@ def test_metrics_listen_takes_a_loopback_address(tmp_path: Path, listen: str, wh
     path.write_text(f'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = "{listen}"\n')
     _, agent = load_node_toml(path, environ={})
     assert agent.metrics_listen == listen and parse_listen(listen) == where
+
+
+def test_hand_out_keys_can_be_turned_off(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nhand_out_keys = false\n')
+    assert load_node_toml(path, environ={})[1].hand_out_keys is False
