@@ -236,7 +236,28 @@ _AGENT_KEYS = {
     "revocation_action",
     "check_interval",
     "keys",
+    "metrics_listen",
+    "hand_out_keys",
 }
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` with a loopback HOST (``127.0.0.1``, ``[::1]``, ``localhost``) -> (host, port)."""
+    import ipaddress
+
+    host, sep, port_text = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text)
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback, port = False, -1
+    if not sep or not loopback or not 0 <= port <= 65535:
+        raise _invalid(
+            f"metrics_listen {text!r} is not a loopback HOST:PORT",
+            'e.g. "127.0.0.1:9464"; the agent\'s metrics are served on loopback only',
+        )
+    return ("127.0.0.1" if host == "localhost" else host), port
 
 
 @dataclass(frozen=True)
@@ -251,6 +272,8 @@ class AgentSettings:
     revocation_action: str = "deny"
     check_interval: float = 30.0
     keys: tuple[str, ...] = ()  # released at start (fail fast) and held
+    metrics_listen: str = ""  # loopback HOST:PORT for Prometheus; "" = no metrics endpoint
+    hand_out_keys: bool = True  # False: workloads only open/seal through the agent (via_agent)
 
     def __post_init__(self) -> None:
         if self.revocation_action not in REVOCATION_ACTIONS:
@@ -261,6 +284,8 @@ class AgentSettings:
             raise _invalid("check_interval must be positive")
         if any(not isinstance(i, int) or i < 0 for i in (*self.allowed_uids, *self.allowed_gids)):
             raise _invalid("allowed_uids / allowed_gids are lists of numeric ids")
+        if self.metrics_listen:
+            parse_listen(self.metrics_listen)
 
 
 def _typed(doc: Mapping[str, object], key: str, kind: type | tuple[type, ...], where: str) -> object:
@@ -328,6 +353,10 @@ def load_node_toml(path: Path, environ: Mapping[str, str] | None = None) -> tupl
             a[key] = tuple(_typed(agent_doc, key, list, where))  # type: ignore[arg-type]
     if "revocation_action" in agent_doc:
         a["revocation_action"] = str(_typed(agent_doc, "revocation_action", str, where))
+    if "hand_out_keys" in agent_doc:
+        a["hand_out_keys"] = bool(_typed(agent_doc, "hand_out_keys", bool, where))
+    if "metrics_listen" in agent_doc:
+        a["metrics_listen"] = str(_typed(agent_doc, "metrics_listen", str, where))
     if "check_interval" in agent_doc:
         a["check_interval"] = float(_typed(agent_doc, "check_interval", (int, float), where))  # type: ignore[arg-type]
     return config, AgentSettings(**a)  # type: ignore[arg-type]

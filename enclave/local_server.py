@@ -4,7 +4,9 @@ The socket is created with the configured mode (default 0660) and owning group, 
 by accident (bound under a 0177 umask, then chmod/chown). Each connection's peer credentials (pid,
 uid, gid, from the kernel) are checked against the allow-list before a frame is read: the agent's own
 uid, ``allowed_uids`` and ``allowed_gids`` (primary gid). Every handout is logged with the peer's pid
-and uid and counted; refusals are logged and counted too. Protocol: ``enclave.workload.agent_api``.
+and uid and counted; refusals are logged and counted too. Protocol: ``enclave.workload.agent_api``;
+the sealed-stream requests (chunks opened and sealed for workloads that never hold the key) are served by
+``enclave.agent_streams``, each chunk logged with the caller's pid and uid.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enclave.agent_streams import StreamService
 from enclave.errors import NodeCode, NodeError
 from enclave.resident import Refused, ResidentAgent
 from enclave.workload import agent_api
 
 log = logging.getLogger(__name__)
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_PAYLOAD_OPS = frozenset({"open_chunk", "seal_chunk"})  # requests followed by a payload frame
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class LocalApiServer:
         allowed_uids: Iterable[int] = (),
         allowed_gids: Iterable[int] = (),
         timeout: float = 30.0,
+        hand_out_keys: bool = True,
     ) -> None:
         if mode & 0o007:
             raise NodeError(
@@ -82,9 +87,11 @@ class LocalApiServer:
         self.allowed_uids = frozenset({os.getuid(), *allowed_uids})
         self.allowed_gids = frozenset(allowed_gids)
         self.timeout = timeout
+        self.hand_out_keys = hand_out_keys
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self.streams = StreamService(agent)
 
     def __repr__(self) -> str:
         return f"LocalApiServer(path={str(self.path)!r})"
@@ -173,17 +180,19 @@ class LocalApiServer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(self.timeout)
+            agent_api.widen_buffers(conn)
             try:
                 peer = peer_of(conn)
                 if not self.allowed(peer):
-                    self.agent.counters.refusals += 1
+                    self.agent.counters.refused(agent_api.PEER_REFUSED)
                     log.warning(
                         "node agent: refused pid %d uid %d gid %d (not allowed)", *vars(peer).values()
                     )
                     # Read the request first: closing with it unread would reset the connection and
                     # the caller could lose the refusal (and its code) with it.
                     with contextlib.suppress(agent_api.ApiError, OSError):
-                        agent_api.recv_frame(conn)
+                        if agent_api.recv_frame(conn).get("op") in _PAYLOAD_OPS:
+                            agent_api.recv_payload(conn)
                     agent_api.send_frame(
                         conn,
                         agent_api.refusal(
@@ -195,12 +204,64 @@ class LocalApiServer:
                     return
                 try:
                     request = agent_api.recv_frame(conn)
+                    payload = agent_api.recv_payload(conn) if request.get("op") in _PAYLOAD_OPS else None
                 except agent_api.ApiError as exc:
+                    self.agent.counters.refused(agent_api.REQUEST_INVALID)
                     agent_api.send_frame(conn, agent_api.refusal(agent_api.REQUEST_INVALID, str(exc)))
+                    return
+                if request.get("op") in agent_api.STREAM_OPS:
+                    reply, data = self.handle_stream(request, payload, peer)
+                    agent_api.send_frame(conn, reply)
+                    if reply.get("payload") is True:
+                        agent_api.send_payload(conn, data)
                     return
                 agent_api.send_frame(conn, self.handle(request, peer))
             except OSError:
                 return
+
+    def _refused(self, op: object, refused: Refused, peer: Peer) -> dict[str, Any]:
+        self.agent.counters.refused(refused.code)
+        log.warning("node agent: refused %s to pid %d uid %d: %s", op, peer.pid, peer.uid, refused.code)
+        return refused.to_reply()
+
+    def handle_stream(
+        self, request: dict[str, Any], payload: memoryview | None, peer: Peer
+    ) -> tuple[dict[str, Any], bytes | memoryview]:
+        """The sealed-stream requests (``agent_api.STREAM_OPS``); the answer and its payload."""
+        op = request.get("op")
+        try:
+            if request.get("v") != agent_api.VERSION:
+                raise Refused(agent_api.REQUEST_INVALID, f"unknown request version {request.get('v')!r}")
+            streams = self.streams
+            if op == "open_chunk":
+                reply, data, ref = streams.open_chunk(request, payload or b"")
+                what = f"opened chunk {request.get('index')} of a {ref or 'sealed'} file"
+            elif op == "seal_begin":
+                reply, ref = streams.seal_begin(request, peer.uid)
+                data, what = b"", f"began sealing under {ref} (stream {reply['stream'][:8]})"
+            elif op == "seal_chunk":
+                reply, data, ref = streams.seal_chunk(request, payload or b"", peer.uid)
+                what = f"sealed a chunk under {ref} (stream {str(request.get('stream'))[:8]})"
+            else:
+                reply, data, ref = streams.seal_abort(request, peer.uid), b"", ""
+                what = f"aborted sealing stream {str(request.get('stream'))[:8]}"
+        except Refused as refused:
+            return self._refused(op, refused, peer), b""
+        except Exception as exc:  # a bug must still answer with a code, never drop the connection
+            log.exception("node agent: %s for pid %d uid %d failed", op, peer.pid, peer.uid)
+            failed = Refused(agent_api.AGENT_ERROR, f"the agent failed on {op} ({type(exc).__name__})")
+            return self._refused(op, failed, peer), b""
+        if reply.get("ok") is not True:
+            self.agent.counters.refused(str(reply.get("code")))
+            log.warning(
+                "node agent: %s for pid %d uid %d failed: %s %s (chunk %s)",
+                op, peer.pid, peer.uid, reply.get("stream_code"), ref, reply.get("chunk", "-"),
+            )  # fmt: skip
+            return reply, b""
+        if op in ("open_chunk", "seal_chunk"):
+            self.agent.counters.chunk(ref.rsplit("@v", 1)[0], "open" if op == "open_chunk" else "seal")
+        log.info("node agent: %s for pid %d uid %d", what, peer.pid, peer.uid)
+        return reply, data
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         op = request.get("op")
@@ -228,14 +289,19 @@ class LocalApiServer:
             version = request.get("version", 0)
             if not isinstance(name, str) or not isinstance(purpose, str):
                 raise Refused(agent_api.REQUEST_INVALID, "name and purpose are strings")
+            if not self.hand_out_keys:
+                raise Refused(
+                    agent_api.KEY_HANDOUT_DISABLED,
+                    "this agent keeps its keys: it opens and seals files for workloads but hands out no key",
+                    "use open_sealed(path, via_agent=True) / create_sealed(..., via_agent=True)",
+                )
             released = self.agent.key(name, purpose, version)
             ref = f"{released.key_name}@v{released.key_version}"
-            self._count(peer, f"handed {ref} ({purpose})")
+            self.agent.counters.handed(peer.uid, released.key_name, purpose)
+            log.info("node agent: handed %s (%s) to pid %d uid %d", ref, purpose, peer.pid, peer.uid)
             return {"ok": True, "key_ref": ref, "key": base64.b64encode(released.key).decode()}
         except Refused as refused:
-            self.agent.counters.refusals += 1
-            log.warning("node agent: refused %s to pid %d uid %d: %s", op, peer.pid, peer.uid, refused.code)
-            return refused.to_reply()
+            return self._refused(op, refused, peer)
 
     def _key(self, name: Any, purpose: Any, version: int, peer: Peer, *, check: bool) -> str:
         if not isinstance(purpose, str):
@@ -244,12 +310,6 @@ class LocalApiServer:
         ref = f"{released.key_name}@v{released.key_version}"
         log.info("node agent: checked %s (%s) for pid %d uid %d", ref, purpose, peer.pid, peer.uid)
         return ref
-
-    def _count(self, peer: Peer, what: str) -> None:
-        counters = self.agent.counters
-        counters.handouts += 1
-        counters.by_uid[peer.uid] = counters.by_uid.get(peer.uid, 0) + 1
-        log.info("node agent: %s to pid %d uid %d", what, peer.pid, peer.uid)
 
     def _attach(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Only the process that started a workload may attach it (its parent, per /proc)."""

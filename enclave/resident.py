@@ -81,12 +81,47 @@ class Refused(CodedError):
 
 @dataclass
 class Counters:
+    """What the agent did since it started (``status`` and the Prometheus endpoint read them)."""
+
     registrations: int = 0
     renewals: int = 0
     renewal_failures: int = 0
     handouts: int = 0
     refusals: int = 0
     by_uid: dict[int, int] = field(default_factory=dict)
+    by_key: dict[tuple[str, str], int] = field(default_factory=dict)  # (key name, purpose) -> handouts
+    refusals_by_reason: dict[str, int] = field(default_factory=dict)
+    chunks: dict[tuple[str, str], int] = field(default_factory=dict)  # (key name, open|seal) -> chunks
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def handed(self, uid: int, key_name: str, purpose: str) -> None:
+        with self._lock:
+            self.handouts += 1
+            self.by_uid[uid] = self.by_uid.get(uid, 0) + 1
+            self.by_key[(key_name, purpose)] = self.by_key.get((key_name, purpose), 0) + 1
+
+    def refused(self, reason: str) -> None:
+        with self._lock:
+            self.refusals += 1
+            self.refusals_by_reason[reason] = self.refusals_by_reason.get(reason, 0) + 1
+
+    def chunk(self, key_name: str, op: str) -> None:
+        with self._lock:
+            self.chunks[(key_name, op)] = self.chunks.get((key_name, op), 0) + 1
+
+    def snapshot(self) -> Counters:
+        with self._lock:
+            return Counters(
+                self.registrations,
+                self.renewals,
+                self.renewal_failures,
+                self.handouts,
+                self.refusals,
+                dict(self.by_uid),
+                dict(self.by_key),
+                dict(self.refusals_by_reason),
+                dict(self.chunks),
+            )
 
 
 class ResidentAgent:
@@ -118,6 +153,7 @@ class ResidentAgent:
         self._keys: dict[tuple[str, int, str], ReleasedKey] = {}
         self._latest: dict[tuple[str, str], int] = {}
         self._attached: set[int] = set()
+        self._on_drop: list[Callable[[], None]] = []
         self.state = AgentState.STARTING
         self.counters = Counters()
         self.last_error: NodeError | None = None
@@ -320,9 +356,19 @@ class ResidentAgent:
                 self.state = AgentState.LAPSED
             log.warning("node agent: the lease lapsed; keys dropped until the node attests again")
 
+    def on_keys_dropped(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the agent drops its keys (what was derived from them goes too)."""
+        self._on_drop.append(callback)
+
+    @property
+    def keys_held(self) -> int:
+        return len(self._keys)
+
     def _drop_keys(self) -> None:
         self._keys.clear()
         self._latest.clear()
+        for callback in self._on_drop:
+            callback()
 
     def _revoked(self, why: str) -> None:
         with self._lock:
@@ -351,6 +397,10 @@ class ResidentAgent:
         """A workload to signal on revocation (``terminate``)."""
         with self._lock:
             self._attached = {p for p in self._attached if _alive(p)} | {pid}
+
+    def require_attested(self) -> None:
+        """``Refused`` (``AGENT_NODE_REVOKED`` / ``AGENT_NOT_READY``) unless keys may be used now."""
+        self._require_attested()
 
     def _require_attested(self) -> None:
         if self.state is AgentState.REVOKED:
@@ -452,6 +502,7 @@ class ResidentAgent:
             "renewal_failures": c.renewal_failures,
             "handouts": c.handouts,
             "refusals": c.refusals,
+            "keys_held": self.keys_held,
             "last_error": self.last_error.code.value if self.last_error else "",
         }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from enclave.workload.agent_stream import AgentChunkSealer
 from enclave.workload.errors import ERRORS, WorkloadCode, WorkloadError
 from enclave.workload.keys import (
     AGENT_SOCKET_ENV,
@@ -30,10 +31,14 @@ from enclave.workload.writer import SealedWriter
 from kms.envelope import DEFAULT_CHUNK_SIZE
 
 
-def open_sealed(path: str | os.PathLike[str], *, keys: KeySource | None = None) -> SealedReader:
+def open_sealed(
+    path: str | os.PathLike[str], *, keys: KeySource | None = None, via_agent: bool = False
+) -> SealedReader:
     """Open a sealed file for reading: header and last chunk are authenticated now, every other chunk
-    when a read first touches it. Key: the one the header names, from ``keys`` (default: the agent)."""
-    return SealedReader(path, keys if keys is not None else default_key_source())
+    when a read first touches it. Key: the one the header names, from ``keys`` (default: the agent).
+    ``via_agent=True``: the node agent opens every chunk and this process never holds the key (so a
+    revocation stops the next chunk read); ``keys`` must then be the agent (the default)."""
+    return SealedReader(path, keys if keys is not None else default_key_source(), via_agent=via_agent)
 
 
 def create_sealed(
@@ -42,11 +47,20 @@ def create_sealed(
     key: str,
     keys: KeySource | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    via_agent: bool = False,
 ) -> SealedWriter:
     """Create ``path`` sealed under the current version of key ``key`` (purpose write); the file
-    appears, complete, on ``close()`` (or at the end of a ``with`` block left normally)."""
+    appears, complete, on ``close()`` (or at the end of a ``with`` block left normally).
+    ``via_agent=True``: the node agent seals every chunk and this process never holds the key."""
     source = keys if keys is not None else default_key_source()
-    return SealedWriter(path, source.write_key(key), chunk_size=chunk_size)
+    if not via_agent:
+        return SealedWriter(path, source.write_key(key), chunk_size=chunk_size)
+    if not isinstance(source, AgentSocketKeySource):
+        raise WorkloadError(
+            f"via_agent needs the node agent as key source, not {type(source).__name__}",
+            code=WorkloadCode.WORKLOAD_INPUT_INVALID,
+        )
+    return SealedWriter(path, AgentChunkSealer(source, key, chunk_size), chunk_size=chunk_size)
 
 
 __all__ = [

@@ -112,8 +112,17 @@ class MemoryKeySource:
 class AgentRefused(WorkloadError):
     """The node agent answered with a refusal; ``reason`` is its code (``enclave.workload.agent_api``)."""
 
-    def __init__(self, message: str, *, code: WorkloadCode, reason: str, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: WorkloadCode,
+        reason: str,
+        hint: str | None = None,
+        reply: dict[str, Any] | None = None,
+    ) -> None:
         self.reason = reason
+        self.reply = reply or {}  # the agent's whole answer (a STREAM_FAILED one names the chunk)
         super().__init__(message, code=code, hint=hint)
 
     def to_dict(self) -> dict[str, str]:
@@ -121,7 +130,9 @@ class AgentRefused(WorkloadError):
 
 
 # Refusals about the agent itself (rather than about a key) are WORKLOAD_AGENT_UNAVAILABLE.
-_AGENT_REASONS = frozenset({agent_api.PEER_REFUSED, agent_api.REQUEST_INVALID, agent_api.AGENT_ERROR})
+_AGENT_REASONS = frozenset(
+    {agent_api.PEER_REFUSED, agent_api.REQUEST_INVALID, agent_api.AGENT_ERROR, agent_api.STREAM_UNKNOWN}
+)
 
 
 class AgentSocketKeySource:
@@ -144,10 +155,29 @@ class AgentSocketKeySource:
         try:
             reply = agent_api.call(self.path, request, timeout=self.timeout)
         except (OSError, agent_api.ApiError) as exc:
-            raise WorkloadError(
-                f"cannot reach the node agent at {self.path}: {getattr(exc, 'strerror', None) or exc}",
-                code=WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE,
-            ) from None
+            raise self._unreachable(exc) from None
+        return self._answer(reply)
+
+    def call_stream(
+        self, request: dict[str, Any], payload: bytes | memoryview | None, *, into: memoryview | None = None
+    ) -> tuple[dict[str, Any], memoryview]:
+        """A sealed-stream request (``agent_api.STREAM_OPS``): the answer and its payload (received into
+        ``into`` when it has room)."""
+        try:
+            reply, data = agent_api.call_with_payload(
+                self.path, request, payload, timeout=self.timeout, into=into
+            )
+        except (OSError, agent_api.ApiError) as exc:
+            raise self._unreachable(exc) from None
+        return self._answer(reply), data
+
+    def _unreachable(self, exc: Exception) -> WorkloadError:
+        return WorkloadError(
+            f"cannot reach the node agent at {self.path}: {getattr(exc, 'strerror', None) or exc}",
+            code=WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE,
+        )
+
+    def _answer(self, reply: dict[str, Any]) -> dict[str, Any]:
         if reply.get("ok") is True:
             return reply
         reason = str(reply.get("code", agent_api.AGENT_ERROR))[:64]
@@ -159,7 +189,7 @@ class AgentSocketKeySource:
         message = str(reply.get("message", ""))[:500]
         hint = str(reply.get("hint", ""))[:500] or None
         raise AgentRefused(
-            f"the node agent refused: {reason}: {message}", code=code, reason=reason, hint=hint
+            f"the node agent refused: {reason}: {message}", code=code, reason=reason, hint=hint, reply=reply
         )
 
     def _key(self, name: str, purpose: str, version: int) -> DataKey:

@@ -6,7 +6,8 @@ into private memory, so a concurrent writer cannot change ciphertext between the
 decryption) and authenticated; one decrypted chunk is kept for the next small read. A read that lands on
 a bad chunk raises ``kms.envelope.StreamError`` with its code and ``chunk``; nothing of that chunk is
 returned. ``fileno()`` is unsupported on purpose: the descriptor holds ciphertext, and a library that
-found one would read it raw.
+found one would read it raw. With ``via_agent`` the node agent opens each chunk (the key never enters this
+process; ``enclave.workload.agent_stream``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import stat
 import threading
 from typing import TYPE_CHECKING, NoReturn
 
+from enclave.workload.agent_stream import AgentChunkOpener
 from enclave.workload.errors import WorkloadCode, WorkloadError
-from enclave.workload.keys import KeySource
+from enclave.workload.keys import AgentSocketKeySource, KeySource
 from kms.envelope.stream_chunks import ChunkOpener
-from kms.envelope.stream_header import read_header
+from kms.envelope.stream_header import StreamHeader, read_header
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -39,6 +41,17 @@ def pread_into(fd: int, view: memoryview, offset: int) -> memoryview:
     return view[:got]
 
 
+def _opener(keys: KeySource, header: StreamHeader, via_agent: bool) -> ChunkOpener:
+    if not via_agent:
+        return ChunkOpener(keys.read_key(header.key_ref), header)
+    if not isinstance(keys, AgentSocketKeySource):
+        raise WorkloadError(
+            f"via_agent needs the node agent as key source, not {type(keys).__name__}",
+            code=WorkloadCode.WORKLOAD_INPUT_INVALID,
+        )
+    return AgentChunkOpener(keys, header)  # the agent opens each chunk; no key here
+
+
 class _HeaderInput:
     """``read`` over a descriptor from offset 0 by ``pread`` (the descriptor's own offset is never used)."""
 
@@ -55,7 +68,7 @@ class SealedReader(io.BufferedIOBase):
     """Read-only, seekable plaintext view of a sealed file. Thread-safe; fork-safe (reads use explicit
     offsets, so a forked child may keep reading the object it inherited)."""
 
-    def __init__(self, path: str | os.PathLike[str], keys: KeySource) -> None:
+    def __init__(self, path: str | os.PathLike[str], keys: KeySource, *, via_agent: bool = False) -> None:
         super().__init__()
         self.name = os.fspath(path)
         self.mode = "rb"
@@ -71,7 +84,7 @@ class SealedReader(io.BufferedIOBase):
                 )
             os.set_blocking(self._fd, True)
             header = read_header(_HeaderInput(self._fd))
-            self._opener = ChunkOpener(keys.read_key(header.key_ref), header)
+            self._opener = _opener(keys, header, via_agent)
             self.key_ref = header.key_ref.decode("ascii", "replace")
             layout = self._opener.layout
             self._chunk_size = layout.chunk_size

@@ -5,7 +5,8 @@ sealed and written once the next byte arrives (a chunk is "last" only when the f
 goes to a temporary file (mode 0600) next to ``path``; ``close()`` seals the last chunk, fsyncs and
 renames it over ``path``. Leaving a ``with`` block by an exception, ``abort()``, or dropping the object
 unclosed removes the temporary file instead: a crash never leaves a shorter file that would open as
-valid. Not seekable; ``tell()`` counts plaintext bytes written.
+valid. Not seekable; ``tell()`` counts plaintext bytes written. Given an ``AgentChunkSealer`` instead of
+a key, the node agent seals each chunk (the key never enters this process).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NoReturn
 
+from enclave.workload.agent_stream import AgentChunkSealer
 from enclave.workload.errors import WorkloadCode, WorkloadError
 from enclave.workload.keys import DataKey
 from kms.envelope.stream_chunks import ChunkSealer
@@ -53,11 +55,14 @@ def _check_target(target: Path) -> None:
 class SealedWriter(io.BufferedIOBase):
     """Seals everything written to it into ``path`` under ``data_key``; see the module doc."""
 
-    def __init__(self, path: str | os.PathLike[str], data_key: DataKey, *, chunk_size: int) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], data_key: DataKey | AgentChunkSealer, *, chunk_size: int
+    ) -> None:
         super().__init__()
         self.name = os.fspath(path)
         self.mode = "wb"
         self.key_ref = data_key.key_ref
+        self._agent_sealer = data_key if isinstance(data_key, AgentChunkSealer) else None
         self._target = Path(path)
         self._lock = threading.Lock()
         self._fd, self._tmp = -1, ""
@@ -65,7 +70,11 @@ class SealedWriter(io.BufferedIOBase):
         self._filled = 0
         self._written = 0
         try:
-            self._sealer = ChunkSealer(data_key.key, key_ref=data_key.key_ref, chunk_size=chunk_size)
+            self._sealer: ChunkSealer | AgentChunkSealer = (
+                data_key
+                if isinstance(data_key, AgentChunkSealer)
+                else ChunkSealer(data_key.key, key_ref=data_key.key_ref, chunk_size=chunk_size)
+            )
             self._buffer = memoryview(bytearray(chunk_size))
             self._out = memoryview(bytearray(chunk_size + 16))
             _check_target(self._target)
@@ -190,6 +199,9 @@ class SealedWriter(io.BufferedIOBase):
         self._filled = 0
 
     def _discard(self) -> None:
+        if self._agent_sealer is not None:
+            self._agent_sealer.abort()
+            self._agent_sealer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

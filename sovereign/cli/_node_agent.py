@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from enclave.agent import NodeAgent
+from enclave.agent_metrics import AgentCollector, serve_metrics
 from enclave.config import AgentSettings, NodeConfig, build_client, build_provider, load_node_toml
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
@@ -113,12 +114,22 @@ def _running_agent(
         group=resolve_group(settings.socket_group),
         allowed_uids=settings.allowed_uids,
         allowed_gids=settings.allowed_gids,
+        hand_out_keys=settings.hand_out_keys,
     )
+    metrics = None
     try:
         server.start()
+        if settings.metrics_listen:
+            metrics = serve_metrics(
+                AgentCollector(resident, lambda: server.streams.sealing), settings.metrics_listen
+            )
+            host = metrics.server.server_address[0]
+            log.info("node agent: metrics on http://%s:%d/metrics", host, metrics.port)
         resident.start()
         yield resident, server
     finally:
+        if metrics is not None:
+            metrics.close()
         server.close()
         resident.stop()
         client.close()

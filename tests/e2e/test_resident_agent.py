@@ -500,3 +500,130 @@ def test_a_tampered_or_truncated_shard_fails_at_its_chunk_with_keys_from_the_age
         assert cut.value.code is Code.STREAM_TRUNCATED and cut.value.chunk is not None
     finally:
         stop(agent)
+
+
+VIA_AGENT = r"""
+import json, sys
+from enclave.workload import ERRORS, create_sealed, open_sealed
+shard, out = sys.argv[1], sys.argv[2]
+with open_sealed(shard, via_agent=True) as f, create_sealed(out, key="model/main", via_agent=True) as w:
+    w.write(f.read())
+print(json.dumps({"written": out}), flush=True)
+"""
+
+REVOKED_MID_READ = r"""
+import json, sys
+from enclave.workload import ERRORS, open_sealed
+chunk = 65536
+with open_sealed(sys.argv[1], via_agent=True) as through_agent, open_sealed(sys.argv[1]) as key_held:
+    through_agent.read(chunk), key_held.read(chunk)
+    print(json.dumps({"chunk": 0}), flush=True)
+    sys.stdin.readline()  # the test revokes the node meanwhile
+    held = len(key_held.read(chunk))  # this reader holds the key: revocation cannot reach it
+    try:
+        through_agent.read(chunk)
+    except ERRORS as err:
+        print(json.dumps({"code": str(err.code), "reason": getattr(err, "reason", ""), "held": held}), flush=True)
+        sys.exit(3)
+sys.exit(0)
+"""
+
+
+def samples(port: int) -> dict[str, float]:
+    """The agent's metrics as ``name{label="value",...}`` (labels sorted) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            found[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return found
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_workload_streams_through_the_agent_and_its_metrics_move(
+    plane: ServerProcess, bao: Bao, sim_dir: Path, shard: Path, sock_dir: Path, tmp_path: Path
+) -> None:
+    """Read a sealed shard and write a sealed checkpoint with the keys kept in the agent (via_agent);
+    the agent's Prometheus endpoint counts it, with a key handout and a refusal for contrast."""
+    from kms.envelope import decrypt_stream
+
+    port = free_port()
+    agent = start_agent(node_toml(plane, sim_dir, sock_dir, extra=f'metrics_listen = "127.0.0.1:{port}"\n'))
+    socket_path = sock_dir / "agent.sock"
+    try:
+        before = samples(port)
+        out = tmp_path / "ckpt.sealed"
+        done = subprocess.run(
+            [sys.executable, "-m", "sovereign", "node", "exec", "--socket", str(socket_path), "--",
+             sys.executable, "-c", VIA_AGENT, str(shard), str(out)],
+            cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        import io
+
+        plain = io.BytesIO()
+        decrypt_stream(owner_key(plane, bao, "model/main"), io.BytesIO(out.read_bytes()), plain)
+        assert plain.getvalue() == SHARD  # the independent oracle: the owner's key, from OpenBao
+        AgentSocketKeySource(str(socket_path)).read_key(b"dataset/train@v1")
+        refused = agent_api.call(str(socket_path), {"op": "key", "name": "../x", "purpose": "read"})
+        assert refused["code"] == agent_api.REQUEST_INVALID
+        after = samples(port)
+    finally:
+        stop(agent)
+    chunks = 'sovereign_agent_stream_chunks_total{key="%s",op="%s"}'
+    assert after[chunks % ("dataset/train", "open")] >= 6  # 6 chunks, the last read twice (opening)
+    assert after[chunks % ("model/main", "seal")] == 1  # the shard fits one 1 MiB chunk
+    handouts = 'sovereign_agent_key_handouts_total{key="dataset/train",purpose="read"}'
+    assert before.get(handouts, 0) == 0 and after[handouts] == 1
+    assert after['sovereign_agent_refusals_total{reason="AGENT_REQUEST_INVALID"}'] == 1
+    assert after["sovereign_agent_registrations_total"] == 1 and after["sovereign_agent_attested"] == 1
+    assert after["sovereign_agent_keys_held"] >= 2  # dataset/train read, model/main write
+    assert "sovereign_agent_lease_renewals_total" in after
+
+
+def test_revocation_stops_the_next_chunk_of_a_file_opened_through_the_agent(
+    plane: ServerProcess, sim_dir: Path, shard: Path, sock_dir: Path
+) -> None:
+    agent = start_agent(node_toml(plane, sim_dir, sock_dir))
+    socket_path = sock_dir / "agent.sock"
+    workload = subprocess.Popen(
+        [sys.executable, "-m", "sovereign", "node", "exec", "--socket", str(socket_path), "--keys",
+         "dataset/train", "--", sys.executable, "-c", REVOKED_MID_READ, str(shard)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert workload.stdout is not None and workload.stdin is not None
+        line = workload.stdout.readline()
+        assert json.loads(line or "{}") == {"chunk": 0}, line + workload.stderr.read()  # type: ignore[union-attr]
+        node_id = str(status(socket_path)["node_id"])
+        with plane.admin_channel() as channel:
+            admin_pb2_grpc.AdminStub(channel).RevokeNode(
+                admin_pb2.RevokeNodeRequest(node_id=node_id, reason="test")
+            )
+        deadline = time.monotonic() + 30
+        while status(socket_path)["state"] != "REVOKED" and time.monotonic() < deadline:
+            time.sleep(0.2)  # the agent sees it at its next check (check_interval = 0.5 s)
+        workload.stdin.write("go\n")
+        workload.stdin.flush()
+        out, err = workload.communicate(timeout=60)
+        assert workload.returncode == 3, out + err
+        assert json.loads(out) == {
+            "code": "WORKLOAD_KEY_UNAVAILABLE", "reason": "AGENT_NODE_REVOKED", "held": 65536,
+        }  # fmt: skip
+    finally:
+        if workload.poll() is None:
+            workload.kill()
+        stop(agent)

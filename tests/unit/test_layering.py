@@ -25,7 +25,17 @@ RULES: dict[str, set[str]] = {
     # the one key-name rule (stdlib-only module), so release-rule patterns follow the names keys exist under
     "policies": {"attestation", "kms.envelope.names"},
     "kms/envelope": {"cryptography"},
-    "enclave": {"attestation", "proto", "kms.envelope", "cryptography", "nacl", "grpc", "google"},
+    # prometheus_client: the resident agent's optional metrics endpoint (enclave/agent_metrics.py)
+    "enclave": {
+        "attestation",
+        "proto",
+        "kms.envelope",
+        "cryptography",
+        "nacl",
+        "grpc",
+        "google",
+        "prometheus_client",
+    },
     # imported by training code: no gRPC, no control plane (_typeshed: type-checking only)
     "enclave/workload": {"kms.envelope", "cryptography", "_typeshed"},
     # Inside the control plane, each folder has one dependency profile (ARCHITECTURE.md "Layout"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave.config import AgentSettings, load_node_toml
+from enclave.config import AgentSettings, load_node_toml, parse_listen
 from enclave.errors import NodeCode, NodeError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +30,12 @@ def test_the_shipped_sample_loads() -> None:
         'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nrevocation_action = "ignore"',
         'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\ncheck_interval = 0',
         'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nallowed_uids = ["root"]',
+        'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = "0.0.0.0:9464"',  # not loopback
+        'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = "10.1.2.3:9464"',
+        'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = "127.0.0.1"',  # no port
+        'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = "127.0.0.1:70000"',
+        'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = 9464',
+        'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nhand_out_keys = "no"',
         'server = "h:1"\nnode_name = "n"\nca = "/x"\ntimeout = "soon"',
         'server = "h:1"\nnode_name = "n"\nca = "/x"\nsim_pki = "/p"',  # sim_pki without a simulated provider
         'server = "h:1"\nnode_name = "n"\nca = "/x"\nprovider = "simulated-snp"\nsim_measurement = "zz"',
@@ -49,3 +55,20 @@ def test_a_missing_file_is_coded(tmp_path: Path) -> None:
     with pytest.raises(NodeError) as info:
         load_node_toml(tmp_path / "absent.toml", environ={})
     assert info.value.code is NodeCode.CONFIG_INVALID
+
+
+@pytest.mark.parametrize(
+    ("listen", "where"),
+    [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:0", ("::1", 0)), ("localhost:9", ("127.0.0.1", 9))],
+)
+def test_metrics_listen_takes_a_loopback_address(tmp_path: Path, listen: str, where: tuple[str, int]) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(f'server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nmetrics_listen = "{listen}"\n')
+    _, agent = load_node_toml(path, environ={})
+    assert agent.metrics_listen == listen and parse_listen(listen) == where
+
+
+def test_hand_out_keys_can_be_turned_off(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('server = "h:1"\nnode_name = "n"\nca = "/x"\n[agent]\nhand_out_keys = false\n')
+    assert load_node_toml(path, environ={})[1].hand_out_keys is False
