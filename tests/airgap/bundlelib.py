@@ -42,8 +42,9 @@ def documented_steps(doc: Path) -> str:
     return textwrap.dedent(match.group(1))
 
 
-def site_steps(built: Built, public_key: Path, site: Path) -> str:
-    """The documented block with this test's names and folders in place of the site's."""
+def site_steps(built: Built, public_key: Path, site: Path, extra: str = "") -> str:
+    """The documented block with this test's names and folders in place of the site's (``extra``: more
+    installer options, e.g. the test's own service users, appended after ``--data-dir``)."""
     steps = documented_steps(ROOT / "docs" / "airgap.md")
     substitutions = [
         ("<release>", built.release_id),
@@ -51,7 +52,7 @@ def site_steps(built: Built, public_key: Path, site: Path) -> str:
         ("/etc/sovereign/release.pub.pem", str(public_key)),
         ("--prefix /opt/sovereign", f"--prefix {site}/opt"),
         ("--config-dir /etc/sovereign", f"--config-dir {site}/etc"),
-        ("--data-dir /var/lib/sovereign", f"--data-dir {site}/var"),
+        ("--data-dir /var/lib/sovereign", f"--data-dir {site}/var{extra}"),
         ("sudo ", ""),  # the tests run as root and the machine has no sudo
     ]
     for placeholder, value in substitutions:
