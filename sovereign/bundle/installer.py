@@ -141,6 +141,11 @@ def _check_signature(
         raise _bad_signature(what, public_key)
 
 
+_PEM_HINT = (
+    "give --public-key the NAME.pub.pem that 'sovereign bundle keygen' wrote (an Ed25519 PUBLIC KEY PEM)"
+)
+
+
 def key_fingerprint(raw: bytes) -> str:
     """``sha256:`` + the SHA-256 of the key's SubjectPublicKeyInfo DER: what
     ``openssl pkey -pubin -in KEY.pub.pem -outform DER | sha256sum`` prints, to compare out of band."""
@@ -154,13 +159,17 @@ def raw_public_key(pem: bytes) -> bytes:
 
     lines = [ln.strip() for ln in pem.decode("ascii", "replace").splitlines() if ln.strip()]
     if not lines or lines[0] != "-----BEGIN PUBLIC KEY-----" or lines[-1] != "-----END PUBLIC KEY-----":
-        raise BundleError("not a PUBLIC KEY PEM file", code=BundleCode.BUNDLE_KEY_INVALID)
+        raise BundleError("not a PUBLIC KEY PEM file", code=BundleCode.BUNDLE_KEY_INVALID, hint=_PEM_HINT)
     try:
         der = base64.b64decode("".join(lines[1:-1]), validate=True)
     except binascii.Error:
-        raise BundleError("PUBLIC KEY PEM is not base64", code=BundleCode.BUNDLE_KEY_INVALID) from None
+        raise BundleError(
+            "PUBLIC KEY PEM is not base64", code=BundleCode.BUNDLE_KEY_INVALID, hint=_PEM_HINT
+        ) from None
     if len(der) != 44 or not der.startswith(ED25519_SPKI_PREFIX):
-        raise BundleError("the public key is not an Ed25519 key", code=BundleCode.BUNDLE_KEY_INVALID)
+        raise BundleError(
+            "the public key is not an Ed25519 key", code=BundleCode.BUNDLE_KEY_INVALID, hint=_PEM_HINT
+        )
     return der[len(ED25519_SPKI_PREFIX) :]
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tarfile
+import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +107,23 @@ def plant_marker_in_install_sh(marker: Path) -> Callable[[Path], None]:
         script.write_text(text.replace("\nset -eu\n", f"\nset -eu\necho 'install.sh ran' > '{marker}'\n", 1))
 
     return edit
+
+
+@contextmanager
+def world_readable_folder() -> Iterator[Path]:
+    """A folder under /tmp the service users can reach (pytest's tmp folders are 0700 under root's)."""
+    base = Path(tempfile.mkdtemp(prefix="sovereign-airgap-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def system_python() -> str | None:
+    """The host's own Python 3.11, as a site has it (this machine's default python3 is pyenv's, under
+    /root, out of other users' reach)."""
+    for candidate in ("/usr/bin/python3.11", "/usr/local/bin/python3.11"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None

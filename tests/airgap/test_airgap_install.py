@@ -18,13 +18,12 @@ import secrets
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from airgap.bundlelib import ROOT, Built, carry, site_steps
+from airgap.bundlelib import ROOT, Built, carry, site_steps, system_python, world_readable_folder
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK = re.compile(r"^\('?(127\.0\.0\.1|::1|localhost)'?, \d+|^'/|^b?'\\x00|^'?(127\.0\.0\.1|localhost)'")
@@ -40,14 +39,13 @@ def _require_root_and_unshare() -> None:
 
 
 def _system_python() -> str:
-    """The host's own Python 3.11, as a site has it: the service users run the venv it makes, and this
-    machine's default python3 (pyenv, under /root) is out of their reach."""
-    for candidate in ("/usr/bin/python3.11", "/usr/local/bin/python3.11"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail(
-        "the air-gap test needs a system-wide Python 3.11 (/usr/bin/python3.11) for the service users"
-    )
+    """The services run the venv the installer makes, so it must come from a Python they can reach."""
+    python = system_python()
+    if python is None:
+        pytest.fail(
+            "the air-gap test needs a system-wide Python 3.11 (/usr/bin/python3.11) for the service users"
+        )
+    return python
 
 
 def _extract(built: Built, dest: Path) -> Path:
@@ -66,17 +64,6 @@ def _install(
     cmd = [str(bundle / "install.sh"), "--public-key", str(public_key), "--prefix", str(root / "opt"),
            "--config-dir", str(root / "etc"), "--data-dir", str(root / "var"), *(extra or [])]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-
-
-@contextmanager
-def _world_readable_folder() -> Iterator[Path]:
-    """The service users must reach the installed tree, which pytest's 0700 tmp folder would hide."""
-    base = Path(tempfile.mkdtemp(prefix="sovereign-airgap-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextmanager
@@ -118,7 +105,7 @@ def test_install_and_release_a_key_with_no_network(built_bundle: Built, tmp_path
     _require_root_and_unshare()
     carried = carry(built_bundle, tmp_path / "carried")
     tag = secrets.token_hex(3)
-    with _world_readable_folder() as base, _service_users_removed_after(f"sovt-{tag}", f"baot-{tag}"):
+    with world_readable_folder() as base, _service_users_removed_after(f"sovt-{tag}", f"baot-{tag}"):
         site, work, netlog = base / "site", base / "work", base / "net.log"
         work.mkdir()
         netlog.touch()
@@ -170,7 +157,9 @@ exec "{site}/opt/current/venv/bin/python" "{HERE}/netns_world.py" "{work}" '{jso
         units = site / "opt" / "current" / "systemd"
         for unit in sorted(units.glob("*.service")):
             text = unit.read_text()
-            assert not [d for d in DEFAULT_FOLDERS if re.search(re.escape(d) + r"(?![\w.-])", text)], unit
+            assert not [
+                d for d in DEFAULT_FOLDERS if re.search(r"(?<![\w.@/-])" + re.escape(d) + r"(?![\w.-])", text)
+            ], unit
             start = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
             assert str(site / "opt" / "current" / "venv") in start, start
         assert {p.name for p in units.glob("*.service")} >= {
