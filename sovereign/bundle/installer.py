@@ -624,11 +624,11 @@ def rollback(prefix: Path) -> tuple[Path, Path]:
     """Switch ``current`` back to ``previous`` (and ``previous`` to what was current, so a second
     rollback goes forward again). Only the two links change: config and data stay as they are.
     Returns (the release left, the release now current)."""
-    layout = Layout(prefix, Path("/"), Path("/"))
-    current, previous = _release_of(layout.current), _release_of(layout.previous)
+    current_link, previous_link = prefix / "current", prefix / "previous"
+    current, previous = _release_of(current_link), _release_of(previous_link)
     if current is None:
         raise BundleError(
-            f"{layout.current} is not a link to an installed release",
+            f"{current_link} is not a link to an installed release",
             code=BundleCode.BUNDLE_NO_PREVIOUS_RELEASE,
             hint="give --prefix the folder the bundle was installed into",
         )
@@ -638,8 +638,8 @@ def rollback(prefix: Path) -> tuple[Path, Path]:
             code=BundleCode.BUNDLE_NO_PREVIOUS_RELEASE,
             hint=f"the installed releases are in {prefix / 'releases'}; install the one you want again",
         )
-    _switch(layout.current, previous)
-    _switch(layout.previous, current)
+    _switch(current_link, previous)
+    _switch(previous_link, current)
     return current, previous
 
 
