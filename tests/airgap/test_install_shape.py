@@ -14,11 +14,12 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from airgap.bundlelib import ROOT, system_python, world_readable_folder
+from airgap.bundlelib import ROOT, Built, carry, system_python, world_readable_folder
 
 from sovereign.bundle import installer as inst
 from sovereign.bundle.build import NO_COLLATERAL_WARNING
@@ -276,3 +277,41 @@ def test_the_installer_answers_every_wrong_shape_with_a_code_and_a_hint(tmp_path
         assert f"error: {code}:" in run.stderr and "hint:" in run.stderr, (name, run.stderr)
         assert "Traceback" not in run.stderr + run.stdout, (name, run.stderr)
     assert not (tmp_path / "site").exists()
+
+
+def test_the_cli_answers_wrong_shapes_with_a_code_and_says_ok_in_words(
+    tmp_path: Path, built_bundle: Built
+) -> None:
+    key = tmp_path / "release.pub.pem"
+    assert _sovereign("bundle", "keygen", "--out", tmp_path, "--name", "release").returncode == 0
+    not_tar = tmp_path / "notes.tar.gz"
+    not_tar.write_text("not a tarball\n")
+    for args in (["verify", not_tar, "--public-key", key], ["verify", tmp_path / "nope", "--public-key", key],
+                 ["install", not_tar, "--public-key", not_tar, "--prefix", tmp_path / "site"]):  # fmt: skip
+        run = _sovereign("bundle", *args)
+        assert run.returncode == 1 and "error: BUNDLE_" in run.stderr and "hint:" in run.stderr, (
+            args,
+            run.stderr,
+        )
+        assert "Traceback" not in run.stderr and "internal error" not in run.stderr, run.stderr
+    carried = carry(built_bundle, tmp_path / "carried")
+    ok = _sovereign("bundle", "verify", carried / built_bundle.result.archive.name, "--public-key",
+                    built_bundle.public_key)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert (
+        ok.stdout.strip()
+        == f"bundle OK: release {built_bundle.release_id}, {len(built_bundle.result.manifest['files'])} files verified"
+    )  # type: ignore[arg-type]
+
+
+def test_install_sh_takes_a_tarball_with_bundle(tmp_path: Path, built_bundle: Built) -> None:
+    """What the review hit: ``install.sh --bundle X.tar.gz`` was refused with 'Not a directory'."""
+    carried = carry(built_bundle, tmp_path / "carried")
+    with tarfile.open(built_bundle.result.archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    (folder,) = (tmp_path / "x").iterdir()
+    run = subprocess.run([str(folder / "install.sh"), "--bundle", str(carried / built_bundle.result.archive.name),
+                          "--public-key", str(built_bundle.public_key), "--verify-only"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"release {built_bundle.release_id}" in run.stdout
