@@ -162,6 +162,11 @@ exec "{site}/opt/current/venv/bin/python" "{HERE}/netns_world.py" "{work}" '{jso
             ], unit
             start = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
             assert str(site / "opt" / "current" / "venv") in start, start
+        if shutil.which("systemd-analyze"):  # the rendered units parse, name existing binaries and users
+            rendered = [str(u) for u in sorted(units.glob("*.service")) if "@" not in u.name]
+            verify = subprocess.run(["systemd-analyze", "verify", *rendered], capture_output=True, text=True,
+                                    check=False)  # fmt: skip
+            assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
         assert {p.name for p in units.glob("*.service")} >= {
             "openbao.service",
             "sovereign-control-plane.service",
