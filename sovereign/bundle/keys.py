@@ -6,12 +6,31 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
 
-from sovereign.bundle.installer import ED25519_SPKI_PREFIX, BundleCode, BundleError, read_public_key
+from sovereign.bundle.installer import (
+    ED25519_SPKI_PREFIX,
+    BundleCode,
+    BundleError,
+    key_fingerprint,
+    read_public_key,
+)
+
+# A key name is one file-name stem: no separators, no "..", so the files stay inside --out.
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
+MAX_KEY_NAME = 64
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_key: Path
+    public_key: Path
+    fingerprint: str  # "sha256:" + SHA-256 of the public key's DER (openssl pkey -pubin -outform DER)
 
 
 def public_pem(verify_key: nacl.signing.VerifyKey) -> bytes:
@@ -19,9 +38,34 @@ def public_pem(verify_key: nacl.signing.VerifyKey) -> bytes:
     return b"-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(der) + b"\n-----END PUBLIC KEY-----\n"
 
 
+def check_name(name: str) -> str:
+    if len(name) > MAX_KEY_NAME or not KEY_NAME.fullmatch(name):
+        raise BundleError(
+            f"key name {name!r} is not a plain file-name stem",
+            code=BundleCode.BUNDLE_KEY_INVALID,
+            hint=f"use letters, digits, '-', '_' and single dots, at most {MAX_KEY_NAME} characters, "
+            "e.g. --name release; the folder goes in --out",
+        )
+    return name
+
+
+def generate_pair(directory: Path, name: str) -> KeyPair:
+    """Write a new key pair; refuses a name that is not a plain stem and an existing private key."""
+    key_path, pub_path = generate(directory, name)
+    return KeyPair(key_path, pub_path, key_fingerprint(read_public_key(pub_path)))
+
+
 def generate(directory: Path, name: str) -> tuple[Path, Path]:
     """Write a new key pair; refuses to overwrite an existing private key."""
-    directory.mkdir(parents=True, exist_ok=True)
+    check_name(name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(
+            f"cannot create the key folder {directory}: {exc.strerror or type(exc).__name__}",
+            code=BundleCode.BUNDLE_KEY_INVALID,
+            hint="choose a folder you can write with --out",
+        ) from None
     key_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub.pem"
     key = nacl.signing.SigningKey.generate()
     try:

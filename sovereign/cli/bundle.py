@@ -1,8 +1,9 @@
-"""``sovereign bundle keygen|build|verify|install``: the offline (air-gapped) install bundle."""
+"""``sovereign bundle keygen|build|verify|install|rollback``: the offline (air-gapped) install bundle."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sovereign.bundle import installer as inst
@@ -16,7 +17,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     key = cmds.add_parser("keygen", help="make an Ed25519 release key pair (NAME.key, NAME.pub.pem)")
     key.add_argument("--out", type=Path, required=True, help="folder for the key files")
-    key.add_argument("--name", default="release")
+    key.add_argument(
+        "--name", default="release", help="file-name stem of the pair (letters, digits, '-', '_', '.')"
+    )
+    key.add_argument("--json", action="store_true", help="machine-readable output")
     key.set_defaults(func=_keygen)
 
     build = cmds.add_parser(
@@ -56,22 +60,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("bundle", type=Path, help="bundle .tar.gz (with its SHA256SUMS beside it) or folder")
         p.add_argument("--public-key", type=Path, required=True, help="release public key the site pins")
         if name == "install":
-            p.add_argument("--prefix", type=Path, default=Path("/opt/sovereign"))
-            p.add_argument("--config-dir", type=Path, default=Path("/etc/sovereign"))
-            p.add_argument("--data-dir", type=Path, default=Path("/var/lib/sovereign"))
+            inst.add_layout_options(p)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=_verify if name == "verify" else _install)
+
+    back = cmds.add_parser(
+        "rollback",
+        help="switch PREFIX/current back to the release installed before it",
+        description="Only the 'current' and 'previous' links under PREFIX change (atomically); config, data "
+        "and the database stay as they are. Restart the services afterwards. Running it again goes "
+        "forward to the release just left.",
+    )
+    back.add_argument("--prefix", type=Path, default=Path("/opt/sovereign"), help="install prefix")
+    back.add_argument("--json", action="store_true")
+    back.set_defaults(func=_rollback)
 
 
 def _keygen(args: argparse.Namespace) -> int:
     from sovereign.bundle import keys
 
     try:
-        key_path, pub_path = keys.generate(args.out, args.name)
+        pair = keys.generate_pair(args.out, args.name)
     except BundleError as err:
-        return fail(err, as_json=False)
-    print(f"private key: {key_path} (0600; keep it offline)\npublic key:  {pub_path} (give it to every site)")
+        return fail(err, as_json=args.json)
+    if args.json:
+        out = {"private_key": str(pair.private_key), "public_key": str(pair.public_key)}
+        print_json({**out, "fingerprint": pair.fingerprint})
+        return 0
+    print(f"private key: {pair.private_key} (0600; keep it offline)")
+    print(f"public key:  {pair.public_key} (give it to every site)")
+    print(f"fingerprint: {pair.fingerprint}")
+    print(
+        "  sites compare it, out of band, with: openssl pkey -pubin -in NAME.pub.pem -outform DER | sha256sum"
+    )
     return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -88,13 +114,17 @@ def _build(args: argparse.Namespace) -> int:
                 target=Target(args.python_version, args.machine, args.glibc),
                 collateral=args.collateral,
                 from_worktree=args.worktree,
+                progress=_stderr,
             )
         )
     except BundleError as err:
         return fail(err, as_json=args.json)
+    for warning in result.warnings:
+        _stderr(f"warning: {warning}")
     info = {"archive": str(result.archive), "manifest_sha256": result.manifest_sha256,
             "release_id": result.manifest["release_id"], "commit": result.manifest["commit"],
-            "dirty": result.manifest["dirty"], "publish": [str(p) for p in result.published]}  # fmt: skip
+            "dirty": result.manifest["dirty"], "publish": [str(p) for p in result.published],
+            "warnings": list(result.warnings)}  # fmt: skip
     if args.json:
         print_json({"ok": True, **info})
     else:
@@ -109,9 +139,7 @@ def _build(args: argparse.Namespace) -> int:
 def _with_folder(args: argparse.Namespace, action: str) -> int:
     from sovereign.bundle import keys
 
-    layout = None
-    if action == "install":
-        layout = inst.Layout(args.prefix.resolve(), args.config_dir.resolve(), args.data_dir.resolve())
+    layout = inst.layout_from(args) if action == "install" else None
     try:
         # A tarball is checked against its signed SHA256SUMS before anything in it is extracted.
         manifest, release, created = inst.verify_or_install(
@@ -121,7 +149,10 @@ def _with_folder(args: argparse.Namespace, action: str) -> int:
         return fail(err, as_json=args.json)
     if layout is None:
         out = {"release_id": manifest.release_id, "files": len(manifest.files)}
-        print_json({"ok": True, **out}) if args.json else print(f"bundle OK: {out}")
+        if args.json:
+            print_json({"ok": True, **out})
+        else:
+            print(f"bundle OK: release {manifest.release_id}, {len(manifest.files)} files verified")
     elif args.json:
         print_json({"ok": True, "release": str(release), "created": created})
     else:
@@ -135,3 +166,16 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     return _with_folder(args, "install")
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    try:
+        left, now = inst.rollback(Path(args.prefix).absolute())
+    except BundleError as err:
+        return fail(err, as_json=args.json)
+    if args.json:
+        print_json({"ok": True, "from": str(left), "to": str(now)})
+    else:
+        print(f"current release: {now.name} (was {left.name}); config and data unchanged")
+        print("restart the services to run it: systemctl restart openbao sovereign-control-plane")
+    return 0

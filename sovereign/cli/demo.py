@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from sovereign.cli._output import print_json, print_table
-from sovereign.demo import evidence_tour, lifecycle
+from sovereign.demo import evidence_tour, keep, lifecycle
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--only", choices=["lifecycle", "evidence"], help="run one part only")
     parser.add_argument(
-        "--keep", type=Path, metavar="DIR", help="work in DIR and keep it (default: a temp dir)"
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="work in DIR and keep it, owner-only, with what an auditor needs to verify later (ledger "
+        "export, audit public key, checkpoint, OpenBao's audit log); default: a temp dir",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_demo)
@@ -41,8 +45,11 @@ def _demo(args: argparse.Namespace) -> int:
     if args.only in (None, "lifecycle"):
         _progress("== lifecycle ==")
         if args.keep:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            steps = [s.to_dict() for s in lifecycle.run(args.keep, _progress)]
+            with keep.private_folder(args.keep) as folder:
+                steps = [s.to_dict() for s in lifecycle.run(folder, _progress)]
+            kept = keep.KeptForAudit.in_folder(args.keep)
+            _progress(f"kept {args.keep} (owner-only) for a later audit:\n  {kept.verify_command()}")
+            _progress(f"  {kept.reconcile_command()}")
         else:
             with tempfile.TemporaryDirectory(prefix="sovereign-demo-") as tmp:
                 steps = [s.to_dict() for s in lifecycle.run(Path(tmp), _progress)]

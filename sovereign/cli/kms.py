@@ -89,7 +89,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     try:
         settings = bao_settings(args, operator=True)
         assert isinstance(settings.auth, TokenAuth)
-        report = boot.bootstrap(settings.addr, settings.auth.token, args.out)
+        report = boot.bootstrap(settings.addr, settings.auth.token, args.out, ca_cert=settings.ca_cert)
     except KmsError as err:
         return fail(err, as_json=args.json)
     _print_report(report, args.json)

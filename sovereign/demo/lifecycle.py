@@ -45,8 +45,8 @@ from kms.audit.verify import verify_export
 from kms.domain.catalogue import Catalogue, KeyKind
 from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME
 from kms.envelope import read_header
-from kms.envelope.files import encrypt_file
 from kms.envelope.names import format_key_ref
+from kms.envelope.stream import encrypt_stream
 from kms.oidc.login import openid_client, password_login
 from kms.openbao.bootstrap import ROLE_NAME
 from kms.openbao.vault import TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth
@@ -125,6 +125,12 @@ def _audit_steps(
         AUDIT_KEY_NAME
     )
     keys = load_audit_keys(json.dumps(key).encode())
+    # Kept for an auditor who verifies later, offline (`sovereign demo --keep DIR`; docs/audit.md):
+    # sovereign audit verify audit-export.jsonl --public-key audit-public-key.json --checkpoint audit-checkpoint.json
+    (workdir / "audit-public-key.json").write_text(json.dumps(key, sort_keys=True) + "\n")
+    (workdir / "audit-checkpoint.json").write_text(
+        json.dumps({"checkpoint": head.to_obj()}, sort_keys=True) + "\n"
+    )
     try:
         with export.open("rb") as f:
             report = verify_export(read_lines(f), keys, trusted=head, trusted_source="server_head")
@@ -334,10 +340,10 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
         # The data owner seals a dataset with the key's current version.
         data = os.urandom(3 * (1 << 20) + 4321)
         digest = hashlib.sha256(data).hexdigest()
-        plain, sealed = workdir / "train.bin", workdir / "train.sealed"
-        plain.write_bytes(data)
+        sealed = workdir / "train.sealed"
         key = _owner_catalogue(plane, bao).unwrap(DATASET_KEY, kind=KeyKind.DATASET)
-        encrypt_file(key.plaintext, plain, sealed, key_ref=format_key_ref(key.name, key.version))
+        with sealed.open("wb") as out:  # sealed from memory: no dataset plaintext ever lands in the folder
+            encrypt_stream(key.plaintext, data, out, key_ref=format_key_ref(key.name, key.version))
         del key
         rec.add("seal dataset (3 MiB)", "data owner", "ok", "ok", f"sha256 {digest[:16]}...")
 
@@ -370,6 +376,8 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
             )
         except ControlPlaneError as err:
             rec.add("seal model output (write key)", "SNP node", "ok", _code(err))
+        finally:
+            weights.unlink()  # the plaintext model output does not outlive its sealing
         try:
             nodes["tdx"].fetch_key(DATASET_KEY, "write")
             rec.add("fetch dataset key for writing", "TDX node", "RELEASE_PURPOSE_NOT_ALLOWED", "ok")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tarfile
+import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +45,9 @@ def documented_steps(doc: Path) -> str:
     return textwrap.dedent(match.group(1))
 
 
-def site_steps(built: Built, public_key: Path, site: Path) -> str:
-    """The documented block with this test's names and folders in place of the site's."""
+def site_steps(built: Built, public_key: Path, site: Path, extra: str = "") -> str:
+    """The documented block with this test's names and folders in place of the site's (``extra``: more
+    installer options, e.g. the test's own service users, appended after ``--data-dir``)."""
     steps = documented_steps(ROOT / "docs" / "airgap.md")
     substitutions = [
         ("<release>", built.release_id),
@@ -51,7 +55,7 @@ def site_steps(built: Built, public_key: Path, site: Path) -> str:
         ("/etc/sovereign/release.pub.pem", str(public_key)),
         ("--prefix /opt/sovereign", f"--prefix {site}/opt"),
         ("--config-dir /etc/sovereign", f"--config-dir {site}/etc"),
-        ("--data-dir /var/lib/sovereign", f"--data-dir {site}/var"),
+        ("--data-dir /var/lib/sovereign", f"--data-dir {site}/var{extra}"),
         ("sudo ", ""),  # the tests run as root and the machine has no sudo
     ]
     for placeholder, value in substitutions:
@@ -103,3 +107,23 @@ def plant_marker_in_install_sh(marker: Path) -> Callable[[Path], None]:
         script.write_text(text.replace("\nset -eu\n", f"\nset -eu\necho 'install.sh ran' > '{marker}'\n", 1))
 
     return edit
+
+
+@contextmanager
+def world_readable_folder() -> Iterator[Path]:
+    """A folder under /tmp the service users can reach (pytest's tmp folders are 0700 under root's)."""
+    base = Path(tempfile.mkdtemp(prefix="sovereign-airgap-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def system_python() -> str | None:
+    """The host's own Python 3.11, as a site has it (this machine's default python3 is pyenv's, under
+    /root, out of other users' reach)."""
+    for candidate in ("/usr/bin/python3.11", "/usr/local/bin/python3.11"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
