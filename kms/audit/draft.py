@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from attestation.coded import Reason as CodedReason
 from kms.audit.entry import Decision, Kind, Reason
 from kms.audit.errors import AuditError
 
@@ -28,9 +29,9 @@ class Draft:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-def reasons_of(items: Iterable[Mapping[str, str]]) -> tuple[Reason, ...]:
-    """``[{"code", "message", ...}]`` (the control plane's reason dicts) -> entry reasons (no hints)."""
-    return tuple(Reason(str(r["code"]), str(r["message"])[:MAX_REASON_MESSAGE]) for r in items)
+def reasons_of(items: Iterable[CodedReason]) -> tuple[Reason, ...]:
+    """Refusal reasons -> entry reasons (the ledger records no hints)."""
+    return tuple(Reason(r.code, r.message[:MAX_REASON_MESSAGE]) for r in items)
 
 
 def node_actor(node_id: str) -> str:

@@ -22,8 +22,10 @@ from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from attestation.coded import CodedError, Reason
 from kms.errors import Code, KmsError
 from policies import NodeState as PolicyNodeState
+from policies.errors import Reason as RuleReason
 
 if TYPE_CHECKING:
     from kms.audit.draft import Draft
@@ -72,7 +74,7 @@ class NodeRecord:
     claims_digest: str
     groups: tuple[str, ...]
     requested_groups: tuple[str, ...]
-    reasons: tuple[Mapping[str, str], ...]
+    reasons: tuple[Reason, ...]
     evidence_time: datetime
     lease_id: str | None
     lease_issued_at: datetime | None
@@ -106,14 +108,16 @@ def claims_digest(claims: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(claims).encode()).hexdigest()
 
 
-def reason_dicts(reasons: Iterable[Any]) -> list[dict[str, str]]:
-    """Policy ``Reason``s, error objects or dicts -> [{"code", "message", "hint"}]."""
+def reasons_from(reasons: Iterable[Reason | RuleReason | CodedError]) -> list[Reason]:
+    """The policies core's failing rules (code + message) and coded errors as ``Reason``s."""
     out = []
     for r in reasons:
-        if isinstance(r, Mapping):
-            out.append({"code": str(r["code"]), "message": str(r["message"]), "hint": str(r.get("hint", ""))})
+        if isinstance(r, Reason):
+            out.append(r)
+        elif isinstance(r, CodedError):
+            out.append(r.as_reason())
         else:
-            out.append({"code": str(r.code), "message": str(r.message), "hint": str(getattr(r, "hint", ""))})
+            out.append(Reason(str(r.code), r.message))
     return out
 
 
@@ -121,7 +125,7 @@ def operator_suspended(record: NodeRecord) -> bool:
     """Suspended by an operator (a policy suspension may lie underneath): only an operator lifts it,
     never a renewal or a policy change. Recorded as the NODE_SUSPENDED_BY_OPERATOR reason."""
     return record.state is NodeState.SUSPENDED and any(
-        r.get("code") == Code.NODE_SUSPENDED_BY_OPERATOR.value for r in record.reasons
+        r.code == Code.NODE_SUSPENDED_BY_OPERATOR.value for r in record.reasons
     )
 
 
@@ -135,8 +139,8 @@ def require_from(record: NodeRecord, allowed: Sequence[NodeState], action: str) 
         )
 
 
-def reason(code: Code, message: str, hint: str = "") -> dict[str, str]:
-    return {"code": code.value, "message": message, "hint": hint}
+def reason(code: Code, message: str, hint: str = "") -> Reason:
+    return Reason(code.value, message, hint)
 
 
 # --- transitions ------------------------------------------------------------------------------------
@@ -164,7 +168,7 @@ class NodeChange:
     """What one transition sets on a stored node; ``KEEP`` fields stay as they are."""
 
     state: NodeState
-    reasons: tuple[Mapping[str, str], ...]
+    reasons: tuple[Reason, ...]
     state_changed_at: datetime | Keep = KEEP
     groups: tuple[str, ...] | Keep = KEEP
     lease: Lease | Keep | None = KEEP
@@ -248,7 +252,7 @@ def renewed(
     state: NodeState,
     lease: Lease | None,
     groups: Sequence[str],
-    reasons: Sequence[Mapping[str, str]],
+    reasons: Sequence[Reason],
     policy_version: int,
 ) -> NodeChange:
     """A renewal's outcome. A revoked node stays revoked (refused: NODE_NOT_RENEWABLE). One suspended
@@ -259,7 +263,7 @@ def renewed(
             f"node {record.node_id} is revoked", code=Code.NODE_NOT_RENEWABLE, hint="register with fresh keys"
         )
     if operator_suspended(record):
-        held = tuple(r for r in record.reasons if r.get("code") == Code.NODE_SUSPENDED_BY_OPERATOR.value)
+        held = tuple(r for r in record.reasons if r.code == Code.NODE_SUSPENDED_BY_OPERATOR.value)
         return NodeChange(
             NodeState.SUSPENDED, (*held, *reasons), lease=None, evidence=evidence,
             policy_version=policy_version,
@@ -270,10 +274,10 @@ def renewed(
     )  # fmt: skip
 
 
-def policy_suspended(record: NodeRecord, reasons: Sequence[Mapping[str, str]], now: datetime) -> NodeChange:
+def policy_suspended(record: NodeRecord, reasons: Sequence[Reason], now: datetime) -> NodeChange:
     """A policy change re-appraised the stored claims and they no longer pass: suspended until the
     node renews with passing evidence (or an operator approves it). An operator's hold stays first."""
-    held = tuple(r for r in record.reasons if r.get("code") == Code.NODE_SUSPENDED_BY_OPERATOR.value)
+    held = tuple(r for r in record.reasons if r.code == Code.NODE_SUSPENDED_BY_OPERATOR.value)
     why = reason(
         Code.NODE_SUSPENDED_BY_POLICY,
         "a policy change re-appraised the stored claims and they no longer pass",
@@ -289,7 +293,7 @@ def reappraised(
     record: NodeRecord,
     state: NodeState,
     groups: Sequence[str],
-    reasons: Sequence[Mapping[str, str]],
+    reasons: Sequence[Reason],
     now: datetime,
 ) -> NodeChange:
     """A policy change keeps, narrows or restores a node (its lease is left as it is). Never over an

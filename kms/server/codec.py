@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from attestation.claims import Claims
+from attestation.coded import Reason
 from kms.domain.catalogue import KeyKind, KeyRecord, KeyState
 from kms.domain.registry import Lease, NodeRecord, NodeState
 from kms.envelope import Suite
@@ -118,11 +119,8 @@ def lease_out(lease: Lease) -> common_pb2.Lease:
     )
 
 
-def reasons_out(reasons: Iterable[Mapping[str, str]]) -> list[common_pb2.Reason]:
-    return [
-        common_pb2.Reason(code=r["code"], message=r["message"][:1024], hint=r.get("hint", "")[:1024])
-        for r in reasons
-    ]
+def reasons_out(reasons: Iterable[Reason]) -> list[common_pb2.Reason]:
+    return [common_pb2.Reason(code=r.code, message=r.message[:1024], hint=r.hint[:1024]) for r in reasons]
 
 
 def claims_out(claims: Claims) -> attestation_pb2.ClaimsSummary:

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from attestation.errors import AttestationError
 from kms.clock import Clock
 from kms.domain.catalogue import KeyRecord
-from kms.domain.registry import NodeRecord
+from kms.domain.registry import NodeRecord, reasons_from
 from kms.errors import KmsError
 from kms.oidc.errors import AuthError
 from kms.oidc.two_person import ChangeState, OperatorRef, PendingChange, TwoPersonRule
@@ -83,7 +83,7 @@ def _policy_applied_out(c: PolicyChange) -> admin_pb2.PolicyApplied:
             nodes_checked=c.nodes_checked,
             suspended=[
                 admin_pb2.SuspendedNode(
-                    node_id=ch.node_id, reasons=codec.reasons_out(r.to_dict() for r in ch.reasons)
+                    node_id=ch.node_id, reasons=codec.reasons_out(reasons_from(ch.reasons))
                 )
                 for ch in c.suspended
             ],

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from attestation.coded import Reason
 from kms.domain.registry import (
     KEEP,
     NodeChange,
@@ -44,7 +45,7 @@ def to_row(record: NodeRecord) -> dict[str, Any]:
         "claims_digest": record.claims_digest,
         "groups_json": json.dumps(list(record.groups)),
         "requested_groups_json": json.dumps(list(record.requested_groups)),
-        "reasons_json": json.dumps([dict(r) for r in record.reasons]),
+        "reasons_json": json.dumps([r.to_dict() for r in record.reasons]),
         "evidence_time": record.evidence_time,
         "lease_id": record.lease_id,
         "lease_issued_at": record.lease_issued_at,
@@ -70,7 +71,9 @@ def from_row(row: Row[Any]) -> NodeRecord:
         claims_digest=m["claims_digest"],
         groups=tuple(json.loads(m["groups_json"])),
         requested_groups=tuple(json.loads(m["requested_groups_json"])),
-        reasons=tuple(json.loads(m["reasons_json"])),
+        reasons=tuple(
+            Reason(r["code"], r["message"], r.get("hint", "")) for r in json.loads(m["reasons_json"])
+        ),
         evidence_time=m["evidence_time"],
         lease_id=m["lease_id"],
         lease_issued_at=m["lease_issued_at"],
@@ -90,7 +93,7 @@ def load(conn: Connection, node_id: str) -> NodeRecord | None:
 def change_columns(change: NodeChange) -> dict[str, Any]:
     values: dict[str, Any] = {
         "state": change.state.value,
-        "reasons_json": canonical_json([dict(r) for r in change.reasons]),
+        "reasons_json": canonical_json([r.to_dict() for r in change.reasons]),
     }
     if change.state_changed_at is not KEEP:
         values["state_changed_at"] = change.state_changed_at

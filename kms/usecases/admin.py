@@ -33,7 +33,7 @@ from kms.domain.registry import (
     policy_state,
     policy_suspended,
     reappraised,
-    reason_dicts,
+    reasons_from,
     require_from,
     revoke,
     suspend,
@@ -387,7 +387,7 @@ def _is_demotion(change: Change) -> bool:
 
 
 def _transition(node: NodeRecord, change: Change, now: datetime) -> NodeChange:
-    reasons = reason_dicts(change.reasons)
+    reasons = reasons_from(change.reasons)
     if _is_demotion(change):
         return policy_suspended(node, reasons, now)
     return reappraised(node, from_policy_state(change.new_state), change.groups, reasons, now)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from attestation.binding import verify_binding
 from attestation.claims import Claims
+from attestation.coded import Reason
 from attestation.errors import AttestationError
 from attestation.evidence import detect_tee
 from kms.audit.draft import Draft, node_actor, reasons_of
@@ -46,7 +47,7 @@ from kms.domain.registry import (
     new_lease,
     new_node_id,
     operator_suspended,
-    reason_dicts,
+    reasons_from,
     renewed,
 )
 from kms.envelope import SUITES, Suite, check_recipient_key
@@ -110,7 +111,7 @@ class AttestationOutcome:
     node_id: str
     outcome: Outcome
     lease: Lease | None
-    reasons: tuple[dict[str, str], ...]
+    reasons: tuple[Reason, ...]
     claims: Claims | None
     groups: tuple[str, ...]
     policy_version: int
@@ -153,14 +154,14 @@ def registration_draft(
 
 
 class _Rejected(Exception):
-    def __init__(self, reasons: list[dict[str, str]], claims: Claims | None = None) -> None:
-        super().__init__(reasons[0]["code"] if reasons else "rejected")
+    def __init__(self, reasons: list[Reason], claims: Claims | None = None) -> None:
+        super().__init__(reasons[0].code if reasons else "rejected")
         self.reasons = reasons
         self.claims = claims
 
 
 def _reject(code: Code | str, message: str, hint: str = "") -> _Rejected:
-    return _Rejected([{"code": str(code), "message": message, "hint": hint}])
+    return _Rejected([Reason(str(code), message, hint)])
 
 
 def _invalid(message: str) -> KmsError:
@@ -293,7 +294,7 @@ class Attestation:
         self, result: AttestationOutcome, node_name: str, tee: str, renew_of: NodeRecord | None
     ) -> AttestationOutcome:
         if not result.authenticated:
-            self.refused(result.reasons[0]["code"] if result.reasons else Code.REQUEST_INVALID.value)
+            self.refused(result.reasons[0].code if result.reasons else Code.REQUEST_INVALID.value)
             return result
         if self._audit is None:
             return result
@@ -316,7 +317,7 @@ class Attestation:
         except _Rejected as rej:
             return self._rejected("", rej, policy)
         now = self._clock()
-        reasons = reason_dicts(appraisal.reasons)
+        reasons = reasons_from(appraisal.reasons)
         if appraisal.verdict is Verdict.REJECTED:
             return self._rejected("", _Rejected(reasons, claims), policy)
         groups = granted_groups(requested, appraisal.groups)
@@ -325,12 +326,10 @@ class Attestation:
                 "",
                 _Rejected(
                     [
-                        {
-                            "code": Code.NODE_GROUPS_DENIED.value,
-                            "message": "none of the requested groups "
-                            f"[{', '.join(requested)}] is open to this node",
-                            "hint": "",
-                        }
+                        Reason(
+                            Code.NODE_GROUPS_DENIED.value,
+                            f"none of the requested groups [{', '.join(requested)}] is open to this node",
+                        )
                     ],
                     claims,
                 ),
@@ -365,7 +364,7 @@ class Attestation:
         except KmsError as err:
             if err.code != Code.NODE_KEYS_IN_USE:
                 raise
-            return self._rejected("", _Rejected(reason_dicts([err]), claims), policy)
+            return self._rejected("", _Rejected(reasons_from([err]), claims), policy)
         outcome = Outcome.ATTESTED if attested else Outcome.PENDING_APPROVAL
         self._count(outcome, "")
         return AttestationOutcome(
@@ -399,7 +398,7 @@ class Attestation:
     def _settle_renewal(
         self, node: NodeRecord, claims: Claims, appraisal: Any, policy: ActivePolicy
     ) -> AttestationOutcome:
-        reasons = reason_dicts(appraisal.reasons)
+        reasons = reasons_from(appraisal.reasons)
         now = self._clock()
         if appraisal.verdict is Verdict.REJECTED:
             updated = self._apply_renewal(
@@ -438,7 +437,7 @@ class Attestation:
         except NonceError as err:
             if node_name is None and err.code == Code.NONCE_NAME_MISMATCH:
                 return  # unknown node: the caller reports NODE_NOT_FOUND
-            raise _Rejected(reason_dicts([err])) from None
+            raise _Rejected(reasons_from([err])) from None
 
     def _verify(self, evidence: EvidenceInput, nonce: bytes, keys: NodeKeys) -> Claims:
         started = time.perf_counter()
@@ -456,7 +455,7 @@ class Attestation:
                 gpu_commitment=gpu_commitment(evidence.gpus),
             )  # fmt: skip
         except AttestationError as err:
-            raise _Rejected(reason_dicts([err])) from None
+            raise _Rejected(reasons_from([err])) from None
         finally:
             if self._metrics is not None:
                 self._metrics.verification_seconds.labels(evidence.tee).observe(time.perf_counter() - started)
@@ -494,7 +493,7 @@ class Attestation:
         try:
             return appraise(policy.policy, claims, now=self._clock())
         except PolicyError as err:
-            raise _Rejected(reason_dicts([err]), claims) from None
+            raise _Rejected(reasons_from([err]), claims) from None
 
     def _check_renewable(self, node: NodeRecord, keys: NodeKeys) -> None:
         if node.state is NodeState.REVOKED:
@@ -520,7 +519,7 @@ class Attestation:
         state: NodeState,
         lease: Lease | None,
         groups: Sequence[str],
-        reasons: list[dict[str, str]],
+        reasons: list[Reason],
         policy: ActivePolicy,
         now: datetime,
     ) -> NodeRecord:
@@ -540,10 +539,10 @@ class Attestation:
         except KmsError as err:
             if err.code != Code.NODE_NOT_RENEWABLE:
                 raise
-            raise _Rejected(reason_dicts([err])) from None
+            raise _Rejected(reasons_from([err])) from None
 
     def _held_by_operator(
-        self, node: NodeRecord, claims: Claims, reasons: list[dict[str, str]], policy: ActivePolicy
+        self, node: NodeRecord, claims: Claims, reasons: list[Reason], policy: ActivePolicy
     ) -> AttestationOutcome:
         suspended = _reject(
             Code.NODE_SUSPENDED_BY_OPERATOR,
@@ -553,7 +552,7 @@ class Attestation:
         return self._rejected(node.node_id, _Rejected(suspended.reasons + reasons, claims), policy)
 
     def _rejected(self, node_id: str, rej: _Rejected, policy: ActivePolicy) -> AttestationOutcome:
-        self._count(Outcome.REJECTED, rej.reasons[0]["code"] if rej.reasons else "")
+        self._count(Outcome.REJECTED, rej.reasons[0].code if rej.reasons else "")
         return AttestationOutcome(
             node_id, Outcome.REJECTED, None, tuple(rej.reasons), rej.claims, (), policy.version
         )

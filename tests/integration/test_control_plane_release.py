@@ -359,7 +359,7 @@ def test_a_policy_change_narrows_the_groups_of_nodes_that_stay_attested(
         assert both.state.value == "attested" and both.groups == ("evaluators",)
         assert only_trainers.state.value == "suspended"
         assert [s.node_id for s in change.suspended] == [only_trainers.node_id]
-        assert "POLICY_MEASUREMENT_NOT_ALLOWED" in [r["code"] for r in only_trainers.reasons]
+        assert "POLICY_MEASUREMENT_NOT_ALLOWED" in [r.code for r in only_trainers.reasons]
         identity, node_id = nodes[()]
         with pytest.raises(ReleaseDenied) as info:
             release(plane, signed(identity, node_id, "dataset/train", clock))
@@ -387,10 +387,10 @@ def test_a_suspension_while_a_renewal_verifies_stands(
         monkeypatch.setattr(plane.attestation, "_verify", verify_then_suspend)
         renewed = renew(plane, pki, identity, node_id, "snp")
         assert renewed.outcome is Outcome.REJECTED and renewed.lease is None
-        assert [r["code"] for r in renewed.reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
+        assert [r.code for r in renewed.reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
         node = plane.admin.get_node(node_id)
         assert node.state.value == "suspended" and node.lease_id is None
-        assert [r["code"] for r in node.reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
+        assert [r.code for r in node.reasons] == ["NODE_SUSPENDED_BY_OPERATOR"]
     finally:
         plane.close()
 

@@ -63,7 +63,7 @@ def node(node_id: str) -> NodeRecord:
         node_id=node_id, node_name="n", state=NodeState.ATTESTED, tee="snp", kem_suite=bytes(6),
         kem_public=bytes(32), signing_public=node_id.encode().ljust(32, b"\0"), claims={"a": [1, "b"]},
         claims_digest="d" * 64, groups=("trainers",), requested_groups=("trainers",),
-        reasons=({"code": "X", "message": "m"},), evidence_time=NOW, lease_id="l-1", lease_issued_at=NOW,
+        reasons=(Reason("X", "m"),), evidence_time=NOW, lease_id="l-1", lease_issued_at=NOW,
         lease_expires_at=LEASE, policy_version=1, registered_at=NOW, attested_at=NOW, state_changed_at=NOW,
     )  # fmt: skip
 

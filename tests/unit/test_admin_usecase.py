@@ -23,6 +23,7 @@ from node_fakes import (
     keys_of,
 )
 
+from attestation.coded import Reason
 from enclave.identity import NodeIdentity
 from kms.audit.entry import Kind
 from kms.clock import ManualClock
@@ -134,7 +135,7 @@ def test_suspend_is_an_operator_hold_that_only_approve_lifts(world: World) -> No
     suspended = world.admin.suspend_node(node.node_id, "investigating")
     assert suspended.state is NodeState.SUSPENDED and operator_suspended(suspended)
     assert suspended.lease_id is None and suspended.groups == ("trainers",)
-    assert suspended.reasons[0]["code"] == "NODE_SUSPENDED_BY_OPERATOR"
+    assert suspended.reasons[0].code == "NODE_SUSPENDED_BY_OPERATOR"
     refused(Code.NODE_TRANSITION_INVALID, world.admin.suspend_node, node.node_id, "again")
     refused(Code.REQUEST_INVALID, world.admin.suspend_node, node.node_id, "")
     lifted = world.admin.approve_node(node.node_id, ["trainers"], "cleared")
@@ -159,7 +160,7 @@ def test_revoke_is_final(world: World) -> None:
     node = world.register()
     revoked = world.admin.revoke_node(node.node_id, "stolen")
     assert revoked.state is NodeState.REVOKED and revoked.lease_id is None
-    assert [r["code"] for r in revoked.reasons] == ["NODE_REVOKED_BY_OPERATOR"]
+    assert [r.code for r in revoked.reasons] == ["NODE_REVOKED_BY_OPERATOR"]
     refused(Code.NODE_TRANSITION_INVALID, world.admin.revoke_node, node.node_id, "again")
     refused(Code.NODE_TRANSITION_INVALID, world.admin.suspend_node, node.node_id, "now")
     assert world.nodes.entries[-1].kind is Kind.NODE_REVOKE
@@ -187,7 +188,7 @@ def test_sql_store_writes_each_transition_as_applied_to(tmp_path: Path) -> None:
             policy_version=2,
         ),
         lambda n: approve_transition(n, groups=("evaluators",), policy_version=3, lease=lease, now=later),
-        lambda n: policy_suspended(n, [{"code": "X", "message": "m", "hint": ""}], later),
+        lambda n: policy_suspended(n, [Reason("X", "m")], later),
         lambda n: reappraised(n, NodeState.PENDING, ("trainers",), (), later),
         lambda n: revoke_transition(n, "gone", later),
     ]

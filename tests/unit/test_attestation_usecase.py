@@ -56,7 +56,7 @@ class World:
 
 
 def codes(result: AttestationOutcome) -> list[str]:
-    return [r["code"] for r in result.reasons]
+    return [r.code for r in result.reasons]
 
 
 @pytest.fixture

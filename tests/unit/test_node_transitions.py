@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from attestation.coded import Reason
 from kms.domain.registry import (
     KEEP,
     NodeRecord,
@@ -29,7 +30,7 @@ NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=5)
 
 
-def node(state: NodeState = NodeState.ATTESTED, reasons: tuple[dict[str, str], ...] = ()) -> NodeRecord:
+def node(state: NodeState = NodeState.ATTESTED, reasons: tuple[Reason, ...] = ()) -> NodeRecord:
     lease = new_lease(NOW, 600)
     return NodeRecord(
         node_id="n-1", node_name="node-a", state=state, tee="snp", kem_suite=b"\x00\x20\x00\x01\x00\x03",
@@ -40,7 +41,7 @@ def node(state: NodeState = NodeState.ATTESTED, reasons: tuple[dict[str, str], .
     )  # fmt: skip
 
 
-POLICY_REASON = {"code": "NODE_SUSPENDED_BY_POLICY", "message": "m", "hint": ""}
+POLICY_REASON = Reason("NODE_SUSPENDED_BY_POLICY", "m")
 
 
 def test_policy_state_names_are_mapped_both_ways_and_rejected_is_not_a_stored_state() -> None:
@@ -55,7 +56,7 @@ def test_suspend_keeps_what_was_there_under_the_operators_reason() -> None:
     by_policy = node(NodeState.SUSPENDED, (POLICY_REASON,))
     change = suspend(by_policy, "investigating", LATER)
     assert change.state is NodeState.SUSPENDED and change.lease is None and change.groups is KEEP
-    assert [r["code"] for r in change.reasons] == ["NODE_SUSPENDED_BY_OPERATOR", "NODE_SUSPENDED_BY_POLICY"]
+    assert [r.code for r in change.reasons] == ["NODE_SUSPENDED_BY_OPERATOR", "NODE_SUSPENDED_BY_POLICY"]
     held = change.applied_to(by_policy)
     assert operator_suspended(held) and held.lease_id is None and held.state_changed_at == LATER
     with pytest.raises(KmsError) as info:
@@ -68,11 +69,9 @@ def test_a_policy_change_never_lifts_an_operators_suspension() -> None:
     with pytest.raises(KmsError) as info:
         reappraised(held, NodeState.ATTESTED, ("trainers",), (), LATER)
     assert info.value.code is Code.NODE_TRANSITION_INVALID
-    demoted = policy_suspended(held, [{"code": "POLICY_X", "message": "m", "hint": ""}], LATER).applied_to(
-        held
-    )
+    demoted = policy_suspended(held, [Reason("POLICY_X", "m")], LATER).applied_to(held)
     assert operator_suspended(demoted)  # the operator's hold stays first
-    assert [r["code"] for r in demoted.reasons] == [
+    assert [r.code for r in demoted.reasons] == [
         "NODE_SUSPENDED_BY_OPERATOR", "NODE_SUSPENDED_BY_POLICY", "POLICY_X",
     ]  # fmt: skip
 
