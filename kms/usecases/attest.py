@@ -472,18 +472,17 @@ class Attestation:
             if self._gpus is None:
                 raise _Rejected(
                     [
-                        {
-                            "code": "GPU_COLLATERAL_MISSING",
-                            "message": "this control plane verifies no GPU evidence (no GPU verifier configured)",
-                            "hint": "",
-                        }
+                        Reason(
+                            "GPU_COLLATERAL_MISSING",
+                            "this control plane verifies no GPU evidence (no GPU verifier configured)",
+                        )
                     ],
                     claims,
                 )
             expected = gpu_nonce(nonce, keys.kem_suite, keys.kem_public, keys.signing_public)
             entries = self._gpus.verify(evidence.gpus, nonce=expected, now=self._clock())
         except AttestationError as err:
-            raise _Rejected(reason_dicts([err]), claims) from None
+            raise _Rejected(reasons_from([err]), claims) from None
         finally:
             if self._metrics is not None:
                 self._metrics.verification_seconds.labels("gpu").observe(time.perf_counter() - started)

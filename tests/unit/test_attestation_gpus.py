@@ -80,7 +80,7 @@ def test_gpu_claims_are_stored_beside_the_cpu_claims(sim: GpuSimulator, verifier
 def test_without_a_gpu_verifier_gpu_evidence_fails_closed(sim: GpuSimulator) -> None:
     attestation, nonces, _ = use_case(None)
     result = register(attestation, nonces, sim)
-    assert result.outcome is Outcome.REJECTED and [r["code"] for r in result.reasons] == [
+    assert result.outcome is Outcome.REJECTED and [r.code for r in result.reasons] == [
         "GPU_COLLATERAL_MISSING"
     ]
     assert result.authenticated  # the CPU evidence bound the nonce: the refusal is recorded with its claims
@@ -89,7 +89,7 @@ def test_without_a_gpu_verifier_gpu_evidence_fails_closed(sim: GpuSimulator) -> 
 def test_a_gpu_refusal_carries_the_cpu_claims(sim: GpuSimulator, verifier: GpuVerifier) -> None:
     attestation, nonces, _ = use_case(verifier)
     result = register(attestation, nonces, sim, fault="vbios-mismatch")
-    assert [r["code"] for r in result.reasons] == ["GPU_MEASUREMENT_MISMATCH"] and result.authenticated
+    assert [r.code for r in result.reasons] == ["GPU_MEASUREMENT_MISMATCH"] and result.authenticated
 
 
 def test_out_of_limit_gpu_lists_are_malformed_requests(sim: GpuSimulator, verifier: GpuVerifier) -> None:
