@@ -21,6 +21,7 @@ from kms.errors import Code, OpenBaoError
 from kms.vault import (
     AUDIT_KEY_NAME,
     KEK_NAME,
+    PROVENANCE_KEY_NAME,
     TRANSIT_MOUNT,
     BaoSettings,
     OpenBaoTransit,
@@ -64,6 +65,14 @@ path "{mount}/sign/{audit_key}" {{
   capabilities = ["update"]
 }}
 path "{mount}/keys/{audit_key}" {{
+  capabilities = ["read"]
+}}
+
+# Training provenance statements: sign, and read the public key for verifiers.
+path "{mount}/sign/{PROVENANCE_KEY_NAME}" {{
+  capabilities = ["update"]
+}}
+path "{mount}/keys/{PROVENANCE_KEY_NAME}" {{
   capabilities = ["read"]
 }}
 

@@ -38,6 +38,7 @@ from kms.errors import Code, OpenBaoError
 
 KEK_NAME = "sovereign-kek"
 AUDIT_KEY_NAME = "sovereign-audit"
+PROVENANCE_KEY_NAME = "sovereign-provenance"  # signs training provenance statements (kms/provenance)
 TRANSIT_MOUNT = "transit"
 DATA_KEY_BITS = 256
 
@@ -749,6 +750,7 @@ class OpenBaoTransit:
         return {
             self.kek: self._ensure_key(self.kek, "aes256-gcm96"),
             self.audit_key: self._ensure_key(self.audit_key, "ed25519"),
+            PROVENANCE_KEY_NAME: self._ensure_key(PROVENANCE_KEY_NAME, "ed25519"),
         }
 
     def _ensure_key(self, name: str, key_type: str) -> bool:

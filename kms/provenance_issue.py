@@ -1,0 +1,173 @@
+"""Issuing a provenance statement (Audit ``GetProvenance``): gather, prove, sign.
+
+For the output with a given plaintext SHA-256 (its latest ``model.output`` grant entry): the latest signed
+checkpoint (it must cover the output, else PROVENANCE_NOT_CHECKPOINTED: retry a moment later), the node's
+entries up to that checkpoint and the ``policy.change`` entries; ``kms.provenance.lineage.derive`` picks
+what the statement rests on; each of those entries gets its inclusion proof against that one checkpoint;
+the node's stored claims are included when their digest is the registration entry's; the statement is
+signed in OpenBao transit with the latest version of ``sovereign-provenance`` (Ed25519), the version
+written inside the signed payload. Nothing is written: issuing is a read and a signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from kms.audit.checkpoint import parse_transit_signature
+from kms.audit.entry import Decision, Entry, Kind, format_time
+from kms.audit.errors import AuditError, KeyInvalid
+from kms.audit.reader import LedgerReader
+from kms.clock import Clock
+from kms.errors import Code, KmsError
+from kms.provenance.lineage import LineageInvalid, derive
+from kms.provenance.statement import KEY_NAME, ProvenEntry, build_statement, seal_statement
+from kms.storage.audit_schema import audit_entries
+from kms.storage.nodes import SqlNodes
+from kms.storage.store import Store
+from kms.vault import AUDIT_KEY_NAME, Transit
+
+
+@dataclass(frozen=True)
+class Issued:
+    envelope: bytes
+    output_sequence: int
+
+
+def _not_found(sha256: str) -> KmsError:
+    return KmsError(f"no recorded output has SHA-256 {sha256}", code=Code.PROVENANCE_OUTPUT_NOT_FOUND)
+
+
+def _signer_failed(message: str) -> KmsError:
+    return KmsError(message, code=Code.PROVENANCE_SIGNER_FAILED)
+
+
+class ProvenanceIssuer:
+    def __init__(self, store: Store, transit: Transit, clock: Clock) -> None:
+        self._store = store
+        self._reader = LedgerReader(store)
+        self._nodes = SqlNodes(store)
+        self._transit = transit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._public: dict[str, dict[int, bytes]] = {}
+
+    # -- keys ---------------------------------------------------------------------------------------
+
+    def _read_key(self, name: str) -> tuple[int, dict[int, bytes]]:
+        call = getattr(self._transit, "call", None)
+        if call is None:
+            raise _signer_failed("the transit client cannot read keys")
+        mount = self._transit.settings.mount  # type: ignore[attr-defined]
+        try:
+            resp: Any = call(
+                "read provenance key", lambda c: c.secrets.transit.read_key(name, mount_point=mount)
+            )
+        except KmsError as err:
+            raise _signer_failed(f"cannot read the transit key {name}: {err.message}") from None
+        data = (resp or {}).get("data") or {}
+        keys = data.get("keys")
+        if data.get("type") != "ed25519" or not isinstance(keys, dict):
+            raise _signer_failed(f"the transit key {name} is not an ed25519 key")
+        out = {int(v): base64.b64decode(k["public_key"]) for v, k in keys.items() if isinstance(k, dict)}
+        return int(data.get("latest_version") or 0), out
+
+    def signing_keys(self) -> dict[str, dict[int, bytes]]:
+        """Every public version of the audit and provenance keys (raw Ed25519)."""
+        return {name: self._read_key(name)[1] for name in (AUDIT_KEY_NAME, KEY_NAME)}
+
+    def _sign(self, version: int, message: bytes) -> bytes:
+        mount = self._transit.settings.mount  # type: ignore[attr-defined]
+        call = self._transit.call  # type: ignore[attr-defined]
+        try:
+            resp: Any = call(
+                "sign provenance",
+                lambda c: c.secrets.transit.sign_data(
+                    KEY_NAME,
+                    hash_input=base64.b64encode(message).decode(),
+                    key_version=version,
+                    mount_point=mount,
+                ),
+            )
+            signature = parse_transit_signature(str(((resp or {}).get("data") or {}).get("signature", "")))
+        except (KmsError, KeyInvalid) as err:
+            raise _signer_failed(f"signing with {KEY_NAME} failed: {err.message}") from None
+        if signature.version != version:
+            raise _signer_failed(f"OpenBao signed with v{signature.version}, the statement names v{version}")
+        return signature.value
+
+    # -- issuing ------------------------------------------------------------------------------------
+
+    def issue(self, output_sha256: bytes) -> Issued:
+        if len(output_sha256) != 32:
+            raise KmsError("output_sha256 must be 32 bytes", code=Code.REQUEST_INVALID)
+        wanted = output_sha256.hex()
+        try:
+            checkpoint = self._reader.checkpoint(0)
+        except AuditError as err:
+            raise KmsError(err.message, code=Code.PROVENANCE_NOT_CHECKPOINTED) from None
+        with self._store.reader() as conn:
+            outputs = conn.execute(
+                select(audit_entries.c.seq, audit_entries.c.canonical)
+                .where(audit_entries.c.kind == str(Kind.MODEL_OUTPUT))
+                .where(audit_entries.c.decision == str(Decision.GRANT))
+                .order_by(audit_entries.c.seq.desc())
+            ).all()
+            found = next(
+                (
+                    Entry.decode(bytes(c))
+                    for _, c in outputs
+                    if json.loads(bytes(c))["fields"].get("output_sha256") == wanted
+                ),
+                None,
+            )
+            if found is None:
+                raise _not_found(wanted)
+            if checkpoint.size <= found.seq:
+                raise KmsError(
+                    f"the latest checkpoint (size {checkpoint.size}) does not cover output entry {found.seq} yet",
+                    code=Code.PROVENANCE_NOT_CHECKPOINTED,
+                )
+            node_id = found.fields.get("node_id")
+            rows = conn.execute(
+                select(audit_entries.c.seq, audit_entries.c.canonical).where(
+                    (audit_entries.c.node_id == node_id) | (audit_entries.c.kind == str(Kind.POLICY_CHANGE)),
+                    audit_entries.c.seq < checkpoint.size,
+                )
+            ).all()
+        canonical = {int(seq): bytes(c) for seq, c in rows}
+        entries = [Entry.decode(c) for c in canonical.values()]
+        try:
+            lineage = derive(entries, found.seq)
+        except LineageInvalid as err:
+            raise KmsError(
+                f"the ledger cannot support a statement: {err}", code=Code.AUDIT_LEDGER_CORRUPT
+            ) from None
+        used = {lineage.output["sequence"], lineage.write_grant["sequence"], *lineage.cpu["registrations"]}
+        used |= {d["sequence"] for d in lineage.datasets} | {r["sequence"] for r in lineage.revocations}
+        if lineage.policy["sequence"] is not None:
+            used.add(lineage.policy["sequence"])
+        proven = [
+            ProvenEntry(seq, canonical[seq], tuple(self._reader.inclusion(seq, checkpoint.size)))
+            for seq in sorted(used)
+        ]
+        node = self._nodes.get(str(node_id))
+        with self._lock:
+            version, public = self._read_key(KEY_NAME)
+        statement = build_statement(
+            lineage,
+            claims=node.claims if node is not None else None,
+            gpus=[],
+            output_sha256=wanted,
+            key_version=version,
+            issued_at=format_time(self._clock()),
+            checkpoint=checkpoint,
+            entries=proven,
+        )
+        envelope = seal_statement(statement, lambda m: self._sign(version, m), version, public[version])
+        return Issued(envelope, found.seq)
