@@ -32,8 +32,8 @@ from enclave.output_request import sign_output
 from enclave.providers.simulated import simulated_snp
 from enclave.resident import ResidentAgent
 from enclave.workload import AgentSocketKeySource, OutputReport, WorkloadError, create_sealed, open_sealed
-from kms.provenance.errors import ProvenanceCode
-from kms.provenance.verify import ProvenanceError, load_public_keys, verify_statement
+from kms.provenance.errors import ProvenanceCode, ProvenanceError
+from kms.provenance.verify import load_public_keys, verify_statement
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc
 from sovereign.cli.provenance import write_public_keys
 from sovereign.client import AuditClient
