@@ -9,6 +9,7 @@ from the server's database with sqlite3, not through the code under test."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -32,9 +33,11 @@ from enclave.output_request import sign_output
 from enclave.providers.simulated import simulated_snp
 from enclave.resident import ResidentAgent
 from enclave.workload import AgentSocketKeySource, OutputReport, WorkloadError, create_sealed, open_sealed
+from kms.auth.cache import CachedToken, save_token
 from kms.provenance.errors import ProvenanceCode, ProvenanceError
 from kms.provenance.verify import load_public_keys, verify_statement
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc
+from sovereign.cli import main
 from sovereign.cli.provenance import write_public_keys
 from sovereign.client import AuditClient
 
@@ -207,3 +210,50 @@ def test_an_output_report_with_a_bad_job_name_fails_before_sealing(
         create_sealed(tmp_path / "x.sealed", key="model/main", keys=keys, job="bad\njob")
     assert info.value.code.value == "WORKLOAD_INPUT_INVALID"
     assert not (tmp_path / "x.sealed").exists()
+
+
+def test_the_auditor_fetches_and_verifies_with_the_cli(
+    server: ServerProcess, resident: tuple[ResidentAgent, AgentSocketKeySource], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _, keys = resident
+    plain = os.urandom(70000)
+    out = tmp_path / "cli.sealed"
+    with create_sealed(out, key="model/main", keys=keys, job="cli") as writer:
+        writer.write(plain)
+    sha = hashlib.sha256(plain).hexdigest()
+    _provenance(server, bytes.fromhex(sha))  # waits until a checkpoint covers the output
+    cache = tmp_path / "carol.json"
+    now = datetime.now(UTC)
+    save_token(CachedToken("http://kc.invalid/", "sovereign", "cli", server.operators().token(AUDITOR),
+                           now + timedelta(minutes=5), now), cache)  # fmt: skip
+    where = [
+        "--server",
+        f"127.0.0.1:{server.admin_port}",
+        "--ca",
+        str(server.ca),
+        "--token-cache",
+        str(cache),
+    ]
+    statement, keydir = tmp_path / "statement.json", tmp_path / "keys"
+    assert main(["provenance", "get", "--output", sha, "-o", str(statement), *where]) == 0
+    assert main(["provenance", "keys", "--out", str(keydir), *where]) == 0
+    capsys.readouterr()
+    args = ["provenance", "verify", str(statement), "--public-keys", str(keydir), "--file", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "statement verified" in printed and sha in printed and "dataset/train v1" in printed
+    doc = json.loads(statement.read_bytes())
+    sig = bytearray(base64.b64decode(doc["signatures"][0]["sig"]))
+    sig[0] ^= 1
+    doc["signatures"][0]["sig"] = base64.b64encode(sig).decode()
+    statement.write_text(json.dumps(doc))
+    assert main([*args, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "PROVENANCE_SIGNATURE_INVALID"
+    # an operator without the auditor role is refused
+    dave = tmp_path / "dave.json"
+    save_token(CachedToken("http://kc.invalid/", "sovereign", "cli", server.operators().token("dave"),
+                           now + timedelta(minutes=5), now), dave)  # fmt: skip
+    where[-1] = str(dave)
+    assert main(["provenance", "get", "--output", sha, "-o", str(statement), *where, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "AUTH_ROLE_MISSING"
