@@ -1,6 +1,7 @@
 """Issuing a provenance statement (Audit ``GetProvenance``): gather, prove, sign.
 
-For the output with a given plaintext SHA-256 (its latest ``model.output`` grant entry): the latest signed
+For the output with a given SHA-256 of its plaintext or of its sealed file (its latest ``model.output``
+grant entry): the latest signed
 checkpoint (it must cover the output, else PROVENANCE_NOT_CHECKPOINTED: retry a moment later), the node's
 entries up to that checkpoint and the ``policy.change`` entries; ``kms.provenance.lineage.derive`` picks
 what the statement rests on; each of those entries gets its inclusion proof against that one checkpoint;
@@ -37,6 +38,12 @@ from kms.vault import AUDIT_KEY_NAME, Transit
 class Issued:
     envelope: bytes
     output_sequence: int
+
+
+def _digests(fields: dict[str, Any]) -> tuple[object, object]:
+    """An output is found by its plaintext's SHA-256 or by its sealed file's (all an auditor holding
+    only the sealed file can compute)."""
+    return fields.get("output_sha256"), fields.get("sealed_sha256")
 
 
 def _not_found(sha256: str) -> KmsError:
@@ -122,7 +129,7 @@ class ProvenanceIssuer:
                 (
                     Entry.decode(bytes(c))
                     for _, c in outputs
-                    if json.loads(bytes(c))["fields"].get("output_sha256") == wanted
+                    if wanted in _digests(json.loads(bytes(c))["fields"])
                 ),
                 None,
             )
@@ -163,7 +170,7 @@ class ProvenanceIssuer:
             lineage,
             claims=node.claims if node is not None else None,
             gpus=[],
-            output_sha256=wanted,
+            output_sha256=str(found.fields["output_sha256"]),
             key_version=version,
             issued_at=format_time(self._clock()),
             checkpoint=checkpoint,

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.set_defaults(func=_verify)
 
     get = cmds.add_parser("get", help="fetch the statement of an output (Audit RPC, auditor role)")
-    get.add_argument("--output", required=True, help="SHA-256 of the output's plaintext (hex)")
+    get.add_argument("--output", required=True, help="SHA-256 of the output's plaintext or sealed file (hex)")
     get.add_argument("-o", "--out", type=Path, required=True, help="file to write the statement to")
     _connection(get)
     get.set_defaults(func=_get)

@@ -4,7 +4,8 @@ A real OpenBao (dev mode, file audit device), the real ``sovereign serve`` on lo
 and simulated nodes whose evidence is in the real SEV-SNP / TDX formats: an SNP and a TDX node register,
 a data owner seals a dataset, both nodes fetch the key and stream-decrypt it (hash checked), a model
 output is sealed with a model key; a debug guest, a wrong-measurement guest and a below-minimum-TCB guest
-are refused with their codes; a node is revoked and then denied.
+are refused with their codes; a node is revoked and then denied. Last, the auditor verifies the
+training checkpoint's provenance statement offline and refuses a tampered copy.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from kms.storage.keys import SqlKeyStore
 from kms.vault import AUDIT_KEY_NAME, KEK_NAME, TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth
 from sovereign.client import AdminClient, AuditClient, records
 from sovereign.demo import realm
+from sovereign.demo.provenance_step import provenance_steps
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD, Bao, ControlPlane, prepare_inputs, start_bao
 
 DATASET_KEY = "dataset/train"
@@ -363,4 +365,9 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
 
         auditor = sign_in(idp, "carol")
         _audit_steps(rec, plane=plane, bao=bao, ca=ca, token=auditor, workdir=workdir)
+        with operator_channel(plane, ca, auditor) as audit_channel:
+            provenance_steps(
+                rec, channel=audit_channel, checkpoint=workdir / "ckpt.safetensors.sealed", workdir=workdir,
+                progress=progress,
+            )  # fmt: skip
     return rec.steps
