@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,16 +23,20 @@ from sqlalchemy import select
 
 from kms.audit.checkpoint import parse_transit_signature
 from kms.audit.entry import Decision, Entry, Kind, format_time
-from kms.audit.errors import AuditError, KeyInvalid
-from kms.audit.reader import LedgerReader
+from kms.audit.errors import KeyInvalid
+from kms.audit.merkle import inclusion_proof
+from kms.audit.reader import DbHashStore
 from kms.clock import Clock
 from kms.errors import Code, KmsError
 from kms.provenance.lineage import LineageInvalid, derive
 from kms.provenance.statement import KEY_NAME, ProvenEntry, build_statement, seal_statement
+from kms.storage.audit_ledger import latest_checkpoint
 from kms.storage.audit_schema import audit_entries
 from kms.storage.nodes import SqlNodes
 from kms.storage.store import Store
 from kms.vault import AUDIT_KEY_NAME, Transit
+
+KEY_TTL = 10.0  # seconds the provenance key's latest version is remembered
 
 
 @dataclass(frozen=True)
@@ -54,15 +59,28 @@ def _signer_failed(message: str) -> KmsError:
     return KmsError(message, code=Code.PROVENANCE_SIGNER_FAILED)
 
 
+class _Memo:
+    """A ``merkle.HashStore`` that remembers what it read (one statement's proofs)."""
+
+    def __init__(self, inner: DbHashStore) -> None:
+        self._inner = inner
+        self._seen: dict[tuple[int, int], bytes] = {}
+
+    def node(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        if key not in self._seen:
+            self._seen[key] = self._inner.node(level, index)
+        return self._seen[key]
+
+
 class ProvenanceIssuer:
     def __init__(self, store: Store, transit: Transit, clock: Clock) -> None:
         self._store = store
-        self._reader = LedgerReader(store)
         self._nodes = SqlNodes(store)
         self._transit = transit
         self._clock = clock
         self._lock = threading.Lock()
-        self._public: dict[str, dict[int, bytes]] = {}
+        self._latest: tuple[float, int, dict[int, bytes]] | None = None
 
     # -- keys ---------------------------------------------------------------------------------------
 
@@ -83,6 +101,15 @@ class ProvenanceIssuer:
             raise _signer_failed(f"the transit key {name} is not an ed25519 key")
         out = {int(v): base64.b64decode(k["public_key"]) for v, k in keys.items() if isinstance(k, dict)}
         return int(data.get("latest_version") or 0), out
+
+    def _signing_key(self) -> tuple[int, dict[int, bytes]]:
+        """The latest version of the provenance key and its public keys, re-read every ``KEY_TTL`` seconds
+        (a rotation is picked up within that; a transit sign with a stale version still verifies)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._latest is None or now - self._latest[0] > KEY_TTL:
+                self._latest = (now, *self._read_key(KEY_NAME))
+            return self._latest[1], self._latest[2]
 
     def signing_keys(self) -> dict[str, dict[int, bytes]]:
         """Every public version of the audit and provenance keys (raw Ed25519)."""
@@ -114,11 +141,10 @@ class ProvenanceIssuer:
         if len(output_sha256) != 32:
             raise KmsError("output_sha256 must be 32 bytes", code=Code.REQUEST_INVALID)
         wanted = output_sha256.hex()
-        try:
-            checkpoint = self._reader.checkpoint(0)
-        except AuditError as err:
-            raise KmsError(err.message, code=Code.PROVENANCE_NOT_CHECKPOINTED) from None
         with self._store.reader() as conn:
+            checkpoint = latest_checkpoint(conn)
+            if checkpoint is None:
+                raise KmsError("no signed checkpoint yet", code=Code.PROVENANCE_NOT_CHECKPOINTED)
             outputs = conn.execute(
                 select(audit_entries.c.seq, audit_entries.c.canonical)
                 .where(audit_entries.c.kind == str(Kind.MODEL_OUTPUT))
@@ -147,25 +173,21 @@ class ProvenanceIssuer:
                     audit_entries.c.seq < checkpoint.size,
                 )
             ).all()
-        canonical = {int(seq): bytes(c) for seq, c in rows}
-        entries = [Entry.decode(c) for c in canonical.values()]
-        try:
-            lineage = derive(entries, found.seq)
-        except LineageInvalid as err:
-            raise KmsError(
-                f"the ledger cannot support a statement: {err}", code=Code.AUDIT_LEDGER_CORRUPT
-            ) from None
-        used = {lineage.output["sequence"], lineage.write_grant["sequence"], *lineage.cpu["registrations"]}
-        used |= {d["sequence"] for d in lineage.datasets} | {r["sequence"] for r in lineage.revocations}
-        if lineage.policy["sequence"] is not None:
-            used.add(lineage.policy["sequence"])
-        proven = [
-            ProvenEntry(seq, canonical[seq], tuple(self._reader.inclusion(seq, checkpoint.size)))
-            for seq in sorted(used)
-        ]
+            canonical = {int(seq): bytes(c) for seq, c in rows}
+            entries = [Entry.decode(c) for c in canonical.values()]
+            try:
+                lineage = derive(entries, found.seq)
+            except LineageInvalid as err:
+                raise KmsError(
+                    f"the ledger cannot support a statement: {err}", code=Code.AUDIT_LEDGER_CORRUPT
+                ) from None
+            hashes = _Memo(DbHashStore(conn))  # the proofs share their upper levels
+            proven = [
+                ProvenEntry(seq, canonical[seq], tuple(inclusion_proof(hashes, seq, checkpoint.size)))
+                for seq in lineage.sequences()
+            ]
         node = self._nodes.get(str(node_id))
-        with self._lock:
-            version, public = self._read_key(KEY_NAME)
+        version, public = self._signing_key()
         statement = build_statement(
             lineage,
             claims=node.claims if node is not None else None,

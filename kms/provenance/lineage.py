@@ -39,6 +39,14 @@ class Lineage:
     write_grant: dict[str, Any]
     revocations: list[dict[str, Any]]
 
+    def sequences(self) -> list[int]:
+        """Every ledger entry this lineage rests on (what a statement proves), in order."""
+        used = {self.output["sequence"], self.write_grant["sequence"], *self.cpu["registrations"]}
+        used |= {d["sequence"] for d in self.datasets} | {r["sequence"] for r in self.revocations}
+        if self.policy["sequence"] is not None:
+            used.add(self.policy["sequence"])
+        return sorted(used)
+
     def to_obj(self) -> dict[str, Any]:
         return {
             "output": self.output,

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from google.protobuf import json_format
 from in_toto_attestation.v1 import statement as intoto_statement
-from in_toto_attestation.v1 import statement_pb2
+from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
 from securesystemslib import dsse, exceptions
 
 from kms.audit.checkpoint import AuditKeys, Checkpoint, load_audit_keys
@@ -40,6 +39,7 @@ from kms.provenance.statement import (
 )
 
 C = ProvenanceCode
+SUBJECT_KEYS = frozenset({"name", "digest", "annotations"})
 MAX_ENVELOPE = 16 * 1024 * 1024
 
 
@@ -125,13 +125,24 @@ def _shape(statement: dict[str, Any]) -> dict[str, Any]:
     """An in-toto Statement v1 (checked by in-toto-attestation) with our predicate type and parts."""
     if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
         raise _malformed(f"not an in-toto Statement v1 with predicate type {PREDICATE_TYPE}")
+    subject = statement.get("subject")
+    if not isinstance(subject, list) or not all(
+        isinstance(s, dict)
+        and set(s) <= SUBJECT_KEYS
+        and isinstance(s.get("digest", {}), dict)
+        and isinstance(s.get("annotations", {}), dict)
+        for s in subject
+    ):
+        raise _malformed("the subject is a list of resource descriptors (name, digest, annotations)")
     try:
-        pb = json_format.ParseDict(
-            {k: statement[k] for k in ("_type", "subject", "predicateType")} | {"predicate": {"v": 1}},
-            statement_pb2.Statement(),
-        )
-        intoto_statement.Statement.copy_from_pb(pb).validate()
-    except (json_format.ParseError, ValueError, KeyError, TypeError) as err:
+        descriptors = [
+            ResourceDescriptor(
+                name=s.get("name", ""), digest=s.get("digest"), annotations=s.get("annotations")
+            )
+            for s in subject
+        ]
+        intoto_statement.Statement([d.pb for d in descriptors], PREDICATE_TYPE, {"v": 1}).validate()
+    except (ValueError, TypeError, AttributeError) as err:
         raise _malformed(f"not a valid in-toto Statement v1: {err}") from None
     subject = statement["subject"]
     predicate = statement.get("predicate")

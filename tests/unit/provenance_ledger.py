@@ -85,13 +85,9 @@ class Ledger:
         cp = checkpoint or self.checkpoint()
         visible = [e for e in self.entries if e.seq < cp.size]
         lineage = derive(visible, output_seq)
-        used = {lineage.output["sequence"], lineage.write_grant["sequence"], *lineage.cpu["registrations"]}
-        used |= {d["sequence"] for d in lineage.datasets} | {r["sequence"] for r in lineage.revocations}
-        if lineage.policy["sequence"] is not None:
-            used.add(lineage.policy["sequence"])
         proven = [
             ProvenEntry(s, self.entries[s].encode(), tuple(inclusion_proof(self.store, s, cp.size)))
-            for s in sorted(used)
+            for s in lineage.sequences()
         ]
         statement = build_statement(
             lineage,
