@@ -31,6 +31,7 @@ from kms.auth.errors import AuthError
 from kms.errors import Code, KmsError
 from kms.vault import KEK_NAME, TRANSIT_MOUNT
 from sovereign.cli._common import parse_time
+from sovereign.cli._lineage import add_lineage_parser
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.client import AuditClient, OperatorError, operator_channel
 from sovereign.client.records import AuditRecord, Decision
@@ -96,6 +97,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _connection(head)
     head.set_defaults(func=_save_checkpoint)
     _register_remote(cmds)
+    add_lineage_parser(cmds, _connection, _remote)
 
 
 def _read(path: Path, what: str, limit: int) -> bytes:

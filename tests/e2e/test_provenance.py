@@ -217,6 +217,7 @@ def test_the_auditor_fetches_and_verifies_with_the_cli(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     _, keys = resident
+    keys.read_key(b"dataset/train@v1")  # (held already if the first test ran: no second grant then)
     plain = os.urandom(70000)
     out = tmp_path / "cli.sealed"
     with create_sealed(out, key="model/main", keys=keys, job="cli") as writer:
@@ -250,10 +251,24 @@ def test_the_auditor_fetches_and_verifies_with_the_cli(
     statement.write_text(json.dumps(doc))
     assert main([*args, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "PROVENANCE_SIGNATURE_INVALID"
+    # lineage queries over the Audit RPCs: the dataset's outputs include this one, and back
+    assert main(["audit", "lineage", "--dataset", "dataset/train", *where, "--json"]) == 0
+    outputs = json.loads(capsys.readouterr().out)["outputs"]
+    assert sha in [o["output_sha256"] for o in outputs] and all(
+        o["key"].startswith("model/main@v") for o in outputs
+    )
+    assert main(["audit", "lineage", "--dataset", "dataset/other", *where, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"] == []
+    assert main(["audit", "lineage", "--output", sha, *where, "--json"]) == 0
+    back = json.loads(capsys.readouterr().out)
+    # every key the node was granted for reading before the output (the first test read model/main back)
+    assert "dataset/train" in [d["key"] for d in back["datasets"]] and back["output"]["job"] == "cli"
     # an operator without the auditor role is refused
     dave = tmp_path / "dave.json"
     save_token(CachedToken("http://kc.invalid/", "sovereign", "cli", server.operators().token("dave"),
                            now + timedelta(minutes=5), now), dave)  # fmt: skip
     where[-1] = str(dave)
     assert main(["provenance", "get", "--output", sha, "-o", str(statement), *where, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "AUTH_ROLE_MISSING"
+    assert main(["audit", "lineage", "--dataset", "dataset/train", *where, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "AUTH_ROLE_MISSING"
