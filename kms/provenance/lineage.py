@@ -4,8 +4,9 @@ The issuer includes the entries (with proofs) and writes this summary into the p
 derives it again from the proven entries and refuses a predicate that says anything else. Inputs:
 
 - the output's ``model.output`` entry (decision grant);
-- the node's ``registration`` entries (register and renew) up to the output: the latest attested one
-  names the hardware (TEE, measurement, TCB status, claims digest);
+- the node's ``registration`` entries (register and renew) with verified evidence up to the output: the
+  latest names the hardware (TEE, measurement, TCB status, claims digest); and its ``node.approve``
+  entries (an operator let a pending node in);
 - the node's ``release.grant`` entries before the output: the read grants are the inputs
   (``datasets``), the latest write grant of the output's key and version is the ``write_grant``;
 - the node's ``node.revoke`` entries (any, up to the checkpoint);
@@ -20,7 +21,9 @@ from typing import Any
 
 from kms.audit.entry import Decision, Entry, Kind
 
-GRANTED = "attested"
+# registration outcomes whose evidence verified (a pending node's claims are verified too; an operator's
+# node.approve then let it in)
+VERIFIED = ("attested", "pending")
 
 
 class LineageInvalid(ValueError):
@@ -42,6 +45,7 @@ class Lineage:
     def sequences(self) -> list[int]:
         """Every ledger entry this lineage rests on (what a statement proves), in order."""
         used = {self.output["sequence"], self.write_grant["sequence"], *self.cpu["registrations"]}
+        used |= set(self.cpu["approvals"])
         used |= {d["sequence"] for d in self.datasets} | {r["sequence"] for r in self.revocations}
         if self.policy["sequence"] is not None:
             used.add(self.policy["sequence"])
@@ -72,10 +76,15 @@ def derive(entries: Sequence[Entry], output_seq: int) -> Lineage:
     node_id = _f(out, "node_id")
     mine = sorted((e for e in entries if _f(e, "node_id") == node_id), key=lambda e: e.seq)
     registrations = [
-        e for e in mine if e.kind is Kind.REGISTRATION and e.seq < output_seq and _f(e, "state") == GRANTED
+        e
+        for e in mine
+        if e.kind is Kind.REGISTRATION
+        and e.seq < output_seq
+        and _f(e, "state") in VERIFIED
+        and _f(e, "claims_digest")
     ]
     if not registrations:
-        raise LineageInvalid(f"no attested registration of node {node_id} before entry {output_seq}")
+        raise LineageInvalid(f"no verified registration of node {node_id} before entry {output_seq}")
     reg = registrations[-1]
     grants = [e for e in mine if e.kind is Kind.RELEASE_GRANT and e.seq < output_seq]
     key, version = _f(out, "key_name"), _f(out, "key_version")
@@ -122,6 +131,7 @@ def derive(entries: Sequence[Entry], output_seq: int) -> Lineage:
             "claims_digest": _f(reg, "claims_digest"),
             "registration_sequence": reg.seq,
             "registrations": [e.seq for e in registrations],
+            "approvals": [e.seq for e in mine if e.kind is Kind.NODE_APPROVE and e.seq < output_seq],
         },
         policy=policy,
         datasets=[

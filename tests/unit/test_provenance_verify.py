@@ -19,6 +19,8 @@ from kms.audit.entry import Decision, Kind
 from kms.audit.merkle import consistency_proof
 from kms.provenance.errors import ProvenanceCode as C
 from kms.provenance.errors import ProvenanceError
+from kms.provenance.lineage import LineageInvalid
+from kms.provenance.statement import claims_digest
 from kms.provenance.verify import (
     TrustedCheckpoint,
     lineage_text,
@@ -231,3 +233,34 @@ def test_cli_verify_prints_the_lineage_and_refuses_a_tampered_copy(
     assert reply["ok"] is False and reply["error"]["code"] == "PROVENANCE_PREDICATE_MISMATCH"
     assert main(["provenance", "verify", str(good), "--public-keys", str(tmp_path / "missing")]) == 1
     assert "PROVENANCE_KEYS_INVALID" in capsys.readouterr().err
+
+
+def test_a_node_an_operator_approved_has_its_approval_in_the_lineage() -> None:
+    led = Ledger()
+    reg = led.add(
+        Kind.REGISTRATION, Decision.NONE, node_id=NODE, node_name="trainer-2", tee="snp", state="pending",
+        policy_version=1, claims_digest=claims_digest(CLAIMS), measurement=CLAIMS["measurement"],
+        tcb_status="UpToDate",
+    )  # fmt: skip
+    approve = led.add(Kind.NODE_APPROVE, Decision.NONE, node_id=NODE, old_state="pending", new_state="attested",
+                      policy_version=1, subject="alice")  # fmt: skip
+    led.add(Kind.RELEASE_GRANT, node_id=NODE, key_name="model/main", key_version=1, purpose="write",
+            policy_version=1, request_id="a" * 32)  # fmt: skip
+    out = led.add(Kind.MODEL_OUTPUT, node_id=NODE, key_name="model/main", key_version=1, request_id="b" * 32,
+                  header_sha256="11" * 32, output_sha256=OUTPUT, output_size=1, sealed_sha256=SEALED)  # fmt: skip
+    verified = verify_statement(led.statement(out), led.keys())
+    assert verified.predicate["cpu"]["registrations"] == [reg]
+    assert verified.predicate["cpu"]["approvals"] == [approve]
+    assert verified.predicate["datasets"] == [] and verified.predicate["policy"]["digest"] is None
+
+
+def test_a_node_without_verified_evidence_has_no_lineage() -> None:
+    led = Ledger()
+    led.add(Kind.REGISTRATION, Decision.DENY, node_id=NODE, node_name="x", tee="snp", state="rejected",
+            policy_version=1)  # fmt: skip
+    led.add(Kind.RELEASE_GRANT, node_id=NODE, key_name="model/main", key_version=1, purpose="write",
+            policy_version=1, request_id="a" * 32)  # fmt: skip
+    out = led.add(Kind.MODEL_OUTPUT, node_id=NODE, key_name="model/main", key_version=1, request_id="b" * 32,
+                  header_sha256="11" * 32, output_sha256=OUTPUT, output_size=1, sealed_sha256=SEALED)  # fmt: skip
+    with pytest.raises(LineageInvalid):
+        led.statement(out)
