@@ -100,12 +100,16 @@ def decode(body: bytes, signature: bytes) -> OutputRecord:
         raise _invalid(f"job_name must be at most {MAX_JOB} printable ASCII characters")
     if msg.output_size > 10**15 - 1 or (msg.HasField("step") and msg.step > 10**15 - 1):
         raise _invalid("output_size and step must be below 10^15")
+    try:
+        timestamp = msg.timestamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise _invalid("timestamp is out of range") from None
     return OutputRecord(
         node_id=msg.node_id,
         key_name=msg.key_name,
         key_version=msg.key_version,
         request_id=bytes(msg.request_id),
-        timestamp=msg.timestamp.ToDatetime(tzinfo=UTC),
+        timestamp=timestamp,
         header_sha256=bytes(msg.header_sha256),
         output_sha256=bytes(msg.output_sha256),
         output_size=msg.output_size,

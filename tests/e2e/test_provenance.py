@@ -36,10 +36,10 @@ from enclave.workload import AgentSocketKeySource, OutputReport, WorkloadError, 
 from kms.auth.cache import CachedToken, save_token
 from kms.provenance.errors import ProvenanceCode, ProvenanceError
 from kms.provenance.verify import load_public_keys, verify_statement
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc
+from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, key_release_pb2
 from sovereign.cli import main
 from sovereign.cli.provenance import write_public_keys
-from sovereign.client import AuditClient
+from sovereign.client import AuditClient, OperatorError
 
 AUDITOR = "carol"
 PLAIN = os.urandom(2 * 65536 + 321)
@@ -130,6 +130,14 @@ def test_a_sealed_output_is_recorded_and_its_statement_verifies_offline(
     assert p["write_grant"]["key"] == "model/main" and p["cpu"]["measurement"] == SNP_MEASUREMENT.hex()
     assert p["cpu"]["chip_id"] is not None and p["cpu"]["debug"] is False and p["gpus"] == []
 
+    with server.operator_channel(server.operators().token(AUDITOR)) as channel:
+        auditor = AuditClient(channel)
+        for bad, code in ((b"\x01" * 3, "REQUEST_INVALID"), (os.urandom(32), "PROVENANCE_OUTPUT_NOT_FOUND")):
+            with pytest.raises(OperatorError) as refused:
+                auditor.provenance(bad)
+            assert refused.value.code == code
+        # found by the sealed file's digest as well
+        assert auditor.provenance(bytes.fromhex(sealed.sealed_sha256))[1] == reply.output_sequence
     with pytest.raises(ProvenanceError) as info:
         verify_statement(reply.envelope, public, file_sha256=hashlib.sha256(b"other").hexdigest())
     assert info.value.code is ProvenanceCode.PROVENANCE_FILE_MISMATCH
@@ -175,6 +183,17 @@ def test_a_replayed_output_record_is_refused(server: ServerProcess, pki: Simulat
         with pytest.raises(ControlPlaneError) as info:
             node.client.record_output(signed.body, signed.signature)
         assert info.value.reason == "REQUEST_REPLAYED"
+        # malformed bodies are coded refusals, not recorded
+        for body in (b"\xff\xff", b"", signed.body + b"\x00"):
+            with pytest.raises(ControlPlaneError) as malformed:
+                node.client.record_output(body, signed.signature)
+            assert malformed.value.reason in ("REQUEST_INVALID", "REQUEST_NOT_CANONICAL")
+        far = key_release_pb2.OutputRecordBody.FromString(signed.body)
+        far.timestamp.seconds = 253402300800 * 4  # past year 9999
+        far_body = far.SerializeToString(deterministic=True)
+        with pytest.raises(ControlPlaneError) as skewed:
+            node.client.record_output(far_body, node.identity.sign(b"sovereign/v1 output" + far_body))
+        assert skewed.value.reason == "REQUEST_INVALID"
         # a release signature never verifies as an output record (separate domains)
         with pytest.raises(ControlPlaneError) as bad:
             node.client.record_output(signed.body, node.identity.sign(b"sovereign/v1 release" + signed.body))
