@@ -264,3 +264,27 @@ def test_a_node_without_verified_evidence_has_no_lineage() -> None:
                   header_sha256="11" * 32, output_sha256=OUTPUT, output_size=1, sealed_sha256=SEALED)  # fmt: skip
     with pytest.raises(LineageInvalid):
         led.statement(out)
+
+
+def test_cli_verify_with_a_trusted_checkpoint_file(
+    world: tuple[Ledger, int, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    led, _, envelope = world
+    mine = led.checkpoints[-1]
+    led.add(Kind.SERVER_STOP, Decision.NONE)
+    newer = led.checkpoint()
+    keys = led.key_files(tmp_path / "keys")
+    statement = tmp_path / "statement.json"
+    statement.write_bytes(envelope)
+    trusted = tmp_path / "trusted.json"
+    proof = [h.hex() for h in consistency_proof(led.store, mine.size, newer.size)]
+    trusted.write_text(json.dumps({"checkpoint": newer.to_obj(), "consistency": proof}))
+    args = ["provenance", "verify", str(statement), "--public-keys", str(keys), "--checkpoint", str(trusted)]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"]["size"] == mine.size
+    trusted.write_text(json.dumps({"checkpoint": newer.to_obj()}))  # no proof for a bigger tree
+    assert main([*args, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "PROVENANCE_CONSISTENCY_INVALID"
+    trusted.write_text("{not json")
+    assert main([*args, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "PROVENANCE_MALFORMED"
