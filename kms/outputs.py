@@ -66,7 +66,9 @@ class OutputRefused(KmsError):
     """A refused, recorded output request; ``audit_sequence`` of its ``model.output`` deny entry."""
 
     def __init__(self, code: str, message: str, audit_sequence: int) -> None:
-        super().__init__(message, code=Code.REQUEST_INVALID)
+        known = code in Code.__members__
+        hint = None if known else "the node must be ATTESTED with a current lease: renew, or register again"
+        super().__init__(message, code=Code(code) if known else Code.REQUEST_INVALID, hint=hint)
         self.code = code  # type: ignore[assignment]  # a policy or kms code, as for ReleaseDenied
         self.audit_sequence = audit_sequence
 
