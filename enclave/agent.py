@@ -23,6 +23,7 @@ from pathlib import Path
 from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState, Registration
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
+from enclave.output_request import sign_output
 from enclave.providers.base import Evidence, EvidenceProvider
 from enclave.providers.gpu import GpuEvidenceSource, NoGpu
 from enclave.release_request import (
@@ -34,6 +35,7 @@ from enclave.release_request import (
     open_grant,
     sign_release,
 )
+from enclave.workload.output_report import OutputReport
 from kms.envelope import DEFAULT_CHUNK_SIZE, StreamInfo, decrypt_stream, names, read_header
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.envelope.stream import Writable
@@ -360,6 +362,20 @@ class NodeAgent:
             released.audit_sequence,
         )
         return released
+
+    def record_output(self, report: OutputReport) -> int:
+        """Record a sealed output with the control plane (signed, replay-protected); its ledger sequence."""
+        signed = sign_output(
+            self.identity,
+            self._require_node_id(),
+            report,
+            request_id=secrets.token_bytes(REQUEST_ID_LEN),
+            timestamp=self._clock(),
+        )
+        sequence = self.client.record_output(signed.body, signed.signature)
+        log.info("recorded output %s (%s@v%d) at audit sequence %d", report.sha256[:16], report.key_name,
+                 report.key_version, sequence)  # fmt: skip
+        return sequence
 
     def fetch_key(self, key_name: str, purpose: str = "read", key_version: int = 0) -> bytes:
         return self.release(key_name, purpose, key_version).key

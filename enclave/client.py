@@ -450,6 +450,20 @@ class ControlPlaneClient:
         self._take_certificate(reply)
         return registration
 
+    def record_output(self, body: bytes, signature: bytes) -> int:
+        """``RecordOutput`` on the release port: the ``model.output`` ledger sequence."""
+        request = key_release_pb2.RecordOutputRequest(body=body, signature=signature)
+        if self._tls_key is not None and not self.client_certificate:
+            raise NodeError(
+                "no client certificate for the release port (mutual TLS) yet",
+                code=NodeCode.NODE_NOT_ATTESTED,
+                hint="register (or renew) ATTESTED first; the reply carries the node's client certificate",
+            )
+        with self._lock:
+            stub = self._release
+        reply = self._call("RecordOutput", stub.RecordOutput, request, NodeCode.RELEASE_DENIED)
+        return int(reply.audit_sequence)
+
     def release_key(self, signed: SignedRelease) -> ReleaseGrant:
         request = key_release_pb2.ReleaseRequest(body=signed.body, signature=signed.signature)
         if self._tls_key is not None and not self.client_certificate:

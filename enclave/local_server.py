@@ -28,7 +28,7 @@ from typing import Any
 from enclave.agent_streams import StreamService
 from enclave.errors import NodeCode, NodeError
 from enclave.resident import Refused, ResidentAgent
-from enclave.workload import agent_api
+from enclave.workload import agent_api, output_report
 
 log = logging.getLogger(__name__)
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -266,7 +266,10 @@ class LocalApiServer:
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         op = request.get("op")
         try:
-            if request.get("v") != agent_api.VERSION or op not in agent_api.OPS | {"attach"}:
+            if request.get("v") != agent_api.VERSION or op not in agent_api.OPS | {
+                "attach",
+                output_report.OP,
+            }:
                 raise Refused(
                     agent_api.REQUEST_INVALID, f"unknown request (v={request.get('v')!r}, op={op!r})"
                 )
@@ -274,6 +277,8 @@ class LocalApiServer:
                 return {"ok": True, **self.agent.status()}
             if op == "attach":
                 return self._attach(request, peer)
+            if op == output_report.OP:
+                return self._output(request, peer)
             purpose = request.get("purpose", "read")
             if op == "check":
                 names = request.get("names")
@@ -310,6 +315,19 @@ class LocalApiServer:
         ref = f"{released.key_name}@v{released.key_version}"
         log.info("node agent: checked %s (%s) for pid %d uid %d", ref, purpose, peer.pid, peer.uid)
         return ref
+
+    def _output(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Record a sealed output the workload reports (enclave.workload.output_report)."""
+        try:
+            report = output_report.OutputReport.from_request(request)
+        except output_report.ReportInvalid as exc:
+            raise Refused(agent_api.REQUEST_INVALID, str(exc)) from None
+        sequence = self.agent.record_output(report)
+        log.info(
+            "node agent: recorded output %s (%s@v%d) for pid %d uid %d at sequence %d",
+            report.sha256[:16], report.key_name, report.key_version, peer.pid, peer.uid, sequence,
+        )  # fmt: skip
+        return {"ok": True, "sequence": sequence}
 
     def _attach(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Only the process that started a workload may attach it (its parent, per /proc)."""

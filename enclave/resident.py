@@ -37,6 +37,7 @@ from enclave.client import ControlPlaneError, NodeState, Registration
 from enclave.errors import NodeCode, NodeError
 from enclave.release_request import ReleasedKey, check_key_name, check_purpose
 from enclave.workload import agent_api
+from enclave.workload.output_report import OUTPUT_REFUSED, OutputReport
 
 log = logging.getLogger(__name__)
 
@@ -444,6 +445,21 @@ class ResidentAgent:
             if not version:
                 self._latest[(name, purpose)] = released.key_version
         return released
+
+    def record_output(self, report: OutputReport) -> int:
+        """Record a sealed output with the control plane (``RecordOutput``); its ledger sequence."""
+        self._require_attested()
+        agent = self._agent
+        if agent is None:
+            raise Refused(agent_api.NOT_READY, "the node is re-registering")
+        try:
+            return agent.record_output(report)
+        except ControlPlaneError as exc:
+            raise Refused(
+                OUTPUT_REFUSED, f"the control plane refused to record the output ({exc.reason})"
+            ) from None
+        except NodeError as exc:
+            raise Refused(agent_api.AGENT_ERROR, exc.message) from None
 
     def _release(self, name: str, purpose: str, version: int) -> ReleasedKey:
         for attempt in (1, 2):

@@ -93,6 +93,11 @@ class Code(StrEnum):
     NODE_TLS_KEY_INVALID = "NODE_TLS_KEY_INVALID"
     RELEASE_CLIENT_CERT_MISSING = "RELEASE_CLIENT_CERT_MISSING"
     RELEASE_CLIENT_CERT_MISMATCH = "RELEASE_CLIENT_CERT_MISMATCH"
+    # Model outputs and their provenance statements (kms/outputs.py, kms/provenance_issue.py)
+    OUTPUT_NO_WRITE_GRANT = "OUTPUT_NO_WRITE_GRANT"
+    PROVENANCE_OUTPUT_NOT_FOUND = "PROVENANCE_OUTPUT_NOT_FOUND"
+    PROVENANCE_NOT_CHECKPOINTED = "PROVENANCE_NOT_CHECKPOINTED"
+    PROVENANCE_SIGNER_FAILED = "PROVENANCE_SIGNER_FAILED"
     POLICY_VERSION_CONFLICT = "POLICY_VERSION_CONFLICT"
     SERVER_CONFIG_INVALID = "SERVER_CONFIG_INVALID"
     SERVER_OVERLOADED = "SERVER_OVERLOADED"
@@ -118,6 +123,15 @@ _DEFAULT_HINTS: dict[Code, str] = {
     Code.KMS_SERVER_START_FAILED: "read the server log tail in the message; is the port or data dir in use?",
     Code.KEY_NAME_INVALID: "key names are 1-4 '/'-separated segments of [a-z0-9][a-z0-9._-]*, at most 128 characters",
     Code.KEY_NOT_FOUND: "list keys with: sovereign key list",
+    Code.OUTPUT_NO_WRITE_GRANT: (
+        "seal outputs only with a write key this node was granted (create_sealed under the node agent)"
+    ),
+    Code.PROVENANCE_OUTPUT_NOT_FOUND: "no recorded output has that SHA-256: check the digest of the plaintext",
+    Code.PROVENANCE_NOT_CHECKPOINTED: "no signed checkpoint covers the output yet: retry in a second",
+    Code.PROVENANCE_SIGNER_FAILED: (
+        "the control plane could not sign with the OpenBao transit key sovereign-provenance: check OpenBao, "
+        "the bootstrap (sovereign kms bootstrap) and the control plane's policy"
+    ),
     Code.KEY_VERSION_NOT_FOUND: "list versions with: sovereign key list --json",
     Code.KEY_EXISTS: "key names are never reused, even after destroy; pick another name",
     Code.KEY_DISABLED: "enable it with: sovereign key enable NAME",

@@ -28,6 +28,9 @@ from google.protobuf.message import DecodeError
 from proto.sovereign.v1 import common_pb2, key_release_pb2
 
 SIGNING_DOMAIN = b"sovereign/v1 release"
+# The output record (RecordOutput) signs the same way under its own domain, so a signature made for one
+# request kind can never be replayed as the other.
+OUTPUT_SIGNING_DOMAIN = b"sovereign/v1 output"
 MAX_BODY = 1024
 TLS_KEY_PROOF_LABEL = b"sovereign/v1 client tls key\x00"
 TRAILER = "grpc-status-details-bin"
@@ -79,6 +82,38 @@ def decode_release_body(data: bytes) -> key_release_pb2.ReleaseRequestBody:
             "REQUEST_NOT_CANONICAL",
         )
     return parsed
+
+
+def encode_output_body(body: key_release_pb2.OutputRecordBody) -> bytes:
+    """The one canonical encoding of an output record body, at most MAX_BODY."""
+    data = body.SerializeToString(deterministic=True)
+    if len(data) > MAX_BODY:
+        raise BodyRejected(f"output record body of {len(data)} bytes exceeds {MAX_BODY}")
+    return data
+
+
+def decode_output_body(data: bytes) -> key_release_pb2.OutputRecordBody:
+    """Parse a signed output record body; it must be the canonical encoding of its own fields."""
+    if not data or len(data) > MAX_BODY:
+        raise BodyRejected(f"body must be 1-{MAX_BODY} bytes")
+    parsed = key_release_pb2.OutputRecordBody()
+    try:
+        parsed.ParseFromString(data)
+    except DecodeError:
+        raise BodyRejected("body is not an OutputRecordBody") from None
+    parsed.DiscardUnknownFields()
+    if parsed.SerializeToString(deterministic=True) != data:
+        raise BodyRejected(
+            "body is not the canonical encoding of its fields (unknown, repeated, reordered or default "
+            "fields, or over-long varints)",
+            "REQUEST_NOT_CANONICAL",
+        )
+    return parsed
+
+
+def output_transcript(body: bytes) -> bytes:
+    """The signed bytes of an output record: the 19-byte domain string, then the body as sent."""
+    return OUTPUT_SIGNING_DOMAIN + body
 
 
 def release_transcript(body: bytes) -> bytes:

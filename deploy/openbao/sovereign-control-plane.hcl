@@ -24,6 +24,14 @@ path "transit/keys/sovereign-audit" {
   capabilities = ["read"]
 }
 
+# Training provenance statements: sign, and read the public key for verifiers.
+path "transit/sign/sovereign-provenance" {
+  capabilities = ["update"]
+}
+path "transit/keys/sovereign-provenance" {
+  capabilities = ["read"]
+}
+
 # Own token upkeep (the role sets token_no_default_policy).
 path "auth/token/lookup-self" {
   capabilities = ["read"]

@@ -26,9 +26,10 @@ from enclave.workload.keys import (
     MemoryKeySource,
     default_key_source,
 )
+from enclave.workload.output_report import OutputReport, ReportInvalid
 from enclave.workload.reader import SealedReader
-from enclave.workload.writer import SealedWriter
-from kms.envelope import DEFAULT_CHUNK_SIZE
+from enclave.workload.writer import SealedOutput, SealedWriter
+from kms.envelope import DEFAULT_CHUNK_SIZE, names
 
 
 def open_sealed(
@@ -48,19 +49,56 @@ def create_sealed(
     keys: KeySource | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     via_agent: bool = False,
+    job: str = "",
+    step: int | None = None,
 ) -> SealedWriter:
     """Create ``path`` sealed under the current version of key ``key`` (purpose write); the file
     appears, complete, on ``close()`` (or at the end of a ``with`` block left normally).
+
+    Under the node agent, ``close()`` then reports the output (its digests, ``job`` and ``step``) so the
+    control plane records it for provenance (docs/provenance.md); a refused report raises
+    ``WORKLOAD_OUTPUT_NOT_RECORDED`` from ``close()``. The writer's ``output`` holds the digests.
     ``via_agent=True``: the node agent seals every chunk and this process never holds the key."""
     source = keys if keys is not None else default_key_source()
+    data_key: DataKey | AgentChunkSealer
     if not via_agent:
-        return SealedWriter(path, source.write_key(key), chunk_size=chunk_size)
-    if not isinstance(source, AgentSocketKeySource):
+        data_key = source.write_key(key)
+    elif isinstance(source, AgentSocketKeySource):
+        data_key = AgentChunkSealer(source, key, chunk_size)
+    else:
         raise WorkloadError(
             f"via_agent needs the node agent as key source, not {type(source).__name__}",
             code=WorkloadCode.WORKLOAD_INPUT_INVALID,
         )
-    return SealedWriter(path, AgentChunkSealer(source, key, chunk_size), chunk_size=chunk_size)
+    on_close = None
+    if isinstance(source, AgentSocketKeySource):
+        _report(data_key.key_ref, job, step)  # refuse bad job/step now, before anything is sealed
+        agent = source
+
+        def on_close(output: SealedOutput) -> None:
+            agent.report_output(_report(output.key_ref, job, step, output))
+
+    return SealedWriter(path, data_key, chunk_size=chunk_size, on_close=on_close)
+
+
+def _report(key_ref: str, job: str, step: int | None, output: SealedOutput | None = None) -> OutputReport:
+    parsed = names.parse_key_ref(key_ref)
+    zero = "0" * 64
+    try:
+        if parsed is None:
+            raise ReportInvalid(f"key_ref {key_ref!r} is not NAME@vVERSION")
+        return OutputReport(
+            key_name=parsed[0],
+            key_version=parsed[1],
+            header_sha256=output.header_sha256 if output else zero,
+            sha256=output.sha256 if output else zero,
+            sealed_sha256=output.sealed_sha256 if output else zero,
+            size=output.size if output else 0,
+            job=job,
+            step=step,
+        )
+    except ReportInvalid as err:
+        raise WorkloadError(str(err), code=WorkloadCode.WORKLOAD_INPUT_INVALID) from None
 
 
 __all__ = [
@@ -70,6 +108,8 @@ __all__ = [
     "DataKey",
     "KeySource",
     "MemoryKeySource",
+    "OutputReport",
+    "SealedOutput",
     "SealedReader",
     "SealedWriter",
     "WorkloadCode",

@@ -21,6 +21,7 @@ class WorkloadCode(StrEnum):
     WORKLOAD_KEY_UNAVAILABLE = "WORKLOAD_KEY_UNAVAILABLE"
     WORKLOAD_NOT_A_FILE = "WORKLOAD_NOT_A_FILE"
     WORKLOAD_INPUT_INVALID = "WORKLOAD_INPUT_INVALID"
+    WORKLOAD_OUTPUT_NOT_RECORDED = "WORKLOAD_OUTPUT_NOT_RECORDED"
 
 
 _DEFAULT_HINTS: dict[WorkloadCode, str] = {
@@ -35,6 +36,10 @@ _DEFAULT_HINTS: dict[WorkloadCode, str] = {
     ),
     WorkloadCode.WORKLOAD_NOT_A_FILE: "give the path of a regular file",
     WorkloadCode.WORKLOAD_INPUT_INVALID: "fix the arguments (see docs/workload.md)",
+    WorkloadCode.WORKLOAD_OUTPUT_NOT_RECORDED: (
+        "the sealed file is in place but the control plane did not record it, so no provenance statement "
+        "can name it: check the node's state and its write grant, then write the output again"
+    ),
 }
 
 

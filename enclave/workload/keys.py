@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from enclave.workload import agent_api
 from enclave.workload.errors import WorkloadCode, WorkloadError
+from enclave.workload.output_report import OutputReport
 from kms.envelope import names
 
 AGENT_SOCKET_ENV = "SOVEREIGN_AGENT_SOCKET"
@@ -234,6 +235,27 @@ class AgentSocketKeySource:
 
     def status(self) -> dict[str, Any]:
         return self._call({"op": "status"})
+
+    def report_output(self, report: OutputReport) -> int:
+        """Have the agent record a sealed output with the control plane; the ``model.output`` ledger
+        sequence. ``WORKLOAD_OUTPUT_NOT_RECORDED`` if it is refused."""
+        try:
+            reply = self._call(report.to_request())
+        except AgentRefused as refused:
+            if refused.code is WorkloadCode.WORKLOAD_AGENT_UNAVAILABLE:
+                raise
+            raise AgentRefused(
+                f"the output was not recorded: {refused.reason}: {refused.message}",
+                code=WorkloadCode.WORKLOAD_OUTPUT_NOT_RECORDED,
+                reason=refused.reason,
+            ) from None
+        sequence = reply.get("sequence")
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+            raise WorkloadError(
+                "the node agent's answer has no ledger sequence",
+                code=WorkloadCode.WORKLOAD_OUTPUT_NOT_RECORDED,
+            )
+        return sequence
 
 
 def default_key_source(environ: Mapping[str, str] | None = None) -> KeySource:

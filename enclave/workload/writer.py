@@ -7,16 +7,24 @@ renames it over ``path``. Leaving a ``with`` block by an exception, ``abort()``,
 unclosed removes the temporary file instead: a crash never leaves a shorter file that would open as
 valid. Not seekable; ``tell()`` counts plaintext bytes written. Given an ``AgentChunkSealer`` instead of
 a key, the node agent seals each chunk (the key never enters this process).
+
+While sealing, the writer hashes what it seals: after ``close()``, ``output`` holds the SHA-256 of the
+plaintext, its size, the SHA-256 of the sealed header and of the whole sealed file (what a provenance
+statement names). ``on_close`` (the node agent's report of the output, ``create_sealed`` wires it) runs
+with that ``SealedOutput`` once the file is in place; if it raises, ``close()`` raises it (the file stays).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NoReturn
@@ -52,13 +60,35 @@ def _check_target(target: Path) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SealedOutput:
+    """What a closed writer sealed: digests are lowercase hex SHA-256 (no key material)."""
+
+    path: str
+    key_ref: str
+    header_sha256: str
+    sha256: str  # of the plaintext
+    size: int  # plaintext bytes
+    sealed_sha256: str  # of the sealed file as written
+
+
 class SealedWriter(io.BufferedIOBase):
     """Seals everything written to it into ``path`` under ``data_key``; see the module doc."""
 
     def __init__(
-        self, path: str | os.PathLike[str], data_key: DataKey | AgentChunkSealer, *, chunk_size: int
+        self,
+        path: str | os.PathLike[str],
+        data_key: DataKey | AgentChunkSealer,
+        *,
+        chunk_size: int,
+        on_close: Callable[[SealedOutput], None] | None = None,
     ) -> None:
         super().__init__()
+        self.output: SealedOutput | None = None
+        self._on_close = on_close
+        self._plain_hash = hashlib.sha256()
+        self._sealed_hash = hashlib.sha256()
+        self._header_sha256 = ""
         self.name = os.fspath(path)
         self.mode = "wb"
         self.key_ref = data_key.key_ref
@@ -81,6 +111,8 @@ class SealedWriter(io.BufferedIOBase):
             self._fd, self._tmp = tempfile.mkstemp(
                 prefix=f".{self._target.name}.", suffix=".partial", dir=self._target.parent
             )
+            self._header_sha256 = hashlib.sha256(self._sealer.header).hexdigest()
+            self._sealed_hash.update(self._sealer.header)
             _write_all(self._fd, [memoryview(self._sealer.header)])
         except BaseException:
             self._discard()
@@ -152,6 +184,7 @@ class SealedWriter(io.BufferedIOBase):
                 self._buffer[self._filled : self._filled + take] = view[pos : pos + take]
                 self._filled += take
                 pos += take
+            self._plain_hash.update(view)
             self._written += size
             return size
 
@@ -176,6 +209,16 @@ class SealedWriter(io.BufferedIOBase):
                 raise
             self._wipe()
             super().close()
+            self.output = SealedOutput(
+                self.name,
+                self.key_ref,
+                self._header_sha256,
+                self._plain_hash.hexdigest(),
+                self._written,
+                self._sealed_hash.hexdigest(),
+            )
+        if self._on_close is not None:
+            self._on_close(self.output)
 
     def abort(self) -> None:
         """Drop what was written: remove the temporary file; ``path`` is left as it was. Idempotent."""
@@ -192,6 +235,8 @@ class SealedWriter(io.BufferedIOBase):
 
     def _emit(self, plain: memoryview, *, last: bool) -> None:
         record, sealed = self._sealer.seal(plain, self._out, last=last)
+        self._sealed_hash.update(record)
+        self._sealed_hash.update(sealed)
         _write_all(self._fd, [record, sealed])
 
     def _wipe(self) -> None:

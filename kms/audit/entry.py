@@ -46,6 +46,7 @@ class Kind(StrEnum):
     PENDING_APPROVE = "pending.approve"
     PENDING_REJECT = "pending.reject"
     OPERATOR_REFUSED = "operator.refused"
+    MODEL_OUTPUT = "model.output"
 
 
 class Decision(StrEnum):
@@ -70,10 +71,12 @@ FIELD_NAMES: frozenset[str] = frozenset(
         "evidence_digest",
         "fmspc",
         "groups",
+        "header_sha256",
         "kek_version",
         "key_kind",
         "key_name",
         "key_version",
+        "job_name",
         "lease_expiry",
         "measurement",
         "new_policy_digest",
@@ -83,13 +86,17 @@ FIELD_NAMES: frozenset[str] = frozenset(
         "node_name",
         "old_policy_digest",
         "old_state",
+        "output_sha256",
+        "output_size",
         "pending_id",
         "policy_version",
         "purpose",
         "request_id",
         "roles",
         "rule",
+        "sealed_sha256",
         "state",
+        "step",
         "subject",
         "tcb_status",
         "tee",

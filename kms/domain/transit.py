@@ -14,6 +14,7 @@ from kms.errors import OpenBaoError
 
 KEK_NAME = "sovereign-kek"  # the transit key that wraps data keys
 AUDIT_KEY_NAME = "sovereign-audit"  # the transit key that signs ledger checkpoints
+PROVENANCE_KEY_NAME = "sovereign-provenance"  # the transit key that signs training provenance statements
 
 
 @dataclass(frozen=True)

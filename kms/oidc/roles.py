@@ -73,7 +73,8 @@ def default_requirements(names: RoleNames = RoleNames()) -> dict[str, frozenset[
         "ImportCollateral": (admin,),
     }
     out = {method_path(ADMIN_SERVICE, name): frozenset(roles) for name, roles in by_name.items()}
-    for name in ("ListEntries", "GetCheckpoint", "GetInclusionProof", "GetConsistencyProof", "Export"):
+    audit_reads = ("ListEntries", "GetCheckpoint", "GetInclusionProof", "GetConsistencyProof", "Export")
+    for name in (*audit_reads, "GetProvenance", "GetSigningKeys"):
         out[method_path(AUDIT_SERVICE, name)] = frozenset({auditor})
     return out
 

@@ -17,7 +17,7 @@ import hvac
 import hvac.exceptions
 import requests
 
-from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME
+from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME, PROVENANCE_KEY_NAME
 from kms.errors import Code, OpenBaoError
 from kms.openbao.vault import TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth, map_error
 
@@ -57,6 +57,14 @@ path "{mount}/sign/{audit_key}" {{
   capabilities = ["update"]
 }}
 path "{mount}/keys/{audit_key}" {{
+  capabilities = ["read"]
+}}
+
+# Training provenance statements: sign, and read the public key for verifiers.
+path "{mount}/sign/{PROVENANCE_KEY_NAME}" {{
+  capabilities = ["update"]
+}}
+path "{mount}/keys/{PROVENANCE_KEY_NAME}" {{
   capabilities = ["read"]
 }}
 

@@ -34,7 +34,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from requests.adapters import HTTPAdapter
 
 from kms.config import BAO_TOKEN_ENV, OPTION, env_value
-from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME, KeyInfo, PublicKey, Signature, Unwrapped, WrappedKey
+from kms.domain.transit import (
+    AUDIT_KEY_NAME,
+    KEK_NAME,
+    PROVENANCE_KEY_NAME,
+    KeyInfo,
+    PublicKey,
+    Signature,
+    Unwrapped,
+    WrappedKey,
+)
 from kms.errors import Code, OpenBaoError
 
 TRANSIT_MOUNT = "transit"
@@ -690,6 +699,7 @@ class OpenBaoTransit:
         return {
             self.kek: self._ensure_key(self.kek, "aes256-gcm96"),
             self.audit_key: self._ensure_key(self.audit_key, "ed25519"),
+            PROVENANCE_KEY_NAME: self._ensure_key(PROVENANCE_KEY_NAME, "ed25519"),
         }
 
     def _ensure_key(self, name: str, key_type: str) -> bool:

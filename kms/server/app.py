@@ -44,6 +44,7 @@ from kms.server.monitoring import ControlPlaneCollector, Sources
 from kms.server.node_certs import NodeCa
 from kms.server.node_servicers import AttestationServicer, ClientCerts, KeyReleaseServicer, add_node_services
 from kms.server.operator_audit import OperatorAudit
+from kms.server.output_servicer import OutputServicer, add_output_service
 from kms.server.rate_limit import PeerRateLimit, TokenBuckets
 from kms.server.servicers import AdminServicer
 from kms.server.tls import ReloadingCertificate, ensure_dev_tls
@@ -60,7 +61,9 @@ from kms.usecases.gpu_appraisal import GpuCollateralFolder, GpuVerifier
 from kms.usecases.grants import GrantLedger
 from kms.usecases.metrics import Metrics
 from kms.usecases.nonces import Nonces
+from kms.usecases.outputs import OutputRecorder
 from kms.usecases.policy_source import PolicySource
+from kms.usecases.provenance_issue import ProvenanceIssuer
 from kms.usecases.release import KeyRelease
 from kms.usecases.verifier import EvidenceVerifier, load_signers
 from proto.sovereign.v1 import (
@@ -92,6 +95,8 @@ class ControlPlane:
     roles: RoleMap = field(default_factory=RoleMap.default)
     clock: Clock = system_clock
     audit: AuditPlane | None = None
+    outputs: OutputRecorder | None = None  # RecordOutput (release port)
+    provenance: ProvenanceIssuer | None = None  # GetProvenance, GetSigningKeys (Audit)
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -193,6 +198,8 @@ def build(
                 metrics=metrics,
             ),
             admin=Admin(store, catalogue, policies, verifier, clock, audit=audit.ledger),
+            outputs=OutputRecorder(store, audit.ledger, clock, skew=timedelta(seconds=config.clock_skew)),
+            provenance=ProvenanceIssuer(store, transit, clock),
             policies=policies,
             metrics=metrics,
             closers=closers,
@@ -310,6 +317,8 @@ async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = sys
         add_node_services(
             node, AttestationServicer(plane.attestation, pool), KeyReleaseServicer(plane.release)
         )
+        if plane.outputs is not None:
+            add_output_service(node, OutputServicer(plane.outputs, pool, mutual_tls=False))
     else:
         ca = NodeCa.load_or_create(Path(config.node_ca_dir), clock())
         release = grpc.aio.server(options=_options(config.max_message_bytes))
@@ -318,6 +327,8 @@ async def serve(config: ServerConfig, plane: ControlPlane, *, clock: Clock = sys
         certs = ClientCerts(ca, timedelta(seconds=config.node_cert_ttl), release_port, clock)
         add_node_services(node, AttestationServicer(plane.attestation, pool, certs), None)
         add_node_services(release, None, KeyReleaseServicer(plane.release, mutual_tls=True))
+        if plane.outputs is not None:
+            add_output_service(release, OutputServicer(plane.outputs, pool, mutual_tls=True))
     checker = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, node)
     reflection.enable_server_reflection((*NODE_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), node)
@@ -362,7 +373,7 @@ def _admin_server(
     checker.set("", health_pb2.HealthCheckResponse.SERVING)
     checker.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     if plane.audit is not None:
-        add_audit_service(admin, plane.audit.reader)
+        add_audit_service(admin, plane.audit.reader, plane.provenance)
     creds = None if tls is None else ReloadingCertificate(tls[0], tls[1]).credentials()
     port = _listen(admin, config.admin_listen, creds)
     admin.start()

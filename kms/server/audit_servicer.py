@@ -13,11 +13,13 @@ import grpc
 from kms.audit.checkpoint import Checkpoint
 from kms.audit.entry import Decision, Entry, format_time
 from kms.audit.errors import AuditError
+from kms.errors import Code, KmsError
 from kms.server import codec
 from kms.server.errors import abort
 from kms.server.servicers import handle
 from kms.sql.audit_ledger import EntryFilter, StoredEntry
 from kms.sql.audit_reader import LedgerReader
+from kms.usecases.provenance_issue import ProvenanceIssuer
 from proto.sovereign.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 
 AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
@@ -81,8 +83,34 @@ def filter_in(request: audit_pb2.ListEntriesRequest) -> EntryFilter:
 
 
 class AuditServicer(audit_pb2_grpc.AuditServicer):
-    def __init__(self, reader: LedgerReader) -> None:
+    def __init__(self, reader: LedgerReader, provenance: ProvenanceIssuer | None = None) -> None:
         self._reader = reader
+        self._provenance = provenance
+
+    def _issuer(self) -> ProvenanceIssuer:
+        if self._provenance is None:
+            raise KmsError("this server issues no provenance statements", code=Code.SERVER_CONFIG_INVALID)
+        return self._provenance
+
+    def GetProvenance(self, request: audit_pb2.GetProvenanceRequest, context: grpc.ServicerContext) -> Any:
+        def call() -> audit_pb2.Provenance:
+            issued = self._issuer().issue(bytes(request.output_sha256))
+            return audit_pb2.Provenance(envelope=issued.envelope, output_sequence=issued.output_sequence)
+
+        return handle(context, call)
+
+    def GetSigningKeys(self, request: audit_pb2.GetSigningKeysRequest, context: grpc.ServicerContext) -> Any:
+        def call() -> audit_pb2.SigningKeys:
+            keys = self._issuer().signing_keys()
+            return audit_pb2.SigningKeys(
+                keys=[
+                    audit_pb2.PublicKey(key_name=name, version=v, public_key=raw)
+                    for name, versions in sorted(keys.items())
+                    for v, raw in sorted(versions.items())
+                ]
+            )
+
+        return handle(context, call)
 
     def ListEntries(self, request: audit_pb2.ListEntriesRequest, context: grpc.ServicerContext) -> Any:
         def call() -> audit_pb2.ListEntriesResponse:
@@ -129,7 +157,9 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             abort(context, err)
 
 
-def add_audit_service(server: grpc.Server, reader: LedgerReader) -> str:
+def add_audit_service(
+    server: grpc.Server, reader: LedgerReader, provenance: ProvenanceIssuer | None = None
+) -> str:
     """Register the Audit service; returns its full name (for reflection)."""
-    audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(reader), server)
+    audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(reader, provenance), server)
     return AUDIT_SERVICE

@@ -38,7 +38,13 @@ _STATUS: dict[str, grpc.StatusCode] = {
         SC.INVALID_ARGUMENT,
     ),
     **dict.fromkeys(
-        (KmsCode.NODE_NOT_FOUND, KmsCode.KEY_NOT_FOUND, KmsCode.KEY_VERSION_NOT_FOUND), SC.NOT_FOUND
+        (
+            KmsCode.NODE_NOT_FOUND,
+            KmsCode.KEY_NOT_FOUND,
+            KmsCode.KEY_VERSION_NOT_FOUND,
+            KmsCode.PROVENANCE_OUTPUT_NOT_FOUND,
+        ),
+        SC.NOT_FOUND,
     ),
     KmsCode.KEY_EXISTS: SC.ALREADY_EXISTS,
     KmsCode.RATE_LIMITED: SC.RESOURCE_EXHAUSTED,
@@ -71,6 +77,8 @@ _STATUS: dict[str, grpc.StatusCode] = {
             KmsCode.KMS_AUTH_FAILED,
             KmsCode.SERVER_OVERLOADED,
             KmsCode.STORAGE_ERROR,
+            KmsCode.PROVENANCE_NOT_CHECKPOINTED,
+            KmsCode.PROVENANCE_SIGNER_FAILED,
         ),
         SC.UNAVAILABLE,
     ),

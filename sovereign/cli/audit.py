@@ -32,6 +32,7 @@ from kms.oidc.cache import load_cached_token
 from kms.oidc.errors import AuthError
 from kms.openbao.vault import TRANSIT_MOUNT
 from sovereign.cli._common import parse_time
+from sovereign.cli._lineage import add_lineage_parser
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.client import AuditClient, OperatorError, operator_channel
 from sovereign.client.records import AuditRecord, Decision
@@ -97,6 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _connection(head)
     head.set_defaults(func=_save_checkpoint)
     _register_remote(cmds)
+    add_lineage_parser(cmds, _connection, _remote)
 
 
 def _read(path: Path, what: str, limit: int) -> bytes:

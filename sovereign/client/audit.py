@@ -96,6 +96,22 @@ class AuditClient:
         request = audit_pb2.GetConsistencyProofRequest(first_size=first_size, second_size=second_size)
         return tuple(bytes(h) for h in self._call(self._stub.GetConsistencyProof, request).hashes)
 
+    def provenance(self, output_sha256: bytes) -> tuple[bytes, int]:
+        """The signed provenance statement (DSSE envelope JSON) of the output with this plaintext SHA-256,
+        and its ``model.output`` ledger sequence. Verify it with ``kms.provenance.verify``."""
+        reply = self._call(
+            self._stub.GetProvenance, audit_pb2.GetProvenanceRequest(output_sha256=output_sha256)
+        )
+        return bytes(reply.envelope), int(reply.output_sequence)
+
+    def signing_keys(self) -> dict[str, dict[int, bytes]]:
+        """Every version of the audit and provenance public keys: {key name: {version: raw Ed25519}}."""
+        reply = self._call(self._stub.GetSigningKeys, audit_pb2.GetSigningKeysRequest())
+        out: dict[str, dict[int, bytes]] = {}
+        for key in reply.keys:
+            out.setdefault(key.key_name, {})[key.version] = bytes(key.public_key)
+        return out
+
     def export(self, start: int = 0, end: int = 0) -> Iterator[bytes | Checkpoint]:
         """Every entry (its canonical bytes) and checkpoint from ``start`` up to the checkpoint of size
         ``end`` (0: the latest), in ledger order."""

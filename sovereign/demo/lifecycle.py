@@ -6,7 +6,8 @@ a data owner seals a dataset, both nodes fetch the key and stream-decrypt it (ha
 output is sealed with a model key; an SNP node with two simulated H100s registers with its GPUs verified and
 bound to its registration, and one whose VBIOS does not match its RIM is refused with the GPU code; a debug
 guest, a wrong-measurement guest and a below-minimum-TCB guest are refused with their codes; a node is
-revoked and then denied.
+revoked and then denied. Last, the auditor verifies the training checkpoint's provenance statement
+offline and refuses a tampered copy.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from kms.sql import open_store
 from kms.sql.keys import SqlKeyStore
 from sovereign.client import AdminClient, AuditClient, records
 from sovereign.demo import realm
+from sovereign.demo.provenance_step import provenance_steps
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD, Bao, ControlPlane, prepare_inputs, start_bao
 
 DATASET_KEY = "dataset/train"
@@ -410,4 +412,9 @@ def run(workdir: Path, progress: Callable[[str], None] = print) -> list[Step]:
 
         auditor = sign_in(idp, "carol")
         _audit_steps(rec, plane=plane, bao=bao, ca=ca, token=auditor, workdir=workdir)
+        with operator_channel(plane, ca, auditor) as audit_channel:
+            provenance_steps(
+                rec, channel=audit_channel, checkpoint=workdir / "ckpt.safetensors.sealed", workdir=workdir,
+                progress=progress,
+            )  # fmt: skip
     return rec.steps

@@ -39,6 +39,11 @@ def test_demo_runs_the_whole_lifecycle_and_every_outcome_is_expected(tmp_path: P
     ):
         assert steps[("auditor carol", step)]["outcome"] == "ok"
     assert steps[("operator alice", "sign in (Keycloak realm, password grant)")]["outcome"] == "ok"
+    # the training checkpoint's provenance statement verifies offline; a tampered copy is refused
+    assert steps[("auditor carol", "verify the statement offline (public keys only)")]["outcome"] == "ok"
+    assert steps[("auditor carol", "verify a tampered copy (a dataset hidden)")]["outcome"] == (
+        "PROVENANCE_PREDICATE_MISMATCH"
+    )
     training = [s for s in out["lifecycle"] if s["step"].startswith("train.py under `node exec`")]
     assert [s["outcome"] for s in training] == ["ok"]  # checked by the owner against the expected weights
     assert all(r["as_expected"] for r in out["evidence"])

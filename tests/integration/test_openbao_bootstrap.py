@@ -48,6 +48,8 @@ def test_keys_are_not_exportable_and_not_deletable(kms_dev: Kms) -> None:
     assert (kek.type, kek.exportable, kek.deletion_allowed) == ("aes256-gcm96", False, False)
     audit = admin.key_info("sovereign-audit")
     assert (audit.type, audit.exportable, audit.deletion_allowed) == ("ed25519", False, False)
+    provenance = admin.key_info("sovereign-provenance")
+    assert (provenance.type, provenance.exportable, provenance.deletion_allowed) == ("ed25519", False, False)
 
 
 def test_policy_in_openbao_equals_the_deploy_file(kms_dev: Kms) -> None:

@@ -82,6 +82,18 @@ RULES: dict[str, set[str]] = {
     },
     # the connected side (AMD KDS / Intel PCS): the attestation core's collateral types only
     "kms/collateral_fetch": {"attestation"},
+    # training provenance, the pure core: statements over ledger entries, DSSE and in-toto, no I/O
+    "kms/provenance": {
+        "kms.audit.checkpoint",
+        "kms.audit.entry",
+        "kms.audit.errors",
+        "kms.audit.merkle",
+        "cryptography",
+        "rfc8785",
+        "securesystemslib",
+        "in_toto_attestation",
+        "google.protobuf",
+    },
     "proto": {"google", "grpc", "grpc_tools"},
     # the typed operator client: the wire (with proto.contract's trailer parser), the audit core's checkpoint form
     "sovereign/client": {"proto", "grpc", "google", "kms.audit"},

@@ -157,3 +157,37 @@ class ExportItem(_message.Message):
     entry: AuditEntry
     checkpoint: SignedCheckpoint
     def __init__(self, entry: _Optional[_Union[AuditEntry, _Mapping]] = ..., checkpoint: _Optional[_Union[SignedCheckpoint, _Mapping]] = ...) -> None: ...
+
+class GetProvenanceRequest(_message.Message):
+    __slots__ = ("output_sha256",)
+    OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    output_sha256: bytes
+    def __init__(self, output_sha256: _Optional[bytes] = ...) -> None: ...
+
+class Provenance(_message.Message):
+    __slots__ = ("envelope", "output_sequence")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    envelope: bytes
+    output_sequence: int
+    def __init__(self, envelope: _Optional[bytes] = ..., output_sequence: _Optional[int] = ...) -> None: ...
+
+class GetSigningKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PublicKey(_message.Message):
+    __slots__ = ("key_name", "version", "public_key")
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    version: int
+    public_key: bytes
+    def __init__(self, key_name: _Optional[str] = ..., version: _Optional[int] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+
+class SigningKeys(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[PublicKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ...) -> None: ...

@@ -60,6 +60,16 @@ class AuditStub:
                 request_serializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.ExportRequest.SerializeToString,
                 response_deserializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.ExportItem.FromString,
                 _registered_method=True)
+        self.GetProvenance = channel.unary_unary(
+                '/sovereign.v1.Audit/GetProvenance',
+                request_serializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.GetProvenanceRequest.SerializeToString,
+                response_deserializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.Provenance.FromString,
+                _registered_method=True)
+        self.GetSigningKeys = channel.unary_unary(
+                '/sovereign.v1.Audit/GetSigningKeys',
+                request_serializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.GetSigningKeysRequest.SerializeToString,
+                response_deserializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.SigningKeys.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -101,6 +111,21 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProvenance(self, request, context):
+        """Issues the signed provenance statement (in-toto Statement v1 in a DSSE envelope) of a recorded
+        model output; NOT_FOUND if no output has that digest, UNAVAILABLE until a checkpoint covers it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSigningKeys(self, request, context):
+        """The public keys an offline verifier needs: every version of the audit and provenance keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +153,16 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.Export,
                     request_deserializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.ExportRequest.FromString,
                     response_serializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.ExportItem.SerializeToString,
+            ),
+            'GetProvenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProvenance,
+                    request_deserializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.GetProvenanceRequest.FromString,
+                    response_serializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.Provenance.SerializeToString,
+            ),
+            'GetSigningKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSigningKeys,
+                    request_deserializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.GetSigningKeysRequest.FromString,
+                    response_serializer=proto_dot_sovereign_dot_v1_dot_audit__pb2.SigningKeys.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +301,60 @@ class Audit:
             '/sovereign.v1.Audit/Export',
             proto_dot_sovereign_dot_v1_dot_audit__pb2.ExportRequest.SerializeToString,
             proto_dot_sovereign_dot_v1_dot_audit__pb2.ExportItem.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProvenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sovereign.v1.Audit/GetProvenance',
+            proto_dot_sovereign_dot_v1_dot_audit__pb2.GetProvenanceRequest.SerializeToString,
+            proto_dot_sovereign_dot_v1_dot_audit__pb2.Provenance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSigningKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sovereign.v1.Audit/GetSigningKeys',
+            proto_dot_sovereign_dot_v1_dot_audit__pb2.GetSigningKeysRequest.SerializeToString,
+            proto_dot_sovereign_dot_v1_dot_audit__pb2.SigningKeys.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from proto.sovereign.v1 import common_pb2 as proto_dot_sovereign_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$proto/sovereign/v1/key_release.proto\x12\x0csovereign.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fproto/sovereign/v1/common.proto\"\xb7\x01\n\x12ReleaseRequestBody\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.sovereign.v1.Purpose\x12\x12\n\nrequest_id\x18\x04 \x01(\x0c\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bkey_version\x18\x06 \x01(\r\"1\n\x0eReleaseRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xcf\x01\n\x0fReleaseResponse\x12\x12\n\nsealed_key\x18\x01 \x01(\x0c\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\x12&\n\x07purpose\x18\x04 \x01(\x0e\x32\x15.sovereign.v1.Purpose\x12\x16\n\x0e\x61udit_sequence\x18\x05 \x01(\x04\x12\x34\n\x10lease_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x61\x61\x64\x18\x07 \x01(\x0c\x32W\n\nKeyRelease\x12I\n\nReleaseKey\x12\x1c.sovereign.v1.ReleaseRequest\x1a\x1d.sovereign.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$proto/sovereign/v1/key_release.proto\x12\x0csovereign.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fproto/sovereign/v1/common.proto\"\xb7\x01\n\x12ReleaseRequestBody\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.sovereign.v1.Purpose\x12\x12\n\nrequest_id\x18\x04 \x01(\x0c\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bkey_version\x18\x06 \x01(\r\"1\n\x0eReleaseRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xcf\x01\n\x0fReleaseResponse\x12\x12\n\nsealed_key\x18\x01 \x01(\x0c\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\x12&\n\x07purpose\x18\x04 \x01(\x0e\x32\x15.sovereign.v1.Purpose\x12\x16\n\x0e\x61udit_sequence\x18\x05 \x01(\x04\x12\x34\n\x10lease_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x61\x61\x64\x18\x07 \x01(\x0c\"\x95\x02\n\x10OutputRecordBody\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\x0c\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rheader_sha256\x18\x06 \x01(\x0c\x12\x15\n\routput_sha256\x18\x07 \x01(\x0c\x12\x13\n\x0boutput_size\x18\x08 \x01(\x04\x12\x15\n\rsealed_sha256\x18\t \x01(\x0c\x12\x10\n\x08job_name\x18\n \x01(\t\x12\x11\n\x04step\x18\x0b \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_step\"6\n\x13RecordOutputRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\".\n\x14RecordOutputResponse\x12\x16\n\x0e\x61udit_sequence\x18\x01 \x01(\x04\x32\xae\x01\n\nKeyRelease\x12I\n\nReleaseKey\x12\x1c.sovereign.v1.ReleaseRequest\x1a\x1d.sovereign.v1.ReleaseResponse\x12U\n\x0cRecordOutput\x12!.sovereign.v1.RecordOutputRequest\x1a\".sovereign.v1.RecordOutputResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEREQUEST']._serialized_end=355
   _globals['_RELEASERESPONSE']._serialized_start=358
   _globals['_RELEASERESPONSE']._serialized_end=565
-  _globals['_KEYRELEASE']._serialized_start=567
-  _globals['_KEYRELEASE']._serialized_end=654
+  _globals['_OUTPUTRECORDBODY']._serialized_start=568
+  _globals['_OUTPUTRECORDBODY']._serialized_end=845
+  _globals['_RECORDOUTPUTREQUEST']._serialized_start=847
+  _globals['_RECORDOUTPUTREQUEST']._serialized_end=901
+  _globals['_RECORDOUTPUTRESPONSE']._serialized_start=903
+  _globals['_RECORDOUTPUTRESPONSE']._serialized_end=949
+  _globals['_KEYRELEASE']._serialized_start=952
+  _globals['_KEYRELEASE']._serialized_end=1126
 # @@protoc_insertion_point(module_scope)

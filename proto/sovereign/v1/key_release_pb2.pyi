@@ -52,3 +52,43 @@ class ReleaseResponse(_message.Message):
     lease_expires_at: _timestamp_pb2.Timestamp
     aad: bytes
     def __init__(self, sealed_key: _Optional[bytes] = ..., key_name: _Optional[str] = ..., key_version: _Optional[int] = ..., purpose: _Optional[_Union[_common_pb2.Purpose, str]] = ..., audit_sequence: _Optional[int] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., aad: _Optional[bytes] = ...) -> None: ...
+
+class OutputRecordBody(_message.Message):
+    __slots__ = ("node_id", "key_name", "key_version", "request_id", "timestamp", "header_sha256", "output_sha256", "output_size", "sealed_sha256", "job_name", "step")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    HEADER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEALED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    key_name: str
+    key_version: int
+    request_id: bytes
+    timestamp: _timestamp_pb2.Timestamp
+    header_sha256: bytes
+    output_sha256: bytes
+    output_size: int
+    sealed_sha256: bytes
+    job_name: str
+    step: int
+    def __init__(self, node_id: _Optional[str] = ..., key_name: _Optional[str] = ..., key_version: _Optional[int] = ..., request_id: _Optional[bytes] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., header_sha256: _Optional[bytes] = ..., output_sha256: _Optional[bytes] = ..., output_size: _Optional[int] = ..., sealed_sha256: _Optional[bytes] = ..., job_name: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+
+class RecordOutputRequest(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class RecordOutputResponse(_message.Message):
+    __slots__ = ("audit_sequence",)
+    AUDIT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    audit_sequence: int
+    def __init__(self, audit_sequence: _Optional[int] = ...) -> None: ...

@@ -40,6 +40,11 @@ class KeyReleaseStub:
                 request_serializer=proto_dot_sovereign_dot_v1_dot_key__release__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=proto_dot_sovereign_dot_v1_dot_key__release__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.RecordOutput = channel.unary_unary(
+                '/sovereign.v1.KeyRelease/RecordOutput',
+                request_serializer=proto_dot_sovereign_dot_v1_dot_key__release__pb2.RecordOutputRequest.SerializeToString,
+                response_deserializer=proto_dot_sovereign_dot_v1_dot_key__release__pb2.RecordOutputResponse.FromString,
+                _registered_method=True)
 
 
 class KeyReleaseServicer:
@@ -53,6 +58,15 @@ class KeyReleaseServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOutput(self, request, context):
+        """Records a model output the node sealed with a write key it holds: the control plane appends a
+        `model.output` ledger entry (durable before the reply). Signed and replay-protected like
+        ReleaseKey, with its own domain: the node signs "sovereign/v1 output" || body.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyReleaseServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_KeyReleaseServicer_to_server(servicer, server):
                     servicer.ReleaseKey,
                     request_deserializer=proto_dot_sovereign_dot_v1_dot_key__release__pb2.ReleaseRequest.FromString,
                     response_serializer=proto_dot_sovereign_dot_v1_dot_key__release__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'RecordOutput': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutput,
+                    request_deserializer=proto_dot_sovereign_dot_v1_dot_key__release__pb2.RecordOutputRequest.FromString,
+                    response_serializer=proto_dot_sovereign_dot_v1_dot_key__release__pb2.RecordOutputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +109,33 @@ class KeyRelease:
             '/sovereign.v1.KeyRelease/ReleaseKey',
             proto_dot_sovereign_dot_v1_dot_key__release__pb2.ReleaseRequest.SerializeToString,
             proto_dot_sovereign_dot_v1_dot_key__release__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sovereign.v1.KeyRelease/RecordOutput',
+            proto_dot_sovereign_dot_v1_dot_key__release__pb2.RecordOutputRequest.SerializeToString,
+            proto_dot_sovereign_dot_v1_dot_key__release__pb2.RecordOutputResponse.FromString,
             options,
             channel_credentials,
             insecure,

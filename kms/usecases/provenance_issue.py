@@ -1,0 +1,202 @@
+"""Issuing a provenance statement (Audit ``GetProvenance``): gather, prove, sign.
+
+For the output with a given SHA-256 of its plaintext or of its sealed file (its latest ``model.output``
+grant entry): the latest signed
+checkpoint (it must cover the output, else PROVENANCE_NOT_CHECKPOINTED: retry a moment later), the node's
+entries up to that checkpoint and the ``policy.change`` entries; ``kms.provenance.lineage.derive`` picks
+what the statement rests on; each of those entries gets its inclusion proof against that one checkpoint;
+the node's stored claims are included when their digest is the registration entry's; the statement is
+signed in OpenBao transit with the latest version of ``sovereign-provenance`` (Ed25519), the version
+written inside the signed payload. Nothing is written: issuing is a read and a signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from kms.audit.checkpoint import parse_transit_signature
+from kms.audit.entry import Decision, Entry, Kind, format_time
+from kms.audit.errors import KeyInvalid
+from kms.audit.merkle import inclusion_proof
+from kms.clock import Clock
+from kms.domain.transit import AUDIT_KEY_NAME, Transit
+from kms.errors import Code, KmsError
+from kms.provenance.lineage import LineageInvalid, derive
+from kms.provenance.statement import KEY_NAME, ProvenEntry, build_statement, seal_statement
+from kms.sql.audit_ledger import latest_checkpoint
+from kms.sql.audit_reader import DbHashStore
+from kms.sql.audit_schema import audit_entries
+from kms.sql.nodes import SqlNodes
+from kms.sql.store import Store
+
+KEY_TTL = 10.0  # seconds the provenance key's latest version is remembered
+
+
+@dataclass(frozen=True)
+class Issued:
+    envelope: bytes
+    output_sequence: int
+
+
+def _digests(fields: dict[str, Any]) -> tuple[object, object]:
+    """An output is found by its plaintext's SHA-256 or by its sealed file's (all an auditor holding
+    only the sealed file can compute)."""
+    return fields.get("output_sha256"), fields.get("sealed_sha256")
+
+
+def _not_found(sha256: str) -> KmsError:
+    return KmsError(f"no recorded output has SHA-256 {sha256}", code=Code.PROVENANCE_OUTPUT_NOT_FOUND)
+
+
+def _signer_failed(message: str) -> KmsError:
+    return KmsError(message, code=Code.PROVENANCE_SIGNER_FAILED)
+
+
+class _Memo:
+    """A ``merkle.HashStore`` that remembers what it read (one statement's proofs)."""
+
+    def __init__(self, inner: DbHashStore) -> None:
+        self._inner = inner
+        self._seen: dict[tuple[int, int], bytes] = {}
+
+    def node(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        if key not in self._seen:
+            self._seen[key] = self._inner.node(level, index)
+        return self._seen[key]
+
+
+class ProvenanceIssuer:
+    def __init__(self, store: Store, transit: Transit, clock: Clock) -> None:
+        self._store = store
+        self._nodes = SqlNodes(store)
+        self._transit = transit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._latest: tuple[float, int, dict[int, bytes]] | None = None
+
+    # -- keys ---------------------------------------------------------------------------------------
+
+    def _read_key(self, name: str) -> tuple[int, dict[int, bytes]]:
+        call = getattr(self._transit, "call", None)
+        if call is None:
+            raise _signer_failed("the transit client cannot read keys")
+        mount = self._transit.settings.mount  # type: ignore[attr-defined]
+        try:
+            resp: Any = call(
+                "read provenance key", lambda c: c.secrets.transit.read_key(name, mount_point=mount)
+            )
+        except KmsError as err:
+            raise _signer_failed(f"cannot read the transit key {name}: {err.message}") from None
+        data = (resp or {}).get("data") or {}
+        keys = data.get("keys")
+        if data.get("type") != "ed25519" or not isinstance(keys, dict):
+            raise _signer_failed(f"the transit key {name} is not an ed25519 key")
+        out = {int(v): base64.b64decode(k["public_key"]) for v, k in keys.items() if isinstance(k, dict)}
+        return int(data.get("latest_version") or 0), out
+
+    def _signing_key(self) -> tuple[int, dict[int, bytes]]:
+        """The latest version of the provenance key and its public keys, re-read every ``KEY_TTL`` seconds
+        (a rotation is picked up within that; a transit sign with a stale version still verifies)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._latest is None or now - self._latest[0] > KEY_TTL:
+                self._latest = (now, *self._read_key(KEY_NAME))
+            return self._latest[1], self._latest[2]
+
+    def signing_keys(self) -> dict[str, dict[int, bytes]]:
+        """Every public version of the audit and provenance keys (raw Ed25519)."""
+        return {name: self._read_key(name)[1] for name in (AUDIT_KEY_NAME, KEY_NAME)}
+
+    def _sign(self, version: int, message: bytes) -> bytes:
+        mount = self._transit.settings.mount  # type: ignore[attr-defined]
+        call = self._transit.call  # type: ignore[attr-defined]
+        try:
+            resp: Any = call(
+                "sign provenance",
+                lambda c: c.secrets.transit.sign_data(
+                    KEY_NAME,
+                    hash_input=base64.b64encode(message).decode(),
+                    key_version=version,
+                    mount_point=mount,
+                ),
+            )
+            signature = parse_transit_signature(str(((resp or {}).get("data") or {}).get("signature", "")))
+        except (KmsError, KeyInvalid) as err:
+            raise _signer_failed(f"signing with {KEY_NAME} failed: {err.message}") from None
+        if signature.version != version:
+            raise _signer_failed(f"OpenBao signed with v{signature.version}, the statement names v{version}")
+        return signature.value
+
+    # -- issuing ------------------------------------------------------------------------------------
+
+    def issue(self, output_sha256: bytes) -> Issued:
+        if len(output_sha256) != 32:
+            raise KmsError("output_sha256 must be 32 bytes", code=Code.REQUEST_INVALID)
+        wanted = output_sha256.hex()
+        with self._store.reader() as conn:
+            checkpoint = latest_checkpoint(conn)
+            if checkpoint is None:
+                raise KmsError("no signed checkpoint yet", code=Code.PROVENANCE_NOT_CHECKPOINTED)
+            outputs = conn.execute(
+                select(audit_entries.c.seq, audit_entries.c.canonical)
+                .where(audit_entries.c.kind == str(Kind.MODEL_OUTPUT))
+                .where(audit_entries.c.decision == str(Decision.GRANT))
+                .order_by(audit_entries.c.seq.desc())
+            ).all()
+            found = next(
+                (
+                    Entry.decode(bytes(c))
+                    for _, c in outputs
+                    if wanted in _digests(json.loads(bytes(c))["fields"])
+                ),
+                None,
+            )
+            if found is None:
+                raise _not_found(wanted)
+            if checkpoint.size <= found.seq:
+                raise KmsError(
+                    f"the latest checkpoint (size {checkpoint.size}) does not cover output entry {found.seq} yet",
+                    code=Code.PROVENANCE_NOT_CHECKPOINTED,
+                )
+            node_id = found.fields.get("node_id")
+            rows = conn.execute(
+                select(audit_entries.c.seq, audit_entries.c.canonical).where(
+                    (audit_entries.c.node_id == node_id) | (audit_entries.c.kind == str(Kind.POLICY_CHANGE)),
+                    audit_entries.c.seq < checkpoint.size,
+                )
+            ).all()
+            canonical = {int(seq): bytes(c) for seq, c in rows}
+            entries = [Entry.decode(c) for c in canonical.values()]
+            try:
+                lineage = derive(entries, found.seq)
+            except LineageInvalid as err:
+                raise KmsError(
+                    f"the ledger cannot support a statement: {err}", code=Code.AUDIT_LEDGER_CORRUPT
+                ) from None
+            hashes = _Memo(DbHashStore(conn))  # the proofs share their upper levels
+            proven = [
+                ProvenEntry(seq, canonical[seq], tuple(inclusion_proof(hashes, seq, checkpoint.size)))
+                for seq in lineage.sequences()
+            ]
+        node = self._nodes.get(str(node_id))
+        version, public = self._signing_key()
+        statement = build_statement(
+            lineage,
+            claims=node.claims if node is not None else None,
+            gpus=[],
+            output_sha256=str(found.fields["output_sha256"]),
+            key_version=version,
+            issued_at=format_time(self._clock()),
+            checkpoint=checkpoint,
+            entries=proven,
+        )
+        envelope = seal_statement(statement, lambda m: self._sign(version, m), version, public[version])
+        return Issued(envelope, found.seq)
