@@ -170,6 +170,11 @@ def _ocsp_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> _Signer:
     return _NOBODY
 
 
+def ocsp_signed_by(response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime) -> bool:
+    """Whether ``issuer`` (or a responder it delegated to, valid at ``now``) signed ``response``."""
+    return _ocsp_signer(response, issuer).valid_at(now)
+
+
 @dataclass(frozen=True)
 class _Statement:
     """One authentic answer about one certificate; judged against ``now`` at every call."""
