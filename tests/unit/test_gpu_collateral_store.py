@@ -22,7 +22,7 @@ from attestation import collateral_bundle, gpu
 from attestation.collateral import CollateralItem, ItemKind, classify
 from attestation.errors import AttestationError, Code, CollateralError
 from attestation.gpu_collateral import rim_ids
-from attestation.simulate.gpu import GpuSimulator, MintedGpu
+from attestation.simulate.gpu import GpuFault, GpuSimulator, MintedGpu
 from attestation.store import CollateralStore
 from attestation.trust import PRODUCTION
 
@@ -183,17 +183,11 @@ def test_ocsp_answers_must_be_signed_by_a_pinned_issuer(
 
 def test_a_rim_under_an_unpinned_root_or_edited_is_refused(sim: GpuSimulator, tmp_path: Path) -> None:
     store = CollateralStore(tmp_path)
-    for fault in (gpu_fault("rim-untrusted"), gpu_fault("rim-invalid")):
+    for fault in (GpuFault.RIM_UNTRUSTED, GpuFault.RIM_INVALID):
         bad = sim.mint(nonce=NONCE, seed="bad-rim", faults={fault})
         with pytest.raises(CollateralError) as err:
             _import(store, sim, bad.vbios_rim)
         assert err.value.code is Code.COLLATERAL_REJECTED and "GPU_RIM_" in err.value.message
-
-
-def gpu_fault(name: str) -> object:
-    from attestation.simulate.gpu import GpuFault
-
-    return GpuFault(name)
 
 
 # -- real NVIDIA RIMs and reports ---------------------------------------------------------------------
