@@ -49,6 +49,8 @@ def load_trust(path: Path | None) -> trust.TrustStore:
             amd_arks={str(k): str(v) for k, v in doc["amd_arks"].items()},
             intel_roots=frozenset(str(v) for v in doc["intel_roots"]),
             allow_simulated=bool(doc.get("allow_simulated", False)),
+            nvidia_device_roots=frozenset(str(v) for v in doc.get("nvidia_device_roots", [])),
+            nvidia_rim_roots=frozenset(str(v) for v in doc.get("nvidia_rim_roots", [])),
         )
     except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
         raise ChainInvalid(
@@ -65,6 +67,8 @@ def dump_trust(store: trust.TrustStore) -> str:
             "amd_arks": dict(store.amd_arks),
             "intel_roots": sorted(store.intel_roots),
             "allow_simulated": store.allow_simulated,
+            "nvidia_device_roots": sorted(store.nvidia_device_roots),
+            "nvidia_rim_roots": sorted(store.nvidia_rim_roots),
         },
         indent=2,
     )

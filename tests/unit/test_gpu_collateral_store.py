@@ -259,3 +259,26 @@ def test_real_report_rim_ids_and_missing_rims(vectors: Path, tmp_path: Path) -> 
         )
     )  # fmt: skip
     assert code is Code.GPU_COLLATERAL_MISSING
+
+
+def test_a_remembered_good_verdict_holds_only_inside_its_window(
+    sim: GpuSimulator, minted: MintedGpu, tmp_path: Path
+) -> None:
+    """One collateral set and verifier cache across calls (as the server keeps them): the revocation verdict
+    remembered at NOW must not answer for a time after nextUpdate or before thisUpdate."""
+    store = CollateralStore(tmp_path)
+    store.import_items(_items(minted), trust=sim.trust_store(), now=NOW)
+    inputs = store.load().gpu.inputs_for(minted.evidence)
+    cache = gpu.GpuVerifierCache()
+
+    def at(when: datetime) -> gpu.GpuClaims:
+        return gpu.verify_gpu(
+            minted.evidence, nonce=minted.nonce, trust=sim.trust_store(), now=when,
+            collateral=inputs.collateral, driver_rim=inputs.driver_rim, vbios_rim=inputs.vbios_rim, cache=cache,
+        )  # fmt: skip
+
+    assert at(NOW).details["revocation"]["status"] == "good"
+    assert at(NOW + timedelta(hours=1)).details["revocation"]["status"] == "good"
+    assert _code(lambda: at(NOW + timedelta(days=8))) is Code.GPU_COLLATERAL_EXPIRED
+    assert _code(lambda: at(NOW - timedelta(days=2))) is Code.GPU_COLLATERAL_EXPIRED
+    assert at(NOW).details["revocation"]["status"] == "good"
