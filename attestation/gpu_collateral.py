@@ -252,6 +252,18 @@ class GpuStoreCollateral:
             candidates = [r for r in candidates if r.product == product]
         return max(candidates, key=lambda r: r.rank).data if candidates else None
 
+    def rim_by_id(self, rim_id: str) -> bytes | None:
+        """The RIM NVIDIA's RIM service names ``rim_id``, found by its signed product and version."""
+        for prefix in ("NV_GPU_DRIVER_", "NV_GPU_CC_DRIVER_"):
+            if rim_id.startswith(prefix):
+                product, _, version = rim_id.removeprefix(prefix).partition("_")
+                return self.rim(version, product)
+        if rim_id.startswith("NV_GPU_VBIOS_"):
+            compact = rim_id.rsplit("_", 1)[-1]
+            if len(compact) == 10:
+                return self.rim(".".join(compact[i : i + 2] for i in range(0, 10, 2)).upper())
+        return None
+
     def inputs_for(self, evidence: GpuEvidence) -> GpuInputs:
         ids = rim_ids(evidence)
         return GpuInputs(

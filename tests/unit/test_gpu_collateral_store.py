@@ -282,3 +282,20 @@ def test_a_remembered_good_verdict_holds_only_inside_its_window(
     assert _code(lambda: at(NOW + timedelta(days=8))) is Code.GPU_COLLATERAL_EXPIRED
     assert _code(lambda: at(NOW - timedelta(days=2))) is Code.GPU_COLLATERAL_EXPIRED
     assert at(NOW).details["revocation"]["status"] == "good"
+
+
+def test_rims_by_nvidia_id_and_nvidia_crls_route_to_gpu_revocation(
+    sim: GpuSimulator, minted: MintedGpu, tmp_path: Path
+) -> None:
+    store = CollateralStore(tmp_path)
+    store.import_items(_items(minted), trust=sim.trust_store(), now=NOW)
+    _import(store, sim, sim.provisioner_crl())  # signed by the provisioner CA imported above
+    loaded = store.load().gpu
+    ids = loaded.inputs_for(minted.evidence).ids
+    assert loaded.rim_by_id(ids.driver_id) == minted.driver_rim
+    assert loaded.rim_by_id(ids.vbios_id) == minted.vbios_rim
+    assert loaded.rim_by_id("NV_GPU_DRIVER_GH100_1.0") is None and loaded.rim_by_id("other") is None
+    assert len(loaded.revocation.crls) == 1 and not store.load().tdx.crls
+    with pytest.raises(CollateralError) as err:  # an older CRL from the same issuer: rollback
+        _import(store, sim, sim.provisioner_crl(stale=True))
+    assert err.value.code is Code.COLLATERAL_ROLLBACK
