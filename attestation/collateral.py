@@ -13,13 +13,15 @@ import json
 import re
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
+from attestation import gpu_collateral
 from attestation.errors import X509_PARSE_ERRORS, Code, CollateralError
+from attestation.gpu_collateral import GpuStoreCollateral
 from attestation.snp import SnpCollateral
 from attestation.tdx import TdxCollateral, parse_collateral_bundle
 
@@ -34,6 +36,8 @@ class ItemKind(StrEnum):
     TDX_TCB_INFO = "tdx-tcb-info"
     TDX_QE_IDENTITY = "tdx-qe-identity"
     TDX_BUNDLE = "tdx-collateral-bundle"
+    GPU_RIM = "gpu-rim"  # NVIDIA reference integrity manifest (SWID tag with an XML signature)
+    OCSP_RESPONSE = "ocsp-response"  # NVIDIA OCSP responder's answer (DER) for a GPU or RIM chain
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,10 @@ class CollateralItem:
                 return _cn(load_certificate(self.data).subject)
             if self.kind is ItemKind.CRL:
                 return "CRL by " + _cn(x509.load_der_x509_crl(self.data).issuer)
+            if self.kind is ItemKind.GPU_RIM:
+                return gpu_collateral.describe_rim(self.data)
+            if self.kind is ItemKind.OCSP_RESPONSE:
+                return gpu_collateral.describe_ocsp(self.data)
             doc = json.loads(self.data)
             inner = doc.get("tcbInfo") or doc.get("enclaveIdentity") or doc
             return f"{inner.get('id', 'bundle')} {inner.get('fmspc', '')}".strip()
@@ -87,11 +95,15 @@ def _der_item(der: bytes, source: str) -> CollateralItem:
         x509.load_der_x509_crl(der)
         return CollateralItem(ItemKind.CRL, der)
     except X509_PARSE_ERRORS:
-        raise CollateralError(
-            f"{source}: not a certificate, CRL, PEM file or Intel collateral JSON",
-            code=Code.COLLATERAL_MALFORMED,
-            hint="import AMD/Intel certificates (PEM/DER), CRLs, TCB info or QE identity JSON",
-        ) from None
+        pass
+    if gpu_collateral.load_ocsp(der) is not None:
+        return CollateralItem(ItemKind.OCSP_RESPONSE, der)
+    raise CollateralError(
+        f"{source}: not a certificate, CRL, OCSP response, RIM, PEM file or Intel collateral JSON",
+        code=Code.COLLATERAL_MALFORMED,
+        hint="import AMD/Intel/NVIDIA certificates (PEM/DER), CRLs, TCB info or QE identity JSON, NVIDIA RIMs "
+        "or OCSP responses",
+    )
 
 
 def _pem_items(data: bytes, source: str) -> list[CollateralItem]:
@@ -138,6 +150,8 @@ def classify(data: bytes, source: str = "<input>") -> list[CollateralItem]:
     if len(data) > MAX_ITEM_BYTES:
         raise CollateralError(f"{source}: {len(data)} bytes is larger than any collateral item")
     stripped = data.strip(b"\x00 \t\r\n")
+    if gpu_collateral.looks_like_rim(stripped):
+        return [CollateralItem(ItemKind.GPU_RIM, data)]
     if stripped.startswith(b"{"):
         return _json_items(stripped, source)
     if b"-----BEGIN " in data:
@@ -176,12 +190,17 @@ def _is_amd(cert: x509.Certificate) -> bool:
     return any(n.startswith(("ARK-", "SEV-", "ASK-")) for n in names)
 
 
+def _is_nvidia(cert: x509.Certificate) -> bool:
+    return gpu_collateral.is_nvidia_name(cert.subject) or gpu_collateral.is_nvidia_name(cert.issuer)
+
+
 @dataclass(frozen=True)
 class Collateral:
     """Everything the verifiers may use, indexed per TEE. Build once; reuse for many verifications."""
 
     snp: SnpCollateral
     tdx: TdxCollateral
+    gpu: GpuStoreCollateral = field(default_factory=GpuStoreCollateral)
 
     @classmethod
     def empty(cls) -> Collateral:
@@ -196,12 +215,25 @@ class Collateral:
         tcb_infos: list[bytes] = []
         qe_identities: list[bytes] = []
         bundles: list[bytes] = []
+        rims: list[bytes] = []
+        ocsp_responses: list[bytes] = []
+        gpu_crls: list[bytes] = []
         for i, item in enumerate(items):
             if item.kind is ItemKind.CERTIFICATE:
-                (amd_certs if _is_amd(_certificate(item.data, i)) else intel_certs).append(item.data)
+                cert = _certificate(item.data, i)
+                if _is_nvidia(cert):
+                    continue  # GPU chains travel with the evidence; these only let imports check OCSP answers
+                (amd_certs if _is_amd(cert) else intel_certs).append(item.data)
             elif item.kind is ItemKind.CRL:
                 issuer = _crl_issuer(item.data, i)
-                (amd_crls if issuer.startswith(("ARK-", "SEV-")) else intel_crls).append(item.data)
+                if "NVIDIA" in issuer:
+                    gpu_crls.append(item.data)
+                else:
+                    (amd_crls if issuer.startswith(("ARK-", "SEV-")) else intel_crls).append(item.data)
+            elif item.kind is ItemKind.GPU_RIM:
+                rims.append(item.data)
+            elif item.kind is ItemKind.OCSP_RESPONSE:
+                ocsp_responses.append(item.data)
             elif item.kind is ItemKind.TDX_TCB_INFO:
                 tcb_infos.append(item.data)
             elif item.kind is ItemKind.TDX_QE_IDENTITY:
@@ -213,4 +245,8 @@ class Collateral:
         )
         for bundle in bundles:
             tdx = tdx.merged(parse_collateral_bundle(bundle))
-        return cls(snp=SnpCollateral.from_der(amd_certs, amd_crls), tdx=tdx)
+        return cls(
+            snp=SnpCollateral.from_der(amd_certs, amd_crls),
+            tdx=tdx,
+            gpu=GpuStoreCollateral(rims, ocsp_responses, gpu_crls),
+        )

@@ -3,7 +3,9 @@
 ``expiry``: a certificate's notAfter, a CRL's nextUpdate, a TCB info's / QE identity's nextUpdate.
 ``check_rollback``: a new item must not be older than what the store already holds for the same thing:
 TCB info per FMSPC and the TD_QE identity by (tcbEvaluationDataNumber, issueDate), CRLs per issuer by
-thisUpdate. Otherwise an attacker with an old bundle could bring back a revoked or out-of-date TCB.
+thisUpdate; NVIDIA RIMs per (product, version) by (tagVersion, signer date) and OCSP answers per
+certificate by thisUpdate (``attestation.gpu_collateral``). Otherwise an attacker with an old bundle could
+bring back a revoked or out-of-date TCB, a superseded RIM or a "good" answer older than a revocation.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime
 
 from cryptography import x509
 
+from attestation import gpu_collateral
 from attestation.collateral import CollateralItem, ItemKind, load_certificate
 from attestation.errors import AttestationError, Code, CollateralError
 from attestation.tdx import pcs
@@ -73,6 +76,14 @@ def freshness(item: CollateralItem) -> list[Freshness]:
                 Freshness(_crl_subject(c.crl), (0, c.this_update), "CRL in collateral bundle")
                 for c in tdx.crls
             ]
+        if item.kind is ItemKind.GPU_RIM:
+            rim = gpu_collateral.read_rim(item.data)
+            return [Freshness(rim.subject, rim.rank, rim.describe())]
+        if item.kind is ItemKind.OCSP_RESPONSE:
+            return [
+                Freshness(a.subject, (0, a.this_update), f"OCSP answer for serial {a.serial:x}")
+                for a in gpu_collateral.ocsp_answers(item.data)
+            ]
     except AttestationError:
         raise
     except (ValueError, TypeError, AssertionError) as exc:
@@ -116,12 +127,33 @@ def expiry(item: CollateralItem) -> datetime | None:
             return _doc(item.data, "tcbInfo").next_update
         if item.kind is ItemKind.TDX_QE_IDENTITY:
             return _doc(item.data, "enclaveIdentity").next_update
+        if item.kind is ItemKind.GPU_RIM:
+            return gpu_collateral.read_rim(item.data).not_after
+        if item.kind is ItemKind.OCSP_RESPONSE:
+            ends = [a.next_update for a in gpu_collateral.ocsp_answers(item.data)]
+            return min(e for e in ends if e is not None) if ends and None not in ends else None
         tdx = parse_collateral_bundle(item.data)
         times = [v.next_update for vs in tdx.tcb_infos.values() for v in vs]
         times += [q.next_update for q in tdx.qe_identities] + [c.next_update for c in tdx.crls]
         return min(times) if times else None
     except (AttestationError, ValueError, TypeError):
         return None
+
+
+def valid_from(item: CollateralItem) -> datetime | None:
+    """When the item starts being usable, where it says (certificate, CRL, RIM signer chain, OCSP)."""
+    try:
+        if item.kind is ItemKind.CERTIFICATE:
+            return load_certificate(item.data).not_valid_before_utc
+        if item.kind is ItemKind.CRL:
+            return x509.load_der_x509_crl(item.data).last_update_utc
+        if item.kind is ItemKind.GPU_RIM:
+            return gpu_collateral.read_rim(item.data).not_before
+        if item.kind is ItemKind.OCSP_RESPONSE:
+            return max(a.this_update for a in gpu_collateral.ocsp_answers(item.data))
+    except (AttestationError, ValueError, TypeError):
+        return None
+    return None
 
 
 def earliest_next_update(items: Iterable[CollateralItem]) -> datetime | None:
@@ -146,8 +178,10 @@ def status_rows(
             state = "expires soon"
         else:
             state = "ok"
+        start = valid_from(item)
         rows.append(
             {
+                "valid_from": start.isoformat() if start else "",
                 "expires": until.isoformat() if until else "",
                 "state": state,
                 "kind": item.kind.value,

@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from attestation import collateral_bundle
+from attestation import collateral_bundle, gpu_collateral
 from attestation.collateral import Collateral, CollateralItem, ItemKind, classify, load_certificate
 from attestation.errors import AttestationError, ChainInvalid, Code, CollateralError
 from attestation.freshness import check_rollback, earliest_next_update, status_rows
@@ -209,6 +209,14 @@ def check_items(
     by_subject: dict[str, list[x509.Certificate]] = {}
     for c in certs:
         by_subject.setdefault(c.subject.rfc4514_string(), []).append(c)
+    warns += gpu_collateral.check_gpu_items(
+        certificates=certs,
+        held_rims=[i.data for i in everything if i.kind is ItemKind.GPU_RIM and i not in new],
+        new_rims=[i.data for i in new if i.kind is ItemKind.GPU_RIM],
+        new_ocsp=[i.data for i in new if i.kind is ItemKind.OCSP_RESPONSE],
+        trust=trust,
+        now=now,
+    )
     for item in new:
         if item.kind is ItemKind.CRL:
             _check_crl(item, by_subject)
@@ -283,6 +291,8 @@ def _check_chain(
             try:
                 if "ARK-" in cn:
                     trust.check_amd_root(cn.split("ARK-", 1)[1].split(",")[0], der)
+                elif gpu_collateral.is_nvidia_name(issuer.subject):
+                    gpu_collateral.check_nvidia_root(trust, der)
                 else:
                     trust.check_intel_root(der)
             except ChainInvalid as exc:

@@ -157,7 +157,7 @@ def verify_chain(
     ``allow_expired`` skips only the windows (an explicit policy choice for RIM signers); links and the
     pin are always checked.
     """
-    key = tuple(bytes(d) for d in ders)
+    key = tuple(map(bytes, ders))  # bytes(b) is b itself for bytes: no copy on the cached path
     chain = (
         cache.get(key, lambda: _verify_links(key, code, what)) if cache else _verify_links(key, code, what)
     )

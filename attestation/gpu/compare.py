@@ -38,20 +38,28 @@ def merge_golden(
     return {**driver, **vbios}
 
 
-def compare(report: SpdmReport, golden: Mapping[int, GoldenMeasurement]) -> Comparison:
+Golden = tuple[tuple[int, int, tuple[bytes, ...]], ...]  # (0-based index, size, alternatives), by index
+
+
+def prepare_golden(golden: Mapping[int, GoldenMeasurement]) -> Golden:
+    """The comparison's view of a golden set, sorted once: a merged RIM pair is compared with many reports."""
+    return tuple((i, golden[i].size, golden[i].alternatives) for i in sorted(golden))
+
+
+def compare(report: SpdmReport, golden: Mapping[int, GoldenMeasurement] | Golden) -> Comparison:
+    prepared = golden if isinstance(golden, tuple) else prepare_golden(golden)
     runtime = report.measurements
     nvdec = report.opaque.get(OPAQUE_NVDEC0_STATUS)
     nvdec_disabled = nvdec is not None and nvdec == bytes([STATUS_DISABLED])
     mismatched: list[int] = []
     compared: list[int] = []
     skipped: list[int] = []
-    for index in sorted(golden):
+    for index, size, alternatives in prepared:
         if index == NVDEC0_INDEX and nvdec_disabled:
             skipped.append(index)
             continue
         value = runtime.get(index + 1)
-        want = golden[index]
-        if value is None or len(value) != want.size or value not in want.alternatives:
+        if value is None or len(value) != size or value not in alternatives:
             mismatched.append(index)
         else:
             compared.append(index)

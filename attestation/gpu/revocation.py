@@ -66,6 +66,8 @@ class GpuCollateral:
         # Windows and statuses are judged at every call.
         self._signed: dict[tuple[str, int, bytes], _Signer] = {}
         self._statements: dict[tuple[tuple[bytes, ...], int], tuple[tuple[_Statement, ...], ...]] = {}
+        # A chain's "good" verdict and the open time interval in which nothing can change it.
+        self._verdicts: dict[tuple[tuple[bytes, ...], int], tuple[datetime, datetime, RevocationResult]] = {}
         self._lock = threading.Lock()
 
     def signer(
@@ -170,6 +172,11 @@ def _ocsp_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> _Signer:
     return _NOBODY
 
 
+def ocsp_signed_by(response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime) -> bool:
+    """Whether ``issuer`` (or a responder it delegated to, valid at ``now``) signed ``response``."""
+    return _ocsp_signer(response, issuer).valid_at(now)
+
+
 @dataclass(frozen=True)
 class _Statement:
     """One authentic answer about one certificate; judged against ``now`` at every call."""
@@ -253,9 +260,46 @@ def check_revocation(
 ) -> RevocationResult:
     """Status of ``certs[first:-1]`` (``ders`` are the same certificates' DER, the cache key); the pinned
     root is trusted by pin, not by status."""
+    chain_statements = _chain_statements(certs, ders, first, collateral)
+    key = (ders, first)
+    with collateral._lock:
+        known = collateral._verdicts.get(key)
+    if known is not None and known[0] < now < known[1]:
+        return known[2]
+    result = _judge(certs, chain_statements, collateral, now=now, what=what, first=first)
+    # A "good" verdict holds until the next moment any statement or responder window starts or ends:
+    # strictly between two such moments every comparison below has the same outcome.
+    moments = [
+        t
+        for statements in chain_statements
+        for st in statements
+        for t in (st.this_update, st.next_update, st.revoked_at, st.signer.not_before, st.signer.not_after)
+        if t is not None
+    ]
+    before = [t for t in moments if t < now]
+    after = [t for t in moments if t > now]
+    if len(before) + len(after) == len(moments):  # ``now`` is not itself one of the moments
+        low = max(before) if before else datetime.min.replace(tzinfo=now.tzinfo)
+        high = min(after) if after else datetime.max.replace(tzinfo=now.tzinfo)
+        with collateral._lock:
+            if len(collateral._verdicts) >= MAX_REMEMBERED:
+                collateral._verdicts.clear()
+            collateral._verdicts[key] = (low, high, result)
+    return result
+
+
+def _judge(
+    certs: Sequence[x509.Certificate],
+    chain_statements: tuple[tuple[_Statement, ...], ...],
+    collateral: GpuCollateral,
+    *,
+    now: datetime,
+    what: str,
+    first: int,
+) -> RevocationResult:
     earliest: datetime | None = None
     checked = 0
-    for i, statements in enumerate(_chain_statements(certs, ders, first, collateral), start=first):
+    for i, statements in enumerate(chain_statements, start=first):
         cert = certs[i]
         good_until: datetime | None = None
         stale = False

@@ -62,16 +62,20 @@ class Rim:
     valid_until: datetime  # earliest notAfter in the signer chain
     cert_expired: bool  # True only when the caller accepted an expired chain
     chain: Chain
+    tag_version: int = 0  # SWID tagVersion: a re-issued RIM for the same version counts up
 
 
 @dataclass(frozen=True)
-class _SignedRim:
+class SignedRim:
+    """What a RIM's signature covers, checked with the leaf it carries; its chain is not judged yet."""
+
     ders: tuple[bytes, ...]
     tag_id: str
     product: str
     version: str
     measurements: Mapping[int, GoldenMeasurement]
     signer: str
+    tag_version: int = 0
 
 
 class RimCache:
@@ -82,13 +86,13 @@ class RimCache:
         self.chains = ChainCache(size)
         self._size = size
         self._lock = threading.Lock()
-        self._items: dict[bytes, _SignedRim] = {}
+        self._items: dict[bytes, SignedRim] = {}
 
-    def _get(self, key: bytes) -> _SignedRim | None:
+    def _get(self, key: bytes) -> SignedRim | None:
         with self._lock:
             return self._items.get(key)
 
-    def _put(self, key: bytes, value: _SignedRim) -> None:
+    def _put(self, key: bytes, value: SignedRim) -> None:
         with self._lock:
             if len(self._items) >= self._size:
                 self._items.pop(next(iter(self._items)))
@@ -138,6 +142,11 @@ def _int(attr: str | None, what: str) -> int:
     return int(attr)
 
 
+def _tag_version(attr: str | None) -> int:
+    # Only ranks re-issued RIMs in the collateral store; an odd value ranks lowest rather than refusing.
+    return int(attr) if attr is not None and attr.isascii() and attr.isdigit() and len(attr) <= 6 else 0
+
+
 def _measurements(signed: etree._Element) -> dict[int, GoldenMeasurement]:
     payloads = signed.findall(f"{{{SWID_NS}}}Payload")
     if len(payloads) != 1:
@@ -174,7 +183,7 @@ def _measurements(signed: etree._Element) -> dict[int, GoldenMeasurement]:
     return out
 
 
-def _verify_signed(data: bytes) -> _SignedRim:
+def _verify_signed(data: bytes) -> SignedRim:
     try:
         root = etree.fromstring(data, parser=_PARSER)
     except (etree.LxmlError, ValueError) as exc:
@@ -188,14 +197,23 @@ def _verify_signed(data: bytes) -> _SignedRim:
         raise _invalid(f"the signed RIM has {len(metas)} Meta elements; exactly one is required")
     leaf = x509.load_der_x509_certificate(ders[0])
     cn = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return _SignedRim(
+    return SignedRim(
         signer=str(cn[0].value) if cn else leaf.subject.rfc4514_string(),
         ders=tuple(ders),
         tag_id=signed.get("tagId") or "",
         product=metas[0].get("product") or "",
         version=metas[0].get("colloquialVersion") or "",
         measurements=MappingProxyType(_measurements(signed)),
+        tag_version=_tag_version(signed.get("tagVersion")),
     )
+
+
+def read_signed_rim(data: bytes) -> SignedRim:
+    """The signed content of a RIM (signature checked with its own leaf; chain, pin and windows are
+    ``verify_rim``'s). For indexing stored RIMs, never for trusting one."""
+    if not isinstance(data, bytes | bytearray) or len(data) > MAX_RIM_BYTES:
+        raise _invalid(f"a RIM must be bytes of at most {MAX_RIM_BYTES}")
+    return _verify_signed(bytes(data))
 
 
 def verify_rim(
@@ -235,4 +253,5 @@ def verify_rim(
         valid_until=chain.not_after,
         cert_expired=not chain.not_before <= now <= chain.not_after,
         chain=chain,
+        tag_version=signed_rim.tag_version,
     )

@@ -148,12 +148,18 @@ class _Reader:
         return int.from_bytes(self.take(size, field), "little")
 
 
+_REQUEST = struct.Struct(f"<BBBB{NONCE_SIZE}sB")
+
+
 def parse_request(data: bytes) -> SpdmRequest:
-    r = _Reader(data, "GET_MEASUREMENTS request")
-    version, code = r.u8("SPDMVersion"), r.u8("RequestResponseCode")
-    attributes, operation = r.u8("Param1"), r.u8("Param2")
-    nonce = r.take(NONCE_SIZE, "Nonce")
-    slot_id = r.u8("SlotIDParam")
+    if len(data) == _REQUEST.size:  # one C-level read; shorter input takes the reader for its wording
+        version, code, attributes, operation, nonce, slot_id = _REQUEST.unpack(data)
+    else:
+        r = _Reader(data, "GET_MEASUREMENTS request")
+        version, code = r.u8("SPDMVersion"), r.u8("RequestResponseCode")
+        attributes, operation = r.u8("Param1"), r.u8("Param2")
+        nonce = r.take(NONCE_SIZE, "Nonce")
+        slot_id = r.u8("SlotIDParam")
     if version != SPDM_VERSION_1_1:
         raise malformed(f"request SPDM version {version:#04x}; only 1.1 (0x11) is supported")
     if code != GET_MEASUREMENTS:
@@ -178,16 +184,27 @@ _VALUE_HEAD = struct.Struct("<BH")  # DMTFSpecMeasurementValueType, DMTFSpecMeas
 _DIGEST_BLOCK = struct.Struct("<BBHBH48s")
 
 
+_DIGEST_RECORDS: dict[int, struct.Struct] = {}  # one layout per block count (at most 255)
+
+
 def _digest_blocks(record: bytes, count: int) -> tuple[dict[int, bytes], dict[int, int]] | None:
     if len(record) != count * _DIGEST_BLOCK.size:
         return None
-    rows = list(_DIGEST_BLOCK.iter_unpack(record))
-    if not all(r[1] == DMTF_MEASUREMENT_SPECIFICATION and r[2] == 51 and r[4] == 48 for r in rows):
+    layout = _DIGEST_RECORDS.get(count)
+    if layout is None:
+        layout = _DIGEST_RECORDS.setdefault(count, struct.Struct("<" + "BBHBH48s" * count))
+    fields = layout.unpack(record)  # index, spec, size, value type, value size, digest; per block
+    if (
+        fields[1::6].count(DMTF_MEASUREMENT_SPECIFICATION) != count
+        or fields[2::6].count(51) != count
+        or fields[4::6].count(48) != count
+    ):
         return None
-    values = {r[0]: r[5] for r in rows}
+    indexes = fields[0::6]
+    values = dict(zip(indexes, fields[5::6], strict=True))
     if len(values) != count or 0 in values:
         return None
-    return values, {r[0]: r[3] for r in rows}
+    return values, dict(zip(indexes, fields[3::6], strict=True))
 
 
 def _parse_blocks(record: bytes, count: int) -> tuple[dict[int, bytes], dict[int, int]]:
@@ -249,6 +266,9 @@ def _parse_opaque(data: bytes) -> tuple[dict[int, bytes], tuple[int, ...]]:
     return records, tuple(order)
 
 
+_RESPONSE_HEAD = struct.Struct("<BBBBBHB")  # version, code, param1, param2, blocks, 24-bit record length
+
+
 def parse_report(data: bytes, *, signature_size: int = P384_SIGNATURE_SIZE) -> SpdmReport:
     """Parse ``request || response`` (raw bytes). Raises ``MalformedEvidence`` (GPU_REPORT_MALFORMED)."""
     if not isinstance(data, bytes | bytearray):
@@ -256,11 +276,16 @@ def parse_report(data: bytes, *, signature_size: int = P384_SIGNATURE_SIZE) -> S
     data = bytes(data)
     request = parse_request(data[:REQUEST_SIZE])
     r = _Reader(data[REQUEST_SIZE:], "MEASUREMENTS response")
-    version, code = r.u8("SPDMVersion"), r.u8("RequestResponseCode")
-    r.u8("Param1")
-    slot_id = r.u8("Param2") & 0x0F
-    count = r.u8("NumberOfBlocks")
-    record_length = r.uint(3, "MeasurementRecordLength")
+    if len(r.data) >= _RESPONSE_HEAD.size:  # one C-level read; shorter input takes the reader for its wording
+        version, code, _param1, param2, count, length_low, length_high = _RESPONSE_HEAD.unpack_from(r.data)
+        slot_id, record_length = param2 & 0x0F, length_low | length_high << 16
+        r.pos = _RESPONSE_HEAD.size
+    else:
+        version, code = r.u8("SPDMVersion"), r.u8("RequestResponseCode")
+        r.u8("Param1")
+        slot_id = r.u8("Param2") & 0x0F
+        count = r.u8("NumberOfBlocks")
+        record_length = r.uint(3, "MeasurementRecordLength")
     if version != SPDM_VERSION_1_1:
         raise malformed(f"response SPDM version {version:#04x}; only 1.1 (0x11) is supported")
     if code != MEASUREMENTS:

@@ -26,12 +26,15 @@ class ResponseCache:
         self.root = root
         self.max_age = max_age
 
-    def _paths(self, url: str) -> tuple[Path, Path]:
-        key = hashlib.sha256(url.encode()).hexdigest()
+    def _paths(self, request: Request) -> tuple[Path, Path]:
+        name = request.url.encode()
+        if request.body is not None:  # a POST is answered per body (one OCSP request per certificate)
+            name += b"\0" + hashlib.sha256(request.body).digest()
+        key = hashlib.sha256(name).hexdigest()
         return self.root / f"{key}.body", self.root / f"{key}.json"
 
     def get(self, request: Request, now: datetime) -> HttpResponse | None:
-        body_path, meta_path = self._paths(request.url)
+        body_path, meta_path = self._paths(request)
         try:
             meta = json.loads(meta_path.read_text())
             body = body_path.read_bytes()
@@ -46,7 +49,7 @@ class ResponseCache:
 
     def put(self, request: Request, response: HttpResponse, now: datetime) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        body_path, meta_path = self._paths(request.url)
+        body_path, meta_path = self._paths(request)
         headers = {k: v for k, v in response.headers.items() if k.endswith("-issuer-chain")}
         meta = {
             "url": request.url,
@@ -88,8 +91,9 @@ class Fetcher:
         if cached is not None:
             return cached
         response = get_with_retries(
-            self.client, request.url, policy=self.policy, sleep=self.sleep, clock=self.clock
-        )
+            self.client, request.url, policy=self.policy, sleep=self.sleep, clock=self.clock,
+            body=request.body, content_type=request.content_type,
+        )  # fmt: skip
         if self.cache:
             self.cache.put(request, response, now)
         return response

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from attestation.errors import Code, CollateralError
 
@@ -31,13 +31,29 @@ class HttpClient(Protocol):
         ...
 
 
+@runtime_checkable
+class HttpPoster(Protocol):
+    def post(self, url: str, body: bytes, content_type: str, timeout: float) -> HttpResponse:
+        """As ``get``, with a request body (OCSP requests are POSTed, RFC 6960 A.1)."""
+        ...
+
+
 class UrllibClient:
     """The real client (honours the usual proxy variables of the connected machine)."""
 
     def get(self, url: str, timeout: float) -> HttpResponse:
+        return self._send(url, None, None, timeout)
+
+    def post(self, url: str, body: bytes, content_type: str, timeout: float) -> HttpResponse:
+        return self._send(url, body, content_type, timeout)
+
+    def _send(self, url: str, body: bytes | None, content_type: str | None, timeout: float) -> HttpResponse:
         if not url.startswith(("https://", "http://")):
             raise OSError(f"refusing non-HTTP URL {url!r}")
-        request = urllib.request.Request(url, headers={"User-Agent": "sovereign-collateral-fetch/1"})  # noqa: S310
+        headers = {"User-Agent": "sovereign-collateral-fetch/1"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
                 return HttpResponse(resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()})
@@ -78,12 +94,22 @@ def get_with_retries(
     policy: RetryPolicy,
     sleep: Callable[[float], None],
     clock: Callable[[], datetime],
+    body: bytes | None = None,
+    content_type: str = "application/octet-stream",
 ) -> HttpResponse:
+    """GET ``url`` (or POST ``body`` to it, when given) with the retry rules above."""
     last = ""
     for attempt in range(policy.attempts):
         delay = min(policy.base_delay * 2**attempt, policy.max_delay)
         try:
-            response = client.get(url, policy.timeout)
+            if body is None:
+                response = client.get(url, policy.timeout)
+            elif isinstance(client, HttpPoster):
+                response = client.post(url, body, content_type, policy.timeout)
+            else:
+                raise CollateralError(
+                    f"{url}: this HTTP client cannot POST", code=Code.COLLATERAL_FETCH_FAILED
+                )
         except OSError as exc:
             last = f"connection failed ({exc})"
         else:

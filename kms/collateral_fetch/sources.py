@@ -71,6 +71,8 @@ class Request:
     url: str
     issuer_chain_header: str | None = None  # Intel: the signing chain travels in a header
     immutable: bool = False  # certificates for a fixed chip/TCB never change: cache forever
+    body: bytes | None = None  # POSTed when set (OCSP requests)
+    content_type: str = "application/octet-stream"
 
 
 @dataclass

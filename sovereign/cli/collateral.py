@@ -55,16 +55,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="connected side: get collateral from AMD KDS / Intel PCS into a signed bundle",
         description="SNP: --snp PRODUCT:CHIP_ID_HEX:TCB_HEX (VCEK, ASK/ARK chain, CRL) or --vlek PRODUCT "
         "(ASVK/ARK chain, CRL). TDX: --fmspc HEX (TCB info and its signing chain), plus QE identity, the "
-        "PCK CRL and the root CA CRL. Responses are cached; HTTP 429 is retried after Retry-After.",
+        "PCK CRL and the root CA CRL. GPU: --gpu EVIDENCE.json (NVIDIA GPU evidence list) fetches its "
+        "driver and VBIOS RIMs from NVIDIA's RIM service and OCSP answers for its device and RIM chains; "
+        "--gpu-rim ID adds RIMs by id. Responses are cached; HTTP 429 is retried after Retry-After.",
     )
     fetch.add_argument("--snp", action="append", default=[], metavar="PRODUCT:CHIP_ID:TCB")
     fetch.add_argument("--vlek", action="append", default=[], metavar="PRODUCT")
     fetch.add_argument("--fmspc", action="append", default=[], metavar="HEX")
+    fetch.add_argument("--gpu", action="append", default=[], type=Path, metavar="EVIDENCE.json")
+    fetch.add_argument("--gpu-rim", action="append", default=[], metavar="RIM_ID")
     fetch.add_argument("--key", type=Path, required=True, help="bundle signing key (sovereign bundle keygen)")
     fetch.add_argument("--out", type=Path, required=True, help="bundle file to write")
     fetch.add_argument("--cache", type=Path, default=Path("var/collateral-cache"))
     fetch.add_argument("--amd-base", default=None, help=argparse.SUPPRESS)
     fetch.add_argument("--intel-base", default=None, help=argparse.SUPPRESS)
+    fetch.add_argument("--rim-base", default=None, help=argparse.SUPPRESS)
+    fetch.add_argument("--ocsp-base", default=None, help=argparse.SUPPRESS)
     fetch.add_argument("--json", action="store_true")
     fetch.set_defaults(func=_fetch)
 
@@ -155,9 +161,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"earliest_next_update": earliest.isoformat() if earliest else None, "items": rows})
         return 0
-    print_table(rows, ["expires", "state", "kind", "description", "source"])
+    print_table(rows, ["valid_from", "expires", "state", "kind", "description", "source"])
     print(
-        f"earliest nextUpdate: {earliest.isoformat() if earliest else 'none (no CRL, TCB info or QE identity)'}"
+        f"earliest nextUpdate: {earliest.isoformat() if earliest else 'none (no CRL, TCB info, QE identity, RIM or OCSP)'}"
     )
     return 0
 
@@ -168,15 +174,22 @@ def _signing_key(path: Path) -> Ed25519PrivateKey:
 
 def _fetch(args: argparse.Namespace) -> int:
     from kms.collateral_fetch import Fetcher, FetchPlan, UrllibClient, parse_snp_target
+    from kms.collateral_fetch.gpu import GpuFetcher, GpuPlan, read_evidence
 
     try:
         plan = FetchPlan(
             snp=[parse_snp_target(t) for t in args.snp], vlek=list(args.vlek), fmspcs=list(args.fmspc)
         )
+        gpu_plan = GpuPlan(
+            evidence=[e for path in args.gpu for e in read_evidence(_read(path), str(path))],
+            rim_ids=list(args.gpu_rim),
+        )
         fetcher = Fetcher(
             UrllibClient(), cache=args.cache, amd_base=args.amd_base, intel_base=args.intel_base
         )
         items = fetcher.fetch(plan)
+        if gpu_plan:
+            items += GpuFetcher(fetcher, rim_base=args.rim_base, ocsp_base=args.ocsp_base).fetch(gpu_plan)
         data = collateral_bundle.create(items, _signing_key(args.key), datetime.now(UTC))
         args.out.write_bytes(data)
         opened = collateral_bundle.open_bundle(data, [_signing_key(args.key).public_key()])
