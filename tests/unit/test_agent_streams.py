@@ -48,6 +48,7 @@ class FakeNode:
             "node-1", NodeState.ATTESTED, Lease("l1", now, now + timedelta(hours=1)), (), ("trainers",), 1, 1
         )
         self.releases = 0
+        self.outputs: list[object] = []
 
     def register(self) -> Registration:
         return self.registration
@@ -58,6 +59,11 @@ class FakeNode:
     def release(self, name: str, purpose: str = "read", version: int = 0) -> ReleasedKey:
         self.releases += 1
         return ReleasedKey(KEYS[name], name, 1, purpose, 1, datetime.now(UTC) + timedelta(hours=1))
+
+    def record_output(self, report: object) -> int:
+        """A sealed output the workload reported (provenance); the ledger sequence a server would give."""
+        self.outputs.append(report)
+        return len(self.outputs)
 
 
 @pytest.fixture
