@@ -367,3 +367,42 @@ def to_args(config: ServerConfig) -> list[str]:
         else:
             out += [option.flag, str(value)]
     return out
+
+
+# --- where the installed configuration is ---------------------------------------------------------
+
+INSTALLED_CONFIG = Path("/etc/sovereign/sovereign.toml")
+CONFIG_ENV = "SOVEREIGN_CONFIG"
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The configuration this host runs with: ``$SOVEREIGN_CONFIG`` (which must exist), else the
+    installed ``/etc/sovereign/sovereign.toml`` when present, else None (a development tree)."""
+    env = os.environ if environ is None else environ
+    named = env.get(CONFIG_ENV)
+    if named:
+        if not Path(named).is_file():
+            raise KmsError(
+                f"{CONFIG_ENV} names {named}, which is not a file",
+                code=Code.SERVER_CONFIG_INVALID,
+                hint=f"point {CONFIG_ENV} at the installed sovereign.toml, or unset it",
+            )
+        return Path(named)
+    return INSTALLED_CONFIG if INSTALLED_CONFIG.is_file() else None
+
+
+def read_settings(file: Path) -> dict[str, Any]:
+    """The options ``file`` sets (checked and typed as ``load_config`` does, old names mapped to the
+    new), without requiring what only ``serve`` needs: what the operator commands take their database,
+    collateral store and endpoints from."""
+    try:
+        doc = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _bad(f"cannot read config {file}: {type(exc).__name__}: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        option = OPTION.get(key.replace("-", "_")) or RENAMED.get(key.replace("-", "_"))
+        if option is None:
+            raise _bad(f"{file}: unknown option {key!r}")
+        values[option.name] = _coerce(option, value, str(file))
+    return values
