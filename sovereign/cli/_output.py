@@ -105,7 +105,9 @@ def error_fields(err: CodedError) -> dict[str, str]:
     message = str(err.message)
     while message.startswith(f"{code}: "):
         message = message.removeprefix(f"{code}: ")
-    return {"code": code, "message": message, "hint": err.hint or ""}
+    to_dict = getattr(err, "to_dict", None)
+    extra = to_dict() if callable(to_dict) else {}  # e.g. an export's line and index
+    return {**{str(k): str(v) for k, v in extra.items()}, "code": code, "message": message, "hint": err.hint or ""}
 
 
 def fail(err: CodedError, *, as_json: bool, exit_code: int = 1) -> int:

@@ -28,7 +28,7 @@ from kms.audit.verify import unchecked_head_error, verify_export
 from kms.auth.errors import AuthError
 from kms.errors import Code, KmsError
 from kms.vault import KEK_NAME, TRANSIT_MOUNT
-from sovereign.cli._common import non_negative_int, parse_time, positive_int
+from sovereign.cli._common import existing_file, non_negative_int, parse_time, positive_int
 from sovereign.cli._installed import operator_address, operator_ca
 from sovereign.cli._output import UsageError, error_fields, fail, print_json, print_ok, print_table
 from sovereign.cli._session import operator_token
@@ -257,8 +257,8 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "audit device log must match release entries (same OpenBao request id; a batch decrypt: one "
         "entry per item). Reports unmatched ones on either side; exit 1 if any.",
     )
-    rec.add_argument("--bao-log", type=Path, required=True, help="OpenBao file audit device log")
-    rec.add_argument("--export", type=Path, help="ledger export (default: read the ledger from --server)")
+    rec.add_argument("--bao-log", type=existing_file, required=True, help="OpenBao file audit device log")
+    rec.add_argument("--export", type=existing_file, help="ledger export (default: read the ledger from --server)")
     rec.add_argument("--role", default=ROLE_NAME, help="the control plane's AppRole role name")
     rec.add_argument("--kek", default=KEK_NAME, help="KEK transit key name")
     rec.add_argument("--mount", default=TRANSIT_MOUNT, help="transit mount")

@@ -12,6 +12,7 @@ from kms import bootstrap as boot
 from kms.errors import KmsError
 from kms.openbao_server import OpenBaoServer
 from kms.vault import BaoSettings, TokenAuth
+from sovereign.cli._common import port_number
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.cli._signals import stop_signals_interrupt
 
@@ -67,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="For demos and development only: in-memory storage (keys vanish when it stops), no TLS.",
     )
     dev.add_argument("--workdir", type=Path, help="folder for config, logs, audit log and credentials")
-    dev.add_argument("--port", type=int, help="loopback port (default: a free one)")
+    dev.add_argument("--port", type=port_number, help="loopback port (default: a free one)")
     dev.add_argument("--json", action="store_true")
     dev.set_defaults(func=_dev)
 
