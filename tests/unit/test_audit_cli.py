@@ -199,7 +199,7 @@ def test_server_head_failures_are_coded_and_never_ok(
     save_token(CachedToken("https://idp.invalid", "sovereign", "sovereign", "t0ken", then, then), cache)
     conn = ["--server", "127.0.0.1:9", "--token-cache", str(cache)]
     assert main([*base, *conn, "--ca", str(tmp_path / "no-ca.pem")]) == 1
-    assert json.loads(capsys.readouterr().out)["error"]["code"] == "REQUEST_INVALID"
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "TLS_CA_INVALID"
     assert main([*base, *conn, "--insecure"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is False and out["error"]["code"] == "AUTH_TOKEN_EXPIRED"
