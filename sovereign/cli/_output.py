@@ -107,7 +107,12 @@ def error_fields(err: CodedError) -> dict[str, str]:
         message = message.removeprefix(f"{code}: ")
     to_dict = getattr(err, "to_dict", None)
     extra = to_dict() if callable(to_dict) else {}  # e.g. an export's line and index
-    return {**{str(k): str(v) for k, v in extra.items()}, "code": code, "message": message, "hint": err.hint or ""}
+    return {
+        **{str(k): str(v) for k, v in extra.items()},
+        "code": code,
+        "message": message,
+        "hint": err.hint or "",
+    }
 
 
 def fail(err: CodedError, *, as_json: bool, exit_code: int = 1) -> int:

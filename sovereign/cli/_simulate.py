@@ -44,7 +44,10 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.add_argument("--tee", choices=["snp", "tdx"], required=True)
     sim.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
     sim.add_argument(
-        "--version", type=positive_int, default=None, help="SNP report 2|3|5 (default 3), TDX quote 4|5 (default 4)"
+        "--version",
+        type=positive_int,
+        default=None,
+        help="SNP report 2|3|5 (default 3), TDX quote 4|5 (default 4)",
     )
     sim.add_argument("--product", choices=["Milan", "Genoa", "Turin"], default="Milan", help="SNP product")
     sim.add_argument("--signing-key", choices=["vcek", "vlek"], default="vcek", help="SNP signing key")

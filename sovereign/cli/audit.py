@@ -258,7 +258,9 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "entry per item). Reports unmatched ones on either side; exit 1 if any.",
     )
     rec.add_argument("--bao-log", type=existing_file, required=True, help="OpenBao file audit device log")
-    rec.add_argument("--export", type=existing_file, help="ledger export (default: read the ledger from --server)")
+    rec.add_argument(
+        "--export", type=existing_file, help="ledger export (default: read the ledger from --server)"
+    )
     rec.add_argument("--role", default=ROLE_NAME, help="the control plane's AppRole role name")
     rec.add_argument("--kek", default=KEK_NAME, help="KEK transit key name")
     rec.add_argument("--mount", default=TRANSIT_MOUNT, help="transit mount")

@@ -121,7 +121,9 @@ def _with_folder(args: argparse.Namespace, action: str) -> int:
         return fail(err, as_json=args.json)
     if layout is None:
         out = {"release_id": manifest.release_id, "files": len(manifest.files)}
-        print_json({"ok": True, **out}) if args.json else print(f"bundle OK: {out}")
+        print_json({"ok": True, **out}) if args.json else print(
+            f"bundle OK: release {manifest.release_id}, {len(manifest.files)} files, signature and hashes checked"
+        )
     elif args.json:
         print_json({"ok": True, "release": str(release), "created": created})
     else:
