@@ -97,7 +97,7 @@ READ_ONLY = [
     ["collateral", "status", "--store", "{missing}/store"],
     [
         "dataset",
-        "decrypt",
+        "encrypt",
         __file__,
         "{missing}/out",
         "--key",
