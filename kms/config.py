@@ -36,7 +36,9 @@ class ServerConfig:
     """Every ``sovereign serve`` setting, declared once: ``OPTIONS`` (flags, environment names, TOML
     keys, ``--help``) is derived from these fields."""
 
-    listen: str = _setting("127.0.0.1:8443", "node-facing address HOST:PORT (Attestation, KeyRelease)")
+    listen: str = _setting(
+        "127.0.0.1:8443", "node-facing address HOST:PORT (Attestation, health, reflection)"
+    )
     release_listen: str = _setting(
         "127.0.0.1:8444",
         "KeyRelease address HOST:PORT (mutual TLS with the node client certificates of --node-ca-dir)",
