@@ -413,7 +413,7 @@ def config_path(environ: Mapping[str, str] | None = None) -> Path | None:
     """The configuration this host runs with: ``$SOVEREIGN_CONFIG`` (which must exist), else the
     installed ``/etc/sovereign/sovereign.toml`` when present, else None (a development tree)."""
     env = os.environ if environ is None else environ
-    named = env.get(CONFIG_ENV)
+    named = env.get("SOVEREIGN_CONFIG")
     if named:
         if not Path(named).is_file():
             raise KmsError(
