@@ -98,6 +98,30 @@ def test_operator_commands_share_one_json_envelope_and_read_as_tables(
     nodes = sovereign(["admin", "nodes", "list", *where], cache)
     assert nodes.returncode == 0 and "LEASE_EXPIRES" in nodes.stdout.splitlines()[0]
     assert "NODE_STATE_" not in nodes.stdout and "['" not in nodes.stdout
+    active = json.loads(admin(server, cache, "policy", "get").stdout)
+    proposed = tmp_path / "policy.toml"
+    proposed.write_text(active["toml"] + "\n# reviewed by alice\n")
+    dry = sovereign(
+        [
+            "admin",
+            "policy",
+            "put",
+            str(proposed),
+            "--expected-version",
+            active["version"],
+            "--dry-run",
+            *where,
+        ],
+        cache,
+    )
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "dry run: nothing changed" in dry.stdout and "+# reviewed by alice" in dry.stdout
+    assert "nodes re-appraised" in dry.stdout and not dry.stdout.lstrip().startswith("{")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("schema = 1\n[groups\n")
+    bad = sovereign(["admin", "policy", "put", str(broken), "--expected-version", "1", *where], cache)
+    assert bad.returncode == 1 and f"error: POLICY_INVALID: {broken}" in bad.stderr
+
     # who acted reads as a username in the table (the ledger records the subject too)
     auditor = tmp_path / "carol.json"
     login(realm, "carol", auditor)
