@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,19 @@ def test_serve_prints_them_in_one_run(
     err = capsys.readouterr().err
     assert "error: SERVER_CONFIG_INVALID: 4 problems" in err
     assert "--oidc-issuer" in err and "--bao-addr" in err and "--tls-cert" in err
+
+
+def test_a_policy_file_that_differs_at_restart_names_the_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kms.clock import ManualClock
+    from kms.policy_source import PolicySource
+    from kms.storage import open_store
+
+    shipped = Path(__file__).resolve().parents[2] / "policies" / "defaults"
+    source = PolicySource(open_store(tmp_path / "x.db"), ManualClock(datetime.now(UTC)))
+    source.seed((shipped / "default.toml").read_text(), "default.toml")
+    with caplog.at_level("WARNING"):
+        source.seed((shipped / "demo.toml").read_text(), "demo.toml")
+    assert "sovereign admin policy put demo.toml --expected-version 1" in caplog.text
+    assert "Admin.PutPolicy" not in caplog.text
