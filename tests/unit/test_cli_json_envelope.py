@@ -178,3 +178,17 @@ def test_json_prints_one_envelope(
     out = capsys.readouterr().out
     assert code != 70
     check_envelope(json.loads(out))
+
+
+def test_operator_commands_without_a_ca_refuse_to_guess(
+    places: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(places["tmp"])
+    monkeypatch.setattr("kms.config.INSTALLED_CONFIG", Path(places["tmp"]) / "absent.toml")
+    for name in ("SOVEREIGN_CONFIG", "SOVEREIGN_CA"):
+        monkeypatch.delenv(name, raising=False)
+    for command in (["audit", "tail"], ["admin", "keys", "list"]):
+        assert main([*command, "--server", CLOSED, "--token-cache", places["cache"], "--json"]) == 1
+        error = json.loads(capsys.readouterr().out)["error"]
+        assert error["code"] == "REQUEST_INVALID" and "no CA to pin" in error["message"]
+        assert "--ca" in error["hint"]
