@@ -82,7 +82,9 @@ class ServerConfig:
         "",
         "comma-separated PEM public keys of the collateral bundle signers (NAME.pub.pem); when set, Admin.ImportCollateral accepts only bundles signed by one of them, never unsigned items",
     )
-    policy: str = _setting("", "policy TOML; seeds an empty database (later changes: sovereign admin policy put)")
+    policy: str = _setting(
+        "", "policy TOML; seeds an empty database (later changes: sovereign admin policy put)"
+    )
     trust: str = _setting("production", "trust profile: 'production' or a simulation trust JSON file")
     dev_trust: bool = _setting(
         False, "accept a --trust file other than 'production' (simulator roots; development only)"
