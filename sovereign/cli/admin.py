@@ -89,7 +89,13 @@ def _policy_put(client: AdminClient, args: argparse.Namespace) -> PolicyPut:
     # Checked here first, so a mistake names the file and line (the server sees only the text).
     args.policy_text = args.file.read_text()
     load_policy(args.file)
-    return client.put_policy(args.policy_text, args.expected_version, dry_run=args.dry_run)
+    try:
+        return client.put_policy(args.policy_text, args.expected_version, dry_run=args.dry_run)
+    except OperatorError as err:
+        # the server names the text it was sent after the RPC; the operator knows it as the file
+        if err.code.startswith("POLICY_") and err.message.startswith("PutPolicy"):
+            err.message = f"{args.file}{err.message.removeprefix('PutPolicy')}"
+        raise
 
 
 def _add(

@@ -4,6 +4,7 @@ names before ids, a held change with the command that applies it (records in, te
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,23 @@ def test_keys_list_and_a_held_change(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     assert "held for a second operator: change c-42 (destroy key model/main)" in out
     assert "proposed by alice" in out and "sovereign admin pending approve c-42" in out
+
+
+def test_a_policy_the_server_refuses_is_named_by_its_file(tmp_path: Path) -> None:
+    import argparse
+
+    from sovereign.cli.admin import _policy_put
+    from sovereign.client import OperatorError
+
+    shipped = Path(__file__).resolve().parents[2] / "policies" / "defaults" / "demo.toml"
+    file = tmp_path / "site.toml"
+    file.write_text(shipped.read_text())
+
+    class Refusing:
+        def put_policy(self, toml: str, expected_version: int, *, dry_run: bool = False) -> None:
+            raise OperatorError("POLICY_INVALID", "PutPolicy line 3: group 'x' is not defined", "fix it")
+
+    args = argparse.Namespace(file=file, expected_version=1, dry_run=False)
+    with pytest.raises(OperatorError) as info:
+        _policy_put(Refusing(), args)  # type: ignore[arg-type]
+    assert info.value.message == f"{file} line 3: group 'x' is not defined"
