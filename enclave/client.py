@@ -35,6 +35,7 @@ from enclave.identity import NodeIdentity
 from enclave.providers.base import Evidence
 from enclave.release_request import PURPOSES, ReleaseGrant, SignedRelease
 from proto.contract import MAX_TEXT, GpuEvidenceItem, parse_error_detail, tls_key_proof_message
+from proto.rpc_failure import Endpoint, transport_failure
 from proto.sovereign.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -158,8 +159,16 @@ def _text(value: str) -> str:
     return value[:MAX_TEXT]
 
 
-def error_from_rpc(err: grpc.RpcError, *, call: str, denied: NodeCode) -> ControlPlaneError:
-    """Map a failed call to a ``ControlPlaneError``; ``denied`` is the code for a refusal by the server."""
+NODE_PORTS = (
+    "nodes call serve's --listen port (default 127.0.0.1:8443) for Attestation; KeyRelease is on "
+    "--release-listen (8444), given by the registration reply"
+)
+
+
+def error_from_rpc(err: grpc.RpcError, *, call: str, denied: NodeCode, target: str = "") -> ControlPlaneError:
+    """Map a failed call to a ``ControlPlaneError``; ``denied`` is the code for a refusal by the server.
+    A call that never reached a servicer (connection refused, TLS, wrong port) is read by
+    ``proto.rpc_failure``, the reading the operator client shares, for its message and hint."""
     status: grpc.StatusCode = err.code() if hasattr(err, "code") else _SC.UNKNOWN
     details = _text(str(err.details() or "")) if hasattr(err, "details") else ""
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
@@ -173,6 +182,15 @@ def error_from_rpc(err: grpc.RpcError, *, call: str, denied: NodeCode) -> Contro
     else:
         code = NodeCode.CONTROL_PLANE_ERROR
     reason = detail.reason if detail else ""
+    failure = None if detail else transport_failure(status, details, Endpoint(target, call, NODE_PORTS))
+    if failure is not None:
+        return ControlPlaneError(
+            f"{call} failed: {failure.message}",
+            code=code,
+            status=status.name,
+            hint=failure.hint,
+            metadata={"transport": failure.code.value},
+        )
     what = f"{call} failed with {status.name}" + (f" ({reason})" if reason else "")
     return ControlPlaneError(
         f"{what}: {details}" if details else what,
@@ -386,7 +404,8 @@ class ControlPlaneClient:
         try:
             return fn(request, timeout=self.timeout)
         except grpc.RpcError as err:
-            raise error_from_rpc(err, call=name, denied=denied) from None
+            target = (self.release_target or "") if name == "ReleaseKey" else self.target
+            raise error_from_rpc(err, call=name, denied=denied, target=target) from None
 
     def challenge(self, node_name: str) -> Challenge:
         reply = self._call(

@@ -36,7 +36,9 @@ class ServerConfig:
     """Every ``sovereign serve`` setting, declared once: ``OPTIONS`` (flags, environment names, TOML
     keys, ``--help``) is derived from these fields."""
 
-    listen: str = _setting("127.0.0.1:8443", "node-facing address HOST:PORT (Attestation, KeyRelease)")
+    listen: str = _setting(
+        "127.0.0.1:8443", "node-facing address HOST:PORT (Attestation, health, reflection)"
+    )
     release_listen: str = _setting(
         "127.0.0.1:8444",
         "KeyRelease address HOST:PORT (mutual TLS with the node client certificates of --node-ca-dir)",
@@ -80,7 +82,9 @@ class ServerConfig:
         "",
         "comma-separated PEM public keys of the collateral bundle signers (NAME.pub.pem); when set, Admin.ImportCollateral accepts only bundles signed by one of them, never unsigned items",
     )
-    policy: str = _setting("", "policy TOML; seeds an empty database (later changes: Admin.PutPolicy)")
+    policy: str = _setting(
+        "", "policy TOML; seeds an empty database (later changes: sovereign admin policy put)"
+    )
     trust: str = _setting("production", "trust profile: 'production' or a simulation trust JSON file")
     dev_trust: bool = _setting(
         False, "accept a --trust file other than 'production' (simulator roots; development only)"
@@ -279,66 +283,98 @@ def load_config(
 
 
 def validate(c: ServerConfig) -> None:
+    """Every problem of ``c`` at once (one error listing them all), so a start fails once, not once per
+    missing prerequisite."""
+    problems = _problems(c)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listed = "; ".join(f"({i}) {p.message}" for i, p in enumerate(problems, start=1))
+        hints = dict.fromkeys(p.hint for p in problems if p.hint)
+        raise KmsError(
+            f"{len(problems)} problems in the configuration: {listed}",
+            code=Code.SERVER_CONFIG_INVALID,
+            hint="; ".join(hints),
+        )
+
+
+def _problems(c: ServerConfig) -> list[KmsError]:
+    problems: list[KmsError] = []
     for name in ("listen", "release_listen", "admin_listen"):
         host, _, port = getattr(c, name).rpartition(":")
         if not host or not port.isdigit():
-            raise _bad(f"{name} must be HOST:PORT, got {getattr(c, name)!r}")
+            problems.append(_bad(f"{name} must be HOST:PORT, got {getattr(c, name)!r}"))
     if c.insecure_dev and (c.dev_tls or c.tls_cert):
-        raise _bad("--insecure-dev cannot be combined with TLS options")
+        problems.append(_bad("--insecure-dev cannot be combined with TLS options"))
     if c.insecure_dev:
         for name in ("listen", "release_listen", "admin_listen"):
             if not is_loopback(getattr(c, name).rpartition(":")[0]):
-                raise KmsError(
-                    f"--insecure-dev serves plaintext (operator tokens included), so it listens on loopback "
-                    f"only; {name} is {getattr(c, name)!r}",
-                    code=Code.SERVER_CONFIG_INVALID,
-                    hint="use 127.0.0.1:PORT or [::1]:PORT, or TLS (--tls-cert/--tls-key, or --dev-tls DIR)",
+                problems.append(
+                    KmsError(
+                        f"--insecure-dev serves plaintext (operator tokens included), so it listens on loopback "
+                        f"only; {name} is {getattr(c, name)!r}",
+                        code=Code.SERVER_CONFIG_INVALID,
+                        hint="use 127.0.0.1:PORT or [::1]:PORT, or TLS (--tls-cert/--tls-key, or --dev-tls DIR)",
+                    )
                 )
     if not c.insecure_dev and not c.dev_tls and not (c.tls_cert and c.tls_key):
-        raise _bad("TLS is required: give --tls-cert and --tls-key (or --dev-tls DIR for development)")
+        problems.append(
+            _bad("TLS is required: give --tls-cert and --tls-key (or --dev-tls DIR for development)")
+        )
     if c.console_listen:
         host, _, port = c.console_listen.rpartition(":")
         if not host or not port.isdigit():
-            raise _bad(f"console_listen must be HOST:PORT, got {c.console_listen!r}")
+            problems.append(_bad(f"console_listen must be HOST:PORT, got {c.console_listen!r}"))
         if c.insecure_dev:
-            raise _bad(
-                "the console needs TLS (its session cookie is Secure): drop --insecure-dev or --console-listen"
+            problems.append(
+                _bad(
+                    "the console needs TLS (its session cookie is Secure): drop --insecure-dev or --console-listen"
+                )
             )
         if c.tls_cert and not c.tls_ca:
-            raise _bad(
-                "the console needs --tls-ca (the CA that issued --tls-cert) to reach the operator port"
+            problems.append(
+                _bad("the console needs --tls-ca (the CA that issued --tls-cert) to reach the operator port")
             )
     if c.trust != "production" and not c.dev_trust:
-        raise _bad(
-            f"--trust {c.trust!r} is not the production trust profile: it pins roots other than AMD's and "
-            "Intel's, which only development may do; add --dev-trust, or omit --trust in production"
+        problems.append(
+            _bad(
+                f"--trust {c.trust!r} is not the production trust profile: it pins roots other than AMD's and "
+                "Intel's, which only development may do; add --dev-trust, or omit --trust in production"
+            )
         )
     if not c.bao_addr:
-        raise _bad("no OpenBao address: set --bao-addr or SOVEREIGN_BAO_ADDR")
+        problems.append(_bad("no OpenBao address: set --bao-addr or SOVEREIGN_BAO_ADDR"))
     approle = bool(c.bao_role_id or c.bao_secret_id_file)
     if approle and not (c.bao_role_id and c.bao_secret_id_file):
-        raise _bad("AppRole needs both --bao-role-id and --bao-secret-id-file")
+        problems.append(_bad("AppRole needs both --bao-role-id and --bao-secret-id-file"))
     if not approle and not c.bao_token_file:
-        raise _bad("no OpenBao credentials: give AppRole (--bao-role-id, --bao-secret-id-file)")
+        problems.append(_bad("no OpenBao credentials: give AppRole (--bao-role-id, --bao-secret-id-file)"))
     if c.bao_token_file and not approle and not c.dev_mode:
-        raise _bad("an OpenBao token is accepted only in dev mode (--dev-tls or --insecure-dev); use AppRole")
+        problems.append(
+            _bad("an OpenBao token is accepted only in dev mode (--dev-tls or --insecure-dev); use AppRole")
+        )
     if c.nonce_ttl <= 0 or c.clock_skew <= 0 or c.workers <= 0 or c.max_message_bytes < 4096:
-        raise _bad("nonce_ttl, clock_skew, workers must be positive and max_message_bytes >= 4096")
+        problems.append(_bad("nonce_ttl, clock_skew, workers must be positive and max_message_bytes >= 4096"))
     if not (math.isfinite(c.node_rate_limit) and c.node_rate_limit >= 0) or c.node_rate_burst < 1:
-        raise _bad("node_rate_limit must be a finite number >= 0 (0: off) and node_rate_burst >= 1")
+        problems.append(
+            _bad("node_rate_limit must be a finite number >= 0 (0: off) and node_rate_burst >= 1")
+        )
     if c.failover_budget <= 0:
-        raise _bad("failover_budget must be positive (seconds)")
+        problems.append(_bad("failover_budget must be positive (seconds)"))
     if not 1 <= c.processes <= 64:
-        raise _bad("processes must be 1-64")
+        problems.append(_bad("processes must be 1-64"))
     if not c.replica and not c.oidc_issuer:
-        raise _bad(
-            "operator sign-in is required: set --oidc-issuer https://KEYCLOAK/realms/REALM "
-            "(and --oidc-jwks-file on air-gapped sites); see docs/keycloak.md"
+        problems.append(
+            _bad(
+                "operator sign-in is required: set --oidc-issuer https://KEYCLOAK/realms/REALM "
+                "(and --oidc-jwks-file on air-gapped sites); see docs/keycloak.md"
+            )
         )
     if c.node_cert_ttl <= 0 or c.two_person_ttl <= 0:
-        raise _bad("node_cert_ttl and two_person_ttl must be positive")
+        problems.append(_bad("node_cert_ttl and two_person_ttl must be positive"))
     if not c.node_ca_dir:
-        raise _bad("node_ca_dir (the node client CA directory) is required")
+        problems.append(_bad("node_ca_dir (the node client CA directory) is required"))
+    return problems
 
 
 def is_loopback(host: str) -> bool:
@@ -367,3 +403,42 @@ def to_args(config: ServerConfig) -> list[str]:
         else:
             out += [option.flag, str(value)]
     return out
+
+
+# --- where the installed configuration is ---------------------------------------------------------
+
+INSTALLED_CONFIG = Path("/etc/sovereign/sovereign.toml")
+CONFIG_ENV = "SOVEREIGN_CONFIG"
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The configuration this host runs with: ``$SOVEREIGN_CONFIG`` (which must exist), else the
+    installed ``/etc/sovereign/sovereign.toml`` when present, else None (a development tree)."""
+    env = os.environ if environ is None else environ
+    named = env.get("SOVEREIGN_CONFIG")
+    if named:
+        if not Path(named).is_file():
+            raise KmsError(
+                f"{CONFIG_ENV} names {named}, which is not a file",
+                code=Code.SERVER_CONFIG_INVALID,
+                hint=f"point {CONFIG_ENV} at the installed sovereign.toml, or unset it",
+            )
+        return Path(named)
+    return INSTALLED_CONFIG if INSTALLED_CONFIG.is_file() else None
+
+
+def read_settings(file: Path) -> dict[str, Any]:
+    """The options ``file`` sets (checked and typed as ``load_config`` does, old names mapped to the
+    new), without requiring what only ``serve`` needs: what the operator commands take their database,
+    collateral store and endpoints from."""
+    try:
+        doc = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _bad(f"cannot read config {file}: {type(exc).__name__}: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        option = OPTION.get(key.replace("-", "_")) or RENAMED.get(key.replace("-", "_"))
+        if option is None:
+            raise _bad(f"{file}: unknown option {key!r}")
+        values[option.name] = _coerce(option, value, str(file))
+    return values

@@ -1,5 +1,5 @@
 import sys
 
-from sovereign.cli import main
+from sovereign.cli import main  # sets GRPC_VERBOSITY before anything imports grpc
 
 sys.exit(main())

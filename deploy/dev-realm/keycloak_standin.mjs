@@ -120,6 +120,8 @@ function makeProvider(realm, issuer, keys) {
     },
     claims: { openid: ['sub'], profile: ['preferred_username'] },
     scopes: ['openid', 'profile', 'offline_access'],
+    // As Keycloak does: a refresh token with every grant the client may refresh (not only offline_access).
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
     ttl: { AccessToken: ACCESS_TOKEN_TTL, DeviceCode: 600, Grant: 3600, IdToken: 300, RefreshToken: 1800 },
     features: {
       devInteractions: { enabled: false },
@@ -188,11 +190,27 @@ function makeProvider(realm, issuer, keys) {
         accessTokenFormat: 'jwt',
         jwt: { sign: { alg: 'RS256' } },
       });
+      // Keycloak answers the password grant with a refresh token of the user's session too.
+      const grant = new provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: subjectOf(realm, username) });
+      grant.addOIDCScope('openid profile');
+      grant.addResourceScope(RESOURCE, 'openid profile');
+      const grantId = await grant.save();
+      at.grantId = grantId;
+      const rt = new provider.RefreshToken({
+        accountId: subjectOf(realm, username),
+        client: ctx.oidc.client,
+        grantId,
+        gty: 'password',
+        scope: 'openid profile',
+        resource: RESOURCE,
+      });
+      const refresh = await rt.save();
       const value = await at.save();
       ctx.body = {
         access_token: value,
         expires_in: at.expiration,
-        refresh_expires_in: 0,
+        refresh_token: refresh,
+        refresh_expires_in: rt.expiration,
         token_type: 'Bearer',
         'not-before-policy': 0,
         scope: 'openid profile',

@@ -40,6 +40,11 @@ class CachedToken:
     access_token: str = field(repr=False)
     expires_at: datetime
     obtained_at: datetime
+    # Sessions: the refresh token (a bearer credential too) and when it stops working (None: not said),
+    # and the CA file Keycloak's TLS was verified with, so the CLI can refresh without the flags.
+    refresh_token: str = field(default="", repr=False)
+    refresh_expires_at: datetime | None = None
+    ca_file: str = ""
 
     def login_command(self) -> str:
         return f"sovereign login --server-url {self.server_url} --realm {self.realm} --client-id {self.client_id}"
@@ -60,6 +65,9 @@ class CachedToken:
             "access_token": self.access_token,
             "expires_at": self.expires_at.isoformat(),
             "obtained_at": self.obtained_at.isoformat(),
+            "refresh_token": self.refresh_token,
+            "refresh_expires_at": self.refresh_expires_at.isoformat() if self.refresh_expires_at else None,
+            "ca_file": self.ca_file,
         }
 
     @classmethod
@@ -70,10 +78,20 @@ class CachedToken:
             values = {k: doc[k] for k in ("server_url", "realm", "client_id", "access_token")}
             if not all(isinstance(v, str) and v for v in values.values()):
                 raise ValueError("fields")
+            refresh_token, refresh_until, ca_file = (
+                doc.get("refresh_token") or "",
+                doc.get("refresh_expires_at"),
+                doc.get("ca_file") or "",
+            )
+            if not isinstance(refresh_token, str) or not isinstance(ca_file, str):
+                raise ValueError("refresh fields")
             return cls(
                 **values,
                 expires_at=datetime.fromisoformat(doc["expires_at"]),
                 obtained_at=datetime.fromisoformat(doc["obtained_at"]),
+                refresh_token=refresh_token,
+                refresh_expires_at=datetime.fromisoformat(refresh_until) if refresh_until else None,
+                ca_file=ca_file,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise AuthError(

@@ -23,6 +23,7 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 def openid_client(
     server_url: str, realm: str, client_id: str, *, ca_file: str | None = None
 ) -> KeycloakOpenID:
+    """The realm's OpenID client; ``ca_file`` is remembered in the tokens it gives (for refreshing)."""
     return KeycloakOpenID(
         server_url=server_url.rstrip("/") + "/",
         realm_name=realm,
@@ -56,6 +57,9 @@ def _cached(openid: KeycloakOpenID, doc: object, now: datetime) -> CachedToken:
     if not isinstance(doc, dict) or not isinstance(doc.get("access_token"), str):
         raise AuthError(Code.AUTH_LOGIN_FAILED, "Keycloak's token response has no access_token")
     expires_in = doc.get("expires_in")
+    refresh = doc.get("refresh_token")
+    refresh_in = doc.get("refresh_expires_in")
+    verify = openid.connection.verify
     return CachedToken(
         server_url=str(openid.connection.base_url),
         realm=openid.realm_name,
@@ -65,7 +69,34 @@ def _cached(openid: KeycloakOpenID, doc: object, now: datetime) -> CachedToken:
             doc["access_token"], now=now, expires_in=expires_in if isinstance(expires_in, int) else None
         ),
         obtained_at=now,
+        refresh_token=refresh if isinstance(refresh, str) else "",
+        # Keycloak says 0 for tokens without an end of their own (offline sessions)
+        refresh_expires_at=now + timedelta(seconds=refresh_in)
+        if isinstance(refresh, str) and isinstance(refresh_in, int) and refresh_in > 0
+        else None,
+        ca_file=verify if isinstance(verify, str) else "",
     )
+
+
+def refresh_login(openid: KeycloakOpenID, token: CachedToken, *, now: datetime) -> CachedToken:
+    """A new access token (and refresh token) for ``token``'s session by the refresh-token grant;
+    AUTH_TOKEN_EXPIRED with the login command when the session is over."""
+    if not token.refresh_token:
+        raise AuthError(
+            Code.AUTH_TOKEN_EXPIRED,
+            "the cached session has no refresh token",
+            hint=f"sign in again: {token.login_command()}",
+        )
+    try:
+        doc = openid.refresh_token(token.refresh_token)
+    except KeycloakError as exc:
+        failure = _failure(exc, "the session refresh")
+        if failure.code is Code.AUTH_LOGIN_FAILED:  # invalid_grant: the session ended or was revoked
+            raise AuthError(
+                Code.AUTH_TOKEN_EXPIRED, failure.message, hint=f"sign in again: {token.login_command()}"
+            ) from None
+        raise failure from None
+    return _cached(openid, doc, now)
 
 
 def password_login(openid: KeycloakOpenID, username: str, password: str, *, now: datetime) -> CachedToken:

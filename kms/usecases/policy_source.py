@@ -54,7 +54,9 @@ class PolicySource:
         if active.row.sha256 != sha256_text(toml):
             log.warning(
                 "policy file %s differs from the stored active policy v%d, which stays in force; "
-                "change policy with Admin.PutPolicy",
+                "change policy with: sovereign admin policy put %s --expected-version %d",
+                source,
+                active.version,
                 source,
                 active.version,
             )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
 from attestation import trust
 from attestation.errors import ChainInvalid, Code
+from sovereign.cli._installed import collateral_store_path
 
 
 def parse_time(text: str) -> datetime:
@@ -25,8 +26,59 @@ def parse_time(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts, limits, ports, versions)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (sizes and indexes, where 0 means the first or the latest)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def existing_file(text: str) -> Path:
+    """A file the command reads: it must exist now (named in the usage error when it does not)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"is a folder, not a file: {text}")
+    return path
+
+
 def default_collateral_store() -> Path:
-    return Path(os.environ.get("SOVEREIGN_COLLATERAL", "var/collateral"))
+    return collateral_store_path()
 
 
 def add_trust_argument(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from attestation.collateral import classify
 from attestation.errors import AttestationError
 from attestation.simulate import Fault, SimulatedPki
 from attestation.store import CollateralStore
-from sovereign.cli._common import dump_trust, parse_time
+from sovereign.cli._common import dump_trust, parse_time, positive_int
 from sovereign.cli._output import fail, print_json
 from sovereign.cli._sim_pki import save_sim_pki
 
@@ -44,7 +44,10 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.add_argument("--tee", choices=["snp", "tdx"], required=True)
     sim.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
     sim.add_argument(
-        "--version", type=int, default=None, help="SNP report 2|3|5 (default 3), TDX quote 4|5 (default 4)"
+        "--version",
+        type=positive_int,
+        default=None,
+        help="SNP report 2|3|5 (default 3), TDX quote 4|5 (default 4)",
     )
     sim.add_argument("--product", choices=["Milan", "Genoa", "Turin"], default="Milan", help="SNP product")
     sim.add_argument("--signing-key", choices=["vcek", "vlek"], default="vcek", help="SNP signing key")

@@ -8,20 +8,23 @@ the two-person rule print the pending change; a second operator applies it with 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kms.errors import Code, KmsError
-from kms.oidc.cache import load_cached_token
 from kms.oidc.errors import AuthError
-from sovereign.cli._output import fail, print_json, print_table
+from policies import PolicyError, load_policy
+from sovereign.cli import _admin_views as views
+from sovereign.cli._common import existing_file, non_negative_int, positive_int
+from sovereign.cli._installed import operator_address, operator_ca
+from sovereign.cli._output import fail, print_ok
+from sovereign.cli._session import operator_token
 from sovereign.client import AdminClient, OperatorError, operator_channel, to_json
-from sovereign.client.records import ChangeState, KeyKind, KeyState, NodeState
+from sovereign.client.errors import read_ca
+from sovereign.client.records import ChangeState, KeyKind, KeyState, NodeState, PolicyPut
 
-DEFAULT_SERVER = "127.0.0.1:8445"
 NODE_STATES = {s.value.lower(): s for s in NodeState}
 KINDS = {k.value.lower(): k for k in KeyKind}
 KEY_STATES = {s.value.lower(): s for s in KeyState}
@@ -29,32 +32,40 @@ CHANGE_STATES = {s.value.lower(): s for s in ChangeState}
 
 
 def admin_client(server: str, ca: Path, token_cache: Path | None) -> AdminClient:
-    """The Admin client over TLS pinned to ``ca``, with the cached bearer token on every call."""
-    token = load_cached_token(token_cache, now=datetime.now(UTC))
-    channel = operator_channel(server, ca=ca.read_bytes())
-    return AdminClient(channel, metadata=token.metadata())
+    """The Admin client over TLS pinned to ``ca``, with the operator's bearer token on every call
+    (refreshed first when it is about to expire)."""
+    token = operator_token(token_cache)
+    channel = operator_channel(server, ca=read_ca(ca))
+    return AdminClient(channel, metadata=token.metadata(), target=server)
 
 
 Call = Callable[[AdminClient, argparse.Namespace], Any]
 
 
-def _run(call: Call, rows: str = "", columns: tuple[str, ...] = ()) -> Callable[[argparse.Namespace], int]:
+def _run(call: Call) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        if args.ca is None:
-            return fail(
-                KmsError("no CA to pin: give --ca or set SOVEREIGN_CA", code=Code.REQUEST_INVALID),
-                as_json=args.json,
-            )
+        server = args.server or operator_address()
+        ca = Path(args.ca) if args.ca else operator_ca()
         try:
-            reply = to_json(call(admin_client(args.server, Path(args.ca), args.token_cache), args))
-        except (AuthError, OperatorError) as err:
+            if ca is None:
+                raise KmsError(
+                    "no CA to pin for the operator port",
+                    code=Code.REQUEST_INVALID,
+                    hint="give --ca or set SOVEREIGN_CA (serve's --tls-ca, or ca.pem in its --dev-tls folder)",
+                )
+            client = admin_client(server, ca, args.token_cache)
+            reply = call(client, args)
+            if args.json:
+                print_ok(to_json(reply))
+            elif isinstance(reply, PolicyPut) and reply.applied is not None:
+                before = client.get_policy() if reply.applied.dry_run else None
+                views.show_applied(reply.applied, before, args.policy_text)
+            else:
+                views.show(reply, datetime.now(UTC))
+        except (AuthError, OperatorError, KmsError, PolicyError) as err:
             return fail(err, as_json=args.json)
         except OSError as err:
             return fail(KmsError(f"cannot read a file: {err}", code=Code.REQUEST_INVALID), as_json=args.json)
-        if rows and not args.json:
-            print_table(reply.get(rows, []), columns)
-        else:
-            print_json(reply)
         return 0
 
     return run
@@ -63,30 +74,42 @@ def _run(call: Call, rows: str = "", columns: tuple[str, ...] = ()) -> Callable[
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
-        default=os.environ.get("SOVEREIGN_ADMIN_ADDR", DEFAULT_SERVER),
-        help="operator endpoint HOST:PORT ($SOVEREIGN_ADMIN_ADDR)",
+        help="operator endpoint HOST:PORT (default $SOVEREIGN_ADMIN_ADDR, the installed config's "
+        "admin_listen, or 127.0.0.1:8445)",
     )
     parser.add_argument(
-        "--ca", default=os.environ.get("SOVEREIGN_CA"), help="the control plane's CA to pin ($SOVEREIGN_CA)"
+        "--ca",
+        help="the control plane's CA to pin (default $SOVEREIGN_CA, or the installed config's tls_ca)",
     )
     parser.add_argument("--token-cache", type=Path, help="token cache of 'sovereign login'")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _add(  # noqa: PLR0917 (a table of commands reads best positionally)
+def _policy_put(client: AdminClient, args: argparse.Namespace) -> PolicyPut:
+    # Checked here first, so a mistake names the file and line (the server sees only the text).
+    args.policy_text = args.file.read_text()
+    load_policy(args.file)
+    try:
+        return client.put_policy(args.policy_text, args.expected_version, dry_run=args.dry_run)
+    except OperatorError as err:
+        # the server names the text it was sent after the RPC; the operator knows it as the file
+        if err.code.startswith("POLICY_") and err.message.startswith("PutPolicy"):
+            err.message = f"{args.file}{err.message.removeprefix('PutPolicy')}"
+        raise
+
+
+def _add(
     group: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     help_text: str,
     call: Call,
     args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (),
-    rows: str = "",
-    columns: tuple[str, ...] = (),
 ) -> None:
     parser = group.add_parser(name, help=help_text, description=help_text)
     for flags, options in args:
         parser.add_argument(*flags, **options)
     _common(parser)
-    parser.set_defaults(func=_run(call, rows, columns))
+    parser.set_defaults(func=_run(call))
 
 
 def _a(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -113,8 +136,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add(nodes, "list", "list nodes", lambda c, a: c.list_nodes(
         [NODE_STATES[x] for x in a.state], page_size=a.limit),
         (_a("--state", action="append", default=[], choices=sorted(NODE_STATES)),
-         _a("--limit", type=int, default=0)),
-        rows="nodes", columns=("node_id", "node_name", "state", "groups"))  # fmt: skip
+         _a("--limit", type=non_negative_int, default=0, help="at most this many (0: the server's page)")))  # fmt: skip
     _add(nodes, "get", "show one node", lambda c, a: c.get_node(a.node_id),
          (_a("node_id"),))  # fmt: skip
     _add(nodes, "approve", "attest a pending or suspended node into groups",
@@ -132,8 +154,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _add(keys, "list", "list keys", lambda c, a: c.list_keys(
         KINDS.get(a.kind or ""), KEY_STATES.get(a.state or "")),
-        (_a("--kind", choices=sorted(KINDS)), _a("--state", choices=sorted(KEY_STATES))),
-        rows="keys", columns=("name", "kind", "state", "latest_version"))  # fmt: skip
+        (_a("--kind", choices=sorted(KINDS)), _a("--state", choices=sorted(KEY_STATES))))  # fmt: skip
     _add(keys, "create", "create a key",
          lambda c, a: c.create_key(a.name, KINDS[a.kind]),
          (_a("name"), _a("--kind", required=True, choices=sorted(KINDS))))  # fmt: skip
@@ -154,9 +175,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _add(policy, "get", "show the active policy", lambda c, a: c.get_policy())
     _add(policy, "put", "replace the policy (held for a second operator by default)",
-         lambda c, a: c.put_policy(
-             Path(a.file).read_text(), a.expected_version, dry_run=a.dry_run),
-         (_a("file", help="policy TOML"), _a("--expected-version", type=int, required=True),
+         _policy_put,
+         (_a("file", type=existing_file, help="policy TOML"),
+          _a("--expected-version", type=positive_int, required=True),
           _a("--dry-run", action="store_true")))  # fmt: skip
 
     pending = groups.add_parser("pending", help="changes waiting for a second operator").add_subparsers(
@@ -164,8 +185,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _add(pending, "list", "list pending changes", lambda c, a: c.list_pending(
         CHANGE_STATES.get(a.state or "")),
-        (_a("--state", choices=sorted(CHANGE_STATES)),),
-        rows="changes", columns=("change_id", "method", "summary", "proposed_by", "state"))  # fmt: skip
+        (_a("--state", choices=sorted(CHANGE_STATES)),))  # fmt: skip
     _add(pending, "approve", "apply a change proposed by someone else",
          lambda c, a: c.approve(a.change_id, a.comment), (_a("change_id"), COMMENT))  # fmt: skip
     _add(pending, "reject", "drop a pending change",
@@ -177,5 +197,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _add(collateral, "import", "import collateral into the server's store: a signed bundle when the server "
          "has collateral_signers, else loose AMD/Intel items",
-         lambda c, a: c.import_collateral(Path(a.file).read_bytes()),
-         (_a("file"),))  # fmt: skip
+         lambda c, a: c.import_collateral(a.file.read_bytes()),
+         (_a("file", type=existing_file),))  # fmt: skip

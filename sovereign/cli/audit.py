@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,15 @@ from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import unchecked_head_error, verify_export
 from kms.domain.transit import KEK_NAME
 from kms.errors import Code, KmsError
-from kms.oidc.cache import load_cached_token
 from kms.oidc.errors import AuthError
 from kms.openbao.vault import TRANSIT_MOUNT
-from sovereign.cli._common import parse_time
+from sovereign.cli._common import existing_file, non_negative_int, parse_time, positive_int
+from sovereign.cli._installed import operator_address, operator_ca
 from sovereign.cli._lineage import add_lineage_parser
-from sovereign.cli._output import fail, print_json, print_table
+from sovereign.cli._output import UsageError, error_fields, fail, print_json, print_ok, print_table
+from sovereign.cli._session import operator_token
 from sovereign.client import AuditClient, OperatorError, operator_channel
+from sovereign.client.errors import read_ca
 from sovereign.client.records import AuditRecord, Decision
 
 MAX_KEY_FILE = 1 << 20
@@ -72,7 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     verify.add_argument(
         "--min-size",
-        type=_non_negative,
+        type=non_negative_int,
         metavar="N",
         help="a tree size pinned by the operator: the export must hold at least N entries",
     )
@@ -112,16 +113,6 @@ def _read(path: Path, what: str, limit: int) -> bytes:
     return data
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
 def _keys(args: argparse.Namespace) -> tuple[AuditKeys, Checkpoint | None]:
     keys = load_audit_keys(_read(args.public_key, "public key file", MAX_KEY_FILE))
     trusted = None
@@ -144,8 +135,7 @@ def _server_head(args: argparse.Namespace) -> Checkpoint:
 
 def _verify(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and args.server_head:
-        print("error: give --checkpoint FILE or --server-head, not both", file=sys.stderr)
-        return 2
+        raise UsageError("give --checkpoint FILE or --server-head, not both")
     try:
         keys, trusted = _keys(args)
         source = "checkpoint"
@@ -161,18 +151,15 @@ def _verify(args: argparse.Namespace) -> int:
     except OperatorError as err:
         return fail(err, as_json=args.json)
     except (KmsError, AuthError) as err:  # AuditError included
-        if args.json:
-            print_json({"ok": False, "error": err.to_dict()})
-            return 1
-        return fail(err, as_json=False)
+        return fail(err, as_json=args.json)
     if not report.fresh and not args.accept_unchecked_head:
         unchecked = unchecked_head_error(report)
         if args.json:
-            print_json({**report.to_dict(), "ok": False, "error": unchecked.to_dict()})
+            print_json({**report.to_dict(), "ok": False, "error": error_fields(unchecked)})
             return 1
         return fail(unchecked, as_json=False)
     if args.json:
-        print_json({"ok": True, **report.to_dict()})
+        print_ok(report.to_dict())
         return 0
     summary = (
         f"{report.entries} entries, {report.checkpoints} checkpoints, final size {report.size}, "
@@ -202,10 +189,9 @@ def _describe(against: tuple[tuple[str, object], ...]) -> str:
 
 # --- server-backed actions ------------------------------------------------------------------------
 
-DEFAULT_SERVER = "127.0.0.1:8445"
 from kms.openbao.bootstrap import ROLE_NAME  # noqa: E402
 
-COLUMNS = ("seq", "time", "kind", "decision", "actor", "node_id", "key_name", "reasons")
+COLUMNS = ("seq", "time", "kind", "decision", "who", "node", "key_name", "reasons")
 _DECISIONS = {"grant": Decision.GRANT, "deny": Decision.DENY}
 
 
@@ -217,11 +203,13 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
-        default=os.environ.get("SOVEREIGN_ADMIN_ADDR", DEFAULT_SERVER),
-        help="operator endpoint HOST:PORT or unix:PATH ($SOVEREIGN_ADMIN_ADDR)",
+        help="operator endpoint HOST:PORT or unix:PATH (default $SOVEREIGN_ADMIN_ADDR, the installed "
+        "config's admin_listen, or 127.0.0.1:8445)",
     )
     parser.add_argument(
-        "--ca", type=Path, default=os.environ.get("SOVEREIGN_CA"), help="CA to verify its TLS"
+        "--ca",
+        type=Path,
+        help="the control plane's CA to pin (default $SOVEREIGN_CA, or the installed config's tls_ca)",
     )
     parser.add_argument("--insecure", action="store_true", help="plaintext (servers run with --insecure-dev)")
     parser.add_argument("--token-cache", type=Path, help="token cache of 'sovereign login'")
@@ -229,7 +217,9 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
 
 def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tail = cmds.add_parser("tail", help="the latest entries (and --follow new ones)")
-    tail.add_argument("-n", "--lines", type=int, default=20, help="how many of the latest entries")
+    tail.add_argument(
+        "-n", "--lines", type=non_negative_int, default=20, help="how many of the latest entries"
+    )
     tail.add_argument("--follow", action="store_true", help="keep printing new entries (Ctrl-C stops)")
     _connection(tail)
     tail.set_defaults(func=_tail)
@@ -239,23 +229,27 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
     query.add_argument("--key", default="", help="key name")
     query.add_argument("--decision", choices=sorted(_DECISIONS), help="only grants or only denials")
     query.add_argument("--reason", default="", help="reason code, e.g. RELEASE_LEASE_EXPIRED")
-    query.add_argument("--since", help="at or after this time (ISO 8601)")
-    query.add_argument("--until", help="before this time (ISO 8601)")
-    query.add_argument("--limit", type=int, default=100, help="at most this many entries")
+    query.add_argument("--since", type=parse_time, help="at or after this time (ISO 8601, or now)")
+    query.add_argument("--until", type=parse_time, help="before this time (ISO 8601, or now)")
+    query.add_argument("--limit", type=positive_int, default=100, help="at most this many entries")
     _connection(query)
     query.set_defaults(func=_query)
 
     export = cmds.add_parser("export", help="write an export file for 'sovereign audit verify'")
     export.add_argument("-o", "--output", type=Path, required=True, help="export file to write")
-    export.add_argument("--size", type=int, default=0, help="end at the checkpoint of this size (0: latest)")
+    export.add_argument(
+        "--size", type=non_negative_int, default=0, help="end at the checkpoint of this size (0: latest)"
+    )
     _connection(export)
     export.set_defaults(func=_export)
 
     proof = cmds.add_parser("proof", help="fetch and check an inclusion or consistency proof")
     what = proof.add_mutually_exclusive_group(required=True)
-    what.add_argument("--leaf", type=int, help="inclusion of entry SEQ")
-    what.add_argument("--first", type=int, help="consistency from tree size FIRST")
-    proof.add_argument("--size", type=int, default=0, help="tree size (a checkpoint's; 0: latest)")
+    what.add_argument("--leaf", type=non_negative_int, help="inclusion of entry SEQ")
+    what.add_argument("--first", type=positive_int, help="consistency from tree size FIRST")
+    proof.add_argument(
+        "--size", type=non_negative_int, default=0, help="tree size (a checkpoint's; 0: latest)"
+    )
     _connection(proof)
     proof.set_defaults(func=_proof)
 
@@ -266,8 +260,10 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "audit device log must match release entries (same OpenBao request id; a batch decrypt: one "
         "entry per item). Reports unmatched ones on either side; exit 1 if any.",
     )
-    rec.add_argument("--bao-log", type=Path, required=True, help="OpenBao file audit device log")
-    rec.add_argument("--export", type=Path, help="ledger export (default: read the ledger from --server)")
+    rec.add_argument("--bao-log", type=existing_file, required=True, help="OpenBao file audit device log")
+    rec.add_argument(
+        "--export", type=existing_file, help="ledger export (default: read the ledger from --server)"
+    )
     rec.add_argument("--role", default=ROLE_NAME, help="the control plane's AppRole role name")
     rec.add_argument("--kek", default=KEK_NAME, help="KEK transit key name")
     rec.add_argument("--mount", default=TRANSIT_MOUNT, help="transit mount")
@@ -276,13 +272,20 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def audit_client(args: argparse.Namespace) -> AuditClient:
-    target: str = args.server
-    ca = None if target.startswith("unix:") or args.insecure or not args.ca else Path(args.ca).read_bytes()
+    target: str = args.server or operator_address()
+    args.server = target
+    plaintext = target.startswith("unix:") or args.insecure
+    ca_path = Path(args.ca) if args.ca else operator_ca()
+    if not plaintext and ca_path is None:
+        raise KmsError(
+            "no CA to pin for the operator port",
+            code=Code.REQUEST_INVALID,
+            hint="give --ca or set SOVEREIGN_CA (serve's --tls-ca, or ca.pem in its --dev-tls folder)",
+        )
+    ca = None if plaintext or ca_path is None else read_ca(ca_path)
     channel = operator_channel(target, ca=ca, insecure=args.insecure)
     # as 'sovereign admin': an expired or missing sign-in is said here, with the command to run
-    return AuditClient(
-        channel, metadata=load_cached_token(args.token_cache, now=datetime.now(UTC)).metadata()
-    )
+    return AuditClient(channel, metadata=operator_token(args.token_cache).metadata(), target=target)
 
 
 def _remote(fn: Any) -> Any:
@@ -314,12 +317,33 @@ def _row(item: AuditRecord) -> dict[str, Any]:
     }
 
 
-def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
+def _people(rows: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows as people read them: the operator's username for the actor (the subject is the record),
+    and the node's name (from entries that carry it) for its id."""
+    for row in rows:
+        fields = row["fields"]
+        if isinstance(fields.get("node_name"), str) and row["node_id"]:
+            names.setdefault(row["node_id"], fields["node_name"])
+    out = []
+    for row in rows:
+        username = row["fields"].get("username")
+        node_id = row["node_id"]
+        node = f"{names[node_id]} ({node_id[:8]})" if node_id in names else node_id
+        out.append(
+            {**row, "who": username if isinstance(username, str) and username else row["actor"], "node": node}
+        )
+    return out
+
+
+def _print(rows: list[dict[str, Any]], as_json: bool, names: dict[str, str], *, follow: bool = False) -> None:
+    """One envelope (``entries``), or with ``--follow`` one envelope per line (``entry``)."""
+    if as_json and follow:
         for row in rows:
-            print(json.dumps(row, sort_keys=True), flush=True)
+            print(json.dumps({"ok": True, "entry": row}, sort_keys=True), flush=True)
+    elif as_json:
+        print_ok(entries=rows)
     elif rows:
-        print_table(rows, COLUMNS)
+        print_table(_people(rows, names), COLUMNS)
         sys.stdout.flush()
 
 
@@ -346,11 +370,13 @@ def _tail(args: argparse.Namespace, client: AuditClient) -> int:
         token = nxt or (str(page[-1]["seq"] + 1) if page else token)
         if not nxt:
             break
-    _print(rows[-args.lines :] if args.lines > 0 else [], args.json)
+    names: dict[str, str] = {}
+    _people(rows, names)  # names of nodes that registered earlier in what was read
+    _print(rows[-args.lines :] if args.lines > 0 else [], args.json, names, follow=args.follow)
     while args.follow:
         time.sleep(1.0)
         page, nxt = _page(client, page_token=token, page_size=1000)
-        _print(page, args.json)
+        _print(page, args.json, names, follow=True)
         if page:
             token = str(page[-1]["seq"] + 1)
     return 0
@@ -363,8 +389,8 @@ def _query(args: argparse.Namespace, client: AuditClient) -> int:
         "key_name": args.key,
         "reason_code": args.reason,
         "decision": _DECISIONS.get(args.decision or ""),
-        "start": parse_time(args.since).astimezone(UTC) if args.since else None,
-        "end": parse_time(args.until).astimezone(UTC) if args.until else None,
+        "start": args.since.astimezone(UTC) if args.since else None,
+        "end": args.until.astimezone(UTC) if args.until else None,
     }
     rows: list[dict[str, Any]] = []
     token = ""
@@ -373,7 +399,7 @@ def _query(args: argparse.Namespace, client: AuditClient) -> int:
         rows += page
         if not token:
             break
-    _print(rows, args.json)
+    _print(rows, args.json, {})
     return 0
 
 
@@ -382,14 +408,13 @@ def _export(args: argparse.Namespace, client: AuditClient) -> int:
     with tempfile.TemporaryFile() as spool, args.output.open("wb") as out:
         final = write_items(out, client.export(0, args.size), spool)
     summary = {
-        "ok": True,
         "file": str(args.output),
         "size": final.size,
         "root": final.root.hex(),
         "time": final.time,
     }
     if args.json:
-        print_json(summary)
+        print_ok(summary)
     else:
         print(
             f"exported {final.size} entries to {args.output} (root {final.root.hex()}, signed {final.time})"
@@ -402,7 +427,7 @@ def _save_checkpoint(args: argparse.Namespace, client: AuditClient) -> int:
     cp = client.checkpoint()
     args.output.write_text(json.dumps({"checkpoint": cp.to_obj()}, sort_keys=True) + "\n")
     if args.json:
-        print_json({"ok": True, "file": str(args.output), **cp.to_obj()})
+        print_ok({"file": str(args.output), **cp.to_obj()})
     else:
         print(
             f"saved the checkpoint of size {cp.size} (root {cp.root.hex()}, signed {cp.time}) to {args.output}"
@@ -420,15 +445,15 @@ def _proof(args: argparse.Namespace, client: AuditClient) -> int:
             raise ProofInvalid(f"entry {args.leaf} is not in the ledger")
         leaf = leaf_hash(listed.entries[0].canonical)
         verify_inclusion(args.leaf, cp.size, leaf, hashes, cp.root)
-        out = {"ok": True, "kind": "inclusion", "leaf_index": args.leaf, "tree_size": cp.size}
+        out: dict[str, Any] = {"kind": "inclusion", "leaf_index": args.leaf, "tree_size": cp.size}
     else:
         first = client.checkpoint(args.first)
         hashes = list(client.consistency_proof(first.size, cp.size))
         verify_consistency(first.size, cp.size, first.root, cp.root, hashes)
-        out = {"ok": True, "kind": "consistency", "first_size": first.size, "second_size": cp.size}
+        out = {"kind": "consistency", "first_size": first.size, "second_size": cp.size}
     out |= {"root": cp.root.hex(), "checkpoint_time": cp.time, "hashes": [h.hex() for h in hashes]}
     if args.json:
-        print_json(out)
+        print_ok(out)
     else:
         print(
             f"OK {out['kind']} proof checked against the checkpoint of size {cp.size} (root {cp.root.hex()})"
@@ -447,8 +472,15 @@ def _reconcile(args: argparse.Namespace, client: AuditClient | None = None) -> i
         assert client is not None
         entries = [item for item in client.export() if isinstance(item, bytes)]
     report = reconcile(decrypts, entries)
-    if args.json:
-        print_json(report.to_dict())
+    if args.json and report.ok:
+        print_ok({k: v for k, v in report.to_dict().items() if k != "ok"})
+    elif args.json:
+        error = {
+            "code": "AUDIT_RECONCILE_MISMATCH",
+            "message": "OpenBao's audit log and the ledger do not match",
+            "hint": "see the unmatched decrypts and entries listed with this report",
+        }
+        print_json({**report.to_dict(), "ok": False, "error": error})
     else:
         print(
             f"{'OK' if report.ok else 'MISMATCH'}: {report.decrypts} OpenBao decrypts, {report.entries} ledger "

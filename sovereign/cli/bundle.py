@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sovereign.bundle import installer as inst
 from sovereign.bundle.installer import BundleError
-from sovereign.cli._output import fail, print_json
+from sovereign.cli._output import fail, print_json, print_ok
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,7 +85,7 @@ def _keygen(args: argparse.Namespace) -> int:
         return fail(err, as_json=args.json)
     if args.json:
         out = {"private_key": str(pair.private_key), "public_key": str(pair.public_key)}
-        print_json({**out, "fingerprint": pair.fingerprint})
+        print_ok({**out, "fingerprint": pair.fingerprint})
         return 0
     print(f"private key: {pair.private_key} (0600; keep it offline)")
     print(f"public key:  {pair.public_key} (give it to every site)")

@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from attestation import collateral_bundle
 from attestation.collateral import classify
-from attestation.errors import AttestationError, CollateralError
+from attestation.errors import AttestationError, Code, CollateralError
 from attestation.store import CollateralStore
-from sovereign.cli._common import add_trust_argument, default_collateral_store, load_trust
-from sovereign.cli._output import fail, print_json, print_table
+from sovereign.cli._common import add_trust_argument, default_collateral_store, load_trust, parse_time
+from sovereign.cli._output import fail, print_json, print_ok, print_table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     st = cmds.add_parser("status", help="what expires when, and the earliest nextUpdate")
     _store_argument(st)
-    st.add_argument("--at", default="now", help="evaluate at this ISO 8601 time (default: now)")
+    st.add_argument(
+        "--at", type=parse_time, default="now", help="evaluate at this ISO 8601 time (default: now)"
+    )
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
@@ -93,7 +95,7 @@ def _store_argument(parser: argparse.ArgumentParser) -> None:
         "--store",
         type=Path,
         default=None,
-        help="store folder (default $SOVEREIGN_COLLATERAL or var/collateral)",
+        help="store folder (default $SOVEREIGN_COLLATERAL, the installed config's collateral, or var/collateral)",
     )
 
 
@@ -137,29 +139,40 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_store(args: argparse.Namespace) -> CollateralStore:
+    """The store a read-only command looks at: it must exist (reading never makes one)."""
+    root = args.store or default_collateral_store()
+    if not root.is_dir():
+        raise CollateralError(
+            f"no collateral store at {root}",
+            code=Code.COLLATERAL_STORE_ERROR,
+            hint="give the store with --store or $SOVEREIGN_COLLATERAL (installed hosts: collateral in the "
+            "installed config); 'sovereign collateral import' makes one",
+        )
+    return CollateralStore(root)
+
+
 def _list(args: argparse.Namespace) -> int:
-    store = CollateralStore(args.store or default_collateral_store())
     try:
+        store = _existing_store(args)
         rows = store.entries()
     except AttestationError as err:
         return fail(err, as_json=args.json)
     if args.json:
-        print_json(rows)
+        print_ok(items=rows)
     else:
         print_table(rows, ["kind", "description", "source", "imported_at", "sha256"])
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sovereign.cli._common import parse_time
-
-    store = CollateralStore(args.store or default_collateral_store())
     try:
-        rows, earliest = store.status(parse_time(args.at))
+        store = _existing_store(args)
+        rows, earliest = store.status(args.at)
     except AttestationError as err:
         return fail(err, as_json=args.json)
     if args.json:
-        print_json({"earliest_next_update": earliest.isoformat() if earliest else None, "items": rows})
+        print_ok(earliest_next_update=earliest.isoformat() if earliest else None, items=rows)
         return 0
     print_table(rows, ["valid_from", "expires", "state", "kind", "description", "source"])
     print(

@@ -17,8 +17,9 @@ from kms.envelope.errors import EnvelopeError
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.envelope.names import format_key_ref, parse_key_ref
 from kms.errors import Code, KmsError
-from sovereign.cli._output import fail, print_json
-from sovereign.cli.key import open_catalogue
+from sovereign.cli._common import existing_file
+from sovereign.cli._output import fail, print_ok
+from sovereign.cli.key import DB_HELP, open_catalogue
 from sovereign.cli.kms import add_bao_arguments
 
 
@@ -33,10 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     ):
         p = cmds.add_parser(name, help=text, description=text)
-        p.add_argument("input", type=Path, metavar="IN")
+        p.add_argument("input", type=existing_file, metavar="IN")
         p.add_argument("output", type=Path, metavar="OUT")
         p.add_argument("--key", required=True, metavar="NAME", help="catalogue key name (kind dataset)")
-        p.add_argument("--db", type=Path, help="database file (default $SOVEREIGN_DB or var/sovereign.db)")
+        p.add_argument("--db", help=DB_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         add_bao_arguments(p)
         p.set_defaults(func=_encrypt if name == "encrypt" else _decrypt)
@@ -51,7 +52,7 @@ def _encrypt(args: argparse.Namespace) -> int:
     except (KmsError, EnvelopeError) as err:
         return fail(err, as_json=args.json)
     except OSError as exc:
-        return fail(KmsError(f"{exc.filename}: {exc.strerror}", code=Code.STORAGE_ERROR), as_json=args.json)
+        return fail(_file_error(exc), as_json=args.json)
     return _report(args, "sealed", key.name, key.version, info.plaintext_bytes)
 
 
@@ -71,13 +72,21 @@ def _decrypt(args: argparse.Namespace) -> int:
     except (KmsError, EnvelopeError) as err:
         return fail(err, as_json=args.json)
     except OSError as exc:
-        return fail(KmsError(f"{exc.filename}: {exc.strerror}", code=Code.STORAGE_ERROR), as_json=args.json)
+        return fail(_file_error(exc), as_json=args.json)
     return _report(args, "opened", key.name, key.version, info.plaintext_bytes)
+
+
+def _file_error(exc: OSError) -> KmsError:
+    return KmsError(
+        f"{exc.filename}: {exc.strerror}",
+        code=Code.STORAGE_ERROR,
+        hint="check that IN is readable and that OUT's folder exists and is writable",
+    )
 
 
 def _report(args: argparse.Namespace, verb: str, name: str, version: int, size: int) -> int:
     if args.json:
-        print_json({"ok": True, "key": name, "version": version, "bytes": size, "output": str(args.output)})
+        print_ok(key=name, version=version, bytes=size, output=str(args.output))
     else:
         print(f"{verb} {args.input} -> {args.output} ({size} bytes) with {name} v{version}")
     return 0

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sovereign.cli._output import print_json, print_table
+from sovereign.cli._output import print_json, print_ok, print_table
 from sovereign.demo import evidence_tour, keep, lifecycle
 
 
@@ -58,7 +58,16 @@ def _demo(args: argparse.Namespace) -> int:
         verdicts = [r.to_dict() for r in evidence_tour.tour()]
     bad = [r for r in steps + verdicts if not r["as_expected"]]
     if args.json:
-        print_json({"ok": not bad, "lifecycle": steps, "evidence": verdicts})
+        result = {"lifecycle": steps, "evidence": verdicts}
+        if bad:
+            error = {
+                "code": "DEMO_UNEXPECTED_OUTCOME",
+                "message": f"{len(bad)} outcome(s) differ from what was expected",
+                "hint": "see the steps whose as_expected is false",
+            }
+            print_json({"ok": False, "error": error, **result})
+        else:
+            print_ok(result)
     else:
         if steps:
             print("\nLifecycle")

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kms.domain.catalogue import Catalogue, summary_rows
-from kms.errors import KmsError
+from kms.errors import Code, KmsError
 from kms.openbao.vault import OpenBaoTransit
 from kms.sql import open_store
 from kms.sql.keys import SqlKeyStore
-from sovereign.cli._output import fail, print_json, print_table
+from sovereign.cli._installed import database_target
+from sovereign.cli._installed import source as installed_source
+from sovereign.cli._output import fail, print_json, print_ok, print_table, readable
 from sovereign.cli.kms import add_bao_arguments, bao_settings
 
+DB_HELP = "database file or URL (default $SOVEREIGN_DB, the installed config's db, or var/sovereign.db)"
 
-def default_db() -> Path:
-    return Path(os.environ.get("SOVEREIGN_DB", "var/sovereign.db"))
+
+def existing_database(target: str | Path) -> str | Path:
+    """``target`` when it is a database that exists (or a server URL); else STORAGE_ERROR naming it.
+    Commands that only use keys open the database this way, so a wrong path never leaves a new one."""
+    text = str(target)
+    path = (
+        text.removeprefix("sqlite:///") if text.startswith("sqlite:///") else None if "://" in text else text
+    )
+    if path is not None and not Path(path).is_file():
+        raise KmsError(
+            f"no database at {path}",
+            code=Code.STORAGE_ERROR,
+            hint="give the control plane's database with --db or $SOVEREIGN_DB (installed hosts: db in "
+            f"{installed_source()}); 'sovereign key create' makes a new one",
+        )
+    return target
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = cmds.add_parser(name, help=help_text)
         if named:
             p.add_argument("name", metavar="NAME")
-        p.add_argument("--db", type=Path, help="database file (default $SOVEREIGN_DB or var/sovereign.db)")
+        p.add_argument("--db", help=DB_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if bao:
             add_bao_arguments(p)
@@ -56,18 +72,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ).set_defaults(func=_rotate_kek)
 
 
-def open_catalogue(args: argparse.Namespace, *, bao: bool, operator: bool = False) -> Catalogue:
-    store = open_store(args.db or default_db())
+def open_catalogue(
+    args: argparse.Namespace, *, bao: bool, operator: bool = False, create: bool = False
+) -> Catalogue:
+    """The catalogue over ``--db`` (or the discovered database); only ``create`` may make a new one."""
+    target = args.db or database_target()
+    store = open_store(target if create else existing_database(target))
     transit = OpenBaoTransit(bao_settings(args, operator=operator)) if bao else None
     return Catalogue(SqlKeyStore(store), transit, lambda: datetime.now(UTC))
 
 
+def state_word(state: object) -> str:
+    """The word 'sovereign admin keys' uses too: the catalogue's ``active`` is the wire's ENABLED."""
+    return "enabled" if state == "active" else readable(state)
+
+
 def _show_record(args: argparse.Namespace, record_dict: dict[str, object], verb: str) -> int:
     if args.json:
-        print_json({"ok": True, "key": record_dict})
+        print_ok(key=record_dict)
     else:
         print(
-            f"{verb} {record_dict['name']} ({record_dict['kind']}, {record_dict['state']}, "
+            f"{verb} {record_dict['name']} ({record_dict['kind']}, {state_word(record_dict['state'])}, "
             f"version {record_dict['current_version']})"
         )
     return 0
@@ -75,7 +100,7 @@ def _show_record(args: argparse.Namespace, record_dict: dict[str, object], verb:
 
 def _create(args: argparse.Namespace) -> int:
     try:
-        record = open_catalogue(args, bao=True).create(args.name, args.kind)
+        record = open_catalogue(args, bao=True, create=True).create(args.name, args.kind)
     except KmsError as err:
         return fail(err, as_json=args.json)
     return _show_record(args, record.to_dict(), "created")
@@ -95,9 +120,10 @@ def _list(args: argparse.Namespace) -> int:
     except KmsError as err:
         return fail(err, as_json=args.json)
     if args.json:
-        print_json([r.to_dict() for r in records])
+        print_ok(keys=[r.to_dict() for r in records])
     else:
-        print_table(summary_rows(records), ["name", "kind", "state", "version", "kek_version", "updated_at"])
+        rows = [{**row, "state": state_word(row["state"])} for row in summary_rows(records)]
+        print_table(rows, ["name", "kind", "state", "version", "kek_version", "updated_at"])
     return 0
 
 
@@ -106,10 +132,9 @@ def _show(args: argparse.Namespace) -> int:
         record = open_catalogue(args, bao=False).describe(args.name)
     except KmsError as err:
         return fail(err, as_json=args.json)
-    if args.json:
-        print_json(record.to_dict())
-        return 0
     _show_record(args, record.to_dict(), "key")
+    if args.json:
+        return 0
     print_table(
         record.to_dict()["versions"], ["version", "kek_version", "created_at", "rewrapped_at", "wrapped"]
     )
@@ -140,8 +165,15 @@ def _rotate_kek(args: argparse.Namespace) -> int:
         "already_current": report.current,
         "failed": list(report.failed),
     }
-    if args.json:
-        print_json({"ok": not report.failed, **result})
+    if args.json and report.failed:
+        error = {
+            "code": "KEY_REWRAP_INCOMPLETE",
+            "message": f"{len(report.failed)} keys not rewrapped",
+            "hint": "rerun to retry",
+        }
+        print_json({"ok": False, "error": error, **result})
+    elif args.json:
+        print_ok(result)
     else:
         print(f"KEK is now version {version}; rewrapped {report.rewrapped}, already current {report.current}")
         for item in report.failed:

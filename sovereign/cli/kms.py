@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from kms.config import OPTION, env_value
 from kms.errors import KmsError
 from kms.openbao import bootstrap as boot
 from kms.openbao.vault import BaoSettings, TokenAuth
+from sovereign.cli._common import port_number
+from sovereign.cli._installed import bao_endpoint
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.cli._signals import stop_signals_interrupt
 from sovereign.devtools.openbao_server import OpenBaoServer
@@ -35,13 +39,21 @@ def add_bao_arguments(parser: argparse.ArgumentParser) -> None:
 def bao_settings(args: argparse.Namespace, *, operator: bool = False) -> BaoSettings:
     """Connection settings from flags and environment; ``operator`` ignores AppRole (token only)."""
     return BaoSettings.resolve(
-        addr=args.addr,
+        addr=args.addr or _from_host_config("bao_addr"),
         token_file=args.token_file,
         role_id=args.role_id,
         secret_id_file=args.secret_id_file,
-        ca_cert=args.ca_cert,
+        ca_cert=args.ca_cert or _from_host_config("bao_ca_cert"),
         approle=not operator,
     )
+
+
+def _from_host_config(name: str) -> str | None:
+    """Where OpenBao is, from the host's config when neither flag nor environment says (credentials
+    never come from there: they stay the operator's own)."""
+    if env_value(OPTION[name], os.environ) is not None:
+        return None
+    return bao_endpoint(name)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,7 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="For demos and development only: in-memory storage (keys vanish when it stops), no TLS.",
     )
     dev.add_argument("--workdir", type=Path, help="folder for config, logs, audit log and credentials")
-    dev.add_argument("--port", type=int, help="loopback port (default: a free one)")
+    dev.add_argument("--port", type=port_number, help="loopback port (default: a free one)")
     dev.add_argument("--json", action="store_true")
     dev.set_defaults(func=_dev)
 

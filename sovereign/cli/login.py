@@ -10,11 +10,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.oidc.cache import default_path, delete_cached_token, read_cached_token, save_token
+from kms.oidc.cache import CachedToken, default_path, delete_cached_token, read_cached_token, save_token
 from kms.oidc.errors import AuthError
 from kms.oidc.login import openid_client, password_login, poll_device_login, start_device_login
 from kms.oidc.tokens import split_unverified
-from sovereign.cli._output import fail, print_json
+from sovereign.cli._common import existing_file
+from sovereign.cli._output import UsageError, fail, print_ok
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=os.environ.get("SOVEREIGN_OIDC_CLIENT_ID"),
         help="public client for the CLI ($SOVEREIGN_OIDC_CLIENT_ID)",
     )
-    login.add_argument("--ca-file", help="CA bundle to verify Keycloak's TLS certificate")
+    login.add_argument("--ca-file", type=existing_file, help="CA bundle to verify Keycloak's TLS certificate")
     how = login.add_mutually_exclusive_group()
     how.add_argument("--device", action="store_true", help="device code flow: open a URL elsewhere (default)")
     how.add_argument(
@@ -73,15 +74,14 @@ def _login(args: argparse.Namespace) -> int:
         if not value
     ]
     if missing:
-        print(
-            f"error: {', '.join(missing)} required (or the SOVEREIGN_OIDC_* environment variables)",
-            file=sys.stderr,
+        raise UsageError(
+            f"{', '.join(missing)} required",
+            "give them, or set SOVEREIGN_OIDC_SERVER_URL, SOVEREIGN_OIDC_REALM and SOVEREIGN_OIDC_CLIENT_ID",
         )
-        return 2
     if args.password_stdin and not args.username:
-        print("error: --password-stdin needs --username", file=sys.stderr)
-        return 2
-    openid = openid_client(args.server_url, args.realm, args.client_id, ca_file=args.ca_file)
+        raise UsageError("--password-stdin needs --username")
+    ca_file = str(args.ca_file.resolve()) if args.ca_file else None
+    openid = openid_client(args.server_url, args.realm, args.client_id, ca_file=ca_file)
     try:
         if args.username:
             password = (
@@ -99,14 +99,16 @@ def _login(args: argparse.Namespace) -> int:
         path = save_token(token, args.cache)
     except AuthError as err:
         return fail(err, as_json=args.json)
-    return _show(token.access_token, token.expires_at, args.json, extra={"cache": str(path)})
+    return _show(
+        token.access_token, token.expires_at, args.json, extra={"cache": str(path), **_session(token)}
+    )
 
 
 def _logout(args: argparse.Namespace) -> int:
     removed = delete_cached_token(args.cache)
     path = args.cache or default_path()
     if args.json:
-        print_json({"ok": True, "removed": removed, "cache": str(path)})
+        print_ok(removed=removed, cache=str(path))
     else:
         print(f"removed {path}" if removed else f"no cached token at {path}")
     return 0
@@ -117,12 +119,25 @@ def _whoami(args: argparse.Namespace) -> int:
         token = read_cached_token(args.cache)
     except AuthError as err:
         return fail(err, as_json=args.json)
-    status = _show(token.access_token, token.expires_at, args.json, extra={"server_url": token.server_url})
-    if token.seconds_left(_now()) <= 0:
+    status = _show(
+        token.access_token,
+        token.expires_at,
+        args.json,
+        extra={"server_url": token.server_url, **_session(token)},
+    )
+    if token.seconds_left(_now()) <= 0 and not token.refresh_token:
         if not args.json:
             print(f"the token has EXPIRED; sign in again: {token.login_command()}", file=sys.stderr)
         return 1
     return status
+
+
+def _session(token: CachedToken) -> dict[str, str]:
+    """Whether the CLI can renew the access token by itself, and until when."""
+    if not token.refresh_token:
+        return {"refresh": "none: sign in again when the token expires"}
+    until = token.refresh_expires_at.isoformat() if token.refresh_expires_at else "not said by the realm"
+    return {"refresh": f"automatic, until {until}"}
 
 
 def _roles(entry: object) -> list[str]:
@@ -153,7 +168,7 @@ def _show(access_token: str, expires_at: datetime, as_json: bool, *, extra: dict
         **extra,
     }
     if as_json:
-        print_json({"ok": True, **info})
+        print_ok(info)
         return 0
     print(f"operator   {info['username']} ({info['subject']})")
     print(f"realm      {info['issuer']} via client {info['client']}")
@@ -162,4 +177,5 @@ def _show(access_token: str, expires_at: datetime, as_json: bool, *, extra: dict
         print(f"  {client}: {', '.join(roles) or '-'}")
     state = "EXPIRED" if left <= 0 else f"{left // 60} min {left % 60} s left"
     print(f"expires    {expires_at:%Y-%m-%d %H:%M:%S} UTC ({state})")
+    print(f"refresh    {extra['refresh']}")
     return 0

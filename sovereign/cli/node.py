@@ -22,6 +22,7 @@ from enclave.identity import NodeIdentity
 from enclave.providers.gpu import REPORT_FAULTS
 from kms.envelope import EnvelopeError
 from sovereign.cli import _node_agent as node_agent
+from sovereign.cli._common import non_negative_int, positive_seconds
 from sovereign.cli._output import fail, print_json
 
 
@@ -78,7 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         )
         p.add_argument("--node-name", help="this node's name, an RFC 1123 label (env SOVEREIGN_NODE_NAME)")
         p.add_argument("--group", action="append", default=None, help="group to request (repeatable)")
-        p.add_argument("--timeout", type=float, default=None, help="seconds per RPC (default 10)")
+        p.add_argument("--timeout", type=positive_seconds, default=None, help="seconds per RPC (default 10)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
@@ -88,7 +89,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch.add_argument("name", metavar="NAME")
     fetch.add_argument("--out", type=Path, required=True, help="new file on a tmpfs (e.g. /dev/shm/key)")
     fetch.add_argument("--purpose", choices=["read", "write"], default="read")
-    fetch.add_argument("--key-version", type=int, default=0, help="0 = latest enabled version")
+    fetch.add_argument("--key-version", type=non_negative_int, default=0, help="0 = latest enabled version")
     fetch.add_argument("--force-non-tmpfs", action="store_true", help="allow a disk-backed path (unsafe)")
     fetch.set_defaults(func=_fetch_key)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from policies import PolicyError, load_policy, nodes_from_json, reappraise, summarize
 from policies.errors import Code
-from sovereign.cli._common import parse_time
+from sovereign.cli._common import existing_file, parse_time
 from sovereign.cli._output import fail, print_json, print_table
 
 MAX_NODES_BYTES = 64 << 20
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "lengths and undefined groups are errors naming the file, key path and line. Exit 0 and print a "
         "summary (groups, release rules, digest, deliberate relaxations) when valid.",
     )
-    check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("file", type=existing_file, metavar="FILE")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=_check)
 
@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Re-appraise stored node claims against FILE without changing anything. NODES is a "
         'JSON list of {"node_id", "state", "claims"} where claims is Claims.to_dict() output.',
     )
-    dry.add_argument("file", type=Path, metavar="FILE")
-    dry.add_argument("--nodes", type=Path, required=True, metavar="NODES.json")
+    dry.add_argument("file", type=existing_file, metavar="FILE")
+    dry.add_argument("--nodes", type=existing_file, required=True, metavar="NODES.json")
     dry.add_argument(
         "--at", type=parse_time, default=None, metavar="TIME", help="appraise as of this ISO 8601 time"
     )

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from attestation.errors import AttestationError
-from kms.config import OPTIONS, ServerConfig, load_config, to_args
+from kms.config import OPTIONS, ServerConfig, config_path, load_config, to_args
 from kms.errors import KmsError
 from kms.server import replicas
 from kms.server.app import ControlPlane, build, serve
 from kms.server.monitoring import serve_http
 from policies.errors import PolicyError
-from sovereign.cli._common import load_trust
+from sovereign.cli._common import existing_file, load_trust
 from sovereign.cli._output import fail
 from sovereign.console.server import start_console
 
@@ -35,7 +35,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "variables, then the command line. Prints 'listening on ...' when ready; SIGTERM/SIGINT stop it "
         "gracefully.",
     )
-    parser.add_argument("--config", type=Path, help="TOML file with any of the options below")
+    parser.add_argument(
+        "--config",
+        type=existing_file,
+        help="TOML file with any of the options below (default $SOVEREIGN_CONFIG, or "
+        "/etc/sovereign/sovereign.toml when installed)",
+    )
     for option in OPTIONS:
         default = f" (default: {option.default!r}; env {option.env})"
         if option.type is bool:
@@ -58,7 +63,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         names = [name for o in OPTIONS for name in (o.name, *o.renamed_from)]
-        config = load_config(args.config, overrides={name: getattr(args, name) for name in names})
+        # no --config: the host's own ($SOVEREIGN_CONFIG, or the installed /etc/sovereign/sovereign.toml)
+        config = load_config(
+            args.config or config_path(), overrides={name: getattr(args, name) for name in names}
+        )
         trust = load_trust(None if config.trust == "production" else Path(config.trust))
         plane = build(config, trust=trust)
     except (KmsError, AttestationError, PolicyError) as err:

@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from proto.rpc_failure import Endpoint
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc
 from sovereign.client.channel import Metadata
-from sovereign.client.errors import OperatorError
+from sovereign.client.errors import OPERATOR_PORT, OperatorError
 from sovereign.client.records import (
     ApprovedChange,
     ChangePage,
@@ -45,8 +46,14 @@ class AdminClient:
     unless the channel's credentials carry it) and ``timeout`` seconds."""
 
     def __init__(
-        self, channel: grpc.Channel, *, metadata: Metadata = (), timeout: float = DEFAULT_TIMEOUT
+        self,
+        channel: grpc.Channel,
+        *,
+        metadata: Metadata = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        target: str = "",
     ) -> None:
+        self._endpoint = Endpoint(target, "Admin", OPERATOR_PORT)
         self._stub = admin_pb2_grpc.AdminStub(channel)
         self._metadata = tuple(metadata)
         self._timeout = timeout
@@ -55,7 +62,7 @@ class AdminClient:
         try:
             out = method(request, metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as err:
-            raise OperatorError.from_rpc(err) from None
+            raise OperatorError.from_rpc(err, self._endpoint) from None
         return from_message(reply, out)
 
     # -- nodes

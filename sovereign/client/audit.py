@@ -14,9 +14,10 @@ from google.protobuf.message import Message
 
 from kms.audit.checkpoint import Checkpoint, Signature
 from kms.audit.errors import ExportInvalid
+from proto.rpc_failure import Endpoint
 from proto.sovereign.v1 import audit_pb2, audit_pb2_grpc
 from sovereign.client.channel import Metadata
-from sovereign.client.errors import OperatorError
+from sovereign.client.errors import OPERATOR_PORT, OperatorError
 from sovereign.client.records import AuditPage, Decision
 from sovereign.client.wire import from_message, wire_name
 
@@ -44,8 +45,14 @@ class AuditClient:
     (the export stream has no deadline: a large ledger takes as long as it takes)."""
 
     def __init__(
-        self, channel: grpc.Channel, *, metadata: Metadata = (), timeout: float = DEFAULT_TIMEOUT
+        self,
+        channel: grpc.Channel,
+        *,
+        metadata: Metadata = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        target: str = "",
     ) -> None:
+        self._endpoint = Endpoint(target, "Audit", OPERATOR_PORT)
         self._stub = audit_pb2_grpc.AuditStub(channel)
         self._metadata = tuple(metadata)
         self._timeout = timeout
@@ -54,7 +61,7 @@ class AuditClient:
         try:
             return method(request, metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as err:
-            raise OperatorError.from_rpc(err) from None
+            raise OperatorError.from_rpc(err, self._endpoint) from None
 
     def list_entries(
         self,
@@ -123,4 +130,4 @@ class AuditClient:
                 else:
                     yield bytes(item.entry.canonical)
         except grpc.RpcError as err:
-            raise OperatorError.from_rpc(err) from None
+            raise OperatorError.from_rpc(err, self._endpoint) from None

@@ -168,7 +168,7 @@ def test_traffic_export_verify_proofs_and_query(
     consistency = sovereign("audit", "proof", "--first", str(first.size), "--json", *conn)
     assert consistency.returncode == 0, consistency.stdout + consistency.stderr
     query = sovereign("audit", "query", "--node", tdx.node_id, "--decision", "deny", "--json", *conn)
-    assert [json.loads(r)["seq"] for r in query.stdout.splitlines()] == [deny_seq]
+    assert [r["seq"] for r in json.loads(query.stdout)["entries"]] == [deny_seq]
     tail = sovereign("audit", "tail", "-n", "3", *conn)
     assert tail.returncode == 0 and "SEQ" in tail.stdout
 

@@ -43,7 +43,7 @@ def test_key_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and out["error"]["code"] == "KEY_DISABLED"
     assert main(["key", "enable", "weights"]) == 0
     code, out = _json(capsys, ["key", "list", "--json"])
-    assert [(k["name"], k["state"], k["current_version"]) for k in out] == [("weights", "active", 2)]
+    assert [(k["name"], k["state"], k["current_version"]) for k in out["keys"]] == [("weights", "active", 2)]
     assert main(["key", "destroy", "weights"]) == 0
     capsys.readouterr()
     code, out = _json(capsys, ["key", "create", "weights", "--kind", "model", "--json"])

@@ -199,8 +199,27 @@ def test_server_head_failures_are_coded_and_never_ok(
     save_token(CachedToken("https://idp.invalid", "sovereign", "sovereign", "t0ken", then, then), cache)
     conn = ["--server", "127.0.0.1:9", "--token-cache", str(cache)]
     assert main([*base, *conn, "--ca", str(tmp_path / "no-ca.pem")]) == 1
-    assert json.loads(capsys.readouterr().out)["error"]["code"] == "REQUEST_INVALID"
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "TLS_CA_INVALID"
     assert main([*base, *conn, "--insecure"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is False and out["error"]["code"] == "AUTH_TOKEN_EXPIRED"
     assert main([*base, *conn, "--checkpoint", str(key)]) == 2
+
+
+def test_the_table_names_who_acted_and_which_node(capsys: pytest.CaptureFixture[str]) -> None:
+    from sovereign.cli.audit import _print
+
+    rows = [
+        {"seq": 1, "time": "t1", "kind": "registration", "decision": "grant", "actor": "node", "node_id": "0f3a9c77",
+         "key_name": "", "reasons": "", "fields": {"node_name": "trainer-1"}},
+        {"seq": 2, "time": "t2", "kind": "node.approve", "decision": "grant", "actor": "5b1e-uuid",
+         "node_id": "0f3a9c77", "key_name": "", "reasons": "", "fields": {"username": "alice", "subject": "5b1e-uuid"}},
+    ]  # fmt: skip
+    _print(rows, False, {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["SEQ", "TIME", "KIND", "DECISION", "WHO", "NODE", "KEY_NAME", "REASONS"]
+    assert "alice" in lines[2] and "5b1e-uuid" not in lines[2]
+    assert "trainer-1 (0f3a9c77)" in lines[2]
+    _print(rows, True, {})
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and [e["actor"] for e in doc["entries"]] == ["node", "5b1e-uuid"]

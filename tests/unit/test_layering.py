@@ -80,8 +80,8 @@ RULES: dict[str, set[str]] = {
         "google",
         "prometheus_client",
     },
-    # the connected side (AMD KDS / Intel PCS): the attestation core's collateral types only
-    "kms/collateral_fetch": {"attestation"},
+    # the connected side (AMD KDS, Intel PCS, NVIDIA RIM service and OCSP): OCSP requests are built with cryptography
+    "kms/collateral_fetch": {"attestation", "cryptography"},
     # training provenance, the pure core: statements over ledger entries, DSSE and in-toto, no I/O
     "kms/provenance": {
         "kms.audit.checkpoint",

@@ -183,14 +183,22 @@ def test_a_refusal_carries_the_servers_code_hint_and_status() -> None:
     text = "AUTH_SAME_APPROVER: 'alice' proposed change c1"
     trailer = ((TRAILER, details(denied, "AUTH_SAME_APPROVER", text, "ask someone else")),)
     err = OperatorError.from_rpc(FailedCall(denied, text, trailer))
+    # the status message repeats the code ("CODE: message"); the error says it once
     assert (err.code, err.message, err.hint, err.status) == (
-        "AUTH_SAME_APPROVER", text, "ask someone else", "PERMISSION_DENIED"
+        "AUTH_SAME_APPROVER", "'alice' proposed change c1", "ask someone else", "PERMISSION_DENIED"
     )  # fmt: skip
 
 
-def test_a_failure_without_a_trailer_is_named_by_its_status() -> None:
-    err = OperatorError.from_rpc(FailedCall(grpc.StatusCode.UNAVAILABLE, "connection refused", ()))
-    assert (err.code, err.status, err.hint) == ("UNAVAILABLE", "UNAVAILABLE", "")
+def test_a_failure_without_a_trailer_is_read_as_a_transport_failure() -> None:
+    text = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused"
+    err = OperatorError.from_rpc(FailedCall(grpc.StatusCode.UNAVAILABLE, text, ()))
+    assert (err.code, err.status) == ("SERVER_UNREACHABLE", "UNAVAILABLE")
+    assert "connection refused" in err.message and "--admin-listen" in err.hint
+
+
+def test_a_failure_nothing_explains_is_named_by_its_status() -> None:
+    err = OperatorError.from_rpc(FailedCall(grpc.StatusCode.DATA_LOSS, "odd", ()))
+    assert (err.code, err.status, err.hint) == ("DATA_LOSS", "DATA_LOSS", "")
 
 
 def test_a_malformed_trailer_is_ignored_not_a_traceback() -> None:
