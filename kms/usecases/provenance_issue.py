@@ -19,10 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from kms.audit.checkpoint import parse_transit_signature
-from kms.audit.entry import Decision, Entry, Kind, format_time
+from kms.audit.entry import Entry, format_time
 from kms.audit.errors import KeyInvalid
 from kms.audit.merkle import inclusion_proof
 from kms.clock import Clock
@@ -32,8 +30,8 @@ from kms.provenance.lineage import LineageInvalid, derive
 from kms.provenance.statement import KEY_NAME, ProvenEntry, build_statement, seal_statement
 from kms.sql.audit_ledger import latest_checkpoint
 from kms.sql.audit_reader import DbHashStore
-from kms.sql.audit_schema import audit_entries
 from kms.sql.nodes import SqlNodes
+from kms.sql.provenance import lineage_entries, recorded_outputs
 from kms.sql.store import Store
 
 KEY_TTL = 10.0  # seconds the provenance key's latest version is remembered
@@ -145,17 +143,11 @@ class ProvenanceIssuer:
             checkpoint = latest_checkpoint(conn)
             if checkpoint is None:
                 raise KmsError("no signed checkpoint yet", code=Code.PROVENANCE_NOT_CHECKPOINTED)
-            outputs = conn.execute(
-                select(audit_entries.c.seq, audit_entries.c.canonical)
-                .where(audit_entries.c.kind == str(Kind.MODEL_OUTPUT))
-                .where(audit_entries.c.decision == str(Decision.GRANT))
-                .order_by(audit_entries.c.seq.desc())
-            ).all()
             found = next(
                 (
-                    Entry.decode(bytes(c))
-                    for _, c in outputs
-                    if wanted in _digests(json.loads(bytes(c))["fields"])
+                    Entry.decode(c)
+                    for _, c in recorded_outputs(conn)
+                    if wanted in _digests(json.loads(c)["fields"])
                 ),
                 None,
             )
@@ -167,13 +159,7 @@ class ProvenanceIssuer:
                     code=Code.PROVENANCE_NOT_CHECKPOINTED,
                 )
             node_id = found.fields.get("node_id")
-            rows = conn.execute(
-                select(audit_entries.c.seq, audit_entries.c.canonical).where(
-                    (audit_entries.c.node_id == node_id) | (audit_entries.c.kind == str(Kind.POLICY_CHANGE)),
-                    audit_entries.c.seq < checkpoint.size,
-                )
-            ).all()
-            canonical = {int(seq): bytes(c) for seq, c in rows}
+            canonical = lineage_entries(conn, {str(node_id)}, below=checkpoint.size)
             entries = [Entry.decode(c) for c in canonical.values()]
             try:
                 lineage = derive(entries, found.seq)
