@@ -3,6 +3,8 @@ rests on (``kms.usecases.provenance_issue``, ``kms.usecases.lineage_release``). 
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
@@ -32,3 +34,18 @@ def lineage_entries(conn: Connection, node_ids: set[str], below: int | None = No
     if below is not None:
         query = query.where(audit_entries.c.seq < below)
     return {int(seq): bytes(c) for seq, c in conn.execute(query)}
+
+
+def lineage_exception_groups(conn: Connection, key_name: str) -> set[str]:
+    """The groups approved ``lineage.exception`` entries let read ``key_name`` despite its lineage."""
+    rows = conn.execute(
+        select(audit_entries.c.canonical).where(
+            audit_entries.c.kind == str(Kind.LINEAGE_EXCEPTION), audit_entries.c.key_name == key_name
+        )
+    )
+    groups: set[str] = set()
+    for (canonical,) in rows:
+        named = json.loads(bytes(canonical))["fields"].get("groups")
+        if isinstance(named, list):
+            groups.update(g for g in named if isinstance(g, str))
+    return groups
