@@ -75,7 +75,7 @@ _DEFAULT_HINTS: dict[Code, str] = {
     Code.TIME_INVALID: "pass timezone-aware datetimes (UTC)",
     Code.RELEASE_LINEAGE_RESTRICTED: (
         "a group that may not read a dataset the model was trained on cannot read the model; "
-        "two operators may grant an exception: sovereign admin lineage-exception MODEL_KEY GROUP"
+        "two operators may grant an exception for the group (Admin.GrantLineageException)"
     ),
 }
 

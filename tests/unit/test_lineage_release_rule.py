@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kms.oidc.two_person import TwoPersonConfig
 from policies import parse_policy
 from policies.errors import Code, PolicyError, Reason
 from policies.lineage import lineage_restriction
@@ -91,3 +92,8 @@ def test_the_option_parses_as_a_boolean_and_keeps_digests_of_policies_without_it
     assert "lineage_restricted" not in str(_policy(restricted=False).canonical())
     with pytest.raises(PolicyError):
         parse_policy(DEMO + 'lineage_restricted = "yes"\n', "bad")
+
+
+def test_an_exception_is_held_for_a_second_operator_whatever_the_settings() -> None:
+    assert TwoPersonConfig(frozenset()).requires_approval("GrantLineageException")
+    assert not TwoPersonConfig(frozenset()).requires_approval("PutPolicy")
