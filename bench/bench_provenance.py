@@ -123,7 +123,8 @@ def issuing(threads: int, seconds: float) -> dict[str, Any]:
         "p99_ms": round(percentile(issue_lat, 0.99) * 1000, 2),
         "release_p50_ms": round(percentile(release_lat, 0.5) * 1000, 2),
         "note": "closed-loop clients on loopback, same server and concurrency, one run: mean time per call "
-        "(concurrency / throughput) of GetProvenance (entries read, proofs, one transit sign) over that of "
+        "(concurrency / throughput) of GetProvenance (entries read, proofs, a transit sign shared by "
+        "concurrent statements) over that of "
         "ReleaseKey (batched unwrap, grant commit, HPKE seal); target: ratio <= 0.2",
     }
 

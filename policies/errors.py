@@ -64,6 +64,7 @@ class Code(StrEnum):
     RELEASE_PURPOSE_NOT_ALLOWED = "RELEASE_PURPOSE_NOT_ALLOWED"
     RELEASE_EVIDENCE_TOO_OLD = "RELEASE_EVIDENCE_TOO_OLD"
     RELEASE_EVIDENCE_TIME_INVALID = "RELEASE_EVIDENCE_TIME_INVALID"
+    RELEASE_LINEAGE_RESTRICTED = "RELEASE_LINEAGE_RESTRICTED"
 
 
 _DEFAULT_HINTS: dict[Code, str] = {
@@ -72,6 +73,10 @@ _DEFAULT_HINTS: dict[Code, str] = {
     Code.CLAIMS_INVALID: "pass claims exactly as Claims.to_dict() wrote them",
     Code.NODE_STATE_INVALID: "node states are ATTESTED, PENDING_APPROVAL, REJECTED, SUSPENDED or REVOKED",
     Code.TIME_INVALID: "pass timezone-aware datetimes (UTC)",
+    Code.RELEASE_LINEAGE_RESTRICTED: (
+        "a group that may not read a dataset the model was trained on cannot read the model; "
+        "two operators may grant an exception for the group (Admin.GrantLineageException)"
+    ),
 }
 
 

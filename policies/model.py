@@ -155,6 +155,8 @@ class ReleaseRule:
     lease_seconds: int
     max_evidence_age: int
     require_gpu_attested: bool = False  # every group named is a GPU-attested group (checked at load)
+    # a model key released for read under this rule carries the read restrictions of its datasets
+    lineage_restricted: bool = False
 
     def matches_key(self, key_name: str) -> bool:
         return any(key_name.startswith(p[:-1]) if p.endswith("/*") else key_name == p for p in self.keys)
@@ -190,6 +192,8 @@ class Policy:
         for rule in data["release"]["rules"]:
             if not rule["require_gpu_attested"]:
                 del rule["require_gpu_attested"]
+            if not rule["lineage_restricted"]:  # likewise for rules without the lineage restriction
+                del rule["lineage_restricted"]
         return _jsonable(data)  # type: ignore[no-any-return]
 
     def groups(self) -> frozenset[str]:

@@ -440,6 +440,7 @@ def _release_rule(
         lease_seconds=t.get("lease_seconds", _seconds, defaults.lease_seconds),
         max_evidence_age=t.get("max_evidence_age", _seconds, defaults.max_evidence_age),
         require_gpu_attested=require_gpu,
+        lineage_restricted=t.get("lineage_restricted", _bool, False),
     )
     t.close()
     return rule

@@ -77,6 +77,7 @@ def summarize(policy: Policy) -> dict[str, Any]:
                 "lease_seconds": r.lease_seconds,
                 "max_evidence_age": r.max_evidence_age,
                 **({"require_gpu_attested": True} if r.require_gpu_attested else {}),
+                **({"lineage_restricted": True} if r.lineage_restricted else {}),
             }
             for r in policy.release.rules
         ],

@@ -47,6 +47,7 @@ class Kind(StrEnum):
     PENDING_REJECT = "pending.reject"
     OPERATOR_REFUSED = "operator.refused"
     MODEL_OUTPUT = "model.output"
+    LINEAGE_EXCEPTION = "lineage.exception"
 
 
 class Decision(StrEnum):

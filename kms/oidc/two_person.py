@@ -30,6 +30,8 @@ from kms.oidc.roles import ADMIN_SERVICE, RoleMap, method_path, normalize_method
 from kms.oidc.tokens import Actor
 
 DEFAULT_ACTIONS = frozenset({"PutPolicy", "DestroyKey", "ApproveNode"})
+# held for a second operator whatever the settings say: the rule makes them two-person by definition
+ALWAYS_HELD = frozenset({"GrantLineageException"})
 DEFAULT_TTL = timedelta(hours=24)
 _DIGEST_LABEL = b"sovereign/v1 pending change\x00"
 
@@ -106,7 +108,7 @@ class TwoPersonConfig:
         return cls(frozenset(actions), timedelta(seconds=ttl))
 
     def requires_approval(self, action: str) -> bool:
-        return action in self.actions
+        return action in self.actions or action in ALWAYS_HELD
 
 
 def payload_digest(action: str, payload: bytes) -> bytes:

@@ -164,6 +164,8 @@ def build(
         closers.append(audit.stop)  # after the batchers stop, before the group commit closes
         ledger = GrantLedger(store, transit, commit, clock, window=config.release_window_ms / 1000)
         closers.append(ledger.close)
+        provenance = ProvenanceIssuer(store, transit, clock)
+        closers.append(provenance.close)  # its transit sign batcher, before the OpenBao client closes
         nonces = Nonces(store, clock, ttl=timedelta(seconds=config.nonce_ttl))
         roles = load_role_map(config)
         two_person = TwoPersonRule(
@@ -199,7 +201,7 @@ def build(
             ),
             admin=Admin(store, catalogue, policies, verifier, clock, audit=audit.ledger),
             outputs=OutputRecorder(store, audit.ledger, clock, skew=timedelta(seconds=config.clock_skew)),
-            provenance=ProvenanceIssuer(store, transit, clock),
+            provenance=provenance,
             policies=policies,
             metrics=metrics,
             closers=closers,

@@ -38,6 +38,7 @@ from kms.usecases.admin_commands import (
     AdminCommand,
     AdminResult,
     KekRotated,
+    LineageException,
     audit_fields,
 )
 from kms.usecases.pending import Applied, PendingChanges
@@ -97,6 +98,8 @@ def result_out(result: AdminResult) -> tuple[str, Any]:
         return "node", codec.node_out(result)
     if isinstance(result, KeyRecord):
         return "key", codec.key_out(result)
+    if isinstance(result, LineageException):
+        return "lineage_exception", admin_pb2.LineageException(key_name=result.key_name, group=result.group)
     if isinstance(result, KekRotated):
         return "rotation", admin_pb2.KekRotation(kek_version=result.kek_version, rewrapped=result.rewrapped)
     return "policy", _policy_applied_out(result)
@@ -121,6 +124,7 @@ REQUESTS: dict[str, type[Message]] = {
     "DestroyKey": admin_pb2.DestroyKeyRequest,
     "RotateKek": admin_pb2.RotateKekRequest,
     "PutPolicy": admin_pb2.PutPolicyRequest,
+    "GrantLineageException": admin_pb2.GrantLineageExceptionRequest,
 }
 _COMMAND = {c.action: c for c in COMMANDS}
 
@@ -294,6 +298,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     def RotateKek(self, request: admin_pb2.RotateKekRequest, context: grpc.ServicerContext) -> Any:
         return handle(context, lambda: self._change(request, admin_pb2.RotateKekResponse, "rotation"))
+
+    def GrantLineageException(
+        self, request: admin_pb2.GrantLineageExceptionRequest, context: grpc.ServicerContext
+    ) -> Any:
+        return handle(
+            context,
+            lambda: self._change(request, admin_pb2.GrantLineageExceptionResponse, "lineage_exception"),
+        )
 
     def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: grpc.ServicerContext) -> Any:
         return handle(context, lambda: _policy_out(self._uc.get_policy()))

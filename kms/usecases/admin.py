@@ -250,6 +250,25 @@ class Admin:
     def get_policy(self) -> ActivePolicy:
         return self._policies.active()
 
+    # -- lineage exceptions (policies.lineage; always two-person, kms.oidc.two_person.ALWAYS_HELD)
+
+    def check_lineage_exception(self, key_name: str, group: str, reason: str) -> str:
+        require_text(reason, "reason", required=True)
+        if self.describe_key(key_name).kind is not KeyKind.MODEL:
+            raise KmsError(f"{key_name} is not a model key", code=Code.REQUEST_INVALID)
+        if group not in self.get_policy().policy.groups():
+            raise KmsError(f"{group[:128]!r} is not a group of the active policy", code=Code.REQUEST_INVALID)
+        return f"let group {group} read model key {key_name} despite its lineage"
+
+    def grant_lineage_exception(
+        self, key_name: str, group: str, reason: str, *, actor: Actor | None = None
+    ) -> tuple[str, str]:
+        """Record the exception (a ``lineage.exception`` entry: what lineage-restricted releases read)."""
+        self.check_lineage_exception(key_name, group, reason)
+        fields = {"key_name": key_name, "groups": [group], "comment": reason}
+        self._record(actor, Kind.LINEAGE_EXCEPTION, fields)
+        return key_name, group
+
     def put_policy(
         self,
         toml: str,

@@ -98,12 +98,26 @@ class PutPolicy:
     dry_run: bool = False
 
 
+@dataclass(frozen=True)
+class GrantLineageException:
+    action: ClassVar[str] = "GrantLineageException"
+    key_name: str
+    group: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LineageException:
+    key_name: str
+    group: str
+
+
 NodeCommand = ApproveNode | RevokeNode | SuspendNode
 KeyCommand = CreateKey | RotateKey | DisableKey | EnableKey | DestroyKey
-AdminCommand = NodeCommand | KeyCommand | RotateKek | PutPolicy
+AdminCommand = NodeCommand | KeyCommand | RotateKek | PutPolicy | GrantLineageException
 COMMANDS: tuple[type[AdminCommand], ...] = (
     ApproveNode, RevokeNode, SuspendNode, CreateKey, RotateKey, DisableKey, EnableKey, DestroyKey,
-    RotateKek, PutPolicy,
+    RotateKek, PutPolicy, GrantLineageException,
 )  # fmt: skip
 
 
@@ -113,7 +127,7 @@ class KekRotated:
     rewrapped: int
 
 
-AdminResult = NodeRecord | KeyRecord | KekRotated | PolicyChange
+AdminResult = NodeRecord | KeyRecord | KekRotated | PolicyChange | LineageException
 
 
 def audit_fields(command: AdminCommand) -> dict[str, Any]:
@@ -125,6 +139,8 @@ def audit_fields(command: AdminCommand) -> dict[str, Any]:
             return {"policy_version": command.expected_version}
         case RotateKek():
             return {}
+        case GrantLineageException():
+            return {"key_name": command.key_name, "groups": [command.group]}
         case _:
             return {"key_name": command.name}
 
@@ -160,6 +176,8 @@ class AdminActions:
                 return f"{command.action} {command.node_id[:128]}"
             case RotateKek():
                 return f"{command.action} "
+            case GrantLineageException():
+                return self._admin.check_lineage_exception(command.key_name, command.group, command.reason)
             case _:
                 return f"{command.action} {command.name[:128]}"
 
@@ -185,6 +203,10 @@ class AdminActions:
             case RotateKek():
                 version, report = a.rotate_kek(command.comment, actor=actor)
                 return KekRotated(version, report.rewrapped)
+            case GrantLineageException():
+                return LineageException(
+                    *a.grant_lineage_exception(command.key_name, command.group, command.reason, actor=actor)
+                )
             case PutPolicy():
                 return a.put_policy(
                     command.toml,

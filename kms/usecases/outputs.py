@@ -17,14 +17,11 @@ of this node id (the resident agent asks for a fresh one per output anyway).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from sqlalchemy import insert, select
-from sqlalchemy.engine import Connection
 
 from kms.audit.draft import Draft, node_actor
 from kms.audit.entry import Decision, Kind, Reason
@@ -32,10 +29,10 @@ from kms.clock import Clock
 from kms.domain.registry import NodeState
 from kms.envelope.names import KEY_NAME_RULE, is_valid_key_name
 from kms.errors import Code, KmsError
+from kms.sql import Connection
 from kms.sql.audit_append import AuditLedger, append_entries
-from kms.sql.audit_schema import audit_entries
-from kms.sql.control_schema import nodes, release_requests
 from kms.sql.nodes import SqlNodes
+from kms.sql.outputs import insert_request_id, latest_write_grant, read_node_standing, request_id_used
 from kms.sql.store import Store
 from kms.usecases.release import ClientCertificate, check_client_certificate, check_skew
 from policies.errors import Code as PolicyCode
@@ -147,24 +144,6 @@ class _Refusal(Exception):
         self.message = message
 
 
-def holds_write_grant(conn: Connection, node_id: str, key_name: str, key_version: int) -> int | None:
-    """The ledger sequence of the latest write grant of ``key_name`` v``key_version`` to ``node_id``."""
-    rows = conn.execute(
-        select(audit_entries.c.seq, audit_entries.c.canonical)
-        .where(
-            audit_entries.c.node_id == node_id,
-            audit_entries.c.key_name == key_name,
-            audit_entries.c.kind == str(Kind.RELEASE_GRANT),
-        )
-        .order_by(audit_entries.c.seq.desc())
-    )
-    for seq, canonical in rows:
-        fields = json.loads(bytes(canonical))["fields"]
-        if fields.get("purpose") == "write" and fields.get("key_version") == key_version:
-            return int(seq)
-    return None
-
-
 class OutputRecorder:
     def __init__(
         self,
@@ -209,15 +188,8 @@ class OutputRecorder:
                 raise _Refusal(err.code.value, err.message) from None
             with self._store.transaction() as conn:
                 self._check(conn, rec, now)
-                conn.execute(
-                    insert(release_requests),
-                    [
-                        {
-                            "node_id": rec.node_id,
-                            "request_id": rec.request_id.hex(),
-                            "keep_until": max(now, rec.timestamp) + self._skew,
-                        }
-                    ],
+                insert_request_id(
+                    conn, rec.node_id, rec.request_id.hex(), max(now, rec.timestamp) + self._skew
                 )
                 draft = Draft(
                     Kind.MODEL_OUTPUT, node_actor(rec.node_id), Decision.GRANT, (), output_fields(rec)
@@ -236,9 +208,7 @@ class OutputRecorder:
             raise OutputRefused(refusal.code, refusal.message, seq) from None
 
     def _check(self, conn: Connection, rec: OutputRecord, now: datetime) -> None:
-        row = conn.execute(
-            select(nodes.c.state, nodes.c.lease_expires_at).where(nodes.c.node_id == rec.node_id)
-        ).first()
+        row = read_node_standing(conn, rec.node_id)
         if row is None or NodeState(row.state) is not NodeState.ATTESTED:
             state = "unknown" if row is None else row.state
             raise _Refusal(
@@ -250,15 +220,9 @@ class OutputRecorder:
             expires = expires.replace(tzinfo=UTC)
         if expires is None or expires <= now:
             raise _Refusal(PolicyCode.RELEASE_LEASE_EXPIRED.value, f"node {rec.node_id}'s lease has expired")
-        seen = conn.execute(
-            select(release_requests.c.node_id).where(
-                release_requests.c.node_id == rec.node_id,
-                release_requests.c.request_id == rec.request_id.hex(),
-            )
-        ).first()
-        if seen is not None:
+        if request_id_used(conn, rec.node_id, rec.request_id.hex()):
             raise _Refusal(Code.REQUEST_REPLAYED.value, "this request id was already used by this node")
-        if holds_write_grant(conn, rec.node_id, rec.key_name, rec.key_version) is None:
+        if latest_write_grant(conn, rec.node_id, rec.key_name, rec.key_version) is None:
             raise _Refusal(
                 Code.OUTPUT_NO_WRITE_GRANT.value,
                 f"node {rec.node_id} holds no write grant for {rec.key_name} v{rec.key_version}",

@@ -8,6 +8,11 @@ what the statement rests on; each of those entries gets its inclusion proof agai
 the node's stored claims are included when their digest is the registration entry's; the statement is
 signed in OpenBao transit with the latest version of ``sovereign-provenance`` (Ed25519), the version
 written inside the signed payload. Nothing is written: issuing is a read and a signature.
+
+Cost (bench/bench_provenance.py): concurrent statements share one transit ``sign`` call (``batch_input``,
+through ``kms.batching.Batcher``), as releases share one unwrap; and the Merkle subtree hashes the proofs
+read are remembered across statements (a stored subtree hash covers a complete, aligned range of an
+append-only ledger, so it never changes).
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ import base64
 import json
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from kms.audit.checkpoint import parse_transit_signature
-from kms.audit.entry import Decision, Entry, Kind, format_time
+from kms.audit.entry import Entry, format_time
 from kms.audit.errors import KeyInvalid
 from kms.audit.merkle import inclusion_proof
+from kms.batching import Batcher
 from kms.clock import Clock
 from kms.domain.transit import AUDIT_KEY_NAME, Transit
 from kms.errors import Code, KmsError
@@ -32,11 +38,14 @@ from kms.provenance.lineage import LineageInvalid, derive
 from kms.provenance.statement import KEY_NAME, ProvenEntry, build_statement, seal_statement
 from kms.sql.audit_ledger import latest_checkpoint
 from kms.sql.audit_reader import DbHashStore
-from kms.sql.audit_schema import audit_entries
 from kms.sql.nodes import SqlNodes
+from kms.sql.provenance import lineage_entries, recorded_outputs
 from kms.sql.store import Store
 
 KEY_TTL = 10.0  # seconds the provenance key's latest version is remembered
+HASH_CACHE = 1 << 16  # subtree hashes remembered across statements (~ 6 MB)
+SIGN_WINDOW = 0.002  # seconds a transit sign waits for company
+SIGN_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -59,18 +68,59 @@ def _signer_failed(message: str) -> KmsError:
     return KmsError(message, code=Code.PROVENANCE_SIGNER_FAILED)
 
 
-class _Memo:
-    """A ``merkle.HashStore`` that remembers what it read (one statement's proofs)."""
+class SubtreeHashes:
+    """Stored subtree hashes, remembered (least recently used out) across statements. Safe to share: a
+    stored hash covers a complete, aligned leaf range of the append-only ledger and never changes."""
 
-    def __init__(self, inner: DbHashStore) -> None:
+    def __init__(self, limit: int = HASH_CACHE) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+
+    def over(self, inner: DbHashStore) -> _Memo:
+        return _Memo(self, inner)
+
+    def get(self, key: tuple[int, int]) -> bytes | None:
+        with self._lock:
+            value = self._seen.get(key)
+            if value is not None:
+                self._seen.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[int, int], value: bytes) -> None:
+        with self._lock:
+            self._seen[key] = value
+            if len(self._seen) > self._limit:
+                self._seen.popitem(last=False)
+
+
+class _Memo:
+    """A ``merkle.HashStore`` over the database that asks the shared cache first."""
+
+    def __init__(self, cache: SubtreeHashes, inner: DbHashStore) -> None:
+        self._cache = cache
         self._inner = inner
-        self._seen: dict[tuple[int, int], bytes] = {}
 
     def node(self, level: int, index: int) -> bytes:
         key = (level, index)
-        if key not in self._seen:
-            self._seen[key] = self._inner.node(level, index)
-        return self._seen[key]
+        value = self._cache.get(key)
+        if value is None:
+            value = self._inner.node(level, index)
+            self._cache.put(key, value)
+        return value
+
+
+def _one_signature(result: object, version: int) -> bytes | KmsError:
+    if not isinstance(result, dict) or result.get("error"):
+        why = result.get("error") if isinstance(result, dict) else "no result"
+        return _signer_failed(f"signing with {KEY_NAME} failed: {str(why)[:200]}")
+    try:
+        signature = parse_transit_signature(str(result.get("signature", "")))
+    except KeyInvalid as err:
+        return _signer_failed(f"signing with {KEY_NAME} failed: {err.message}")
+    if signature.version != version:
+        return _signer_failed(f"OpenBao signed with v{signature.version}, the statement names v{version}")
+    return signature.value
 
 
 class ProvenanceIssuer:
@@ -81,6 +131,14 @@ class ProvenanceIssuer:
         self._clock = clock
         self._lock = threading.Lock()
         self._latest: tuple[float, int, dict[int, bytes]] | None = None
+        self._hashes = SubtreeHashes()
+        self._signer: Batcher[tuple[int, bytes], bytes] | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            signer, self._signer = self._signer, None
+        if signer is not None:
+            signer.close()
 
     # -- keys ---------------------------------------------------------------------------------------
 
@@ -116,24 +174,45 @@ class ProvenanceIssuer:
         return {name: self._read_key(name)[1] for name in (AUDIT_KEY_NAME, KEY_NAME)}
 
     def _sign(self, version: int, message: bytes) -> bytes:
+        """One signature, in a transit call shared with whatever statements are being signed now."""
+        with self._lock:
+            if self._signer is None:
+                self._signer = Batcher(
+                    self._sign_batch, name="provenance-sign", window=SIGN_WINDOW, max_batch=SIGN_BATCH
+                )
+            signer = self._signer
+        return signer.submit((version, message))
+
+    def _sign_batch(self, items: Sequence[tuple[int, bytes]]) -> list[bytes | KmsError]:
+        """Sign every item; one transit call per key version among them (one, but for a rotation)."""
+        out: list[bytes | KmsError] = [_signer_failed("not signed")] * len(items)
+        for version in sorted({v for v, _ in items}):
+            at = [i for i, (v, _) in enumerate(items) if v == version]
+            try:
+                signed = self._sign_version(version, [items[i][1] for i in at])
+            except KmsError as err:
+                signed = [err] * len(at)
+            for i, result in zip(at, signed, strict=True):
+                out[i] = result
+        return out
+
+    def _sign_version(self, version: int, messages: list[bytes]) -> list[bytes | KmsError]:
         mount = self._transit.settings.mount  # type: ignore[attr-defined]
         call = self._transit.call  # type: ignore[attr-defined]
+        batch = [{"input": base64.b64encode(m).decode()} for m in messages]
         try:
             resp: Any = call(
                 "sign provenance",
                 lambda c: c.secrets.transit.sign_data(
-                    KEY_NAME,
-                    hash_input=base64.b64encode(message).decode(),
-                    key_version=version,
-                    mount_point=mount,
+                    KEY_NAME, key_version=version, batch_input=batch, mount_point=mount
                 ),
             )
-            signature = parse_transit_signature(str(((resp or {}).get("data") or {}).get("signature", "")))
-        except (KmsError, KeyInvalid) as err:
+        except KmsError as err:
             raise _signer_failed(f"signing with {KEY_NAME} failed: {err.message}") from None
-        if signature.version != version:
-            raise _signer_failed(f"OpenBao signed with v{signature.version}, the statement names v{version}")
-        return signature.value
+        results = ((resp or {}).get("data") or {}).get("batch_results")
+        if not isinstance(results, list) or len(results) != len(messages):
+            raise _signer_failed(f"OpenBao answered {len(messages)} signing requests with something else")
+        return [_one_signature(r, version) for r in results]
 
     # -- issuing ------------------------------------------------------------------------------------
 
@@ -145,17 +224,11 @@ class ProvenanceIssuer:
             checkpoint = latest_checkpoint(conn)
             if checkpoint is None:
                 raise KmsError("no signed checkpoint yet", code=Code.PROVENANCE_NOT_CHECKPOINTED)
-            outputs = conn.execute(
-                select(audit_entries.c.seq, audit_entries.c.canonical)
-                .where(audit_entries.c.kind == str(Kind.MODEL_OUTPUT))
-                .where(audit_entries.c.decision == str(Decision.GRANT))
-                .order_by(audit_entries.c.seq.desc())
-            ).all()
             found = next(
                 (
-                    Entry.decode(bytes(c))
-                    for _, c in outputs
-                    if wanted in _digests(json.loads(bytes(c))["fields"])
+                    Entry.decode(c)
+                    for _, c in recorded_outputs(conn)
+                    if wanted in _digests(json.loads(c)["fields"])
                 ),
                 None,
             )
@@ -167,13 +240,7 @@ class ProvenanceIssuer:
                     code=Code.PROVENANCE_NOT_CHECKPOINTED,
                 )
             node_id = found.fields.get("node_id")
-            rows = conn.execute(
-                select(audit_entries.c.seq, audit_entries.c.canonical).where(
-                    (audit_entries.c.node_id == node_id) | (audit_entries.c.kind == str(Kind.POLICY_CHANGE)),
-                    audit_entries.c.seq < checkpoint.size,
-                )
-            ).all()
-            canonical = {int(seq): bytes(c) for seq, c in rows}
+            canonical = lineage_entries(conn, {str(node_id)}, below=checkpoint.size)
             entries = [Entry.decode(c) for c in canonical.values()]
             try:
                 lineage = derive(entries, found.seq)
@@ -181,7 +248,7 @@ class ProvenanceIssuer:
                 raise KmsError(
                     f"the ledger cannot support a statement: {err}", code=Code.AUDIT_LEDGER_CORRUPT
                 ) from None
-            hashes = _Memo(DbHashStore(conn))  # the proofs share their upper levels
+            hashes = self._hashes.over(DbHashStore(conn))  # the proofs share their upper levels
             proven = [
                 ProvenEntry(seq, canonical[seq], tuple(inclusion_proof(hashes, seq, checkpoint.size)))
                 for seq in lineage.sequences()

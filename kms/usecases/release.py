@@ -42,6 +42,7 @@ from kms.sql.nodes import SqlNodes
 from kms.sql.store import Store
 from kms.usecases.cache import TtlCache
 from kms.usecases.grants import GrantLedger, GrantRequest, Outcome, Refused
+from kms.usecases.lineage_release import LineageRestrictions
 from kms.usecases.metrics import Metrics
 from kms.usecases.policy_source import PolicySource
 from policies import decide_release
@@ -223,8 +224,10 @@ class KeyRelease:
         skew: timedelta = DEFAULT_SKEW,
         metrics: Metrics | None = None,
         cache_seconds: float = 5.0,
+        lineage: LineageRestrictions | None = None,
     ) -> None:
         self._nodes = SqlNodes(store)
+        self._lineage = lineage if lineage is not None else LineageRestrictions(store)
         self._catalogue = catalogue
         self._ledger = ledger
         self._policies = policies
@@ -316,6 +319,15 @@ class KeyRelease:
             # about whether it exists; only the ledger has the catalogue's answer
             status = key_usable(f.key_name, key_standing(self._key(f.key_name, fresh=fresh)))
             raise _denial(f, now, reasons, ledger_only=[status] if status else [])
+        restricted = self._lineage.check(
+            policy.policy,
+            rule_name=decision.rule,
+            purpose=f.purpose,
+            node_groups=frozenset(node.groups),
+            key_name=f.key_name,
+        )
+        if restricted is not None:
+            raise _denial(f, now, [restricted])
         # WRITE must get the latest version: read it fresh (writes are rare)
         key = self._key(f.key_name, fresh=fresh or f.purpose == "write")
         version = f.key_version or (key.current_version if key is not None else 0)

@@ -23,6 +23,7 @@ FILLED: list[Message] = [
     admin_pb2.DestroyKeyRequest(name="dataset/train", confirm_name="dataset/train", reason="retired"),
     admin_pb2.RotateKekRequest(comment="yearly"),
     admin_pb2.PutPolicyRequest(toml="schema = 1\n", expected_version=7),
+    admin_pb2.GrantLineageExceptionRequest(key_name="model/main", group="inference", reason="ticket 7"),
 ]
 
 

@@ -60,6 +60,8 @@ RULES: dict[str, set[str]] = {
         "kms.envelope",
         "kms.sql",
         "kms.oidc",
+        # training provenance's pure core (lineage, statements): no I/O, so a use case may build on it
+        "kms.provenance",
         "attestation",
         "policies",
         "proto",

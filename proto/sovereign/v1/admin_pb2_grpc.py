@@ -125,6 +125,11 @@ class AdminStub:
                 request_serializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.ImportCollateralRequest.SerializeToString,
                 response_deserializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.ImportCollateralResponse.FromString,
                 _registered_method=True)
+        self.GrantLineageException = channel.unary_unary(
+                '/sovereign.v1.Admin/GrantLineageException',
+                request_serializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionRequest.SerializeToString,
+                response_deserializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -259,6 +264,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantLineageException(self, request, context):
+        """Lets a group read a model key a lineage-restricted release rule would refuse it (two-person, always).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -351,6 +363,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ImportCollateral,
                     request_deserializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.ImportCollateralRequest.FromString,
                     response_serializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.ImportCollateralResponse.SerializeToString,
+            ),
+            'GrantLineageException': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantLineageException,
+                    request_deserializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionRequest.FromString,
+                    response_serializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -840,6 +857,33 @@ class Admin:
             '/sovereign.v1.Admin/ImportCollateral',
             proto_dot_sovereign_dot_v1_dot_admin__pb2.ImportCollateralRequest.SerializeToString,
             proto_dot_sovereign_dot_v1_dot_admin__pb2.ImportCollateralResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantLineageException(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sovereign.v1.Admin/GrantLineageException',
+            proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionRequest.SerializeToString,
+            proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

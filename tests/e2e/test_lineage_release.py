@@ -1,0 +1,145 @@
+"""Lineage-restricted releases against the real ``sovereign serve`` and OpenBao: a trainer node reads
+dataset/train and records an output sealed with model/main; a rule lets group "inference" read model/*
+with ``lineage_restricted = true``, but no rule lets "inference" read dataset/train. A node in that group
+is refused model/main with RELEASE_LINEAGE_RESTRICTED (a release.deny entry), until two operators grant
+a lineage exception; then the same release is granted.
+
+Independent oracle: the ledger entries are read from the server's database with sqlite3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from typing import Any
+
+import grpc
+import pytest
+from e2e.node_client import rpc_error
+from e2e.world import SNP_MEASUREMENT, ServerProcess, server_policy
+
+from attestation.simulate import SimulatedPki
+from enclave.agent import NodeAgent
+from enclave.client import ControlPlaneClient, ControlPlaneError
+from enclave.identity import NodeIdentity
+from enclave.providers.simulated import simulated_snp
+from enclave.workload import OutputReport
+from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc
+
+INFERENCE = """
+[[appraisal.snp.groups]]
+name = "inference"
+measurements = ["{measurement}"]
+"""
+RULE = """
+[[release.rules]]
+name = "inference-models"
+groups = ["inference"]
+keys = ["model/*"]
+purposes = ["read"]
+lineage_restricted = true
+"""
+
+
+def _agent(server: ServerProcess, pki: SimulatedPki, name: str, group: str) -> NodeAgent:
+    assert server.ca is not None
+    client = ControlPlaneClient(f"127.0.0.1:{server.port}", ca_pem=server.ca.read_bytes(), timeout=10)
+    provider = simulated_snp(pki, measurement=SNP_MEASUREMENT)
+    agent = NodeAgent(client, provider, NodeIdentity.generate(), node_name=name, groups=[group])
+    agent.require_attested(agent.register())
+    return agent
+
+
+def _entries(server: ServerProcess, kind: str) -> list[dict[str, Any]]:
+    rows = sqlite3.connect(server.db).execute(
+        "SELECT canonical FROM audit_entries WHERE kind = ? ORDER BY seq", (kind,)
+    )
+    return [json.loads(bytes(c)) for (c,) in rows]
+
+
+def _approved(server: ServerProcess, held: admin_pb2.PendingChange) -> admin_pb2.ApprovePendingChangeResponse:
+    with server.admin_channel("bob") as channel:
+        reply: admin_pb2.ApprovePendingChangeResponse = admin_pb2_grpc.AdminStub(
+            channel
+        ).ApprovePendingChange(admin_pb2.ApprovePendingChangeRequest(change_id=held.change_id))
+        return reply
+
+
+@pytest.fixture(scope="module")
+def restricted_policy(server: ServerProcess) -> None:
+    toml = server_policy().replace(
+        "[appraisal.tdx]\n", INFERENCE.format(measurement=SNP_MEASUREMENT.hex()) + "\n[appraisal.tdx]\n", 1
+    )
+    with server.admin_channel() as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        version = admin.GetPolicy(admin_pb2.GetPolicyRequest()).version
+        held = admin.PutPolicy(admin_pb2.PutPolicyRequest(toml=toml + RULE, expected_version=version))
+    assert held.HasField("pending_change")
+    assert _approved(server, held.pending_change).HasField("policy")
+
+
+def test_a_model_trained_on_a_dataset_the_group_may_not_read_is_refused_until_an_exception(
+    server: ServerProcess, pki: SimulatedPki, restricted_policy: None
+) -> None:
+    trainer = _agent(server, pki, "lineage-trainer", "trainers")
+    trainer.release("dataset/train", "read")
+    write = trainer.release("model/main", "write")
+    plain = os.urandom(1000)
+    digest = hashlib.sha256(plain).hexdigest()
+    trainer.record_output(
+        OutputReport(
+            "model/main", write.key_version, digest, digest, hashlib.sha256(b"s" + plain).hexdigest(), 1000
+        )
+    )
+
+    reader = _agent(server, pki, "lineage-reader", "inference")
+    with pytest.raises(ControlPlaneError) as refused:
+        reader.release("model/main", "read")
+    assert refused.value.reason == "RELEASE_LINEAGE_RESTRICTED"
+    denies = [e for e in _entries(server, "release.deny") if e["fields"]["node_id"] == reader.node_id]
+    assert [r["code"] for r in denies[-1]["reasons"]] == ["RELEASE_LINEAGE_RESTRICTED"]
+    assert "dataset/train" in denies[-1]["reasons"][0]["message"]
+    # the group's own entitlement is unchanged: it still may not read the dataset
+    with pytest.raises(ControlPlaneError) as no_rule:
+        reader.release("dataset/train", "read")
+    assert no_rule.value.reason == "RELEASE_NO_RULE"
+
+    request = admin_pb2.GrantLineageExceptionRequest(
+        key_name="model/main", group="inference", reason="ticket 7"
+    )
+    with server.admin_channel() as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        for bad, why in (
+            (
+                admin_pb2.GrantLineageExceptionRequest(key_name="model/main", group="nobody", reason="x"),
+                "group",
+            ),
+            (
+                admin_pb2.GrantLineageExceptionRequest(
+                    key_name="dataset/train", group="inference", reason="x"
+                ),
+                "model",
+            ),
+            (admin_pb2.GrantLineageExceptionRequest(key_name="model/main", group="inference"), "reason"),
+        ):
+            status, code, _ = rpc_error(admin.GrantLineageException, bad)
+            assert (status, code) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID"), why
+        held = admin.GrantLineageException(request)
+        assert held.HasField("pending_change")  # two-person always, whatever the settings
+        status, _, _ = rpc_error(
+            admin.ApprovePendingChange,
+            admin_pb2.ApprovePendingChangeRequest(change_id=held.pending_change.change_id),
+        )
+        assert status is grpc.StatusCode.PERMISSION_DENIED  # not by the proposer
+    # held, not applied: still refused
+    with pytest.raises(ControlPlaneError) as still:
+        reader.release("model/main", "read")
+    assert still.value.reason == "RELEASE_LINEAGE_RESTRICTED"
+
+    approved = _approved(server, held.pending_change)
+    assert approved.lineage_exception.group == "inference"
+    (exception,) = _entries(server, "lineage.exception")
+    assert exception["fields"]["key_name"] == "model/main" and exception["fields"]["groups"] == ["inference"]
+    granted = reader.release("model/main", "read")
+    assert granted.key_name == "model/main" and granted.purpose == "read"
