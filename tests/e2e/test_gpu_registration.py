@@ -1,5 +1,5 @@
 """GPU evidence at registration, against the real ``sovereign serve`` (own server: simulated NVIDIA roots
-pinned, GPU collateral in its store's gpu/ folder, a policy with ``[appraisal.gpu]``).
+pinned, GPU collateral imported into its collateral store, a policy with ``[appraisal.gpu]``).
 
 A node with two simulated H100s registers into the GPU-attested group and gets the key only that group
 may have; another machine's GPU evidence list cannot be reused (its CPU report would have to commit to

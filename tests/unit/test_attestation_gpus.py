@@ -13,12 +13,14 @@ from node_fakes import FakeNodes, FakeNonces, FakePolicies, FakeVerifier, eviden
 
 from attestation.simulate.gpu import GpuSimulator
 from attestation.simulate.gpu_persist import gpu_collateral
+from attestation.store import CollateralStore
 from enclave.identity import NodeIdentity
 from enclave.providers.gpu import SimulatedGpus
 from kms.clock import ManualClock
 from kms.errors import Code, KmsError
 from kms.usecases.attest import Attestation, AttestationOutcome, Outcome, RegisterInput
-from kms.usecases.gpu_appraisal import GpuCollateralFolder, GpuVerifier, save_gpu_collateral
+from kms.usecases.gpu_appraisal import GpuVerifier
+from kms.usecases.verifier import EvidenceVerifier
 from proto.contract import GpuEvidenceItem, gpu_commitment, gpu_nonce
 
 NOW = datetime.now(UTC)
@@ -60,10 +62,10 @@ def register(
 
 @pytest.fixture(scope="module")
 def verifier(sim: GpuSimulator, tmp_path_factory: pytest.TempPathFactory) -> GpuVerifier:
-    folder: Path = tmp_path_factory.mktemp("gpu")
-    files = gpu_collateral(sim)
-    save_gpu_collateral(folder, rims=files.rims, ocsp_responses=files.ocsp_responses, crls=files.crls)
-    return GpuVerifier(sim.trust_store(), GpuCollateralFolder(folder, sim.trust_store()))
+    root: Path = tmp_path_factory.mktemp("collateral")
+    CollateralStore(root).import_items(gpu_collateral(sim).items(), trust=sim.trust_store(), now=NOW)
+    store = EvidenceVerifier(sim.trust_store(), root)
+    return GpuVerifier(sim.trust_store(), lambda: store.collateral().gpu)
 
 
 def test_gpu_claims_are_stored_beside_the_cpu_claims(sim: GpuSimulator, verifier: GpuVerifier) -> None:

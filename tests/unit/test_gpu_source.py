@@ -1,7 +1,7 @@
 """The node's GPU evidence seam: "no GPU" is an empty list, simulated GPUs answer the nonce they are given
 with stable device identities, survive a save/load of their PKI, and each fault knob makes the control
-plane's GPU verifier (kms/gpu_appraisal.py, over the interim collateral folder) refuse with its code;
-without collateral the verifier fails closed. Node settings refuse GPU options that cannot apply."""
+plane's GPU verifier (kms/usecases/gpu_appraisal.py, over the collateral store) refuse with its code;
+without GPU collateral in the store the verifier fails closed, and an import applies without a restart. Node settings refuse GPU options that cannot apply."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from attestation.collateral import ItemKind
 from attestation.errors import AttestationError, Code
 from attestation.gpu import parse_report
 from attestation.simulate.gpu import GpuSimulator
@@ -20,10 +21,12 @@ from attestation.simulate.gpu_persist import (
     gpu_collateral,
     load_gpu_simulator,
 )
+from attestation.store import CollateralStore
 from enclave.config import NodeConfig, build_gpu_source
 from enclave.errors import NodeCode, NodeError
 from enclave.providers.gpu import REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
-from kms.usecases.gpu_appraisal import GpuCollateralFolder, GpuVerifier, save_gpu_collateral
+from kms.usecases.gpu_appraisal import GpuVerifier
+from kms.usecases.verifier import EvidenceVerifier
 from proto.contract import GpuEvidenceItem
 
 NOW = datetime.now(UTC)  # the simulator's PKI is anchored here; the verifier is passed the same time
@@ -45,10 +48,15 @@ def sim() -> GpuSimulator:
 
 @pytest.fixture(scope="module")
 def verifier(sim: GpuSimulator, tmp_path_factory: pytest.TempPathFactory) -> GpuVerifier:
-    folder = tmp_path_factory.mktemp("gpu-collateral")
-    files = gpu_collateral(sim)
-    save_gpu_collateral(folder, rims=files.rims, ocsp_responses=files.ocsp_responses, crls=files.crls)
-    return GpuVerifier(sim.trust_store(), GpuCollateralFolder(folder, sim.trust_store()))
+    root = tmp_path_factory.mktemp("gpu-collateral")
+    CollateralStore(root).import_items(gpu_collateral(sim).items(), trust=sim.trust_store(), now=NOW)
+    return _over_store(sim, root)
+
+
+def _over_store(sim: GpuSimulator, root: Path) -> GpuVerifier:
+    """The verifier as the server wires it: the store's GPU items, re-read when an import changes it."""
+    store = EvidenceVerifier(sim.trust_store(), root)
+    return GpuVerifier(sim.trust_store(), lambda: store.collateral().gpu)
 
 
 def _items(source: GpuEvidenceSource, nonce: bytes) -> list[GpuEvidenceItem]:
@@ -106,26 +114,32 @@ def test_each_fault_knob_yields_its_code(sim: GpuSimulator, verifier: GpuVerifie
 def test_no_collateral_fails_closed(sim: GpuSimulator, tmp_path: Path) -> None:
     nonce = os.urandom(32)
     items = _items(SimulatedGpus(sim, 1), nonce)
+    files = gpu_collateral(sim)
+    CollateralStore(tmp_path / "cpu-only").import_items(
+        [(item, source) for item, source in files.items() if item.kind is ItemKind.CERTIFICATE],
+        trust=sim.trust_store(),
+        now=NOW,
+    )  # a store with NVIDIA CA certificates but no RIM, OCSP answer or CRL
     for verifier in (
         GpuVerifier(sim.trust_store(), None),
-        GpuVerifier(sim.trust_store(), GpuCollateralFolder(tmp_path / "absent", sim.trust_store())),
+        _over_store(sim, tmp_path / "absent"),
+        _over_store(sim, tmp_path / "cpu-only"),
     ):
         with pytest.raises(AttestationError) as info:
             verifier.verify(items, nonce=nonce, now=NOW)
         assert info.value.code == Code.GPU_COLLATERAL_MISSING
-    # revocation answers but no RIM for the reported versions
-    files = gpu_collateral(sim)
-    save_gpu_collateral(tmp_path / "no-rims", rims=(), ocsp_responses=files.ocsp_responses, crls=files.crls)
-    folder = GpuCollateralFolder(tmp_path / "no-rims", sim.trust_store())
+    # CRLs but no RIM for the reported versions (the RIM chains' OCSP answers are checkable only with them)
+    root = tmp_path / "no-rims"
+    first = [(i, s) for i, s in files.items() if i.kind in (ItemKind.CERTIFICATE, ItemKind.CRL)]
+    rest = [(i, s) for i, s in files.items() if i.kind in (ItemKind.GPU_RIM, ItemKind.OCSP_RESPONSE)]
+    CollateralStore(root).import_items(first, trust=sim.trust_store(), now=NOW)
+    verifier = _over_store(sim, root)
     with pytest.raises(AttestationError) as missing:
-        GpuVerifier(sim.trust_store(), folder).verify(items, nonce=nonce, now=NOW)
+        verifier.verify(items, nonce=nonce, now=NOW)
     assert missing.value.code == Code.GPU_COLLATERAL_MISSING
-    # the folder is re-read when its files change: the RIMs arrive, the same GPU verifies
-    save_gpu_collateral(tmp_path / "no-rims", rims=files.rims, ocsp_responses=(), crls=())
-    assert (
-        GpuVerifier(sim.trust_store(), folder).verify(items, nonce=nonce, now=NOW)[0]["measurement_result"]
-        == "success"
-    )
+    # the store is re-read when an import changes it: the RIMs arrive, the same verifier accepts the GPU
+    CollateralStore(root).import_items(rest, trust=sim.trust_store(), now=NOW)
+    assert verifier.verify(items, nonce=nonce, now=NOW)[0]["measurement_result"] == "success"
 
 
 def test_a_saved_simulator_mints_under_the_same_roots(sim: GpuSimulator, verifier: GpuVerifier) -> None:
