@@ -1,7 +1,7 @@
 """The node's GPU evidence seam: "no GPU" is an empty list, simulated GPUs answer the nonce they are given
 with stable device identities, survive a save/load of their PKI, and each fault knob makes the control
 plane's GPU verifier (kms/usecases/gpu_appraisal.py, over the collateral store) refuse with its code;
-without GPU collateral in the store the verifier fails closed, and an import applies without a restart. Node settings refuse GPU options that cannot apply."""
+without GPU collateral in the store the verifier fails closed, and an import applies without a restart. Node settings (flags, environment, node.toml) pick the GPU source and refuse GPU options that cannot apply."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from attestation.simulate.gpu_persist import (
     load_gpu_simulator,
 )
 from attestation.store import CollateralStore
-from enclave.config import NodeConfig, build_gpu_source
+from enclave.config import NodeConfig, build_gpu_source, load_node_toml
 from enclave.errors import NodeCode, NodeError
 from enclave.providers.gpu import REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
+from enclave.providers.gpu_nvml import NvmlGpuSource
 from kms.usecases.gpu_appraisal import GpuVerifier
 from kms.usecases.verifier import EvidenceVerifier
 from proto.contract import GpuEvidenceItem
@@ -182,3 +183,51 @@ def test_node_settings_for_simulated_gpus(sim: GpuSimulator, tmp_path: Path) -> 
         provider="simulated-tdx",
     )
     assert env.sim_gpus == 2
+
+
+def _toml(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(f'server = "h:1"\nnode_name = "n"\ninsecure_dev = true\n{body}')
+    return path
+
+
+def test_node_toml_gpu_settings(sim: GpuSimulator, tmp_path: Path) -> None:
+    (tmp_path / "gpu-pki.json").write_bytes(dump_gpu_simulator(sim))
+    config, _ = load_node_toml(_toml(tmp_path, ""), {})
+    assert (config.gpu, config.require_gpus) == ("none", False)
+    assert isinstance(build_gpu_source(config), NoGpu)
+    config, _ = load_node_toml(_toml(tmp_path, 'gpu = "nvml"\nrequire_gpus = true\n'), {})
+    source = build_gpu_source(config)
+    assert isinstance(source, NvmlGpuSource) and source.require_gpus is True
+    simulated = (
+        f'provider = "simulated-snp"\nsim_pki = "{tmp_path}"\ngpu = "simulated"\nsim_gpus = 3\n'
+        'sim_gpu_fault = "nonce-mismatch"\n'
+    )
+    config, _ = load_node_toml(_toml(tmp_path, simulated), {})
+    source = build_gpu_source(config)
+    assert isinstance(source, SimulatedGpus) and (source.count, source.fault) == (3, "nonce-mismatch")
+    # the environment fills what the file leaves out
+    config, _ = load_node_toml(
+        _toml(tmp_path, ""), {"SOVEREIGN_NODE_GPU": "nvml", "SOVEREIGN_NODE_REQUIRE_GPUS": "1"}
+    )
+    assert (config.gpu, config.require_gpus) == ("nvml", True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'gpu = "cuda"\n',  # not a source
+        "gpu = 1\n",  # wrong type
+        'require_gpus = "yes"\n',  # wrong type
+        "require_gpus = true\n",  # nothing to require GPUs from
+        'provider = "simulated-snp"\ngpu = "simulated"\n',  # simulated without a count
+        'provider = "simulated-snp"\ngpu = "nvml"\nsim_gpus = 2\n',  # a count for another source
+        'gpu = "simulated"\nsim_gpus = 2\n',  # simulated GPUs beside a hardware CPU provider
+        'provider = "simulated-snp"\nsim_gpus = "2"\n',  # wrong type
+        'provider = "simulated-snp"\nsim_gpus = 2\nsim_gpu_fault = "revoked"\n',  # not a fault knob
+    ],
+)
+def test_node_toml_refuses_gpu_settings_that_cannot_apply(tmp_path: Path, body: str) -> None:
+    with pytest.raises(NodeError) as info:
+        load_node_toml(_toml(tmp_path, body), {})
+    assert info.value.code is NodeCode.CONFIG_INVALID, body
