@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from attestation.claims import Claims
 from attestation.errors import AttestationError, Code, CollateralError, EndorsementMismatch, MalformedEvidence
 from attestation.gpu import GpuClaims, GpuEvidence, GpuVerifierCache, GpuVerifyOptions, verify_gpu
 from attestation.gpu_collateral import GpuStoreCollateral
@@ -43,6 +44,39 @@ def gpu_claim_entry(claims: GpuClaims) -> dict[str, Any]:
         "cc_mode": "devtools" if details.get("debug") == "enabled" else "on",
         "revocation": str(details.get("revocation", {}).get("status", "not-checked")),
         "simulated": claims.simulated,
+    }
+
+
+SUMMARY_TEXT = ("architecture", "driver_version", "vbios_version", "ueid", "measurement_result", "cc_mode")
+
+
+def gpu_summaries(claims: Claims) -> list[dict[str, Any]]:
+    """What a reply and an audit entry show of each verified GPU (``GpuSummary`` in attestation.proto),
+    read from ``details["gpus"]``; a node without GPUs has none. Stored claims are read as they are: an
+    entry that is not a table is left out, a missing text is ""."""
+    entries = claims.details.get("gpus", [])
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            summary: dict[str, Any] = {k: str(entry.get(k) or "") for k in SUMMARY_TEXT}
+            summary["revocation"] = str(entry.get("revocation") or "")
+            summary["simulated"] = entry.get("simulated") is True
+            out.append(summary)
+    return out
+
+
+def gpu_audit_fields(claims: Claims) -> dict[str, Any]:
+    """A registration entry's GPU fields (one list per claim, in the order sent); none without GPUs."""
+    gpus = gpu_summaries(claims)
+    if not gpus:
+        return {}
+    return {
+        "gpu_count": len(gpus),
+        "gpu_architectures": tuple(g["architecture"] for g in gpus),
+        "gpu_driver_versions": tuple(g["driver_version"] for g in gpus),
+        "gpu_vbios_versions": tuple(g["vbios_version"] for g in gpus),
+        "gpu_ueids": tuple(g["ueid"] for g in gpus),
+        "gpu_measurement_results": tuple(g["measurement_result"] for g in gpus),
     }
 
 

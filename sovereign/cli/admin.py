@@ -81,8 +81,9 @@ def _add(  # noqa: PLR0917 (a table of commands reads best positionally)
     args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (),
     rows: str = "",
     columns: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
 ) -> None:
-    parser = group.add_parser(name, help=help_text, description=help_text)
+    parser = group.add_parser(name, help=help_text, description=help_text, aliases=list(aliases))
     for flags, options in args:
         parser.add_argument(*flags, **options)
     _common(parser)
@@ -115,8 +116,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         (_a("--state", action="append", default=[], choices=sorted(NODE_STATES)),
          _a("--limit", type=int, default=0)),
         rows="nodes", columns=("node_id", "node_name", "state", "groups"))  # fmt: skip
-    _add(nodes, "get", "show one node", lambda c, a: c.get_node(a.node_id),
-         (_a("node_id"),))  # fmt: skip
+    _add(nodes, "get", "show one node (its claims, GPUs included)", lambda c, a: c.get_node(a.node_id),
+         (_a("node_id"),), aliases=("show",))  # fmt: skip
     _add(nodes, "approve", "attest a pending or suspended node into groups",
          lambda c, a: c.approve_node(a.node_id, a.group, a.comment),
          (_a("node_id"), _a("--group", action="append", required=True), COMMENT))  # fmt: skip
