@@ -11,6 +11,7 @@ same collateral store. Nodes use it with ``--provider simulated-snp|tdx --sim-pk
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -52,7 +53,12 @@ def save_sim_pki(pki: SimulatedPki, directory: Path, now: datetime) -> dict[str,
         for data in values
     ]
     items += gpu_collateral(gpus).items()
-    CollateralStore(directory / "collateral").import_items(items, trust=pinned, now=now)
+    store = directory / "collateral"
+    if (store / "index.json").exists():
+        # A new PKI: the store of the one saved here before holds collateral for roots no longer trusted,
+        # and its RIMs would conflict with the new simulator's (same versions, other signer).
+        shutil.rmtree(store)
+    CollateralStore(store).import_items(items, trust=pinned, now=now)
     return {"pki": str(target), "trust": str(trust), "collateral": str(directory / "collateral")}
 
 
