@@ -100,6 +100,20 @@ class Challenge:
 
 
 @dataclass(frozen=True)
+class GpuInfo:
+    """One verified GPU in a Register/Renew reply (``GpuSummary``)."""
+
+    architecture: str
+    driver_version: str
+    vbios_version: str
+    ueid: str
+    measurement_result: str
+    cc_mode: str
+    revocation: str
+    simulated: bool
+
+
+@dataclass(frozen=True)
 class Registration:
     """The outcome of Register or Renew."""
 
@@ -111,6 +125,7 @@ class Registration:
     policy_version: int
     audit_sequence: int
     simulated: bool = False
+    gpus: tuple[GpuInfo, ...] = ()  # the GPUs the control plane verified, as its reply lists them
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +143,7 @@ class Registration:
             "policy_version": self.policy_version,
             "audit_sequence": self.audit_sequence,
             "simulated": self.simulated,
+            "gpus": [vars(g) for g in self.gpus],
         }
 
 
@@ -271,6 +287,19 @@ def _registration(call: str, msg: attestation_pb2.AttestationResult) -> Registra
         policy_version=msg.policy_version,
         audit_sequence=msg.audit_sequence,
         simulated=msg.HasField("claims") and msg.claims.simulated,
+        gpus=tuple(
+            GpuInfo(
+                architecture=_text(g.architecture),
+                driver_version=_text(g.driver_version),
+                vbios_version=_text(g.vbios_version),
+                ueid=_text(g.ueid),
+                measurement_result=_text(g.measurement_result),
+                cc_mode=_text(g.cc_mode),
+                revocation=_text(g.revocation),
+                simulated=g.simulated,
+            )
+            for g in (msg.claims.gpus if msg.HasField("claims") else ())
+        ),
     )
 
 

@@ -21,8 +21,10 @@ from enclave.client import DEFAULT_TIMEOUT, ControlPlaneClient
 from enclave.errors import NodeCode, NodeError
 from enclave.providers import PROVIDER_NAMES, EvidenceProvider, detect_provider
 from enclave.providers.gpu import MAX_SIMULATED_GPUS, REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
+from enclave.providers.gpu_nvml import NvmlGpuSource  # loads nvidia-ml-py only when it collects
 
 PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
+GPU_CHOICES = ("none", "nvml", "simulated")
 SIMULATED = frozenset({"simulated-snp", "simulated-tdx"})
 ENV_PREFIX = "SOVEREIGN_NODE_"
 DEFAULT_RENEW_MARGIN = timedelta(seconds=60)
@@ -53,6 +55,8 @@ class NodeConfig:
     sim_measurement: bytes = bytes(48)
     sim_gpus: int = 0  # simulated H100s beside a simulated CPU (DIR/gpu-pki.json of --sim-pki)
     sim_gpu_fault: str | None = None
+    gpu: str = "none"  # where GPU evidence comes from: none, nvml (NvmlGpuSource), simulated (sim_gpus)
+    require_gpus: bool = False  # nvml: no usable GPU in CC mode is an error, not the "no GPU" state
 
     def __post_init__(self) -> None:
         if not self.server:
@@ -77,6 +81,15 @@ class NodeConfig:
             raise _invalid("the simulated measurement is 48 bytes (96 hex digits)")
         if not 0 <= self.sim_gpus <= MAX_SIMULATED_GPUS:
             raise _invalid(f"--sim-gpus is 0 to {MAX_SIMULATED_GPUS}")
+        if self.gpu not in GPU_CHOICES:
+            raise _invalid(f"unknown gpu source {self.gpu!r}; choose one of {', '.join(GPU_CHOICES)}")
+        if (self.gpu == "simulated") != (self.sim_gpus > 0):
+            raise _invalid(
+                'gpu = "simulated" goes with sim_gpus N (N >= 1), and sim_gpus with gpu = "simulated"',
+                hint="--sim-gpus N alone selects simulated GPUs",
+            )
+        if self.require_gpus and self.gpu == "none":
+            raise _invalid('require_gpus needs a GPU source (gpu = "nvml" or "simulated")')
         if (self.sim_gpus or self.sim_gpu_fault) and self.provider not in SIMULATED:
             raise _invalid("--sim-gpus and --sim-gpu-fault go with --provider simulated-snp or simulated-tdx")
         if self.sim_gpu_fault is not None and (self.sim_gpu_fault not in REPORT_FAULTS or not self.sim_gpus):
@@ -100,9 +113,12 @@ class NodeConfig:
         sim_measurement: str | None = None,
         sim_gpus: int | None = None,
         sim_gpu_fault: str | None = None,
+        gpu: str | None = None,
+        require_gpus: bool | None = None,
     ) -> NodeConfig:
         """Explicit values win over ``SOVEREIGN_NODE_*`` variables (SERVER, NAME, CA, PROVIDER, GROUPS,
-        SIM_PKI, SIM_MEASUREMENT)."""
+        SIM_PKI, SIM_MEASUREMENT, SIM_GPUS, SIM_GPU_FAULT, GPU, REQUIRE_GPUS). Without a GPU source named,
+        simulated GPUs (a count) select ``simulated``, else ``none``."""
         env = os.environ if environ is None else environ
 
         def pick(value: str | None, name: str) -> str | None:
@@ -110,6 +126,9 @@ class NodeConfig:
 
         env_ca = pick(None, "CA")
         env_groups = pick(None, "GROUPS")
+        count = sim_gpus if sim_gpus is not None else _count(pick(None, "SIM_GPUS") or "0")
+        source = pick(gpu, "GPU") or ("simulated" if count else "none")
+        required = require_gpus if require_gpus is not None else _flag(pick(None, "REQUIRE_GPUS") or "")
         return cls(
             server=pick(server, "SERVER") or "",
             node_name=pick(node_name, "NAME") or "",
@@ -122,8 +141,10 @@ class NodeConfig:
             timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
             sim_pki=sim_pki if sim_pki is not None else (Path(p) if (p := pick(None, "SIM_PKI")) else None),
             sim_measurement=parse_measurement(pick(sim_measurement, "SIM_MEASUREMENT") or ""),
-            sim_gpus=sim_gpus if sim_gpus is not None else _count(pick(None, "SIM_GPUS") or "0"),
+            sim_gpus=count,
             sim_gpu_fault=pick(sim_gpu_fault, "SIM_GPU_FAULT") or None,
+            gpu=source,
+            require_gpus=required,
         )
 
 
@@ -131,6 +152,14 @@ def _count(text: str) -> int:
     if not text.isdigit():
         raise _invalid(f"SOVEREIGN_NODE_SIM_GPUS {text[:20]!r} is not a count")
     return int(text)
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("", "0", "false", "no"):
+        return False
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    raise _invalid(f"SOVEREIGN_NODE_REQUIRE_GPUS {text[:20]!r} is not true or false")
 
 
 def parse_measurement(text: str) -> bytes:
@@ -194,9 +223,12 @@ def _simulated_provider(config: NodeConfig) -> EvidenceProvider:
 
 
 def build_gpu_source(config: NodeConfig) -> GpuEvidenceSource:
-    """Simulated GPUs under ``--sim-pki DIR/gpu-pki.json`` when asked for; otherwise no GPU."""
-    if not config.sim_gpus:
+    """The configured GPU source: none, NVML (``enclave.providers.gpu_nvml``; "no GPU" is a state unless
+    ``require_gpus``), or simulated GPUs under ``--sim-pki DIR/gpu-pki.json``."""
+    if config.gpu == "none":
         return NoGpu()
+    if config.gpu == "nvml":
+        return NvmlGpuSource(require_gpus=config.require_gpus)
     from attestation.simulate.gpu_persist import GpuPkiFileError, load_gpu_simulator  # development only
 
     path = (config.sim_pki or Path(".")) / "gpu-pki.json"
@@ -226,7 +258,7 @@ def build_gpu_source(config: NodeConfig) -> GpuEvidenceSource:
 REVOCATION_ACTIONS = ("deny", "terminate")
 DEFAULT_SOCKET = Path("/run/sovereign/agent.sock")
 _NODE_KEYS = {"server", "node_name", "ca", "insecure_dev", "provider", "groups", "timeout", "sim_pki"}
-_NODE_KEYS |= {"sim_measurement", "agent"}
+_NODE_KEYS |= {"sim_measurement", "agent", "gpu", "require_gpus", "sim_gpus", "sim_gpu_fault"}
 _AGENT_KEYS = {
     "socket",
     "socket_mode",
@@ -316,7 +348,7 @@ def load_node_toml(path: Path, environ: Mapping[str, str] | None = None) -> tupl
     where = str(path)
     text = {
         k: str(_typed(doc, k, str, where))
-        for k in ("server", "node_name", "ca", "provider", "sim_pki")
+        for k in ("server", "node_name", "ca", "provider", "sim_pki", "gpu", "sim_gpu_fault")
         if k in doc
     }
     groups = _typed(doc, "groups", list, where) if "groups" in doc else None
@@ -325,6 +357,8 @@ def load_node_toml(path: Path, environ: Mapping[str, str] | None = None) -> tupl
     timeout = float(_typed(doc, "timeout", (int, float), where)) if "timeout" in doc else None  # type: ignore[arg-type]
     insecure = bool(_typed(doc, "insecure_dev", bool, where)) if "insecure_dev" in doc else False
     measurement = str(_typed(doc, "sim_measurement", str, where)) if "sim_measurement" in doc else None
+    sim_gpus = int(_typed(doc, "sim_gpus", int, where)) if "sim_gpus" in doc else None  # type: ignore[call-overload]
+    require_gpus = bool(_typed(doc, "require_gpus", bool, where)) if "require_gpus" in doc else None
     config = NodeConfig.resolve(
         environ,
         server=text.get("server"),
@@ -336,6 +370,10 @@ def load_node_toml(path: Path, environ: Mapping[str, str] | None = None) -> tupl
         timeout=timeout,
         sim_pki=Path(text["sim_pki"]) if "sim_pki" in text else None,
         sim_measurement=measurement,
+        sim_gpus=sim_gpus,
+        sim_gpu_fault=text.get("sim_gpu_fault"),
+        gpu=text.get("gpu"),
+        require_gpus=require_gpus,
     )
     a: dict[str, object] = {}
     if "socket" in agent_doc:

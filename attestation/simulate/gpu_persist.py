@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from attestation.collateral import CollateralItem, ItemKind
 from attestation.simulate.gpu import GpuSimulator, _Ca
 from attestation.trust import TrustStore
 
@@ -95,24 +96,39 @@ def load_gpu_simulator(data: bytes) -> GpuSimulator:
 
 @dataclass(frozen=True)
 class GpuCollateralFiles:
-    """RIMs (XML), OCSP responses and CRLs (DER) for a control plane's GPU collateral."""
+    """RIMs (XML), OCSP responses and CRLs (DER) for a control plane's GPU collateral, and the CA
+    certificates (DER) of the device chains, which the collateral store needs to check the OCSP answers
+    and CRLs on import."""
 
     rims: tuple[bytes, ...]
     ocsp_responses: tuple[bytes, ...]
     crls: tuple[bytes, ...]
+    certificates: tuple[bytes, ...] = ()
+
+    def items(self, source: str = "simulator") -> list[tuple[CollateralItem, str]]:
+        """As collateral store items (``CollateralStore.import_items``), certificates first."""
+        kinds = (
+            (ItemKind.CERTIFICATE, self.certificates),
+            (ItemKind.GPU_RIM, self.rims),
+            (ItemKind.OCSP_RESPONSE, self.ocsp_responses),
+            (ItemKind.CRL, self.crls),
+        )
+        return [(CollateralItem(kind, data), source) for kind, values in kinds for data in values]
 
 
 def gpu_collateral(sim: GpuSimulator) -> GpuCollateralFiles:
     """Collateral for every GPU the simulator mints with the default driver and VBIOS (both architectures)."""
     rims: list[bytes] = []
     responses: list[bytes] = []
+    certificates: dict[bytes, None] = {}
     for architecture in ("HOPPER", "BLACKWELL"):
         minted = sim.mint(nonce=os.urandom(32), architecture=architecture, seed=f"collateral-{architecture}")
         responses += minted.ocsp_responses
+        certificates.update(dict.fromkeys(minted.evidence.chain[1:]))
         if not rims:
             rims = [minted.driver_rim, minted.vbios_rim]
     crls = tuple(sim.provisioner_crl(chip=chip) for chip in CHIPS)
-    return GpuCollateralFiles(tuple(rims), tuple(responses), crls)
+    return GpuCollateralFiles(tuple(rims), tuple(responses), crls, tuple(certificates))
 
 
 def pin_gpu_roots(trust: TrustStore, sim: GpuSimulator) -> TrustStore:

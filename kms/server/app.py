@@ -57,7 +57,7 @@ from kms.sql.store import Store
 from kms.usecases.admin import Admin
 from kms.usecases.attest import Attestation
 from kms.usecases.audit_service import AuditPlane, start_audit
-from kms.usecases.gpu_appraisal import GpuCollateralFolder, GpuVerifier
+from kms.usecases.gpu_appraisal import GpuVerifier
 from kms.usecases.grants import GrantLedger
 from kms.usecases.metrics import Metrics
 from kms.usecases.nonces import Nonces
@@ -188,7 +188,7 @@ def build(
                 clock=clock,
                 metrics=metrics,
                 audit=audit.ledger,
-                gpus=GpuVerifier(trust, GpuCollateralFolder(Path(config.collateral) / "gpu", trust)),
+                gpus=GpuVerifier(trust, lambda: verifier.collateral().gpu),
             ),
             release=KeyRelease(
                 store,

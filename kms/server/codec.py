@@ -22,6 +22,7 @@ from kms.usecases.attest import (
     RegisterInput,
     RenewInput,
 )
+from kms.usecases.gpu_appraisal import gpu_summaries
 from kms.usecases.release import ReleaseBody, Released, SignedRelease
 from policies import claims_from_dict
 from policies.errors import PolicyError
@@ -123,6 +124,10 @@ def reasons_out(reasons: Iterable[Reason]) -> list[common_pb2.Reason]:
     return [common_pb2.Reason(code=r.code, message=r.message[:1024], hint=r.hint[:1024]) for r in reasons]
 
 
+def gpus_out(claims: Claims) -> list[attestation_pb2.GpuSummary]:
+    return [attestation_pb2.GpuSummary(**gpu) for gpu in gpu_summaries(claims)]
+
+
 def claims_out(claims: Claims) -> attestation_pb2.ClaimsSummary:
     return attestation_pb2.ClaimsSummary(
         tee=_TEE_OUT[claims.tee.value],
@@ -135,6 +140,7 @@ def claims_out(claims: Claims) -> attestation_pb2.ClaimsSummary:
         platform_id=claims.platform_id,
         rtmrs=list(claims.rtmrs),
         simulated=claims.simulated,
+        gpus=gpus_out(claims),
     )
 
 

@@ -54,6 +54,7 @@ from kms.envelope import SUITES, Suite, check_recipient_key
 from kms.envelope.errors import EnvelopeError
 from kms.errors import Code, KmsError
 from kms.sql.audit_append import AuditLedger
+from kms.usecases.gpu_appraisal import gpu_audit_fields
 from kms.usecases.metrics import Metrics
 from kms.usecases.nonces import Challenge, NonceError, require_label
 from kms.usecases.policy_source import ActivePolicy
@@ -144,6 +145,7 @@ def registration_draft(
         fields["claims_digest"] = claims_digest(result.claims.to_dict())
         fields["measurement"] = result.claims.measurement.hex()
         fields["tcb_status"] = result.claims.tcb_status.value
+        fields.update(gpu_audit_fields(result.claims))
     return Draft(
         Kind.REGISTRATION,
         node_actor(result.node_id),

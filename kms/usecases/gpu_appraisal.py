@@ -1,130 +1,29 @@
 """The node's GPUs at registration: verify each GPU's evidence against the transcript-derived nonce, with
 offline collateral, into the claim entries stored beside the CPU claims (``details["gpus"]``).
 
-Collateral comes from ``<collateral store>/gpu/``: ``rims/`` (NVIDIA RIM files, XML), ``ocsp/`` (DER OCSP
-responses) and ``crls/`` (DER CRLs). This folder is an interim layout until the collateral store holds GPU
-items itself (``collateral fetch --gpu``, bundles); it is re-read when its files change. Fail closed: no
-folder, no RIM for a reported version, no revocation answer -> ``GPU_COLLATERAL_MISSING`` (the verifier's
-code), never a GPU accepted on less. No network; the clock is passed in.
+Collateral comes from the collateral store the server already loads (``--collateral``): its GPU items
+(RIMs, OCSP responses, NVIDIA CRLs) as ``GpuStoreCollateral``, picked per GPU by ``inputs_for``. The store
+is re-read when an import changes it (``EvidenceVerifier.collateral``), so new RIMs or revocation answers
+apply to the next registration. Fail closed: no GPU items, no RIM for a reported version, no revocation
+answer -> ``GPU_COLLATERAL_MISSING`` (the verifier's code), never a GPU accepted on less. No network; the
+clock is passed in.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from attestation.errors import AttestationError, Code, CollateralError, MalformedEvidence
-from attestation.gpu import (
-    GpuClaims,
-    GpuCollateral,
-    GpuEvidence,
-    GpuVerifierCache,
-    GpuVerifyOptions,
-    verify_gpus,
-    verify_rim,
-)
+from attestation.claims import Claims
+from attestation.errors import AttestationError, Code, CollateralError, EndorsementMismatch, MalformedEvidence
+from attestation.gpu import GpuClaims, GpuEvidence, GpuVerifierCache, GpuVerifyOptions, verify_gpu
+from attestation.gpu_collateral import GpuStoreCollateral
 from attestation.trust import TrustStore
 from proto.contract import GpuEvidenceItem
 
-MAX_FILE = 1 << 20
-MAX_FILES = 4096
-_Signature = tuple[tuple[str, int, int], ...]
-
-
-@dataclass(frozen=True)
-class GpuCollateralSet:
-    """What one verification uses: RIMs by version, and the revocation answers."""
-
-    rims: dict[str, bytes]  # Meta colloquialVersion (driver or VBIOS version) -> RIM bytes
-    revocation: GpuCollateral
-
-    def lookup(self, driver_version: str, vbios_version: str) -> tuple[bytes | None, bytes | None]:
-        return self.rims.get(driver_version), self.rims.get(vbios_version)
-
-
-def _files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file())[:MAX_FILES]
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        if path.stat().st_size > MAX_FILE:
-            return None
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-class GpuCollateralFolder:
-    """The interim GPU collateral folder, read once per change of its files."""
-
-    def __init__(self, root: Path, trust: TrustStore) -> None:
-        self.root = root
-        self._trust = trust
-        self._lock = threading.Lock()
-        self._signature: _Signature | None = None
-        self._set: GpuCollateralSet | None = None
-
-    def _signature_now(self) -> _Signature:
-        out = []
-        for sub in ("rims", "ocsp", "crls"):
-            for path in _files(self.root / sub):
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                out.append((f"{sub}/{path.name}", st.st_mtime_ns, st.st_size))
-        return tuple(out)
-
-    def current(self, now: datetime) -> GpuCollateralSet | None:
-        """The collateral as the folder holds it now; None when it holds nothing."""
-        signature = self._signature_now()
-        with self._lock:
-            if signature != self._signature:
-                self._set = self._load(now) if signature else None
-                self._signature = signature
-            return self._set
-
-    def _load(self, now: datetime) -> GpuCollateralSet:
-        rims: dict[str, bytes] = {}
-        for path in _files(self.root / "rims"):
-            data = _read(path)
-            if data is None:
-                continue
-            try:  # only to learn the version it is for; verify_gpu judges it (windows included) per call
-                rim = verify_rim(data, trust=self._trust, now=now, accept_expired_certificates=True)
-            except AttestationError:
-                continue  # a RIM that does not verify answers for nothing: its version stays missing
-            rims.setdefault(rim.version, data)
-        responses = [d for p in _files(self.root / "ocsp") if (d := _read(p)) is not None]
-        crls = [d for p in _files(self.root / "crls") if (d := _read(p)) is not None]
-        return GpuCollateralSet(rims, GpuCollateral(ocsp_responses=responses, crls=crls))
-
-
-def save_gpu_collateral(
-    root: Path, *, rims: Sequence[bytes], ocsp_responses: Sequence[bytes], crls: Sequence[bytes]
-) -> None:
-    """Write collateral into the interim folder layout (development and tests; names by content digest)."""
-    for sub, items, suffix in (
-        ("rims", rims, ".xml"),
-        ("ocsp", ocsp_responses, ".der"),
-        ("crls", crls, ".der"),
-    ):
-        folder = root / sub
-        folder.mkdir(parents=True, exist_ok=True)
-        for data in items:
-            target = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+GpuCollateralSource = Callable[[], GpuStoreCollateral]
+"""The store's GPU items as of now (``lambda: evidence_verifier.collateral().gpu``)."""
 
 
 def gpu_claim_entry(claims: GpuClaims) -> dict[str, Any]:
@@ -148,39 +47,66 @@ def gpu_claim_entry(claims: GpuClaims) -> dict[str, Any]:
     }
 
 
+SUMMARY_TEXT = ("architecture", "driver_version", "vbios_version", "ueid", "measurement_result", "cc_mode")
+
+
+def gpu_summaries(claims: Claims) -> list[dict[str, Any]]:
+    """What a reply and an audit entry show of each verified GPU (``GpuSummary`` in attestation.proto),
+    read from ``details["gpus"]``; a node without GPUs has none. Stored claims are read as they are: an
+    entry that is not a table is left out, a missing text is ""."""
+    entries = claims.details.get("gpus", [])
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            summary: dict[str, Any] = {k: str(entry.get(k) or "") for k in SUMMARY_TEXT}
+            summary["revocation"] = str(entry.get("revocation") or "")
+            summary["simulated"] = entry.get("simulated") is True
+            out.append(summary)
+    return out
+
+
+def gpu_audit_fields(claims: Claims) -> dict[str, Any]:
+    """A registration entry's GPU fields (one list per claim, in the order sent); none without GPUs."""
+    gpus = gpu_summaries(claims)
+    if not gpus:
+        return {}
+    return {
+        "gpu_count": len(gpus),
+        "gpu_architectures": tuple(g["architecture"] for g in gpus),
+        "gpu_driver_versions": tuple(g["driver_version"] for g in gpus),
+        "gpu_vbios_versions": tuple(g["vbios_version"] for g in gpus),
+        "gpu_ueids": tuple(g["ueid"] for g in gpus),
+        "gpu_measurement_results": tuple(g["measurement_result"] for g in gpus),
+    }
+
+
 class GpuVerifier:
     """Verifies a node's GPU evidence list; raises ``AttestationError`` (a GPU_* code) on the first failure."""
 
     def __init__(
-        self, trust: TrustStore, folder: GpuCollateralFolder | None, options: GpuVerifyOptions | None = None
+        self,
+        trust: TrustStore,
+        collateral: GpuCollateralSource | None,
+        options: GpuVerifyOptions | None = None,
     ) -> None:
         self._trust = trust
-        self._folder = folder
+        self._collateral = collateral
         self._options = options or GpuVerifyOptions()
         self._cache = GpuVerifierCache()
 
     def verify(
         self, items: Sequence[GpuEvidenceItem], *, nonce: bytes, now: datetime
     ) -> list[dict[str, Any]]:
-        collateral = self._folder.current(now) if self._folder is not None else None
-        if collateral is None:
+        store = self._collateral() if self._collateral is not None else None
+        if store is None or not (store.rims or store.revocation.responses or store.revocation.crls):
             raise CollateralError(
-                "this control plane holds no GPU collateral (RIMs, OCSP responses or CRLs)",
+                "the collateral store holds no GPU collateral (RIMs, OCSP responses or CRLs)",
                 code=Code.GPU_COLLATERAL_MISSING,
-                hint="import the GPU collateral for these drivers and VBIOS versions",
+                hint="import the GPU collateral for these drivers and VBIOS versions "
+                "(sovereign collateral fetch --gpu, then collateral import)",
             )
-        evidence = [GpuEvidence(i.report, i.certificates, i.architecture or None) for i in items]
         try:
-            verified = verify_gpus(
-                evidence,
-                nonce=nonce,
-                trust=self._trust,
-                now=now,
-                collateral=collateral.revocation,
-                rims=collateral.lookup,
-                options=self._options,
-                cache=self._cache,
-            )
+            verified = self._verify_all(items, store, nonce=nonce, now=now)
         except AttestationError:
             raise
         except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as exc:
@@ -188,3 +114,31 @@ class GpuVerifier:
                 f"GPU evidence could not be read: {type(exc).__name__}", code=Code.GPU_REPORT_MALFORMED
             ) from exc
         return [gpu_claim_entry(c) for c in verified]
+
+    def _verify_all(
+        self, items: Sequence[GpuEvidenceItem], store: GpuStoreCollateral, *, nonce: bytes, now: datetime
+    ) -> list[GpuClaims]:
+        out: list[GpuClaims] = []
+        seen: set[str] = set()
+        for item in items:
+            evidence = GpuEvidence(item.report, item.certificates, item.architecture or None)
+            inputs = store.inputs_for(evidence)  # RIMs by the report's versions and the leaf's chip
+            claims = verify_gpu(
+                evidence,
+                nonce=nonce,
+                trust=self._trust,
+                now=now,
+                collateral=inputs.collateral,
+                driver_rim=inputs.driver_rim,
+                vbios_rim=inputs.vbios_rim,
+                options=self._options,
+                cache=self._cache,
+            )
+            # A relayed copy of one GPU's evidence must not count twice.
+            if claims.ueid in seen:
+                raise EndorsementMismatch(
+                    f"GPU {claims.ueid} appears twice in the node's evidence", code=Code.GPU_DUPLICATE_DEVICE
+                )
+            seen.add(claims.ueid)
+            out.append(claims)
+        return out

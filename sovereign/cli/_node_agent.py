@@ -25,7 +25,14 @@ from types import FrameType
 
 from enclave.agent import NodeAgent
 from enclave.agent_metrics import AgentCollector, serve_metrics
-from enclave.config import AgentSettings, NodeConfig, build_client, build_provider, load_node_toml
+from enclave.config import (
+    AgentSettings,
+    NodeConfig,
+    build_client,
+    build_gpu_source,
+    build_provider,
+    load_node_toml,
+)
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from enclave.local_server import LocalApiServer, resolve_group
@@ -83,6 +90,10 @@ def _settings(args: argparse.Namespace) -> tuple[NodeConfig, AgentSettings]:
             timeout=args.timeout,
             sim_pki=args.sim_pki,
             sim_measurement=args.sim_measurement,
+            sim_gpus=args.sim_gpus,
+            sim_gpu_fault=args.sim_gpu_fault,
+            gpu=args.gpu,
+            require_gpus=args.require_gpus,
         )
         settings = AgentSettings()
     if args.socket is not None:
@@ -95,11 +106,17 @@ def _running_agent(
     config: NodeConfig, settings: AgentSettings
 ) -> Iterator[tuple[ResidentAgent, LocalApiServer]]:
     provider = build_provider(config)
+    gpus = build_gpu_source(config)  # the same GPUs answer every registration and renewal
     client = build_client(config)
 
     def make_agent() -> NodeAgent:
         return NodeAgent(
-            client, provider, NodeIdentity.generate(), node_name=config.node_name, groups=config.groups
+            client,
+            provider,
+            NodeIdentity.generate(),
+            node_name=config.node_name,
+            groups=config.groups,
+            gpus=gpus,
         )
 
     resident = ResidentAgent(

@@ -4,13 +4,14 @@
 ``DIR/trust.json``: the simulation trust profile pinning them (``sovereign serve --trust DIR/trust.json``);
 ``DIR/collateral``: a collateral store with their CRLs, TCB info and QE identity
 (``sovereign serve --collateral DIR/collateral``); ``DIR/gpu-pki.json``: simulated NVIDIA GPU roots and CAs
-(nodes' ``--sim-gpus N``), pinned in trust.json, their RIMs and OCSP/CRLs in ``DIR/collateral/gpu``. Nodes use it with ``--provider simulated-snp|tdx
---sim-pki DIR``. The production trust profile refuses these roots (TEST_ROOT_IN_PRODUCTION).
+(nodes' ``--sim-gpus N``), pinned in trust.json, their RIMs, OCSP responses and CRLs imported into the
+same collateral store. Nodes use it with ``--provider simulated-snp|tdx --sim-pki DIR``. The production trust profile refuses these roots (TEST_ROOT_IN_PRODUCTION).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from attestation.simulate.gpu import GpuSimulator
 from attestation.simulate.gpu_persist import dump_gpu_simulator, gpu_collateral, pin_gpu_roots
 from attestation.simulate.persist import dump_pki
 from attestation.store import CollateralStore
-from kms.usecases.gpu_appraisal import save_gpu_collateral
 from sovereign.cli._common import dump_trust
 
 PKI_FILE = "pki.json"
@@ -44,21 +44,21 @@ def save_sim_pki(pki: SimulatedPki, directory: Path, now: datetime) -> dict[str,
     gpus = GpuSimulator(now)
     _write_private(directory / GPU_PKI_FILE, dump_gpu_simulator(gpus))
     trust = directory / "trust.json"
-    trust.write_text(dump_trust(pin_gpu_roots(pki.trust_store(), gpus)) + "\n")
+    pinned = pin_gpu_roots(pki.trust_store(), gpus)
+    trust.write_text(dump_trust(pinned) + "\n")
     items = [
         (CollateralItem(_KINDS[kind], data), "simulator")
         for group in (pki.snp_collateral_items(), pki.tdx_collateral_items())
         for kind, values in group.items()
         for data in values
     ]
-    CollateralStore(directory / "collateral").import_items(items, trust=pki.trust_store(), now=now)
-    files = gpu_collateral(gpus)
-    save_gpu_collateral(
-        directory / "collateral" / "gpu",
-        rims=files.rims,
-        ocsp_responses=files.ocsp_responses,
-        crls=files.crls,
-    )
+    items += gpu_collateral(gpus).items()
+    store = directory / "collateral"
+    if (store / "index.json").exists():
+        # A new PKI: the store of the one saved here before holds collateral for roots no longer trusted,
+        # and its RIMs would conflict with the new simulator's (same versions, other signer).
+        shutil.rmtree(store)
+    CollateralStore(store).import_items(items, trust=pinned, now=now)
     return {"pki": str(target), "trust": str(trust), "collateral": str(directory / "collateral")}
 
 

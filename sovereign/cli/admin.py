@@ -104,8 +104,10 @@ def _add(
     help_text: str,
     call: Call,
     args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (),
+    *,
+    aliases: tuple[str, ...] = (),
 ) -> None:
-    parser = group.add_parser(name, help=help_text, description=help_text)
+    parser = group.add_parser(name, help=help_text, description=help_text, aliases=list(aliases))
     for flags, options in args:
         parser.add_argument(*flags, **options)
     _common(parser)
@@ -137,8 +139,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         [NODE_STATES[x] for x in a.state], page_size=a.limit),
         (_a("--state", action="append", default=[], choices=sorted(NODE_STATES)),
          _a("--limit", type=non_negative_int, default=0, help="at most this many (0: the server's page)")))  # fmt: skip
-    _add(nodes, "get", "show one node", lambda c, a: c.get_node(a.node_id),
-         (_a("node_id"),))  # fmt: skip
+    _add(nodes, "get", "show one node (its claims, GPUs included)", lambda c, a: c.get_node(a.node_id),
+         (_a("node_id"),), aliases=("show",))  # fmt: skip
     _add(nodes, "approve", "attest a pending or suspended node into groups",
          lambda c, a: c.approve_node(a.node_id, a.group, a.comment),
          (_a("node_id"), _a("--group", action="append", required=True), COMMENT))  # fmt: skip

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from enclave.agent import PROC_MOUNTS, NodeAgent, check_plaintext_output
-from enclave.config import PROVIDER_CHOICES, NodeConfig, build_client, build_gpu_source, build_provider
+from enclave.config import (
+    GPU_CHOICES,
+    PROVIDER_CHOICES,
+    NodeConfig,
+    build_client,
+    build_gpu_source,
+    build_provider,
+)
 from enclave.errors import NodeCode, NodeError
 from enclave.identity import NodeIdentity
 from enclave.providers.gpu import REPORT_FAULTS
@@ -76,6 +83,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             choices=REPORT_FAULTS,
             default=None,
             help="simulated GPUs only: what they report wrongly (e.g. vbios-mismatch)",
+        )
+        p.add_argument(
+            "--gpu",
+            choices=GPU_CHOICES,
+            default=None,
+            help="GPU evidence source: none, nvml (NVIDIA GPUs in CC mode), simulated (--sim-gpus); "
+            "env SOVEREIGN_NODE_GPU; default none, or simulated with --sim-gpus",
+        )
+        p.add_argument(
+            "--require-gpus",
+            action="store_true",
+            default=None,
+            help="with --gpu nvml: no usable GPU in CC mode is an error instead of a node without GPUs",
         )
         p.add_argument("--node-name", help="this node's name, an RFC 1123 label (env SOVEREIGN_NODE_NAME)")
         p.add_argument("--group", action="append", default=None, help="group to request (repeatable)")
@@ -144,6 +164,8 @@ def _session(args: argparse.Namespace) -> Iterator[tuple[NodeAgent, dict[str, An
         sim_measurement=args.sim_measurement,
         sim_gpus=args.sim_gpus,
         sim_gpu_fault=args.sim_gpu_fault,
+        gpu=args.gpu,
+        require_gpus=args.require_gpus,
     )
     provider = build_provider(config)
     gpus = build_gpu_source(config)

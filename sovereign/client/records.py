@@ -88,6 +88,18 @@ class NodeKeys:
 
 
 @dataclass(frozen=True)
+class GpuSummary:
+    architecture: str = ""
+    driver_version: str = ""
+    vbios_version: str = ""
+    ueid: str = ""
+    measurement_result: str = ""
+    cc_mode: str = ""
+    revocation: str = ""
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
 class ClaimsSummary:
     tee: Tee | None = None
     product: str = ""
@@ -99,6 +111,7 @@ class ClaimsSummary:
     platform_id: bytes = b""
     rtmrs: tuple[bytes, ...] = ()
     simulated: bool = False
+    gpus: tuple[GpuSummary, ...] = ()
 
 
 @dataclass(frozen=True)

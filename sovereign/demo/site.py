@@ -23,7 +23,6 @@ from attestation.simulate.gpu import GpuSimulator
 from attestation.simulate.gpu_persist import gpu_collateral, pin_gpu_roots
 from attestation.store import CollateralStore
 from kms.openbao.bootstrap import BootstrapReport, bootstrap
-from kms.usecases.gpu_appraisal import save_gpu_collateral
 from sovereign.cli._common import dump_trust
 from sovereign.devtools.openbao_server import OpenBaoServer, free_port
 
@@ -53,7 +52,7 @@ def prepare_inputs(
     gpus: GpuSimulator | None = None,
 ) -> Inputs:
     """The simulation trust profile, a collateral store holding the PKI's collateral, and a policy; with
-    ``gpus``, the simulated NVIDIA roots pinned too and their RIMs and OCSP/CRLs in the store's gpu/ folder."""
+    ``gpus``, the simulated NVIDIA roots pinned too and their RIMs, OCSP responses and CRLs in the store."""
     workdir.mkdir(parents=True, exist_ok=True)
     pki.mint_snp_report(measurement=SNP_MEASUREMENT)  # its VCEK goes in the store with every ARK CRL
     items = [
@@ -62,17 +61,11 @@ def prepare_inputs(
         for kind, values in group.items()
         for data in values
     ]
-    CollateralStore(workdir / "collateral").import_items(items, trust=pki.trust_store(), now=now)
     trust_store = pki.trust_store()
     if gpus is not None:
         trust_store = pin_gpu_roots(trust_store, gpus)
-        files = gpu_collateral(gpus)
-        save_gpu_collateral(
-            workdir / "collateral" / "gpu",
-            rims=files.rims,
-            ocsp_responses=files.ocsp_responses,
-            crls=files.crls,
-        )
+        items += gpu_collateral(gpus).items()
+    CollateralStore(workdir / "collateral").import_items(items, trust=trust_store, now=now)
     trust = workdir / "trust.json"
     trust.write_text(dump_trust(trust_store))
     policy = workdir / "policy.toml"

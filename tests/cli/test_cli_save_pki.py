@@ -10,6 +10,7 @@ from pathlib import Path
 
 from attestation.simulate.gpu_persist import load_gpu_simulator, pin_gpu_roots
 from attestation.simulate.persist import load_pki
+from attestation.store import CollateralStore
 from sovereign.cli._common import dump_trust
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,11 @@ def test_save_pki_writes_a_private_pki_and_its_trust_profile(tmp_path: Path) -> 
     assert saved_trust == json.loads(dump_trust(pin_gpu_roots(pki.trust_store(), gpus)))
     cpu_roots = {k: v for k, v in saved_trust.items() if not k.startswith("nvidia_")}
     assert cpu_roots == json.loads((out / "trust.json").read_text())  # the same roots
-    assert len(list((saved / "collateral" / "gpu" / "rims").iterdir())) == 2  # driver and VBIOS RIMs
+    store = CollateralStore(saved / "collateral")
+    assert not (saved / "collateral" / "gpu").exists()  # GPU collateral is in the store, not beside it
+    gpu = store.load().gpu
+    assert len(gpu.rims) == 2  # driver and VBIOS RIMs, imported as items
+    assert len(gpu.revocation.crls) == 2 and gpu.revocation.responses  # provisioner CRLs, OCSP answers
     verify = subprocess.run(
         [sys.executable, "-m", "sovereign", "evidence", "verify", str(out / "evidence.bin"), "--collateral",
          str(saved / "collateral"), "--trust", str(saved / "trust.json")],

@@ -1,5 +1,5 @@
 """GPU evidence at registration, against the real ``sovereign serve`` (own server: simulated NVIDIA roots
-pinned, GPU collateral in its store's gpu/ folder, a policy with ``[appraisal.gpu]``).
+pinned, GPU collateral imported into its collateral store, a policy with ``[appraisal.gpu]``).
 
 A node with two simulated H100s registers into the GPU-attested group and gets the key only that group
 may have; another machine's GPU evidence list cannot be reused (its CPU report would have to commit to
@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,8 +29,9 @@ from enclave.client import ControlPlaneClient, NodeState, Registration
 from enclave.identity import NodeIdentity
 from enclave.providers.gpu import GpuEvidenceSource, NoGpu, SimulatedGpus
 from enclave.providers.simulated import simulated_snp
+from kms.oidc.cache import CachedToken, save_token
 from proto.contract import GpuEvidenceItem, gpu_commitment
-from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
 from sovereign.cli import main
 from sovereign.demo.training import write_pki
 
@@ -137,6 +138,53 @@ def test_two_simulated_h100s_register_and_get_the_gpu_only_key(
     assert isinstance(stored, dict)
     assert [g["ueid"][:13] for g in stored["gpus"]] == ["NVIDIA:GH100:", "NVIDIA:GH100:"]
     assert {g["measurement_result"] for g in stored["gpus"]} == {"success"}
+
+
+def test_the_gpus_show_in_the_reply_the_audit_entry_and_admin_nodes_show(
+    server: ServerProcess, pki: SimulatedPki, gpus: GpuSimulator, clients: list[ControlPlaneClient],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    agent = node(server, clients, "shown-gpus", SimulatedGpus(gpus, 2, seed="shown"), pki)
+    result = agent.register()
+    assert result.state is NodeState.ATTESTED, codes(result)
+    stored = stored_claims(server, agent.node_id)["details"]
+    assert isinstance(stored, dict)
+    wanted = [
+        (g["architecture"], g["driver_version"], g["vbios_version"], g["ueid"], g["measurement_result"])
+        for g in stored["gpus"]
+    ]
+    assert len(wanted) == 2 and len({w[3] for w in wanted}) == 2
+    # the Register reply's ClaimsSummary, as the node reads it
+    assert [
+        (g.architecture, g.driver_version, g.vbios_version, g.ueid, g.measurement_result) for g in result.gpus
+    ] == wanted
+    # the registration's audit entry
+    with server.admin_channel("carol") as channel:
+        page = audit_pb2_grpc.AuditStub(channel).ListEntries(
+            audit_pb2.ListEntriesRequest(node_id=agent.node_id)
+        )
+    (entry,) = [e for e in page.entries if e.sequence == result.audit_sequence]
+    fields = json.loads(entry.canonical)["fields"]
+    assert fields["gpu_count"] == 2
+    assert list(
+        zip(
+            fields["gpu_architectures"], fields["gpu_driver_versions"], fields["gpu_vbios_versions"],
+            fields["gpu_ueids"], fields["gpu_measurement_results"], strict=True,
+        )
+    ) == wanted  # fmt: skip
+    # `sovereign admin nodes show`
+    assert server.ca is not None
+    now = datetime.now(UTC)
+    token = CachedToken("https://keycloak.invalid", "sovereign", "sovereign",
+                        server.operators().token("dave"), now + timedelta(minutes=5), now)  # fmt: skip
+    save_token(token, tmp_path / "token.json")
+    assert main(["admin", "nodes", "show", agent.node_id, "--server", f"127.0.0.1:{server.admin_port}",
+                 "--ca", str(server.ca), "--token-cache", str(tmp_path / "token.json"), "--json"]) == 0  # fmt: skip
+    shown = json.loads(capsys.readouterr().out)["claims"]["gpus"]
+    assert [
+        (g["architecture"], g["driver_version"], g["vbios_version"], g["ueid"], g["measurement_result"])
+        for g in shown
+    ] == wanted
 
 
 def test_relayed_gpu_evidence_is_refused(

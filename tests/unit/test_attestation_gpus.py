@@ -1,5 +1,6 @@
 """The Attestation use case with GPU evidence, over the fakes of tests/node_fakes.py and the real GPU
-verifier over simulated GPUs: GPU claims stored beside CPU claims, a server without a GPU verifier fails
+verifier over simulated GPUs: GPU claims stored beside CPU claims and listed in the reply's ClaimsSummary and
+the registration's audit entry, a server without a GPU verifier fails
 closed, a GPU refusal is recorded with the (authenticated) CPU claims, out-of-limit lists are malformed."""
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from node_fakes import FakeNodes, FakeNonces, FakePolicies, FakeVerifier, eviden
 
 from attestation.simulate.gpu import GpuSimulator
 from attestation.simulate.gpu_persist import gpu_collateral
+from attestation.store import CollateralStore
 from enclave.identity import NodeIdentity
 from enclave.providers.gpu import SimulatedGpus
+from kms.audit.entry import Decision, Entry, Kind, format_time
 from kms.clock import ManualClock
 from kms.errors import Code, KmsError
-from kms.usecases.attest import Attestation, AttestationOutcome, Outcome, RegisterInput
-from kms.usecases.gpu_appraisal import GpuCollateralFolder, GpuVerifier, save_gpu_collateral
+from kms.server.codec import claims_out
+from kms.usecases.attest import Attestation, AttestationOutcome, Outcome, RegisterInput, registration_draft
+from kms.usecases.gpu_appraisal import GpuVerifier
+from kms.usecases.verifier import EvidenceVerifier
 from proto.contract import GpuEvidenceItem, gpu_commitment, gpu_nonce
 
 NOW = datetime.now(UTC)
@@ -60,10 +65,10 @@ def register(
 
 @pytest.fixture(scope="module")
 def verifier(sim: GpuSimulator, tmp_path_factory: pytest.TempPathFactory) -> GpuVerifier:
-    folder: Path = tmp_path_factory.mktemp("gpu")
-    files = gpu_collateral(sim)
-    save_gpu_collateral(folder, rims=files.rims, ocsp_responses=files.ocsp_responses, crls=files.crls)
-    return GpuVerifier(sim.trust_store(), GpuCollateralFolder(folder, sim.trust_store()))
+    root: Path = tmp_path_factory.mktemp("collateral")
+    CollateralStore(root).import_items(gpu_collateral(sim).items(), trust=sim.trust_store(), now=NOW)
+    store = EvidenceVerifier(sim.trust_store(), root)
+    return GpuVerifier(sim.trust_store(), lambda: store.collateral().gpu)
 
 
 def test_gpu_claims_are_stored_beside_the_cpu_claims(sim: GpuSimulator, verifier: GpuVerifier) -> None:
@@ -102,3 +107,41 @@ def test_out_of_limit_gpu_lists_are_malformed_requests(sim: GpuSimulator, verifi
     with pytest.raises(KmsError) as info:
         attestation.register(RegisterInput(nonce, report, keys_of(identity), "gpu-node", ()))
     assert info.value.code is Code.REQUEST_INVALID
+
+
+def test_the_reply_and_the_audit_entry_list_the_gpus(sim: GpuSimulator, verifier: GpuVerifier) -> None:
+    attestation, nonces, _ = use_case(verifier)
+    result = register(attestation, nonces, sim)
+    assert result.claims is not None
+    stored = result.claims.details["gpus"]
+    summary = claims_out(result.claims)
+    assert [
+        (g.architecture, g.driver_version, g.vbios_version, g.ueid, g.measurement_result)
+        for g in summary.gpus
+    ] == [
+        (s["architecture"], s["driver_version"], s["vbios_version"], s["ueid"], s["measurement_result"])
+        for s in stored
+    ]
+    assert len(summary.gpus) == 2 and len({g.ueid for g in summary.gpus}) == 2
+    assert all(g.simulated and g.cc_mode == "on" and g.revocation == "good" for g in summary.gpus)
+    fields = registration_draft(result, "gpu-node", "SNP", None).fields
+    assert fields["gpu_count"] == 2
+    assert fields["gpu_ueids"] == tuple(s["ueid"] for s in stored)
+    assert fields["gpu_architectures"] == ("HOPPER", "HOPPER")
+    assert fields["gpu_driver_versions"] == tuple(s["driver_version"] for s in stored)
+    assert fields["gpu_vbios_versions"] == tuple(s["vbios_version"] for s in stored)
+    assert fields["gpu_measurement_results"] == ("success", "success")
+    as_ledger = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}  # as audit_append does
+    entry = Entry(1, format_time(NOW), Kind.REGISTRATION, "node:x", Decision.GRANT, (), as_ledger)
+    assert Entry.decode(entry.encode()).fields["gpu_ueids"] == fields["gpu_ueids"]  # in the entry grammar
+
+
+def test_a_node_without_gpus_has_no_gpu_fields(verifier: GpuVerifier) -> None:
+    attestation, nonces, _ = use_case(verifier)
+    identity = NodeIdentity.generate()
+    nonce = nonces.issue("cpu-node").nonce
+    report = evidence(identity.report_data(nonce))
+    result = attestation.register(RegisterInput(nonce, report, keys_of(identity), "cpu-node", ("trainers",)))
+    assert result.outcome is Outcome.ATTESTED and result.claims is not None
+    assert not claims_out(result.claims).gpus
+    assert not [k for k in registration_draft(result, "n", "SNP", None).fields if k.startswith("gpu")]

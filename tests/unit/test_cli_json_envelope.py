@@ -30,6 +30,7 @@ DB = ["--db", "{tmp}/x.db"]
 CASES: dict[str, list[str]] = {
     "admin nodes list": OP,
     "admin nodes get": ["n1", *OP],
+    "admin nodes show": ["n1", *OP],
     "admin nodes approve": ["n1", "--group", "g", *OP],
     "admin nodes revoke": ["n1", "--reason", "r", *OP],
     "admin nodes suspend": ["n1", "--reason", "r", *OP],

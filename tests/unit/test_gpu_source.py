@@ -1,7 +1,7 @@
 """The node's GPU evidence seam: "no GPU" is an empty list, simulated GPUs answer the nonce they are given
 with stable device identities, survive a save/load of their PKI, and each fault knob makes the control
-plane's GPU verifier (kms/gpu_appraisal.py, over the interim collateral folder) refuse with its code;
-without collateral the verifier fails closed. Node settings refuse GPU options that cannot apply."""
+plane's GPU verifier (kms/usecases/gpu_appraisal.py, over the collateral store) refuse with its code;
+without GPU collateral in the store the verifier fails closed, and an import applies without a restart. Node settings (flags, environment, node.toml) pick the GPU source and refuse GPU options that cannot apply."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from attestation.collateral import ItemKind
 from attestation.errors import AttestationError, Code
 from attestation.gpu import parse_report
 from attestation.simulate.gpu import GpuSimulator
@@ -20,10 +21,13 @@ from attestation.simulate.gpu_persist import (
     gpu_collateral,
     load_gpu_simulator,
 )
-from enclave.config import NodeConfig, build_gpu_source
+from attestation.store import CollateralStore
+from enclave.config import NodeConfig, build_gpu_source, load_node_toml
 from enclave.errors import NodeCode, NodeError
 from enclave.providers.gpu import REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
-from kms.usecases.gpu_appraisal import GpuCollateralFolder, GpuVerifier, save_gpu_collateral
+from enclave.providers.gpu_nvml import NvmlGpuSource
+from kms.usecases.gpu_appraisal import GpuVerifier
+from kms.usecases.verifier import EvidenceVerifier
 from proto.contract import GpuEvidenceItem
 
 NOW = datetime.now(UTC)  # the simulator's PKI is anchored here; the verifier is passed the same time
@@ -45,10 +49,15 @@ def sim() -> GpuSimulator:
 
 @pytest.fixture(scope="module")
 def verifier(sim: GpuSimulator, tmp_path_factory: pytest.TempPathFactory) -> GpuVerifier:
-    folder = tmp_path_factory.mktemp("gpu-collateral")
-    files = gpu_collateral(sim)
-    save_gpu_collateral(folder, rims=files.rims, ocsp_responses=files.ocsp_responses, crls=files.crls)
-    return GpuVerifier(sim.trust_store(), GpuCollateralFolder(folder, sim.trust_store()))
+    root = tmp_path_factory.mktemp("gpu-collateral")
+    CollateralStore(root).import_items(gpu_collateral(sim).items(), trust=sim.trust_store(), now=NOW)
+    return _over_store(sim, root)
+
+
+def _over_store(sim: GpuSimulator, root: Path) -> GpuVerifier:
+    """The verifier as the server wires it: the store's GPU items, re-read when an import changes it."""
+    store = EvidenceVerifier(sim.trust_store(), root)
+    return GpuVerifier(sim.trust_store(), lambda: store.collateral().gpu)
 
 
 def _items(source: GpuEvidenceSource, nonce: bytes) -> list[GpuEvidenceItem]:
@@ -106,26 +115,32 @@ def test_each_fault_knob_yields_its_code(sim: GpuSimulator, verifier: GpuVerifie
 def test_no_collateral_fails_closed(sim: GpuSimulator, tmp_path: Path) -> None:
     nonce = os.urandom(32)
     items = _items(SimulatedGpus(sim, 1), nonce)
+    files = gpu_collateral(sim)
+    CollateralStore(tmp_path / "cpu-only").import_items(
+        [(item, source) for item, source in files.items() if item.kind is ItemKind.CERTIFICATE],
+        trust=sim.trust_store(),
+        now=NOW,
+    )  # a store with NVIDIA CA certificates but no RIM, OCSP answer or CRL
     for verifier in (
         GpuVerifier(sim.trust_store(), None),
-        GpuVerifier(sim.trust_store(), GpuCollateralFolder(tmp_path / "absent", sim.trust_store())),
+        _over_store(sim, tmp_path / "absent"),
+        _over_store(sim, tmp_path / "cpu-only"),
     ):
         with pytest.raises(AttestationError) as info:
             verifier.verify(items, nonce=nonce, now=NOW)
         assert info.value.code == Code.GPU_COLLATERAL_MISSING
-    # revocation answers but no RIM for the reported versions
-    files = gpu_collateral(sim)
-    save_gpu_collateral(tmp_path / "no-rims", rims=(), ocsp_responses=files.ocsp_responses, crls=files.crls)
-    folder = GpuCollateralFolder(tmp_path / "no-rims", sim.trust_store())
+    # CRLs but no RIM for the reported versions (the RIM chains' OCSP answers are checkable only with them)
+    root = tmp_path / "no-rims"
+    first = [(i, s) for i, s in files.items() if i.kind in (ItemKind.CERTIFICATE, ItemKind.CRL)]
+    rest = [(i, s) for i, s in files.items() if i.kind in (ItemKind.GPU_RIM, ItemKind.OCSP_RESPONSE)]
+    CollateralStore(root).import_items(first, trust=sim.trust_store(), now=NOW)
+    verifier = _over_store(sim, root)
     with pytest.raises(AttestationError) as missing:
-        GpuVerifier(sim.trust_store(), folder).verify(items, nonce=nonce, now=NOW)
+        verifier.verify(items, nonce=nonce, now=NOW)
     assert missing.value.code == Code.GPU_COLLATERAL_MISSING
-    # the folder is re-read when its files change: the RIMs arrive, the same GPU verifies
-    save_gpu_collateral(tmp_path / "no-rims", rims=files.rims, ocsp_responses=(), crls=())
-    assert (
-        GpuVerifier(sim.trust_store(), folder).verify(items, nonce=nonce, now=NOW)[0]["measurement_result"]
-        == "success"
-    )
+    # the store is re-read when an import changes it: the RIMs arrive, the same verifier accepts the GPU
+    CollateralStore(root).import_items(rest, trust=sim.trust_store(), now=NOW)
+    assert verifier.verify(items, nonce=nonce, now=NOW)[0]["measurement_result"] == "success"
 
 
 def test_a_saved_simulator_mints_under_the_same_roots(sim: GpuSimulator, verifier: GpuVerifier) -> None:
@@ -168,3 +183,51 @@ def test_node_settings_for_simulated_gpus(sim: GpuSimulator, tmp_path: Path) -> 
         provider="simulated-tdx",
     )
     assert env.sim_gpus == 2
+
+
+def _toml(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(f'server = "h:1"\nnode_name = "n"\ninsecure_dev = true\n{body}')
+    return path
+
+
+def test_node_toml_gpu_settings(sim: GpuSimulator, tmp_path: Path) -> None:
+    (tmp_path / "gpu-pki.json").write_bytes(dump_gpu_simulator(sim))
+    config, _ = load_node_toml(_toml(tmp_path, ""), {})
+    assert (config.gpu, config.require_gpus) == ("none", False)
+    assert isinstance(build_gpu_source(config), NoGpu)
+    config, _ = load_node_toml(_toml(tmp_path, 'gpu = "nvml"\nrequire_gpus = true\n'), {})
+    source = build_gpu_source(config)
+    assert isinstance(source, NvmlGpuSource) and source.require_gpus is True
+    simulated = (
+        f'provider = "simulated-snp"\nsim_pki = "{tmp_path}"\ngpu = "simulated"\nsim_gpus = 3\n'
+        'sim_gpu_fault = "nonce-mismatch"\n'
+    )
+    config, _ = load_node_toml(_toml(tmp_path, simulated), {})
+    source = build_gpu_source(config)
+    assert isinstance(source, SimulatedGpus) and (source.count, source.fault) == (3, "nonce-mismatch")
+    # the environment fills what the file leaves out
+    config, _ = load_node_toml(
+        _toml(tmp_path, ""), {"SOVEREIGN_NODE_GPU": "nvml", "SOVEREIGN_NODE_REQUIRE_GPUS": "1"}
+    )
+    assert (config.gpu, config.require_gpus) == ("nvml", True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'gpu = "cuda"\n',  # not a source
+        "gpu = 1\n",  # wrong type
+        'require_gpus = "yes"\n',  # wrong type
+        "require_gpus = true\n",  # nothing to require GPUs from
+        'provider = "simulated-snp"\ngpu = "simulated"\n',  # simulated without a count
+        'provider = "simulated-snp"\ngpu = "nvml"\nsim_gpus = 2\n',  # a count for another source
+        'gpu = "simulated"\nsim_gpus = 2\n',  # simulated GPUs beside a hardware CPU provider
+        'provider = "simulated-snp"\nsim_gpus = "2"\n',  # wrong type
+        'provider = "simulated-snp"\nsim_gpus = 2\nsim_gpu_fault = "revoked"\n',  # not a fault knob
+    ],
+)
+def test_node_toml_refuses_gpu_settings_that_cannot_apply(tmp_path: Path, body: str) -> None:
+    with pytest.raises(NodeError) as info:
+        load_node_toml(_toml(tmp_path, body), {})
+    assert info.value.code is NodeCode.CONFIG_INVALID, body

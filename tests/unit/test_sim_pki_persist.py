@@ -99,3 +99,25 @@ def test_node_without_the_pki_or_with_a_bad_one_is_a_coded_refusal(tmp_path: Pat
     with pytest.raises(NodeError) as damaged:
         build_provider(bad)
     assert damaged.value.code is NodeCode.PROVIDER_UNAVAILABLE
+
+
+def test_saving_a_new_pki_over_an_old_one_replaces_its_collateral(tmp_path: Path) -> None:
+    """``evidence simulate --save-pki DIR`` twice: the store holds the second PKI's collateral only (the
+    first's GPU RIMs would conflict with the second's, its CPU items name roots no longer trusted)."""
+    directory = tmp_path / "pki"
+    save_sim_pki(SimulatedPki.generate(NOW), directory, NOW)
+    first = {e["sha256"] for e in CollateralStore(directory / "collateral").entries()}
+    second_pki = SimulatedPki.generate(NOW)
+    save_sim_pki(second_pki, directory, NOW)
+    store = CollateralStore(directory / "collateral")
+    assert not first & {e["sha256"] for e in store.entries()}
+    assert len(store.load().gpu.rims) == 2
+    config = NodeConfig(
+        server="127.0.0.1:1", node_name="n1", insecure_dev=True, provider="simulated-snp", sim_pki=directory
+    )
+    evidence = build_provider(config).get_evidence(b"\x09" * 64)
+    claims = verify_evidence(
+        evidence.blob, trust=second_pki.trust_store(), collateral=store.load(), now=NOW,
+        endorsements=list(evidence.endorsements),
+    )  # fmt: skip
+    assert claims.report_data == b"\x09" * 64

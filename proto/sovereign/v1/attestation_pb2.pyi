@@ -111,7 +111,7 @@ class RenewRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., keys: _Optional[_Union[NodeKeys, _Mapping]] = ..., client_tls_key: _Optional[_Union[ClientTlsKey, _Mapping]] = ..., gpu_evidence: _Optional[_Iterable[_Union[GpuEvidence, _Mapping]]] = ...) -> None: ...
 
 class ClaimsSummary(_message.Message):
-    __slots__ = ("tee", "product", "evidence_version", "measurement", "host_data", "debug", "tcb_status", "platform_id", "rtmrs", "simulated")
+    __slots__ = ("tee", "product", "evidence_version", "measurement", "host_data", "debug", "tcb_status", "platform_id", "rtmrs", "simulated", "gpus")
     TEE_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class ClaimsSummary(_message.Message):
     PLATFORM_ID_FIELD_NUMBER: _ClassVar[int]
     RTMRS_FIELD_NUMBER: _ClassVar[int]
     SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     tee: _common_pb2.Tee
     product: str
     evidence_version: int
@@ -132,7 +133,28 @@ class ClaimsSummary(_message.Message):
     platform_id: bytes
     rtmrs: _containers.RepeatedScalarFieldContainer[bytes]
     simulated: bool
-    def __init__(self, tee: _Optional[_Union[_common_pb2.Tee, str]] = ..., product: _Optional[str] = ..., evidence_version: _Optional[int] = ..., measurement: _Optional[bytes] = ..., host_data: _Optional[bytes] = ..., debug: _Optional[bool] = ..., tcb_status: _Optional[str] = ..., platform_id: _Optional[bytes] = ..., rtmrs: _Optional[_Iterable[bytes]] = ..., simulated: _Optional[bool] = ...) -> None: ...
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuSummary]
+    def __init__(self, tee: _Optional[_Union[_common_pb2.Tee, str]] = ..., product: _Optional[str] = ..., evidence_version: _Optional[int] = ..., measurement: _Optional[bytes] = ..., host_data: _Optional[bytes] = ..., debug: _Optional[bool] = ..., tcb_status: _Optional[str] = ..., platform_id: _Optional[bytes] = ..., rtmrs: _Optional[_Iterable[bytes]] = ..., simulated: _Optional[bool] = ..., gpus: _Optional[_Iterable[_Union[GpuSummary, _Mapping]]] = ...) -> None: ...
+
+class GpuSummary(_message.Message):
+    __slots__ = ("architecture", "driver_version", "vbios_version", "ueid", "measurement_result", "cc_mode", "revocation", "simulated")
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VBIOS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UEID_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENT_RESULT_FIELD_NUMBER: _ClassVar[int]
+    CC_MODE_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    architecture: str
+    driver_version: str
+    vbios_version: str
+    ueid: str
+    measurement_result: str
+    cc_mode: str
+    revocation: str
+    simulated: bool
+    def __init__(self, architecture: _Optional[str] = ..., driver_version: _Optional[str] = ..., vbios_version: _Optional[str] = ..., ueid: _Optional[str] = ..., measurement_result: _Optional[str] = ..., cc_mode: _Optional[str] = ..., revocation: _Optional[str] = ..., simulated: _Optional[bool] = ...) -> None: ...
 
 class ClientTlsKey(_message.Message):
     __slots__ = ("public_key", "signature")
