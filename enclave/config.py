@@ -21,7 +21,6 @@ from enclave.client import DEFAULT_TIMEOUT, ControlPlaneClient
 from enclave.errors import NodeCode, NodeError
 from enclave.providers import PROVIDER_NAMES, EvidenceProvider, detect_provider
 from enclave.providers.gpu import MAX_SIMULATED_GPUS, REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
-from enclave.providers.gpu_nvml import NvmlGpuSource  # loads nvidia-ml-py only when it collects
 
 PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
 GPU_CHOICES = ("none", "nvml", "simulated")
@@ -228,6 +227,10 @@ def build_gpu_source(config: NodeConfig) -> GpuEvidenceSource:
     if config.gpu == "none":
         return NoGpu()
     if config.gpu == "nvml":
+        # imported here: the GPU verifier core it parses with loads signxml/lxml, which nodes without
+        # GPUs (and the resident agent's idle memory) should not pay for
+        from enclave.providers.gpu_nvml import NvmlGpuSource
+
         return NvmlGpuSource(require_gpus=config.require_gpus)
     from attestation.simulate.gpu_persist import GpuPkiFileError, load_gpu_simulator  # development only
 

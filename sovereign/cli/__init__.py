@@ -1,4 +1,6 @@
-"""``sovereign`` command line. Subcommand modules in this package each expose ``register(subparsers)``.
+"""``sovereign`` command line. Each module of ``sovereign.cli.commands`` declares one command's arguments
+(``register(subparsers)``) and names its runner by a dotted path (``_lazy.runs``): building the parser
+imports no command's implementation (``sovereign.cli.<command>``), which loads only when it runs.
 
 CLI modules hold no logic of their own: they parse arguments, call a use case, and print the result
 (a table for people, ``--json`` for scripts, see ``_output``). Errors print their code and a hint and exit
@@ -21,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from sovereign.cli import commands
 from sovereign.cli._output import EXIT_USAGE, USAGE_INVALID, UsageError, fail
 
 
@@ -45,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Confidential-computing key release: attest training nodes, release sealed keys, audit.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(sub)
     return parser
 

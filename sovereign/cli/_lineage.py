@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,6 +26,7 @@ from kms.errors import Code, KmsError
 from kms.provenance.errors import ProvenanceError
 from kms.provenance.verify import PublicKeys, Verified, lineage_text, verify_statement
 from sovereign.cli._output import fail, print_json, print_table
+from sovereign.cli.audit import _remote
 from sovereign.client import AuditClient
 from sovereign.client.records import Decision
 
@@ -86,21 +87,6 @@ def inputs_of_output(client: AuditClient, sha256: bytes) -> Verified:
     return verify_statement(envelope, public)
 
 
-def add_lineage_parser(
-    cmds: argparse._SubParsersAction[argparse.ArgumentParser],
-    connection: Callable[[argparse.ArgumentParser], None],
-    remote: Callable[[Any], Any],
-) -> None:
-    lineage = cmds.add_parser(
-        "lineage", help="what went into an output, or which outputs a dataset went into"
-    )
-    what = lineage.add_mutually_exclusive_group(required=True)
-    what.add_argument("--output", help="SHA-256 of an output (plaintext or sealed file, hex)")
-    what.add_argument("--dataset", help="a dataset key name")
-    connection(lineage)
-    lineage.set_defaults(func=remote(_lineage))
-
-
 def _lineage(args: argparse.Namespace, client: AuditClient) -> int:
     if args.dataset:
         rows = outputs_of_dataset(client, args.dataset)
@@ -136,3 +122,6 @@ def _lineage(args: argparse.Namespace, client: AuditClient) -> int:
     else:
         print("\n".join(lineage_text(verified)))
     return 0
+
+
+run = _remote(_lineage)

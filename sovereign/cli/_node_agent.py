@@ -53,29 +53,6 @@ class _Failure:
     hint: str = ""
 
 
-def add_commands(cmds: argparse._SubParsersAction[argparse.ArgumentParser], common: object) -> None:
-    """Register ``agent`` and ``exec``; ``common(name, help)`` adds the shared node options."""
-    make = common  # a callable(name, text) -> ArgumentParser, from sovereign.cli.node
-    agent = make("agent", "run the resident node agent: keep the lease, serve keys on a local socket")  # type: ignore[operator]
-    agent.add_argument("--config", type=Path, help="node.toml (see deploy/config/node.toml)")
-    agent.add_argument("--socket", type=Path, help="the local API socket (default: [agent].socket)")
-    agent.set_defaults(func=_agent)
-
-    run = make(  # type: ignore[operator]
-        "exec", "run a command under the node agent (keys over SOVEREIGN_AGENT_SOCKET); exit with its status"
-    )
-    run.add_argument("--config", type=Path, help="node.toml, to start an agent when none is running")
-    run.add_argument(
-        "--socket", type=Path, help="a running agent's socket (default: $SOVEREIGN_AGENT_SOCKET)"
-    )
-    run.add_argument("--keys", default="", help="comma-separated keys to check first (fail fast)")
-    run.add_argument(
-        "--purpose", choices=["read", "write"], default="read", help="purpose --keys are checked for"
-    )
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the command to run")
-    run.set_defaults(func=_exec)
-
-
 def _settings(args: argparse.Namespace) -> tuple[NodeConfig, AgentSettings]:
     if args.config is not None:
         config, settings = load_node_toml(args.config)

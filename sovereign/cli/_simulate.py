@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,71 +15,9 @@ from attestation.collateral import classify
 from attestation.errors import AttestationError
 from attestation.simulate import Fault, SimulatedPki
 from attestation.store import CollateralStore
-from sovereign.cli._common import dump_trust, parse_time, positive_int
+from sovereign.cli._common import dump_trust
 from sovereign.cli._output import fail, print_json
 from sovereign.cli._sim_pki import save_sim_pki
-
-
-def _hex(nbytes: int) -> Callable[[str], bytes]:
-    def parse(text: str) -> bytes:
-        try:
-            value = bytes.fromhex(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
-        if len(value) > nbytes:
-            raise argparse.ArgumentTypeError(f"at most {nbytes} bytes ({2 * nbytes} hex digits)")
-        return value.ljust(nbytes, b"\0")
-
-    return parse
-
-
-def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sim = cmds.add_parser(
-        "simulate",
-        help="mint a simulated SNP report or TDX quote with its collateral and trust profile",
-        description="Mint evidence in the real SEV-SNP / TDX formats, signed by a freshly generated test PKI "
-        "that carries the same X.509 extensions as AMD's and Intel's. The production trust profile refuses it.",
-    )
-    sim.add_argument("--tee", choices=["snp", "tdx"], required=True)
-    sim.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
-    sim.add_argument(
-        "--version",
-        type=positive_int,
-        default=None,
-        help="SNP report 2|3|5 (default 3), TDX quote 4|5 (default 4)",
-    )
-    sim.add_argument("--product", choices=["Milan", "Genoa", "Turin"], default="Milan", help="SNP product")
-    sim.add_argument("--signing-key", choices=["vcek", "vlek"], default="vcek", help="SNP signing key")
-    sim.add_argument(
-        "--body-type", type=int, choices=[2, 3], default=2, help="TDX v5 body: 2 = TDX 1.0, 3 = TDX 1.5"
-    )
-    sim.add_argument(
-        "--measurement", type=_hex(48), default=bytes(48), metavar="HEX", help="SNP MEASUREMENT or TDX MRTD"
-    )
-    sim.add_argument("--report-data", type=_hex(64), default=bytes(64), metavar="HEX")
-    sim.add_argument(
-        "--debug", action="store_true", help="set the SNP policy DEBUG bit / TD_ATTRIBUTES.DEBUG"
-    )
-    sim.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        choices=[f.name for f in Fault],
-        help="inject a fault (repeatable)",
-    )
-    sim.add_argument(
-        "--at", type=parse_time, default=None, metavar="TIME", help="mint as of this time (default now)"
-    )
-    sim.add_argument(
-        "--save-pki",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="also save this test PKI (pki.json, trust.json, collateral/) for `serve --trust DIR/trust.json "
-        "--collateral DIR/collateral` and `node --provider simulated-snp|simulated-tdx --sim-pki DIR`",
-    )
-    sim.add_argument("--json", action="store_true")
-    sim.set_defaults(func=_simulate)
 
 
 def _simulate(args: argparse.Namespace) -> int:

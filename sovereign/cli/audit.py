@@ -25,13 +25,11 @@ from kms.audit.export import parse_json_line, read_lines, write_items
 from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import unchecked_head_error, verify_export
-from kms.domain.transit import KEK_NAME
 from kms.errors import Code, KmsError
 from kms.oidc.errors import AuthError
+from kms.openbao.bootstrap import ROLE_NAME
 from kms.openbao.vault import TRANSIT_MOUNT
-from sovereign.cli._common import existing_file, non_negative_int, parse_time, positive_int
 from sovereign.cli._installed import operator_address, operator_ca
-from sovereign.cli._lineage import add_lineage_parser
 from sovereign.cli._output import UsageError, error_fields, fail, print_json, print_ok, print_table
 from sovereign.cli._session import operator_token
 from sovereign.client import AuditClient, OperatorError, operator_channel
@@ -39,67 +37,6 @@ from sovereign.client.errors import read_ca
 from sovereign.client.records import AuditRecord, Decision
 
 MAX_KEY_FILE = 1 << 20
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("audit", help="verify the tamper-evident audit ledger")
-    cmds = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-
-    verify = cmds.add_parser(
-        "verify",
-        help="verify an audit export offline",
-        description="Check every entry, the Merkle tree (RFC 9162), every checkpoint signature and that "
-        "checkpoints never go back; then freshness: the export must reach a checkpoint obtained apart "
-        "from it (--checkpoint FILE, or --server-head: the server's latest) with the same root, or hold "
-        "at least --min-size entries. Without any of them an export cut back to an older signed "
-        "checkpoint cannot be told from a current one, so verify exits 1 (AUDIT_FRESHNESS_UNCHECKED) "
-        "unless --accept-unchecked-head is given. Exit 0 with a summary, or 1 with the first problem "
-        "(code, line, index). Needs no server and no network unless --server-head is given.",
-    )
-    verify.add_argument("export", type=Path, metavar="EXPORT", help="export file (JSON Lines)")
-    verify.add_argument(
-        "--public-key",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="audit key: raw 32 bytes, PEM, or JSON of 'bao read -format=json transit/keys/NAME'",
-    )
-    verify.add_argument(
-        "--checkpoint",
-        type=Path,
-        metavar="FILE",
-        help="a checkpoint obtained separately (JSON object, e.g. from 'sovereign audit checkpoint' or a "
-        "witness); its signature is checked with --public-key and the export must reach it with the same root",
-    )
-    verify.add_argument(
-        "--min-size",
-        type=non_negative_int,
-        metavar="N",
-        help="a tree size pinned by the operator: the export must hold at least N entries",
-    )
-    verify.add_argument(
-        "--server-head",
-        action="store_true",
-        help="fetch the latest checkpoint from --server (Audit RPC) and use it as --checkpoint",
-    )
-    verify.add_argument(
-        "--accept-unchecked-head",
-        action="store_true",
-        help="accept an export whose freshness nothing checks (exit 0, but reported as fresh: false)",
-    )
-    _connection_options(verify)
-    verify.add_argument("--json", action="store_true", help="machine-readable output")
-    verify.set_defaults(func=_verify)
-
-    head = cmds.add_parser(
-        "checkpoint",
-        help="save the server's latest signed checkpoint (for 'audit verify --checkpoint')",
-    )
-    head.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file to write (JSON)")
-    _connection(head)
-    head.set_defaults(func=_save_checkpoint)
-    _register_remote(cmds)
-    add_lineage_parser(cmds, _connection, _remote)
 
 
 def _read(path: Path, what: str, limit: int) -> bytes:
@@ -189,86 +126,9 @@ def _describe(against: tuple[tuple[str, object], ...]) -> str:
 
 # --- server-backed actions ------------------------------------------------------------------------
 
-from kms.openbao.bootstrap import ROLE_NAME  # noqa: E402
 
-COLUMNS = ("seq", "time", "kind", "decision", "who", "node", "key_name", "reasons")
 _DECISIONS = {"grant": Decision.GRANT, "deny": Decision.DENY}
-
-
-def _connection(parser: argparse.ArgumentParser) -> None:
-    _connection_options(parser)
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _connection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--server",
-        help="operator endpoint HOST:PORT or unix:PATH (default $SOVEREIGN_ADMIN_ADDR, the installed "
-        "config's admin_listen, or 127.0.0.1:8445)",
-    )
-    parser.add_argument(
-        "--ca",
-        type=Path,
-        help="the control plane's CA to pin (default $SOVEREIGN_CA, or the installed config's tls_ca)",
-    )
-    parser.add_argument("--insecure", action="store_true", help="plaintext (servers run with --insecure-dev)")
-    parser.add_argument("--token-cache", type=Path, help="token cache of 'sovereign login'")
-
-
-def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    tail = cmds.add_parser("tail", help="the latest entries (and --follow new ones)")
-    tail.add_argument(
-        "-n", "--lines", type=non_negative_int, default=20, help="how many of the latest entries"
-    )
-    tail.add_argument("--follow", action="store_true", help="keep printing new entries (Ctrl-C stops)")
-    _connection(tail)
-    tail.set_defaults(func=_tail)
-
-    query = cmds.add_parser("query", help="entries matching filters, in sequence order")
-    query.add_argument("--node", default="", help="node id")
-    query.add_argument("--key", default="", help="key name")
-    query.add_argument("--decision", choices=sorted(_DECISIONS), help="only grants or only denials")
-    query.add_argument("--reason", default="", help="reason code, e.g. RELEASE_LEASE_EXPIRED")
-    query.add_argument("--since", type=parse_time, help="at or after this time (ISO 8601, or now)")
-    query.add_argument("--until", type=parse_time, help="before this time (ISO 8601, or now)")
-    query.add_argument("--limit", type=positive_int, default=100, help="at most this many entries")
-    _connection(query)
-    query.set_defaults(func=_query)
-
-    export = cmds.add_parser("export", help="write an export file for 'sovereign audit verify'")
-    export.add_argument("-o", "--output", type=Path, required=True, help="export file to write")
-    export.add_argument(
-        "--size", type=non_negative_int, default=0, help="end at the checkpoint of this size (0: latest)"
-    )
-    _connection(export)
-    export.set_defaults(func=_export)
-
-    proof = cmds.add_parser("proof", help="fetch and check an inclusion or consistency proof")
-    what = proof.add_mutually_exclusive_group(required=True)
-    what.add_argument("--leaf", type=non_negative_int, help="inclusion of entry SEQ")
-    what.add_argument("--first", type=positive_int, help="consistency from tree size FIRST")
-    proof.add_argument(
-        "--size", type=non_negative_int, default=0, help="tree size (a checkpoint's; 0: latest)"
-    )
-    _connection(proof)
-    proof.set_defaults(func=_proof)
-
-    rec = cmds.add_parser(
-        "reconcile",
-        help="match OpenBao's audit log with the ledger",
-        description="Every transit decrypt of the KEK by the control plane's AppRole in OpenBao's file "
-        "audit device log must match release entries (same OpenBao request id; a batch decrypt: one "
-        "entry per item). Reports unmatched ones on either side; exit 1 if any.",
-    )
-    rec.add_argument("--bao-log", type=existing_file, required=True, help="OpenBao file audit device log")
-    rec.add_argument(
-        "--export", type=existing_file, help="ledger export (default: read the ledger from --server)"
-    )
-    rec.add_argument("--role", default=ROLE_NAME, help="the control plane's AppRole role name")
-    rec.add_argument("--kek", default=KEK_NAME, help="KEK transit key name")
-    rec.add_argument("--mount", default=TRANSIT_MOUNT, help="transit mount")
-    _connection(rec)
-    rec.set_defaults(func=_reconcile_command)
+COLUMNS = ("seq", "time", "kind", "decision", "who", "node", "key_name", "reasons")
 
 
 def audit_client(args: argparse.Namespace) -> AuditClient:
@@ -462,9 +322,9 @@ def _proof(args: argparse.Namespace, client: AuditClient) -> int:
 
 
 def _reconcile(args: argparse.Namespace, client: AuditClient | None = None) -> int:
-    path = f"{args.mount}/decrypt/{args.kek}"
+    path = f"{args.mount or TRANSIT_MOUNT}/decrypt/{args.kek}"
     with args.bao_log.open("rb") as f:
-        decrypts = parse_bao_log(f, role_name=args.role, path=path)
+        decrypts = parse_bao_log(f, role_name=args.role or ROLE_NAME, path=path)
     if args.export is not None:
         with args.export.open("rb") as f:
             entries = [line[9:-2] for line in read_lines(f) if line.startswith(b'{"entry":')]

@@ -9,7 +9,6 @@ complete (temp file, fsync, rename).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from kms.domain.catalogue import KeyKind
 from kms.envelope import read_header
@@ -17,30 +16,8 @@ from kms.envelope.errors import EnvelopeError
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.envelope.names import format_key_ref, parse_key_ref
 from kms.errors import Code, KmsError
-from sovereign.cli._common import existing_file
 from sovereign.cli._output import fail, print_ok
-from sovereign.cli.key import DB_HELP, open_catalogue
-from sovereign.cli.kms import add_bao_arguments
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("dataset", help="seal datasets with a catalogue key, or open them (custodian)")
-    cmds = parser.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
-    for name, text in (
-        ("encrypt", "seal IN into OUT with the key's current version (chunked AES-256-GCM)"),
-        (
-            "decrypt",
-            "open a sealed stream with the key version named in its header (recovery by a custodian)",
-        ),
-    ):
-        p = cmds.add_parser(name, help=text, description=text)
-        p.add_argument("input", type=existing_file, metavar="IN")
-        p.add_argument("output", type=Path, metavar="OUT")
-        p.add_argument("--key", required=True, metavar="NAME", help="catalogue key name (kind dataset)")
-        p.add_argument("--db", help=DB_HELP)
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        add_bao_arguments(p)
-        p.set_defaults(func=_encrypt if name == "encrypt" else _decrypt)
+from sovereign.cli.key import open_catalogue
 
 
 def _encrypt(args: argparse.Namespace) -> int:

@@ -32,7 +32,6 @@ from sovereign.cli._signals import stop_signals_interrupt
 from sovereign.cli._sim_pki import PKI_FILE, save_sim_pki
 
 STATE_FILE = "dev-up.json"
-DEFAULT_DIR = Path("var/dev")
 
 
 @dataclass
@@ -40,24 +39,6 @@ class _Failure:
     message: str
     code: str
     hint: str = ""
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "dev",
-        help="development stack: OpenBao, the dev realm and the control plane in one command",
-        description="For development only: a dev OpenBao (in memory), the dev Keycloak realm, and "
-        "`sovereign serve` trusting a saved simulator PKI, with the demo policy.",
-    )
-    cmds = parser.add_subparsers(dest="dev_command", metavar="ACTION", required=True)
-    up = cmds.add_parser("up", help="start the stack in the foreground; Ctrl-C (or `dev down`) stops it")
-    up.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"state folder (default {DEFAULT_DIR})")
-    up.add_argument("--json", action="store_true", help="print the environment as one JSON line")
-    up.set_defaults(func=_up)
-    down = cmds.add_parser("down", help="stop a running `dev up` and every process it started")
-    down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    down.add_argument("--json", action="store_true")
-    down.set_defaults(func=_down)
 
 
 def _alive(pid: int) -> bool:

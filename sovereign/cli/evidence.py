@@ -10,61 +10,8 @@ from attestation.collateral import Collateral, classify
 from attestation.errors import AttestationError, Code, MalformedEvidence
 from attestation.evidence import MAX_EVIDENCE_BYTES, verify_evidence
 from attestation.store import CollateralStore
-from sovereign.cli import _simulate
-from sovereign.cli._common import add_trust_argument, default_collateral_store, load_trust, parse_time
+from sovereign.cli._common import default_collateral_store, load_trust
 from sovereign.cli._output import fail, print_json
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("evidence", help="verify or simulate TEE evidence")
-    cmds = parser.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)
-
-    ver = cmds.add_parser(
-        "verify",
-        help="verify an SEV-SNP report or TDX quote offline",
-        description="Verify raw evidence (an SEV-SNP ATTESTATION_REPORT or a TDX quote v4/v5) against the "
-        "offline collateral store and the pinned roots. Exit 0 and print the claims when valid; exit 1 "
-        "with the error code and a hint otherwise.",
-    )
-    ver.add_argument("file", type=Path, metavar="FILE")
-    ver.add_argument(
-        "--collateral",
-        type=Path,
-        default=None,
-        metavar="STORE",
-        help="collateral store (default $SOVEREIGN_COLLATERAL or var/collateral)",
-    )
-    ver.add_argument(
-        "--endorsement",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="CERT",
-        help="certificate that came with the evidence (VCEK/VLEK, ASK); repeatable",
-    )
-    ver.add_argument(
-        "--at",
-        type=parse_time,
-        default=None,
-        metavar="TIME",
-        help="verify as of this ISO 8601 time (default: now)",
-    )
-    ver.add_argument(
-        "--no-tcb",
-        action="store_true",
-        help="TDX: check signatures and the PCK chain only; TCB status reported as Unknown",
-    )
-    ver.add_argument(
-        "--no-revocation-check",
-        action="store_true",
-        help="SEV-SNP: verify without requiring an AMD CRL current at --at (archived evidence). The claims "
-        "then say revocation_checked: false, which the default policy denies (unchecked_revocation)",
-    )
-    add_trust_argument(ver)
-    ver.add_argument("--json", action="store_true", help="machine-readable output")
-    ver.set_defaults(func=_verify)
-
-    _simulate.register(cmds)
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -15,9 +15,7 @@ from kms.sql.keys import SqlKeyStore
 from sovereign.cli._installed import database_target
 from sovereign.cli._installed import source as installed_source
 from sovereign.cli._output import fail, print_json, print_ok, print_table, readable
-from sovereign.cli.kms import add_bao_arguments, bao_settings
-
-DB_HELP = "database file or URL (default $SOVEREIGN_DB, the installed config's db, or var/sovereign.db)"
+from sovereign.cli.kms import bao_settings
 
 
 def existing_database(target: str | Path) -> str | Path:
@@ -35,41 +33,6 @@ def existing_database(target: str | Path) -> str | Path:
             f"{installed_source()}); 'sovereign key create' makes a new one",
         )
     return target
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("key", help="manage dataset and model keys (wrapped by the OpenBao KEK)")
-    cmds = parser.add_subparsers(dest="key_command", metavar="ACTION", required=True)
-
-    def command(
-        name: str, help_text: str, *, named: bool = True, bao: bool = True
-    ) -> argparse.ArgumentParser:
-        p = cmds.add_parser(name, help=help_text)
-        if named:
-            p.add_argument("name", metavar="NAME")
-        p.add_argument("--db", help=DB_HELP)
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        if bao:
-            add_bao_arguments(p)
-        return p
-
-    create = command("create", "create a key (version 1) from an OpenBao wrapped data key")
-    create.add_argument("--kind", required=True, choices=["dataset", "model"])
-    create.set_defaults(func=_create)
-    command("rotate", "add a new current version to a key").set_defaults(func=_rotate)
-    command("list", "list keys", named=False, bao=False).set_defaults(func=_list)
-    command("show", "show a key and its versions", bao=False).set_defaults(func=_show)
-    for action, verb, text in (
-        ("disable", "disabled", "refuse releases of a key until enabled"),
-        ("enable", "enabled", "allow releases of a disabled key again"),
-        ("destroy", "destroyed", "wipe a key's wrapped material for good (metadata stays)"),
-    ):
-        command(action, text, bao=False).set_defaults(func=_lifecycle(action, verb))
-    command(
-        "rotate-kek",
-        "rotate the OpenBao KEK (operator token) and rewrap every stored key inside OpenBao",
-        named=False,
-    ).set_defaults(func=_rotate_kek)
 
 
 def open_catalogue(

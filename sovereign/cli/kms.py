@@ -13,27 +13,10 @@ from kms.config import OPTION, env_value
 from kms.errors import KmsError
 from kms.openbao import bootstrap as boot
 from kms.openbao.vault import BaoSettings, TokenAuth
-from sovereign.cli._common import port_number
 from sovereign.cli._installed import bao_endpoint
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.cli._signals import stop_signals_interrupt
 from sovereign.devtools.openbao_server import OpenBaoServer
-
-
-def add_bao_arguments(parser: argparse.ArgumentParser) -> None:
-    """OpenBao connection flags; each falls back to its SOVEREIGN_BAO_* variable."""
-    group = parser.add_argument_group("OpenBao connection")
-    group.add_argument("--addr", help="OpenBao address (default $SOVEREIGN_BAO_ADDR)")
-    group.add_argument(
-        "--token-file",
-        type=Path,
-        help="file holding a token (default $SOVEREIGN_BAO_TOKEN_FILE or $SOVEREIGN_BAO_TOKEN)",
-    )
-    group.add_argument("--role-id", help="AppRole role id (default $SOVEREIGN_BAO_ROLE_ID)")
-    group.add_argument(
-        "--secret-id-file", type=Path, help="AppRole secret id file (default $SOVEREIGN_BAO_SECRET_ID_FILE)"
-    )
-    group.add_argument("--ca-cert", help="CA bundle for a TLS listener (default $SOVEREIGN_BAO_CA_CERT)")
 
 
 def bao_settings(args: argparse.Namespace, *, operator: bool = False) -> BaoSettings:
@@ -54,37 +37,6 @@ def _from_host_config(name: str) -> str | None:
     if env_value(OPTION[name], os.environ) is not None:
         return None
     return bao_endpoint(name)
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("kms", help="prepare and run OpenBao for the control plane")
-    cmds = parser.add_subparsers(dest="kms_command", metavar="ACTION", required=True)
-
-    bs = cmds.add_parser(
-        "bootstrap",
-        help="enable transit and AppRole, create the KEK, audit key, policy and role (idempotent)",
-        description="Run once per OpenBao with an operator token. Running it again changes nothing except "
-        "issuing a fresh AppRole secret id into the output folder.",
-    )
-    add_bao_arguments(bs)
-    bs.add_argument(
-        "--out", type=Path, default=Path("var/openbao"), help="where to write role-id and secret-id"
-    )
-    bs.add_argument("--json", action="store_true")
-    bs.set_defaults(func=_bootstrap)
-
-    dev = cmds.add_parser(
-        "dev",
-        help="run a bootstrapped in-memory OpenBao dev server in the foreground (Ctrl-C stops it)",
-        description="For demos and development only: in-memory storage (keys vanish when it stops), no TLS.",
-    )
-    dev.add_argument("--workdir", type=Path, help="folder for config, logs, audit log and credentials")
-    dev.add_argument("--port", type=port_number, help="loopback port (default: a free one)")
-    dev.add_argument("--json", action="store_true")
-    dev.set_defaults(func=_dev)
-
-    pol = cmds.add_parser("policy", help="print the control plane's OpenBao policy (HCL)")
-    pol.set_defaults(func=_policy)
 
 
 def _print_report(report: boot.BootstrapReport, as_json: bool) -> None:
