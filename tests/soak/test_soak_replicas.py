@@ -49,7 +49,7 @@ def test_a_short_replicas_soak_with_every_fault_kind_ends_with_no_violation(tmp_
             "8",
             "--out",
             str(out),
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
