@@ -10,6 +10,8 @@ from pathlib import Path
 
 from sovereign.soak.driver import SoakConfig, SoakError, run
 from sovereign.soak.faults import FaultError, parse_faults
+from sovereign.soak.netns import NetnsError
+from sovereign.soak.replicas import ReplicaStackError
 from sovereign.soak.stack import MountError
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             hold=args.hold, db_fs_mib=args.db_fs_mib,
         )  # fmt: skip
         results = run(cfg, lambda line: print(line, flush=True))
-    except (SoakError, FaultError, MountError) as err:
+    except (SoakError, FaultError, MountError, NetnsError, ReplicaStackError) as err:
         print(f"soak: {err}", file=sys.stderr)
         return 2
     total = results["invariants"]["violations_total"]

@@ -37,6 +37,10 @@ from sovereign.soak.stack import OfflineRealm
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class ReplicaStackError(RuntimeError):
+    pass
+
+
 def postgres_server_class() -> Any:
     """The suite's PostgreSQL starter (``tests/pg/server.py``: Debian's binaries, an unprivileged user)."""
     tests = str(ROOT / "tests")
@@ -80,7 +84,10 @@ class ReplicaStack:
         self.cluster.start()
         leader = self.cluster.leader()
         self.bao = Bao(leader, bootstrap(leader.addr, self.cluster.root_token, self.workdir / "approle"))
-        self.pg = postgres_server_class().start()
+        try:
+            self.pg = postgres_server_class().start()
+        except (ImportError, RuntimeError) as exc:  # PostgresUnavailable is a RuntimeError
+            raise ReplicaStackError(f"the soak's PostgreSQL did not start: {str(exc)[:500]}") from None
         self.db_url = self.pg.create_database(f"soak_{secrets.token_hex(4)}")
         self.netns = ReplicaNetns().create()
         for i in range(self.replicas):
