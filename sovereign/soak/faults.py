@@ -280,8 +280,10 @@ class Injector:
         try:
             time.sleep(1.0)
         finally:
-            stack.pg_start()
-            self._window(FaultKind.PG_RESTART, start - INFLIGHT)
+            try:
+                stack.pg_start()
+            finally:
+                self._window(FaultKind.PG_RESTART, start - INFLIGHT)
         return self._replica()
 
     def _partition(self, peer: str) -> int:
@@ -295,7 +297,11 @@ class Injector:
             time.sleep(self.hold)
         finally:
             netns.heal(peer)
-            self._window(kind, start - INFLIGHT)
+            # a request B sent into the cut and then gave up on is retransmitted by TCP after the heal
+            # (exponential backoff: the next try comes at most about the cut's length later) and may
+            # then be decrypted with nobody waiting for the answer
+            healed = datetime.now(UTC)
+            self._window(kind, start - INFLIGHT, healed + timedelta(seconds=self.hold + 1))
         return stack.replicas - 1  # the replica in the namespace
 
     def _replicas(self, what: str) -> ReplicaStack:
