@@ -66,7 +66,9 @@ def test_a_short_replicas_soak_with_every_fault_kind_ends_with_no_violation(tmp_
     assert sorted(by_kind) == sorted(str(k) for k in REPLICA_FAULTS)
     for kind, f in by_kind.items():
         assert f["injected"] >= 1 and f["recovered"] == f["injected"], (kind, f)
-    for kind in ("serve-kill", "bao-leader-kill", "pg-restart", "partition-pg", "partition-bao"):
+    # an OpenBao leader kill, a seal or a stall may be absorbed (calls wait for a new active member within
+    # --failover-budget, or for SIGCONT within the client deadline): only these must fail operations
+    for kind in ("serve-kill", "pg-restart", "partition-pg"):
         assert by_kind[kind]["ops_failed_during"] > 0, f"{kind} did not bite: {by_kind[kind]}"
 
     checker = inv["checker"]
