@@ -89,6 +89,10 @@ class ServerConfig:
     dev_trust: bool = _setting(
         False, "accept a --trust file other than 'production' (simulator roots; development only)"
     )
+    dev_clock_file: str = _setting(
+        "",
+        "development only (needs --dev-trust): add the offset in seconds this file holds to the server's clock, re-read when it changes (soak clock steps)",
+    )
     bao_addr: str = _setting("", "OpenBao address, e.g. https://127.0.0.1:8200")
     bao_role_id: str = _setting("", "OpenBao AppRole role id")
     bao_secret_id_file: str = _setting("", "file holding the AppRole secret id")
@@ -341,6 +345,11 @@ def _problems(c: ServerConfig) -> list[KmsError]:
                 f"--trust {c.trust!r} is not the production trust profile: it pins roots other than AMD's and "
                 "Intel's, which only development may do; add --dev-trust, or omit --trust in production"
             )
+        )
+    if c.dev_clock_file and (c.trust == "production" or not c.dev_trust):
+        raise _bad(
+            "--dev-clock-file shifts the server's clock: a development control, refused outside the dev "
+            "trust profile (--trust FILE --dev-trust)"
         )
     if not c.bao_addr:
         problems.append(_bad("no OpenBao address: set --bao-addr or SOVEREIGN_BAO_ADDR"))

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from attestation.errors import AttestationError
+from kms.clock import Clock, OffsetFileClock, system_clock
 from kms.config import OPTIONS, ServerConfig, config_path, load_config, to_args
-from kms.errors import KmsError
+from kms.errors import Code, KmsError
 from kms.server import replicas
 from kms.server.app import ControlPlane, build, serve
 from kms.server.monitoring import serve_http
@@ -31,23 +32,37 @@ def _serve(args: argparse.Namespace) -> int:
             args.config or config_path(), overrides={name: getattr(args, name) for name in names}
         )
         trust = load_trust(None if config.trust == "production" else Path(config.trust))
-        plane = build(config, trust=trust)
+        clock = dev_clock(config)
+        plane = build(config, trust=trust, clock=clock)
     except (KmsError, AttestationError, PolicyError) as err:
         return fail(err, as_json=False)
     try:
-        return asyncio.run(_run(config, plane))
+        return asyncio.run(_run(config, plane, clock))
     except KmsError as err:
         return fail(err, as_json=False)
     finally:
         plane.close()
 
 
-async def _run(config: ServerConfig, plane: ControlPlane) -> int:
+def dev_clock(config: ServerConfig) -> Clock:
+    """The system clock, or (``--dev-clock-file``, dev trust only: ``load_config`` refuses it otherwise)
+    the system clock shifted by the file's offset."""
+    if not config.dev_clock_file:
+        return system_clock
+    try:
+        return OffsetFileClock(Path(config.dev_clock_file)).load()
+    except ValueError as err:
+        raise KmsError(
+            str(err), code=Code.SERVER_CONFIG_INVALID, hint="write a number of seconds, e.g. 90 or -90"
+        ) from None
+
+
+async def _run(config: ServerConfig, plane: ControlPlane, clock: Clock = system_clock) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    running = await serve(config, plane)
+    running = await serve(config, plane, clock=clock)
     others = []
     console = None
     try:

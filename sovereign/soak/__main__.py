@@ -10,6 +10,8 @@ from pathlib import Path
 
 from sovereign.soak.driver import SoakConfig, SoakError, run
 from sovereign.soak.faults import FaultError, parse_faults
+from sovereign.soak.netns import NetnsError
+from sovereign.soak.replicas import ReplicaStackError
 from sovereign.soak.stack import MountError
 
 
@@ -17,7 +19,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="./dev soak", description=__doc__)
     p.add_argument("--minutes", type=float, required=True, help="length of the load (fractions allowed)")
     p.add_argument(
-        "--topology", default="single", choices=["single", "replicas"], help="only 'single' is built"
+        "--topology",
+        default="single",
+        choices=["single", "replicas"],
+        help="single: SQLite + one OpenBao; replicas: two serve on PostgreSQL over a three-member raft",
     )
     p.add_argument("--faults", default="all", help="comma-separated fault kinds, 'all' or 'none'")
     p.add_argument("--seed", type=int, default=1, help="seeds the operation mix and the fault schedule")
@@ -52,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
                 "--minutes, --rate, --workers, --interval, --db-fs-mib must be positive, --hold not negative"
             )
         cfg = SoakConfig(
-            minutes=args.minutes, topology=args.topology, faults=parse_faults(args.faults), seed=args.seed,
+            minutes=args.minutes, topology=args.topology, faults=parse_faults(args.faults, args.topology), seed=args.seed,
             out=args.out, rate=args.rate, workers=args.workers, max_ops=args.max_ops, interval=args.interval,
             hold=args.hold, db_fs_mib=args.db_fs_mib,
         )  # fmt: skip
         results = run(cfg, lambda line: print(line, flush=True))
-    except (SoakError, FaultError, MountError) as err:
+    except (SoakError, FaultError, MountError, NetnsError, ReplicaStackError) as err:
         print(f"soak: {err}", file=sys.stderr)
         return 2
     total = results["invariants"]["violations_total"]

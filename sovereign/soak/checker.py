@@ -12,6 +12,8 @@ Invariants:
 * no grant whose policy version was superseded (a ``policy.change`` or ``server.start`` with a higher
   version) before the grant was committed;
 * no grant for a request a client saw refused with a server decision code;
+* all of the above by ledger sequence, never by entry time: a server's clock may step back (the soak's
+  clock-step fault) or two replicas' clocks differ, so times may run backwards (counted, not judged);
 * OpenBao's audit log reconciles with the ledger (``kms.audit.reconcile``): every KEK decrypt by the
   control plane's AppRole is matched by grant/deny entries. A decrypt without any entry is a violation
   unless it falls in a window in which the control plane could not record (SIGKILL, full filesystem):
@@ -77,6 +79,10 @@ class CheckReport:
     decrypts: int = 0
     matched_decrypts: int = 0
     orphan_decrypts: list[dict[str, str]] = field(default_factory=list)  # request id, time, window kind
+    # entries whose time is earlier than an entry before them (a server clock stepped back, or two
+    # replicas' clocks apart): not a violation; order is judged by sequence number, never by time
+    time_regressions: int = 0
+    max_time_regression_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +93,9 @@ class CheckReport:
             "decrypts": self.decrypts,
             "matched_decrypts": self.matched_decrypts,
             "orphan_decrypts": self.orphan_decrypts,
+            "orphans_by_window": _count(o["window"] for o in self.orphan_decrypts),
+            "time_regressions": self.time_regressions,
+            "max_time_regression_s": self.max_time_regression_s,
         }
 
 
@@ -125,10 +134,34 @@ def check(
     report.violations += _client_receipts(history, grants)
     report.violations += _duplicates(grants)
     report.violations += _ledger_order(entries)
+    report.time_regressions, report.max_time_regression_s = time_regressions(entries)
     if bao_log_lines is not None:
         decrypts = parse_bao_log(bao_log_lines, role_name=role_name, path=decrypt_path)
         report.violations += _reconciliation(decrypts, entries, history.orphan_windows, report)
     return report
+
+
+def _count(values: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def time_regressions(entries: Sequence[Entry], *, at_least: float = 1.0) -> tuple[int, float]:
+    """How many entries (in sequence order) carry a time more than ``at_least`` seconds earlier than the
+    latest time before them, and the largest such step back in seconds."""
+    count, largest = 0, 0.0
+    latest: datetime | None = None
+    for e in sorted(entries, key=lambda x: x.seq):
+        when = parse_bao_time(e.time)
+        if when is None:
+            continue
+        if latest is not None and (latest - when).total_seconds() > at_least:
+            count += 1
+            largest = max(largest, (latest - when).total_seconds())
+        latest = when if latest is None else max(latest, when)
+    return count, round(largest, 3)
 
 
 def _text(entry: Entry, name: str) -> str:

@@ -30,6 +30,7 @@ from sovereign.soak.checker import CheckReport, Violation, ViolationKind, check
 from sovereign.soak.faults import ALL_FAULTS, FaultKind, FaultRecord, Injector, schedule
 from sovereign.soak.history import ClientHistory
 from sovereign.soak.monitor import Monitor
+from sovereign.soak.replicas import ReplicaStack
 from sovereign.soak.report import faults_by_kind, markdown, operations, svg, throughput
 from sovereign.soak.scan import scan
 from sovereign.soak.stack import Stack, is_mounted, unmount
@@ -103,7 +104,9 @@ class Run:
         self.cfg = cfg
         self.say = progress
         self.work = cfg.out / "work"
-        self.stack = Stack(self.work, cfg.db_fs_mib)
+        self.stack: Stack | ReplicaStack = (
+            Stack(self.work, cfg.db_fs_mib) if cfg.topology == "single" else ReplicaStack(self.work)
+        )
         self.state = RunState()
         self.duration = cfg.minutes * 60
 
@@ -111,15 +114,19 @@ class Run:
 
     def execute(self) -> dict[str, Any]:
         cfg = self.cfg
-        if cfg.topology != "single":
-            raise SoakError(
-                f"topology {cfg.topology!r} is not implemented yet (only 'single'; see docs/reliability.md)"
-            )
+        if cfg.topology not in ("single", "replicas"):
+            raise SoakError(f"unknown topology {cfg.topology!r}: single or replicas")
         self._clean()
         started = datetime.now(UTC)
-        self.say(
-            f"starting OpenBao (raft), sovereign serve (SQLite on a {cfg.db_fs_mib} MiB tmpfs) under {self.work}"
-        )
+        if cfg.topology == "single":
+            self.say(
+                f"starting OpenBao (raft), sovereign serve (SQLite on a {cfg.db_fs_mib} MiB tmpfs) under {self.work}"
+            )
+        else:
+            self.say(
+                "starting a three-member OpenBao raft cluster, PostgreSQL, and two sovereign serve replicas "
+                f"(B in its own network namespace) under {self.work}"
+            )
         try:
             return self._execute(started)
         finally:
@@ -134,11 +141,12 @@ class Run:
             self.stack,
             hold=cfg.hold,
             storage_errors=lambda: sum(o.code == "STORAGE_ERROR" for o in list(rec.ops)),
+            seed=cfg.seed,
         )
-        monitor = Monitor({"serve": self.stack.serve_pid, "openbao": self._bao_pid, "driver": os.getpid})
+        monitor = Monitor(self._pids())
         try:
             wl.create_keys()
-            wl.make_probe()
+            wl.make_probes()
             for tee in ("snp", "tdx", "snp", "tdx"):
                 wl.register(tee)
             rec.started = time.monotonic()
@@ -171,10 +179,13 @@ class Run:
         finally:
             self.state.stop.set()
             wl.close()
-            (self.work / "serve.log").write_text("\n".join(self.stack.plane.output) + "\n")
+            for i, plane in enumerate(self.stack.planes):
+                name = "serve.log" if i == 0 else f"serve-{i}.log"
+                (self.work / name).write_text("\n".join(plane.output) + "\n")
             self.stack.stop()
-        key_scan = scan([cfg.out], rec.keys)  # the tmpfs is still mounted: the database is scanned too
-        db_bytes = sum(p.stat().st_size for p in self.stack.plane_dir.glob("sovereign.db*"))
+        # the tmpfs is still mounted and PostgreSQL's folder still there: the databases are scanned too
+        key_scan = scan([cfg.out, *self.stack.scan_roots()], rec.keys)
+        db_bytes = self._db_bytes()
         violations = list(report.violations)
         violations += [
             Violation(ViolationKind.LEDGER_INVALID, f"during the run: {f}") for f in rec.export_failures
@@ -232,9 +243,32 @@ class Run:
             shutil.rmtree(self.work)
         self.cfg.out.mkdir(parents=True, exist_ok=True)
 
-    def _bao_pid(self) -> int | None:
-        server = self.stack.bao.server
-        return server.pid if server.running else None
+    def _pids(self) -> dict[str, Callable[[], int | None]]:
+        stack = self.stack
+        pids: dict[str, Callable[[], int | None]] = {"driver": os.getpid}
+        if isinstance(stack, Stack):
+            server = stack.bao.server
+            pids["serve"] = stack.serve_pid
+            pids["openbao"] = lambda: server.pid if server.running else None
+            return pids
+        for i in range(stack.replicas):
+            pids[f"serve-{'ab'[i]}"] = lambda i=i: stack.serve_pid(i)  # type: ignore[misc]
+        for node in stack.cluster.nodes:
+            pids[f"openbao-{node.node_id}"] = lambda n=node: n.pid if n.running else None  # type: ignore[misc]
+        pids["postgres"] = stack.pg_pid
+        return pids
+
+    def _db_bytes(self) -> int:
+        stack = self.stack
+        if isinstance(stack, Stack):
+            return sum(p.stat().st_size for p in stack.plane_dir.glob("sovereign.db*"))
+        try:
+            rows = stack.pg.execute(
+                "SELECT pg_database_size(current_database())", stack.db_url.rsplit("/", 1)[1]
+            )
+            return int(rows[0][0])
+        except Exception:  # PostgreSQL already gone: the size is a figure for the report, not a check
+            return -1
 
     # -- threads
 
@@ -297,21 +331,22 @@ class Run:
                 return
             record = FaultRecord(kind, rec.now())
             self.say(f"{record.at:6.1f}s fault {kind}")
+            replica = 0
             with injector.lock:
                 try:
-                    injector.inject(kind)
+                    replica = injector.inject(kind)
                 except Exception as exc:
                     record.error = f"{type(exc).__name__}: {str(exc)[:300]}"
             record.healed = rec.now()
             deadline = record.healed + self.cfg.recovery_limit
             attempts = 0
             while rec.now() < deadline:
-                if wl.probe_release():
+                if wl.probe_release(replica):
                     record.served = rec.now()
                     break
                 attempts += 1
                 if attempts % 5 == 0:  # whatever the refusal, re-attest now and then
-                    wl.renew_probe()
+                    wl.renew_probe(replica)
                 time.sleep(0.2)
             self.state.faults.append(record)
             self.say(
@@ -329,25 +364,40 @@ class Run:
                 injector.lock.release()
 
     def _restart_dead(self, rec: Any) -> None:
-        proc = self.stack.plane.proc
-        if proc is not None and proc.poll() is not None:
-            tail = self.stack.plane.output[-15:]
-            self.state.unexpected_exits.append(
-                {"process": "serve", "at_s": round(rec.now(), 3), "code": proc.returncode, "tail": tail}
-            )
-            self.say(f"{rec.now():6.1f}s serve exited ({proc.returncode}) outside a fault; restarting")
-            self.stack.plane.start(timeout=90)
-        server = self.stack.bao.server
-        if not server.running:
-            self.state.unexpected_exits.append({"process": "openbao", "at_s": round(rec.now(), 3)})
-            server.start()
+        for i, plane in enumerate(self.stack.planes):
+            proc = plane.proc
+            if proc is not None and proc.poll() is not None:
+                tail = plane.output[-15:]
+                self.state.unexpected_exits.append(
+                    {
+                        "process": f"serve-{i}",
+                        "at_s": round(rec.now(), 3),
+                        "code": proc.returncode,
+                        "tail": tail,
+                    }
+                )
+                self.say(
+                    f"{rec.now():6.1f}s serve {i} exited ({proc.returncode}) outside a fault; restarting"
+                )
+                plane.start(timeout=90)
+        stack = self.stack
+        servers = [stack.bao.server] if isinstance(stack, Stack) else list(stack.cluster.nodes)
+        for server in servers:
+            if not server.running:
+                self.state.unexpected_exits.append({"process": "openbao", "at_s": round(rec.now(), 3)})
+                server.start()
+        if isinstance(stack, ReplicaStack) and stack.pg_pid() is None:
+            self.state.unexpected_exits.append({"process": "postgres", "at_s": round(rec.now(), 3)})
+            stack.pg_start()
 
     # -- after the load
 
     def _settle(self, wl: Workload) -> bool:
         deadline = time.monotonic() + self.cfg.recovery_limit
+        pending = set(range(self.stack.replicas))
         while time.monotonic() < deadline:
-            if wl.probe_release():
+            pending = {i for i in pending if not wl.probe_release(i)}
+            if not pending:
                 return True
             time.sleep(0.3)
         return False
@@ -365,14 +415,12 @@ class Run:
         raise SoakError("the final export did not settle within 60 s")
 
     def _check(self, wl: Workload, injector: Injector, export: Path) -> CheckReport:
-        log = self.stack.bao.server.audit_log
-        assert log is not None
         history = ClientHistory(wl.rec.received, wl.rec.refusals, injector.windows)
         return check(
             history,
             export.read_bytes().splitlines(keepends=True),
             wl.audit_keys(),
-            log.read_bytes().splitlines(keepends=True),
+            self.stack.bao_audit_lines(),
             role_name=ROLE_NAME,
             decrypt_path=f"{TRANSIT_MOUNT}/decrypt/{KEK_NAME}",
         )

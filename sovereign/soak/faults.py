@@ -1,15 +1,22 @@
 """Faults on a seeded schedule, each injected, held, healed, and followed by a recovery measurement.
 
-Kinds:
+Kinds (topology: single S, replicas R):
 
-* ``serve-kill``: SIGKILL of ``sovereign serve``, then a restart on the same database and ports;
-* ``serve-stop``: SIGSTOP (a stall: the process holds its sockets and its SQLite writer turn), SIGCONT;
-* ``bao-seal``: OpenBao sealed through its API, unsealed with its key;
-* ``bao-kill``: SIGKILL of OpenBao, restarted on its raft data and unsealed;
-* ``disk-full``: the tmpfs holding the ledger's database filled to the last byte, then freed.
-
-Not here (see docs/reliability.md): PostgreSQL restarts and raft leader loss (the replicas topology),
-network partitions, and clock steps (the server has no injectable clock in dev mode).
+* ``serve-kill`` (S, R): SIGKILL of a ``sovereign serve`` (a replica picked by the seed), then a restart on
+  the same database and ports;
+* ``serve-stop`` (S, R): SIGSTOP (a stall: the process holds its sockets and its writer turn), SIGCONT;
+* ``bao-seal`` (S, R): OpenBao sealed through its API (R: the active member), unsealed with its key;
+* ``bao-kill`` (S): SIGKILL of OpenBao, restarted on its raft data and unsealed;
+* ``bao-leader-kill`` (R): SIGKILL of the active raft member; the others elect a leader; it is restarted,
+  rejoins and is unsealed;
+* ``pg-restart`` (R): PostgreSQL stopped in immediate mode (as a crash: no shutdown checkpoint) and
+  started again (crash recovery from its WAL);
+* ``partition-pg``, ``partition-bao`` (R): replica B's path to PostgreSQL or to OpenBao cut by a
+  ``blackhole`` route in its network namespace (``sovereign.soak.netns``), then restored;
+* ``disk-full`` (S): the tmpfs holding the ledger's database filled to the last byte, then freed;
+* ``clock-step`` (S, R): one server's clock stepped forward, then back (``serve --dev-clock-file``), then
+  restored; ledger times then run backwards while sequence numbers do not, and the checker judges
+  order by sequence.
 """
 
 from __future__ import annotations
@@ -27,8 +34,13 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
+import hvac
+
 from sovereign.soak.history import Window
+from sovereign.soak.replicas import ReplicaStack
 from sovereign.soak.stack import Stack
+
+AnyStack = Stack | ReplicaStack
 
 
 class FaultKind(StrEnum):
@@ -37,9 +49,22 @@ class FaultKind(StrEnum):
     BAO_SEAL = "bao-seal"
     BAO_KILL = "bao-kill"
     DISK_FULL = "disk-full"
+    CLOCK_STEP = "clock-step"
+    BAO_LEADER_KILL = "bao-leader-kill"
+    PG_RESTART = "pg-restart"
+    PARTITION_PG = "partition-pg"
+    PARTITION_BAO = "partition-bao"
 
 
-ALL_FAULTS = tuple(FaultKind)
+K = FaultKind
+SINGLE_FAULTS = (K.SERVE_KILL, K.SERVE_STOP, K.BAO_SEAL, K.BAO_KILL, K.DISK_FULL, K.CLOCK_STEP)
+REPLICA_FAULTS = (
+    K.SERVE_KILL, K.SERVE_STOP, K.BAO_SEAL, K.BAO_LEADER_KILL, K.PG_RESTART, K.PARTITION_PG,
+    K.PARTITION_BAO, K.CLOCK_STEP,
+)  # fmt: skip
+FAULTS = {"single": SINGLE_FAULTS, "replicas": REPLICA_FAULTS}
+ALL_FAULTS = SINGLE_FAULTS  # the single topology's (the suite's one-minute soak)
+CLOCK_STEP_S = 90.0  # within the release skew (120 s): the servers keep granting with times out of order
 # Decrypts this long before a SIGKILL may still have been waiting for their commit (release RPCs time
 # out after a few seconds, a batch's decrypt-to-commit takes milliseconds).
 INFLIGHT = timedelta(seconds=5)
@@ -49,18 +74,22 @@ class FaultError(RuntimeError):
     pass
 
 
-def parse_faults(text: str) -> tuple[FaultKind, ...]:
+def parse_faults(text: str, topology: str = "single") -> tuple[FaultKind, ...]:
+    allowed = FAULTS[topology]
     if text.strip().lower() in ("", "none"):
         return ()
     if text.strip().lower() == "all":
-        return ALL_FAULTS
+        return allowed
     out: list[FaultKind] = []
+    known = ", ".join(k.value for k in allowed)
     for name in (t.strip() for t in text.split(",") if t.strip()):
         try:
-            out.append(FaultKind(name))
+            kind = FaultKind(name)
         except ValueError:
-            known = ", ".join(k.value for k in FaultKind)
-            raise FaultError(f"unknown fault {name!r}; known: {known}, all, none") from None
+            raise FaultError(f"unknown fault {name!r}; known for {topology}: {known}, all, none") from None
+        if kind not in allowed:
+            raise FaultError(f"fault {name!r} does not apply to the {topology} topology; known: {known}")
+        out.append(kind)
     return tuple(dict.fromkeys(out))
 
 
@@ -125,53 +154,94 @@ class FaultRecord:
 class Injector:
     """Performs faults on a stack; ``windows`` collects the spans where a decrypt may lose its commit."""
 
-    def __init__(self, stack: Stack, *, hold: float, storage_errors: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        stack: AnyStack,
+        *,
+        hold: float,
+        storage_errors: Callable[[], int] = lambda: 0,
+        seed: int = 1,
+    ) -> None:
         self.stack = stack
         self.hold = hold
         self.storage_errors = storage_errors  # refusals coded STORAGE_ERROR the clients saw so far
         self.windows: list[Window] = []
         self.lock = threading.Lock()  # held while a fault is in progress: the supervisor keeps off
+        self._rng = random.Random(seed ^ 0x5EED)  # noqa: S311 (which replica a fault hits, reproducibly)
 
-    def inject(self, kind: FaultKind) -> None:
-        """Inject ``kind`` and heal it; returns once the heal action is done (not yet serving)."""
-        {
+    def inject(self, kind: FaultKind) -> int:
+        """Inject ``kind`` and heal it; returns once the heal action is done (not yet serving), with the
+        replica whose recovery to measure."""
+        actions: dict[FaultKind, Callable[[], int]] = {
             FaultKind.SERVE_KILL: self._serve_kill,
             FaultKind.SERVE_STOP: self._serve_stop,
             FaultKind.BAO_SEAL: self._bao_seal,
             FaultKind.BAO_KILL: self._bao_kill,
             FaultKind.DISK_FULL: self._disk_full,
-        }[kind]()
+            FaultKind.CLOCK_STEP: self._clock_step,
+            FaultKind.BAO_LEADER_KILL: self._bao_leader_kill,
+            FaultKind.PG_RESTART: self._pg_restart,
+            FaultKind.PARTITION_PG: lambda: self._partition("pg"),
+            FaultKind.PARTITION_BAO: lambda: self._partition("bao"),
+        }
+        return actions[kind]()
 
-    def _serve_kill(self) -> None:
-        proc = self.stack.plane.proc
+    def _replica(self) -> int:
+        return self._rng.randrange(self.stack.replicas)
+
+    def _window(self, kind: FaultKind, start: datetime, end: datetime | None = None) -> None:
+        self.windows.append(Window(kind.value, start, end or datetime.now(UTC) + timedelta(seconds=1)))
+
+    def _serve_kill(self) -> int:
+        i = self._replica()
+        plane = self.stack.planes[i]
+        proc = plane.proc
         if proc is None or proc.poll() is not None:
-            raise FaultError("sovereign serve is not running")
+            raise FaultError(f"sovereign serve (replica {i}) is not running")
         now = datetime.now(UTC)
         proc.kill()
         proc.wait(30)
-        self.windows.append(Window(FaultKind.SERVE_KILL.value, now - INFLIGHT, datetime.now(UTC)))
-        self.stack.plane.start(timeout=90)
+        self._window(FaultKind.SERVE_KILL, now - INFLIGHT, datetime.now(UTC))
+        plane.start(timeout=90)
+        return i
 
-    def _serve_stop(self) -> None:
-        proc = self.stack.plane.proc
+    def _serve_stop(self) -> int:
+        i = self._replica()
+        proc = self.stack.planes[i].proc
         if proc is None or proc.poll() is not None:
-            raise FaultError("sovereign serve is not running")
+            raise FaultError(f"sovereign serve (replica {i}) is not running")
         proc.send_signal(signal.SIGSTOP)
         try:
             time.sleep(self.hold)
         finally:
             proc.send_signal(signal.SIGCONT)
+        return i
 
-    def _bao_seal(self) -> None:
-        server = self.stack.bao.server
-        self.stack.root_client().sys.seal()
+    def _bao_seal(self) -> int:
+        stack = self.stack
+        if isinstance(stack, Stack):
+            stack.root_client().sys.seal()
+            try:
+                time.sleep(self.hold)
+            finally:
+                stack.bao.server.unseal()
+            return 0
+        # the active member seals itself; a standby takes over; a request it was answering may be lost
+        start = datetime.now(UTC)
+        leader = stack.cluster.leader()
+        hvac.Client(url=leader.addr, token=stack.root_token).sys.seal()
         try:
             time.sleep(self.hold)
         finally:
-            server.unseal()
+            leader.unseal()  # RaftNode: until active or standby
+            self._window(FaultKind.BAO_SEAL, start - INFLIGHT)
+        return self._replica()
 
-    def _bao_kill(self) -> None:
-        server = self.stack.bao.server
+    def _bao_kill(self) -> int:
+        stack = self.stack
+        if not isinstance(stack, Stack):
+            raise FaultError("bao-kill is for the single topology (replicas: bao-leader-kill)")
+        server = stack.bao.server
         pid = server.pid
         if pid is None or not server.running:
             raise FaultError("OpenBao is not running")
@@ -181,11 +251,80 @@ class Injector:
         while server.running and time.monotonic() < deadline:
             time.sleep(0.05)
         # a decrypt OpenBao logged whose answer never reached the control plane has no ledger entry
-        self.windows.append(Window(FaultKind.BAO_KILL.value, now - INFLIGHT, datetime.now(UTC)))
+        self._window(FaultKind.BAO_KILL, now - INFLIGHT, datetime.now(UTC))
         server.start()
+        return 0
 
-    def _disk_full(self) -> None:
-        filler = self.stack.plane_dir / "filler.bin"
+    def _bao_leader_kill(self) -> int:
+        stack = self._replicas("bao-leader-kill")
+        leader = stack.cluster.leader()
+        pid = leader.pid
+        if pid is None:
+            raise FaultError("the active OpenBao member has no process")
+        now = datetime.now(UTC)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while leader.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._window(FaultKind.BAO_LEADER_KILL, now - INFLIGHT, datetime.now(UTC))
+        try:
+            stack.cluster.wait_for_leader(timeout=60, not_=leader)
+        finally:
+            leader.start()  # rejoins from its raft data, unsealed
+        return self._replica()
+
+    def _pg_restart(self) -> int:
+        stack = self._replicas("pg-restart")
+        start = datetime.now(UTC)
+        stack.pg.stop()  # immediate mode: a crash, recovered from the WAL on start
+        try:
+            time.sleep(1.0)
+        finally:
+            try:
+                stack.pg_start()
+            finally:
+                self._window(FaultKind.PG_RESTART, start - INFLIGHT)
+        return self._replica()
+
+    def _partition(self, peer: str) -> int:
+        stack = self._replicas(f"partition-{peer}")
+        netns = stack.netns
+        assert netns is not None
+        kind = FaultKind.PARTITION_PG if peer == "pg" else FaultKind.PARTITION_BAO
+        start = datetime.now(UTC)
+        netns.partition(peer)
+        try:
+            time.sleep(self.hold)
+        finally:
+            netns.heal(peer)
+            # a request B sent into the cut and then gave up on is retransmitted by TCP after the heal
+            # (exponential backoff: the next try comes at most about the cut's length later) and may
+            # then be decrypted with nobody waiting for the answer
+            healed = datetime.now(UTC)
+            self._window(kind, start - INFLIGHT, healed + timedelta(seconds=self.hold + 1))
+        return stack.replicas - 1  # the replica in the namespace
+
+    def _replicas(self, what: str) -> ReplicaStack:
+        if not isinstance(self.stack, ReplicaStack):
+            raise FaultError(f"{what} is for the replicas topology")
+        return self.stack
+
+    def _clock_step(self) -> int:
+        i = self._replica()
+        path = self.stack.clock_file(i)
+        try:
+            for offset in (CLOCK_STEP_S, -CLOCK_STEP_S):
+                write_offset(path, offset)
+                time.sleep(self.hold / 2)
+        finally:
+            write_offset(path, 0.0)
+        return i
+
+    def _disk_full(self) -> int:
+        stack = self.stack
+        if not isinstance(stack, Stack):
+            raise FaultError("disk-full is for the single topology (the ledger's SQLite on a tmpfs)")
+        filler = stack.plane_dir / "filler.bin"
         start = datetime.now(UTC)
         seen = self.storage_errors()
         try:
@@ -200,9 +339,15 @@ class Injector:
             with contextlib.suppress(FileNotFoundError):
                 filler.unlink()
             # commits that failed for lack of space may follow their decrypts by a batch's duration
-            self.windows.append(
-                Window(FaultKind.DISK_FULL.value, start, datetime.now(UTC) + timedelta(seconds=1))
-            )
+            self._window(FaultKind.DISK_FULL, start)
+        return 0
+
+
+def write_offset(path: Path, seconds: float) -> None:
+    """Replace the dev clock file in one step (the server never reads a half-written number)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{seconds}\n")
+    os.replace(tmp, path)
 
 
 def fill(path: Path, chunk: int = 1 << 20) -> int:

@@ -16,7 +16,13 @@ BOUNDS = {
     "serve": {"rss_mib": 768, "fds": 512},
     "openbao": {"rss_mib": 768, "fds": 512},
     "driver": {"rss_mib": 1536, "fds": 1024},
+    "postgres": {"rss_mib": 512, "fds": 512},  # the postmaster (its backends are separate processes)
 }
+
+
+def bound(name: str) -> dict[str, int]:
+    """``serve-a``, ``openbao-bao-2``: the bound of their kind."""
+    return BOUNDS[name.split("-", maxsplit=1)[0]]
 
 
 def sample(pid: int) -> tuple[float, int] | None:
@@ -69,18 +75,18 @@ class Monitor:
                 self.series[name].points.append((round(t, 2), round(got[0], 1), got[1]))
 
     def report(self) -> dict[str, object]:
-        return {name: s.summary(BOUNDS[name]) for name, s in self.series.items()}
+        return {name: s.summary(bound(name)) for name, s in self.series.items()}
 
     def violations(self) -> list[Violation]:
         out = []
         for name, s in self.series.items():
-            bound = BOUNDS[name]
+            limit = bound(name)
             for t, rss, fds in s.points:
-                if rss > bound["rss_mib"] or fds > bound["fds"]:
+                if rss > limit["rss_mib"] or fds > limit["fds"]:
                     out.append(
                         Violation(
                             ViolationKind.RESOURCE_BOUND_EXCEEDED,
-                            f"{name} at {t}s: RSS {rss} MiB, {fds} fds (bounds {bound['rss_mib']} MiB, {bound['fds']})",
+                            f"{name} at {t}s: RSS {rss} MiB, {fds} fds (bounds {limit['rss_mib']} MiB, {limit['fds']})",
                         )
                     )
                     break

@@ -151,10 +151,12 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Recovery: from the heal action (restart, SIGCONT, unseal, space freed) to the first successful",
+        "Recovery: from the heal action (restart, SIGCONT, unseal, space freed, route restored, clock reset) to the first successful",
         "",
     ]
-    lines[-2] += " release by the probe node; outage: from injection to that release."
+    lines[-2] += (
+        " release by the probe node of the replica the fault hit; outage: from injection to that release."
+    )
     lines += [
         "## Operations",
         "",
@@ -184,8 +186,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"Key-material scan: {scan['files']} files, {scan['bytes']} bytes, {scan['keys']} distinct released keys, "
         f"{len(scan['hits'])} hits.",
     ]
+    where = f"on a {cfg['db_fs_mib']} MiB tmpfs (SQLite)" if cfg["topology"] == "single" else "(PostgreSQL)"
+    lines.append(f"Ledger database at the end: {results['db_bytes']} bytes {where}.")
+    checker = inv["checker"]
+    orphans = ", ".join(f"{k}: {n}" for k, n in checker.get("orphans_by_window", {}).items()) or "none"
     lines.append(
-        f"Ledger database at the end: {results['db_bytes']} bytes on a {cfg['db_fs_mib']} MiB tmpfs."
+        f"Orphan decrypts by fault window: {orphans}. Ledger entries whose time runs back (clock steps, "
+        f"replicas' clocks apart; judged by sequence): {checker.get('time_regressions', 0)}, "
+        f"largest step back {checker.get('max_time_regression_s', 0.0)} s."
     )
     if results.get("unexpected_exits"):
         lines.append(f"Unexpected serve exits (restarted): {len(results['unexpected_exits'])}.")

@@ -132,12 +132,46 @@ class Stack:
             raise
         mount_tmpfs(self.plane_dir, self.db_fs_mib)
         self.mounted = True
-        jwks = ["--oidc-jwks-file", str(self.realm.jwks_file)]
+        self.clock_file(0).write_text("0\n")
+        jwks = ["--oidc-jwks-file", str(self.realm.jwks_file), "--dev-clock-file", str(self.clock_file(0))]
         self.plane = ControlPlane(self.plane_dir, self.inputs, self.bao, self.realm.issuer, extra=jwks)
         self.plane.start(timeout=60)
         assert self.plane.ca is not None
         self.ca = self.plane.ca.read_bytes()
         return self
+
+    # -- what the workload and the driver ask of a stack (the replicas' stack answers the same)
+
+    replicas = 1
+
+    @property
+    def planes(self) -> list[ControlPlane]:
+        return [self.plane]
+
+    def clock_file(self, i: int) -> Path:
+        return self.workdir / "clock-0"
+
+    def node_target(self, i: int) -> str:
+        return self.plane.target
+
+    @property
+    def bao_addr(self) -> str:
+        return self.bao.server.addr
+
+    @property
+    def root_token(self) -> str:
+        return self.bao.server.root_token or ""
+
+    @property
+    def db_target(self) -> str:
+        return str(self.plane.db)
+
+    def bao_audit_lines(self) -> list[bytes]:
+        log = self.bao.server.audit_log
+        return log.read_bytes().splitlines(keepends=True) if log is not None and log.exists() else []
+
+    def scan_roots(self) -> list[Path]:
+        return [self.workdir]
 
     def root_client(self) -> hvac.Client:
         return hvac.Client(url=self.bao.server.addr, token=self.bao.server.root_token)
@@ -147,13 +181,13 @@ class Stack:
         key = self.root_client().secrets.transit.read_key(AUDIT_KEY_NAME)
         return load_audit_keys(json.dumps(key).encode())
 
-    def operator_channel(self) -> grpc.Channel:
+    def operator_channel(self, i: int = 0) -> grpc.Channel:
         """TLS to the operator port, CA pinned; callers send a bearer token per call."""
         return grpc.secure_channel(
             self.plane.admin_target, grpc.ssl_channel_credentials(root_certificates=self.ca)
         )
 
-    def serve_pid(self) -> int | None:
+    def serve_pid(self, i: int = 0) -> int | None:
         proc = self.plane.proc
         return proc.pid if proc is not None and proc.poll() is None else None
 

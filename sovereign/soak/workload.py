@@ -47,7 +47,10 @@ from sovereign.client.audit import checkpoint_in
 from sovereign.demo.site import SNP_MEASUREMENT, TDX_MRTD
 from sovereign.soak.checker import Violation, check
 from sovereign.soak.history import ClientHistory, Received, Refusal
+from sovereign.soak.replicas import ReplicaStack
 from sovereign.soak.stack import Stack
+
+AnyStack = Stack | ReplicaStack
 
 KEYS = {"dataset/train": common_pb2.KEY_KIND_DATASET, "model/main": common_pb2.KEY_KIND_MODEL}
 GROUPS = ["trainers"]
@@ -137,11 +140,11 @@ class Node:
 class Operator:
     """Admin and Audit calls as one realm user, a fresh bearer token per call (tokens live 5 minutes)."""
 
-    def __init__(self, stack: Stack, username: str, timeout: float) -> None:
+    def __init__(self, stack: AnyStack, username: str, timeout: float, replica: int = 0) -> None:
         self._stack = stack
         self.username = username
         self.timeout = timeout
-        self._channel = stack.operator_channel()
+        self._channel = stack.operator_channel(replica)
         self.admin = admin_pb2_grpc.AdminStub(self._channel)
         self.audit = audit_pb2_grpc.AuditStub(self._channel)
 
@@ -155,7 +158,7 @@ class Operator:
 class Workload:
     """The operations the driver schedules; each records its outcome and returns whether it succeeded."""
 
-    def __init__(self, stack: Stack, recorder: Recorder, *, timeout: float, max_nodes: int) -> None:
+    def __init__(self, stack: AnyStack, recorder: Recorder, *, timeout: float, max_nodes: int) -> None:
         self.stack = stack
         self.rec = recorder
         self.timeout = timeout
@@ -168,18 +171,19 @@ class Workload:
         self._made = 0
         self._revision = 0
         self._sealed = 0
-        self.alice = Operator(stack, "alice", timeout)
-        self.bob = Operator(stack, "bob", timeout)
-        self.carol = Operator(stack, "carol", timeout)
+        # with two replicas the operators spread over both: alice on A, bob and the auditor on B
+        self.alice = Operator(stack, "alice", timeout, 0)
+        self.bob = Operator(stack, "bob", timeout, 1)
+        self.carol = Operator(stack, "carol", timeout, 1)
         self._audit_keys: AuditKeys | None = None
         self._owner: Catalogue | None = None
-        self.probe: Node | None = None
+        self.probes: list[Node] = []  # one per replica: recovery is measured on the replica a fault hit
 
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-        if self.probe is not None:
-            self.probe.close()
+        for probe in self.probes:
+            probe.close()
         for op in (self.alice, self.bob, self.carol):
             op.close()
 
@@ -196,7 +200,8 @@ class Workload:
             self._audit_keys = self.stack.audit_keys()
         return self._audit_keys
 
-    def new_node(self, tee: str) -> Node:
+    def new_node(self, tee: str, replica: int | None = None) -> Node:
+        """A node talking to one replica (in turn, unless ``replica`` says which)."""
         self._made += 1
         pki = self.stack.pki
         provider = (
@@ -204,18 +209,20 @@ class Workload:
             if tee == "snp"
             else simulated_tdx(pki, mrtd=TDX_MRTD)
         )
-        client = ControlPlaneClient(self.stack.plane.target, ca_pem=self.stack.ca, timeout=self.timeout)
+        target = self.stack.node_target(self._made if replica is None else replica)
+        client = ControlPlaneClient(target, ca_pem=self.stack.ca, timeout=self.timeout)
         agent = NodeAgent(
             client, provider, NodeIdentity.generate(), node_name=f"soak-{tee}-{self._made}", groups=GROUPS
         )
         return Node(agent, tee)
 
-    def make_probe(self) -> Node:
-        """The node that measures recovery: never revoked or suspended."""
-        self.probe = self.new_node("snp")
-        if not self._attest(self.probe, "probe-register", self.probe.agent.register):
-            raise RuntimeError("the probe node did not register ATTESTED")
-        return self.probe
+    def make_probes(self) -> None:
+        """The nodes that measure recovery, one per replica: never revoked or suspended."""
+        for i in range(self.stack.replicas):
+            probe = self.new_node("snp", replica=i)
+            if not self._attest(probe, "probe-register", probe.agent.register):
+                raise RuntimeError(f"the probe node of replica {i} did not register ATTESTED")
+            self.probes.append(probe)
 
     # -- picking nodes
 
@@ -311,13 +318,11 @@ class Workload:
                 self._attest(node, "renew", node.agent.renew)
         return self.release(node, key_name, purpose, "release" if purpose == "read" else "release-write")
 
-    def renew_probe(self) -> None:
-        assert self.probe is not None
-        self.probe.needs_renew = True
+    def renew_probe(self, replica: int = 0) -> None:
+        self.probes[replica].needs_renew = True
 
-    def probe_release(self) -> bool:
-        probe = self.probe
-        assert probe is not None
+    def probe_release(self, replica: int = 0) -> bool:
+        probe = self.probes[replica]
         if probe.due():
             with probe.lock:
                 self._attest(probe, "probe-renew", probe.agent.renew)
@@ -413,12 +418,9 @@ class Workload:
         with self._owner_lock:
             try:
                 if self._owner is None:
-                    settings = BaoSettings(
-                        addr=self.stack.bao.server.addr,
-                        auth=TokenAuth(self.stack.bao.server.root_token or ""),
-                    )
+                    settings = BaoSettings(addr=self.stack.bao_addr, auth=TokenAuth(self.stack.root_token))
                     self._owner = Catalogue(
-                        SqlKeyStore(open_store(self.stack.plane.db)),
+                        SqlKeyStore(open_store(self.stack.db_target)),
                         OpenBaoTransit(settings),
                         lambda: datetime.now(UTC),
                     )

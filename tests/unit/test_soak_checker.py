@@ -132,6 +132,35 @@ def test_a_grant_after_revocation_is_flagged() -> None:
     assert report.violations[0].seq == len(w.entries) - 1
 
 
+def _step_clock(w: World, seconds: float) -> None:
+    """Rewrite the last entry's time as if the server's clock had been stepped by ``seconds``."""
+    last = w.entries[-1]
+    w.entries[-1] = replace(
+        last, time=(w.at() + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    )
+
+
+def test_a_grant_after_revocation_is_judged_by_sequence_not_by_time() -> None:
+    """The server's clock stepped back 90 s between the revocation and the grant: the grant's time is
+    before the revocation's, its sequence after; still a violation. Times running back are counted."""
+    w = clean()
+    w.grant("n1", "bb02", policy=2)
+    _step_clock(w, -90)
+    report = w.judge()
+    assert kinds(report) == [ViolationKind.GRANT_AFTER_REVOCATION]
+    assert (report.time_regressions, report.max_time_regression_s) >= (1, 80.0)
+
+
+def test_times_running_backwards_alone_are_no_violation() -> None:
+    w = clean()
+    w.grant("n2", "bb03", policy=2)
+    _step_clock(w, -90)
+    w.grant("n2", "bb04", policy=2)
+    report = w.judge()
+    assert report.violations == [] and report.time_regressions >= 1
+    assert clean().judge().time_regressions == 0
+
+
 def test_a_grant_after_an_unlifted_suspension_is_flagged() -> None:
     w = clean()
     w.add(Kind.NODE_SUSPEND, {"node_id": "n2", "new_state": "suspended", "policy_version": 2})

@@ -6,12 +6,27 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
+from kms.clock import read_offset
+from sovereign.devtools.openbao_server import free_port
 from sovereign.soak.checker import ViolationKind
-from sovereign.soak.faults import ALL_FAULTS, FaultError, FaultKind, FaultRecord, parse_faults, schedule
+from sovereign.soak.faults import (
+    ALL_FAULTS,
+    REPLICA_FAULTS,
+    SINGLE_FAULTS,
+    FaultError,
+    FaultKind,
+    FaultRecord,
+    parse_faults,
+    schedule,
+    write_offset,
+)
+from sovereign.soak.monitor import BOUNDS, bound
+from sovereign.soak.netns import Forwarder
 from sovereign.soak.report import percentile, svg, throughput
 from sovereign.soak.scan import forms, scan
 from sovereign.soak.workload import OpRecord
@@ -75,6 +90,54 @@ def test_fault_lists_parse_and_unknown_kinds_are_refused() -> None:
     assert parse_faults("serve-kill, disk-full,serve-kill") == (FaultKind.SERVE_KILL, FaultKind.DISK_FULL)
     with pytest.raises(FaultError, match="unknown fault 'partition'"):
         parse_faults("serve-kill,partition")
+
+
+def test_each_topology_has_its_own_fault_kinds() -> None:
+    assert parse_faults("all", "single") == SINGLE_FAULTS and FaultKind.CLOCK_STEP in SINGLE_FAULTS
+    assert parse_faults("all", "replicas") == REPLICA_FAULTS
+    assert FaultKind.DISK_FULL not in REPLICA_FAULTS and FaultKind.BAO_KILL not in REPLICA_FAULTS
+    assert parse_faults("partition-pg,clock-step", "replicas") == (
+        FaultKind.PARTITION_PG,
+        FaultKind.CLOCK_STEP,
+    )
+    with pytest.raises(FaultError, match="does not apply to the single topology"):
+        parse_faults("pg-restart", "single")
+    with pytest.raises(FaultError, match="does not apply to the replicas topology"):
+        parse_faults("disk-full", "replicas")
+
+
+def test_a_clock_step_replaces_the_offset_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "clock-0"
+    write_offset(path, 90.0)
+    assert read_offset(path) == 90.0
+    write_offset(path, -90.0)
+    assert read_offset(path) == -90.0 and sorted(p.name for p in tmp_path.iterdir()) == ["clock-0"]
+
+
+def test_process_bounds_are_looked_up_by_kind() -> None:
+    assert bound("serve-b") == BOUNDS["serve"] and bound("openbao-bao-3") == BOUNDS["openbao"]
+    assert bound("postgres") == BOUNDS["postgres"] and bound("driver") == BOUNDS["driver"]
+
+
+def test_the_forwarder_relays_both_ways_and_closes_with_its_peer() -> None:
+    upstream = socket.create_server(("127.0.0.1", 0))
+    port = upstream.getsockname()[1]
+    listen = ("127.0.0.1", free_port())
+    fwd = Forwarder(listen, ("127.0.0.1", port)).start()
+    try:
+        client = socket.create_connection(listen, timeout=5)
+        server, _ = upstream.accept()
+        server.settimeout(5)
+        client.sendall(b"ping")
+        assert server.recv(4) == b"ping"
+        server.sendall(b"pong")
+        assert client.recv(4) == b"pong"
+        server.close()
+        assert client.recv(4) == b""  # the upstream closed: so does the relayed connection
+        client.close()
+    finally:
+        fwd.close()
+        upstream.close()
 
 
 def test_percentiles_are_nearest_rank() -> None:
