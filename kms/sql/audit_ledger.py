@@ -6,11 +6,11 @@ group commit, an admin change), so an entry commits together with what it record
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from kms.audit.checkpoint import Checkpoint, format_transit_signature, parse_transit_signature
@@ -78,25 +78,6 @@ def node_hash_at(conn: Connection, level: int, index: int) -> bytes | None:
     else:
         value = conn.execute(_NODE, {"level": level, "idx": index}).scalar()
     return bytes(value) if value is not None else None
-
-
-def node_hashes_at(conn: Connection, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-    """The stored hashes of ``wanted`` (level, index) pairs in one query per table; absent ones left out."""
-    by_level: dict[int, list[int]] = {}
-    for level, index in wanted:
-        by_level.setdefault(level, []).append(index)
-    found: dict[tuple[int, int], bytes] = {}
-    leaves = by_level.pop(0, [])
-    if leaves:
-        e = audit_entries.c
-        for seq, leaf in conn.execute(select(e.seq, e.leaf_hash).where(e.seq.in_(leaves))):
-            found[0, int(seq)] = bytes(leaf)
-    if by_level:
-        n = audit_nodes.c
-        where = or_(*(and_(n.level == level, n.idx.in_(idx)) for level, idx in by_level.items()))
-        for level, index, value in conn.execute(select(n.level, n.idx, n.hash).where(where)):
-            found[int(level), int(index)] = bytes(value)
-    return found
 
 
 def entry_count(conn: Connection) -> tuple[int, int]:

@@ -9,7 +9,7 @@ still disagrees with a signed checkpoint is ``AUDIT_LEDGER_CORRUPT`` (fail close
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import delete
@@ -18,15 +18,7 @@ from sqlalchemy.engine import Connection
 from kms.audit.checkpoint import Checkpoint
 from kms.audit.entry import Entry
 from kms.audit.errors import AuditError, ProofInvalid
-from kms.audit.merkle import (
-    HASH_SIZE,
-    CompactRange,
-    HashStore,
-    consistency_proof,
-    inclusion_proof,
-    leaf_hash,
-    range_hash,
-)
+from kms.audit.merkle import CompactRange, consistency_proof, inclusion_proof, leaf_hash, range_hash
 from kms.errors import Code
 from kms.sql.audit_append import ledger_corrupt
 from kms.sql.audit_ledger import (
@@ -40,7 +32,6 @@ from kms.sql.audit_ledger import (
     insert_nodes,
     latest_checkpoint,
     node_hash_at,
-    node_hashes_at,
     query_entries,
     read_head,
     write_head,
@@ -63,38 +54,6 @@ class DbHashStore:
         if value is None:
             raise ProofInvalid(f"no stored subtree hash at level {level} index {index}")
         return value
-
-
-class _Recorder:
-    """A ``HashStore`` that only notes which hashes a proof asks for (proofs ask by position, never by value)."""
-
-    def __init__(self) -> None:
-        self.wanted: set[tuple[int, int]] = set()
-
-    def node(self, level: int, index: int) -> bytes:
-        self.wanted.add((level, index))
-        return bytes(HASH_SIZE)
-
-
-class _Fetched:
-    """A ``HashStore`` over hashes read ahead in one query."""
-
-    def __init__(self, found: dict[tuple[int, int], bytes]) -> None:
-        self._found = found
-
-    def node(self, level: int, index: int) -> bytes:
-        value = self._found.get((level, index))
-        if value is None:
-            raise ProofInvalid(f"no stored subtree hash at level {level} index {index}")
-        return value
-
-
-def prefetched_proof(conn: Connection, make: Callable[[HashStore], list[bytes]]) -> list[bytes]:
-    """``make``'s proof with every hash it needs read in one query per table instead of one per hash
-    (a proof at 1M entries asks for ~40; one round trip each was most of its time)."""
-    recorder = _Recorder()
-    make(recorder)
-    return make(_Fetched(node_hashes_at(conn, recorder.wanted)))
 
 
 @dataclass(frozen=True)
@@ -226,14 +185,14 @@ class LedgerReader:
     def inclusion(self, index: int, size: int) -> list[bytes]:
         self._within_latest(size)
         with self._store.reader() as conn:
-            return prefetched_proof(conn, lambda hashes: inclusion_proof(hashes, index, size))
+            return inclusion_proof(DbHashStore(conn), index, size)
 
     def consistency(self, first: int, second: int) -> list[bytes]:
         self._within_latest(second)
         if first <= 0:
             raise ProofInvalid("first_size must be > 0")
         with self._store.reader() as conn:
-            return prefetched_proof(conn, lambda hashes: consistency_proof(hashes, first, second))
+            return consistency_proof(DbHashStore(conn), first, second)
 
     def export(self, start: int, end: int) -> Iterator[StoredEntry | Checkpoint]:
         """Entries [start, end) with every checkpoint in (start, end] after the entry completing it;
