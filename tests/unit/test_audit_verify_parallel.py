@@ -60,7 +60,10 @@ def _both(
         got = _outcome(
             lambda: verify_export_file(path, keys, executor=POOL[0], workers=2, chunk_bytes=CHUNK, **options)  # type: ignore[arg-type]
         )
-        assert got[:5] == expected[:5] if isinstance(expected, tuple) else got == expected
+        if isinstance(expected, tuple):
+            assert isinstance(got, tuple) and got[:5] == expected[:5]
+        else:
+            assert got == expected
         direct = _outcome(
             lambda: _parallel(path, keys, POOL[0], workers=2, chunk_bytes=CHUNK, **options)  # type: ignore[arg-type]
         )
