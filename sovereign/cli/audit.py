@@ -25,7 +25,8 @@ from kms.audit.errors import AuditError, ExportInvalid, KeyInvalid, ProofInvalid
 from kms.audit.export import parse_json_line, read_lines, write_items
 from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
-from kms.audit.verify import unchecked_head_error, verify_export
+from kms.audit.verify import unchecked_head_error
+from kms.audit.verify_parallel import verify_export_file
 from kms.domain.transit import KEK_NAME
 from kms.errors import Code, KmsError
 from kms.oidc.cache import load_cached_token
@@ -85,6 +86,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--accept-unchecked-head",
         action="store_true",
         help="accept an export whose freshness nothing checks (exit 0, but reported as fresh: false)",
+    )
+    verify.add_argument(
+        "--workers",
+        type=_non_negative,
+        default=1,
+        metavar="N",
+        help="worker processes that check and hash parts of the file (0: one per CPU; default 1: in this "
+        "process); the same checks and the same errors either way",
     )
     _connection_options(verify)
     verify.add_argument("--json", action="store_true", help="machine-readable output")
@@ -151,10 +160,10 @@ def _verify(args: argparse.Namespace) -> int:
         source = "checkpoint"
         if args.server_head:
             trusted, source = _server_head(args), f"server_head {args.server}"
-        with args.export.open("rb") as f:
-            report = verify_export(
-                read_lines(f), keys, trusted=trusted, min_size=args.min_size, trusted_source=source
-            )
+        report = verify_export_file(
+            args.export, keys, workers=args.workers, trusted=trusted, min_size=args.min_size,
+            trusted_source=source,
+        )  # fmt: skip
     except OSError as err:
         error = ExportInvalid(f"cannot read {args.export}: {err.strerror}", code=Code.AUDIT_MALFORMED_EXPORT)
         return fail(error, as_json=args.json)
