@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any
 
 import hvac
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from attestation.simulate import SimulatedPki
 from bench.bench_release import KEY, enrol, percentile, run_threads
@@ -104,6 +106,37 @@ def open_loop(
     return len(latencies) / elapsed, sorted(latencies)
 
 
+def scrape_sums(metrics_port: int) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the release and OpenBao-call histograms from the server's /metrics, by operation."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    out: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("sovereign_release_seconds", "sovereign_openbao_call_seconds"):
+            continue
+        for sample in family.samples:
+            kind = sample.name.rsplit("_", 1)[-1]
+            if kind not in ("sum", "count"):
+                continue
+            key = family.name + ":" + sample.labels.get("operation", "")
+            total, count = out.get(key, (0.0, 0.0))
+            out[key] = (total + sample.value, count) if kind == "sum" else (total, count + sample.value)
+    return out
+
+
+def server_split(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean ms per call between two scrapes, per histogram (and OpenBao operation)."""
+    split = {}
+    for key, (total, count) in after.items():
+        t0, c0 = before.get(key, (0.0, 0.0))
+        if count > c0:
+            name = key.replace("sovereign_", "").replace("_seconds", "").replace(":", "_").rstrip("_")
+            split[f"server_{name}_mean_ms"] = round((total - t0) / (count - c0) * 1000, 3)
+    return split
+
+
 def row(work: str, ours: float, baseline: float, unit: str, target: float, met: bool, note: str,
         **extra: Any) -> dict[str, Any]:  # fmt: skip
     out = {"work": work, "ours": round(ours, 2), "baseline": round(baseline, 2), "unit": unit,
@@ -153,7 +186,7 @@ def main() -> int:
             server.start()
             ours_calls = release_calls(enrol(server, pki, workers))
             bare = bare_calls(bao, workers)
-            run_loaded(ours_calls, bare, seconds, tiny)
+            run_loaded(ours_calls, bare, seconds, tiny, server.metrics_port)
         finally:
             server.stop()
             bao.server.stop()
@@ -161,7 +194,7 @@ def main() -> int:
 
 
 def run_loaded(ours_calls: list[Callable[[], None]], bare: list[Callable[[], None]], seconds: float,
-               tiny: bool) -> None:  # fmt: skip
+               tiny: bool, metrics_port: int) -> None:  # fmt: skip
     workers = len(ours_calls)
     bare_max, _ = run_threads(workers, seconds, lambda i: bare[i])
     ours_max, _ = run_threads(workers, seconds, lambda i: ours_calls[i])
@@ -169,10 +202,14 @@ def run_loaded(ours_calls: list[Callable[[], None]], bare: list[Callable[[], Non
         1.0, ours_max >= bare_max, "closed loop, same run; baseline = bare hvac transit/decrypt from the same "
         "number of clients; clients share the machine with the server and OpenBao", concurrency_max=workers)  # fmt: skip
     one_bare, _ = run_threads(1, seconds, lambda i: bare[0])
-    one_ours, _ = run_threads(1, seconds, lambda i: ours_calls[0])
+    before = scrape_sums(metrics_port)
+    one_ours, one_lat = run_threads(1, seconds, lambda i: ours_calls[0])
+    split = server_split(before, scrape_sums(metrics_port))
     row("release throughput at 1 concurrent node", one_ours, one_bare, "requests/s", 0.5,
         one_ours >= 0.5 * one_bare, "one closed-loop client each side; ours is a signed release over mTLS "
-        "gRPC (verify, decide, unwrap in OpenBao, record, seal), bare is one transit/decrypt")  # fmt: skip
+        "gRPC (verify, decide, unwrap in OpenBao, record, seal), bare is one transit/decrypt; server_* = "
+        "mean ms per call inside the server over this run (its /metrics), client_mean_ms = what the client saw",
+        client_mean_ms=round(sum(one_lat) / max(1, len(one_lat)) * 1000, 3), **split)  # fmt: skip
     points = []
     for i, load in enumerate(LOADS):
         rate = load * bare_max
