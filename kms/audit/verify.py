@@ -77,20 +77,35 @@ def verify_export(
     by the operator; the export must hold at least that many entries. Either catches an export cut back
     to an older checkpoint together with its header (``AUDIT_EXPORT_STALE``) and makes the report
     ``fresh``; ``trusted_source`` names where the trusted checkpoint came from, for the report."""
+    it = iter(lines)
+    final = check_header(next(it, None), keys, trusted=trusted, min_size=min_size)
+    report = _Verifier(it, keys, final, trusted).run()
+    return conclude(report, trusted=trusted, min_size=min_size, trusted_source=trusted_source)
+
+
+def check_header(
+    first: bytes | None, keys: AuditKeys, *, trusted: Checkpoint | None, min_size: int | None
+) -> Checkpoint:
+    """The checks before the body: ``min_size``'s type, the header line and its signature, the trusted
+    checkpoint's signature. Returns the header's (final) checkpoint."""
     if min_size is not None and (type(min_size) is not int or min_size < 0):
         raise ExportInvalid(
             f"the minimum tree size must be a non-negative integer, not {min_size!r}",
             code=Code.AUDIT_FRESHNESS_UNCHECKED,
         )
-    it = iter(lines)
-    first = next(it, None)
     if first is None:
         raise ExportInvalid("the export is empty (no header line)", line=1)
     final = parse_header(first)
     _check_signature(keys, final, line=1, index=None)
     if trusted is not None:
         _check_signature(keys, trusted, line=None, index=None)
-    report = _Verifier(it, keys, final, trusted).run()
+    return final
+
+
+def conclude(
+    report: VerifyReport, *, trusted: Checkpoint | None, min_size: int | None, trusted_source: str
+) -> VerifyReport:
+    """The checks after the body: ``min_size``, and what freshness was checked against."""
     if min_size is not None and report.size < min_size:
         raise ExportInvalid(
             f"the export ends at {report.size} entries but at least {min_size} were required (--min-size): "

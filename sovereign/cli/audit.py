@@ -24,7 +24,8 @@ from kms.audit.errors import AuditError, ExportInvalid, KeyInvalid, ProofInvalid
 from kms.audit.export import parse_json_line, read_lines, write_items
 from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
-from kms.audit.verify import unchecked_head_error, verify_export
+from kms.audit.verify import unchecked_head_error
+from kms.audit.verify_parallel import verify_export_file
 from kms.errors import Code, KmsError
 from kms.oidc.errors import AuthError
 from kms.openbao.bootstrap import ROLE_NAME
@@ -78,10 +79,10 @@ def _verify(args: argparse.Namespace) -> int:
         source = "checkpoint"
         if args.server_head:
             trusted, source = _server_head(args), f"server_head {args.server}"
-        with args.export.open("rb") as f:
-            report = verify_export(
-                read_lines(f), keys, trusted=trusted, min_size=args.min_size, trusted_source=source
-            )
+        report = verify_export_file(
+            args.export, keys, workers=args.workers, trusted=trusted, min_size=args.min_size,
+            trusted_source=source,
+        )  # fmt: skip
     except OSError as err:
         error = ExportInvalid(f"cannot read {args.export}: {err.strerror}", code=Code.AUDIT_MALFORMED_EXPORT)
         return fail(error, as_json=args.json)

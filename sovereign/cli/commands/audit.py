@@ -56,6 +56,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="accept an export whose freshness nothing checks (exit 0, but reported as fresh: false)",
     )
+    verify.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=1,
+        metavar="N",
+        help="worker processes that check and hash parts of the file (0: one per CPU; default 1: in this "
+        "process); the same checks and the same errors either way",
+    )
     _connection_options(verify)
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=runs("sovereign.cli.audit:_verify"))
