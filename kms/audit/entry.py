@@ -47,6 +47,7 @@ class Kind(StrEnum):
     PENDING_REJECT = "pending.reject"
     OPERATOR_REFUSED = "operator.refused"
     MODEL_OUTPUT = "model.output"
+    NODE_RENEW = "node.renew"
 
 
 class Decision(StrEnum):

@@ -145,7 +145,7 @@ def registration_draft(
         fields["measurement"] = result.claims.measurement.hex()
         fields["tcb_status"] = result.claims.tcb_status.value
     return Draft(
-        Kind.REGISTRATION,
+        Kind.REGISTRATION if renew_of is None else Kind.NODE_RENEW,
         node_actor(result.node_id),
         _DECISION.get(result.outcome, Decision.NONE),
         reasons_of(result.reasons),
