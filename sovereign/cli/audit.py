@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -192,6 +193,7 @@ def _describe(against: tuple[tuple[str, object], ...]) -> str:
 from kms.openbao.bootstrap import ROLE_NAME  # noqa: E402
 
 COLUMNS = ("seq", "time", "kind", "decision", "who", "node", "key_name", "reasons")
+_NODE_ID = re.compile(r"n-[0-9a-f]{24}")  # kms.domain.registry.new_node_id
 _DECISIONS = {"grant": Decision.GRANT, "deny": Decision.DENY}
 
 
@@ -225,8 +227,10 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tail.set_defaults(func=_tail)
 
     query = cmds.add_parser("query", help="entries matching filters, in sequence order")
-    query.add_argument("--node", default="", help="node id")
-    query.add_argument("--key", default="", help="key name")
+    query.add_argument("--node", type=node_selector, help="node id, or the name the node registered under")
+    query.add_argument(
+        "--key", type=key_selector, help="key name, or a prefix ending in * (e.g. 'dataset/*')"
+    )
     query.add_argument("--decision", choices=sorted(_DECISIONS), help="only grants or only denials")
     query.add_argument("--reason", default="", help="reason code, e.g. RELEASE_LEASE_EXPIRED")
     query.add_argument("--since", type=parse_time, help="at or after this time (ISO 8601, or now)")
@@ -382,11 +386,36 @@ def _tail(args: argparse.Namespace, client: AuditClient) -> int:
     return 0
 
 
+def node_selector(text: str) -> str:
+    if not text or len(text) > 128 or not text.isprintable():
+        raise argparse.ArgumentTypeError("a node id or node name: 1 to 128 printable characters")
+    return text
+
+
+def key_selector(text: str) -> str:
+    if not text or len(text) > 128 or not text.isprintable() or "*" in text[:-1]:
+        raise argparse.ArgumentTypeError("a key name, or a prefix with one * at the end (e.g. 'dataset/*')")
+    return text
+
+
+def _node_filter(node: str | None) -> dict[str, str]:
+    """A node id is 32 hex digits (the store's ids); anything else is the name it registered under."""
+    if not node:
+        return {}
+    return {"node_id": node} if _NODE_ID.fullmatch(node) else {"node_name": node}
+
+
+def _key_filter(key: str | None) -> dict[str, str]:
+    if not key:
+        return {}
+    return {"key_prefix": key[:-1]} if key.endswith("*") else {"key_name": key}
+
+
 @_remote
 def _query(args: argparse.Namespace, client: AuditClient) -> int:
     query: dict[str, Any] = {
-        "node_id": args.node,
-        "key_name": args.key,
+        **_node_filter(args.node),
+        **_key_filter(args.key),
         "reason_code": args.reason,
         "decision": _DECISIONS.get(args.decision or ""),
         "start": args.since.astimezone(UTC) if args.since else None,

@@ -361,3 +361,27 @@ def test_reconcile_matches_openbao_and_flags_an_outside_decrypt(
     report = json.loads(result.stdout)
     assert result.returncode == 1
     assert [d["request_id"] for d in report["unmatched_decrypts"]] == [outside.request_id]
+
+
+def test_query_by_node_name_and_key_prefix(world: ServerProcess, pki: SimulatedPki, tmp_path: Path) -> None:
+    snp, tdx = nodes(world, pki)
+    _, train = snp.release("dataset/train")
+    _, model = tdx.release("model/main", "write")
+    stub = audit_stub(world)
+    by_name = stub.ListEntries(audit_pb2.ListEntriesRequest(node_name="audit-snp", page_size=1000)).entries
+    assert snp.node_id in {e.node_id for e in by_name} and tdx.node_id not in {e.node_id for e in by_name}
+    assert train.audit_sequence in [e.sequence for e in by_name]
+    assert not stub.ListEntries(audit_pb2.ListEntriesRequest(node_name="audit-nobody")).entries
+    by_prefix = stub.ListEntries(audit_pb2.ListEntriesRequest(key_prefix="dataset/", page_size=1000)).entries
+    assert by_prefix and all(e.key_name.startswith("dataset/") for e in by_prefix)
+    assert train.audit_sequence in [e.sequence for e in by_prefix]
+    assert model.audit_sequence not in [e.sequence for e in by_prefix]
+    # a LIKE wildcard in the prefix is a literal character, not "anything"
+    assert not stub.ListEntries(audit_pb2.ListEntriesRequest(key_prefix="dataset%")).entries
+    conn = cli_token(world, tmp_path / "token.json")
+    query = sovereign("audit", "query", "--node", "audit-snp", "--key", "dataset/*", "--json", *conn)
+    assert query.returncode == 0, query.stdout + query.stderr
+    rows = json.loads(query.stdout)["entries"]
+    assert train.audit_sequence in [r["seq"] for r in rows]
+    assert {r["node_id"] for r in rows} <= {e.node_id for e in by_name}
+    assert all(r["key_name"].startswith("dataset/") for r in rows)
