@@ -26,10 +26,11 @@ from kms.audit.export import parse_json_line, read_lines, write_items
 from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import unchecked_head_error, verify_export
-from kms.domain.transit import KEK_NAME
+from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME
 from kms.errors import Code, KmsError
 from kms.oidc.errors import AuthError
 from kms.openbao.vault import TRANSIT_MOUNT
+from sovereign.cli._audit_pin import fingerprints, pin_document, write_pin
 from sovereign.cli._common import existing_file, non_negative_int, parse_time, positive_int
 from sovereign.cli._installed import operator_address, operator_ca
 from sovereign.cli._lineage import add_lineage_parser
@@ -254,8 +255,26 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
     proof.add_argument(
         "--size", type=non_negative_int, default=0, help="tree size (a checkpoint's; 0: latest)"
     )
+    proof.add_argument(
+        "--public-key",
+        type=Path,
+        required=True,
+        help="the pinned audit key (from 'sovereign audit public-key -o FILE'): the checkpoint the proof is "
+        "checked against must carry a signature that verifies with it",
+    )
     _connection(proof)
     proof.set_defaults(func=_proof)
+
+    public_key = cmds.add_parser(
+        "public-key",
+        help="fetch the audit public key from the server, print its fingerprint and pin it",
+        description="Fetch every version of the audit signing key (Audit.GetSigningKeys), print each "
+        "version's fingerprint (sha256 of the SubjectPublicKeyInfo DER) to compare out of band, and with "
+        "-o write it to FILE for 'audit verify' and 'audit proof --public-key FILE'. No OpenBao access needed.",
+    )
+    public_key.add_argument("-o", "--output", type=Path, help="write the key file here (pin it)")
+    _connection(public_key)
+    public_key.set_defaults(func=_public_key)
 
     rec = cmds.add_parser(
         "reconcile",
@@ -465,8 +484,34 @@ def _save_checkpoint(args: argparse.Namespace, client: AuditClient) -> int:
 
 
 @_remote
+def _public_key(args: argparse.Namespace, client: AuditClient) -> int:
+    versions = client.signing_keys().get(AUDIT_KEY_NAME, {})
+    if not versions:
+        raise KeyInvalid(
+            f"the server listed no {AUDIT_KEY_NAME} key", hint="check that the server signs checkpoints"
+        )
+    document = pin_document(AUDIT_KEY_NAME, versions)
+    load_audit_keys(document)  # what is pinned must load as the verifiers will load it
+    if args.output is not None:
+        write_pin(args.output, document)
+    out: dict[str, Any] = {"key_name": AUDIT_KEY_NAME, "fingerprints": fingerprints(versions)}
+    if args.output is not None:
+        out["path"] = str(args.output)
+    if args.json:
+        print_ok(out)
+    else:
+        for version, fingerprint in out["fingerprints"].items():
+            print(f"{AUDIT_KEY_NAME} v{version} {fingerprint}")
+        if args.output is not None:
+            print(f"pinned to {args.output}")
+    return 0
+
+
+@_remote
 def _proof(args: argparse.Namespace, client: AuditClient) -> int:
+    keys = load_audit_keys(_read(args.public_key, "public key file", MAX_KEY_FILE))
     cp = client.checkpoint(args.size)
+    keys.verify(cp)
     if args.leaf is not None:
         hashes = list(client.inclusion_proof(args.leaf, cp.size))
         listed = client.list_entries(page_token=str(args.leaf), page_size=1)
@@ -477,15 +522,22 @@ def _proof(args: argparse.Namespace, client: AuditClient) -> int:
         out: dict[str, Any] = {"kind": "inclusion", "leaf_index": args.leaf, "tree_size": cp.size}
     else:
         first = client.checkpoint(args.first)
+        keys.verify(first)
         hashes = list(client.consistency_proof(first.size, cp.size))
         verify_consistency(first.size, cp.size, first.root, cp.root, hashes)
         out = {"kind": "consistency", "first_size": first.size, "second_size": cp.size}
-    out |= {"root": cp.root.hex(), "checkpoint_time": cp.time, "hashes": [h.hex() for h in hashes]}
+    out |= {
+        "root": cp.root.hex(),
+        "checkpoint_time": cp.time,
+        "signature": f"verified with {cp.key_id} v{cp.signature.version}",
+        "hashes": [h.hex() for h in hashes],
+    }
     if args.json:
         print_ok(out)
     else:
         print(
-            f"OK {out['kind']} proof checked against the checkpoint of size {cp.size} (root {cp.root.hex()})"
+            f"OK {out['kind']} proof checked against the checkpoint of size {cp.size} (root {cp.root.hex()}), "
+            f"its signature {out['signature']}"
         )
     return 0
 
