@@ -9,9 +9,10 @@ complete (temp file, fsync, rename).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from kms.domain.catalogue import KeyKind
+from kms.domain.catalogue import KeyKind, validate_name
 from kms.envelope import read_header
 from kms.envelope.errors import EnvelopeError
 from kms.envelope.files import decrypt_file, encrypt_file
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _encrypt(args: argparse.Namespace) -> int:
     try:
+        _check_inputs(args)  # every refusal that needs no key comes before OpenBao unwraps one
         key = open_catalogue(args, bao=True).unwrap(args.key, kind=KeyKind.DATASET)
         info = encrypt_file(
             key.plaintext, args.input, args.output, key_ref=format_key_ref(key.name, key.version)
@@ -74,6 +76,25 @@ def _decrypt(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(_file_error(exc), as_json=args.json)
     return _report(args, "opened", key.name, key.version, info.plaintext_bytes)
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    validate_name(args.key)
+    folder = args.output.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise KmsError(
+            f"cannot write {args.output}: {folder} is not a writable folder",
+            code=Code.STORAGE_ERROR,
+            hint="OUT's folder must exist and be writable",
+        )
+    if args.output.exists() and args.output.resolve() == args.input.resolve():
+        raise KmsError(
+            f"OUT {args.output} is IN",
+            code=Code.REQUEST_INVALID,
+            hint="write the sealed stream to another file",
+        )
+    if not os.access(args.input, os.R_OK):
+        raise KmsError(f"cannot read {args.input}", code=Code.STORAGE_ERROR, hint="check that IN is readable")
 
 
 def _file_error(exc: OSError) -> KmsError:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.domain.catalogue import Catalogue, summary_rows
+from kms.domain.catalogue import Catalogue, parse_kind, summary_rows, validate_name
 from kms.errors import Code, KmsError
 from kms.openbao.vault import OpenBaoTransit
 from kms.sql import open_store
@@ -100,6 +100,8 @@ def _show_record(args: argparse.Namespace, record_dict: dict[str, object], verb:
 
 def _create(args: argparse.Namespace) -> int:
     try:
+        validate_name(args.name)  # before the database is made or OpenBao asked
+        parse_kind(args.kind)
         record = open_catalogue(args, bao=True, create=True).create(args.name, args.kind)
     except KmsError as err:
         return fail(err, as_json=args.json)
@@ -108,6 +110,7 @@ def _create(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
+        validate_name(args.name)  # before OpenBao is asked
         record = open_catalogue(args, bao=True).rotate(args.name)
     except KmsError as err:
         return fail(err, as_json=args.json)
@@ -144,6 +147,7 @@ def _show(args: argparse.Namespace) -> int:
 def _lifecycle(action: str, verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
+            validate_name(args.name)
             record = getattr(open_catalogue(args, bao=False), action)(args.name)
         except KmsError as err:
             return fail(err, as_json=args.json)
