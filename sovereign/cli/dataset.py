@@ -12,16 +12,22 @@ import argparse
 import os
 from pathlib import Path
 
-from kms.domain.catalogue import KeyKind, validate_name
+from kms.audit.entry import Kind
+from kms.domain.catalogue import DataKey, KeyKind, validate_name
 from kms.envelope import read_header
 from kms.envelope.errors import EnvelopeError
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.envelope.names import format_key_ref, parse_key_ref
 from kms.errors import Code, KmsError
+from kms.openbao.vault import BaoSettings, OpenBaoTransit
 from sovereign.cli._common import existing_file
+from sovereign.cli._local_ledger import key_fields, record_local
 from sovereign.cli._output import fail, print_ok
-from sovereign.cli.key import DB_HELP, open_catalogue
-from sovereign.cli.kms import add_bao_arguments
+from sovereign.cli.key import DB_HELP, open_catalogue, open_local
+from sovereign.cli.kms import add_bao_arguments, host_bao_addr
+
+OWNER_ROLE_ID_ENV = "SOVEREIGN_BAO_OWNER_ROLE_ID"
+OWNER_SECRET_ID_FILE_ENV = "SOVEREIGN_BAO_OWNER_SECRET_ID_FILE"  # noqa: S105 (a variable name)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,13 +47,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--db", help=DB_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         add_bao_arguments(p)
+        if name == "encrypt":
+            owner = p.add_argument_group(
+                "data owner identity (sovereign kms bootstrap: owner-role-id, owner-secret-id)"
+            )
+            owner.add_argument(
+                "--owner-role-id",
+                help="seal under a fresh key version made with the data owner's AppRole, which cannot decrypt "
+                "(default $SOVEREIGN_BAO_OWNER_ROLE_ID)",
+            )
+            owner.add_argument(
+                "--owner-secret-id-file",
+                type=Path,
+                help="its secret id (default $SOVEREIGN_BAO_OWNER_SECRET_ID_FILE)",
+            )
         p.set_defaults(func=_encrypt if name == "encrypt" else _decrypt)
 
 
 def _encrypt(args: argparse.Namespace) -> int:
     try:
         _check_inputs(args)  # every refusal that needs no key comes before OpenBao unwraps one
-        key = open_catalogue(args, bao=True).unwrap(args.key, kind=KeyKind.DATASET)
+        owner = _owner_settings(args)
+        if owner is not None:
+            key = _owner_key(args, owner)
+        else:
+            key = open_catalogue(args, bao=True).unwrap(args.key, kind=KeyKind.DATASET)
         info = encrypt_file(
             key.plaintext, args.input, args.output, key_ref=format_key_ref(key.name, key.version)
         )
@@ -76,6 +100,41 @@ def _decrypt(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(_file_error(exc), as_json=args.json)
     return _report(args, "opened", key.name, key.version, info.plaintext_bytes)
+
+
+def _owner_settings(args: argparse.Namespace) -> BaoSettings | None:
+    role_id = args.owner_role_id or os.environ.get(OWNER_ROLE_ID_ENV)
+    secret = args.owner_secret_id_file or os.environ.get(OWNER_SECRET_ID_FILE_ENV)
+    if not role_id and not secret:
+        return None
+    if not (role_id and secret):
+        raise KmsError(
+            "the data owner identity needs both a role id and a secret id file",
+            code=Code.KMS_CONFIG_INVALID,
+            hint="pass --owner-role-id and --owner-secret-id-file (files owner-role-id, owner-secret-id of "
+            "'sovereign kms bootstrap')",
+        )
+    return BaoSettings.resolve(
+        addr=args.addr or host_bao_addr(),
+        role_id=role_id,
+        secret_id_file=Path(secret),
+        ca_cert=args.ca_cert,
+    )
+
+
+def _owner_key(args: argparse.Namespace, owner: BaoSettings) -> DataKey:
+    """Seal under a key version the owner made itself (no decrypt by anyone), added to the catalogue
+    and recorded in the ledger as a ``key.rotate`` by the local operator."""
+    catalogue, store = open_local(args, bao=False)
+    catalogue.describe(args.key)  # unknown, destroyed or wrong-kind keys are refused before OpenBao
+    transit = OpenBaoTransit(owner)
+    try:
+        plaintext, wrapped = transit.generate_plaintext_data_key()
+    finally:
+        transit.close()
+    record = catalogue.add_wrapped_version(args.key, wrapped, kind=KeyKind.DATASET)
+    record_local(store, Kind.KEY_ROTATE, {**key_fields(record), "comment": "sealed by the data owner"})
+    return DataKey(record.name, record.kind, record.current_version, plaintext, "")
 
 
 def _check_inputs(args: argparse.Namespace) -> None:

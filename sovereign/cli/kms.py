@@ -36,6 +36,11 @@ def add_bao_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ca-cert", help="CA bundle for a TLS listener (default $SOVEREIGN_BAO_CA_CERT)")
 
 
+def host_bao_addr() -> str | None:
+    """The installed host config's OpenBao address, if any."""
+    return _from_host_config("bao_addr")
+
+
 def bao_settings(args: argparse.Namespace, *, operator: bool = False) -> BaoSettings:
     """Connection settings from flags and environment; ``operator`` ignores AppRole (token only)."""
     return BaoSettings.resolve(
