@@ -6,11 +6,11 @@ group commit, an admin change), so an entry commits together with what it record
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import rfc8785
 from sqlalchemy import Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
@@ -108,9 +108,10 @@ def entries_range(conn: Connection, start: int, end: int, batch: int = 2048) -> 
 
 def _nodes_named(conn: Connection, name: str) -> list[str]:
     """The node ids the ledger's registration and renewal entries give ``name``. The canonical bytes are
-    RFC 8785, so the field appears exactly as ``"node_name":<JSON string>``; the kind narrows the scan."""
+    RFC 8785, so the field appears exactly as ``"node_name":<JSON string>`` (RFC 8785 writes strings as
+    ``json.dumps`` does with ``ensure_ascii=False``); the kind narrows the scan."""
     c = audit_entries.c
-    needle = b'"node_name":' + rfc8785.dumps(name)
+    needle = b'"node_name":' + json.dumps(name, ensure_ascii=False).encode()
     rows = conn.execute(
         select(c.node_id, c.canonical).where(
             c.kind.in_([Kind.REGISTRATION.value, Kind.NODE_RENEW.value]), c.node_id.is_not(None)
