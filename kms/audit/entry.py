@@ -48,6 +48,7 @@ class Kind(StrEnum):
     OPERATOR_REFUSED = "operator.refused"
     MODEL_OUTPUT = "model.output"
     LINEAGE_EXCEPTION = "lineage.exception"
+    NODE_RENEW = "node.renew"
 
 
 class Decision(StrEnum):

@@ -53,6 +53,10 @@ _HINTS: dict[Code, str] = {
         "and the sovereign-control-plane policy (transit/sign/sovereign-audit)"
     ),
     Code.AUDIT_RECONCILE_INPUT_INVALID: "pass OpenBao's file audit device log (JSON lines) and a ledger export",
+    Code.AUDIT_RECONCILE_NOT_BAO_LOG: (
+        "pass the file written by OpenBao's file audit device (bao audit enable file file_path=...): "
+        "one JSON object per line with type request or response, time and request"
+    ),
 }
 
 

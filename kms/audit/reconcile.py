@@ -71,18 +71,26 @@ def bad_input(message: str) -> AuditError:
     return AuditError(message, code=Code.AUDIT_RECONCILE_INPUT_INVALID)
 
 
+def not_a_bao_log(message: str) -> AuditError:
+    return AuditError(f"not an OpenBao audit log: {message}", code=Code.AUDIT_RECONCILE_NOT_BAO_LOG)
+
+
 def parse_bao_log(lines: Iterable[bytes | str], *, role_name: str, path: str) -> list[BaoDecrypt]:
     """The successful decrypts on ``path`` (e.g. transit/decrypt/sovereign-kek) by tokens of the AppRole
     ``role_name``, from the ``response`` records of a file audit device log."""
     out: list[BaoDecrypt] = []
+    records = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise bad_input(f"OpenBao audit log line {number} is not JSON") from None
-        if not isinstance(record, dict) or record.get("type") != "response":
+            raise not_a_bao_log(f"line {number} is not JSON") from None
+        if not _is_audit_record(record):
+            raise not_a_bao_log(f"line {number} is not an OpenBao audit record")
+        records += 1
+        if record.get("type") != "response":
             continue
         request = record.get("request") or {}
         if request.get("path") != path or record.get("error"):
@@ -94,7 +102,21 @@ def parse_bao_log(lines: Iterable[bytes | str], *, role_name: str, path: str) ->
         batch = data.get("batch_input")
         size = len(batch) if isinstance(batch, list) else 1
         out.append(BaoDecrypt(str(request.get("id", "")), str(record.get("time", "")), size, path))
+    if not records:
+        raise not_a_bao_log("the file holds no OpenBao audit record")
     return out
+
+
+def _is_audit_record(record: object) -> bool:
+    """The shape every record of OpenBao's file audit device has: a request or response, its time and
+    the request (path, id). Anything else means the file is not that log, and reconciling it would
+    report "0 decrypts" as if nothing had happened."""
+    return (
+        isinstance(record, dict)
+        and record.get("type") in ("request", "response")
+        and isinstance(record.get("time"), str)
+        and isinstance(record.get("request"), dict)
+    )
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,13 @@ class Catalogue:
         wrapped = self._transit.generate_wrapped_data_key()
         return self._store.add_version(name, wrapped, self._clock(), require_usable)
 
+    def add_wrapped_version(self, name: str, wrapped: WrappedKey, *, kind: KeyKind) -> KeyRecord:
+        """A new current version from a data key wrapped elsewhere (a data owner's own OpenBao identity)."""
+        record = self.describe(name)
+        require_usable(record)
+        require_kind(record, kind)
+        return self._store.add_version(name, wrapped, self._clock(), require_usable)
+
     def disable(self, name: str) -> KeyRecord:
         return self._store.set_state(
             validate_name(name), KeyState.DISABLED, self._clock(), require_not_destroyed

@@ -2,7 +2,7 @@
 
 Enables transit and AppRole, creates the KEK and the audit signing key, writes the least-privilege
 ``sovereign-control-plane`` policy and the AppRole role bound to it, and issues a secret id into a 0600
-file. Running it again changes nothing except issuing a new secret id (the report says so).
+file; the same for the data owner's ``sovereign-data-owner`` role (``kms.openbao.data_owner``). Running it again changes nothing except issuing a new secret id (the report says so).
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ import requests
 
 from kms.domain.transit import AUDIT_KEY_NAME, KEK_NAME, PROVENANCE_KEY_NAME
 from kms.errors import Code, OpenBaoError
+from kms.openbao.data_owner import (
+    OWNER_POLICY_HCL,
+    OWNER_POLICY_NAME,
+    OWNER_ROLE_ID_FILE,
+    OWNER_ROLE_NAME,
+    OWNER_SECRET_ID_FILE,
+)
 from kms.openbao.vault import TRANSIT_MOUNT, BaoSettings, OpenBaoTransit, TokenAuth, map_error
 
 POLICY_NAME = "sovereign-control-plane"
@@ -95,6 +102,9 @@ class BootstrapReport:
     role_id: str = ""
     secret_id_file: str = ""
     role_id_file: str = ""
+    owner_role_id: str = ""
+    owner_role_id_file: str = ""
+    owner_secret_id_file: str = ""
     steps: list[tuple[str, Status]] = field(default_factory=list)
 
     @property
@@ -109,6 +119,10 @@ class BootstrapReport:
             "role_id": self.role_id,
             "role_id_file": self.role_id_file,
             "secret_id_file": self.secret_id_file,
+            "owner_role": OWNER_ROLE_NAME,
+            "owner_role_id": self.owner_role_id,
+            "owner_role_id_file": self.owner_role_id_file,
+            "owner_secret_id_file": self.owner_secret_id_file,
             "changed": self.changed,
             "steps": [{"step": name, "status": status} for name, status in self.steps],
         }
@@ -138,6 +152,18 @@ def bootstrap(
         report.secret_id_file = str(write_private(out_dir / SECRET_ID_FILE, secret_id))
         report.role_id_file = str(write_private(out_dir / ROLE_ID_FILE, report.role_id))
         report.steps.append(("secret id", "issued"))
+        step(
+            f"policy {OWNER_POLICY_NAME}",
+            lambda: _ensure_policy(client, OWNER_POLICY_NAME, OWNER_POLICY_HCL),
+        )
+        step(
+            f"role {OWNER_ROLE_NAME}", lambda: _ensure_role(client, role, OWNER_ROLE_NAME, OWNER_POLICY_NAME)
+        )
+        report.owner_role_id = _mapped("read owner role id", addr, lambda: _role_id(client, OWNER_ROLE_NAME))
+        owner_secret = _mapped("issue owner secret id", addr, lambda: _secret_id(client, OWNER_ROLE_NAME))
+        report.owner_secret_id_file = str(write_private(out_dir / OWNER_SECRET_ID_FILE, owner_secret))
+        report.owner_role_id_file = str(write_private(out_dir / OWNER_ROLE_ID_FILE, report.owner_role_id))
+        report.steps.append(("owner secret id", "issued"))
         return report
     finally:
         admin.close()
@@ -187,43 +213,45 @@ def _ensure_mount(client: hvac.Client, path: str, kind: str, *, secrets_engine: 
     return "created"
 
 
-def _ensure_policy(client: hvac.Client) -> Status:
+def _ensure_policy(client: hvac.Client, name: str = POLICY_NAME, hcl: str = POLICY_HCL) -> Status:
     try:
-        current = client.sys.read_acl_policy(POLICY_NAME)["data"]["policy"]
+        current = client.sys.read_acl_policy(name)["data"]["policy"]
     except hvac.exceptions.InvalidPath:
         current = None
-    if current == POLICY_HCL:
+    if current == hcl:
         return "unchanged"
-    client.sys.create_or_update_acl_policy(POLICY_NAME, POLICY_HCL)
+    client.sys.create_or_update_acl_policy(name, hcl)
     return "created" if current is None else "updated"
 
 
-def _ensure_role(client: hvac.Client, role: RoleSettings) -> Status:
+def _ensure_role(
+    client: hvac.Client, role: RoleSettings, name: str = ROLE_NAME, policy: str = POLICY_NAME
+) -> Status:
     want: dict[str, Any] = {
         "bind_secret_id": True,
         "secret_id_ttl": role.secret_id_ttl,
         "secret_id_num_uses": 0,
         "token_ttl": role.token_ttl,
         "token_max_ttl": role.token_max_ttl,
-        "token_policies": [POLICY_NAME],
+        "token_policies": [policy],
         "token_no_default_policy": True,
         "token_type": "service",
         "token_bound_cidrs": list(role.token_bound_cidrs),
     }
     try:
-        have = client.auth.approle.read_role(ROLE_NAME, mount_point=APPROLE_MOUNT)["data"]
+        have = client.auth.approle.read_role(name, mount_point=APPROLE_MOUNT)["data"]
     except hvac.exceptions.InvalidPath:
         have = None
     if have is not None and all(_same(have.get(k), v) for k, v in want.items()):
         return "unchanged"
     client.auth.approle.create_or_update_approle(
-        ROLE_NAME,
+        name,
         bind_secret_id=True,
         secret_id_ttl=f"{role.secret_id_ttl}s",
         secret_id_num_uses=0,
         token_ttl=f"{role.token_ttl}s",
         token_max_ttl=f"{role.token_max_ttl}s",
-        token_policies=[POLICY_NAME],
+        token_policies=[policy],
         token_no_default_policy=True,
         token_type="service",  # noqa: S106 (renewable tokens, not batch)
         token_bound_cidrs=list(role.token_bound_cidrs),
@@ -238,11 +266,9 @@ def _same(have: Any, want: Any) -> bool:
     return bool(have == want)
 
 
-def _role_id(client: hvac.Client) -> str:
-    return str(client.auth.approle.read_role_id(ROLE_NAME, mount_point=APPROLE_MOUNT)["data"]["role_id"])
+def _role_id(client: hvac.Client, name: str = ROLE_NAME) -> str:
+    return str(client.auth.approle.read_role_id(name, mount_point=APPROLE_MOUNT)["data"]["role_id"])
 
 
-def _secret_id(client: hvac.Client) -> str:
-    return str(
-        client.auth.approle.generate_secret_id(ROLE_NAME, mount_point=APPROLE_MOUNT)["data"]["secret_id"]
-    )
+def _secret_id(client: hvac.Client, name: str = ROLE_NAME) -> str:
+    return str(client.auth.approle.generate_secret_id(name, mount_point=APPROLE_MOUNT)["data"]["secret_id"])

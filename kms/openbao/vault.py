@@ -553,6 +553,24 @@ class OpenBaoTransit:
             raise _bad_response("datakey", "ciphertext")
         return WrappedKey(ciphertext, _version_of(ciphertext, "datakey"))
 
+    def generate_plaintext_data_key(self, kek: str | None = None) -> tuple[bytes, WrappedKey]:
+        """A fresh data key, plaintext and wrapped (``transit/datakey/plaintext``): how a data owner, whose
+        role may not decrypt (``kms.openbao.data_owner``), seals under a key of its own making."""
+        name = kek or self.kek
+        resp = self.call(
+            "datakey",
+            lambda c: c.secrets.transit.generate_data_key(
+                name, key_type="plaintext", bits=DATA_KEY_BITS, mount_point=self._mount
+            ),
+        )
+        data = _data(resp, "datakey")
+        ciphertext = data.get("ciphertext")
+        if not isinstance(ciphertext, str):
+            raise _bad_response("datakey", "ciphertext")
+        return _b64(data.get("plaintext"), "datakey"), WrappedKey(
+            ciphertext, _version_of(ciphertext, "datakey")
+        )
+
     def unwrap(self, ciphertext: str, kek: str | None = None) -> Unwrapped:
         name = kek or self.kek
         resp = self.call(

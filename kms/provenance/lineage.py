@@ -78,7 +78,7 @@ def derive(entries: Sequence[Entry], output_seq: int) -> Lineage:
     registrations = [
         e
         for e in mine
-        if e.kind is Kind.REGISTRATION
+        if e.kind in (Kind.REGISTRATION, Kind.NODE_RENEW)
         and e.seq < output_seq
         and _f(e, "state") in VERIFIED
         and _f(e, "claims_digest")

@@ -75,6 +75,8 @@ def filter_in(request: audit_pb2.ListEntriesRequest) -> EntryFilter:
     return EntryFilter(
         node_id=request.node_id,
         key_name=request.key_name,
+        node_name=request.node_name,
+        key_prefix=request.key_prefix,
         decision=_DECISION_IN.get(request.decision, ""),
         reason_code=request.reason_code,
         start_time=_time_text(request.start_time, request.HasField("start_time")),

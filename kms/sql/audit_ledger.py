@@ -6,6 +6,7 @@ group commit, an admin change), so an entry commits together with what it record
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from kms.audit.checkpoint import Checkpoint, format_transit_signature, parse_transit_signature
+from kms.audit.entry import Kind
 from kms.audit.merkle import HASH_SIZE
 from kms.sql.audit_schema import audit_checkpoints, audit_entries, audit_head, audit_nodes
 
@@ -28,6 +30,8 @@ class Head:
 class EntryFilter:
     node_id: str = ""
     key_name: str = ""
+    node_name: str = ""  # nodes registered under this name, from registration/renewal entries
+    key_prefix: str = ""  # key names starting with this text
     decision: str = ""  # "grant", "deny" or "" for any
     reason_code: str = ""
     start_time: str = ""  # entry time text, inclusive
@@ -102,6 +106,20 @@ def entries_range(conn: Connection, start: int, end: int, batch: int = 2048) -> 
         cursor = int(rows[-1].seq) + 1
 
 
+def _nodes_named(conn: Connection, name: str) -> list[str]:
+    """The node ids the ledger's registration and renewal entries give ``name``. The canonical bytes are
+    RFC 8785, so the field appears exactly as ``"node_name":<JSON string>`` (RFC 8785 writes strings as
+    ``json.dumps`` does with ``ensure_ascii=False``); the kind narrows the scan."""
+    c = audit_entries.c
+    needle = b'"node_name":' + json.dumps(name, ensure_ascii=False).encode()
+    rows = conn.execute(
+        select(c.node_id, c.canonical).where(
+            c.kind.in_([Kind.REGISTRATION.value, Kind.NODE_RENEW.value]), c.node_id.is_not(None)
+        )
+    ).all()
+    return sorted({str(r.node_id) for r in rows if r.node_id and needle in bytes(r.canonical)})
+
+
 def query_entries(conn: Connection, where: EntryFilter, after: int, limit: int) -> list[StoredEntry]:
     c = audit_entries.c
     conditions = [c.seq >= after]
@@ -109,6 +127,10 @@ def query_entries(conn: Connection, where: EntryFilter, after: int, limit: int) 
         conditions.append(c.node_id == where.node_id)
     if where.key_name:
         conditions.append(c.key_name == where.key_name)
+    if where.key_prefix:
+        conditions.append(c.key_name.startswith(where.key_prefix, autoescape=True))
+    if where.node_name:
+        conditions.append(c.node_id.in_(_nodes_named(conn, where.node_name)))
     if where.decision:
         conditions.append(c.decision == where.decision)
     if where.reason_code:

@@ -147,7 +147,7 @@ def registration_draft(
         fields["tcb_status"] = result.claims.tcb_status.value
         fields.update(gpu_audit_fields(result.claims))
     return Draft(
-        Kind.REGISTRATION,
+        Kind.REGISTRATION if renew_of is None else Kind.NODE_RENEW,
         node_actor(result.node_id),
         _DECISION.get(result.outcome, Decision.NONE),
         reasons_of(result.reasons),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -26,10 +27,12 @@ from kms.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.audit.verify import unchecked_head_error
 from kms.audit.verify_parallel import verify_export_file
+from kms.domain.transit import AUDIT_KEY_NAME
 from kms.errors import Code, KmsError
 from kms.oidc.errors import AuthError
 from kms.openbao.bootstrap import ROLE_NAME
 from kms.openbao.vault import TRANSIT_MOUNT
+from sovereign.cli._audit_pin import fingerprints, pin_document, write_pin
 from sovereign.cli._installed import operator_address, operator_ca
 from sovereign.cli._output import UsageError, error_fields, fail, print_json, print_ok, print_table
 from sovereign.cli._session import operator_token
@@ -130,6 +133,7 @@ def _describe(against: tuple[tuple[str, object], ...]) -> str:
 
 _DECISIONS = {"grant": Decision.GRANT, "deny": Decision.DENY}
 COLUMNS = ("seq", "time", "kind", "decision", "who", "node", "key_name", "reasons")
+_NODE_ID = re.compile(r"n-[0-9a-f]{24}")  # kms.domain.registry.new_node_id
 
 
 def audit_client(args: argparse.Namespace) -> AuditClient:
@@ -243,11 +247,24 @@ def _tail(args: argparse.Namespace, client: AuditClient) -> int:
     return 0
 
 
+def _node_filter(node: str | None) -> dict[str, str]:
+    """A node id is 32 hex digits (the store's ids); anything else is the name it registered under."""
+    if not node:
+        return {}
+    return {"node_id": node} if _NODE_ID.fullmatch(node) else {"node_name": node}
+
+
+def _key_filter(key: str | None) -> dict[str, str]:
+    if not key:
+        return {}
+    return {"key_prefix": key[:-1]} if key.endswith("*") else {"key_name": key}
+
+
 @_remote
 def _query(args: argparse.Namespace, client: AuditClient) -> int:
     query: dict[str, Any] = {
-        "node_id": args.node,
-        "key_name": args.key,
+        **_node_filter(args.node),
+        **_key_filter(args.key),
         "reason_code": args.reason,
         "decision": _DECISIONS.get(args.decision or ""),
         "start": args.since.astimezone(UTC) if args.since else None,
@@ -297,8 +314,34 @@ def _save_checkpoint(args: argparse.Namespace, client: AuditClient) -> int:
 
 
 @_remote
+def _public_key(args: argparse.Namespace, client: AuditClient) -> int:
+    versions = client.signing_keys().get(AUDIT_KEY_NAME, {})
+    if not versions:
+        raise KeyInvalid(
+            f"the server listed no {AUDIT_KEY_NAME} key", hint="check that the server signs checkpoints"
+        )
+    document = pin_document(AUDIT_KEY_NAME, versions)
+    load_audit_keys(document)  # what is pinned must load as the verifiers will load it
+    if args.output is not None:
+        write_pin(args.output, document)
+    out: dict[str, Any] = {"key_name": AUDIT_KEY_NAME, "fingerprints": fingerprints(versions)}
+    if args.output is not None:
+        out["path"] = str(args.output)
+    if args.json:
+        print_ok(out)
+    else:
+        for version, fingerprint in out["fingerprints"].items():
+            print(f"{AUDIT_KEY_NAME} v{version} {fingerprint}")
+        if args.output is not None:
+            print(f"pinned to {args.output}")
+    return 0
+
+
+@_remote
 def _proof(args: argparse.Namespace, client: AuditClient) -> int:
+    keys = load_audit_keys(_read(args.public_key, "public key file", MAX_KEY_FILE))
     cp = client.checkpoint(args.size)
+    keys.verify(cp)
     if args.leaf is not None:
         hashes = list(client.inclusion_proof(args.leaf, cp.size))
         listed = client.list_entries(page_token=str(args.leaf), page_size=1)
@@ -309,15 +352,22 @@ def _proof(args: argparse.Namespace, client: AuditClient) -> int:
         out: dict[str, Any] = {"kind": "inclusion", "leaf_index": args.leaf, "tree_size": cp.size}
     else:
         first = client.checkpoint(args.first)
+        keys.verify(first)
         hashes = list(client.consistency_proof(first.size, cp.size))
         verify_consistency(first.size, cp.size, first.root, cp.root, hashes)
         out = {"kind": "consistency", "first_size": first.size, "second_size": cp.size}
-    out |= {"root": cp.root.hex(), "checkpoint_time": cp.time, "hashes": [h.hex() for h in hashes]}
+    out |= {
+        "root": cp.root.hex(),
+        "checkpoint_time": cp.time,
+        "signature": f"verified with {cp.key_id} v{cp.signature.version}",
+        "hashes": [h.hex() for h in hashes],
+    }
     if args.json:
         print_ok(out)
     else:
         print(
-            f"OK {out['kind']} proof checked against the checkpoint of size {cp.size} (root {cp.root.hex()})"
+            f"OK {out['kind']} proof checked against the checkpoint of size {cp.size} (root {cp.root.hex()}), "
+            f"its signature {out['signature']}"
         )
     return 0
 

@@ -9,20 +9,34 @@ complete (temp file, fsync, rename).
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-from kms.domain.catalogue import KeyKind
+from kms.audit.entry import Kind
+from kms.domain.catalogue import DataKey, KeyKind, validate_name
 from kms.envelope import read_header
 from kms.envelope.errors import EnvelopeError
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.envelope.names import format_key_ref, parse_key_ref
 from kms.errors import Code, KmsError
+from kms.openbao.vault import BaoSettings, OpenBaoTransit
+from sovereign.cli._local_ledger import key_fields, record_local
 from sovereign.cli._output import fail, print_ok
-from sovereign.cli.key import open_catalogue
+from sovereign.cli.key import open_catalogue, open_local
+from sovereign.cli.kms import host_bao_addr
+
+OWNER_ROLE_ID_ENV = "SOVEREIGN_BAO_OWNER_ROLE_ID"
+OWNER_SECRET_ID_FILE_ENV = "SOVEREIGN_BAO_OWNER_SECRET_ID_FILE"  # noqa: S105 (a variable name)
 
 
 def _encrypt(args: argparse.Namespace) -> int:
     try:
-        key = open_catalogue(args, bao=True).unwrap(args.key, kind=KeyKind.DATASET)
+        _check_inputs(args)  # every refusal that needs no key comes before OpenBao unwraps one
+        owner = _owner_settings(args)
+        if owner is not None:
+            key = _owner_key(args, owner)
+        else:
+            key = open_catalogue(args, bao=True).unwrap(args.key, kind=KeyKind.DATASET)
         info = encrypt_file(
             key.plaintext, args.input, args.output, key_ref=format_key_ref(key.name, key.version)
         )
@@ -51,6 +65,60 @@ def _decrypt(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(_file_error(exc), as_json=args.json)
     return _report(args, "opened", key.name, key.version, info.plaintext_bytes)
+
+
+def _owner_settings(args: argparse.Namespace) -> BaoSettings | None:
+    role_id = args.owner_role_id or os.environ.get(OWNER_ROLE_ID_ENV)
+    secret = args.owner_secret_id_file or os.environ.get(OWNER_SECRET_ID_FILE_ENV)
+    if not role_id and not secret:
+        return None
+    if not (role_id and secret):
+        raise KmsError(
+            "the data owner identity needs both a role id and a secret id file",
+            code=Code.KMS_CONFIG_INVALID,
+            hint="pass --owner-role-id and --owner-secret-id-file (files owner-role-id, owner-secret-id of "
+            "'sovereign kms bootstrap')",
+        )
+    return BaoSettings.resolve(
+        addr=args.addr or host_bao_addr(),
+        role_id=role_id,
+        secret_id_file=Path(secret),
+        ca_cert=args.ca_cert,
+    )
+
+
+def _owner_key(args: argparse.Namespace, owner: BaoSettings) -> DataKey:
+    """Seal under a key version the owner made itself (no decrypt by anyone), added to the catalogue
+    and recorded in the ledger as a ``key.rotate`` by the local operator."""
+    catalogue, store = open_local(args, bao=False)
+    catalogue.describe(args.key)  # unknown, destroyed or wrong-kind keys are refused before OpenBao
+    transit = OpenBaoTransit(owner)
+    try:
+        plaintext, wrapped = transit.generate_plaintext_data_key()
+    finally:
+        transit.close()
+    record = catalogue.add_wrapped_version(args.key, wrapped, kind=KeyKind.DATASET)
+    record_local(store, Kind.KEY_ROTATE, {**key_fields(record), "comment": "sealed by the data owner"})
+    return DataKey(record.name, record.kind, record.current_version, plaintext, "")
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    validate_name(args.key)
+    folder = args.output.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise KmsError(
+            f"cannot write {args.output}: {folder} is not a writable folder",
+            code=Code.STORAGE_ERROR,
+            hint="OUT's folder must exist and be writable",
+        )
+    if args.output.exists() and args.output.resolve() == args.input.resolve():
+        raise KmsError(
+            f"OUT {args.output} is IN",
+            code=Code.REQUEST_INVALID,
+            hint="write the sealed stream to another file",
+        )
+    if not os.access(args.input, os.R_OK):
+        raise KmsError(f"cannot read {args.input}", code=Code.STORAGE_ERROR, hint="check that IN is readable")
 
 
 def _file_error(exc: OSError) -> KmsError:

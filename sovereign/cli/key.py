@@ -1,4 +1,6 @@
-"""``sovereign key create|rotate|list|show|disable|enable|destroy|rotate-kek``: the key catalogue."""
+"""``sovereign key create|rotate|list|show|disable|enable|destroy|rotate-kek``: the key catalogue.
+
+Every change is appended to the audit ledger (``_local_ledger``), as the Admin RPCs' are."""
 
 from __future__ import annotations
 
@@ -7,13 +9,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms.domain.catalogue import Catalogue, summary_rows
+from kms.audit.entry import Kind
+from kms.domain.catalogue import Catalogue, KeyRecord, parse_kind, summary_rows, validate_name
 from kms.errors import Code, KmsError
 from kms.openbao.vault import OpenBaoTransit
 from kms.sql import open_store
 from kms.sql.keys import SqlKeyStore
+from kms.sql.store import Store
 from sovereign.cli._installed import database_target
 from sovereign.cli._installed import source as installed_source
+from sovereign.cli._local_ledger import key_fields, record_local
 from sovereign.cli._output import fail, print_json, print_ok, print_table, readable
 from sovereign.cli.kms import bao_settings
 
@@ -39,10 +44,22 @@ def open_catalogue(
     args: argparse.Namespace, *, bao: bool, operator: bool = False, create: bool = False
 ) -> Catalogue:
     """The catalogue over ``--db`` (or the discovered database); only ``create`` may make a new one."""
+    return open_local(args, bao=bao, operator=operator, create=create)[0]
+
+
+def open_local(
+    args: argparse.Namespace, *, bao: bool, operator: bool = False, create: bool = False
+) -> tuple[Catalogue, Store]:
+    """``open_catalogue`` and the store under it (whose ledger the local changes are appended to)."""
     target = args.db or database_target()
     store = open_store(target if create else existing_database(target))
     transit = OpenBaoTransit(bao_settings(args, operator=operator)) if bao else None
-    return Catalogue(SqlKeyStore(store), transit, lambda: datetime.now(UTC))
+    return Catalogue(SqlKeyStore(store), transit, lambda: datetime.now(UTC)), store
+
+
+def _changed(store: Store, kind: Kind, record: KeyRecord) -> KeyRecord:
+    record_local(store, kind, key_fields(record))
+    return record
 
 
 def state_word(state: object) -> str:
@@ -63,7 +80,10 @@ def _show_record(args: argparse.Namespace, record_dict: dict[str, object], verb:
 
 def _create(args: argparse.Namespace) -> int:
     try:
-        record = open_catalogue(args, bao=True, create=True).create(args.name, args.kind)
+        validate_name(args.name)  # before the database is made or OpenBao asked
+        parse_kind(args.kind)
+        catalogue, store = open_local(args, bao=True, create=True)
+        record = _changed(store, Kind.KEY_CREATE, catalogue.create(args.name, args.kind))
     except KmsError as err:
         return fail(err, as_json=args.json)
     return _show_record(args, record.to_dict(), "created")
@@ -71,7 +91,9 @@ def _create(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
-        record = open_catalogue(args, bao=True).rotate(args.name)
+        validate_name(args.name)  # before OpenBao is asked
+        catalogue, store = open_local(args, bao=True)
+        record = _changed(store, Kind.KEY_ROTATE, catalogue.rotate(args.name))
     except KmsError as err:
         return fail(err, as_json=args.json)
     return _show_record(args, record.to_dict(), "rotated")
@@ -104,10 +126,15 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+_KINDS = {"disable": Kind.KEY_DISABLE, "enable": Kind.KEY_ENABLE, "destroy": Kind.KEY_DESTROY}
+
+
 def _lifecycle(action: str, verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            record = getattr(open_catalogue(args, bao=False), action)(args.name)
+            validate_name(args.name)
+            catalogue, store = open_local(args, bao=False)
+            record = _changed(store, _KINDS[action], getattr(catalogue, action)(args.name))
         except KmsError as err:
             return fail(err, as_json=args.json)
         return _show_record(args, record.to_dict(), verb)
@@ -117,9 +144,10 @@ def _lifecycle(action: str, verb: str) -> Callable[[argparse.Namespace], int]:
 
 def _rotate_kek(args: argparse.Namespace) -> int:
     try:
-        catalogue = open_catalogue(args, bao=True, operator=True)
+        catalogue, store = open_local(args, bao=True, operator=True)
         version = catalogue.rotate_kek()
         report = catalogue.rewrap_all(version)
+        record_local(store, Kind.KEK_ROTATE, {"kek_version": version, "count": report.rewrapped})
     except KmsError as err:
         return fail(err, as_json=args.json)
     result = {

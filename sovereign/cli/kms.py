@@ -19,6 +19,11 @@ from sovereign.cli._signals import stop_signals_interrupt
 from sovereign.devtools.openbao_server import OpenBaoServer
 
 
+def host_bao_addr() -> str | None:
+    """The installed host config's OpenBao address, if any."""
+    return _from_host_config("bao_addr")
+
+
 def bao_settings(args: argparse.Namespace, *, operator: bool = False) -> BaoSettings:
     """Connection settings from flags and environment; ``operator`` ignores AppRole (token only)."""
     return BaoSettings.resolve(

@@ -68,6 +68,8 @@ class AuditClient:
         *,
         node_id: str = "",
         key_name: str = "",
+        node_name: str = "",
+        key_prefix: str = "",
         decision: Decision | None = None,
         reason_code: str = "",
         start: datetime | None = None,
@@ -79,6 +81,8 @@ class AuditClient:
         request = audit_pb2.ListEntriesRequest(
             node_id=node_id,
             key_name=key_name,
+            node_name=node_name,
+            key_prefix=key_prefix,
             decision=wire_name(decision),
             reason_code=reason_code,
             page_size=page_size,

@@ -247,7 +247,7 @@ def _ledger_order(entries: Sequence[Entry]) -> list[Violation]:
             revoked.setdefault(node, e.seq)
         elif e.kind is Kind.NODE_SUSPEND:
             suspended[node] = e.seq
-        elif e.kind is Kind.NODE_APPROVE or (e.kind is Kind.REGISTRATION and _attested(e)):
+        elif e.kind is Kind.NODE_APPROVE or (e.kind in (Kind.REGISTRATION, Kind.NODE_RENEW) and _attested(e)):
             suspended.pop(node, None)
         elif e.kind in (Kind.POLICY_CHANGE, Kind.SERVER_START):
             version = _number(e, "policy_version")

@@ -6,6 +6,7 @@ audit log reconciles with the ledger, and a decrypt made with the AppRole outsid
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 import grpc
 import hvac
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from e2e.conftest import KIND
 from e2e.node_client import NodeClient, rpc_error
 from e2e.world import KEYS, ROOT, SNP_MEASUREMENT, TDX_MRTD, Bao, ServerProcess, prepare, start_bao
@@ -32,6 +35,7 @@ from kms.audit.verify import verify_export
 from kms.oidc.cache import CachedToken, save_token
 from kms.openbao.vault import AppRoleAuth, BaoSettings, OpenBaoTransit
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2
+from sovereign.bundle.installer import key_fingerprint
 
 AUDITOR = "carol"
 
@@ -158,14 +162,18 @@ def test_traffic_export_verify_proofs_and_query(
     }
     assert seqs[granted.audit_sequence].kind is Kind.RELEASE_GRANT
     assert seqs[also.audit_sequence].fields["purpose"] == "write"
-    proof = sovereign("audit", "proof", "--leaf", str(granted.audit_sequence), "--json", *conn)
+    proof = sovereign(
+        "audit", "proof", "--leaf", str(granted.audit_sequence), "--public-key", str(key), "--json", *conn
+    )
     assert proof.returncode == 0 and json.loads(proof.stdout)["kind"] == "inclusion", (
         proof.stdout + proof.stderr
     )
     first = parse_checkpoint_line(next(line for line in lines[1:] if line.startswith(b'{"checkpoint":')), 2)[
         0
     ]
-    consistency = sovereign("audit", "proof", "--first", str(first.size), "--json", *conn)
+    consistency = sovereign(
+        "audit", "proof", "--first", str(first.size), "--public-key", str(key), "--json", *conn
+    )
     assert consistency.returncode == 0, consistency.stdout + consistency.stderr
     query = sovereign("audit", "query", "--node", tdx.node_id, "--decision", "deny", "--json", *conn)
     assert [r["seq"] for r in json.loads(query.stdout)["entries"]] == [deny_seq]
@@ -361,3 +369,59 @@ def test_reconcile_matches_openbao_and_flags_an_outside_decrypt(
     report = json.loads(result.stdout)
     assert result.returncode == 1
     assert [d["request_id"] for d in report["unmatched_decrypts"]] == [outside.request_id]
+
+
+def test_query_by_node_name_and_key_prefix(world: ServerProcess, pki: SimulatedPki, tmp_path: Path) -> None:
+    snp, tdx = nodes(world, pki)
+    _, train = snp.release("dataset/train")
+    _, model = tdx.release("model/main", "write")
+    stub = audit_stub(world)
+    by_name = stub.ListEntries(audit_pb2.ListEntriesRequest(node_name="audit-snp", page_size=1000)).entries
+    assert snp.node_id in {e.node_id for e in by_name} and tdx.node_id not in {e.node_id for e in by_name}
+    assert train.audit_sequence in [e.sequence for e in by_name]
+    assert not stub.ListEntries(audit_pb2.ListEntriesRequest(node_name="audit-nobody")).entries
+    by_prefix = stub.ListEntries(audit_pb2.ListEntriesRequest(key_prefix="dataset/", page_size=1000)).entries
+    assert by_prefix and all(e.key_name.startswith("dataset/") for e in by_prefix)
+    assert train.audit_sequence in [e.sequence for e in by_prefix]
+    assert model.audit_sequence not in [e.sequence for e in by_prefix]
+    # a LIKE wildcard in the prefix is a literal character, not "anything"
+    assert not stub.ListEntries(audit_pb2.ListEntriesRequest(key_prefix="dataset%")).entries
+    conn = cli_token(world, tmp_path / "token.json")
+    query = sovereign("audit", "query", "--node", "audit-snp", "--key", "dataset/*", "--json", *conn)
+    assert query.returncode == 0, query.stdout + query.stderr
+    rows = json.loads(query.stdout)["entries"]
+    assert train.audit_sequence in [r["seq"] for r in rows]
+    assert {r["node_id"] for r in rows} <= {e.node_id for e in by_name}
+    assert all(r["key_name"].startswith("dataset/") for r in rows)
+
+
+def test_public_key_is_fetched_fingerprinted_pinned_and_checks_proofs(
+    world: ServerProcess, pki: SimulatedPki, bao: Bao, tmp_path: Path
+) -> None:
+    snp, _ = nodes(world, pki)
+    _, granted = snp.release("dataset/train")
+    wait_for_checkpoint(audit_stub(world), granted.audit_sequence + 1)
+    conn = cli_token(world, tmp_path / "token.json")
+    pin = tmp_path / "audit.pub.json"
+    fetched = sovereign("audit", "public-key", "-o", str(pin), "--json", *conn)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    # the fingerprint is the one of the key OpenBao holds, computed here from OpenBao's own answer
+    transit = json.loads(public_key_file(bao, tmp_path / "bao-key.json").read_text())["data"]["keys"]
+    expected = {v: key_fingerprint(base64.b64decode(k["public_key"])) for v, k in transit.items()}
+    assert json.loads(fetched.stdout)["fingerprints"] == expected
+    text = sovereign("audit", "public-key", *conn)
+    assert text.returncode == 0 and all(f in text.stdout for f in expected.values())
+    leaf = str(granted.audit_sequence)
+    proof = sovereign("audit", "proof", "--leaf", leaf, "--public-key", str(pin), "--json", *conn)
+    assert proof.returncode == 0, proof.stdout + proof.stderr
+    assert json.loads(proof.stdout)["signature"].startswith("verified with sovereign-audit")
+    # a key that is not the server's: the checkpoint does not verify, the proof is refused
+    other = tmp_path / "other.pem"
+    other.write_bytes(
+        Ed25519PublicKey.from_public_bytes(LocalSigner().public_key_bytes()).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    refused = sovereign("audit", "proof", "--leaf", leaf, "--public-key", str(other), "--json", *conn)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert json.loads(refused.stdout)["error"]["code"] == "AUDIT_CHECKPOINT_SIGNATURE_INVALID"

@@ -220,7 +220,7 @@ def test_anonymous_junk_adds_no_ledger_entry_and_is_counted(server: ServerProces
     # and the victim is untouched: it renews, and that authenticated renewal is recorded as its own
     assert victim.renew().state == common_pb2.NODE_STATE_ATTESTED
     after = entries_after(server, start)
-    assert [(e["kind"], e["actor"]) for e in after] == [("registration", victim_actor)]
+    assert [(e["kind"], e["actor"]) for e in after] == [("node.renew", victim_actor)]
 
 
 def test_a_refusal_after_authentication_is_still_recorded(server: ServerProcess, pki: SimulatedPki) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from sqlalchemy import select
 
+from kms.audit.entry import Entry, Kind
 from kms.openbao.bootstrap import POLICY_HCL
+from kms.sql import open_store
+from kms.sql.audit_schema import audit_entries
 from sovereign.cli import main
 
 if TYPE_CHECKING:
@@ -92,3 +97,51 @@ def test_bootstrap_command_is_idempotent(
     assert code == 0 and out["changed"] is False
     assert main(argv) == 0
     assert "new secret id issued" in capsys.readouterr().out
+
+
+def ledger(db: Path) -> list[Entry]:
+    store = open_store(db)
+    try:
+        with store.reader() as conn:
+            rows = conn.execute(select(audit_entries.c.canonical).order_by(audit_entries.c.seq)).all()
+    finally:
+        store.close()
+    return [Entry.decode(bytes(r.canonical)) for r in rows]
+
+
+def test_every_local_key_change_leaves_a_ledger_entry(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["key", "create", "ledger/k", "--kind", "dataset"],
+        ["key", "rotate", "ledger/k"],
+        ["key", "disable", "ledger/k"],
+        ["key", "enable", "ledger/k"],
+        ["key", "destroy", "ledger/k"],
+    ):
+        assert main(argv) == 0, capsys.readouterr()
+    assert main(["key", "rotate", "ledger/k"]) == 1  # refused: no change, no entry
+    entries = [e for e in ledger(env) if e.fields.get("key_name") == "ledger/k"]
+    assert [str(e.kind) for e in entries] == [
+        "key.create", "key.rotate", "key.disable", "key.enable", "key.destroy"
+    ]  # fmt: skip
+    user = getpass.getuser()
+    assert {(e.actor, e.fields["username"]) for e in entries} == {(f"local:{user}", user)}
+    assert [e.fields["key_version"] for e in entries] == [1, 2, 2, 2, 2]
+    assert entries[-1].fields["state"] == "destroyed"
+
+
+def test_a_local_kek_rotation_leaves_a_ledger_entry(
+    fresh_dev: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "kek.db"
+    monkeypatch.setenv("SOVEREIGN_DB", str(db))
+    monkeypatch.setenv("SOVEREIGN_BAO_ADDR", fresh_dev.server.addr)
+    monkeypatch.setenv("SOVEREIGN_BAO_TOKEN", fresh_dev.root_token)
+    monkeypatch.delenv("SOVEREIGN_BAO_ROLE_ID", raising=False)
+    assert main(["key", "create", "ds", "--kind", "dataset"]) == 0
+    code, out = _json(capsys, ["key", "rotate-kek", "--json"])
+    assert code == 0, out
+    kek = [e for e in ledger(db) if e.kind is Kind.KEK_ROTATE]
+    assert (
+        len(kek) == 1 and kek[0].fields["kek_version"] == out["kek_version"] and kek[0].fields["count"] == 1
+    )
+    assert kek[0].actor.startswith("local:")

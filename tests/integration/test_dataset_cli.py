@@ -5,11 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from sqlalchemy import select
 
+from kms.audit.entry import Entry, Kind
+from kms.audit.reconcile import parse_bao_log, reconcile
+from kms.domain.catalogue import Catalogue
+from kms.domain.transit import KEK_NAME
+from kms.errors import OpenBaoError
+from kms.openbao.bootstrap import ROLE_NAME
+from kms.openbao.data_owner import OWNER_ROLE_NAME
+from kms.openbao.vault import TRANSIT_MOUNT, AppRoleAuth, BaoSettings, OpenBaoTransit
+from kms.sql import open_store
+from kms.sql.audit_schema import audit_entries
+from kms.sql.keys import SqlKeyStore
 from sovereign.cli import main
 
 if TYPE_CHECKING:
@@ -88,3 +101,71 @@ def test_failures_are_coded_and_leave_no_output(env: Path, capsys: pytest.Captur
     code, out = run(capsys, "dataset", "decrypt", "--key", "dataset/a", str(env / "s"), str(env / "out"))
     assert (code, out["error"]["code"]) == (1, "KEY_DISABLED")
     assert not (env / "out").exists()
+
+
+def _ledger(db: Path) -> list[bytes]:
+    store = open_store(db)
+    try:
+        with store.reader() as conn:
+            rows = conn.execute(select(audit_entries.c.canonical).order_by(audit_entries.c.seq)).all()
+    finally:
+        store.close()
+    return [bytes(r.canonical) for r in rows]
+
+
+def test_the_data_owner_seals_with_its_own_identity_and_reconcile_stays_clean(
+    fresh_dev: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "owner.db"
+    monkeypatch.setenv("SOVEREIGN_DB", str(db))
+    monkeypatch.setenv("SOVEREIGN_BAO_ADDR", fresh_dev.server.addr)
+    monkeypatch.setenv("SOVEREIGN_BAO_ROLE_ID", fresh_dev.report.role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", fresh_dev.report.secret_id_file)
+    monkeypatch.delenv("SOVEREIGN_BAO_TOKEN", raising=False)
+    report = fresh_dev.report
+    assert report.owner_role_id and Path(report.owner_secret_id_file).stat().st_mode & 0o777 == 0o600
+    owner = ["--owner-role-id", report.owner_role_id, "--owner-secret-id-file", report.owner_secret_id_file]
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(70_000))
+    assert run(capsys, "key", "create", "dataset/owned", "--kind", "dataset")[0] == 0
+    sealed = tmp_path / "data.sealed"
+    code, out = run(capsys, "dataset", "encrypt", "--key", "dataset/owned", str(plain), str(sealed), *owner)
+    assert code == 0 and out["version"] == 2, out
+
+    # reconcile: the control plane's AppRole made no decrypt, so nothing is unexplained
+    assert fresh_dev.server.audit_log is not None
+    log = fresh_dev.server.audit_log.read_bytes().splitlines()
+    decrypts = parse_bao_log(log, role_name=ROLE_NAME, path=f"{TRANSIT_MOUNT}/decrypt/{KEK_NAME}")
+    result = reconcile(decrypts, _ledger(db))
+    assert result.ok and (result.decrypts, len(result.mismatched), len(result.unmatched_decrypts)) == (
+        0,
+        0,
+        0,
+    )
+    # the owner's call is in OpenBao's log under the owner's role, and the ledger has the new version
+    made = parse_bao_log(log, role_name=OWNER_ROLE_NAME, path=f"{TRANSIT_MOUNT}/datakey/plaintext/{KEK_NAME}")
+    assert len(made) == 1
+    rotations = [Entry.decode(c) for c in _ledger(db) if Entry.decode(c).kind is Kind.KEY_ROTATE]
+    assert [(e.fields["key_name"], e.fields["key_version"]) for e in rotations] == [("dataset/owned", 2)]
+
+    # the owner role cannot decrypt: OpenBao answers 403
+    store = open_store(db)
+    try:
+        wrapped = Catalogue(SqlKeyStore(store), None, lambda: datetime.now(UTC)).get("dataset/owned")
+    finally:
+        store.close()
+    secret = Path(report.owner_secret_id_file).read_text().strip()
+    as_owner = OpenBaoTransit(
+        BaoSettings(addr=fresh_dev.server.addr, auth=AppRoleAuth(report.owner_role_id, secret))
+    )
+    try:
+        with pytest.raises(OpenBaoError) as denied:
+            as_owner.unwrap(wrapped.ciphertext)
+    finally:
+        as_owner.close()
+    assert denied.value.code == "KMS_PERMISSION_DENIED"
+
+    # the custodian opens what the owner sealed
+    opened = tmp_path / "data.out"
+    assert run(capsys, "dataset", "decrypt", "--key", "dataset/owned", str(sealed), str(opened))[0] == 0
+    assert opened.read_bytes() == plain.read_bytes()

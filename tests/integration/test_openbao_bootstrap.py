@@ -27,6 +27,9 @@ def test_first_run_creates_everything(kms_dev: Kms) -> None:
     assert steps[f"policy {POLICY_NAME}"] == "created"
     assert steps["approle auth"] == "created"
     assert steps[f"role {ROLE_NAME}"] == "created"
+    assert (
+        steps["policy sovereign-data-owner"] == "created" and steps["role sovereign-data-owner"] == "created"
+    )
     assert kms_dev.report.changed
 
 
@@ -34,7 +37,9 @@ def test_second_run_changes_nothing_but_issues_a_new_secret_id(kms_dev: Kms, tmp
     again = bootstrap(kms_dev.server.addr, kms_dev.root_token, tmp_path)
     statuses = dict(again.steps)
     assert statuses.pop("secret id") == "issued"
+    assert statuses.pop("owner secret id") == "issued"
     assert set(statuses.values()) == {"unchanged"}
+    assert again.owner_role_id == kms_dev.report.owner_role_id
     assert not again.changed
     assert again.role_id == kms_dev.report.role_id
     new_secret = Path(again.secret_id_file).read_text().strip()

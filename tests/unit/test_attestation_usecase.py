@@ -22,10 +22,18 @@ from node_fakes import (
 
 from attestation.errors import Code as AttestationCode
 from enclave.identity import NodeIdentity
+from kms.audit.entry import Kind
 from kms.clock import ManualClock
 from kms.domain.registry import NodeState, operator_suspended, revoke, suspend
 from kms.errors import KmsError
-from kms.usecases.attest import Attestation, AttestationOutcome, Outcome, RegisterInput, RenewInput
+from kms.usecases.attest import (
+    Attestation,
+    AttestationOutcome,
+    Outcome,
+    RegisterInput,
+    RenewInput,
+    registration_draft,
+)
 
 
 @dataclass
@@ -217,3 +225,15 @@ def test_renew_with_other_keys_or_an_unknown_id_is_refused(world: World, identit
     assert codes(other) == ["NODE_KEYS_CHANGED"] and not other.authenticated
     unknown = world.renew("n-unknown", identity)
     assert codes(unknown) == ["NODE_NOT_FOUND"] and unknown.node_id == ""
+
+
+def test_a_renewal_is_recorded_as_node_renew_and_a_registration_as_registration(
+    world: World, identity: NodeIdentity
+) -> None:
+    first = world.register(identity)
+    node = world.nodes.get(first.node_id)
+    assert node is not None
+    assert registration_draft(first, "node-a", "snp", None).kind is Kind.REGISTRATION
+    renewed = world.renew(first.node_id, identity)
+    draft = registration_draft(renewed, "node-a", "snp", node)
+    assert draft.kind is Kind.NODE_RENEW and draft.fields["old_state"] == "attested"

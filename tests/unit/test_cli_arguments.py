@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from sovereign.cli import _common, build_parser, main
+from sovereign.cli.commands import audit as cli_audit
 
 # One malformed value per argument type; None: free text (any string is a valid value).
 MALFORMED: dict[Any, str | None] = {
@@ -28,6 +29,8 @@ MALFORMED: dict[Any, str | None] = {
     _common.positive_seconds: "-1",
     _common.parse_time: "yesterday",
     _common.existing_file: "/nonexistent/sovereign-test-input",
+    cli_audit.node_selector: "",
+    cli_audit.key_selector: "data*set/*",
 }
 NOT_A_CHOICE = "no-such-choice"
 

@@ -4,13 +4,17 @@ request ids) against ledger entries; batches match only when every item is accou
 from __future__ import annotations
 
 import json
+import os
+import random
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from kms.audit.entry import Decision, Entry, Kind
 from kms.audit.errors import AuditError
 from kms.audit.reconcile import parse_bao_log, reconcile
+from sovereign.cli import main
 
 PATH = "transit/decrypt/sovereign-kek"
 ROLE = "sovereign-control-plane"
@@ -80,4 +84,47 @@ def test_a_duplicated_index_does_not_pass_for_a_full_batch() -> None:
 def test_a_log_that_is_not_json_lines_is_refused() -> None:
     with pytest.raises(AuditError) as info:
         parse_bao_log(["{not json"], role_name=ROLE, path=PATH)
-    assert info.value.code == "AUDIT_RECONCILE_INPUT_INVALID"
+    assert info.value.code == "AUDIT_RECONCILE_NOT_BAO_LOG"
+
+
+def random_json_lines(count: int) -> list[bytes]:
+    rng = random.Random(20)
+    return [
+        json.dumps({f"k{rng.randrange(100)}": rng.random(), "type": rng.choice(["x", 1, None])}).encode()
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(random_json_lines(20), id="random JSON lines"),
+        pytest.param([*LOG, json.dumps({"hello": "world"})], id="an audit log with a foreign line"),
+        pytest.param([json.dumps([1, 2, 3])], id="a JSON array"),
+        pytest.param([os.urandom(4096) + bytes(range(256))], id="binary"),
+        pytest.param([b"\x00\x01\x02\xff\n"], id="control bytes"),
+        pytest.param([], id="empty"),
+        pytest.param(["", "  "], id="blank lines"),
+    ],
+)
+def test_a_file_that_is_not_an_openbao_audit_log_is_refused_with_a_hint(lines: list[bytes | str]) -> None:
+    with pytest.raises(AuditError) as info:
+        parse_bao_log(lines, role_name=ROLE, path=PATH)
+    assert info.value.code == "AUDIT_RECONCILE_NOT_BAO_LOG"
+    assert info.value.hint is not None and "file audit device" in info.value.hint
+
+
+@pytest.mark.parametrize("content", ["json", "binary"])
+def test_the_cli_refuses_a_file_that_is_not_an_openbao_audit_log(
+    tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log, export = tmp_path / "bao.log", tmp_path / "export.jsonl"
+    log.write_bytes(b"\n".join(random_json_lines(5)) if content == "json" else os.urandom(2048))
+    export.write_bytes(b"")
+    argv = ["audit", "reconcile", "--bao-log", str(log), "--export", str(export), "--json"]
+    assert main(argv) != 0
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "AUDIT_RECONCILE_NOT_BAO_LOG" and "file audit device" in error["hint"]
+    assert main(argv[:-1]) != 0
+    err = capsys.readouterr()
+    assert "MISMATCH" not in err.out and "AUDIT_RECONCILE_NOT_BAO_LOG" in err.err

@@ -26,47 +26,47 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from proto.sovereign.v1 import common_pb2 as proto_dot_sovereign_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/sovereign/v1/audit.proto\x12\x0csovereign.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fproto/sovereign/v1/common.proto\"\xd1\x02\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x05 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x16.sovereign.v1.Decision\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x10\n\x08key_name\x18\x08 \x01(\t\x12\x13\n\x0bkey_version\x18\t \x01(\r\x12&\n\x07purpose\x18\n \x01(\x0e\x32\x15.sovereign.v1.Purpose\x12\x12\n\nrequest_id\x18\x0b \x01(\x0c\x12%\n\x07reasons\x18\x0c \x03(\x0b\x32\x14.sovereign.v1.Reason\x12\r\n\x05\x61\x63tor\x18\r \x01(\t\"\xfb\x01\n\x12ListEntriesRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x16.sovereign.v1.Decision\x12\x13\n\x0breason_code\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\"Y\n\x13ListEntriesResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.sovereign.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x01\n\x10SignedCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsigned_body\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x1b\n\x13signature_algorithm\x18\x06 \x01(\t\x12\x10\n\x08key_name\x18\x07 \x01(\t\x12\x13\n\x0bkey_version\x18\x08 \x01(\r\")\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"A\n\x18GetInclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"G\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"E\n\x1aGetConsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"K\n\x10\x43onsistencyProof\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"=\n\rExportRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x04\x12\x14\n\x0c\x65nd_sequence\x18\x02 \x01(\x04\"u\n\nExportItem\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x18.sovereign.v1.AuditEntryH\x00\x12\x34\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x1e.sovereign.v1.SignedCheckpointH\x00\x42\x06\n\x04item\"-\n\x14GetProvenanceRequest\x12\x15\n\routput_sha256\x18\x01 \x01(\x0c\"7\n\nProvenance\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x17\n\x0foutput_sequence\x18\x02 \x01(\x04\"\x17\n\x15GetSigningKeysRequest\"B\n\tPublicKey\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"4\n\x0bSigningKeys\x12%\n\x04keys\x18\x01 \x03(\x0b\x32\x17.sovereign.v1.PublicKey*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_GRANT\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\xd0\x04\n\x05\x41udit\x12R\n\x0bListEntries\x12 .sovereign.v1.ListEntriesRequest\x1a!.sovereign.v1.ListEntriesResponse\x12S\n\rGetCheckpoint\x12\".sovereign.v1.GetCheckpointRequest\x1a\x1e.sovereign.v1.SignedCheckpoint\x12Y\n\x11GetInclusionProof\x12&.sovereign.v1.GetInclusionProofRequest\x1a\x1c.sovereign.v1.InclusionProof\x12_\n\x13GetConsistencyProof\x12(.sovereign.v1.GetConsistencyProofRequest\x1a\x1e.sovereign.v1.ConsistencyProof\x12\x41\n\x06\x45xport\x12\x1b.sovereign.v1.ExportRequest\x1a\x18.sovereign.v1.ExportItem0\x01\x12M\n\rGetProvenance\x12\".sovereign.v1.GetProvenanceRequest\x1a\x18.sovereign.v1.Provenance\x12P\n\x0eGetSigningKeys\x12#.sovereign.v1.GetSigningKeysRequest\x1a\x19.sovereign.v1.SigningKeysb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/sovereign/v1/audit.proto\x12\x0csovereign.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fproto/sovereign/v1/common.proto\"\xd1\x02\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x05 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x16.sovereign.v1.Decision\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x10\n\x08key_name\x18\x08 \x01(\t\x12\x13\n\x0bkey_version\x18\t \x01(\r\x12&\n\x07purpose\x18\n \x01(\x0e\x32\x15.sovereign.v1.Purpose\x12\x12\n\nrequest_id\x18\x0b \x01(\x0c\x12%\n\x07reasons\x18\x0c \x03(\x0b\x32\x14.sovereign.v1.Reason\x12\r\n\x05\x61\x63tor\x18\r \x01(\t\"\xa2\x02\n\x12ListEntriesRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x16.sovereign.v1.Decision\x12\x13\n\x0breason_code\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x11\n\tnode_name\x18\t \x01(\t\x12\x12\n\nkey_prefix\x18\n \x01(\t\"Y\n\x13ListEntriesResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.sovereign.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x01\n\x10SignedCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsigned_body\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x1b\n\x13signature_algorithm\x18\x06 \x01(\t\x12\x10\n\x08key_name\x18\x07 \x01(\t\x12\x13\n\x0bkey_version\x18\x08 \x01(\r\")\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"A\n\x18GetInclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"G\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"E\n\x1aGetConsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"K\n\x10\x43onsistencyProof\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"=\n\rExportRequest\x12\x16\n\x0estart_sequence\x18\x01 \x01(\x04\x12\x14\n\x0c\x65nd_sequence\x18\x02 \x01(\x04\"u\n\nExportItem\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x18.sovereign.v1.AuditEntryH\x00\x12\x34\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x1e.sovereign.v1.SignedCheckpointH\x00\x42\x06\n\x04item\"-\n\x14GetProvenanceRequest\x12\x15\n\routput_sha256\x18\x01 \x01(\x0c\"7\n\nProvenance\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x17\n\x0foutput_sequence\x18\x02 \x01(\x04\"\x17\n\x15GetSigningKeysRequest\"B\n\tPublicKey\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"4\n\x0bSigningKeys\x12%\n\x04keys\x18\x01 \x03(\x0b\x32\x17.sovereign.v1.PublicKey*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_GRANT\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\xd0\x04\n\x05\x41udit\x12R\n\x0bListEntries\x12 .sovereign.v1.ListEntriesRequest\x1a!.sovereign.v1.ListEntriesResponse\x12S\n\rGetCheckpoint\x12\".sovereign.v1.GetCheckpointRequest\x1a\x1e.sovereign.v1.SignedCheckpoint\x12Y\n\x11GetInclusionProof\x12&.sovereign.v1.GetInclusionProofRequest\x1a\x1c.sovereign.v1.InclusionProof\x12_\n\x13GetConsistencyProof\x12(.sovereign.v1.GetConsistencyProofRequest\x1a\x1e.sovereign.v1.ConsistencyProof\x12\x41\n\x06\x45xport\x12\x1b.sovereign.v1.ExportRequest\x1a\x18.sovereign.v1.ExportItem0\x01\x12M\n\rGetProvenance\x12\".sovereign.v1.GetProvenanceRequest\x1a\x18.sovereign.v1.Provenance\x12P\n\x0eGetSigningKeys\x12#.sovereign.v1.GetSigningKeysRequest\x1a\x19.sovereign.v1.SigningKeysb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.sovereign.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=1772
-  _globals['_DECISION']._serialized_end=1847
+  _globals['_DECISION']._serialized_start=1811
+  _globals['_DECISION']._serialized_end=1886
   _globals['_AUDITENTRY']._serialized_start=115
   _globals['_AUDITENTRY']._serialized_end=452
   _globals['_LISTENTRIESREQUEST']._serialized_start=455
-  _globals['_LISTENTRIESREQUEST']._serialized_end=706
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=708
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=797
-  _globals['_SIGNEDCHECKPOINT']._serialized_start=800
-  _globals['_SIGNEDCHECKPOINT']._serialized_end=1006
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1008
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1049
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1051
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1116
-  _globals['_INCLUSIONPROOF']._serialized_start=1118
-  _globals['_INCLUSIONPROOF']._serialized_end=1189
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1191
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1260
-  _globals['_CONSISTENCYPROOF']._serialized_start=1262
-  _globals['_CONSISTENCYPROOF']._serialized_end=1337
-  _globals['_EXPORTREQUEST']._serialized_start=1339
-  _globals['_EXPORTREQUEST']._serialized_end=1400
-  _globals['_EXPORTITEM']._serialized_start=1402
-  _globals['_EXPORTITEM']._serialized_end=1519
-  _globals['_GETPROVENANCEREQUEST']._serialized_start=1521
-  _globals['_GETPROVENANCEREQUEST']._serialized_end=1566
-  _globals['_PROVENANCE']._serialized_start=1568
-  _globals['_PROVENANCE']._serialized_end=1623
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=1625
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=1648
-  _globals['_PUBLICKEY']._serialized_start=1650
-  _globals['_PUBLICKEY']._serialized_end=1716
-  _globals['_SIGNINGKEYS']._serialized_start=1718
-  _globals['_SIGNINGKEYS']._serialized_end=1770
-  _globals['_AUDIT']._serialized_start=1850
-  _globals['_AUDIT']._serialized_end=2442
+  _globals['_LISTENTRIESREQUEST']._serialized_end=745
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=747
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=836
+  _globals['_SIGNEDCHECKPOINT']._serialized_start=839
+  _globals['_SIGNEDCHECKPOINT']._serialized_end=1045
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1047
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1088
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1090
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1155
+  _globals['_INCLUSIONPROOF']._serialized_start=1157
+  _globals['_INCLUSIONPROOF']._serialized_end=1228
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1230
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1299
+  _globals['_CONSISTENCYPROOF']._serialized_start=1301
+  _globals['_CONSISTENCYPROOF']._serialized_end=1376
+  _globals['_EXPORTREQUEST']._serialized_start=1378
+  _globals['_EXPORTREQUEST']._serialized_end=1439
+  _globals['_EXPORTITEM']._serialized_start=1441
+  _globals['_EXPORTITEM']._serialized_end=1558
+  _globals['_GETPROVENANCEREQUEST']._serialized_start=1560
+  _globals['_GETPROVENANCEREQUEST']._serialized_end=1605
+  _globals['_PROVENANCE']._serialized_start=1607
+  _globals['_PROVENANCE']._serialized_end=1662
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=1664
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=1687
+  _globals['_PUBLICKEY']._serialized_start=1689
+  _globals['_PUBLICKEY']._serialized_end=1755
+  _globals['_SIGNINGKEYS']._serialized_start=1757
+  _globals['_SIGNINGKEYS']._serialized_end=1809
+  _globals['_AUDIT']._serialized_start=1889
+  _globals['_AUDIT']._serialized_end=2481
 # @@protoc_insertion_point(module_scope)

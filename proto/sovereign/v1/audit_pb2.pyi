@@ -53,7 +53,7 @@ class AuditEntry(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., canonical: _Optional[bytes] = ..., leaf_hash: _Optional[bytes] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., node_id: _Optional[str] = ..., key_name: _Optional[str] = ..., key_version: _Optional[int] = ..., purpose: _Optional[_Union[_common_pb2.Purpose, str]] = ..., request_id: _Optional[bytes] = ..., reasons: _Optional[_Iterable[_Union[_common_pb2.Reason, _Mapping]]] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class ListEntriesRequest(_message.Message):
-    __slots__ = ("node_id", "key_name", "decision", "reason_code", "start_time", "end_time", "page_size", "page_token")
+    __slots__ = ("node_id", "key_name", "decision", "reason_code", "start_time", "end_time", "page_size", "page_token", "node_name", "key_prefix")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class ListEntriesRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     key_name: str
     decision: Decision
@@ -70,7 +72,9 @@ class ListEntriesRequest(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     page_size: int
     page_token: str
-    def __init__(self, node_id: _Optional[str] = ..., key_name: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reason_code: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    node_name: str
+    key_prefix: str
+    def __init__(self, node_id: _Optional[str] = ..., key_name: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., reason_code: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., node_name: _Optional[str] = ..., key_prefix: _Optional[str] = ...) -> None: ...
 
 class ListEntriesResponse(_message.Message):
     __slots__ = ("entries", "next_page_token")

@@ -104,8 +104,10 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tail.set_defaults(func=runs("sovereign.cli.audit:_tail"))
 
     query = cmds.add_parser("query", help="entries matching filters, in sequence order")
-    query.add_argument("--node", default="", help="node id")
-    query.add_argument("--key", default="", help="key name")
+    query.add_argument("--node", type=node_selector, help="node id, or the name the node registered under")
+    query.add_argument(
+        "--key", type=key_selector, help="key name, or a prefix ending in * (e.g. 'dataset/*')"
+    )
     query.add_argument("--decision", choices=("deny", "grant"), help="only grants or only denials")
     query.add_argument("--reason", default="", help="reason code, e.g. RELEASE_LEASE_EXPIRED")
     query.add_argument("--since", type=parse_time, help="at or after this time (ISO 8601, or now)")
@@ -129,8 +131,26 @@ def _register_remote(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) 
     proof.add_argument(
         "--size", type=non_negative_int, default=0, help="tree size (a checkpoint's; 0: latest)"
     )
+    proof.add_argument(
+        "--public-key",
+        type=Path,
+        required=True,
+        help="the pinned audit key (from 'sovereign audit public-key -o FILE'): the checkpoint the proof is "
+        "checked against must carry a signature that verifies with it",
+    )
     _connection(proof)
     proof.set_defaults(func=runs("sovereign.cli.audit:_proof"))
+
+    public_key = cmds.add_parser(
+        "public-key",
+        help="fetch the audit public key from the server, print its fingerprint and pin it",
+        description="Fetch every version of the audit signing key (Audit.GetSigningKeys), print each "
+        "version's fingerprint (sha256 of the SubjectPublicKeyInfo DER) to compare out of band, and with "
+        "-o write it to FILE for 'audit verify' and 'audit proof --public-key FILE'. No OpenBao access needed.",
+    )
+    public_key.add_argument("-o", "--output", type=Path, help="write the key file here (pin it)")
+    _connection(public_key)
+    public_key.set_defaults(func=runs("sovereign.cli.audit:_public_key"))
 
     rec = cmds.add_parser(
         "reconcile",
@@ -165,3 +185,15 @@ def _register_lineage(cmds: argparse._SubParsersAction[argparse.ArgumentParser])
     what.add_argument("--dataset", help="a dataset key name")
     _connection(lineage)
     lineage.set_defaults(func=runs("sovereign.cli._lineage:run"))
+
+
+def node_selector(text: str) -> str:
+    if not text or len(text) > 128 or not text.isprintable():
+        raise argparse.ArgumentTypeError("a node id or node name: 1 to 128 printable characters")
+    return text
+
+
+def key_selector(text: str) -> str:
+    if not text or len(text) > 128 or not text.isprintable() or "*" in text[:-1]:
+        raise argparse.ArgumentTypeError("a key name, or a prefix with one * at the end (e.g. 'dataset/*')")
+    return text

@@ -28,6 +28,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--db", help=DB_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         add_bao_arguments(p)
+        if name == "encrypt":
+            owner = p.add_argument_group(
+                "data owner identity (sovereign kms bootstrap: owner-role-id, owner-secret-id)"
+            )
+            owner.add_argument(
+                "--owner-role-id",
+                help="seal under a fresh key version made with the data owner's AppRole, which cannot decrypt "
+                "(default $SOVEREIGN_BAO_OWNER_ROLE_ID)",
+            )
+            owner.add_argument(
+                "--owner-secret-id-file",
+                type=Path,
+                help="its secret id (default $SOVEREIGN_BAO_OWNER_SECRET_ID_FILE)",
+            )
         p.set_defaults(
             func=runs("sovereign.cli.dataset:" + ("_encrypt" if name == "encrypt" else "_decrypt"))
         )
