@@ -17,6 +17,8 @@ from sovereign.client.records import (
     Key,
     KeyChange,
     KeyPage,
+    LineageException,
+    LineageExceptionChange,
     Node,
     NodeChange,
     NodePage,
@@ -148,6 +150,10 @@ def show_rotation(rotation: KekRotation) -> None:
     print(f"KEK is now version {rotation.kek_version}; {rotation.rewrapped} key versions rewrapped")
 
 
+def show_lineage_exception(exception: LineageException) -> None:
+    print(f"group {exception.group} may now read {exception.key_name} despite its lineage restriction")
+
+
 def show_import(report: CollateralImport) -> None:
     rows = [
         {
@@ -174,12 +180,17 @@ def show(reply: Any, now: datetime) -> None:
         print_table(
             change_rows(reply, now), ("change_id", "state", "summary", "proposed_by", "expires", "decided_by")
         )
-    elif isinstance(reply, NodeChange | KeyChange | KekChange | PolicyPut) and reply.pending_change:
+    elif (
+        isinstance(reply, NodeChange | KeyChange | KekChange | PolicyPut | LineageExceptionChange)
+        and reply.pending_change
+    ):
         show_pending(reply.pending_change, now)
     elif isinstance(reply, NodeChange) and reply.node is not None:
         show_node(reply.node, now)
     elif isinstance(reply, KeyChange) and reply.key is not None:
         show_key(reply.key)
+    elif isinstance(reply, LineageExceptionChange) and reply.lineage_exception is not None:
+        show_lineage_exception(reply.lineage_exception)
     elif isinstance(reply, KekChange) and reply.rotation is not None:
         show_rotation(reply.rotation)
     elif isinstance(reply, Policy):
@@ -195,6 +206,8 @@ def show(reply: Any, now: datetime) -> None:
             show_rotation(reply.rotation)
         if reply.policy is not None:
             show_applied(reply.policy, None, "")
+        if reply.lineage_exception is not None:
+            show_lineage_exception(reply.lineage_exception)
     elif isinstance(reply, PendingChange):
         print(f"change {reply.change_id} is {readable(reply.state)}")
     elif isinstance(reply, CollateralImport):

@@ -27,6 +27,7 @@ from sovereign.client.records import (
     KeyKind,
     KeyPage,
     KeyState,
+    LineageExceptionChange,
     Node,
     NodeChange,
     NodePage,
@@ -136,6 +137,12 @@ class AdminClient:
     def put_policy(self, toml: str, expected_version: int, *, dry_run: bool = False) -> PolicyPut:
         request = admin_pb2.PutPolicyRequest(toml=toml, expected_version=expected_version, dry_run=dry_run)
         return self._call(self._stub.PutPolicy, request, PolicyPut)
+
+    def grant_lineage_exception(self, key_name: str, group: str, reason: str) -> LineageExceptionChange:
+        """Let ``group`` read the model key ``key_name`` despite a lineage-restricted rule; always held
+        for a second operator (``approve``)."""
+        request = admin_pb2.GrantLineageExceptionRequest(key_name=key_name, group=group, reason=reason)
+        return self._call(self._stub.GrantLineageException, request, LineageExceptionChange)
 
     # -- the two-person rule
 

@@ -227,14 +227,32 @@ class PolicyPut:
 
 
 @dataclass(frozen=True)
+class LineageException:
+    """A group allowed to read a model key despite its lineage-restricted release rule."""
+
+    key_name: str = ""
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class LineageExceptionChange:
+    """Always held: ``pending_change`` is set; ``lineage_exception`` only by ``ApprovedChange``."""
+
+    lineage_exception: LineageException | None = None
+    pending_change: PendingChange | None = None
+
+
+@dataclass(frozen=True)
 class ApprovedChange:
-    """The change (now APPLIED) and what applying it produced: one of node, key, rotation, policy."""
+    """The change (now APPLIED) and what applying it produced: one of node, key, rotation, policy,
+    lineage exception."""
 
     change: PendingChange | None = None
     node: Node | None = None
     key: Key | None = None
     rotation: KekRotation | None = None
     policy: PolicyApplied | None = None
+    lineage_exception: LineageException | None = None
 
 
 @dataclass(frozen=True)

@@ -85,13 +85,17 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
-def build_app(settings: ConsoleSettings) -> Starlette:
-    env = jinja2.Environment(
+def template_environment() -> jinja2.Environment:
+    """The pages' templates: escaped, and a missing value is an error rather than an empty cell."""
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(HERE / "templates")),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    templates = Jinja2Templates(env=env)
+
+
+def build_app(settings: ConsoleSettings) -> Starlette:
+    templates = Jinja2Templates(env=template_environment())
     counters = _Counters(settings.registry)
     origin = _origin(settings.public_url)
     redirect_uri = f"{settings.public_url}/auth/callback"

@@ -67,14 +67,30 @@ def node_out(node: Any) -> dict[str, Any]:
         "registered_at": _time(node.registered_at),
         "state_changed_at": _time(node.state_changed_at),
         "claims": _claims(claims),
+        "gpus": [_gpu(gpu) for gpu in claims.gpus],
     }
 
 
 def _claims(claims: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for field, value in claims.ListFields():
+        if field.name == "gpus":
+            continue  # a table of their own
         out[field.name] = value.hex() if isinstance(value, bytes) else str(value)
     return out
+
+
+def _gpu(gpu: Any) -> dict[str, str]:
+    return {
+        "architecture": gpu.architecture,
+        "driver": gpu.driver_version,
+        "vbios": gpu.vbios_version,
+        "ueid": gpu.ueid,
+        "measurements": gpu.measurement_result,
+        "cc_mode": gpu.cc_mode,
+        "revocation": gpu.revocation,
+        "simulated": "yes" if gpu.simulated else "no",
+    }
 
 
 def entry_out(entry: Any) -> dict[str, Any]:

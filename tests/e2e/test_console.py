@@ -19,12 +19,18 @@ from browser import chromium
 from e2e.conftest import KIND
 from e2e.node_client import NodeClient
 from e2e.operators import StandinRealm
-from e2e.world import KEYS, SNP_MEASUREMENT, Bao, ServerProcess, prepare
+from e2e.world import KEYS, SNP_MEASUREMENT, Bao, ServerProcess, prepare_inputs, server_policy
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from attestation.simulate import SimulatedPki
+from attestation.simulate.gpu import GpuSimulator
+from enclave.agent import NodeAgent
+from enclave.client import ControlPlaneClient
+from enclave.identity import NodeIdentity
+from enclave.providers.gpu import SimulatedGpus
 from enclave.providers.simulated import simulated_snp
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc
 
@@ -36,7 +42,9 @@ def console(
     tmp_path_factory: pytest.TempPathFactory, pki: SimulatedPki, bao: Bao, realm: StandinRealm
 ) -> Iterator[tuple[ServerProcess, str]]:
     workdir = tmp_path_factory.mktemp("console-server")
-    inputs = prepare(workdir, pki, datetime.now(UTC))
+    # with simulated NVIDIA roots and collateral, so a node with GPUs can register (its page shows them)
+    gpu_sim = GpuSimulator(datetime.now(UTC))
+    inputs = prepare_inputs(workdir, pki, datetime.now(UTC), server_policy(), gpus=gpu_sim)
     proc = ServerProcess(workdir, inputs, bao, realm, extra=["--console-listen", "127.0.0.1:0"]).start()
     try:
         with proc.admin_channel() as channel:
@@ -52,6 +60,13 @@ def console(
         )
         node.register(requested_groups=["trainers"])
         node.release("dataset/train")
+        assert proc.ca is not None
+        with ControlPlaneClient(f"127.0.0.1:{proc.port}", ca_pem=proc.ca.read_bytes(), timeout=15) as client:
+            gpu_node = NodeAgent(
+                client, simulated_snp(pki, measurement=SNP_MEASUREMENT), NodeIdentity.generate(),
+                node_name="gpu-console", groups=("trainers",), gpus=SimulatedGpus(gpu_sim, 2, seed="console"),
+            )  # fmt: skip
+            gpu_node.require_attested(gpu_node.register())
         yield proc, url
     finally:
         proc.stop()
@@ -101,7 +116,7 @@ def test_sign_in_and_every_page(console: tuple[ServerProcess, str], browser: Web
     assert browser.current_url.rstrip("/") == url
     # The overview's gauges are read at most every 5 s: reload until the registration shows.
     WebDriverWait(browser, 20, 1).until(lambda d: d.refresh() or d.find_elements(By.ID, "nodes-attested"))
-    assert browser.find_element(By.ID, "nodes-attested").text == "1"
+    assert browser.find_element(By.ID, "nodes-attested").text == "2"
     assert browser.find_element(By.ID, "openbao").text == "active and unsealed"
     shot(browser, shots, "overview")
     cookie = browser.get_cookie("__Host-sovereign-console")
@@ -110,6 +125,20 @@ def test_sign_in_and_every_page(console: tuple[ServerProcess, str], browser: Web
         browser.get(url + path)
         assert browser.find_elements(By.ID, marker), browser.page_source[:2000]
         shot(browser, shots, path.strip("/"))
+    # a node page: the claims the server verified, and no GPU table for a node without GPUs
+    browser.get(url + "/nodes")
+    browser.find_element(By.LINK_TEXT, "trainer-console").click()
+    assert wait_for(browser, "node-name") == "trainer-console"
+    assert SNP_MEASUREMENT.hex() in browser.page_source and not browser.find_elements(By.ID, "gpus")
+    shot(browser, shots, "node")
+    browser.get(url + "/nodes")
+    browser.find_element(By.LINK_TEXT, "gpu-console").click()
+    assert wait_for(browser, "node-name") == "gpu-console"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#gpus tr")[1:]
+    cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    assert [(c[0], c[4], c[7]) for c in cells] == [("HOPPER", "success", "yes")] * 2, cells
+    assert len({c[3] for c in cells}) == 2 and all(c[1] and c[2] and c[3] for c in cells)  # two devices
+    shot(browser, shots, "gpu-node")
     browser.find_element(By.ID, "sign-out").click()
     wait_for(browser, "signed-out")
     browser.get(url + "/nodes")
@@ -247,8 +276,9 @@ def test_approve_as_second_person(
         By.CSS_SELECTOR, f"form[action='/pending/{change_id}/approve'] input[name=comment]"
     ).send_keys("ok")
     browser.find_element(By.CSS_SELECTOR, f"form[action='/pending/{change_id}/approve'] button").click()
-    # Back on the pending list once the approval was applied: the change has left it.
-    WebDriverWait(browser, 30).until(
+    # Back on the pending list once the approval was applied: the change has left it (the list read
+    # while the page is being replaced goes stale: read it again).
+    WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException]).until(
         lambda d: (
             d.current_url.endswith("/pending") and change_id not in d.find_element(By.ID, "changes").text
         )

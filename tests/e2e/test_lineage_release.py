@@ -2,7 +2,8 @@
 dataset/train and records an output sealed with model/main; a rule lets group "inference" read model/*
 with ``lineage_restricted = true``, but no rule lets "inference" read dataset/train. A node in that group
 is refused model/main with RELEASE_LINEAGE_RESTRICTED (a release.deny entry), until two operators grant
-a lineage exception; then the same release is granted.
+a lineage exception (``sovereign admin lineage-exception grant`` by one, ``AdminClient.approve`` by the
+other); then the same release is granted.
 
 Independent oracle: the ledger entries are read from the server's database with sqlite3."""
 
@@ -12,11 +13,12 @@ import hashlib
 import json
 import os
 import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from e2e.node_client import rpc_error
+from e2e.test_operator_auth_cli import admin
 from e2e.world import SNP_MEASUREMENT, ServerProcess, server_policy
 
 from attestation.simulate import SimulatedPki
@@ -25,7 +27,9 @@ from enclave.client import ControlPlaneClient, ControlPlaneError
 from enclave.identity import NodeIdentity
 from enclave.providers.simulated import simulated_snp
 from enclave.workload import OutputReport
+from kms.oidc.cache import CachedToken, save_token
 from proto.sovereign.v1 import admin_pb2, admin_pb2_grpc
+from sovereign.client import AdminClient, OperatorError
 
 INFERENCE = """
 [[appraisal.snp.groups]]
@@ -49,6 +53,18 @@ def _agent(server: ServerProcess, pki: SimulatedPki, name: str, group: str) -> N
     agent = NodeAgent(client, provider, NodeIdentity.generate(), node_name=name, groups=[group])
     agent.require_attested(agent.register())
     return agent
+
+
+def _token_cache(server: ServerProcess, username: str, directory: Path) -> Path:
+    """A token cache as ``sovereign login`` leaves it, holding a token of the offline realm."""
+    now = datetime.now(UTC)
+    cache = directory / f"{username}.json"
+    token = server.operators().token(username)
+    save_token(
+        CachedToken("https://keycloak.invalid", "sovereign", "cli", token, now + timedelta(minutes=5), now),
+        cache,
+    )
+    return cache
 
 
 def _entries(server: ServerProcess, kind: str) -> list[dict[str, Any]]:
@@ -80,7 +96,7 @@ def restricted_policy(server: ServerProcess) -> None:
 
 
 def test_a_model_trained_on_a_dataset_the_group_may_not_read_is_refused_until_an_exception(
-    server: ServerProcess, pki: SimulatedPki, restricted_policy: None
+    server: ServerProcess, pki: SimulatedPki, restricted_policy: None, tmp_path: Path
 ) -> None:
     trainer = _agent(server, pki, "lineage-trainer", "trainers")
     trainer.release("dataset/train", "read")
@@ -105,40 +121,39 @@ def test_a_model_trained_on_a_dataset_the_group_may_not_read_is_refused_until_an
         reader.release("dataset/train", "read")
     assert no_rule.value.reason == "RELEASE_NO_RULE"
 
-    request = admin_pb2.GrantLineageExceptionRequest(
-        key_name="model/main", group="inference", reason="ticket 7"
-    )
-    with server.admin_channel() as channel:
-        admin = admin_pb2_grpc.AdminStub(channel)
-        for bad, why in (
-            (
-                admin_pb2.GrantLineageExceptionRequest(key_name="model/main", group="nobody", reason="x"),
-                "group",
-            ),
-            (
-                admin_pb2.GrantLineageExceptionRequest(
-                    key_name="dataset/train", group="inference", reason="x"
-                ),
-                "model",
-            ),
-            (admin_pb2.GrantLineageExceptionRequest(key_name="model/main", group="inference"), "reason"),
-        ):
-            status, code, _ = rpc_error(admin.GrantLineageException, bad)
-            assert (status, code) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID"), why
-        held = admin.GrantLineageException(request)
-        assert held.HasField("pending_change")  # two-person always, whatever the settings
-        status, _, _ = rpc_error(
-            admin.ApprovePendingChange,
-            admin_pb2.ApprovePendingChangeRequest(change_id=held.pending_change.change_id),
-        )
-        assert status is grpc.StatusCode.PERMISSION_DENIED  # not by the proposer
+    # the exception through the operator CLI (as alice) and the typed client (bob approves)
+    cache = _token_cache(server, "alice", tmp_path)
+    alice = AdminClient(server.admin_channel("alice"))
+    for key_name, group, reason, why in (
+        ("model/main", "nobody", "x", "group"),
+        ("dataset/train", "inference", "x", "model"),
+        ("model/main", "inference", "", "reason"),
+    ):
+        with pytest.raises(OperatorError) as bad:
+            alice.grant_lineage_exception(key_name, group, reason)
+        assert bad.value.code == "REQUEST_INVALID", why
+    run = admin(server, cache, "lineage-exception", "grant", "model/main", "--group", "inference",
+                "--reason", "ticket 7")  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["ok"] is True and "lineage_exception" not in doc  # two-person always, whatever the settings
+    held = doc["pending_change"]
+    assert held["method"] == "GrantLineageException" and held["state"] == "PENDING_CHANGE_STATE_PENDING"
+    assert held["request"]["key_name"] == "model/main" and held["request"]["group"] == "inference"
+    with pytest.raises(OperatorError) as own:
+        alice.approve(held["change_id"])
+    assert (own.value.code, own.value.status) == ("AUTH_SAME_APPROVER", "PERMISSION_DENIED")
     # held, not applied: still refused
     with pytest.raises(ControlPlaneError) as still:
         reader.release("model/main", "read")
     assert still.value.reason == "RELEASE_LINEAGE_RESTRICTED"
 
-    approved = _approved(server, held.pending_change)
-    assert approved.lineage_exception.group == "inference"
+    approved = AdminClient(server.admin_channel("bob")).approve(held["change_id"])
+    assert approved.lineage_exception is not None
+    assert (approved.lineage_exception.key_name, approved.lineage_exception.group) == (
+        "model/main",
+        "inference",
+    )
     (exception,) = _entries(server, "lineage.exception")
     assert exception["fields"]["key_name"] == "model/main" and exception["fields"]["groups"] == ["inference"]
     granted = reader.release("model/main", "read")

@@ -10,6 +10,7 @@ import pytest
 
 from sovereign.cli import _admin_views as views
 from sovereign.client.records import (
+    ApprovedChange,
     ChangeState,
     Key,
     KeyChange,
@@ -17,6 +18,8 @@ from sovereign.client.records import (
     KeyPage,
     KeyState,
     Lease,
+    LineageException,
+    LineageExceptionChange,
     Node,
     NodePage,
     NodeState,
@@ -89,3 +92,22 @@ def test_a_policy_the_server_refuses_is_named_by_its_file(tmp_path: Path) -> Non
     with pytest.raises(OperatorError) as info:
         _policy_put(Refusing(), args)  # type: ignore[arg-type]
     assert info.value.message == f"{file} line 3: group 'x' is not defined"
+
+
+def test_a_held_lineage_exception_prints_the_approve_command(capsys: pytest.CaptureFixture[str]) -> None:
+    held = PendingChange(
+        change_id="c-7",
+        method="GrantLineageException",
+        summary="lineage exception model/main for inference",
+        proposed_by="alice",
+        expires_at=NOW + timedelta(hours=23),
+        state=ChangeState.PENDING,
+    )
+    views.show(LineageExceptionChange(pending_change=held), NOW)
+    out = capsys.readouterr().out
+    assert "held for a second operator: change c-7 (lineage exception model/main for inference)" in out
+    assert "sovereign admin pending approve c-7" in out
+    applied = ApprovedChange(change=held, lineage_exception=LineageException("model/main", "inference"))
+    views.show(applied, NOW)
+    out = capsys.readouterr().out
+    assert "applied change c-7" in out and "group inference may now read model/main" in out

@@ -45,6 +45,7 @@ CASES: dict[str, list[str]] = {
     "admin pending list": OP,
     "admin pending approve": ["c1", *OP],
     "admin pending reject": ["c1", "--comment", "no", *OP],
+    "admin lineage-exception grant": ["model/main", "--group", "g", "--reason", "r", *OP],
     "admin collateral import": ["{file}", *OP],
     "audit verify": ["{file}", "--public-key", "{file}"],
     "audit checkpoint": ["-o", "{tmp}/cp.json", *OP],

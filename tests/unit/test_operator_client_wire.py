@@ -87,6 +87,13 @@ CASES: list[tuple[type[Any], Message]] = [
     (r.ChangePage, admin_pb2.ListPendingChangesResponse(changes=[CHANGE, admin_pb2.PendingChange()])),
     (r.ApprovedChange, admin_pb2.ApprovePendingChangeResponse(change=CHANGE, key=KEY)),
     (r.ApprovedChange, admin_pb2.ApprovePendingChangeResponse(change=CHANGE, policy=APPLIED)),
+    (
+        r.ApprovedChange,
+        admin_pb2.ApprovePendingChangeResponse(
+            change=CHANGE, lineage_exception=admin_pb2.LineageException(key_name="model/m", group="g")
+        ),
+    ),
+    (r.LineageExceptionChange, admin_pb2.GrantLineageExceptionResponse(pending_change=CHANGE)),
     (r.PendingChange, CHANGE),
     (
         r.CollateralImport,

@@ -84,10 +84,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin = sub.add_parser(
         "admin",
-        help="operator commands (nodes, keys, policy, pending changes, collateral)",
+        help="operator commands (nodes, keys, policy, pending changes, lineage exceptions, collateral)",
         description="Talk to the control plane's operator endpoint with the token of 'sovereign login'. "
-        "Roles decide what each user may do; policy changes and key destruction wait for a second "
-        "operator (sovereign admin pending approve).",
+        "Roles decide what each user may do; policy changes, key destruction and lineage "
+        "exceptions wait for a second operator (sovereign admin pending approve).",
     )
     groups = admin.add_subparsers(dest="admin_group", metavar="GROUP", required=True)
 
@@ -152,6 +152,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add(pending, "reject", "drop a pending change",
          lambda c, a: c.reject(a.change_id, a.comment),
          (_a("change_id"), _a("--comment", required=True)))  # fmt: skip
+
+    lineage = groups.add_parser(
+        "lineage-exception", help="exceptions to lineage-restricted release rules"
+    ).add_subparsers(dest="action", metavar="ACTION", required=True)
+    _add(lineage, "grant", "let a group read a model key trained on datasets it may not read "
+         "(always held for a second operator)",
+         lambda c, a: c.grant_lineage_exception(a.key_name, a.group, a.reason),
+         (_a("key_name", help="the model key"),
+          _a("--group", required=True, help="a group of the active policy"), REASON))  # fmt: skip
 
     collateral = groups.add_parser("collateral", help="attestation collateral").add_subparsers(
         dest="action", metavar="ACTION", required=True
