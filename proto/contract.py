@@ -21,6 +21,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
@@ -57,23 +58,24 @@ class BodyRejected(ValueError):
         self.code = code
 
 
-def encode_release_body(body: key_release_pb2.ReleaseRequestBody) -> bytes:
-    """The one canonical encoding of ``body`` (deterministic protobuf, defaults omitted), at most MAX_BODY."""
+_Body = TypeVar("_Body", key_release_pb2.ReleaseRequestBody, key_release_pb2.OutputRecordBody)
+
+
+def _encode(body: _Body, what: str) -> bytes:
     data = body.SerializeToString(deterministic=True)
     if len(data) > MAX_BODY:
-        raise BodyRejected(f"release request body of {len(data)} bytes exceeds {MAX_BODY}")
+        raise BodyRejected(f"{what} body of {len(data)} bytes exceeds {MAX_BODY}")
     return data
 
 
-def decode_release_body(data: bytes) -> key_release_pb2.ReleaseRequestBody:
-    """Parse a signed body and require that it is the canonical encoding of its own fields."""
+def _decode(data: bytes, parsed: _Body) -> _Body:
+    """Parse a signed body into ``parsed`` and require that it is the canonical encoding of its own fields."""
     if not data or len(data) > MAX_BODY:
         raise BodyRejected(f"body must be 1-{MAX_BODY} bytes")
-    parsed = key_release_pb2.ReleaseRequestBody()
     try:
         parsed.ParseFromString(data)
     except DecodeError:
-        raise BodyRejected("body is not a ReleaseRequestBody") from None
+        raise BodyRejected(f"body is not a {type(parsed).__name__}") from None
     parsed.DiscardUnknownFields()
     if parsed.SerializeToString(deterministic=True) != data:
         raise BodyRejected(
@@ -82,33 +84,26 @@ def decode_release_body(data: bytes) -> key_release_pb2.ReleaseRequestBody:
             "REQUEST_NOT_CANONICAL",
         )
     return parsed
+
+
+def encode_release_body(body: key_release_pb2.ReleaseRequestBody) -> bytes:
+    """The one canonical encoding of ``body`` (deterministic protobuf, defaults omitted), at most MAX_BODY."""
+    return _encode(body, "release request")
+
+
+def decode_release_body(data: bytes) -> key_release_pb2.ReleaseRequestBody:
+    """Parse a signed release body; it must be the canonical encoding of its own fields."""
+    return _decode(data, key_release_pb2.ReleaseRequestBody())
 
 
 def encode_output_body(body: key_release_pb2.OutputRecordBody) -> bytes:
     """The one canonical encoding of an output record body, at most MAX_BODY."""
-    data = body.SerializeToString(deterministic=True)
-    if len(data) > MAX_BODY:
-        raise BodyRejected(f"output record body of {len(data)} bytes exceeds {MAX_BODY}")
-    return data
+    return _encode(body, "output record")
 
 
 def decode_output_body(data: bytes) -> key_release_pb2.OutputRecordBody:
     """Parse a signed output record body; it must be the canonical encoding of its own fields."""
-    if not data or len(data) > MAX_BODY:
-        raise BodyRejected(f"body must be 1-{MAX_BODY} bytes")
-    parsed = key_release_pb2.OutputRecordBody()
-    try:
-        parsed.ParseFromString(data)
-    except DecodeError:
-        raise BodyRejected("body is not an OutputRecordBody") from None
-    parsed.DiscardUnknownFields()
-    if parsed.SerializeToString(deterministic=True) != data:
-        raise BodyRejected(
-            "body is not the canonical encoding of its fields (unknown, repeated, reordered or default "
-            "fields, or over-long varints)",
-            "REQUEST_NOT_CANONICAL",
-        )
-    return parsed
+    return _decode(data, key_release_pb2.OutputRecordBody())
 
 
 def output_transcript(body: bytes) -> bytes:
