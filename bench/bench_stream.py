@@ -11,17 +11,22 @@ datasets would be) and read once, so every timed run reads from the page cache. 
   output byte into the page cache and the fsync to the device, which raw AES-GCM does not do; the
   ``write_only`` field is writing + fsyncing the same number of bytes there with no crypto at all,
   the ceiling for any implementation on this machine.
-- ``encrypt_stream`` / ``decrypt_stream`` from the same page-cached file (opened unbuffered, exactly as
+- ``encrypt_stream`` from the same page-cached file (opened unbuffered, exactly as
   ``kms.envelope.files`` opens it) to ``/dev/null``: the same input path and framing with the output write
   taken out, so the ratio is our code's own overhead over raw AES-GCM. ``/dev/null`` because
   ``encrypt_file`` cannot target it (it renames a temp file over its output).
+- ``decrypt_stream`` (restated in issue 22; its old baseline read nothing from disk): the same
+  page-cached sealed file to ``/dev/null``, against reading that very file with the same ``preadv``
+  sizes into private buffers and opening each chunk with raw ``AESGCM.decrypt_into`` (see
+  :class:`RawFileDecrypt`): both sides read from disk, copy once into private memory and write once,
+  so the ratio is the framing's own cost.
 - Peak RSS growth over all of the above (taken before the baseline's buffer exists): must stay a few
   chunks whatever the stream size (ours maps at most a 4 MiB window of the input).
 
-Baseline: ``AESGCM.encrypt_into``/``decrypt_into`` with a per-chunk nonce and a 49-byte AAD over the
-same plaintext bytes (resp. raw AES-GCM ciphertext of them) held in anonymous memory, 1 MiB at a time,
-into one reused output buffer: no reads, no framing, no writes. Decrypting keeps one copy the baseline
-does not have, on purpose: AES-GCM reads its input twice (GHASH, then CTR), so ciphertext is first
+Baseline of the other rows: ``AESGCM.encrypt_into``/``decrypt_into`` with a per-chunk nonce and a
+49-byte AAD over the same plaintext bytes (resp. raw AES-GCM ciphertext of them) held in anonymous
+memory, 1 MiB at a time, into one reused output buffer: no reads, no framing, no writes. Decrypting
+keeps one copy that baseline does not have (the restated row's baseline has it too), on purpose: AES-GCM reads its input twice (GHASH, then CTR), so ciphertext is first
 copied out of the page cache into private memory (``preadv``) rather than decrypted from a shared
 mapping another process could rewrite between the two passes.
 
@@ -43,14 +48,16 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.peers import emit, row, tiny
-from kms.envelope import decrypt_stream, encrypt_stream
+from kms.envelope import decrypt_stream, encrypt_stream, read_header
 from kms.envelope.files import decrypt_file, encrypt_file
+from kms.envelope.stream_header import StreamKeys, open_header
 
 MIB = 1 << 20
 CHUNK = MIB
 TAG = 16
 AAD = bytes(49)  # same length as ours (header hash + record header)
 TARGET = 0.8
+RECORD = 17  # a chunk's clear record header: stream id (8), counter (4), flag (1), length (4)
 
 
 def _mbps(size: int, seconds: float) -> float:
@@ -134,6 +141,48 @@ class Baseline:
             self.aead.decrypt_into(_nonce(i), self._sealed(i), AAD, plain)
 
 
+class RawFileDecrypt:
+    """The restated baseline (issue 22): the same sealed file read with the same ``preadv`` sizes into
+    private buffers and opened chunk by chunk with raw ``AESGCM.decrypt_into``, to ``/dev/null``.
+
+    Per record: one 17-byte read of the record header, one read of ``length + 16`` bytes of ciphertext
+    and tag into a private buffer (the copy discipline ours keeps), nonce = prefix + the record's
+    counter and flag, AAD = header hash + the record header, then one ``os.write`` of the plaintext.
+    The per-file key is derived once, untimed (``open_header``); no record-header checks, no error
+    naming, no loop guards: only what raw AES-GCM over these bytes needs.
+    """
+
+    def __init__(self, key: bytes, sealed: Path) -> None:
+        self.path = sealed
+        with sealed.open("rb", buffering=0) as src:
+            self.header = read_header(src)
+        self.keys: StreamKeys = open_header(key, self.header)
+
+    def decrypt(self) -> None:
+        size, keys = self.header.chunk_size, self.keys
+        aead, prefix, header_hash = keys.aead, keys.nonce_prefix, keys.header_hash
+        record = memoryview(bytearray(RECORD))
+        sealed = memoryview(bytearray(size + TAG))
+        plain = memoryview(bytearray(size))
+        src = os.open(self.path, os.O_RDONLY)
+        dst = os.open(os.devnull, os.O_WRONLY)
+        try:
+            pos = len(self.header.raw)
+            while True:
+                pos += os.preadv(src, [record], pos)
+                length = int.from_bytes(record[13:17], "big")
+                pos += os.preadv(src, [sealed[: length + TAG]], pos)
+                aead.decrypt_into(
+                    prefix + record[8:13], sealed[: length + TAG], header_hash + record, plain[:length]
+                )
+                os.write(dst, plain[:length])
+                if record[12] == 1:
+                    break
+        finally:
+            os.close(src)
+            os.close(dst)
+
+
 def _write_only(directory: Path, size: int) -> None:
     """Write + fsync ``size`` bytes into a new file in ``directory``: the floor for file output."""
     block = memoryview(bytes(CHUNK))
@@ -188,10 +237,13 @@ def bench(size: int, repeats: int, directory: Path) -> list[dict[str, Any]]:
         run("encrypt_stream", enc_null)
         run("write only", lambda: _write_only(directory, size))
     base.seal_in_place()
+    raw_file = RawFileDecrypt(key, sealed)
+    raw_file.decrypt()  # warm-up
     for _ in range(repeats):
         run("decrypt_file", dec_file)
         run("raw decrypt", base.decrypt)
         run("decrypt_stream", dec_null)
+        run("raw file decrypt", raw_file.decrypt)
 
     fs = _filesystem(directory)
     label = f"{size // MIB} MiB, 1 MiB chunks"
@@ -210,6 +262,8 @@ def bench(size: int, repeats: int, directory: Path) -> list[dict[str, Any]]:
                 note=f"writing + fsyncing the same bytes on {fs} alone, no crypto: {write_only} MB/s",
             )
         )
+        if op == "decrypt":
+            continue  # restated below: its old baseline read nothing from disk (issue 22)
         rows.append(
             row(
                 f"{op}_stream {label}: page-cached file on {fs} -> /dev/null vs raw AESGCM",
@@ -219,6 +273,21 @@ def bench(size: int, repeats: int, directory: Path) -> list[dict[str, Any]]:
                 TARGET,
             )
         )
+    rows.append(
+        row(
+            f"decrypt_stream {label}: sealed file on {fs} (page cache warm) -> /dev/null vs the same "
+            "file, same reads, raw AESGCM",
+            _mbps(size, best["decrypt_stream"]),
+            _mbps(size, best["raw file decrypt"]),
+            "MB/s",
+            TARGET,
+            note=(
+                "both read the same sealed file with preadv (17-byte record header, then ciphertext + "
+                "tag into a private buffer), decrypt_into a reused buffer, write to /dev/null; ours also "
+                "checks each record header and the file key's derivation, the baseline derives it untimed"
+            ),
+        )
+    )
     rows.append(
         row(
             f"sealed-stream peak RSS growth over encrypt/decrypt of {label} (ratio: in chunks)",
