@@ -76,4 +76,8 @@ def is_core(path: Path) -> bool:
 
 
 def find_cores(roots: Iterable[Path]) -> list[Path]:
-    return sorted(p for root in roots if root.exists() for p in root.rglob("*") if p.is_file() and is_core(p))
+    """Core files under ``roots`` (which may nest), each once."""
+    found = {
+        p.resolve() for root in roots if root.exists() for p in root.rglob("*") if p.is_file() and is_core(p)
+    }
+    return sorted(found)

@@ -14,6 +14,7 @@ from sovereign.soak.workload import OpRecord
 
 COLOURS = {
     "serve-kill": "#d62728",
+    "serve-abort": "#e377c2",
     "serve-stop": "#ff7f0e",
     "bao-seal": "#9467bd",
     "bao-kill": "#8c564b",
