@@ -19,8 +19,8 @@ from sovereign.soak.scan import scan
 
 
 def elf_header(e_type: int, little: bool = True) -> bytes:
-    order = "little" if little else "big"
-    return b"\x7fELF" + bytes([2, 1 if little else 2, 1]) + bytes(9) + e_type.to_bytes(2, order) + bytes(46)
+    kind = e_type.to_bytes(2, "little") if little else e_type.to_bytes(2, "big")
+    return b"\x7fELF" + bytes([2, 1 if little else 2, 1]) + bytes(9) + kind + bytes(46)
 
 
 @pytest.mark.parametrize(
