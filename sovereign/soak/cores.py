@@ -4,7 +4,8 @@ The kernel's ``core_pattern`` is system-wide and is not changed here. It is used
 plain file in the crashing process's working directory (no ``|`` handler, no ``/``); then the soak raises
 its own soft ``RLIMIT_CORE`` to the hard limit for the run (its children, ``serve`` and OpenBao, inherit
 it) and runs each ``serve`` in a folder of its own under the work directory. Core files are recognised by
-their ELF header (type ``ET_CORE``), wherever they land under the scanned roots.
+their ELF header (type ``ET_CORE``), wherever they land under the scanned roots. ``serve`` itself refuses
+core dumps (its memory holds released keys), so a ``serve-abort`` checks that none is left.
 """
 
 from __future__ import annotations

@@ -63,9 +63,9 @@ def test_a_one_minute_soak_with_every_fault_kind_ends_with_no_violation(tmp_path
     assert nodes["gpu_nodes_attested"] >= 1 and nodes["gpu_node_releases"] >= 1, nodes
     cores = results["core_dumps"]
     assert by_kind["serve-abort"]["injected"] >= 1
-    if cores["enabled"]:  # core_pattern writes in the cwd: serve's SIGABRT left a core, and it was scanned
-        assert cores["core_files"] >= 1, cores
-        assert all(f.startswith(str(out)) for f in cores["files"]), cores
+    # where core_pattern writes in the cwd the soak lets its children dump core and scans what they leave;
+    # serve refuses core dumps itself (its memory holds released keys): SIGABRT leaves none
+    assert cores["core_files"] == 0 and cores["files"] == [], cores
     for name in ("serve", "openbao", "driver"):
         assert results["processes"][name]["samples"] > 10
     assert (out / "summary.md").read_text().startswith("# Soak run")

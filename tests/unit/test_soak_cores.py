@@ -114,3 +114,23 @@ def test_a_sigabrt_child_under_the_raised_limit_leaves_a_core_found_in_its_folde
     if not cores:
         pytest.skip("the kernel wrote no core here (e.g. a container's filesystem refuses it)")
     assert len(scan([tmp_path], [secret]).hits) == 1  # the key held in memory is in the dump
+
+
+@pytest.mark.skipif(
+    not writes_in_cwd(Path("/proc/sys/kernel/core_pattern").read_text()), reason="core_pattern"
+)
+def test_serve_refuses_core_dumps_even_when_its_parent_allows_them(tmp_path: Path) -> None:
+    """The same SIGABRT after ``sovereign serve``'s first step leaves no core: its memory holds released keys."""
+    setup = enable()
+    try:
+        if not setup.enabled:
+            pytest.skip(setup.reason)
+        code = (
+            "import os, signal; from sovereign.cli.serve import refuse_core_dumps; refuse_core_dumps(); "
+            "os.kill(os.getpid(), signal.SIGABRT)"
+        )
+        child = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, check=False)
+    finally:
+        restore(setup)
+    assert child.returncode == -signal.SIGABRT, child.stderr
+    assert find_cores([tmp_path]) == []
