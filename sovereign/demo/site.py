@@ -110,6 +110,7 @@ class ControlPlane:
     ca: Path | None = None
     output: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
+    cwd: Path | None = None  # where serve runs (and the kernel writes its core dump, if any); None: ours
 
     @property
     def db(self) -> Path:
@@ -147,7 +148,9 @@ class ControlPlane:
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> ControlPlane:
-        self.proc, self.ca = launch_serve(self.command(), self.output, timeout=timeout)
+        if self.cwd is not None:
+            self.cwd.mkdir(parents=True, exist_ok=True)
+        self.proc, self.ca = launch_serve(self.command(), self.output, timeout=timeout, cwd=self.cwd)
         return self
 
     def stop(self) -> int | None:

@@ -27,6 +27,7 @@ from kms.domain.transit import KEK_NAME
 from kms.openbao.bootstrap import ROLE_NAME
 from kms.openbao.vault import TRANSIT_MOUNT
 from sovereign.soak.checker import CheckReport, Violation, ViolationKind, check
+from sovereign.soak.cores import enable, find_cores, restore
 from sovereign.soak.faults import ALL_FAULTS, FaultKind, FaultRecord, Injector, schedule
 from sovereign.soak.history import ClientHistory
 from sovereign.soak.monitor import Monitor
@@ -103,7 +104,7 @@ class Run:
     def __init__(self, cfg: SoakConfig, progress: Callable[[str], None]) -> None:
         self.cfg = cfg
         self.say = progress
-        self.work = cfg.out / "work"
+        self.work = (cfg.out / "work").resolve()  # absolute: each serve runs in a folder of its own
         self.stack: Stack | ReplicaStack = (
             Stack(self.work, cfg.db_fs_mib) if cfg.topology == "single" else ReplicaStack(self.work)
         )
@@ -127,9 +128,11 @@ class Run:
                 "starting a three-member OpenBao raft cluster, PostgreSQL, and two sovereign serve replicas "
                 f"(B in its own network namespace) under {self.work}"
             )
+        self.cores = enable()  # serve and OpenBao dump core on a crash where the system lets them
         try:
             return self._execute(started)
         finally:
+            restore(self.cores)
             self.stack.close()
 
     def _execute(self, started: datetime) -> dict[str, Any]:
@@ -184,7 +187,9 @@ class Run:
                 (self.work / name).write_text("\n".join(plane.output) + "\n")
             self.stack.stop()
         # the tmpfs is still mounted and PostgreSQL's folder still there: the databases are scanned too
-        key_scan = scan([cfg.out, *self.stack.scan_roots()], rec.keys)
+        roots = [cfg.out, *self.stack.scan_roots()]
+        key_scan = scan(roots, rec.keys)
+        self.cores.found = [str(p) for p in find_cores(roots)]  # scanned above with every other file
         db_bytes = self._db_bytes()
         violations = list(report.violations)
         violations += [
@@ -222,7 +227,9 @@ class Run:
             "faults_by_kind": faults_by_kind(self.state.faults),
             "fault_windows": [w.to_dict() for w in injector.windows],
             "processes": monitor.report(),
+            "nodes": wl.node_counts(),
             "key_scan": key_scan.to_dict(),
+            "core_dumps": self.cores.to_dict(),
             "db_bytes": db_bytes,
             "invariants": {
                 "violations_total": len(violations),

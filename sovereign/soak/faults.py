@@ -4,6 +4,8 @@ Kinds (topology: single S, replicas R):
 
 * ``serve-kill`` (S, R): SIGKILL of a ``sovereign serve`` (a replica picked by the seed), then a restart on
   the same database and ports;
+* ``serve-abort`` (S, R): SIGABRT of a ``serve`` (it dies and, where ``sovereign.soak.cores`` enabled it,
+  dumps core into its own folder for the key-material scan), then a restart like ``serve-kill``;
 * ``serve-stop`` (S, R): SIGSTOP (a stall: the process holds its sockets and its writer turn), SIGCONT;
 * ``bao-seal`` (S, R): OpenBao sealed through its API (R: the active member), unsealed with its key;
 * ``bao-kill`` (S): SIGKILL of OpenBao, restarted on its raft data and unsealed;
@@ -26,6 +28,7 @@ import errno
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +49,7 @@ AnyStack = Stack | ReplicaStack
 class FaultKind(StrEnum):
     SERVE_KILL = "serve-kill"
     SERVE_STOP = "serve-stop"
+    SERVE_ABORT = "serve-abort"
     BAO_SEAL = "bao-seal"
     BAO_KILL = "bao-kill"
     DISK_FULL = "disk-full"
@@ -57,9 +61,9 @@ class FaultKind(StrEnum):
 
 
 K = FaultKind
-SINGLE_FAULTS = (K.SERVE_KILL, K.SERVE_STOP, K.BAO_SEAL, K.BAO_KILL, K.DISK_FULL, K.CLOCK_STEP)
+SINGLE_FAULTS = (K.SERVE_KILL, K.SERVE_ABORT, K.SERVE_STOP, K.BAO_SEAL, K.BAO_KILL, K.DISK_FULL, K.CLOCK_STEP)
 REPLICA_FAULTS = (
-    K.SERVE_KILL, K.SERVE_STOP, K.BAO_SEAL, K.BAO_LEADER_KILL, K.PG_RESTART, K.PARTITION_PG,
+    K.SERVE_KILL, K.SERVE_ABORT, K.SERVE_STOP, K.BAO_SEAL, K.BAO_LEADER_KILL, K.PG_RESTART, K.PARTITION_PG,
     K.PARTITION_BAO, K.CLOCK_STEP,
 )  # fmt: skip
 FAULTS = {"single": SINGLE_FAULTS, "replicas": REPLICA_FAULTS}
@@ -174,6 +178,7 @@ class Injector:
         replica whose recovery to measure."""
         actions: dict[FaultKind, Callable[[], int]] = {
             FaultKind.SERVE_KILL: self._serve_kill,
+            FaultKind.SERVE_ABORT: lambda: self._serve_kill(FaultKind.SERVE_ABORT),
             FaultKind.SERVE_STOP: self._serve_stop,
             FaultKind.BAO_SEAL: self._bao_seal,
             FaultKind.BAO_KILL: self._bao_kill,
@@ -192,16 +197,21 @@ class Injector:
     def _window(self, kind: FaultKind, start: datetime, end: datetime | None = None) -> None:
         self.windows.append(Window(kind.value, start, end or datetime.now(UTC) + timedelta(seconds=1)))
 
-    def _serve_kill(self) -> int:
+    def _serve_kill(self, kind: FaultKind = FaultKind.SERVE_KILL) -> int:
+        """SIGKILL (never a core dump) or, for ``serve-abort``, SIGABRT (a core dump where enabled)."""
         i = self._replica()
         plane = self.stack.planes[i]
         proc = plane.proc
         if proc is None or proc.poll() is not None:
             raise FaultError(f"sovereign serve (replica {i}) is not running")
         now = datetime.now(UTC)
-        proc.kill()
-        proc.wait(30)
-        self._window(FaultKind.SERVE_KILL, now - INFLIGHT, datetime.now(UTC))
+        proc.send_signal(signal.SIGABRT if kind is FaultKind.SERVE_ABORT else signal.SIGKILL)
+        try:
+            proc.wait(60)  # writing a core dump takes a while
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+        self._window(kind, now - INFLIGHT, datetime.now(UTC))
         plane.start(timeout=90)
         return i
 

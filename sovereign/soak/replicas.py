@@ -25,6 +25,7 @@ import grpc
 import hvac
 
 from attestation.simulate import SimulatedPki
+from attestation.simulate.gpu import GpuSimulator
 from kms.audit.checkpoint import AuditKeys, load_audit_keys
 from kms.domain.transit import AUDIT_KEY_NAME
 from kms.openbao.bootstrap import bootstrap
@@ -54,6 +55,7 @@ class ReplicaStack:
     workdir: Path
     replicas: int = 2
     pki: SimulatedPki = field(init=False)
+    gpus: GpuSimulator = field(init=False)  # the simulated NVIDIA roots, pinned; GPU nodes' devices
     inputs: Inputs = field(init=False)
     realm: OfflineRealm = field(init=False)
     cluster: OpenBaoCluster = field(init=False)
@@ -78,7 +80,8 @@ class ReplicaStack:
     def start(self) -> ReplicaStack:
         now = datetime.now(UTC)
         self.pki = SimulatedPki.generate(now)
-        self.inputs = prepare_inputs(self.workdir / "site", self.pki, now)
+        self.gpus = GpuSimulator(now)
+        self.inputs = prepare_inputs(self.workdir / "site", self.pki, now, gpus=self.gpus)
         self.realm = OfflineRealm(self.workdir / "realm")
         self.cluster = OpenBaoCluster(self.workdir / "raft")
         self.cluster.start()
@@ -106,7 +109,10 @@ class ReplicaStack:
         ]  # fmt: skip
         if i == 0:
             extra = [*common, "--db", self.db_url, "--bao-addr", self.cluster.addr]
-            return ControlPlane(self.plane_dir, self.inputs, self.bao, self.realm.issuer, extra=extra)
+            cwd = self.workdir / "cores" / "serve-0"
+            return ControlPlane(
+                self.plane_dir, self.inputs, self.bao, self.realm.issuer, extra=extra, cwd=cwd
+            )
         ns = self.netns
         assert ns is not None
         # PostgreSQL and OpenBao through the namespace's upstream addresses (cut by a partition)
@@ -116,6 +122,7 @@ class ReplicaStack:
         db = self.db_url.replace(f"@127.0.0.1:{self.pg.port}/", f"@{ns.pg_ip}:{self.pg.port}/")
         baos = ",".join(f"http://{ns.bao_ip}:{n.port}" for n in self.cluster.nodes)
         plane = NamespacedPlane(self.plane_dir, self.inputs, self.bao, self.realm.issuer, netns=ns)
+        plane.cwd = self.workdir / "cores" / f"serve-{i}"
         plane.port, plane.release_port, plane.admin_port = free_port(), free_port(), free_port()
         plane.extra = [
             *common, "--db", db, "--bao-addr", baos,

@@ -14,6 +14,7 @@ from sovereign.soak.workload import OpRecord
 
 COLOURS = {
     "serve-kill": "#d62728",
+    "serve-abort": "#e377c2",
     "serve-stop": "#ff7f0e",
     "bao-seal": "#9467bd",
     "bao-kill": "#8c564b",
@@ -186,6 +187,17 @@ def markdown(results: dict[str, Any]) -> str:
         f"Key-material scan: {scan['files']} files, {scan['bytes']} bytes, {scan['keys']} distinct released keys, "
         f"{len(scan['hits'])} hits.",
     ]
+    cores = results.get("core_dumps")
+    if cores is not None:
+        lines.append(
+            f"Core dumps scanned: {cores['core_files']} (core_pattern {cores['core_pattern']!r}: {cores['reason']})."
+        )
+    nodes = results.get("nodes")
+    if nodes is not None:
+        lines.append(
+            f"Nodes made: {nodes['made']}; with {nodes['gpus_per_gpu_node']} simulated GPU(s) attested: "
+            f"{nodes['gpu_nodes_attested']}, keys they received: {nodes['gpu_node_releases']}."
+        )
     where = f"on a {cfg['db_fs_mib']} MiB tmpfs (SQLite)" if cfg["topology"] == "single" else "(PostgreSQL)"
     lines.append(f"Ledger database at the end: {results['db_bytes']} bytes {where}.")
     checker = inv["checker"]

@@ -47,8 +47,12 @@ def scan(roots: Iterable[Path], keys: Iterable[bytes]) -> ScanReport:
     patterns = [(n, f) for key in distinct for n, f in enumerate(forms(key))]
     report = ScanReport(keys=len(distinct))
     longest = max((len(f) for _, f in patterns), default=0)
+    seen: set[Path] = set()  # the roots may nest: each file once
     for root in roots:
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
             report.files += 1
             found: set[int] = set()
             try:

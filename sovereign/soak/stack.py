@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from attestation.simulate import SimulatedPki
+from attestation.simulate.gpu import GpuSimulator
 from kms.audit.checkpoint import AuditKeys, load_audit_keys
 from kms.domain.transit import AUDIT_KEY_NAME
 from kms.openbao.bootstrap import bootstrap
@@ -107,6 +108,7 @@ class Stack:
     workdir: Path
     db_fs_mib: int = 64
     pki: SimulatedPki = field(init=False)
+    gpus: GpuSimulator = field(init=False)  # the simulated NVIDIA roots, pinned; GPU nodes' devices
     inputs: Inputs = field(init=False)
     bao: Bao = field(init=False)
     realm: OfflineRealm = field(init=False)
@@ -122,7 +124,8 @@ class Stack:
     def start(self) -> Stack:
         now = datetime.now(UTC)
         self.pki = SimulatedPki.generate(now)
-        self.inputs = prepare_inputs(self.workdir / "site", self.pki, now)
+        self.gpus = GpuSimulator(now)
+        self.inputs = prepare_inputs(self.workdir / "site", self.pki, now, gpus=self.gpus)
         self.realm = OfflineRealm(self.workdir / "realm")
         server = OpenBaoServer.raft(self.workdir / "bao")
         try:
@@ -134,7 +137,14 @@ class Stack:
         self.mounted = True
         self.clock_file(0).write_text("0\n")
         jwks = ["--oidc-jwks-file", str(self.realm.jwks_file), "--dev-clock-file", str(self.clock_file(0))]
-        self.plane = ControlPlane(self.plane_dir, self.inputs, self.bao, self.realm.issuer, extra=jwks)
+        self.plane = ControlPlane(
+            self.plane_dir,
+            self.inputs,
+            self.bao,
+            self.realm.issuer,
+            extra=jwks,
+            cwd=self.workdir / "cores" / "serve-0",
+        )
         self.plane.start(timeout=60)
         assert self.plane.ca is not None
         self.ca = self.plane.ca.read_bytes()

@@ -28,6 +28,7 @@ from enclave.agent import NodeAgent
 from enclave.client import ControlPlaneClient, ControlPlaneError, NodeState
 from enclave.errors import NodeError
 from enclave.identity import NodeIdentity
+from enclave.providers.gpu import SimulatedGpus
 from enclave.providers.simulated import simulated_snp, simulated_tdx
 from enclave.release_request import REQUEST_ID_LEN, ReleaseFields, open_grant, sign_release
 from kms.audit.checkpoint import AuditKeys
@@ -58,6 +59,10 @@ GROUPS = ["trainers"]
 RENEW_AFTER = frozenset(
     {"RELEASE_NODE_NOT_ATTESTED", "RELEASE_NODE_CHANGED", "NODE_NOT_ATTESTED", "RELEASE_LEASE_EXPIRED"}
 )
+# every GPU_EVERY-th SNP node registers with GPU_COUNT simulated H100s; the demo policy's [appraisal.gpu]
+# (min_count 0) verifies and appraises them, so they join the same group as the nodes without GPUs
+GPU_EVERY = 2
+GPU_COUNT = 1
 # a node re-attests before a release when its last attestation is older than this: the demo policy's
 # leases last 300 s (a node agent's background renewal does the same; here it is part of the load)
 RENEW_EVERY = 120.0
@@ -125,6 +130,7 @@ def node_code(err: NodeError) -> tuple[str, bool]:
 class Node:
     agent: NodeAgent
     tee: str
+    gpus: int = 0  # simulated GPUs it presents at registration and renewal
     state: str = "new"
     attested_at: float = 0.0
     needs_renew: bool = False
@@ -169,6 +175,9 @@ class Workload:
         self._owner_lock = threading.Lock()
         self._auditor_lock = threading.Lock()
         self._made = 0
+        self._snp_made = 0
+        self.gpu_nodes_attested = 0  # GPU nodes that registered ATTESTED (their GPUs verified)
+        self.gpu_releases = 0  # keys GPU nodes received
         self._revision = 0
         self._sealed = 0
         # with two replicas the operators spread over both: alice on A, bob and the auditor on B
@@ -178,6 +187,15 @@ class Workload:
         self._audit_keys: AuditKeys | None = None
         self._owner: Catalogue | None = None
         self.probes: list[Node] = []  # one per replica: recovery is measured on the replica a fault hit
+
+    def node_counts(self) -> dict[str, int]:
+        """For the report: nodes made, GPU nodes attested and the keys they received."""
+        return {
+            "made": self._made,
+            "gpu_nodes_attested": self.gpu_nodes_attested,
+            "gpus_per_gpu_node": GPU_COUNT,
+            "gpu_node_releases": self.gpu_releases,
+        }
 
     def close(self) -> None:
         for node in self.nodes:
@@ -200,9 +218,16 @@ class Workload:
             self._audit_keys = self.stack.audit_keys()
         return self._audit_keys
 
-    def new_node(self, tee: str, replica: int | None = None) -> Node:
-        """A node talking to one replica (in turn, unless ``replica`` says which)."""
+    def new_node(self, tee: str, replica: int | None = None, *, gpus: bool | None = None) -> Node:
+        """A node talking to one replica (in turn, unless ``replica`` says which); an SNP node comes with
+        simulated GPUs every ``GPU_EVERY``-th time unless ``gpus`` says whether."""
         self._made += 1
+        if tee == "snp":
+            self._snp_made += 1
+        with_gpus = tee == "snp" and (self._snp_made % GPU_EVERY == 0 if gpus is None else gpus)
+        source = (
+            SimulatedGpus(self.stack.gpus, GPU_COUNT, seed=f"soak-gpu-{self._made}") if with_gpus else None
+        )
         pki = self.stack.pki
         provider = (
             simulated_snp(pki, measurement=SNP_MEASUREMENT)
@@ -211,15 +236,16 @@ class Workload:
         )
         target = self.stack.node_target(self._made if replica is None else replica)
         client = ControlPlaneClient(target, ca_pem=self.stack.ca, timeout=self.timeout)
+        name = f"soak-{tee}{'-gpu' if source else ''}-{self._made}"
         agent = NodeAgent(
-            client, provider, NodeIdentity.generate(), node_name=f"soak-{tee}-{self._made}", groups=GROUPS
+            client, provider, NodeIdentity.generate(), node_name=name, groups=GROUPS, gpus=source
         )
-        return Node(agent, tee)
+        return Node(agent, tee, gpus=GPU_COUNT if source else 0)
 
     def make_probes(self) -> None:
         """The nodes that measure recovery, one per replica: never revoked or suspended."""
         for i in range(self.stack.replicas):
-            probe = self.new_node("snp", replica=i)
+            probe = self.new_node("snp", replica=i, gpus=False)
             if not self._attest(probe, "probe-register", probe.agent.register):
                 raise RuntimeError(f"the probe node of replica {i} did not register ATTESTED")
             self.probes.append(probe)
@@ -265,6 +291,9 @@ class Workload:
         with self._nodes_lock:
             self.nodes.append(node)
         ok = self._attest(node, "register", node.agent.register)
+        if ok and node.gpus:
+            with self._nodes_lock:
+                self.gpu_nodes_attested += 1
         if not ok and node.state != "attested":
             self._drop(node)
         return ok
@@ -305,6 +334,9 @@ class Workload:
             released.key_version, released.purpose, released.audit_sequence,
         )  # fmt: skip
         self.rec.got(received, released.key)
+        if node.gpus:
+            with self._nodes_lock:
+                self.gpu_releases += 1
         return self.rec.op(op, began)
 
     def release_random(

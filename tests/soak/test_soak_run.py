@@ -59,6 +59,13 @@ def test_a_one_minute_soak_with_every_fault_kind_ends_with_no_violation(tmp_path
     assert checker["decrypts"] == checker["matched_decrypts"] + len(checker["orphan_decrypts"])
     assert results["key_scan"]["keys"] >= 2 and results["key_scan"]["files"] > 10
     assert results["key_scan"]["hits"] == []
+    nodes = results["nodes"]  # SNP nodes with simulated GPUs registered and received keys
+    assert nodes["gpu_nodes_attested"] >= 1 and nodes["gpu_node_releases"] >= 1, nodes
+    cores = results["core_dumps"]
+    assert by_kind["serve-abort"]["injected"] >= 1
+    # where core_pattern writes in the cwd the soak lets its children dump core and scans what they leave;
+    # serve refuses core dumps itself (its memory holds released keys): SIGABRT leaves none
+    assert cores["core_files"] == 0 and cores["files"] == [], cores
     for name in ("serve", "openbao", "driver"):
         assert results["processes"][name]["samples"] > 10
     assert (out / "summary.md").read_text().startswith("# Soak run")
