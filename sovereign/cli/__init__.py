@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from sovereign.cli import commands
 from sovereign.cli._output import EXIT_USAGE, USAGE_INVALID, UsageError, fail
+from sovereign.cli._process import refuse_core_dumps
 
 
 class CliParser(argparse.ArgumentParser):
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     as_json = bool(getattr(args, "json", False))
+    refuse_core_dumps()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import resource
 import signal
 import sys
 from pathlib import Path
@@ -24,15 +23,7 @@ from sovereign.cli._output import fail
 from sovereign.console.server import start_console
 
 
-def refuse_core_dumps() -> None:
-    """Released data keys pass through this process's memory in the clear (unwrapped by OpenBao, wrapped
-    again for the node), so a core dump on a crash would write them to disk: the soak found them in one
-    (``serve-abort``). The soft limit goes to 0; the hard one stays for a debugging operator to raise."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-
-
 def _serve(args: argparse.Namespace) -> int:
-    refuse_core_dumps()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         names = [name for o in OPTIONS for name in (o.name, *o.renamed_from)]

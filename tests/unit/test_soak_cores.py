@@ -126,7 +126,7 @@ def test_serve_refuses_core_dumps_even_when_its_parent_allows_them(tmp_path: Pat
         if not setup.enabled:
             pytest.skip(setup.reason)
         code = (
-            "import os, signal; from sovereign.cli.serve import refuse_core_dumps; refuse_core_dumps(); "
+            "import os, signal; from sovereign.cli._process import refuse_core_dumps; refuse_core_dumps(); "
             "os.kill(os.getpid(), signal.SIGABRT)"
         )
         child = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, check=False)
@@ -134,3 +134,20 @@ def test_serve_refuses_core_dumps_even_when_its_parent_allows_them(tmp_path: Pat
         restore(setup)
     assert child.returncode == -signal.SIGABRT, child.stderr
     assert find_cores([tmp_path]) == []
+
+
+def test_every_cli_command_runs_with_core_dumps_refused(tmp_path: Path) -> None:
+    """``main`` lowers the soft core limit before any command runs (keys pass through these processes)."""
+    from sovereign.cli import main
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    if hard == 0:
+        pytest.skip("the hard core limit is 0 here: nothing to lower")
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+    try:
+        bad = tmp_path / "bad.toml"
+        bad.write_text("not a policy\n")
+        main(["policy", "check", str(bad)])
+        assert resource.getrlimit(resource.RLIMIT_CORE)[0] == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
