@@ -6,8 +6,8 @@ What counts as a command line: a line (``\\``-continuations joined) of a code bl
 ``…/bin/sovereign`` (after an optional ``$`` prompt, ``sudo`` and ``NAME=value`` assignments). Comment lines
 are prose. The line is cut at the first shell operator (``|``, ``&&``, ``;``, ``<``, ``>``, a ``#`` comment).
 
-Inline code spans that start with ``sovereign`` (prose and tables) are checked too, but as mentions: the
-command and every flag must exist, a required option may be left out; ``a\\|b`` in a table is each of ``a``
+Inline code spans that start with ``sovereign`` (prose and tables) are checked too: one without options is a
+mention (the command must exist, what it requires may be left out), one with options must parse in full; ``a\\|b`` in a table is each of ``a``
 and ``b`` (a span's first ``x|y`` word is expanded, later ones take their first alternative).
 
 Placeholders, so that a synopsis parses the way a reader would fill it in:
@@ -76,20 +76,34 @@ def command_lines(path: Path) -> Iterator[tuple[int, str]]:
 INLINE = re.compile(r"`((?:\./dev )?sovereign [^`]*)`")
 
 
+def prose_of(text: str) -> str:
+    """The text with fenced code blocks blanked (their lines kept, so line numbers stay right)."""
+    lines, fenced = [], False
+    for raw in text.splitlines():
+        if raw.strip().startswith("```"):
+            fenced = not fenced
+            lines.append("")
+            continue
+        lines.append("" if fenced else raw)
+    return "\n".join(lines)
+
+
 def inline_mentions(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, span) of each inline ``sovereign …`` code span, one per alternative of its first ``a|b``."""
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        for match in INLINE.finditer(raw):
-            span = match.group(1).replace("\\|", "|")
-            if PLACEHOLDER.match(span.split(" ")[-1]) and span.split(" ")[-2:-1] == ["sovereign"]:
-                continue  # `./dev sovereign ARGS`: any command
-            words = span.split(" ")
-            choice = next((i for i, w in enumerate(words) if re.fullmatch(r"[\w-]+(\|[\w-]+)+", w)), None)
-            if choice is None:
-                yield number, span
-                continue
-            for alternative in words[choice].split("|"):
-                yield number, " ".join([*words[:choice], alternative, *words[choice + 1 :]])
+    """(line number, span) of each inline ``sovereign …`` code span (one may run over a line break), one per
+    alternative of its first ``a|b``."""
+    prose = prose_of(path.read_text(encoding="utf-8"))
+    for match in INLINE.finditer(prose):
+        number = prose.count("\n", 0, match.start()) + 1
+        span = " ".join(match.group(1).replace("\\|", "|").split())
+        words = span.split(" ")
+        if PLACEHOLDER.match(words[-1]) and words[-2:-1] == ["sovereign"]:
+            continue  # `./dev sovereign ARGS`: any command
+        choice = next((i for i, w in enumerate(words) if re.fullmatch(r"[\w-]+(\|[\w-]+)+", w)), None)
+        if choice is None:
+            yield number, span
+            continue
+        for alternative in words[choice].split("|"):
+            yield number, " ".join([*words[:choice], alternative, *words[choice + 1 :]])
 
 
 def argv_of(line: str) -> list[str]:
@@ -191,7 +205,8 @@ MENTIONED = [
     for path in DOCS
     for number, line in inline_mentions(path)
 ]
-# a mention may leave out what a command requires; anything else (unknown command or flag, bad value) fails
+# a mention without options may leave out what a command requires ("`sovereign audit verify`");
+# anything else (unknown command or flag, bad value) fails
 LEFT_OUT = re.compile(r"the following arguments are required|one of the arguments .* is required")
 
 
@@ -200,7 +215,8 @@ def test_mentioned_command_exists(line: str, monkeypatch: pytest.MonkeyPatch) ->
     try:
         parse_documented(argv_of(line), monkeypatch)
     except DocParseError as exc:
-        if not LEFT_OUT.search(str(exc)):
+        # a mention with an option is an invocation a reader copies: it must be complete too
+        if not LEFT_OUT.search(str(exc)) or any(w.startswith("-") for w in argv_of(line)):
             pytest.fail(f"{line!r} does not parse: {exc}")
 
 
