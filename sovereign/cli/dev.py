@@ -166,12 +166,21 @@ def _run(directory: Path, args: argparse.Namespace) -> int:
             "SOVEREIGN_NODE_SIM_PKI": str(sim_pki),
             "SOVEREIGN_NODE_SIM_MEASUREMENT": SNP_MEASUREMENT.hex(),
         }
+        # What `sovereign login`, `admin` and `audit` read, so operators need no flags either.
+        operator_env = {
+            "SOVEREIGN_ADMIN_ADDR": plane.admin_target,
+            "SOVEREIGN_CA": str(plane.ca),
+            "SOVEREIGN_OIDC_SERVER_URL": idp.server_url,
+            "SOVEREIGN_OIDC_REALM": realm.REALM,
+            "SOVEREIGN_OIDC_CLIENT_ID": realm.CLIENT_ID,
+        }
         children = {"openbao": bao.server.pid, "serve": plane.proc.pid, "realm": idp.process.pid}
         state = {
             "pid": os.getpid(),
             "dir": str(directory),
             "children": children,
             "env": env,
+            "operator_env": operator_env,
             "node_toml": str(node_toml),
             "shard": str(shard),
             "admin": plane.admin_target,
@@ -204,9 +213,12 @@ def _print_banner(state: dict[str, Any], directory: Path) -> None:
         f"  sovereign node exec --keys dataset/train -- python examples/train.py {state['shard']} "
         f"{state['dir']}/ckpt.safetensors.sealed"
     )
-    print(
-        f"\nOperators: the admin port is {state['admin']}; sign in with `sovereign login` as alice (alice-password)."
-    )
+    print("\nOperators, in another terminal, export:")
+    for name, value in state["operator_env"].items():
+        print(f"  export {name}={value}")
+    print("then sign in as alice (admin; password alice-password) or carol (auditor; carol-password):")
+    print("  sovereign login --username alice --password-stdin <<< alice-password")
+    print("  sovereign admin nodes list; sovereign audit tail (as carol)")
     print(f"Ctrl-C here, or `sovereign dev down --dir {directory}`, stops everything.", flush=True)
 
 

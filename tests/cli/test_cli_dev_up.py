@@ -96,6 +96,18 @@ def test_dev_up_then_a_training_node_then_dev_down(tmp_path: Path) -> None:
         # The training step left no plaintext of the shard (or the checkpoint) in any file written since.
         leaks = files_holding([plaintext[512:656], save_bytes(expected)], since=started)
         assert leaks == [], leaks
+
+        # Operators: only the exported operator environment, no flags (what the banner tells them to do).
+        operator = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
+        operator |= state["operator_env"] | {"HOME": str(tmp_path / "home")}
+        operator_run(["login", "--username", "alice", "--password-stdin"], operator, "alice-password")
+        nodes = operator_run(["admin", "nodes", "list"], operator)  # the table README shows
+        assert "dev-trainer" in nodes and "attested" in nodes, nodes
+        operator_run(["login", "--username", "carol", "--password-stdin"], operator, "carol-password")
+        kinds = [
+            e["kind"] for e in json.loads(operator_run(["audit", "tail", "--json"], operator))["entries"]
+        ]
+        assert "release.grant" in kinds and "model.output" in kinds, kinds
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "sovereign", "dev", "down", "--dir", str(directory)],
@@ -107,6 +119,16 @@ def test_dev_up_then_a_training_node_then_dev_down(tmp_path: Path) -> None:
     assert wait_gone(str(directory)) == []
     pids = [int(p) for p in state["children"].values()]
     assert not [p for p in pids if pid_alive(p)]
+
+
+def operator_run(argv: list[str], env: dict[str, str], stdin: str = "") -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "sovereign", *argv],
+        cwd=env["HOME"] if Path(env["HOME"]).is_dir() else ROOT, env=env, input=stdin,
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, (argv, done.stdout, done.stderr)
+    return done.stdout
 
 
 def pid_alive(pid: int) -> bool:
