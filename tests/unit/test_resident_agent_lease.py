@@ -115,7 +115,8 @@ def test_backs_off_while_unreachable_then_registers_and_renews() -> None:
         assert not agent.wait_first_attempt(5)  # the first attempt failed: reported at once
         assert agent.last_error is not None and agent.last_error.code is NodeCode.CONTROL_PLANE_UNAVAILABLE
         assert agent.wait_ready(5)
-        until(lambda: calls.count("renew") >= 3)  # 1 s leases, renewed at 50-75% of their life
+        # 1 s leases, renewed at 50-75% of their life; the counter moves after the call returns
+        until(lambda: calls.count("renew") >= 3 and agent.counters.renewals >= 3)
         assert calls[:3] == ["register"] * 3 and agent.state is AgentState.ATTESTED
         assert agent.counters.renewals >= 3 and agent.counters.registrations == 1
     finally:
