@@ -6,7 +6,7 @@ use cases name only this port, never the adapter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -50,6 +50,15 @@ class PublicKey:
 
 
 @dataclass(frozen=True)
+class SigningKeys:
+    """An Ed25519 transit key's public halves: its latest version and the raw public key of every version."""
+
+    name: str
+    latest_version: int
+    public: Mapping[int, bytes]
+
+
+@dataclass(frozen=True)
 class KeyInfo:
     name: str
     type: str
@@ -60,7 +69,10 @@ class KeyInfo:
 
 
 class Transit(Protocol):
-    """What the control plane needs from a KMS. ``kek=None`` means the configured KEK."""
+    """What the control plane needs from a KMS. ``kek=None`` means the configured KEK.
+
+    ``sign_batch`` signs every message with one named Ed25519 key at exactly ``version`` (the version is
+    part of what provenance statements sign) in one request; a refused item is an error in its slot."""
 
     kek: str
 
@@ -75,3 +87,7 @@ class Transit(Protocol):
     def verify(self, data: bytes, signature: Signature) -> None: ...
     def public_key(self, version: int | None = None) -> PublicKey: ...
     def key_info(self, name: str | None = None) -> KeyInfo: ...
+    def signing_keys(self, name: str) -> SigningKeys: ...
+    def sign_batch(
+        self, name: str, version: int, messages: Sequence[bytes]
+    ) -> list[bytes | OpenBaoError]: ...

@@ -5,8 +5,9 @@ derives it again from the proven entries and refuses a predicate that says anyth
 
 - the output's ``model.output`` entry (decision grant);
 - the node's ``registration`` entries (register and renew) with verified evidence up to the output: the
-  latest names the hardware (TEE, measurement, TCB status, claims digest); and its ``node.approve``
-  entries (an operator let a pending node in);
+  latest names the hardware (TEE, measurement, TCB status, claims digest, and each verified GPU: its
+  architecture, UEID, driver and VBIOS versions and the result of comparing its measurements with the
+  RIMs); and its ``node.approve`` entries (an operator let a pending node in);
 - the node's ``release.grant`` entries before the output: the read grants are the inputs
   (``datasets``), the latest write grant of the output's key and version is the ``write_grant``;
 - the node's ``node.revoke`` entries (any, up to the checkpoint);
@@ -24,6 +25,14 @@ from kms.audit.entry import Decision, Entry, Kind
 # registration outcomes whose evidence verified (a pending node's claims are verified too; an operator's
 # node.approve then let it in)
 VERIFIED = ("attested", "pending")
+# a GPU's predicate field <- the registration entry's list field (one item per GPU, in the order sent)
+GPU_FIELDS = (
+    ("architecture", "gpu_architectures"),
+    ("ueid", "gpu_ueids"),
+    ("driver_version", "gpu_driver_versions"),
+    ("vbios_version", "gpu_vbios_versions"),
+    ("measurement_result", "gpu_measurement_results"),
+)
 
 
 class LineageInvalid(ValueError):
@@ -37,6 +46,7 @@ class Lineage:
     output: dict[str, Any]
     node: dict[str, Any]
     cpu: dict[str, Any]
+    gpus: list[dict[str, Any]]
     policy: dict[str, Any]
     datasets: list[dict[str, Any]]
     write_grant: dict[str, Any]
@@ -56,6 +66,7 @@ class Lineage:
             "output": self.output,
             "node": self.node,
             "cpu": self.cpu,
+            "gpus": self.gpus,
             "policy": self.policy,
             "datasets": self.datasets,
             "write_grant": self.write_grant,
@@ -65,6 +76,22 @@ class Lineage:
 
 def _f(entry: Entry, name: str) -> Any:
     return entry.fields.get(name)
+
+
+def _gpus(registration: Entry) -> list[dict[str, Any]]:
+    """The GPUs the registration entry lists (none for a node without GPUs)."""
+    count = _f(registration, "gpu_count")
+    lists = {name: _f(registration, field) for name, field in GPU_FIELDS}
+    if count is None and all(v is None for v in lists.values()):
+        return []
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise LineageInvalid(f"registration entry {registration.seq} has no valid gpu_count")
+    for name, values in lists.items():
+        if not isinstance(values, tuple | list) or len(values) != count:
+            raise LineageInvalid(
+                f"registration entry {registration.seq} lists {name} for other than its {count} GPU(s)"
+            )
+    return [{name: values[i] for name, values in lists.items()} for i in range(count)]
 
 
 def derive(entries: Sequence[Entry], output_seq: int) -> Lineage:
@@ -133,6 +160,7 @@ def derive(entries: Sequence[Entry], output_seq: int) -> Lineage:
             "registrations": [e.seq for e in registrations],
             "approvals": [e.seq for e in mine if e.kind is Kind.NODE_APPROVE and e.seq < output_seq],
         },
+        gpus=_gpus(reg),
         policy=policy,
         datasets=[
             {"sequence": e.seq, "key": _f(e, "key_name"), "version": _f(e, "key_version"), "time": e.time}

@@ -1,13 +1,16 @@
 """The statement: an in-toto Statement v1 about one output, in a DSSE envelope (securesystemslib).
 
 Subject: the output's plaintext (``name`` "output") and the sealed file ("output.sealed"), each by its
-SHA-256. Predicate (``PREDICATE_TYPE``): the lineage (``kms.provenance.lineage``), the node's verified
-CPU claims (their digest is in the registration entry), GPU claims where present, who signed (key name
-and version: inside the signed payload), when, and the ledger evidence: every entry the lineage rests
-on, byte-exact, with its RFC 9162 inclusion proof against one signed checkpoint.
+SHA-256. Predicate (``PREDICATE_TYPE``): the lineage (``kms.provenance.lineage``; its ``gpus`` are the
+verified GPUs the registration entry lists), the node's verified CPU claims (their digest is in the
+registration entry), who signed (key name and version: inside the signed payload), when, and the ledger
+evidence: every entry the lineage rests on, byte-exact, with its RFC 9162 inclusion proof against one
+signed checkpoint.
 
 The payload is the RFC 8785 encoding of the statement; the envelope is DSSE's JSON form with one
-signature whose keyid is ``<key name>:v<version>``.
+signature whose keyid is ``<key name>:v<version>``. An issuer signing many statements builds each
+payload with ``encode_statement`` (the encoding of every proven entry is made once and reused), signs
+the ``pae`` of each in one batch and wraps each signature with ``signed_envelope``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import rfc8785
@@ -39,9 +43,25 @@ class ProvenEntry:
     seq: int
     canonical: bytes
     proof: tuple[bytes, ...]
+    # the RFC 8785 encoding of the entry's text (``canonical`` as a JSON string), when already made
+    entry_json: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_obj(self) -> dict[str, Any]:
         return {"seq": self.seq, "entry": self.canonical.decode(), "proof": [h.hex() for h in self.proof]}
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The RFC 8785 encoding of ``to_obj()`` (members in key order: entry, proof, seq)."""
+        entry = self.entry_json if self.entry_json is not None else encode_text(self.canonical)
+        proof: bytes = rfc8785.dumps([h.hex() for h in self.proof])
+        return b'{"entry":' + entry + b',"proof":' + proof + b',"seq":' + str(self.seq).encode() + b"}"
+
+
+def encode_text(canonical: bytes) -> bytes:
+    """The RFC 8785 encoding of an entry's canonical bytes as a JSON string (the costly part of a payload:
+    a ledger entry is JSON text, so every quote in it is escaped)."""
+    data: bytes = rfc8785.dumps(canonical.decode())
+    return data
 
 
 def claims_digest(claims: Mapping[str, Any]) -> str:
@@ -69,7 +89,6 @@ def build_statement(
     lineage: Lineage,
     *,
     claims: Mapping[str, Any] | None,
-    gpus: Sequence[Mapping[str, Any]],
     output_sha256: str,
     key_version: int,
     issued_at: str,
@@ -89,7 +108,6 @@ def build_statement(
             "issued_at": issued_at,
             **lineage.to_obj(),
             "cpu": cpu_claims(lineage, claims),
-            "gpus": [dict(g) for g in gpus],
             "ledger": {
                 "checkpoint": checkpoint.to_obj(),
                 "entries": [e.to_obj() for e in sorted(entries, key=lambda e: e.seq)],
@@ -101,6 +119,40 @@ def build_statement(
 def encode_payload(statement: Mapping[str, Any]) -> bytes:
     data: bytes = rfc8785.dumps(dict(statement))
     return data
+
+
+def _members(plain: Mapping[str, Any], encoded: Mapping[str, bytes]) -> bytes:
+    """One JSON object in RFC 8785 form from members to encode and members already encoded (RFC 8785
+    encodes an object as its members, sorted by the UTF-16 code units of their names, each value in its
+    own canonical form, so a value's encoding can be made once and reused)."""
+    items = [(k, rfc8785.dumps(v)) for k, v in plain.items()] + list(encoded.items())
+    items.sort(key=lambda kv: kv[0].encode("utf-16-be"))
+    return b"{" + b",".join(rfc8785.dumps(k) + b":" + v for k, v in items) + b"}"
+
+
+def encode_statement(statement: Mapping[str, Any], entries: Sequence[ProvenEntry]) -> bytes:
+    """``encode_payload(statement)`` for a statement whose ``predicate.ledger.entries`` are ``entries``,
+    reusing each entry's encoding (``ProvenEntry.encoded``) instead of encoding it again."""
+    predicate = statement["predicate"]
+    ledger = predicate["ledger"]
+    listed = b"[" + b",".join(e.encoded for e in sorted(entries, key=lambda e: e.seq)) + b"]"
+    ledger_json = _members({k: v for k, v in ledger.items() if k != "entries"}, {"entries": listed})
+    predicate_json = _members({k: v for k, v in predicate.items() if k != "ledger"}, {"ledger": ledger_json})
+    return _members({k: v for k, v in statement.items() if k != "predicate"}, {"predicate": predicate_json})
+
+
+def pae(payload: bytes) -> bytes:
+    """What the DSSE signature covers: the pre-authentication encoding of the payload and its type."""
+    data: bytes = dsse.Envelope(payload, PAYLOAD_TYPE, {}).pae()
+    return data
+
+
+def signed_envelope(payload: bytes, version: int, signature: bytes) -> bytes:
+    """The DSSE envelope (JSON bytes) of ``payload`` with the provenance key's ``signature`` over its ``pae``."""
+    envelope = dsse.Envelope(payload, PAYLOAD_TYPE, {})
+    keyid = key_id(version)
+    envelope.signatures[keyid] = Signature(keyid, signature.hex())
+    return json.dumps(envelope.to_dict(), sort_keys=True, indent=1).encode()
 
 
 def key_id(version: int) -> str:

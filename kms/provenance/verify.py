@@ -325,6 +325,19 @@ def lineage_text(verified: Verified) -> list[str]:
         f"  debug {cpu.get('debug')}  (registration #{cpu['registration_sequence']})"
     )
     lines.append(f"  GPUs: {len(p['gpus'])}")
+    verified_gpus = ((cpu.get("claims") or {}).get("details") or {}).get("gpus")
+    full = (
+        {g.get("ueid"): g for g in verified_gpus if isinstance(g, dict)}
+        if isinstance(verified_gpus, list)
+        else {}
+    )
+    for g in p["gpus"]:
+        more = full.get(g["ueid"], {})
+        rim = f"  RIM versions match {more['rim_versions_match']}" if "rim_versions_match" in more else ""
+        lines.append(
+            f"    {g['architecture']} {g['ueid']}  driver {g['driver_version']}  VBIOS {g['vbios_version']}"
+            f"  measurements {g['measurement_result']}{rim}"
+        )
     lines.append(f"  policy v{p['policy']['version']} digest {p['policy']['digest']}")
     lines.append(
         f"  write grant {p['write_grant']['key']} v{p['write_grant']['version']} (#{p['write_grant']['sequence']})"

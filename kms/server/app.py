@@ -164,8 +164,10 @@ def build(
         closers.append(audit.stop)  # after the batchers stop, before the group commit closes
         ledger = GrantLedger(store, transit, commit, clock, window=config.release_window_ms / 1000)
         closers.append(ledger.close)
-        provenance = ProvenanceIssuer(store, transit, clock)
-        closers.append(provenance.close)  # its transit sign batcher, before the OpenBao client closes
+        provenance = ProvenanceIssuer(store, transit, clock, observe=metrics.observe_provenance)
+        closers.append(provenance.close)  # its thread, before the OpenBao client closes
+        if not config.replica:  # replicas serve statements; one process issues them as checkpoints come
+            provenance.start()
         nonces = Nonces(store, clock, ttl=timedelta(seconds=config.nonce_ttl))
         roles = load_role_map(config)
         two_person = TwoPersonRule(

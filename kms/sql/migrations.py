@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     ForeignKey,
@@ -102,6 +103,21 @@ def _v4_pending_changes(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v6_provenance_statements(conn: Connection) -> None:
+    """Issued provenance statements, one per output entry (kms.sql.provenance)."""
+    md = MetaData()
+    Table(
+        "provenance_statements",
+        md,
+        Column("output_seq", BigInteger, primary_key=True, autoincrement=False),
+        Column("checkpoint_size", BigInteger, nullable=False),
+        Column("key_version", Integer, nullable=False),
+        Column("envelope", LargeBinary, nullable=False),
+        Column("issued_at", UtcDateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "key catalogue", _v1_key_catalogue),
     Migration(2, "control plane (nonces, nodes, grants, denials, policies)", v2_control_plane),
@@ -110,6 +126,7 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(4, "pending changes of the two-person rule", _v4_pending_changes),
     Migration(5, "64-bit ledger positions on PostgreSQL", v5_ledger_positions_64_bit),
+    Migration(6, "issued provenance statements", _v6_provenance_statements),
 ]
 
 

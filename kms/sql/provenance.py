@@ -1,15 +1,114 @@
-"""SQL for provenance statements and lineage rules: ``model.output`` entries and the entries a lineage
-rests on (``kms.usecases.provenance_issue``, ``kms.usecases.lineage_release``). SQL only."""
+"""SQL for provenance statements and lineage rules: ``model.output`` entries, the entries a lineage
+rests on, and the issued statements (``kms.usecases.provenance_issue``, ``kms.usecases.lineage_release``).
+SQL only."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, Table, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from kms.audit.entry import Decision, Kind
 from kms.sql.audit_schema import audit_entries
+from kms.sql.schema import UtcDateTime
+
+_md = MetaData()
+provenance_statements = Table(
+    "provenance_statements",
+    _md,
+    Column("output_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("checkpoint_size", BigInteger, nullable=False),
+    Column("key_version", Integer, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("issued_at", UtcDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class StoredStatement:
+    """An issued statement (DSSE envelope) of the output entry ``output_seq``, proved against the checkpoint
+    of size ``checkpoint_size``."""
+
+    output_seq: int
+    checkpoint_size: int
+    key_version: int
+    envelope: bytes
+    issued_at: datetime
+
+
+def stored_statement(conn: Connection, output_seq: int) -> StoredStatement | None:
+    row = conn.execute(
+        select(provenance_statements).where(provenance_statements.c.output_seq == output_seq)
+    ).first()
+    if row is None:
+        return None
+    m = row._mapping
+    return StoredStatement(
+        int(m["output_seq"]),
+        int(m["checkpoint_size"]),
+        int(m["key_version"]),
+        bytes(m["envelope"]),
+        m["issued_at"],
+    )
+
+
+def store_statements(conn: Connection, statements: Sequence[StoredStatement]) -> None:
+    """Keep each statement, replacing one stored earlier for the same output (a reissue)."""
+    if not statements:
+        return
+    conn.execute(
+        delete(provenance_statements).where(
+            provenance_statements.c.output_seq.in_(sorted({s.output_seq for s in statements}))
+        )
+    )
+    conn.execute(
+        insert(provenance_statements),
+        [
+            {
+                "output_seq": s.output_seq,
+                "checkpoint_size": s.checkpoint_size,
+                "key_version": s.key_version,
+                "envelope": s.envelope,
+                "issued_at": s.issued_at,
+            }
+            for s in statements
+        ],
+    )
+
+
+def outputs_without_statement(conn: Connection, start: int, below: int, limit: int) -> list[bytes]:
+    """Canonical bytes of the granted ``model.output`` entries with ``start <= seq < below`` that have no
+    stored statement, oldest first, at most ``limit``."""
+    rows = conn.execute(
+        select(audit_entries.c.canonical)
+        .select_from(
+            audit_entries.outerjoin(
+                provenance_statements, provenance_statements.c.output_seq == audit_entries.c.seq
+            )
+        )
+        .where(audit_entries.c.seq >= start, audit_entries.c.seq < below)
+        .where(audit_entries.c.kind == str(Kind.MODEL_OUTPUT))
+        .where(audit_entries.c.decision == str(Decision.GRANT))
+        .where(provenance_statements.c.output_seq.is_(None))
+        .order_by(audit_entries.c.seq)
+        .limit(limit)
+    )
+    return [bytes(c) for (c,) in rows]
+
+
+def revoked_between(conn: Connection, node_id: str, start: int, below: int) -> bool:
+    """Whether the ledger holds a ``node.revoke`` entry of ``node_id`` with ``start <= seq < below``."""
+    row = conn.execute(
+        select(audit_entries.c.seq)
+        .where(audit_entries.c.node_id == node_id, audit_entries.c.kind == str(Kind.NODE_REVOKE))
+        .where(audit_entries.c.seq >= start, audit_entries.c.seq < below)
+        .limit(1)
+    ).first()
+    return row is not None
 
 
 def recorded_outputs(conn: Connection, *, key_name: str = "") -> list[tuple[int, bytes]]:

@@ -106,5 +106,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.provenance_statements = Counter(
+            "sovereign_provenance_statements", "Provenance statements issued", registry=self.registry
+        )
+        self.provenance_seconds = Counter(
+            "sovereign_provenance_issue_seconds",
+            "Wall-clock seconds spent issuing provenance statements (whole batches: reads, proofs, "
+            "encoding, the transit sign, storing)",
+            registry=self.registry,
+        )
+        self.provenance_cpu_seconds = Counter(
+            "sovereign_provenance_issue_cpu_seconds",
+            "CPU seconds of the issuing thread over the same spans",
+            registry=self.registry,
+        )
+
+    def observe_provenance(self, statements: int, seconds: float, cpu_seconds: float) -> None:
+        self.provenance_statements.inc(statements)
+        self.provenance_seconds.inc(seconds)
+        self.provenance_cpu_seconds.inc(cpu_seconds)
+
     def observe_openbao(self, operation: str, seconds: float, succeeded: bool) -> None:
         self.openbao_seconds.labels(operation, "ok" if succeeded else "error").observe(seconds)

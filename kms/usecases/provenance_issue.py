@@ -1,57 +1,107 @@
-"""Issuing a provenance statement (Audit ``GetProvenance``): gather, prove, sign.
+"""Issuing provenance statements (Audit ``GetProvenance``): gather, prove, sign, in batches, and store them.
 
-For the output with a given SHA-256 of its plaintext or of its sealed file (its latest ``model.output``
-grant entry): the latest signed
-checkpoint (it must cover the output, else PROVENANCE_NOT_CHECKPOINTED: retry a moment later), the node's
-entries up to that checkpoint and the ``policy.change`` entries; ``kms.provenance.lineage.derive`` picks
-what the statement rests on; each of those entries gets its inclusion proof against that one checkpoint;
-the node's stored claims are included when their digest is the registration entry's; the statement is
-signed in OpenBao transit with the latest version of ``sovereign-provenance`` (Ed25519), the version
-written inside the signed payload. Nothing is written: issuing is a read and a signature.
+A statement about an output can be issued once a signed checkpoint covers the output's ``model.output``
+entry. The issuer's thread (``start``) watches the latest checkpoint; when a new one is signed it issues,
+as one batch, a statement for every output that checkpoint covers and that has none yet, and stores them
+(``kms.sql.provenance``). ``issue`` (``GetProvenance``) serves the stored statement. It issues one on
+demand, and stores it, only when none is stored (the output was checkpointed a moment ago, or no thread
+runs) or when the node was revoked after the stored statement's checkpoint: a statement lists the node's
+revocations up to its checkpoint, so then a new one is proved against the latest checkpoint.
 
-Cost (bench/bench_provenance.py): concurrent statements share one transit ``sign`` call (``batch_input``,
-through ``kms.batching.Batcher``), as releases share one unwrap; and the Merkle subtree hashes the proofs
-read are remembered across statements (a stored subtree hash covers a complete, aligned range of an
-append-only ledger, so it never changes).
+One batch, for the latest checkpoint and the outputs it covers:
+
+- the entries of every node among the outputs and the ``policy.change`` entries, in one query (decoded
+  once; decoded entries are remembered across batches, an entry never changes);
+- each node's stored claims read once; ``kms.provenance.lineage.derive`` per output;
+- each entry's inclusion proof computed once per batch (the Merkle subtree hashes remembered across
+  batches), and each entry's RFC 8785 encoding made once and spliced into every statement including it;
+- one transit ``sign_batch`` per ``SIGN_BATCH`` statements, through the ``Transit`` port, with the
+  latest version of ``sovereign-provenance`` (Ed25519; the version is written inside the signed payload);
+  every signature is checked with the public key before it is kept;
+- one transaction that stores the statements.
+
+Cost (bench/bench_provenance.py, docs/provenance.md): every batch's wall-clock and thread CPU seconds,
+from reading the checkpoint to the stored statements, are counted with the number of statements it issued
+(``IssueStats``, and the ``sovereign_provenance_*`` metrics), so the cost of one statement is its batch's
+cost divided by the batch's statements.
 """
 
 from __future__ import annotations
 
-import base64
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-from kms.audit.checkpoint import parse_transit_signature
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from kms.audit.checkpoint import Checkpoint
 from kms.audit.entry import Entry, format_time
-from kms.audit.errors import KeyInvalid
 from kms.audit.merkle import inclusion_proof
-from kms.batching import Batcher
 from kms.clock import Clock
-from kms.domain.transit import AUDIT_KEY_NAME, Transit
-from kms.errors import Code, KmsError
+from kms.domain.registry import NodeRecord
+from kms.domain.transit import AUDIT_KEY_NAME, SigningKeys, Transit
+from kms.errors import Code, KmsError, OpenBaoError
 from kms.provenance.lineage import LineageInvalid, derive
-from kms.provenance.statement import KEY_NAME, ProvenEntry, build_statement, seal_statement
+from kms.provenance.statement import (
+    KEY_NAME,
+    ProvenEntry,
+    build_statement,
+    encode_statement,
+    encode_text,
+    pae,
+    signed_envelope,
+)
 from kms.sql.audit_ledger import latest_checkpoint
 from kms.sql.audit_reader import DbHashStore
 from kms.sql.nodes import SqlNodes
-from kms.sql.provenance import lineage_entries, recorded_outputs
+from kms.sql.provenance import (
+    StoredStatement,
+    lineage_entries,
+    outputs_without_statement,
+    recorded_outputs,
+    revoked_between,
+    store_statements,
+    stored_statement,
+)
 from kms.sql.store import Store
 
+log = logging.getLogger("sovereign.provenance")
+
 KEY_TTL = 10.0  # seconds the provenance key's latest version is remembered
-HASH_CACHE = 1 << 16  # subtree hashes remembered across statements (~ 6 MB)
-SIGN_WINDOW = 0.002  # seconds a transit sign waits for company
-SIGN_BATCH = 64
+HASH_CACHE = 1 << 16  # subtree hashes remembered across batches (~ 6 MB)
+ENTRY_CACHE = 1 << 15  # decoded entries and their encoded text remembered across batches
+INTERVAL = 0.25  # seconds between looks at the latest checkpoint
+BATCH = 512  # outputs in one batch at most (a longer backlog is issued in several)
+SIGN_BATCH = 128  # statements in one transit sign request
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
 class Issued:
     envelope: bytes
     output_sequence: int
+
+
+@dataclass(frozen=True)
+class IssueStats:
+    """Statements issued by this issuer, the batches they came in, and the time spent issuing them."""
+
+    statements: int = 0
+    batches: int = 0
+    seconds: float = 0.0  # wall clock, reading the checkpoint to storing the statements
+    cpu_seconds: float = 0.0  # CPU time of the issuing thread over the same span
+
+
+IssueObserver = Callable[[int, float, float], None]
+"""(statements, wall seconds, CPU seconds) of each batch, for metrics."""
 
 
 def _digests(fields: dict[str, Any]) -> tuple[object, object]:
@@ -68,30 +118,37 @@ def _signer_failed(message: str) -> KmsError:
     return KmsError(message, code=Code.PROVENANCE_SIGNER_FAILED)
 
 
-class SubtreeHashes:
-    """Stored subtree hashes, remembered (least recently used out) across statements. Safe to share: a
-    stored hash covers a complete, aligned leaf range of the append-only ledger and never changes."""
+class _Lru(Generic[K, V]):
+    """A bounded map, least recently used out; safe to share between threads."""
 
-    def __init__(self, limit: int = HASH_CACHE) -> None:
+    def __init__(self, limit: int) -> None:
         self._limit = limit
         self._lock = threading.Lock()
-        self._seen: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._seen: OrderedDict[K, V] = OrderedDict()
 
-    def over(self, inner: DbHashStore) -> _Memo:
-        return _Memo(self, inner)
-
-    def get(self, key: tuple[int, int]) -> bytes | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
             value = self._seen.get(key)
             if value is not None:
                 self._seen.move_to_end(key)
             return value
 
-    def put(self, key: tuple[int, int], value: bytes) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
             self._seen[key] = value
             if len(self._seen) > self._limit:
                 self._seen.popitem(last=False)
+
+
+class SubtreeHashes(_Lru[tuple[int, int], bytes]):
+    """Stored subtree hashes, remembered across batches. Safe to share: a stored hash covers a complete,
+    aligned leaf range of the append-only ledger and never changes."""
+
+    def __init__(self, limit: int = HASH_CACHE) -> None:
+        super().__init__(limit)
+
+    def over(self, inner: DbHashStore) -> _Memo:
+        return _Memo(self, inner)
 
 
 class _Memo:
@@ -110,113 +167,139 @@ class _Memo:
         return value
 
 
-def _one_signature(result: object, version: int) -> bytes | KmsError:
-    if not isinstance(result, dict) or result.get("error"):
-        why = result.get("error") if isinstance(result, dict) else "no result"
-        return _signer_failed(f"signing with {KEY_NAME} failed: {str(why)[:200]}")
-    try:
-        signature = parse_transit_signature(str(result.get("signature", "")))
-    except KeyInvalid as err:
-        return _signer_failed(f"signing with {KEY_NAME} failed: {err.message}")
-    if signature.version != version:
-        return _signer_failed(f"OpenBao signed with v{signature.version}, the statement names v{version}")
-    return signature.value
+@dataclass(frozen=True)
+class _Decoded:
+    entry: Entry
+    canonical: bytes
+    text: bytes  # RFC 8785 encoding of the canonical bytes as a JSON string
+
+
+@dataclass(frozen=True)
+class _Unsigned:
+    output_seq: int
+    payload: bytes
+
+
+@dataclass
+class _Batch:
+    """What the statements of one batch share."""
+
+    checkpoint: Checkpoint
+    version: int
+    issued_at: str
+    hashes: _Memo
+    proven: dict[int, ProvenEntry] = field(default_factory=dict)  # by sequence, proof included
 
 
 class ProvenanceIssuer:
-    def __init__(self, store: Store, transit: Transit, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        transit: Transit,
+        clock: Clock,
+        *,
+        interval: float = INTERVAL,
+        batch: int = BATCH,
+        observe: IssueObserver | None = None,
+    ) -> None:
         self._store = store
         self._nodes = SqlNodes(store)
         self._transit = transit
         self._clock = clock
+        self._interval = interval
+        self._batch = batch
+        self._observe = observe
         self._lock = threading.Lock()
-        self._latest: tuple[float, int, dict[int, bytes]] | None = None
+        self._issuing = threading.Lock()  # one batch at a time: the thread's or an on-demand one
+        self._latest: tuple[float, SigningKeys] | None = None
         self._hashes = SubtreeHashes()
-        self._signer: Batcher[tuple[int, bytes], bytes] | None = None
+        self._decoded: _Lru[int, _Decoded] = _Lru(ENTRY_CACHE)
+        self._stats = IssueStats()
+        self._next = 0  # the thread has looked at every output entry below this sequence
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the thread ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Issue statements in the background whenever a new checkpoint covers outputs without one."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="provenance-issuer", daemon=True)
+                self._thread.start()
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
-            signer, self._signer = self._signer, None
-        if signer is not None:
-            signer.close()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.issue_pending()
+            except KmsError as err:  # OpenBao or the database unavailable: try again on the next look
+                log.warning("issuing provenance statements failed (%s): %s", err.code, err.message)
+            except Exception as exc:  # the thread must outlive any one failure
+                log.error("issuing provenance statements failed: %s", type(exc).__name__)
+
+    def issue_pending(self) -> int:
+        """Issue and store a statement for every output the latest checkpoint covers that has none yet
+        (batches of at most ``batch``); returns how many were stored."""
+        stored = 0
+        while not self._stop.is_set():
+            with self._store.reader() as conn:
+                checkpoint = latest_checkpoint(conn)
+                if checkpoint is None:
+                    return stored
+                pending = outputs_without_statement(conn, self._next, checkpoint.size, self._batch)
+            if not pending:
+                self._next = max(self._next, checkpoint.size)
+                return stored
+            outputs = [Entry.decode(c) for c in pending]
+            results = self._issue_batch(outputs)
+            for seq, result in results.items():
+                if isinstance(result, KmsError):
+                    log.warning("no statement for output entry %d (%s): %s", seq, result.code, result.message)
+                else:
+                    stored += 1
+            self._next = max(self._next, outputs[-1].seq + 1)
+        return stored
+
+    def stats(self) -> IssueStats:
+        with self._lock:
+            return self._stats
 
     # -- keys ---------------------------------------------------------------------------------------
 
-    def _read_key(self, name: str) -> tuple[int, dict[int, bytes]]:
-        call = getattr(self._transit, "call", None)
-        if call is None:
-            raise _signer_failed("the transit client cannot read keys")
-        mount = self._transit.settings.mount  # type: ignore[attr-defined]
+    def _read_key(self, name: str) -> SigningKeys:
         try:
-            resp: Any = call(
-                "read provenance key", lambda c: c.secrets.transit.read_key(name, mount_point=mount)
-            )
-        except KmsError as err:
+            return self._transit.signing_keys(name)
+        except OpenBaoError as err:
             raise _signer_failed(f"cannot read the transit key {name}: {err.message}") from None
-        data = (resp or {}).get("data") or {}
-        keys = data.get("keys")
-        if data.get("type") != "ed25519" or not isinstance(keys, dict):
-            raise _signer_failed(f"the transit key {name} is not an ed25519 key")
-        out = {int(v): base64.b64decode(k["public_key"]) for v, k in keys.items() if isinstance(k, dict)}
-        return int(data.get("latest_version") or 0), out
 
-    def _signing_key(self) -> tuple[int, dict[int, bytes]]:
-        """The latest version of the provenance key and its public keys, re-read every ``KEY_TTL`` seconds
-        (a rotation is picked up within that; a transit sign with a stale version still verifies)."""
+    def _signing_key(self) -> SigningKeys:
+        """The provenance key's latest version and public keys, re-read every ``KEY_TTL`` seconds (a
+        rotation is picked up within that; a transit sign with a stale version still verifies)."""
         now = time.monotonic()
         with self._lock:
-            if self._latest is None or now - self._latest[0] > KEY_TTL:
-                self._latest = (now, *self._read_key(KEY_NAME))
-            return self._latest[1], self._latest[2]
+            if self._latest is not None and now - self._latest[0] <= KEY_TTL:
+                return self._latest[1]
+        keys = self._read_key(KEY_NAME)
+        with self._lock:
+            self._latest = (now, keys)
+        return keys
 
     def signing_keys(self) -> dict[str, dict[int, bytes]]:
         """Every public version of the audit and provenance keys (raw Ed25519)."""
-        return {name: self._read_key(name)[1] for name in (AUDIT_KEY_NAME, KEY_NAME)}
-
-    def _sign(self, version: int, message: bytes) -> bytes:
-        """One signature, in a transit call shared with whatever statements are being signed now."""
-        with self._lock:
-            if self._signer is None:
-                self._signer = Batcher(
-                    self._sign_batch, name="provenance-sign", window=SIGN_WINDOW, max_batch=SIGN_BATCH
-                )
-            signer = self._signer
-        return signer.submit((version, message))
-
-    def _sign_batch(self, items: Sequence[tuple[int, bytes]]) -> list[bytes | KmsError]:
-        """Sign every item; one transit call per key version among them (one, but for a rotation)."""
-        out: list[bytes | KmsError] = [_signer_failed("not signed")] * len(items)
-        for version in sorted({v for v, _ in items}):
-            at = [i for i, (v, _) in enumerate(items) if v == version]
-            try:
-                signed = self._sign_version(version, [items[i][1] for i in at])
-            except KmsError as err:
-                signed = [err] * len(at)
-            for i, result in zip(at, signed, strict=True):
-                out[i] = result
-        return out
-
-    def _sign_version(self, version: int, messages: list[bytes]) -> list[bytes | KmsError]:
-        mount = self._transit.settings.mount  # type: ignore[attr-defined]
-        call = self._transit.call  # type: ignore[attr-defined]
-        batch = [{"input": base64.b64encode(m).decode()} for m in messages]
-        try:
-            resp: Any = call(
-                "sign provenance",
-                lambda c: c.secrets.transit.sign_data(
-                    KEY_NAME, key_version=version, batch_input=batch, mount_point=mount
-                ),
-            )
-        except KmsError as err:
-            raise _signer_failed(f"signing with {KEY_NAME} failed: {err.message}") from None
-        results = ((resp or {}).get("data") or {}).get("batch_results")
-        if not isinstance(results, list) or len(results) != len(messages):
-            raise _signer_failed(f"OpenBao answered {len(messages)} signing requests with something else")
-        return [_one_signature(r, version) for r in results]
+        return {name: dict(self._read_key(name).public) for name in (AUDIT_KEY_NAME, KEY_NAME)}
 
     # -- issuing ------------------------------------------------------------------------------------
 
     def issue(self, output_sha256: bytes) -> Issued:
+        """The statement of the output with this SHA-256 (plaintext or sealed file): the stored one, or
+        one issued now (see the module docstring)."""
         if len(output_sha256) != 32:
             raise KmsError("output_sha256 must be 32 bytes", code=Code.REQUEST_INVALID)
         wanted = output_sha256.hex()
@@ -239,31 +322,127 @@ class ProvenanceIssuer:
                     f"the latest checkpoint (size {checkpoint.size}) does not cover output entry {found.seq} yet",
                     code=Code.PROVENANCE_NOT_CHECKPOINTED,
                 )
-            node_id = found.fields.get("node_id")
-            canonical = lineage_entries(conn, {str(node_id)}, below=checkpoint.size)
-            entries = [Entry.decode(c) for c in canonical.values()]
-            try:
-                lineage = derive(entries, found.seq)
-            except LineageInvalid as err:
+            kept = stored_statement(conn, found.seq)
+            if kept is not None and not revoked_between(
+                conn, str(found.fields.get("node_id")), kept.checkpoint_size, checkpoint.size
+            ):
+                return Issued(kept.envelope, found.seq)
+        result = self._issue_batch([found])[found.seq]
+        if isinstance(result, KmsError):
+            raise result
+        return Issued(result, found.seq)
+
+    def _issue_batch(self, outputs: Sequence[Entry]) -> dict[int, bytes | KmsError]:
+        """Issue and store statements for ``outputs`` against the latest checkpoint; per output, its
+        envelope or why it has none. Raises when nothing can be issued (no key, signer down)."""
+        with self._issuing:
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            results = self._issue_locked(outputs)
+            issued = sum(1 for r in results.values() if isinstance(r, bytes))
+            seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+            with self._lock:
+                s = self._stats
+                self._stats = IssueStats(
+                    s.statements + issued, s.batches + 1, s.seconds + seconds, s.cpu_seconds + cpu
+                )
+            if self._observe is not None:
+                self._observe(issued, seconds, cpu)
+            return results
+
+    def _issue_locked(self, outputs: Sequence[Entry]) -> dict[int, bytes | KmsError]:
+        keys = self._signing_key()
+        version = keys.latest_version
+        results: dict[int, bytes | KmsError] = {}
+        unsigned: list[_Unsigned] = []
+        issued_at = self._clock()
+        with self._store.reader() as conn:
+            checkpoint = latest_checkpoint(conn)
+            if checkpoint is None or checkpoint.size <= max(o.seq for o in outputs):
                 raise KmsError(
-                    f"the ledger cannot support a statement: {err}", code=Code.AUDIT_LEDGER_CORRUPT
-                ) from None
-            hashes = self._hashes.over(DbHashStore(conn))  # the proofs share their upper levels
-            proven = [
-                ProvenEntry(seq, canonical[seq], tuple(inclusion_proof(hashes, seq, checkpoint.size)))
-                for seq in lineage.sequences()
-            ]
-        node = self._nodes.get(str(node_id))
-        version, public = self._signing_key()
+                    "no signed checkpoint covers the outputs yet", code=Code.PROVENANCE_NOT_CHECKPOINTED
+                )
+            node_ids = {str(o.fields.get("node_id")) for o in outputs}
+            by_node, shared = self._entries(lineage_entries(conn, node_ids, below=checkpoint.size).items())
+            nodes = {n: self._nodes.get(n) for n in node_ids}
+            batch = _Batch(checkpoint, version, format_time(issued_at), self._hashes.over(DbHashStore(conn)))
+            for out in outputs:
+                node_id = str(out.fields.get("node_id"))
+                try:
+                    entries = by_node.get(node_id, []) + shared
+                    unsigned.append(self._unsigned(batch, out, entries, nodes[node_id]))
+                except LineageInvalid as err:
+                    results[out.seq] = KmsError(
+                        f"the ledger cannot support a statement: {err}", code=Code.AUDIT_LEDGER_CORRUPT
+                    )
+        public = Ed25519PublicKey.from_public_bytes(keys.public[version])
+        kept: list[StoredStatement] = []
+        for start in range(0, len(unsigned), SIGN_BATCH):
+            chunk = unsigned[start : start + SIGN_BATCH]
+            signed_pae = [pae(u.payload) for u in chunk]
+            try:
+                signatures = self._transit.sign_batch(KEY_NAME, version, signed_pae)
+            except OpenBaoError as err:
+                raise _signer_failed(f"signing with {KEY_NAME} failed: {err.message}") from None
+            for u, message, signature in zip(chunk, signed_pae, signatures, strict=True):
+                if isinstance(signature, OpenBaoError):
+                    results[u.output_seq] = _signer_failed(
+                        f"signing with {KEY_NAME} failed: {signature.message}"
+                    )
+                    continue
+                try:
+                    public.verify(signature, message)
+                except InvalidSignature:
+                    results[u.output_seq] = _signer_failed(
+                        f"OpenBao's signature does not verify with {KEY_NAME} v{version}"
+                    )
+                    continue
+                envelope = signed_envelope(u.payload, version, signature)
+                kept.append(StoredStatement(u.output_seq, checkpoint.size, version, envelope, issued_at))
+                results[u.output_seq] = envelope
+        if kept:
+            with self._store.transaction() as conn:
+                store_statements(conn, kept)
+        return results
+
+    def _entries(self, rows: Iterable[tuple[int, bytes]]) -> tuple[dict[str, list[_Decoded]], list[_Decoded]]:
+        """The rows decoded (each once, ever), by node id; the entries of no node (policy changes) apart."""
+        by_node: dict[str, list[_Decoded]] = {}
+        shared: list[_Decoded] = []
+        for seq, canonical in rows:
+            decoded = self._decoded.get(seq)
+            if decoded is None:
+                decoded = _Decoded(Entry.decode(canonical), canonical, encode_text(canonical))
+                self._decoded.put(seq, decoded)
+            node_id = decoded.entry.fields.get("node_id")
+            if isinstance(node_id, str):
+                by_node.setdefault(node_id, []).append(decoded)
+            else:
+                shared.append(decoded)
+        return by_node, shared
+
+    def _unsigned(
+        self, batch: _Batch, out: Entry, entries: list[_Decoded], node: NodeRecord | None
+    ) -> _Unsigned:
+        checkpoint, proven = batch.checkpoint, batch.proven
+        lineage = derive([d.entry for d in entries], out.seq)
+        by_seq = {d.entry.seq: d for d in entries}
+        used: list[ProvenEntry] = []
+        for seq in lineage.sequences():
+            entry = proven.get(seq)
+            if entry is None:
+                d = by_seq[seq]
+                entry = ProvenEntry(
+                    seq, d.canonical, tuple(inclusion_proof(batch.hashes, seq, checkpoint.size)), d.text
+                )
+                proven[seq] = entry
+            used.append(entry)
         statement = build_statement(
             lineage,
             claims=node.claims if node is not None else None,
-            gpus=[],
-            output_sha256=str(found.fields["output_sha256"]),
-            key_version=version,
-            issued_at=format_time(self._clock()),
+            output_sha256=str(out.fields["output_sha256"]),
+            key_version=batch.version,
+            issued_at=batch.issued_at,
             checkpoint=checkpoint,
-            entries=proven,
+            entries=used,
         )
-        envelope = seal_statement(statement, lambda m: self._sign(version, m), version, public[version])
-        return Issued(envelope, found.seq)
+        return _Unsigned(out.seq, encode_statement(statement, used))

@@ -92,7 +92,6 @@ class Ledger:
         statement = build_statement(
             lineage,
             claims=CLAIMS,
-            gpus=[],
             output_sha256=self.entries[output_seq].fields["output_sha256"],  # type: ignore[arg-type]
             key_version=1,
             issued_at=format_time(T0 + timedelta(hours=2)),
