@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, Table, delete, insert, select
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, Table, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from kms.audit.entry import Decision, Kind
@@ -57,16 +59,20 @@ def stored_statement(conn: Connection, output_seq: int) -> StoredStatement | Non
 
 
 def store_statements(conn: Connection, statements: Sequence[StoredStatement]) -> None:
-    """Keep each statement, replacing one stored earlier for the same output (a reissue)."""
+    """Keep each statement, replacing one stored for the same output (a reissue, or two processes
+    issuing the same output at once: the last one stays; either is a valid statement)."""
     if not statements:
         return
-    conn.execute(
-        delete(provenance_statements).where(
-            provenance_statements.c.output_seq.in_(sorted({s.output_seq for s in statements}))
-        )
+    upsert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    query = upsert(provenance_statements)
+    query = query.on_conflict_do_update(
+        index_elements=[provenance_statements.c.output_seq],
+        set_={
+            name: query.excluded[name] for name in ("checkpoint_size", "key_version", "envelope", "issued_at")
+        },
     )
     conn.execute(
-        insert(provenance_statements),
+        query,
         [
             {
                 "output_seq": s.output_seq,

@@ -238,7 +238,8 @@ class ProvenanceIssuer:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self.issue_pending()
+                while not self._stop.is_set() and self._next_batch() is not None:
+                    pass
             except KmsError as err:  # OpenBao or the database unavailable: try again on the next look
                 log.warning("issuing provenance statements failed (%s): %s", err.code, err.message)
             except Exception as exc:  # the thread must outlive any one failure
@@ -246,25 +247,30 @@ class ProvenanceIssuer:
 
     def issue_pending(self) -> int:
         """Issue and store a statement for every output the latest checkpoint covers that has none yet
-        (batches of at most ``batch``); returns how many were stored."""
+        (in batches of at most ``batch``); returns how many were stored."""
         stored = 0
-        while not self._stop.is_set():
-            with self._store.reader() as conn:
-                checkpoint = latest_checkpoint(conn)
-                if checkpoint is None:
-                    return stored
-                pending = outputs_without_statement(conn, self._next, checkpoint.size, self._batch)
-            if not pending:
-                self._next = max(self._next, checkpoint.size)
-                return stored
-            outputs = [Entry.decode(c) for c in pending]
-            results = self._issue_batch(outputs)
-            for seq, result in results.items():
-                if isinstance(result, KmsError):
-                    log.warning("no statement for output entry %d (%s): %s", seq, result.code, result.message)
-                else:
-                    stored += 1
-            self._next = max(self._next, outputs[-1].seq + 1)
+        while (issued := self._next_batch()) is not None:
+            stored += issued
+        return stored
+
+    def _next_batch(self) -> int | None:
+        """One batch of outputs without a statement; how many were stored, None if there were none."""
+        with self._store.reader() as conn:
+            checkpoint = latest_checkpoint(conn)
+            if checkpoint is None:
+                return None
+            pending = outputs_without_statement(conn, self._next, checkpoint.size, self._batch)
+        if not pending:
+            self._next = max(self._next, checkpoint.size)
+            return None
+        outputs = [Entry.decode(c) for c in pending]
+        stored = 0
+        for seq, result in self._issue_batch(outputs).items():
+            if isinstance(result, KmsError):  # issued on demand (GetProvenance) later, if ever possible
+                log.warning("no statement for output entry %d (%s): %s", seq, result.code, result.message)
+            else:
+                stored += 1
+        self._next = max(self._next, outputs[-1].seq + 1)
         return stored
 
     def stats(self) -> IssueStats:

@@ -80,7 +80,11 @@ class Ledger:
         return directory
 
     def statement(
-        self, output_seq: int, checkpoint: Checkpoint | None = None, signer: Ed25519PrivateKey | None = None
+        self,
+        output_seq: int,
+        checkpoint: Checkpoint | None = None,
+        signer: Ed25519PrivateKey | None = None,
+        claims: dict[str, Any] | None = None,
     ) -> bytes:
         cp = checkpoint or self.checkpoint()
         visible = [e for e in self.entries if e.seq < cp.size]
@@ -91,7 +95,7 @@ class Ledger:
         ]
         statement = build_statement(
             lineage,
-            claims=CLAIMS,
+            claims=CLAIMS if claims is None else claims,
             output_sha256=self.entries[output_seq].fields["output_sha256"],  # type: ignore[arg-type]
             key_version=1,
             issued_at=format_time(T0 + timedelta(hours=2)),
