@@ -53,7 +53,8 @@ class ProvenEntry:
     def encoded(self) -> bytes:
         """The RFC 8785 encoding of ``to_obj()`` (members in key order: entry, proof, seq)."""
         entry = self.entry_json if self.entry_json is not None else encode_text(self.canonical)
-        proof: bytes = rfc8785.dumps([h.hex() for h in self.proof])
+        # hex digits need no escaping: this is RFC 8785's encoding of the list of hex strings
+        proof = b"[" + b",".join(b'"' + h.hex().encode() + b'"' for h in self.proof) + b"]"
         return b'{"entry":' + entry + b',"proof":' + proof + b',"seq":' + str(self.seq).encode() + b"}"
 
 
@@ -67,6 +68,12 @@ def encode_text(canonical: bytes) -> bytes:
 def claims_digest(claims: Mapping[str, Any]) -> str:
     """The registry's digest of verified claims (kms.domain.registry.claims_digest): sorted-key compact JSON."""
     return hashlib.sha256(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def encode_claims(claims: Mapping[str, Any]) -> bytes:
+    """The RFC 8785 encoding of a node's claims (what ``encode_statement`` may splice in)."""
+    data: bytes = rfc8785.dumps(dict(claims))
+    return data
 
 
 def cpu_claims(lineage: Lineage, claims: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -121,24 +128,34 @@ def encode_payload(statement: Mapping[str, Any]) -> bytes:
     return data
 
 
-def _members(plain: Mapping[str, Any], encoded: Mapping[str, bytes]) -> bytes:
-    """One JSON object in RFC 8785 form from members to encode and members already encoded (RFC 8785
-    encodes an object as its members, sorted by the UTF-16 code units of their names, each value in its
-    own canonical form, so a value's encoding can be made once and reused)."""
-    items = [(k, rfc8785.dumps(v)) for k, v in plain.items()] + list(encoded.items())
-    items.sort(key=lambda kv: kv[0].encode("utf-16-be"))
-    return b"{" + b",".join(rfc8785.dumps(k) + b":" + v for k, v in items) + b"}"
+def _encode(value: Any, path: tuple[str, ...], splices: Mapping[tuple[str, ...], bytes]) -> bytes:
+    """RFC 8785 of ``value`` (at ``path`` in the statement) with the values at ``splices``' paths taken as
+    already encoded. RFC 8785 encodes an object as its members sorted by the UTF-16 code units of their
+    names, each value in its own canonical form, so a value's encoding can be made once and reused."""
+    done = splices.get(path)
+    if done is not None:
+        return done
+    depth = len(path)
+    if not isinstance(value, dict) or not any(len(p) > depth and p[:depth] == path for p in splices):
+        data: bytes = rfc8785.dumps(value)
+        return data
+    members = sorted(value.items(), key=lambda kv: kv[0].encode("utf-16-be"))
+    return (
+        b"{" + b",".join(rfc8785.dumps(k) + b":" + _encode(v, (*path, k), splices) for k, v in members) + b"}"
+    )
 
 
-def encode_statement(statement: Mapping[str, Any], entries: Sequence[ProvenEntry]) -> bytes:
+def encode_statement(
+    statement: Mapping[str, Any], entries: Sequence[ProvenEntry], claims_json: bytes | None = None
+) -> bytes:
     """``encode_payload(statement)`` for a statement whose ``predicate.ledger.entries`` are ``entries``,
-    reusing each entry's encoding (``ProvenEntry.encoded``) instead of encoding it again."""
-    predicate = statement["predicate"]
-    ledger = predicate["ledger"]
+    reusing each entry's encoding (``ProvenEntry.encoded``) and, when given, ``claims_json`` as the
+    encoding of ``predicate.cpu.claims`` (the caller's RFC 8785 of those very claims)."""
     listed = b"[" + b",".join(e.encoded for e in sorted(entries, key=lambda e: e.seq)) + b"]"
-    ledger_json = _members({k: v for k, v in ledger.items() if k != "entries"}, {"entries": listed})
-    predicate_json = _members({k: v for k, v in predicate.items() if k != "ledger"}, {"ledger": ledger_json})
-    return _members({k: v for k, v in statement.items() if k != "predicate"}, {"predicate": predicate_json})
+    splices: dict[tuple[str, ...], bytes] = {("predicate", "ledger", "entries"): listed}
+    if claims_json is not None and statement["predicate"]["cpu"].get("claims") is not None:
+        splices[("predicate", "cpu", "claims")] = claims_json
+    return _encode(statement, (), splices)
 
 
 def pae(payload: bytes) -> bytes:

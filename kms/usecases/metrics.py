@@ -109,6 +109,11 @@ class Metrics:
         self.provenance_statements = Counter(
             "sovereign_provenance_statements", "Provenance statements issued", registry=self.registry
         )
+        self.provenance_batches = Counter(
+            "sovereign_provenance_batches",
+            "Batches provenance statements were issued in",
+            registry=self.registry,
+        )
         self.provenance_seconds = Counter(
             "sovereign_provenance_issue_seconds",
             "Wall-clock seconds spent issuing provenance statements (whole batches: reads, proofs, "
@@ -123,6 +128,7 @@ class Metrics:
 
     def observe_provenance(self, statements: int, seconds: float, cpu_seconds: float) -> None:
         self.provenance_statements.inc(statements)
+        self.provenance_batches.inc()
         self.provenance_seconds.inc(seconds)
         self.provenance_cpu_seconds.inc(cpu_seconds)
 

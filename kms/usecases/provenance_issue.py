@@ -12,7 +12,8 @@ One batch, for the latest checkpoint and the outputs it covers:
 
 - the entries of every node among the outputs and the ``policy.change`` entries, in one query (decoded
   once; decoded entries are remembered across batches, an entry never changes);
-- each node's stored claims read once; ``kms.provenance.lineage.derive`` per output;
+- ``kms.provenance.lineage.derive`` per output; a node's stored claims read only when the claims its
+  registration entry names are not remembered yet (by digest, with their encoding);
 - each entry's inclusion proof computed once per batch (the Merkle subtree hashes remembered across
   batches), and each entry's RFC 8785 encoding made once and spliced into every statement including it;
 - one transit ``sign_batch`` per ``SIGN_BATCH`` statements, through the ``Transit`` port, with the
@@ -44,14 +45,15 @@ from kms.audit.checkpoint import Checkpoint
 from kms.audit.entry import Entry, format_time
 from kms.audit.merkle import inclusion_proof
 from kms.clock import Clock
-from kms.domain.registry import NodeRecord
 from kms.domain.transit import AUDIT_KEY_NAME, SigningKeys, Transit
 from kms.errors import Code, KmsError, OpenBaoError
-from kms.provenance.lineage import LineageInvalid, derive
+from kms.provenance.lineage import Lineage, LineageInvalid, derive
 from kms.provenance.statement import (
     KEY_NAME,
     ProvenEntry,
     build_statement,
+    claims_digest,
+    encode_claims,
     encode_statement,
     encode_text,
     pae,
@@ -76,6 +78,7 @@ log = logging.getLogger("sovereign.provenance")
 KEY_TTL = 10.0  # seconds the provenance key's latest version is remembered
 HASH_CACHE = 1 << 16  # subtree hashes remembered across batches (~ 6 MB)
 ENTRY_CACHE = 1 << 15  # decoded entries and their encoded text remembered across batches
+CLAIMS_CACHE = 4096  # verified claims (by digest) and their encoding remembered across batches
 INTERVAL = 0.25  # seconds between looks at the latest checkpoint
 BATCH = 512  # outputs in one batch at most (a longer backlog is issued in several)
 SIGN_BATCH = 128  # statements in one transit sign request
@@ -175,6 +178,12 @@ class _Decoded:
 
 
 @dataclass(frozen=True)
+class _Claims:
+    claims: dict[str, Any]  # a node's verified claims
+    encoded: bytes  # their RFC 8785 encoding
+
+
+@dataclass(frozen=True)
 class _Unsigned:
     output_seq: int
     payload: bytes
@@ -214,6 +223,7 @@ class ProvenanceIssuer:
         self._latest: tuple[float, SigningKeys] | None = None
         self._hashes = SubtreeHashes()
         self._decoded: _Lru[int, _Decoded] = _Lru(ENTRY_CACHE)
+        self._claims_seen: _Lru[str, _Claims] = _Lru(CLAIMS_CACHE)
         self._stats = IssueStats()
         self._next = 0  # the thread has looked at every output entry below this sequence
         self._stop = threading.Event()
@@ -369,17 +379,20 @@ class ProvenanceIssuer:
                 )
             node_ids = {str(o.fields.get("node_id")) for o in outputs}
             by_node, shared = self._entries(lineage_entries(conn, node_ids, below=checkpoint.size).items())
-            nodes = {n: self._nodes.get(n) for n in node_ids}
-            batch = _Batch(checkpoint, version, format_time(issued_at), self._hashes.over(DbHashStore(conn)))
+            derived: list[tuple[Entry, Lineage, list[_Decoded]]] = []
             for out in outputs:
-                node_id = str(out.fields.get("node_id"))
+                entries = by_node.get(str(out.fields.get("node_id")), []) + shared
                 try:
-                    entries = by_node.get(node_id, []) + shared
-                    unsigned.append(self._unsigned(batch, out, entries, nodes[node_id]))
+                    derived.append((out, derive([d.entry for d in entries], out.seq), entries))
                 except LineageInvalid as err:
                     results[out.seq] = KmsError(
                         f"the ledger cannot support a statement: {err}", code=Code.AUDIT_LEDGER_CORRUPT
                     )
+            claims = self._claims({(lin.node["id"], lin.cpu["claims_digest"]) for _, lin, _ in derived})
+            batch = _Batch(checkpoint, version, format_time(issued_at), self._hashes.over(DbHashStore(conn)))
+            for out, lineage, entries in derived:
+                known = claims.get(lineage.cpu["claims_digest"])
+                unsigned.append(self._unsigned(batch, out, lineage, entries, known))
         public = Ed25519PublicKey.from_public_bytes(keys.public[version])
         kept: list[StoredStatement] = []
         for start in range(0, len(unsigned), SIGN_BATCH):
@@ -426,11 +439,26 @@ class ProvenanceIssuer:
                 shared.append(decoded)
         return by_node, shared
 
+    def _claims(self, wanted: set[tuple[str, str]]) -> dict[str, _Claims]:
+        """The verified claims each (node id, claims digest) names, by digest: remembered, or read from the
+        node's record when it still holds the claims with that digest (a later renewal replaces them:
+        then the statement names the digest only)."""
+        out: dict[str, _Claims] = {}
+        for node_id, digest in wanted:
+            known = self._claims_seen.get(digest)
+            if known is None:
+                node = self._nodes.get(node_id)
+                if node is None or claims_digest(node.claims) != digest:
+                    continue
+                known = _Claims(dict(node.claims), encode_claims(node.claims))
+                self._claims_seen.put(digest, known)
+            out[digest] = known
+        return out
+
     def _unsigned(
-        self, batch: _Batch, out: Entry, entries: list[_Decoded], node: NodeRecord | None
+        self, batch: _Batch, out: Entry, lineage: Lineage, entries: list[_Decoded], claims: _Claims | None
     ) -> _Unsigned:
         checkpoint, proven = batch.checkpoint, batch.proven
-        lineage = derive([d.entry for d in entries], out.seq)
         by_seq = {d.entry.seq: d for d in entries}
         used: list[ProvenEntry] = []
         for seq in lineage.sequences():
@@ -444,11 +472,12 @@ class ProvenanceIssuer:
             used.append(entry)
         statement = build_statement(
             lineage,
-            claims=node.claims if node is not None else None,
+            claims=claims.claims if claims is not None else None,
             output_sha256=str(out.fields["output_sha256"]),
             key_version=batch.version,
             issued_at=batch.issued_at,
             checkpoint=checkpoint,
             entries=used,
         )
-        return _Unsigned(out.seq, encode_statement(statement, used))
+        payload = encode_statement(statement, used, claims.encoded if claims is not None else None)
+        return _Unsigned(out.seq, payload)

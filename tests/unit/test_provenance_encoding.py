@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import rfc8785
-from unit.provenance_ledger import training_ledger
+from unit.provenance_ledger import CLAIMS, training_ledger
 
 from kms.audit.entry import format_time
 from kms.audit.merkle import inclusion_proof
@@ -33,7 +33,7 @@ def statement_and_entries(datasets: int) -> tuple[dict[str, Any], list[ProvenEnt
     ]
     statement = build_statement(
         lineage,
-        claims={"tee": "snp", "nested": {"é": [1, 2, {"z": None, "a": True}]}},
+        claims=CLAIMS,
         output_sha256="ab" * 32,
         key_version=7,
         issued_at=format_time(datetime(2026, 5, 1, tzinfo=UTC)),
@@ -59,3 +59,14 @@ def test_entries_with_any_text_encode_as_rfc_8785_does(text: str) -> None:
     want = rfc8785.dumps(statement)
     assert encode_statement(statement, odd) == want
     assert encode_statement(statement, reused) == want  # an encoding made earlier is the same bytes
+
+
+def test_claims_encoded_once_are_spliced_in_as_rfc_8785_would_encode_them() -> None:
+    statement, entries = statement_and_entries(3)
+    claims = statement["predicate"]["cpu"]["claims"]
+    assert claims is not None
+    claims["odd"] = {"é": ODD_TEXT, "\U0001f600": [1, None, True], "\uffff": 2}  # keys sorted by UTF-16
+    want = rfc8785.dumps(statement)
+    assert encode_statement(statement, entries, rfc8785.dumps(claims)) == want
+    statement["predicate"]["cpu"]["claims"] = None  # claims not the registration's: nothing to splice
+    assert encode_statement(statement, entries, rfc8785.dumps(claims)) == rfc8785.dumps(statement)
