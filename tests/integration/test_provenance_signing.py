@@ -149,6 +149,37 @@ def test_outputs_under_one_checkpoint_are_issued_in_one_batch_stored_and_reissue
         transit.close()
 
 
+def test_the_server_issues_and_stores_statements_in_the_background_as_checkpoints_come(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    transit = OpenBaoTransit(kms_dev.approle_settings())
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, transit, clock)  # its issuer thread runs, as in serve
+    try:
+        plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        plane.admin.create_key("model/main", KeyKind.MODEL)
+        nodes = [register(plane, pki, "snp") for _ in range(NODES)]
+        outputs = [_record_output(plane, identity, node_id, clock) for identity, node_id in nodes]
+        issuer = plane.provenance
+        assert issuer is not None
+        deadline = time.monotonic() + 20
+        while issuer.stats().statements < NODES and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert issuer.stats().statements == NODES  # nobody asked: issued as checkpoints came
+        with plane.store.reader() as conn:
+            stored = conn.exec_driver_sql(
+                "SELECT output_seq, envelope FROM provenance_statements ORDER BY output_seq"
+            ).all()
+        assert len(stored) == NODES
+        keys = _published(kms_dev)
+        for (_, envelope), sha in zip(stored, outputs, strict=True):
+            assert verify_statement(bytes(envelope), keys).subject_sha256[0] == sha
+        assert issuer.issue(bytes.fromhex(outputs[0])).envelope == bytes(stored[0][1])
+    finally:
+        plane.close()
+        transit.close()
+
+
 def test_subtree_hashes_are_remembered_and_the_oldest_dropped_past_the_limit() -> None:
     cache = SubtreeHashes(limit=2)
     reads: list[tuple[int, int]] = []
