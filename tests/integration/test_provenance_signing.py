@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,6 +176,45 @@ def test_the_server_issues_and_stores_statements_in_the_background_as_checkpoint
         for (_, envelope), sha in zip(stored, outputs, strict=True):
             assert verify_statement(bytes(envelope), keys).subject_sha256[0] == sha
         assert issuer.issue(bytes.fromhex(outputs[0])).envelope == bytes(stored[0][1])
+    finally:
+        plane.close()
+        transit.close()
+
+
+class SwappingTransit(OpenBaoTransit):
+    """Real OpenBao, whose batch signatures come back in the wrong slots (each a valid signature, of
+    another statement)."""
+
+    def sign_batch(self, name: str, version: int, messages: Sequence[bytes]) -> list[bytes | OpenBaoError]:
+        signed = super().sign_batch(name, version, messages)
+        return signed[1:] + signed[:1]
+
+
+def test_a_signature_that_is_not_the_statements_own_is_never_stored(
+    kms_dev: Kms, tmp_path: Path, pki: SimulatedPki
+) -> None:
+    transit = SwappingTransit(kms_dev.approle_settings())
+    clock = ManualClock(START)
+    plane = make_plane(tmp_path, pki, transit, clock)
+    try:
+        issuer = plane.provenance
+        assert issuer is not None
+        issuer.close()
+        plane.admin.create_key("dataset/train", KeyKind.DATASET)
+        plane.admin.create_key("model/main", KeyKind.MODEL)
+        nodes = [register(plane, pki, "snp") for _ in range(2)]
+        outputs = [_record_output(plane, identity, node_id, clock) for identity, node_id in nodes]
+        with plane.store.reader() as conn:
+            head = conn.exec_driver_sql("SELECT max(seq) FROM audit_entries").scalar_one()
+        _checkpointed(plane, int(head) + 1)
+        assert issuer.issue_pending() == 0  # each signature checked against its own statement: none kept
+        with plane.store.reader() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM provenance_statements").scalar_one() == 0
+        # on demand, a batch of one: nothing to swap, so it signs, verifies and is stored
+        issued = issuer.issue(bytes.fromhex(outputs[0]))
+        assert verify_statement(issued.envelope, _published(kms_dev)).subject_sha256[0] == outputs[0]
+        with plane.store.reader() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM provenance_statements").scalar_one() == 1
     finally:
         plane.close()
         transit.close()
