@@ -1,7 +1,7 @@
 """Issuing a provenance statement (Audit ``GetProvenance``): gather, prove, sign.
 
 For the output with a given SHA-256 of its plaintext or of its sealed file (its latest ``model.output``
-grant entry): the latest signed
+grant entry, found through the digest index ``kms.sql.outputs.output_by_digest``): the latest signed
 checkpoint (it must cover the output, else PROVENANCE_NOT_CHECKPOINTED: retry a moment later), the node's
 entries up to that checkpoint and the ``policy.change`` entries; ``kms.provenance.lineage.derive`` picks
 what the statement rests on; each of those entries gets its inclusion proof against that one checkpoint;
@@ -18,7 +18,6 @@ append-only ledger, so it never changes).
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -39,7 +38,8 @@ from kms.provenance.statement import KEY_NAME, ProvenEntry, build_statement, sea
 from kms.sql.audit_ledger import latest_checkpoint
 from kms.sql.audit_reader import DbHashStore
 from kms.sql.nodes import SqlNodes
-from kms.sql.provenance import lineage_entries, recorded_outputs
+from kms.sql.outputs import output_by_digest
+from kms.sql.provenance import lineage_entries
 from kms.sql.store import Store
 
 KEY_TTL = 10.0  # seconds the provenance key's latest version is remembered
@@ -52,12 +52,6 @@ SIGN_BATCH = 64
 class Issued:
     envelope: bytes
     output_sequence: int
-
-
-def _digests(fields: dict[str, Any]) -> tuple[object, object]:
-    """An output is found by its plaintext's SHA-256 or by its sealed file's (all an auditor holding
-    only the sealed file can compute)."""
-    return fields.get("output_sha256"), fields.get("sealed_sha256")
 
 
 def _not_found(sha256: str) -> KmsError:
@@ -224,16 +218,10 @@ class ProvenanceIssuer:
             checkpoint = latest_checkpoint(conn)
             if checkpoint is None:
                 raise KmsError("no signed checkpoint yet", code=Code.PROVENANCE_NOT_CHECKPOINTED)
-            found = next(
-                (
-                    Entry.decode(c)
-                    for _, c in recorded_outputs(conn)
-                    if wanted in _digests(json.loads(c)["fields"])
-                ),
-                None,
-            )
-            if found is None:
+            hit = output_by_digest(conn, wanted)  # the digest index (model_outputs), not a scan
+            if hit is None:
                 raise _not_found(wanted)
+            found = Entry.decode(hit[1])
             if checkpoint.size <= found.seq:
                 raise KmsError(
                     f"the latest checkpoint (size {checkpoint.size}) does not cover output entry {found.seq} yet",

@@ -10,15 +10,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, inspect, select, update
+from integration.conftest import Kms
+from sqlalchemy import delete, insert, inspect, select, update
 
+from kms.audit.checkpoint import LocalSigner, sign_checkpoint
 from kms.audit.draft import Draft
-from kms.audit.entry import Decision, Kind, Reason
+from kms.audit.entry import Decision, Kind, Reason, format_time
+from kms.audit.merkle import range_hash
+from kms.errors import Code, KmsError
+from kms.openbao.vault import OpenBaoTransit
 from kms.sql import migrations, open_store, schema
 from kms.sql.audit_append import append_entries
+from kms.sql.audit_ledger import insert_checkpoint
+from kms.sql.audit_reader import DbHashStore
 from kms.sql.audit_schema import model_outputs
 from kms.sql.outputs import index_output, output_by_digest
 from kms.sql.store import Store
+from kms.usecases.provenance_issue import ProvenanceIssuer
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +155,30 @@ def test_the_live_table_is_what_the_migration_made(store: Store) -> None:
         "ix_model_outputs_output": ["output_sha256", "seq"],
         "ix_model_outputs_sealed": ["sealed_sha256", "seq"],
     }
+
+
+def test_get_provenance_finds_the_output_through_the_index(store: Store, kms_dev: Kms) -> None:
+    """The issuer's lookup is the index: with the output's row gone, the output is not found (a scan of
+    the entries would still find it); with the row, it is found (and this ledger, which has no
+    registration for the node, cannot support a statement)."""
+    seq = record(store, output_draft("a"))
+    with store.transaction() as conn:
+        size = seq + 1
+        root = range_hash(DbHashStore(conn), 0, size)
+        insert_checkpoint(
+            conn, sign_checkpoint(LocalSigner(key_id="sovereign-audit"), size, root, format_time(NOW))
+        )
+    transit = OpenBaoTransit(kms_dev.approle_settings())
+    issuer = ProvenanceIssuer(store, transit, lambda: NOW)
+    try:
+        with pytest.raises(KmsError) as found:
+            issuer.issue(bytes.fromhex(sha("a.sealed")))
+        assert found.value.code is Code.AUDIT_LEDGER_CORRUPT  # found; the lineage is what is missing
+        with store.transaction() as conn:
+            conn.execute(delete(model_outputs).where(model_outputs.c.seq == seq))
+        with pytest.raises(KmsError) as missing:
+            issuer.issue(bytes.fromhex(sha("a.sealed")))
+        assert missing.value.code is Code.PROVENANCE_OUTPUT_NOT_FOUND
+    finally:
+        issuer.close()
+        transit.close()
