@@ -49,7 +49,7 @@ from kms.provenance.statement import (
 C = ProvenanceCode
 SUBJECT_KEYS = frozenset({"name", "digest", "annotations"})
 MAX_ENVELOPE = 16 * 1024 * 1024
-REMEMBERED = 100_000  # checks a verifier remembers per kind; past that it starts over (memory stays bounded)
+REMEMBERED = 20_000  # checks a verifier remembers per kind; past that it starts over (memory stays bounded)
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,8 @@ class _Proven:
 
 
 class StatementVerifier:
-    """Verifies statements with one set of public keys and, if given, one trusted checkpoint.
+    """Verifies statements with one set of public keys and, if given, one trusted checkpoint (one thread
+    at a time).
 
     ``verify`` raises ``ProvenanceError`` with the first failing check's code, exactly as
     ``verify_statement`` does; what it remembers between calls is described in the module's docstring.
