@@ -48,6 +48,7 @@ class Kind(StrEnum):
     OPERATOR_REFUSED = "operator.refused"
     MODEL_OUTPUT = "model.output"
     LINEAGE_EXCEPTION = "lineage.exception"
+    LINEAGE_EXCEPTION_WITHDRAW = "lineage.exception.withdraw"
     NODE_RENEW = "node.renew"
 
 

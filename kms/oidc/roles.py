@@ -72,6 +72,7 @@ def default_requirements(names: RoleNames = RoleNames()) -> dict[str, frozenset[
         "RejectPendingChange": (admin, custodian),
         "ImportCollateral": (admin,),
         "GrantLineageException": (admin,),
+        "WithdrawLineageException": (admin,),
     }
     out = {method_path(ADMIN_SERVICE, name): frozenset(roles) for name, roles in by_name.items()}
     audit_reads = ("ListEntries", "GetCheckpoint", "GetInclusionProof", "GetConsistencyProof", "Export")

@@ -7,17 +7,26 @@ subject is ``PROVENANCE_SUBJECT_MISMATCH``, an edited predicate ``PROVENANCE_PRE
 swapped ``PROVENANCE_PROOF_INVALID``, an older checkpoint ``PROVENANCE_CHECKPOINT_ROLLBACK``, an envelope
 re-signed by another key ``PROVENANCE_SIGNATURE_INVALID``, a grant or output after the node's revocation
 ``PROVENANCE_GRANT_AFTER_REVOCATION``.
+
+``StatementVerifier`` verifies many statements with one set of keys. Within its life it remembers the
+checks that passed and depend only on their exact inputs: a checkpoint's signature (by every field of the
+checkpoint, signature bytes included), an entry's decoding (by its exact text), an inclusion proof (by
+position, tree size, root, leaf hash and proof) and consistency with the trusted checkpoint. Statements
+issued against one checkpoint share most of that, so a batch verifies each once. Only successes are
+remembered, and the keys are fixed for the verifier's life: a statement differing in one byte of any of
+those inputs is checked again in full. The DSSE signature is checked for every statement.
 """
 
 from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from in_toto_attestation.v1 import statement as intoto_statement
 from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
 from securesystemslib import dsse, exceptions
@@ -34,13 +43,13 @@ from kms.provenance.statement import (
     PREDICATE_TYPE,
     STATEMENT_TYPE,
     claims_digest,
-    ed25519_key,
     key_id,
 )
 
 C = ProvenanceCode
 SUBJECT_KEYS = frozenset({"name", "digest", "annotations"})
 MAX_ENVELOPE = 16 * 1024 * 1024
+REMEMBERED = 20_000  # checks a verifier remembers per kind; past that it starts over (memory stays bounded)
 
 
 @dataclass(frozen=True)
@@ -157,70 +166,6 @@ def _shape(statement: dict[str, Any]) -> dict[str, Any]:
     return predicate
 
 
-def _entries(ledger: Mapping[str, Any]) -> tuple[Checkpoint, list[tuple[Entry, bytes, tuple[bytes, ...]]]]:
-    try:
-        checkpoint = Checkpoint.from_obj(ledger.get("checkpoint"))
-        out = []
-        for item in ledger["entries"]:
-            canonical = item["entry"].encode()
-            entry = Entry.decode(canonical)
-            if entry.seq != item["seq"]:
-                raise ValueError(f"entry {item['seq']} holds the bytes of entry {entry.seq}")
-            out.append((entry, canonical, tuple(bytes.fromhex(h) for h in item["proof"])))
-    except (AuditError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise _malformed(f"predicate.ledger does not parse: {getattr(err, 'message', err)}") from None
-    if not out:
-        raise _malformed("predicate.ledger has no entries")
-    return checkpoint, out
-
-
-def _check_ledger(
-    keys: PublicKeys, checkpoint: Checkpoint, entries: list[tuple[Entry, bytes, tuple[bytes, ...]]]
-) -> None:
-    try:
-        keys.audit.verify(checkpoint)
-    except AuditError as err:
-        raise ProvenanceError(C.PROVENANCE_CHECKPOINT_SIGNATURE_INVALID, err.message) from None
-    newest = max(e.seq for e, _, _ in entries)
-    if checkpoint.size <= newest:
-        raise ProvenanceError(
-            C.PROVENANCE_CHECKPOINT_ROLLBACK,
-            f"the checkpoint covers {checkpoint.size} entries but the statement proves entry {newest}",
-        )
-    for entry, canonical, proof in entries:
-        try:
-            verify_inclusion(entry.seq, checkpoint.size, leaf_hash(canonical), proof, checkpoint.root)
-        except AuditError:
-            raise ProvenanceError(
-                C.PROVENANCE_PROOF_INVALID,
-                f"the inclusion proof of entry {entry.seq} does not lead to the checkpoint's root "
-                f"(size {checkpoint.size})",
-            ) from None
-
-
-def _check_trusted(keys: PublicKeys, checkpoint: Checkpoint, trusted: TrustedCheckpoint) -> None:
-    t = trusted.checkpoint
-    try:
-        keys.audit.verify(t)
-    except AuditError as err:
-        raise ProvenanceError(C.PROVENANCE_CHECKPOINT_SIGNATURE_INVALID, f"trusted: {err.message}") from None
-    if t.size == checkpoint.size:
-        if t.root != checkpoint.root:
-            raise ProvenanceError(
-                C.PROVENANCE_CONSISTENCY_INVALID, f"two different roots for the tree of size {t.size}"
-            )
-        return
-    small, large = (checkpoint, t) if checkpoint.size < t.size else (t, checkpoint)
-    try:
-        verify_consistency(small.size, large.size, small.root, large.root, trusted.consistency)
-    except AuditError:
-        raise ProvenanceError(
-            C.PROVENANCE_CONSISTENCY_INVALID,
-            f"no valid consistency proof between the statement's checkpoint (size {checkpoint.size}) and "
-            f"the trusted one (size {t.size})",
-        ) from None
-
-
 def _same(predicate: Mapping[str, Any], derived: Lineage) -> None:
     want = derived.to_obj()
     for name, value in want.items():
@@ -247,25 +192,201 @@ def _same(predicate: Mapping[str, Any], derived: Lineage) -> None:
                 )
 
 
-def _check_signature(envelope: dsse.Envelope, predicate: Mapping[str, Any], keys: PublicKeys) -> int:
-    signer = predicate["signer"]
-    version = signer.get("version")
-    if signer.get("key") != KEY_NAME or not isinstance(version, int) or isinstance(version, bool):
-        raise ProvenanceError(C.PROVENANCE_SIGNATURE_INVALID, f"the signer is not a version of {KEY_NAME}")
-    public = keys.provenance.for_version(version)
-    if public is None:
-        raise ProvenanceError(
-            C.PROVENANCE_SIGNATURE_INVALID, f"{KEY_NAME} v{version} is not among the given public keys"
-        )
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    try:
-        envelope.verify([ed25519_key(key_id(version), raw)], 1)
-    except (exceptions.VerificationError, ValueError):
-        raise ProvenanceError(
-            C.PROVENANCE_SIGNATURE_INVALID,
-            f"the envelope's signature does not verify with {KEY_NAME} v{version}",
-        ) from None
-    return version
+class _Remembered:
+    """Checks that passed, keyed by their exact inputs; bounded (cleared when full)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable) -> Any:
+        return self._seen.get(key)
+
+    def add(self, key: Hashable, value: Any = True) -> None:
+        if len(self._seen) >= REMEMBERED:
+            self._seen.clear()
+        self._seen[key] = value
+
+
+@dataclass(frozen=True)
+class _Proven:
+    """One entry of ``predicate.ledger``: decoded, its leaf hash, its inclusion proof (None: this very
+    proof of these very bytes was verified against this tree before) and what to remember it by."""
+
+    entry: Entry
+    leaf: bytes
+    proof: tuple[bytes, ...] | None
+    remember: Hashable
+
+
+class StatementVerifier:
+    """Verifies statements with one set of public keys and, if given, one trusted checkpoint (one thread
+    at a time).
+
+    ``verify`` raises ``ProvenanceError`` with the first failing check's code, exactly as
+    ``verify_statement`` does; what it remembers between calls is described in the module's docstring.
+    """
+
+    def __init__(self, keys: PublicKeys, *, trusted: TrustedCheckpoint | None = None) -> None:
+        self._keys = keys
+        self._trusted = trusted
+        self._provenance: dict[int, Ed25519PublicKey | None] = {}
+        self._checkpoints = _Remembered()  # Checkpoint (every field, signature too) -> signature verified
+        self._decoded = _Remembered()  # entry text -> (Entry, leaf hash)
+        self._included = _Remembered()  # (seq, size, root, leaf, proof) -> inclusion verified
+        self._consistent = _Remembered()  # the statement's Checkpoint -> consistent with the trusted one
+
+    def verify(self, data: bytes, *, file_sha256: str | None = None) -> Verified:
+        envelope, statement = _envelope(data)
+        predicate = _shape(statement)
+        checkpoint, proven = self._entries(predicate["ledger"])
+        self._check_ledger(checkpoint, proven)
+        if self._trusted is not None:
+            self._check_trusted(checkpoint, self._trusted)
+        output_seq = predicate["output"].get("sequence")
+        plain = [p.entry for p in proven]
+        try:
+            derived = derive(plain, output_seq if isinstance(output_seq, int) else -1)
+        except LineageInvalid as err:
+            raise ProvenanceError(C.PROVENANCE_PREDICATE_MISMATCH, str(err)) from None
+        out_entry = next(e for e in plain if e.seq == derived.output["sequence"])
+        subject = statement["subject"]
+        if subject[0].get("digest") != {"sha256": out_entry.fields.get("output_sha256")} or subject[1].get(
+            "digest"
+        ) != {"sha256": out_entry.fields.get("sealed_sha256")}:
+            raise ProvenanceError(
+                C.PROVENANCE_SUBJECT_MISMATCH,
+                f"the subject's digests are not the ones the model.output entry {out_entry.seq} records",
+            )
+        _same(predicate, derived)
+        late = after_revocation(plain, derived)
+        if late is not None:
+            raise ProvenanceError(C.PROVENANCE_GRANT_AFTER_REVOCATION, late)
+        version = self._check_signature(envelope, predicate)
+        verified = Verified(statement, derived, checkpoint, version)
+        if file_sha256 is not None and file_sha256 not in verified.subject_sha256:
+            raise ProvenanceError(
+                C.PROVENANCE_FILE_MISMATCH,
+                f"the file's SHA-256 {file_sha256[:16]}... is neither the output's nor the sealed file's",
+            )
+        return verified
+
+    def verify_all(self, statements: Iterable[bytes]) -> list[Verified | ProvenanceError]:
+        """One result per statement, in order: a refusal does not stop the others."""
+        results: list[Verified | ProvenanceError] = []
+        for data in statements:
+            try:
+                results.append(self.verify(data))
+            except ProvenanceError as err:
+                results.append(err)
+        return results
+
+    def _entries(self, ledger: Mapping[str, Any]) -> tuple[Checkpoint, list[_Proven]]:
+        try:
+            checkpoint = Checkpoint.from_obj(ledger.get("checkpoint"))
+            out = []
+            for item in ledger["entries"]:
+                text, seq, hexes = item["entry"], item["seq"], tuple(item["proof"])
+                remember = (text, seq, checkpoint.size, checkpoint.root, hexes)
+                proof = None if self._included.get(remember) else tuple(bytes.fromhex(h) for h in hexes)
+                known = self._decoded.get(text) if isinstance(text, str) else None
+                if known is None:
+                    canonical = text.encode()
+                    known = (Entry.decode(canonical), leaf_hash(canonical))
+                    self._decoded.add(text, known)
+                entry, leaf = known
+                if entry.seq != seq:
+                    raise ValueError(f"entry {seq} holds the bytes of entry {entry.seq}")
+                out.append(_Proven(entry, leaf, proof, remember))
+        except (AuditError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise _malformed(f"predicate.ledger does not parse: {getattr(err, 'message', err)}") from None
+        if not out:
+            raise _malformed("predicate.ledger has no entries")
+        return checkpoint, out
+
+    def _signed(self, checkpoint: Checkpoint, what: str) -> None:
+        if self._checkpoints.get(checkpoint):
+            return
+        try:
+            self._keys.audit.verify(checkpoint)
+        except AuditError as err:
+            raise ProvenanceError(C.PROVENANCE_CHECKPOINT_SIGNATURE_INVALID, what + err.message) from None
+        self._checkpoints.add(checkpoint)
+
+    def _check_ledger(self, checkpoint: Checkpoint, proven: list[_Proven]) -> None:
+        self._signed(checkpoint, "")
+        newest = max(p.entry.seq for p in proven)
+        if checkpoint.size <= newest:
+            raise ProvenanceError(
+                C.PROVENANCE_CHECKPOINT_ROLLBACK,
+                f"the checkpoint covers {checkpoint.size} entries but the statement proves entry {newest}",
+            )
+        for p in proven:
+            if p.proof is None:
+                continue
+            seq = p.entry.seq
+            try:
+                verify_inclusion(seq, checkpoint.size, p.leaf, p.proof, checkpoint.root)
+            except AuditError:
+                raise ProvenanceError(
+                    C.PROVENANCE_PROOF_INVALID,
+                    f"the inclusion proof of entry {seq} does not lead to the checkpoint's root "
+                    f"(size {checkpoint.size})",
+                ) from None
+            self._included.add(p.remember)
+
+    def _check_trusted(self, checkpoint: Checkpoint, trusted: TrustedCheckpoint) -> None:
+        t = trusted.checkpoint
+        self._signed(t, "trusted: ")
+        if self._consistent.get(checkpoint):
+            return
+        if t.size == checkpoint.size:
+            if t.root != checkpoint.root:
+                raise ProvenanceError(
+                    C.PROVENANCE_CONSISTENCY_INVALID, f"two different roots for the tree of size {t.size}"
+                )
+        else:
+            small, large = (checkpoint, t) if checkpoint.size < t.size else (t, checkpoint)
+            try:
+                verify_consistency(small.size, large.size, small.root, large.root, trusted.consistency)
+            except AuditError:
+                raise ProvenanceError(
+                    C.PROVENANCE_CONSISTENCY_INVALID,
+                    f"no valid consistency proof between the statement's checkpoint (size {checkpoint.size}) "
+                    f"and the trusted one (size {t.size})",
+                ) from None
+        self._consistent.add(checkpoint)
+
+    def _public(self, version: int) -> Ed25519PublicKey | None:
+        if version not in self._provenance:
+            self._provenance[version] = self._keys.provenance.for_version(version)
+        return self._provenance[version]
+
+    def _check_signature(self, envelope: dsse.Envelope, predicate: Mapping[str, Any]) -> int:
+        """DSSE: the one signature, under keyid ``<key>:v<version>``, over the PAE (securesystemslib's),
+        with that version's Ed25519 key (what securesystemslib's ed25519 scheme checks, minus rebuilding
+        the key from hex for every statement)."""
+        signer = predicate["signer"]
+        version = signer.get("version")
+        if signer.get("key") != KEY_NAME or not isinstance(version, int) or isinstance(version, bool):
+            raise ProvenanceError(
+                C.PROVENANCE_SIGNATURE_INVALID, f"the signer is not a version of {KEY_NAME}"
+            )
+        public = self._public(version)
+        if public is None:
+            raise ProvenanceError(
+                C.PROVENANCE_SIGNATURE_INVALID, f"{KEY_NAME} v{version} is not among the given public keys"
+            )
+        (signature,) = envelope.signatures.values()
+        try:
+            if signature.keyid != key_id(version):
+                raise ValueError("another key id")
+            public.verify(bytes.fromhex(signature.signature), envelope.pae())
+        except (InvalidSignature, ValueError):
+            raise ProvenanceError(
+                C.PROVENANCE_SIGNATURE_INVALID,
+                f"the envelope's signature does not verify with {KEY_NAME} v{version}",
+            ) from None
+        return version
 
 
 def verify_statement(
@@ -276,39 +397,7 @@ def verify_statement(
     file_sha256: str | None = None,
 ) -> Verified:
     """Verify the DSSE envelope ``data``; raises ``ProvenanceError`` with the first failing check's code."""
-    envelope, statement = _envelope(data)
-    predicate = _shape(statement)
-    checkpoint, entries = _entries(predicate["ledger"])
-    _check_ledger(keys, checkpoint, entries)
-    if trusted is not None:
-        _check_trusted(keys, checkpoint, trusted)
-    output_seq = predicate["output"].get("sequence")
-    plain = [e for e, _, _ in entries]
-    try:
-        derived = derive(plain, output_seq if isinstance(output_seq, int) else -1)
-    except LineageInvalid as err:
-        raise ProvenanceError(C.PROVENANCE_PREDICATE_MISMATCH, str(err)) from None
-    out_entry = next(e for e in plain if e.seq == derived.output["sequence"])
-    subject = statement["subject"]
-    if subject[0].get("digest") != {"sha256": out_entry.fields.get("output_sha256")} or subject[1].get(
-        "digest"
-    ) != {"sha256": out_entry.fields.get("sealed_sha256")}:
-        raise ProvenanceError(
-            C.PROVENANCE_SUBJECT_MISMATCH,
-            f"the subject's digests are not the ones the model.output entry {out_entry.seq} records",
-        )
-    _same(predicate, derived)
-    late = after_revocation(plain, derived)
-    if late is not None:
-        raise ProvenanceError(C.PROVENANCE_GRANT_AFTER_REVOCATION, late)
-    version = _check_signature(envelope, predicate, keys)
-    verified = Verified(statement, derived, checkpoint, version)
-    if file_sha256 is not None and file_sha256 not in verified.subject_sha256:
-        raise ProvenanceError(
-            C.PROVENANCE_FILE_MISMATCH,
-            f"the file's SHA-256 {file_sha256[:16]}... is neither the output's nor the sealed file's",
-        )
-    return verified
+    return StatementVerifier(keys, trusted=trusted).verify(data, file_sha256=file_sha256)
 
 
 def lineage_text(verified: Verified) -> list[str]:

@@ -39,6 +39,7 @@ from kms.usecases.admin_commands import (
     AdminResult,
     KekRotated,
     LineageException,
+    LineageExceptionWithdrawn,
     audit_fields,
 )
 from kms.usecases.pending import Applied, PendingChanges
@@ -100,6 +101,9 @@ def result_out(result: AdminResult) -> tuple[str, Any]:
         return "key", codec.key_out(result)
     if isinstance(result, LineageException):
         return "lineage_exception", admin_pb2.LineageException(key_name=result.key_name, group=result.group)
+    if isinstance(result, LineageExceptionWithdrawn):
+        withdrawn = admin_pb2.LineageException(key_name=result.key_name, group=result.group)
+        return "lineage_exception_withdrawn", withdrawn
     if isinstance(result, KekRotated):
         return "rotation", admin_pb2.KekRotation(kek_version=result.kek_version, rewrapped=result.rewrapped)
     return "policy", _policy_applied_out(result)
@@ -125,6 +129,7 @@ REQUESTS: dict[str, type[Message]] = {
     "RotateKek": admin_pb2.RotateKekRequest,
     "PutPolicy": admin_pb2.PutPolicyRequest,
     "GrantLineageException": admin_pb2.GrantLineageExceptionRequest,
+    "WithdrawLineageException": admin_pb2.WithdrawLineageExceptionRequest,
 }
 _COMMAND = {c.action: c for c in COMMANDS}
 
@@ -305,6 +310,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return handle(
             context,
             lambda: self._change(request, admin_pb2.GrantLineageExceptionResponse, "lineage_exception"),
+        )
+
+    def WithdrawLineageException(
+        self, request: admin_pb2.WithdrawLineageExceptionRequest, context: grpc.ServicerContext
+    ) -> Any:
+        return handle(
+            context,
+            lambda: self._change(request, admin_pb2.WithdrawLineageExceptionResponse, "withdrawn"),
         )
 
     def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: grpc.ServicerContext) -> Any:

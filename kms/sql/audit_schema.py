@@ -1,7 +1,8 @@
 """Live tables of the audit ledger (``audit_migrations`` creates them; this module is what queries use).
 
 ``audit_entries`` holds each entry's canonical bytes (the authority) and its leaf hash, plus a few
-columns copied out of the entry for filtering. ``audit_nodes`` holds every perfect-subtree hash above
+columns copied out of the entry for filtering; ``model_outputs`` the digests of granted ``model.output``
+entries, to find an output by digest (written with the entry; ``kms.sql.outputs``). ``audit_nodes`` holds every perfect-subtree hash above
 the leaves (level >= 1), ``audit_head`` the tree size and compact range, updated in the same transaction
 as the entries, and ``audit_checkpoints`` the signed tree heads. All append-only except the head row.
 """
@@ -62,4 +63,12 @@ audit_checkpoints = Table(
     Column("time", String(27), nullable=False),
     Column("key_id", String(128), nullable=False),
     Column("signature", Text, nullable=False),
+)
+
+model_outputs = Table(
+    "model_outputs",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("output_sha256", String(64), nullable=False),
+    Column("sealed_sha256", String(64), nullable=False),
 )

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from kms.sql.audit_migrations import v3_audit_ledger, v5_ledger_positions_64_bit
 from kms.sql.control_migrations import v2_control_plane
+from kms.sql.output_migrations import v7_model_output_digests
 from kms.sql.schema import UtcDateTime
 
 
@@ -127,6 +128,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "pending changes of the two-person rule", _v4_pending_changes),
     Migration(5, "64-bit ledger positions on PostgreSQL", v5_ledger_positions_64_bit),
     Migration(6, "issued provenance statements", _v6_provenance_statements),
+    Migration(7, "model output digest index (filled from the ledger)", v7_model_output_digests),
 ]
 
 

@@ -1,4 +1,6 @@
-"""SQL for recording a model output (``kms.usecases.outputs``): the node row, request ids, write grants.
+"""SQL for recording a model output (``kms.usecases.outputs``): the node row, request ids, write grants,
+and the output digest index (``model_outputs``: finding an output by its plaintext's or sealed file's
+SHA-256 without reading every output entry).
 
 SQL only; the decisions (which state refuses, which code) stay in the use case.
 """
@@ -9,11 +11,11 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
-from kms.audit.entry import Kind
-from kms.sql.audit_schema import audit_entries
+from kms.audit.entry import Decision, Kind
+from kms.sql.audit_schema import audit_entries, model_outputs
 from kms.sql.control_schema import nodes, release_requests
 
 
@@ -64,3 +66,38 @@ def latest_write_grant(conn: Connection, node_id: str, key_name: str, key_versio
         if fields.get("purpose") == "write" and fields.get("key_version") == key_version:
             return int(seq)
     return None
+
+
+def index_output(conn: Connection, seq: int, output_sha256_hex: str, sealed_sha256_hex: str) -> None:
+    """Index the granted ``model.output`` entry ``seq`` by its digests (in the entry's transaction)."""
+    conn.execute(
+        insert(model_outputs),
+        [{"seq": seq, "output_sha256": output_sha256_hex, "sealed_sha256": sealed_sha256_hex}],
+    )
+
+
+def output_by_digest(conn: Connection, sha256_hex: str) -> tuple[int, bytes] | None:
+    """``(seq, canonical)`` of the newest granted ``model.output`` entry whose plaintext or sealed-file
+    SHA-256 is ``sha256_hex``, or None. Two index lookups (one per digest column); the row found is
+    checked against the entry's own bytes, which stay the authority."""
+    newest = None
+    for column in (model_outputs.c.output_sha256, model_outputs.c.sealed_sha256):
+        seq = conn.execute(select(func.max(model_outputs.c.seq)).where(column == sha256_hex)).scalar()
+        if seq is not None and (newest is None or seq > newest):
+            newest = int(seq)
+    if newest is None:
+        return None
+    row = conn.execute(
+        select(audit_entries.c.canonical).where(
+            audit_entries.c.seq == newest,
+            audit_entries.c.kind == str(Kind.MODEL_OUTPUT),
+            audit_entries.c.decision == str(Decision.GRANT),
+        )
+    ).first()
+    if row is None:
+        return None
+    canonical = bytes(row.canonical)
+    fields = json.loads(canonical)["fields"]
+    if sha256_hex not in (fields.get("output_sha256"), fields.get("sealed_sha256")):
+        return None
+    return newest, canonical

@@ -142,15 +142,20 @@ def lineage_entries(conn: Connection, node_ids: set[str], below: int | None = No
 
 
 def lineage_exception_groups(conn: Connection, key_name: str) -> set[str]:
-    """The groups approved ``lineage.exception`` entries let read ``key_name`` despite its lineage."""
+    """The groups ``key_name``'s lineage exceptions let read it now: in ledger order, a
+    ``lineage.exception`` entry (approved) adds its groups, a ``lineage.exception.withdraw`` removes them."""
+    kinds = (str(Kind.LINEAGE_EXCEPTION), str(Kind.LINEAGE_EXCEPTION_WITHDRAW))
     rows = conn.execute(
-        select(audit_entries.c.canonical).where(
-            audit_entries.c.kind == str(Kind.LINEAGE_EXCEPTION), audit_entries.c.key_name == key_name
-        )
+        select(audit_entries.c.kind, audit_entries.c.canonical)
+        .where(audit_entries.c.key_name == key_name, audit_entries.c.kind.in_(kinds))
+        .order_by(audit_entries.c.seq)
     )
     groups: set[str] = set()
-    for (canonical,) in rows:
+    for kind, canonical in rows:
         named = json.loads(bytes(canonical))["fields"].get("groups")
-        if isinstance(named, list):
-            groups.update(g for g in named if isinstance(g, str))
+        listed = {g for g in named if isinstance(g, str)} if isinstance(named, list) else set()
+        if kind == kinds[0]:
+            groups |= listed
+        else:
+            groups -= listed
     return groups

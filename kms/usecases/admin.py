@@ -39,8 +39,9 @@ from kms.domain.registry import (
     suspend,
 )
 from kms.errors import Code, KmsError
-from kms.sql.audit_append import AuditLedger
+from kms.sql.audit_append import AuditLedger, append_entries
 from kms.sql.nodes import SqlNodes, apply_change, load_all, not_found
+from kms.sql.provenance import lineage_exception_groups
 from kms.sql.store import Store
 from kms.usecases.attest import check_groups, granted_groups
 from kms.usecases.policy_source import ActivePolicy, PolicySource, sha256_text
@@ -76,6 +77,14 @@ def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
 
 def next_token(offset: int, size: int, got: int) -> str:
     return str(offset + size) if got == size else ""
+
+
+def _no_exception(key_name: str, group: str) -> KmsError:
+    return KmsError(
+        f"no lineage exception lets group {group[:128]!r} read {key_name[:128]!r}",
+        code=Code.REQUEST_INVALID,
+        hint="the exceptions in force are the lineage.exception entries not withdrawn: sovereign audit query",
+    )
 
 
 def require_text(value: str, what: str, *, required: bool) -> str:
@@ -268,6 +277,31 @@ class Admin:
         fields = {"key_name": key_name, "groups": [group], "comment": reason}
         self._record(actor, Kind.LINEAGE_EXCEPTION, fields)
         return key_name, group
+
+    def withdraw_lineage_exception(
+        self, key_name: str, group: str, reason: str, *, actor: Actor | None = None
+    ) -> tuple[str, str]:
+        """Withdraw the exception: a ``lineage.exception.withdraw`` entry, written in the transaction that
+        finds the exception in force (an exception that is not in force is refused, REQUEST_INVALID).
+        It only tightens, so it is not held for a second operator unless the two-person settings say so."""
+        self.check_lineage_withdrawal(key_name, group, reason)
+        fields = {"key_name": key_name, "groups": [group], "comment": reason}
+        with self._store.transaction() as conn:
+            if group not in lineage_exception_groups(conn, key_name):
+                raise _no_exception(key_name, group)
+            append_entries(
+                conn,
+                [operator_draft(actor or LOCAL_ACTOR, Kind.LINEAGE_EXCEPTION_WITHDRAW, fields)],
+                self._clock(),
+            )
+        return key_name, group
+
+    def check_lineage_withdrawal(self, key_name: str, group: str, reason: str) -> str:
+        require_text(reason, "reason", required=True)
+        with self._store.reader() as conn:
+            if group not in lineage_exception_groups(conn, key_name):
+                raise _no_exception(key_name, group)
+        return f"withdraw the lineage exception that lets group {group} read model key {key_name}"
 
     def put_policy(
         self,

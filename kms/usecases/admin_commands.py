@@ -107,17 +107,32 @@ class GrantLineageException:
 
 
 @dataclass(frozen=True)
+class WithdrawLineageException:
+    action: ClassVar[str] = "WithdrawLineageException"
+    key_name: str
+    group: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class LineageException:
+    key_name: str
+    group: str
+
+
+@dataclass(frozen=True)
+class LineageExceptionWithdrawn:
     key_name: str
     group: str
 
 
 NodeCommand = ApproveNode | RevokeNode | SuspendNode
 KeyCommand = CreateKey | RotateKey | DisableKey | EnableKey | DestroyKey
-AdminCommand = NodeCommand | KeyCommand | RotateKek | PutPolicy | GrantLineageException
+LineageCommand = GrantLineageException | WithdrawLineageException
+AdminCommand = NodeCommand | KeyCommand | RotateKek | PutPolicy | LineageCommand
 COMMANDS: tuple[type[AdminCommand], ...] = (
     ApproveNode, RevokeNode, SuspendNode, CreateKey, RotateKey, DisableKey, EnableKey, DestroyKey,
-    RotateKek, PutPolicy, GrantLineageException,
+    RotateKek, PutPolicy, GrantLineageException, WithdrawLineageException,
 )  # fmt: skip
 
 
@@ -127,7 +142,9 @@ class KekRotated:
     rewrapped: int
 
 
-AdminResult = NodeRecord | KeyRecord | KekRotated | PolicyChange | LineageException
+AdminResult = (
+    NodeRecord | KeyRecord | KekRotated | PolicyChange | LineageException | LineageExceptionWithdrawn
+)
 
 
 def audit_fields(command: AdminCommand) -> dict[str, Any]:
@@ -139,7 +156,7 @@ def audit_fields(command: AdminCommand) -> dict[str, Any]:
             return {"policy_version": command.expected_version}
         case RotateKek():
             return {}
-        case GrantLineageException():
+        case GrantLineageException() | WithdrawLineageException():
             return {"key_name": command.key_name, "groups": [command.group]}
         case _:
             return {"key_name": command.name}
@@ -178,6 +195,8 @@ class AdminActions:
                 return f"{command.action} "
             case GrantLineageException():
                 return self._admin.check_lineage_exception(command.key_name, command.group, command.reason)
+            case WithdrawLineageException():
+                return self._admin.check_lineage_withdrawal(command.key_name, command.group, command.reason)
             case _:
                 return f"{command.action} {command.name[:128]}"
 
@@ -206,6 +225,12 @@ class AdminActions:
             case GrantLineageException():
                 return LineageException(
                     *a.grant_lineage_exception(command.key_name, command.group, command.reason, actor=actor)
+                )
+            case WithdrawLineageException():
+                return LineageExceptionWithdrawn(
+                    *a.withdraw_lineage_exception(
+                        command.key_name, command.group, command.reason, actor=actor
+                    )
                 )
             case PutPolicy():
                 return a.put_policy(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,11 +44,15 @@ from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store
 from kms.sql.writer_queue import WriterBusy
 
+Recheck = Callable[[Connection], Reason | None]
+
 
 @dataclass(frozen=True)
 class GrantRequest:
     ciphertext: str = field(repr=False)
     pending: PendingGrant  # its row's openbao_request_id is filled in after the decrypt
+    # a premise outside check_premises, checked again in the commit transaction (lineage restrictions)
+    recheck: Recheck | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ class GrantLedger:
         wait: bool = True,
     ) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(requests)
-        pending: list[tuple[int, PendingGrant, bytes]] = []
+        pending: list[tuple[int, PendingGrant, bytes, Recheck | None]] = []
         refused: list[tuple[int, DenialRow, Reason]] = []
         for index, (request, result) in enumerate(zip(requests, unwrapped, strict=True)):
             if isinstance(result, OpenBaoError):
@@ -154,14 +158,15 @@ class GrantLedger:
                 bad = reason_for(Code.KMS_BAD_RESPONSE, "the stored key did not unwrap to a 32-byte data key")
                 refused.append((index, denial_of(item.row, bad, result.request_id), bad))
             else:
-                pending.append((index, item, result.plaintext))
+                pending.append((index, item, result.plaintext, request.recheck))
         with self._store.transaction(wait=wait) as conn:
             now = self._clock()
-            results = commit_grants(conn, [p[1] for p in pending], now) if pending else []
+            items, rechecks = [p[1] for p in pending], [p[3] for p in pending]
+            results = commit_grants(conn, items, now, rechecks) if pending else []
             if time.monotonic() >= self._next_purge:
                 purge_request_ids(conn, now)
                 self._next_purge = time.monotonic() + PURGE_EVERY
-            for (index, item, plaintext), committed in zip(pending, results, strict=True):
+            for (index, item, plaintext, _), committed in zip(pending, results, strict=True):
                 if isinstance(committed, Reason):
                     refused.append(
                         (index, denial_of(item.row, committed, item.row.openbao_request_id), committed)
@@ -195,15 +200,22 @@ def premises_of(pending: PendingGrant) -> Grant:
     )
 
 
-def commit_grants(conn: Connection, items: Sequence[PendingGrant], now: datetime) -> list[int | Reason]:
-    """In the writing transaction: check every item's premises again on fresh reads, record those that
-    still stand; per item its ledger sequence or the reason it was refused (a request id twice in one
-    batch: the second is a replay)."""
+def commit_grants(
+    conn: Connection,
+    items: Sequence[PendingGrant],
+    now: datetime,
+    rechecks: Sequence[Recheck | None] = (),
+) -> list[int | Reason]:
+    """In the writing transaction: check every item's premises again on fresh reads (and its recheck,
+    if any, on this transaction), record those that still stand; per item its ledger sequence or the
+    reason it was refused (a request id twice in one batch: the second is a replay)."""
+    more = list(rechecks) or [None] * len(items)
+    assert len(more) == len(items), "one recheck (or None) per item"
     standing = read_standing(conn, items)
     seen = set(standing.seen)
     reasons: list[Reason | None] = []
     accepted: list[PendingGrant] = []
-    for item in items:
+    for item, recheck in zip(items, more, strict=True):
         row = item.row
         pair = (row.node_id, row.request_id.hex())
         snapshot = Snapshot(
@@ -213,6 +225,8 @@ def commit_grants(conn: Connection, items: Sequence[PendingGrant], now: datetime
             request_seen=pair in seen,
         )
         reason = check_premises(premises_of(item), snapshot)
+        if reason is None and recheck is not None:
+            reason = recheck(conn)
         if reason is None:
             seen.add(pair)
             accepted.append(item)

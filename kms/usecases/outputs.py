@@ -32,7 +32,13 @@ from kms.errors import Code, KmsError
 from kms.sql import Connection
 from kms.sql.audit_append import AuditLedger, append_entries
 from kms.sql.nodes import SqlNodes
-from kms.sql.outputs import insert_request_id, latest_write_grant, read_node_standing, request_id_used
+from kms.sql.outputs import (
+    index_output,
+    insert_request_id,
+    latest_write_grant,
+    read_node_standing,
+    request_id_used,
+)
 from kms.sql.store import Store
 from kms.usecases.release import ClientCertificate, check_client_certificate, check_skew
 from policies.errors import Code as PolicyCode
@@ -194,7 +200,9 @@ class OutputRecorder:
                 draft = Draft(
                     Kind.MODEL_OUTPUT, node_actor(rec.node_id), Decision.GRANT, (), output_fields(rec)
                 )
-                return append_entries(conn, [draft], now)[0]
+                (seq,) = append_entries(conn, [draft], now)
+                index_output(conn, seq, rec.output_sha256.hex(), rec.sealed_sha256.hex())
+                return seq
         except _Refusal as refusal:
             fields = output_fields(rec)
             draft = Draft(

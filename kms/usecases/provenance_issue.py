@@ -29,7 +29,6 @@ cost divided by the batch's statements.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -62,11 +61,11 @@ from kms.provenance.statement import (
 from kms.sql.audit_ledger import latest_checkpoint
 from kms.sql.audit_reader import DbHashStore
 from kms.sql.nodes import SqlNodes
+from kms.sql.outputs import output_by_digest
 from kms.sql.provenance import (
     StoredStatement,
     lineage_entries,
     outputs_without_statement,
-    recorded_outputs,
     revoked_between,
     store_statements,
     stored_statement,
@@ -323,16 +322,10 @@ class ProvenanceIssuer:
             checkpoint = latest_checkpoint(conn)
             if checkpoint is None:
                 raise KmsError("no signed checkpoint yet", code=Code.PROVENANCE_NOT_CHECKPOINTED)
-            found = next(
-                (
-                    Entry.decode(c)
-                    for _, c in recorded_outputs(conn)
-                    if wanted in _digests(json.loads(c)["fields"])
-                ),
-                None,
-            )
-            if found is None:
+            hit = output_by_digest(conn, wanted)  # the digest index (model_outputs), not a scan
+            if hit is None:
                 raise _not_found(wanted)
+            found = Entry.decode(hit[1])
             if checkpoint.size <= found.seq:
                 raise KmsError(
                     f"the latest checkpoint (size {checkpoint.size}) does not cover output entry {found.seq} yet",

@@ -319,12 +319,9 @@ class KeyRelease:
             # about whether it exists; only the ledger has the catalogue's answer
             status = key_usable(f.key_name, key_standing(self._key(f.key_name, fresh=fresh)))
             raise _denial(f, now, reasons, ledger_only=[status] if status else [])
+        groups = frozenset(node.groups)
         restricted = self._lineage.check(
-            policy.policy,
-            rule_name=decision.rule,
-            purpose=f.purpose,
-            node_groups=frozenset(node.groups),
-            key_name=f.key_name,
+            policy.policy, rule_name=decision.rule, purpose=f.purpose, node_groups=groups, key_name=f.key_name
         )
         if restricted is not None:
             raise _denial(f, now, [restricted])
@@ -360,7 +357,10 @@ class KeyRelease:
         )
         # the request id is remembered until its timestamp can no longer pass the skew check
         pending = PendingGrant(row, grant.lease_id or "", max(now, f.timestamp) + self._skew)
-        return Prepared(node, f, GrantRequest(ciphertext, pending))
+        recheck = self._lineage.recheck(  # run again in the commit transaction, with the premises
+            policy.policy, rule_name=decision.rule, purpose=f.purpose, node_groups=groups, key_name=f.key_name
+        )
+        return Prepared(node, f, GrantRequest(ciphertext, pending, recheck))
 
     def _key(self, name: str, *, fresh: bool) -> KeyRecord | None:
         return self._key_cache.get(name, lambda: _describe(self._catalogue, name), fresh=fresh)

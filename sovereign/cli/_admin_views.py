@@ -19,6 +19,7 @@ from sovereign.client.records import (
     KeyPage,
     LineageException,
     LineageExceptionChange,
+    LineageExceptionWithdrawal,
     Node,
     NodeChange,
     NodePage,
@@ -154,6 +155,12 @@ def show_lineage_exception(exception: LineageException) -> None:
     print(f"group {exception.group} may now read {exception.key_name} despite its lineage restriction")
 
 
+def show_withdrawn(exception: LineageException) -> None:
+    print(
+        f"group {exception.group} may no longer read {exception.key_name}: its lineage exception is withdrawn"
+    )
+
+
 def show_import(report: CollateralImport) -> None:
     rows = [
         {
@@ -181,7 +188,15 @@ def show(reply: Any, now: datetime) -> None:
             change_rows(reply, now), ("change_id", "state", "summary", "proposed_by", "expires", "decided_by")
         )
     elif (
-        isinstance(reply, NodeChange | KeyChange | KekChange | PolicyPut | LineageExceptionChange)
+        isinstance(
+            reply,
+            NodeChange
+            | KeyChange
+            | KekChange
+            | PolicyPut
+            | LineageExceptionChange
+            | LineageExceptionWithdrawal,
+        )
         and reply.pending_change
     ):
         show_pending(reply.pending_change, now)
@@ -191,6 +206,8 @@ def show(reply: Any, now: datetime) -> None:
         show_key(reply.key)
     elif isinstance(reply, LineageExceptionChange) and reply.lineage_exception is not None:
         show_lineage_exception(reply.lineage_exception)
+    elif isinstance(reply, LineageExceptionWithdrawal) and reply.withdrawn is not None:
+        show_withdrawn(reply.withdrawn)
     elif isinstance(reply, KekChange) and reply.rotation is not None:
         show_rotation(reply.rotation)
     elif isinstance(reply, Policy):
@@ -208,6 +225,8 @@ def show(reply: Any, now: datetime) -> None:
             show_applied(reply.policy, None, "")
         if reply.lineage_exception is not None:
             show_lineage_exception(reply.lineage_exception)
+        if reply.lineage_exception_withdrawn is not None:
+            show_withdrawn(reply.lineage_exception_withdrawn)
     elif isinstance(reply, PendingChange):
         print(f"change {reply.change_id} is {readable(reply.state)}")
     elif isinstance(reply, CollateralImport):

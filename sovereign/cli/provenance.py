@@ -3,10 +3,13 @@
     sovereign provenance keys --out DIR                  audit.json + provenance.json (public keys)
     sovereign provenance get --output SHA256 -o FILE     the DSSE envelope, over the Audit RPC (auditor role)
     sovereign provenance verify FILE --public-keys DIR [--checkpoint TRUSTED] [--file F] [--json]
+    sovereign provenance verify FILE... | DIR --public-keys DIR [--checkpoint TRUSTED] [--json]
 
 ``verify`` needs no network: DSSE signature, statement shape, every inclusion proof, the checkpoint's
 signature, consistency with a trusted checkpoint if given, the subject against a file if given; it prints
-the lineage (datasets -> node and its hardware -> output). docs/provenance.md lists the codes.
+the lineage (datasets -> node and its hardware -> output). Given several statements (or a directory of
+them) it prints one result per statement, verifying with one ``StatementVerifier`` so a checkpoint and
+the entries they share are checked once. docs/provenance.md lists the codes.
 """
 
 from __future__ import annotations
@@ -24,8 +27,14 @@ from kms.domain.transit import AUDIT_KEY_NAME, PROVENANCE_KEY_NAME
 from kms.errors import Code, KmsError
 from kms.oidc.errors import AuthError
 from kms.provenance.errors import ProvenanceCode, ProvenanceError
-from kms.provenance.verify import lineage_text, load_public_keys, load_trusted, verify_statement
-from sovereign.cli._output import fail, print_json
+from kms.provenance.verify import (
+    StatementVerifier,
+    Verified,
+    lineage_text,
+    load_public_keys,
+    load_trusted,
+)
+from sovereign.cli._output import UsageError, fail, print_json
 from sovereign.cli.audit import audit_client
 from sovereign.client import AuditClient, OperatorError
 
@@ -104,39 +113,103 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _verified_obj(verified: Verified) -> dict[str, Any]:
+    return {
+        "subject": {"sha256": verified.subject_sha256[0], "sealed_sha256": verified.subject_sha256[1]},
+        "lineage": verified.lineage.to_obj(),
+        "cpu": {k: v for k, v in verified.predicate["cpu"].items() if k != "claims"},
+        "gpus": verified.predicate["gpus"],
+        "checkpoint": verified.checkpoint.to_obj(),
+        "key_version": verified.key_version,
+    }
+
+
+def _unreadable(err: OSError) -> ProvenanceError:
+    code = ProvenanceCode.PROVENANCE_KEYS_INVALID
+    return ProvenanceError(code, f"cannot read an input: {err.strerror}: {err.filename}")
+
+
+def _statement_files(paths: list[Path]) -> list[Path]:
+    """Each path as given, a directory as its regular files in name order (not recursing)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.is_file())
+        else:
+            files.append(path)
+    return files
+
+
 def _verify(args: argparse.Namespace) -> int:
+    batch = len(args.statement) > 1 or args.statement[0].is_dir()
+    if batch and args.file:
+        raise UsageError(
+            "--file names one output: give it with one statement",
+            "verify the batch without --file, then the one statement with --file",
+        )
     try:
         try:
             keys = load_public_keys(
                 (args.public_keys / AUDIT_FILE).read_bytes(),
                 (args.public_keys / PROVENANCE_FILE).read_bytes(),
             )
-            data = args.statement.read_bytes()
             trusted = load_trusted(args.checkpoint.read_bytes()) if args.checkpoint else None
             file_sha256 = _file_sha256(args.file) if args.file else None
+            files = _statement_files(args.statement)
         except OSError as err:
-            code = ProvenanceCode.PROVENANCE_KEYS_INVALID
-            raise ProvenanceError(code, f"cannot read an input: {err.strerror}: {err.filename}") from None
-        verified = verify_statement(data, keys, trusted=trusted, file_sha256=file_sha256)
+            raise _unreadable(err) from None
+        verifier = StatementVerifier(keys, trusted=trusted)
+        if batch:
+            return _verify_batch(verifier, files, as_json=args.json)
+        try:
+            data = files[0].read_bytes()
+        except OSError as err:
+            raise _unreadable(err) from None
+        verified = verifier.verify(data, file_sha256=file_sha256)
     except ProvenanceError as err:
         return fail(err, as_json=args.json)
     if args.json:
-        print_json(
-            {
-                "ok": True,
-                "subject": {
-                    "sha256": verified.subject_sha256[0],
-                    "sealed_sha256": verified.subject_sha256[1],
-                },
-                "lineage": verified.lineage.to_obj(),
-                "cpu": {k: v for k, v in verified.predicate["cpu"].items() if k != "claims"},
-                "gpus": verified.predicate["gpus"],
-                "checkpoint": verified.checkpoint.to_obj(),
-                "key_version": verified.key_version,
-            }
-        )
+        print_json({"ok": True, **_verified_obj(verified)})
     else:
         print("statement verified")
         for line in lineage_text(verified):
             print(line)
     return 0
+
+
+def _verify_batch(verifier: StatementVerifier, files: list[Path], *, as_json: bool) -> int:
+    """One result per statement; exit 0 only if every one verified."""
+    if not files:
+        raise UsageError(
+            "no statement files: the directory is empty", "give statement files or a directory of them"
+        )
+    results: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            try:
+                data = path.read_bytes()
+            except OSError as err:
+                raise ProvenanceError(
+                    ProvenanceCode.PROVENANCE_MALFORMED, f"cannot read the statement: {err.strerror}"
+                ) from None
+            results.append({"file": str(path), "ok": True, **_verified_obj(verifier.verify(data))})
+        except ProvenanceError as err:
+            results.append({"file": str(path), "ok": False, "error": err.to_dict()})
+    refused = sum(1 for r in results if not r["ok"])
+    if as_json:
+        print_json(
+            {
+                "ok": refused == 0,
+                "verified": len(results) - refused,
+                "refused": refused,
+                "statements": results,
+            }
+        )
+    else:
+        for r in results:
+            if r["ok"]:
+                print(f"verified  {r['file']}  output {r['subject']['sha256']}")
+            else:
+                print(f"REFUSED   {r['file']}  {r['error']['code']}: {r['error']['message']}")
+        print(f"{len(results) - refused} verified, {refused} refused")
+    return 0 if refused == 0 else 1

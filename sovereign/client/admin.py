@@ -28,6 +28,7 @@ from sovereign.client.records import (
     KeyPage,
     KeyState,
     LineageExceptionChange,
+    LineageExceptionWithdrawal,
     Node,
     NodeChange,
     NodePage,
@@ -143,6 +144,14 @@ class AdminClient:
         for a second operator (``approve``)."""
         request = admin_pb2.GrantLineageExceptionRequest(key_name=key_name, group=group, reason=reason)
         return self._call(self._stub.GrantLineageException, request, LineageExceptionChange)
+
+    def withdraw_lineage_exception(
+        self, key_name: str, group: str, reason: str
+    ) -> LineageExceptionWithdrawal:
+        """Refuse ``group`` the model key ``key_name`` again (the exception must be in force); it only
+        tightens, so one operator suffices unless the two-person settings hold it."""
+        request = admin_pb2.WithdrawLineageExceptionRequest(key_name=key_name, group=group, reason=reason)
+        return self._call(self._stub.WithdrawLineageException, request, LineageExceptionWithdrawal)
 
     # -- the two-person rule
 

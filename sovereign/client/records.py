@@ -243,9 +243,17 @@ class LineageExceptionChange:
 
 
 @dataclass(frozen=True)
+class LineageExceptionWithdrawal:
+    """Applied at once (``withdrawn``) unless the two-person settings hold it (``pending_change``)."""
+
+    withdrawn: LineageException | None = None
+    pending_change: PendingChange | None = None
+
+
+@dataclass(frozen=True)
 class ApprovedChange:
     """The change (now APPLIED) and what applying it produced: one of node, key, rotation, policy,
-    lineage exception."""
+    lineage exception, lineage exception withdrawn."""
 
     change: PendingChange | None = None
     node: Node | None = None
@@ -253,6 +261,7 @@ class ApprovedChange:
     rotation: KekRotation | None = None
     policy: PolicyApplied | None = None
     lineage_exception: LineageException | None = None
+    lineage_exception_withdrawn: LineageException | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ dataset/train and records an output sealed with model/main; a rule lets group "i
 with ``lineage_restricted = true``, but no rule lets "inference" read dataset/train. A node in that group
 is refused model/main with RELEASE_LINEAGE_RESTRICTED (a release.deny entry), until two operators grant
 a lineage exception (``sovereign admin lineage-exception grant`` by one, ``AdminClient.approve`` by the
-other); then the same release is granted.
+other); then the same release is granted, until one operator withdraws the exception
+(``sovereign admin lineage-exception withdraw``): refused again.
 
 Independent oracle: the ledger entries are read from the server's database with sqlite3."""
 
@@ -158,3 +159,26 @@ def test_a_model_trained_on_a_dataset_the_group_may_not_read_is_refused_until_an
     assert exception["fields"]["key_name"] == "model/main" and exception["fields"]["groups"] == ["inference"]
     granted = reader.release("model/main", "read")
     assert granted.key_name == "model/main" and granted.purpose == "read"
+
+    # withdrawn by one operator (it only tightens): the same release is refused again
+    run = admin(server, cache, "lineage-exception", "withdraw", "model/main", "--group", "inference",
+                "--reason", "ticket 9")  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["ok"] is True and "pending_change" not in doc
+    assert doc["withdrawn"] == {"key_name": "model/main", "group": "inference"}
+    (withdrawal,) = _entries(server, "lineage.exception.withdraw")
+    named = {k: withdrawal["fields"][k] for k in ("key_name", "groups", "comment", "username")}
+    assert named == {
+        "key_name": "model/main",
+        "groups": ["inference"],
+        "comment": "ticket 9",
+        "username": "alice",
+    }
+    with pytest.raises(ControlPlaneError) as again:
+        reader.release("model/main", "read")
+    assert again.value.reason == "RELEASE_LINEAGE_RESTRICTED"
+    # nothing left to withdraw
+    with pytest.raises(OperatorError) as gone:
+        alice.withdraw_lineage_exception("model/main", "inference", "twice")
+    assert gone.value.code == "REQUEST_INVALID"

@@ -49,6 +49,7 @@ class Ledger:
     entries: list[Entry] = field(default_factory=list)
     store: MemoryHashStore = field(default_factory=MemoryHashStore)
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    issued: list[bytes] = field(default_factory=list)  # every statement made, genuine or not
 
     def add(self, kind: Kind, decision: Decision = Decision.GRANT, /, **fields: Any) -> int:
         seq = len(self.entries)
@@ -103,7 +104,9 @@ class Ledger:
             entries=proven,
         )
         key = signer or self.provenance_key
-        return seal_statement(statement, key.sign, 1, raw(key))
+        envelope = seal_statement(statement, key.sign, 1, raw(key))
+        self.issued.append(envelope)
+        return envelope
 
 
 def training_ledger(datasets: int = 2, *, revoke_before_output: bool = False) -> tuple[Ledger, int]:

@@ -24,6 +24,7 @@ FILLED: list[Message] = [
     admin_pb2.RotateKekRequest(comment="yearly"),
     admin_pb2.PutPolicyRequest(toml="schema = 1\n", expected_version=7),
     admin_pb2.GrantLineageExceptionRequest(key_name="model/main", group="inference", reason="ticket 7"),
+    admin_pb2.WithdrawLineageExceptionRequest(key_name="model/main", group="inference", reason="ticket 9"),
 ]
 
 

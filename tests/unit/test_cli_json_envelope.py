@@ -46,6 +46,7 @@ CASES: dict[str, list[str]] = {
     "admin pending approve": ["c1", *OP],
     "admin pending reject": ["c1", "--comment", "no", *OP],
     "admin lineage-exception grant": ["model/main", "--group", "g", "--reason", "r", *OP],
+    "admin lineage-exception withdraw": ["model/main", "--group", "g", "--reason", "r", *OP],
     "admin collateral import": ["{file}", *OP],
     "audit verify": ["{file}", "--public-key", "{file}"],
     "audit checkpoint": ["-o", "{tmp}/cp.json", *OP],

@@ -15,6 +15,7 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from provenance_ledger import CLAIMS, NODE, OUTPUT, SEALED, Ledger, training_ledger
 
+from kms.audit.checkpoint import Checkpoint, LocalSigner, sign_checkpoint
 from kms.audit.entry import Decision, Kind
 from kms.audit.merkle import consistency_proof
 from kms.provenance.errors import ProvenanceCode as C
@@ -22,7 +23,9 @@ from kms.provenance.errors import ProvenanceError
 from kms.provenance.lineage import LineageInvalid
 from kms.provenance.statement import claims_digest
 from kms.provenance.verify import (
+    StatementVerifier,
     TrustedCheckpoint,
+    Verified,
     lineage_text,
     verify_statement,
 )
@@ -39,8 +42,15 @@ def edit(envelope: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
 
 
 def code_of(envelope: bytes, led: Ledger, **kw: Any) -> C:
+    """The refusal's code, the same from a fresh verifier and from one that has just verified the ledger's
+    statements (what a verifier remembers between statements must never let a tampered one through)."""
     with pytest.raises(ProvenanceError) as info:
         verify_statement(envelope, led.keys(), **kw)
+    warm = StatementVerifier(led.keys(), trusted=kw.get("trusted"))
+    warm.verify_all(led.issued)
+    with pytest.raises(ProvenanceError) as again:
+        warm.verify(envelope, file_sha256=kw.get("file_sha256"))
+    assert again.value.code is info.value.code
     return info.value.code
 
 
@@ -288,3 +298,104 @@ def test_cli_verify_with_a_trusted_checkpoint_file(
     trusted.write_text("{not json")
     assert main([*args, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "PROVENANCE_MALFORMED"
+
+
+def _resign_checkpoint(envelope: bytes, key: Ed25519PrivateKey) -> bytes:
+    """The same checkpoint (size, root, time, key id, version) signed by ``key``, statement unchanged."""
+    statement = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+    cp = Checkpoint.from_obj(statement["predicate"]["ledger"]["checkpoint"])
+    signer = LocalSigner(key, key_id=cp.key_id, version=cp.signature.version)
+    other = sign_checkpoint(signer, cp.size, cp.root, cp.time)
+
+    def change(s: dict[str, Any]) -> None:
+        s["predicate"]["ledger"]["checkpoint"] = other.to_obj()
+
+    return edit(envelope, change)
+
+
+def test_a_remembered_checkpoint_does_not_pass_a_broken_or_foreign_signature(
+    world: tuple[Ledger, int, bytes],
+) -> None:
+    led, out, envelope = world
+    verifier = StatementVerifier(led.keys())
+    assert verifier.verify(envelope).checkpoint.size == led.checkpoints[-1].size
+
+    def flip(s: dict[str, Any]) -> None:  # the genuine checkpoint, one bit of its signature flipped
+        cp = s["predicate"]["ledger"]["checkpoint"]
+        head, _, sig = cp["signature"].rpartition(":")
+        raw_sig = bytearray(base64.b64decode(sig))
+        raw_sig[7] ^= 1
+        cp["signature"] = f"{head}:{base64.b64encode(bytes(raw_sig)).decode()}"
+
+    broken = edit(envelope, flip)
+    foreign = _resign_checkpoint(envelope, Ed25519PrivateKey.generate())
+    for tampered in (broken, foreign):
+        with pytest.raises(ProvenanceError) as info:
+            verifier.verify(tampered)
+        assert info.value.code is C.PROVENANCE_CHECKPOINT_SIGNATURE_INVALID
+    # the same checkpoint re-signed by the genuine key is still the genuine checkpoint
+    assert verifier.verify(_resign_checkpoint(envelope, led.audit_key), file_sha256=OUTPUT)
+    # and the statement's own DSSE signature is checked every time
+    assert code_of(led.statement(out, led.checkpoints[-1], signer=Ed25519PrivateKey.generate()), led) is (
+        C.PROVENANCE_SIGNATURE_INVALID
+    )
+
+
+def test_a_verifier_remembers_nothing_across_keys(world: tuple[Ledger, int, bytes]) -> None:
+    led, _, envelope = world
+    assert StatementVerifier(led.keys()).verify(envelope)
+    with pytest.raises(ProvenanceError) as info:
+        StatementVerifier(Ledger().keys()).verify(envelope)
+    assert info.value.code is C.PROVENANCE_CHECKPOINT_SIGNATURE_INVALID
+
+
+def test_a_batch_gives_one_result_per_statement_in_order() -> None:
+    led, first = training_ledger(datasets=3)
+    template = dict(led.entries[first].fields)
+    second = led.add(Kind.MODEL_OUTPUT, **{**template, "step": 11, "request_id": "d" * 32,
+                                           "output_sha256": "12" * 32})  # fmt: skip
+    checkpoint = led.checkpoint()
+    a, b = led.statement(first, checkpoint), led.statement(second, checkpoint)
+    hidden = edit(b, lambda s: s["predicate"]["datasets"].pop())
+    results = StatementVerifier(led.keys()).verify_all([a, hidden, b, b"{}"])
+    assert isinstance(results[0], Verified) and results[0].predicate["output"]["sequence"] == first
+    assert isinstance(results[1], ProvenanceError) and results[1].code is C.PROVENANCE_PREDICATE_MISMATCH
+    assert isinstance(results[2], Verified) and results[2].subject_sha256[0] == "12" * 32
+    assert isinstance(results[3], ProvenanceError) and results[3].code is C.PROVENANCE_MALFORMED
+    # the two genuine statements share every entry but their output: both are about the same datasets
+    assert results[0].predicate["datasets"] == results[2].predicate["datasets"]
+
+
+def test_cli_verify_a_directory_gives_one_result_per_statement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    led, first = training_ledger(datasets=2)
+    template = dict(led.entries[first].fields)
+    second = led.add(Kind.MODEL_OUTPUT, **{**template, "step": 11, "request_id": "d" * 32,
+                                           "output_sha256": "12" * 32})  # fmt: skip
+    checkpoint = led.checkpoint()
+    keys = led.key_files(tmp_path / "keys")
+    batch = tmp_path / "statements"
+    batch.mkdir()
+    (batch / "a.json").write_bytes(led.statement(first, checkpoint))
+    (batch / "b.json").write_bytes(led.statement(second, checkpoint))
+    assert main(["provenance", "verify", str(batch), "--public-keys", str(keys), "--json"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["ok"] is True and (reply["verified"], reply["refused"]) == (2, 0)
+    assert [r["subject"]["sha256"] for r in reply["statements"]] == [OUTPUT, "12" * 32]
+    (batch / "c.json").write_bytes(
+        _resign_checkpoint((batch / "a.json").read_bytes(), Ed25519PrivateKey.generate())
+    )
+    files = [str(batch / n) for n in ("a.json", "c.json", "b.json")]
+    assert main(["provenance", "verify", *files, "--public-keys", str(keys), "--json"]) == 1
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["ok"] is False and [r["ok"] for r in reply["statements"]] == [True, False, True]
+    assert reply["statements"][1]["error"]["code"] == "PROVENANCE_CHECKPOINT_SIGNATURE_INVALID"
+    assert reply["statements"][1]["file"] == files[1]
+    assert main(["provenance", "verify", *files, "--public-keys", str(keys)]) == 1
+    text = capsys.readouterr().out
+    assert "2 verified, 1 refused" in text and "REFUSED" in text and "c.json" in text
+    # --file names one output: with a batch it is a usage error, not a silent skip
+    args = ["provenance", "verify", str(batch), "--public-keys", str(keys), "--file", files[0], "--json"]
+    assert main(args) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "USAGE_INVALID"

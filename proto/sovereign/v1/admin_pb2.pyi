@@ -362,20 +362,22 @@ class ApprovePendingChangeRequest(_message.Message):
     def __init__(self, change_id: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
 
 class ApprovePendingChangeResponse(_message.Message):
-    __slots__ = ("change", "node", "key", "rotation", "policy", "lineage_exception")
+    __slots__ = ("change", "node", "key", "rotation", "policy", "lineage_exception", "lineage_exception_withdrawn")
     CHANGE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     ROTATION_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_EXCEPTION_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_EXCEPTION_WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
     change: PendingChange
     node: Node
     key: Key
     rotation: KekRotation
     policy: PolicyApplied
     lineage_exception: LineageException
-    def __init__(self, change: _Optional[_Union[PendingChange, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., rotation: _Optional[_Union[KekRotation, _Mapping]] = ..., policy: _Optional[_Union[PolicyApplied, _Mapping]] = ..., lineage_exception: _Optional[_Union[LineageException, _Mapping]] = ...) -> None: ...
+    lineage_exception_withdrawn: LineageException
+    def __init__(self, change: _Optional[_Union[PendingChange, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., rotation: _Optional[_Union[KekRotation, _Mapping]] = ..., policy: _Optional[_Union[PolicyApplied, _Mapping]] = ..., lineage_exception: _Optional[_Union[LineageException, _Mapping]] = ..., lineage_exception_withdrawn: _Optional[_Union[LineageException, _Mapping]] = ...) -> None: ...
 
 class GrantLineageExceptionRequest(_message.Message):
     __slots__ = ("key_name", "group", "reason")
@@ -402,6 +404,24 @@ class GrantLineageExceptionResponse(_message.Message):
     lineage_exception: LineageException
     pending_change: PendingChange
     def __init__(self, lineage_exception: _Optional[_Union[LineageException, _Mapping]] = ..., pending_change: _Optional[_Union[PendingChange, _Mapping]] = ...) -> None: ...
+
+class WithdrawLineageExceptionRequest(_message.Message):
+    __slots__ = ("key_name", "group", "reason")
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    group: str
+    reason: str
+    def __init__(self, key_name: _Optional[str] = ..., group: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class WithdrawLineageExceptionResponse(_message.Message):
+    __slots__ = ("withdrawn", "pending_change")
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    withdrawn: LineageException
+    pending_change: PendingChange
+    def __init__(self, withdrawn: _Optional[_Union[LineageException, _Mapping]] = ..., pending_change: _Optional[_Union[PendingChange, _Mapping]] = ...) -> None: ...
 
 class RejectPendingChangeRequest(_message.Message):
     __slots__ = ("change_id", "comment")

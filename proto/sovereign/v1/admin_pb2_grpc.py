@@ -130,6 +130,11 @@ class AdminStub:
                 request_serializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionRequest.SerializeToString,
                 response_deserializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionResponse.FromString,
                 _registered_method=True)
+        self.WithdrawLineageException = channel.unary_unary(
+                '/sovereign.v1.Admin/WithdrawLineageException',
+                request_serializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.WithdrawLineageExceptionRequest.SerializeToString,
+                response_deserializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.WithdrawLineageExceptionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -271,6 +276,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WithdrawLineageException(self, request, context):
+        """Withdraws a lineage exception in force: the group is refused the model key again. A withdrawal only
+        tightens, so one operator suffices (held only if the two-person settings name this method).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -368,6 +381,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GrantLineageException,
                     request_deserializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionRequest.FromString,
                     response_serializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionResponse.SerializeToString,
+            ),
+            'WithdrawLineageException': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawLineageException,
+                    request_deserializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.WithdrawLineageExceptionRequest.FromString,
+                    response_serializer=proto_dot_sovereign_dot_v1_dot_admin__pb2.WithdrawLineageExceptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -884,6 +902,33 @@ class Admin:
             '/sovereign.v1.Admin/GrantLineageException',
             proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionRequest.SerializeToString,
             proto_dot_sovereign_dot_v1_dot_admin__pb2.GrantLineageExceptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawLineageException(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sovereign.v1.Admin/WithdrawLineageException',
+            proto_dot_sovereign_dot_v1_dot_admin__pb2.WithdrawLineageExceptionRequest.SerializeToString,
+            proto_dot_sovereign_dot_v1_dot_admin__pb2.WithdrawLineageExceptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

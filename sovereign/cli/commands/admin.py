@@ -161,6 +161,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
          lambda c, a: c.grant_lineage_exception(a.key_name, a.group, a.reason),
          (_a("key_name", help="the model key"),
           _a("--group", required=True, help="a group of the active policy"), REASON))  # fmt: skip
+    _add(lineage, "withdraw", "refuse a group a model key again: withdraw its lineage exception "
+         "(one operator suffices: it only tightens)",
+         lambda c, a: c.withdraw_lineage_exception(a.key_name, a.group, a.reason),
+         (_a("key_name", help="the model key"),
+          _a("--group", required=True, help="the group the exception lets read it"), REASON))  # fmt: skip
 
     collateral = groups.add_parser("collateral", help="attestation collateral").add_subparsers(
         dest="action", metavar="ACTION", required=True

@@ -13,11 +13,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("provenance", help="signed, offline-verifiable lineage of sealed model outputs")
     cmds = parser.add_subparsers(dest="provenance_command", metavar="ACTION", required=True)
 
-    verify = cmds.add_parser("verify", help="verify a statement offline (no network)")
-    verify.add_argument("statement", type=Path, help="the statement (DSSE envelope JSON)")
+    verify = cmds.add_parser("verify", help="verify statements offline (no network)")
+    verify.add_argument(
+        "statement",
+        type=Path,
+        nargs="+",
+        help="the statement (DSSE envelope JSON); several files or a directory: one result per statement",
+    )
     verify.add_argument("--public-keys", type=Path, required=True, help="directory from 'provenance keys'")
     verify.add_argument("--checkpoint", type=Path, help="a trusted checkpoint (e.g. 'audit checkpoint -o')")
-    verify.add_argument("--file", type=Path, help="the output, plaintext or sealed: must be the subject")
+    verify.add_argument(
+        "--file", type=Path, help="the output, plaintext or sealed: must be the subject (one statement only)"
+    )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=runs("sovereign.cli.provenance:_verify"))
 
