@@ -11,7 +11,7 @@ on the large side (projected linearly to 10M where the figure grows). Rows:
 
 - appends/s through the group commit (``AuditLedger.record``, 16 writer threads, durable) at N vs empty:
   best of 5 rounds each, the two ledgers interleaved, after the bulk fill has settled (a bulk load is
-  followed by a WAL checkpoint / VACUUM ANALYZE before anyone measures); the rate right after the fill,
+  followed by a WAL checkpoint / VACUUM ANALYZE and a sync before anyone measures); the rate right after the fill,
   unsettled, is kept in the curve;
 - inclusion and consistency proof p99 at N vs at N/100 (target: <= 5 ms) through a warmed
   ``LedgerReader`` as the server has it, with the p99 of a one-statement read transaction interleaved

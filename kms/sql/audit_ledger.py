@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from kms.audit.checkpoint import Checkpoint, format_transit_signature, parse_transit_signature
@@ -98,16 +98,32 @@ _LEAVES = select(audit_entries.c.seq, audit_entries.c.leaf_hash).where(
 )
 
 
+# PostgreSQL: leaves and nodes in one round trip, the nodes joined to two arrays (a nested loop over the
+# primary key, planned in the same way whatever the count; a 32-way OR took three times as long there)
+_PG_HASHES = text(
+    "SELECT n.level, n.idx, n.hash FROM audit_nodes n"
+    " JOIN unnest(CAST(:levels AS integer[]), CAST(:idxs AS bigint[])) AS w(level, idx)"
+    " ON n.level = w.level AND n.idx = w.idx"
+    " UNION ALL SELECT 0, e.seq, e.leaf_hash FROM audit_entries e WHERE e.seq = ANY(CAST(:seqs AS bigint[]))"
+)
+
+
 def node_hashes(conn: Connection, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-    """The stored hashes of these (level, index) subtrees: leaves from the entries in one statement, the
-    rest from ``audit_nodes`` in one statement per 32 (a proof at 10M entries needs fewer than 32 nodes
-    that are not cached). What is not stored is absent from the result. The node lookup is one constant
-    OR of ``(level = ? AND idx = ?)`` terms (unused slots ask for index -1), which SQLite and PostgreSQL
-    answer from the primary key; a row-value ``(level, idx) IN (...)`` makes SQLite scan the table, and
+    """The stored hashes of these (level, index) subtrees; what is not stored is absent from the result.
+
+    PostgreSQL: one statement (``_PG_HASHES``). SQLite: leaves from the entries in one statement, the rest
+    from ``audit_nodes`` in one statement per 32 (a proof at 10M entries needs fewer than 32 nodes that
+    are not cached), a constant OR of ``(level = ? AND idx = ?)`` terms (unused slots ask for index -1)
+    answered from the primary key; a row-value ``(level, idx) IN (...)`` makes SQLite scan the table, and
     an expression built per call costs more to compile than the lookup itself."""
     leaves = sorted({index for level, index in wanted if level == 0})
     nodes = sorted({(level, index) for level, index in wanted if level > 0})
     found: dict[tuple[int, int], bytes] = {}
+    if conn.dialect.name == "postgresql":
+        arrays = {"levels": [lv for lv, _ in nodes], "idxs": [ix for _, ix in nodes], "seqs": leaves}
+        for level, index, value in conn.execute(_PG_HASHES, arrays):
+            found[(int(level), int(index))] = bytes(value)
+        return found
     if leaves:
         for seq, value in conn.execute(_LEAVES, {"seqs": leaves}):
             found[(0, int(seq))] = bytes(value)
