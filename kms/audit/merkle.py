@@ -125,7 +125,8 @@ class MemoryHashStore:
 
 
 class MapHashStore:
-    """Subtree hashes fetched ahead (``(level, index) -> hash``), e.g. the nodes ``proof_nodes`` names."""
+    """Subtree hashes fetched ahead (``(level, index) -> hash``), e.g. the nodes ``inclusion_nodes`` or
+    ``consistency_nodes`` name."""
 
     def __init__(self, hashes: dict[tuple[int, int], bytes]) -> None:
         self._hashes = hashes
