@@ -124,6 +124,47 @@ class MemoryHashStore:
             raise ProofInvalid(f"no subtree hash at level {level} index {index}") from None
 
 
+class MapHashStore:
+    """Subtree hashes fetched ahead (``(level, index) -> hash``), e.g. the nodes ``inclusion_nodes`` or
+    ``consistency_nodes`` name."""
+
+    def __init__(self, hashes: dict[tuple[int, int], bytes]) -> None:
+        self._hashes = hashes
+
+    def node(self, level: int, index: int) -> bytes:
+        value = self._hashes.get((level, index))
+        if value is None:
+            raise ProofInvalid(f"no subtree hash at level {level} index {index}")
+        return value
+
+
+class _Recorder:
+    """A ``HashStore`` that notes which subtree hashes are read and answers a placeholder: which nodes a
+    proof reads depends only on the sizes and indices, never on the hash values."""
+
+    def __init__(self) -> None:
+        self.read: dict[tuple[int, int], None] = {}  # insertion-ordered set
+
+    def node(self, level: int, index: int) -> bytes:
+        self.read[(level, index)] = None
+        return EMPTY_ROOT
+
+
+def inclusion_nodes(index: int, size: int) -> list[tuple[int, int]]:
+    """The (level, index) of every stored subtree hash ``inclusion_proof(store, index, size)`` reads, so
+    a store can fetch them all at once. Raises ``ProofInvalid`` as ``inclusion_proof`` does."""
+    recorder = _Recorder()
+    inclusion_proof(recorder, index, size)
+    return list(recorder.read)
+
+
+def consistency_nodes(first: int, second: int) -> list[tuple[int, int]]:
+    """As ``inclusion_nodes``, for ``consistency_proof(store, first, second)``."""
+    recorder = _Recorder()
+    consistency_proof(recorder, first, second)
+    return list(recorder.read)
+
+
 def range_hash(store: HashStore, start: int, end: int) -> bytes:
     """MTH of leaves [start, end) where the range is a subtree of some Merkle tree (as in proofs)."""
     n = end - start

@@ -18,9 +18,18 @@ from sqlalchemy.engine import Connection
 from kms.audit.checkpoint import Checkpoint
 from kms.audit.entry import Entry
 from kms.audit.errors import AuditError, ProofInvalid
-from kms.audit.merkle import CompactRange, consistency_proof, inclusion_proof, leaf_hash, range_hash
+from kms.audit.merkle import (
+    CompactRange,
+    consistency_nodes,
+    consistency_proof,
+    inclusion_nodes,
+    inclusion_proof,
+    leaf_hash,
+    range_hash,
+)
 from kms.errors import Code
 from kms.sql.audit_append import ledger_corrupt
+from kms.sql.audit_hashes import SubtreeCache, stored_hashes, warm
 from kms.sql.audit_ledger import (
     EntryFilter,
     Head,
@@ -31,6 +40,7 @@ from kms.sql.audit_ledger import (
     entry_count,
     insert_nodes,
     latest_checkpoint,
+    latest_checkpoint_size,
     node_hash_at,
     query_entries,
     read_head,
@@ -146,10 +156,18 @@ def _rebuild(conn: Connection) -> None:
 
 
 class LedgerReader:
-    """Read-only views of the stored ledger for the Audit RPCs."""
+    """Read-only views of the stored ledger for the Audit RPCs. Made after ``recover`` (its subtree-hash
+    cache would not see a rebuild); ``warm`` loads the tree's upper levels, as the server does at start."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cache: SubtreeCache | None = None) -> None:
         self._store = store
+        self._cache = cache if cache is not None else SubtreeCache()
+        self._signed = 0  # the largest checkpoint size seen
+
+    def warm(self) -> int:
+        """Load the upper levels of the tree into the subtree-hash cache; returns how many hashes."""
+        with self._store.reader() as conn:
+            return warm(conn, self._cache, read_head(conn).size)
 
     def head(self) -> tuple[int, bytes]:
         with self._store.reader() as conn:
@@ -174,8 +192,13 @@ class LedgerReader:
             raise not_found("no checkpoint yet" if size == 0 else f"no checkpoint of tree size {size}")
         return cp
 
-    def _within_latest(self, size: int) -> None:
-        latest = self.checkpoint(0).size
+    def _within_latest(self, conn: Connection, size: int) -> None:
+        if size <= self._signed:  # checkpoints are never removed: a size once covered stays covered
+            return
+        latest = latest_checkpoint_size(conn)
+        self._signed = max(self._signed, latest or 0)
+        if latest is None:
+            raise not_found("no checkpoint yet")
         if size > latest:
             raise AuditError(
                 f"tree size {size} is beyond the latest checkpoint ({latest})",
@@ -183,16 +206,19 @@ class LedgerReader:
             )
 
     def inclusion(self, index: int, size: int) -> list[bytes]:
-        self._within_latest(size)
+        """PATH(index, size): one snapshot, the hashes it needs read at once (upper levels cached)."""
         with self._store.reader() as conn:
-            return inclusion_proof(DbHashStore(conn), index, size)
+            self._within_latest(conn, size)
+            wanted = inclusion_nodes(index, size)
+            return inclusion_proof(stored_hashes(conn, self._cache, wanted), index, size)
 
     def consistency(self, first: int, second: int) -> list[bytes]:
-        self._within_latest(second)
-        if first <= 0:
-            raise ProofInvalid("first_size must be > 0")
         with self._store.reader() as conn:
-            return consistency_proof(DbHashStore(conn), first, second)
+            self._within_latest(conn, second)
+            if first <= 0:
+                raise ProofInvalid("first_size must be > 0")
+            wanted = consistency_nodes(first, second)
+            return consistency_proof(stored_hashes(conn, self._cache, wanted), first, second)
 
     def export(self, start: int, end: int) -> Iterator[StoredEntry | Checkpoint]:
         """Entries [start, end) with every checkpoint in (start, end] after the entry completing it;

@@ -64,4 +64,6 @@ def start_audit(
     if recovery.rebuilt:
         log.warning("audit ledger: subtree hashes rebuilt from %d entries", recovery.size)
     checkpointer = Checkpointer(store, signer, clock, interval=interval) if signer is not None else None
-    return AuditPlane(ledger, LedgerReader(store), recovery, checkpointer, address, signer)
+    reader = LedgerReader(store)
+    reader.warm()  # the tree's upper levels, which every proof reads
+    return AuditPlane(ledger, reader, recovery, checkpointer, address, signer)

@@ -11,8 +11,11 @@ from kms.audit.errors import ProofInvalid
 from kms.audit.merkle import (
     EMPTY_ROOT,
     CompactRange,
+    MapHashStore,
     MemoryHashStore,
+    consistency_nodes,
     consistency_proof,
+    inclusion_nodes,
     inclusion_proof,
     leaf_hash,
     node_hash,
@@ -215,3 +218,45 @@ def test_out_of_range_requests_are_refused(store: MemoryHashStore) -> None:
         consistency_proof(store, 6, 5)
     with pytest.raises(ProofInvalid):
         inclusion_proof(store, 0, MAX + 1)  # beyond what the store holds
+
+
+def _complete(level: int, index: int, n: int) -> bool:
+    """(level, index) is a perfect subtree inside a tree of n leaves, i.e. one an appender has stored."""
+    return level >= 0 and index >= 0 and (index + 1) << level <= n
+
+
+def _only(store: MemoryHashStore, wanted: list[tuple[int, int]]) -> MapHashStore:
+    return MapHashStore({(lv, ix): store.node(lv, ix) for lv, ix in wanted})
+
+
+def test_the_named_nodes_are_stored_subtrees_and_all_an_inclusion_proof_reads(store: MemoryHashStore) -> None:
+    for n in range(1, MAX + 1):
+        for m in range(n):
+            wanted = inclusion_nodes(m, n)
+            assert all(_complete(lv, ix, n) for lv, ix in wanted) and len(set(wanted)) == len(wanted)
+            assert inclusion_proof(_only(store, wanted), m, n) == path(m, LEAVES[:n])
+
+
+def test_the_named_nodes_are_all_a_consistency_proof_reads(store: MemoryHashStore) -> None:
+    for n in range(1, MAX + 1):
+        for m in range(1, n + 1):
+            wanted = consistency_nodes(m, n)
+            assert all(_complete(lv, ix, n) for lv, ix in wanted)
+            expected = subproof(m, LEAVES[:n], True) if m < n else []
+            assert consistency_proof(_only(store, wanted), m, n) == expected
+
+
+def test_a_proof_over_a_store_missing_one_named_node_is_refused(store: MemoryHashStore) -> None:
+    wanted = inclusion_nodes(5, 70)
+    for missing in wanted:
+        with pytest.raises(ProofInvalid):
+            inclusion_proof(_only(store, [k for k in wanted if k != missing]), 5, 70)
+
+
+def test_naming_the_nodes_refuses_what_the_proofs_refuse() -> None:
+    for index, size in ((0, 0), (5, 5), (-1, 3)):
+        with pytest.raises(ProofInvalid):
+            inclusion_nodes(index, size)
+    with pytest.raises(ProofInvalid):
+        consistency_nodes(6, 5)
+    assert consistency_nodes(0, 5) == consistency_nodes(5, 5) == []
