@@ -67,6 +67,13 @@ def state_word(state: object) -> str:
     return "enabled" if state == "active" else readable(state)
 
 
+def public_record(record: KeyRecord) -> dict[str, object]:
+    """A key as the CLI shows it, in tables and ``--json`` alike: its state in the operator's words
+    (``enabled``, ``disabled``, ``destroyed``), never the catalogue's internal ``active``."""
+    out = record.to_dict()
+    return {**out, "state": state_word(out["state"])}
+
+
 def _show_record(args: argparse.Namespace, record_dict: dict[str, object], verb: str) -> int:
     if args.json:
         print_ok(key=record_dict)
@@ -86,7 +93,7 @@ def _create(args: argparse.Namespace) -> int:
         record = _changed(store, Kind.KEY_CREATE, catalogue.create(args.name, args.kind))
     except KmsError as err:
         return fail(err, as_json=args.json)
-    return _show_record(args, record.to_dict(), "created")
+    return _show_record(args, public_record(record), "created")
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -96,7 +103,7 @@ def _rotate(args: argparse.Namespace) -> int:
         record = _changed(store, Kind.KEY_ROTATE, catalogue.rotate(args.name))
     except KmsError as err:
         return fail(err, as_json=args.json)
-    return _show_record(args, record.to_dict(), "rotated")
+    return _show_record(args, public_record(record), "rotated")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -105,7 +112,7 @@ def _list(args: argparse.Namespace) -> int:
     except KmsError as err:
         return fail(err, as_json=args.json)
     if args.json:
-        print_ok(keys=[r.to_dict() for r in records])
+        print_ok(keys=[public_record(r) for r in records])
     else:
         rows = [{**row, "state": state_word(row["state"])} for row in summary_rows(records)]
         print_table(rows, ["name", "kind", "state", "version", "kek_version", "updated_at"])
@@ -117,7 +124,7 @@ def _show(args: argparse.Namespace) -> int:
         record = open_catalogue(args, bao=False).describe(args.name)
     except KmsError as err:
         return fail(err, as_json=args.json)
-    _show_record(args, record.to_dict(), "key")
+    _show_record(args, public_record(record), "key")
     if args.json:
         return 0
     print_table(
@@ -137,7 +144,7 @@ def _lifecycle(action: str, verb: str) -> Callable[[argparse.Namespace], int]:
             record = _changed(store, _KINDS[action], getattr(catalogue, action)(args.name))
         except KmsError as err:
             return fail(err, as_json=args.json)
-        return _show_record(args, record.to_dict(), verb)
+        return _show_record(args, public_record(record), verb)
 
     return run
 
