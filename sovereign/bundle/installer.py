@@ -725,12 +725,31 @@ def next_steps(layout: Layout, manifest: Manifest) -> str:
     return "\n".join(head + [f"  {n}. {step}" for n, step in enumerate(steps, 1)])
 
 
+def check_python_shared(executable: str = sys.executable, base_prefix: str = sys.base_prefix) -> None:
+    """The release's virtual environment runs this Python (its ``bin/python`` links to it), as the service
+    users: every folder on the way to the interpreter and its standard library must be searchable by
+    others. A Python under /root (pyenv, a user's build) installs fine and then fails to start every
+    service with "Permission denied"; refuse it before writing anything."""
+    for target in (Path(os.path.realpath(executable)), Path(os.path.realpath(base_prefix)) / "lib"):
+        for folder in reversed(target.parents):
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                raise BundleError(
+                    f"the Python running the installer ({executable}) is not usable by the service users: "
+                    f"{folder} is not searchable by others",
+                    code=BundleCode.BUNDLE_LAYOUT_INVALID,
+                    hint="run the installer with a system-wide Python 3.11: "
+                    "SOVEREIGN_PYTHON=/usr/bin/python3.11 ./install.sh ...",
+                )
+
+
 def install(
     root: Path, public_key: Path, layout: Layout, *, verifier: Verifier = verify_with_openssl
 ) -> tuple[Manifest, Path, list[str]]:
     manifest = verify_bundle(root, public_key, verifier)
     check_platform(manifest)
     layout.check()
+    if layout.manage_users:
+        check_python_shared()
     users = ensure_users(layout)
     old_umask = os.umask(
         0o022

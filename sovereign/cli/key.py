@@ -16,20 +16,25 @@ from kms.openbao.vault import OpenBaoTransit
 from kms.sql import open_store
 from kms.sql.keys import SqlKeyStore
 from kms.sql.store import Store
-from sovereign.cli._installed import database_target
+from sovereign.cli._installed import database_target, refuse_root_on_service_files
 from sovereign.cli._installed import source as installed_source
 from sovereign.cli._local_ledger import key_fields, record_local
 from sovereign.cli._output import fail, print_json, print_ok, print_table, readable
 from sovereign.cli.kms import bao_settings
 
 
+def _local_path(target: str | Path) -> str | None:
+    """The file of a SQLite target; None for a database server URL."""
+    text = str(target)
+    return (
+        text.removeprefix("sqlite:///") if text.startswith("sqlite:///") else None if "://" in text else text
+    )
+
+
 def existing_database(target: str | Path) -> str | Path:
     """``target`` when it is a database that exists (or a server URL); else STORAGE_ERROR naming it.
     Commands that only use keys open the database this way, so a wrong path never leaves a new one."""
-    text = str(target)
-    path = (
-        text.removeprefix("sqlite:///") if text.startswith("sqlite:///") else None if "://" in text else text
-    )
+    path = _local_path(target)
     if path is not None and not Path(path).is_file():
         raise KmsError(
             f"no database at {path}",
@@ -40,18 +45,23 @@ def existing_database(target: str | Path) -> str | Path:
     return target
 
 
-def open_catalogue(
-    args: argparse.Namespace, *, bao: bool, operator: bool = False, create: bool = False
-) -> Catalogue:
-    """The catalogue over ``--db`` (or the discovered database); only ``create`` may make a new one."""
-    return open_local(args, bao=bao, operator=operator, create=create)[0]
+def open_catalogue(args: argparse.Namespace, *, bao: bool) -> Catalogue:
+    """The catalogue over ``--db`` (or the discovered database), to read keys (never makes one)."""
+    target = args.db or database_target()
+    store = open_store(existing_database(target))
+    transit = OpenBaoTransit(bao_settings(args)) if bao else None
+    return Catalogue(SqlKeyStore(store), transit, lambda: datetime.now(UTC))
 
 
 def open_local(
     args: argparse.Namespace, *, bao: bool, operator: bool = False, create: bool = False
 ) -> tuple[Catalogue, Store]:
-    """``open_catalogue`` and the store under it (whose ledger the local changes are appended to)."""
+    """``open_catalogue`` and the store under it (whose ledger the local changes are appended to).
+    Commands that change keys call it; root may not write a service user's database."""
     target = args.db or database_target()
+    path = _local_path(target)
+    if path is not None:
+        refuse_root_on_service_files(Path(path), "the database", Code.STORAGE_ERROR.value)
     store = open_store(target if create else existing_database(target))
     transit = OpenBaoTransit(bao_settings(args, operator=operator)) if bao else None
     return Catalogue(SqlKeyStore(store), transit, lambda: datetime.now(UTC)), store
