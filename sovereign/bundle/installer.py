@@ -655,6 +655,7 @@ def lay_out_config(root: Path, layout: Layout) -> list[str]:
     folders = [
         (layout.config_dir, 0o750, root_svc),
         (layout.config_dir / CREDENTIALS, 0o700, svc),
+        (layout.config_dir / "tls", 0o750, root_svc),  # sovereign.toml's TLS files and OpenBao's CA
         (layout.data_dir, 0o700, svc),
         (layout.data_dir / "collateral", 0o700, svc),
         (layout.openbao_config_dir, 0o750, root_bao),
@@ -698,10 +699,13 @@ def next_steps(layout: Layout, manifest: Manifest) -> str:
         f"OpenBao: put its TLS certificate and key in {layout.openbao_config_dir}/tls/, fill the <...> "
         f"values in {layout.openbao_config_dir}/openbao.hcl, start it (unit below), then initialise and "
         f"unseal it: {share}/deploy/openbao/README.md",
-        f"Bootstrap it as the service user (it writes the AppRole files there): {as_user} "
-        f"{bin_dir}/sovereign kms bootstrap --addr https://127.0.0.1:8200 --ca-cert CA.pem "
-        f"--token-file ROOT_TOKEN_FILE --out {layout.config_dir}/{CREDENTIALS}",
-        f"Review {layout.config_dir}/sovereign.toml (OIDC issuer, TLS files, OpenBao role id, policy).",
+        f"Copy OpenBao's CA to {layout.config_dir}/tls/openbao-ca.pem (root:{layout.user} 0640), then "
+        f"bootstrap OpenBao as the service user (it writes the AppRole files there; the root token is "
+        f"read from standard input): {as_user} {bin_dir}/sovereign kms bootstrap --addr "
+        f"https://127.0.0.1:8200 --ca-cert {layout.config_dir}/tls/openbao-ca.pem --token-file - "
+        f"--out {layout.config_dir}/{CREDENTIALS} < ROOT_TOKEN_FILE",
+        f"Put the control plane's TLS files in {layout.config_dir}/tls/ (root:{layout.user} 0640) and "
+        f"review {layout.config_dir}/sovereign.toml (OIDC issuer, TLS files, OpenBao role id, policy).",
     ]
     steps += [
         f"Import collateral: {as_user} {bin_dir}/sovereign collateral import --bundle {share}/{path} "

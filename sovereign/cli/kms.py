@@ -9,12 +9,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from attestation.coded import CodedError
 from kms.config import BAO_TOKEN_ENV, OPTION, env_value
 from kms.errors import Code, KmsError
 from kms.openbao import bootstrap as boot
 from kms.openbao.data_owner import OWNER_POLICY_HCL
 from kms.openbao.vault import BaoSettings, TokenAuth
-from sovereign.cli._installed import bao_endpoint
+from sovereign.cli._installed import bao_endpoint, refuse_root_on_service_files
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.cli._signals import stop_signals_interrupt
 from sovereign.devtools.openbao_server import OpenBaoServer
@@ -80,10 +81,12 @@ def _print_report(report: boot.BootstrapReport, as_json: bool) -> None:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     try:
+        # the AppRole files are the service's: root would leave them unreadable to it
+        refuse_root_on_service_files(args.out, "the credentials folder", Code.KMS_CONFIG_INVALID.value)
         settings = bao_settings(args, operator=True)
         assert isinstance(settings.auth, TokenAuth)
         report = boot.bootstrap(settings.addr, settings.auth.token, args.out, ca_cert=settings.ca_cert)
-    except KmsError as err:
+    except (KmsError, CodedError) as err:
         return fail(err, as_json=args.json)
     _print_report(report, args.json)
     return 0

@@ -134,6 +134,7 @@ def _created_and_owned(bundle: Path, site: Path, service_users: str) -> None:
     assert owner(layout.config_dir) == ("root", user.pw_name, "0o750")
     assert owner(layout.config_dir / "sovereign.toml") == ("root", user.pw_name, "0o640")
     assert owner(layout.config_dir / "openbao") == (user.pw_name, user.pw_name, "0o700")
+    assert owner(layout.config_dir / "tls") == ("root", user.pw_name, "0o750")
     assert owner(layout.data_dir) == (user.pw_name, user.pw_name, "0o700")
     assert owner(layout.data_dir / "collateral") == (user.pw_name, user.pw_name, "0o700")
     assert owner(layout.openbao_config_dir / "openbao.hcl") == ("root", bao.pw_name, "0o640")

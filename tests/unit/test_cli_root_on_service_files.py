@@ -70,3 +70,14 @@ def test_other_users_and_root_owned_paths_are_not_refused(
     owned_by_root.mkdir()
     if os.geteuid() == 0:  # root's own folder: root may write it
         _installed.refuse_root_on_service_files(owned_by_root / "x.db", "the database", "STORAGE_ERROR")
+
+
+@pytest.mark.usefixtures("as_root")
+def test_root_does_not_bootstrap_into_a_service_users_credentials_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _service_owned(tmp_path / "openbao")
+    argv = ["kms", "bootstrap", "--addr", "http://127.0.0.1:9", "--token-file", "-", "--out", str(out)]
+    error = _error(capsys, argv)  # refused before the token is read or OpenBao is called
+    assert error["code"] == "KMS_CONFIG_INVALID" and str(out) in error["message"]
+    assert list(out.iterdir()) == []
