@@ -39,7 +39,9 @@ def _kubernetes_hcl() -> str:
 
 def shipped() -> dict[str, str]:
     out = {
-        p.relative_to(ROOT).as_posix(): p.read_text() for p in sorted(OPENBAO.rglob("*.hcl")) if p not in POLICIES
+        p.relative_to(ROOT).as_posix(): p.read_text()
+        for p in sorted(OPENBAO.rglob("*.hcl"))
+        if p not in POLICIES
     }
     out["deploy/kubernetes/openbao.yaml#openbao.hcl"] = _kubernetes_hcl()
     return out
