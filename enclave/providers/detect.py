@@ -12,6 +12,7 @@ from pathlib import Path
 
 from attestation.claims import Tee
 from enclave.errors import NodeCode, NodeError
+from enclave.choices import PROVIDER_NAMES
 from enclave.providers import configfs, sevguest, tdxguest
 from enclave.providers.base import EvidenceProvider
 from enclave.providers.configfs import ConfigfsTsmProvider, TsmFs
@@ -19,7 +20,6 @@ from enclave.providers.sevguest import SevGuestProvider
 from enclave.providers.simulated import Minter, SimulatedProvider
 from enclave.providers.tdxguest import TdxGuestProvider
 
-PROVIDER_NAMES = ("configfs-tsm", "sev-guest", "tdx-guest", "simulated-snp", "simulated-tdx")
 DEFAULT_DEVICES: Mapping[str, Path] = {
     "sev-guest": sevguest.DEFAULT_DEVICE,
     "tdx-guest": tdxguest.DEFAULT_DEVICE,
