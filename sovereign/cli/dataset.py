@@ -26,7 +26,7 @@ from kms.openbao.vault import BaoSettings, OpenBaoTransit
 from sovereign.cli._local_ledger import key_fields, record_local
 from sovereign.cli._output import fail, print_ok
 from sovereign.cli.key import open_catalogue, open_local
-from sovereign.cli.kms import host_bao_addr
+from sovereign.cli.kms import host_bao_addr, host_bao_ca_cert
 
 OWNER_ROLE_ID_ENV = "SOVEREIGN_BAO_OWNER_ROLE_ID"
 OWNER_SECRET_ID_FILE_ENV = "SOVEREIGN_BAO_OWNER_SECRET_ID_FILE"  # noqa: S105 (a variable name)
@@ -92,7 +92,7 @@ def _owner_settings(args: argparse.Namespace) -> BaoSettings | None:
         addr=args.addr or host_bao_addr(),
         role_id=role_id,
         secret_id_file=Path(secret),
-        ca_cert=args.ca_cert,
+        ca_cert=args.ca_cert or host_bao_ca_cert(),  # like the address: found the way key commands find it
     )
 
 

@@ -26,6 +26,11 @@ def host_bao_addr() -> str | None:
     return _from_host_config("bao_addr")
 
 
+def host_bao_ca_cert() -> str | None:
+    """The installed host config's CA for OpenBao's TLS, if any."""
+    return _from_host_config("bao_ca_cert")
+
+
 MAX_TOKEN = 4096
 
 

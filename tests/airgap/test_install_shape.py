@@ -216,6 +216,7 @@ def test_keygen_prints_a_fingerprint_openssl_agrees_with_and_refuses_unsafe_name
     assert text.returncode == 0 and re.search(r"^fingerprint: sha256:[0-9a-f]{64}$", text.stdout, re.M), (
         text.stdout
     )
+    assert "openssl pkey -pubin -in collateral.pub.pem -outform DER" in text.stdout  # the file's own name
 
     for bad in ("../evil", "/tmp/evil", "a/b", "..", ".hidden", "", "x" * 65, "evil\n"):
         run = _sovereign("bundle", "keygen", "--out", out, "--name", bad)
