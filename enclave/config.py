@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from enclave.choices import GPU_CHOICES, PROVIDER_CHOICES
 from enclave.client import DEFAULT_TIMEOUT, ControlPlaneClient
 from enclave.errors import NodeCode, NodeError
-from enclave.choices import GPU_CHOICES, PROVIDER_CHOICES
 from enclave.providers import EvidenceProvider, detect_provider
 from enclave.providers.gpu import MAX_SIMULATED_GPUS, REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
 

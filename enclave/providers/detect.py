@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from attestation.claims import Tee
-from enclave.errors import NodeCode, NodeError
 from enclave.choices import PROVIDER_NAMES
+from enclave.errors import NodeCode, NodeError
 from enclave.providers import configfs, sevguest, tdxguest
 from enclave.providers.base import EvidenceProvider
 from enclave.providers.configfs import ConfigfsTsmProvider, TsmFs
