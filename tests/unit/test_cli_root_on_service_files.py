@@ -13,18 +13,19 @@ import pytest
 from sovereign.cli import _installed, main
 
 NOBODY = 65534
+AS_ROOT = os.geteuid() == 0  # the real one: tests below pretend to be root
 
 
 def _service_owned(folder: Path) -> Path:
     folder.mkdir()
-    if os.geteuid() == 0:
+    if AS_ROOT:
         os.chown(folder, NOBODY, NOBODY)  # else the folder is ours, and we are not root either
     return folder
 
 
 @pytest.fixture
 def as_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_installed.os, "geteuid", lambda: 0)
+    monkeypatch.setattr("sovereign.cli._installed.os.geteuid", lambda: 0)
 
 
 def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, str]:
@@ -63,12 +64,12 @@ def test_other_users_and_root_owned_paths_are_not_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = _service_owned(tmp_path / "collateral")
-    monkeypatch.setattr(_installed.os, "geteuid", lambda: NOBODY)  # not root: nothing to protect
+    monkeypatch.setattr("sovereign.cli._installed.os.geteuid", lambda: NOBODY)  # not root: nothing to protect
     _installed.refuse_root_on_service_files(store, "the collateral store", "COLLATERAL_STORE_ERROR")
-    monkeypatch.setattr(_installed.os, "geteuid", lambda: 0)
+    monkeypatch.setattr("sovereign.cli._installed.os.geteuid", lambda: 0)
     owned_by_root = tmp_path / "root-owned"
     owned_by_root.mkdir()
-    if os.geteuid() == 0:  # root's own folder: root may write it
+    if AS_ROOT:  # root's own folder: root may write it
         _installed.refuse_root_on_service_files(owned_by_root / "x.db", "the database", "STORAGE_ERROR")
 
 
