@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -369,21 +370,20 @@ def verify_archive(archive: Path, public_key: Path, verifier: Verifier = verify_
 
 def extract_archive(archive: Path, dest: Path) -> Path:
     """Extract a verified tarball with the ``data`` filter (no absolute paths, links out, devices);
-    returns its one top folder."""
+    returns its one top folder. A Python without the filter (before 3.11.4: Debian 12's 3.11.2) gets
+    only what a bundle holds, plain files and folders under relative names, anything else refused."""
     import tarfile
 
-    if not hasattr(tarfile, "data_filter"):
-        raise BundleError(
-            f"this Python ({sys.version.split()[0]}) has no safe tar extraction filter",
-            code=BundleCode.BUNDLE_INSTALL_FAILED,
-            hint="use Python 3.11.4 or newer, or extract the verified tarball with tar and give the folder",
-        )
     try:
         with tarfile.open(archive) as tar:
-            tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+            members = tar.getmembers()
+            tops = {m.name.split("/", 1)[0] for m in members}
             if len(tops) != 1:
                 raise _manifest(f"{archive} must hold exactly one top folder")
-            tar.extractall(dest, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:
+                _extract_plain(tar, members, dest, archive)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BundleError(
             f"cannot extract {archive}: {exc}",
@@ -391,6 +391,23 @@ def extract_archive(archive: Path, dest: Path) -> Path:
             hint="get the bundle again",
         ) from None
     return dest / tops.pop()
+
+
+def _extract_plain(tar: Any, members: list[Any], dest: Path, archive: Path) -> None:
+    for member in members:
+        if not _safe_relative(member.name) or not (member.isfile() or member.isdir()):
+            raise _manifest(f"{archive}: {member.name!r} is not a plain file or folder under a relative name")
+    for member in members:
+        target = dest / member.name
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file always has content
+        with source, target.open("xb") as out:
+            shutil.copyfileobj(source, out)
+        target.chmod(member.mode & 0o755)  # keeps install.sh executable; no set-id or group/other write
 
 
 def check_platform(manifest: Manifest) -> None:
