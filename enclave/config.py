@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from enclave.choices import GPU_CHOICES, PROVIDER_CHOICES
 from enclave.client import DEFAULT_TIMEOUT, ControlPlaneClient
 from enclave.errors import NodeCode, NodeError
-from enclave.providers import PROVIDER_NAMES, EvidenceProvider, detect_provider
+from enclave.providers import EvidenceProvider, detect_provider
 from enclave.providers.gpu import MAX_SIMULATED_GPUS, REPORT_FAULTS, GpuEvidenceSource, NoGpu, SimulatedGpus
 
-PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
-GPU_CHOICES = ("none", "nvml", "simulated")
 SIMULATED = frozenset({"simulated-snp", "simulated-tdx"})
 ENV_PREFIX = "SOVEREIGN_NODE_"
 DEFAULT_RENEW_MARGIN = timedelta(seconds=60)

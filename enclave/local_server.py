@@ -258,9 +258,17 @@ class LocalApiServer:
                 op, peer.pid, peer.uid, reply.get("stream_code"), ref, reply.get("chunk", "-"),
             )  # fmt: skip
             return reply, b""
-        if op in ("open_chunk", "seal_chunk"):
+        per_chunk = op in ("open_chunk", "seal_chunk")
+        if per_chunk:
             self.agent.counters.chunk(ref.rsplit("@v", 1)[0], "open" if op == "open_chunk" else "seal")
-        log.info("node agent: %s for pid %d uid %d", what, peer.pid, peer.uid)
+        # a line per chunk (one per MiB read) is for debugging; a stream's start and abort stay visible
+        log.log(
+            logging.DEBUG if per_chunk else logging.INFO,
+            "node agent: %s for pid %d uid %d",
+            what,
+            peer.pid,
+            peer.uid,
+        )
         return reply, data
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:

@@ -218,6 +218,16 @@ function makeProvider(realm, issuer, keys) {
     },
     ['username', 'password', 'scope'],
   );
+  // Keycloak's token responses carry refresh_expires_in whatever the grant (device code, refresh,
+  // authorization code); oidc-provider leaves it out: add it from the refresh token itself.
+  provider.use(async (ctx, next) => {
+    await next();
+    const body = ctx.body;
+    if (ctx.method !== 'POST' || !ctx.path.endsWith('/token') || !body || typeof body !== 'object') return;
+    if (!body.refresh_token || body.refresh_expires_in !== undefined) return;
+    const rt = await provider.RefreshToken.find(body.refresh_token);
+    if (rt && rt.exp) body.refresh_expires_in = Math.max(0, rt.exp - Math.floor(Date.now() / 1000));
+  });
   const allowed = provider.Client.prototype.redirectUriAllowed;
   provider.Client.prototype.redirectUriAllowed = function redirectUriAllowed(value) {
     return allowed.call(this, value) || (this.clientId === 'sovereign' && consoleCallback(value));

@@ -1,5 +1,6 @@
 # OpenBao server configuration for the sovereign control plane (production shape).
-# Copy to /etc/openbao/openbao.hcl and replace every <PLACEHOLDER>. See README.md in this folder.
+# The installer renders it to /etc/openbao/openbao.hcl (--openbao-config-dir); replace every
+# <PLACEHOLDER> there. See README.md in this folder.
 
 ui = false
 

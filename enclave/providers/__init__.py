@@ -4,9 +4,10 @@
 ``get_evidence(report_data) -> Evidence`` and raises ``enclave.errors.NodeError`` on failure.
 """
 
+from enclave.choices import PROVIDER_NAMES
 from enclave.providers.base import Evidence, EvidenceProvider, check_evidence, check_report_data
 from enclave.providers.configfs import ConfigfsTsmProvider, TsmFs
-from enclave.providers.detect import PROVIDER_NAMES, detect_provider
+from enclave.providers.detect import detect_provider
 from enclave.providers.sevguest import SevGuestProvider
 from enclave.providers.simulated import (
     Minter,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from attestation.claims import Tee
+from enclave.choices import PROVIDER_NAMES
 from enclave.errors import NodeCode, NodeError
 from enclave.providers import configfs, sevguest, tdxguest
 from enclave.providers.base import EvidenceProvider
@@ -19,7 +20,6 @@ from enclave.providers.sevguest import SevGuestProvider
 from enclave.providers.simulated import Minter, SimulatedProvider
 from enclave.providers.tdxguest import TdxGuestProvider
 
-PROVIDER_NAMES = ("configfs-tsm", "sev-guest", "tdx-guest", "simulated-snp", "simulated-tdx")
 DEFAULT_DEVICES: Mapping[str, Path] = {
     "sev-guest": sevguest.DEFAULT_DEVICE,
     "tdx-guest": tdxguest.DEFAULT_DEVICE,

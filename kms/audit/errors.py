@@ -47,7 +47,10 @@ _HINTS: dict[Code, str] = {
         "the stored ledger does not match its own tree or signed checkpoints: restore the database from a "
         "backup and compare with the last export; do not serve from it"
     ),
-    Code.AUDIT_NOT_FOUND: "ask for a tree size that has a checkpoint: sovereign audit tail shows the latest",
+    Code.AUDIT_NOT_FOUND: (
+        "ask for a tree size that has a signed checkpoint: 'sovereign audit checkpoint -o FILE' saves the "
+        "latest and prints its size"
+    ),
     Code.AUDIT_SIGNER_FAILED: (
         "the control plane could not sign a checkpoint with the OpenBao transit audit key: check OpenBao "
         "and the sovereign-control-plane policy (transit/sign/sovereign-audit)"

@@ -5,6 +5,7 @@ back off exponentially, both bounded; 404 and other 4xx fail at once. Sleep and 
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ def get_with_retries(
     content_type: str = "application/octet-stream",
 ) -> HttpResponse:
     """GET ``url`` (or POST ``body`` to it, when given) with the retry rules above."""
-    last = ""
+    last, unreachable = "", False
     for attempt in range(policy.attempts):
         delay = min(policy.base_delay * 2**attempt, policy.max_delay)
         try:
@@ -111,8 +112,9 @@ def get_with_retries(
                     f"{url}: this HTTP client cannot POST", code=Code.COLLATERAL_FETCH_FAILED
                 )
         except OSError as exc:
-            last = f"connection failed ({exc})"
+            last, unreachable = f"connection failed ({exc})", True
         else:
+            unreachable = False
             if response.status == 200:
                 return response
             if response.status == 404:
@@ -133,8 +135,14 @@ def get_with_retries(
                 )
         if attempt + 1 < policy.attempts:
             sleep(delay)
+    host = urllib.parse.urlsplit(url).hostname or url
     raise CollateralError(
         f"{url}: {last} after {policy.attempts} attempts",
         code=Code.COLLATERAL_FETCH_FAILED,
-        hint="try again later (the service may be rate limiting or down)",
+        hint=(
+            f"this machine cannot reach {host}: check its DNS, proxy (HTTPS_PROXY) and firewall; collateral "
+            "fetch runs on the connected side, and the air-gapped site imports the bundle it writes"
+            if unreachable
+            else "try again later (the service is rate limiting or answering with server errors)"
+        ),
     )

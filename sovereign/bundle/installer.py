@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -369,21 +370,20 @@ def verify_archive(archive: Path, public_key: Path, verifier: Verifier = verify_
 
 def extract_archive(archive: Path, dest: Path) -> Path:
     """Extract a verified tarball with the ``data`` filter (no absolute paths, links out, devices);
-    returns its one top folder."""
+    returns its one top folder. A Python without the filter (before 3.11.4: Debian 12's 3.11.2) gets
+    only what a bundle holds, plain files and folders under relative names, anything else refused."""
     import tarfile
 
-    if not hasattr(tarfile, "data_filter"):
-        raise BundleError(
-            f"this Python ({sys.version.split()[0]}) has no safe tar extraction filter",
-            code=BundleCode.BUNDLE_INSTALL_FAILED,
-            hint="use Python 3.11.4 or newer, or extract the verified tarball with tar and give the folder",
-        )
     try:
         with tarfile.open(archive) as tar:
-            tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+            members = tar.getmembers()
+            tops = {m.name.split("/", 1)[0] for m in members}
             if len(tops) != 1:
                 raise _manifest(f"{archive} must hold exactly one top folder")
-            tar.extractall(dest, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:
+                _extract_plain(tar, members, dest, archive)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BundleError(
             f"cannot extract {archive}: {exc}",
@@ -391,6 +391,23 @@ def extract_archive(archive: Path, dest: Path) -> Path:
             hint="get the bundle again",
         ) from None
     return dest / tops.pop()
+
+
+def _extract_plain(tar: Any, members: list[Any], dest: Path, archive: Path) -> None:
+    for member in members:
+        if not _safe_relative(member.name) or not (member.isfile() or member.isdir()):
+            raise _manifest(f"{archive}: {member.name!r} is not a plain file or folder under a relative name")
+    for member in members:
+        target = dest / member.name
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file always has content
+        with source, target.open("xb") as out:
+            shutil.copyfileobj(source, out)
+        target.chmod(member.mode & 0o755)  # keeps install.sh executable; no set-id or group/other write
 
 
 def check_platform(manifest: Manifest) -> None:
@@ -655,6 +672,7 @@ def lay_out_config(root: Path, layout: Layout) -> list[str]:
     folders = [
         (layout.config_dir, 0o750, root_svc),
         (layout.config_dir / CREDENTIALS, 0o700, svc),
+        (layout.config_dir / "tls", 0o750, root_svc),  # sovereign.toml's TLS files and OpenBao's CA
         (layout.data_dir, 0o700, svc),
         (layout.data_dir / "collateral", 0o700, svc),
         (layout.openbao_config_dir, 0o750, root_bao),
@@ -698,10 +716,13 @@ def next_steps(layout: Layout, manifest: Manifest) -> str:
         f"OpenBao: put its TLS certificate and key in {layout.openbao_config_dir}/tls/, fill the <...> "
         f"values in {layout.openbao_config_dir}/openbao.hcl, start it (unit below), then initialise and "
         f"unseal it: {share}/deploy/openbao/README.md",
-        f"Bootstrap it as the service user (it writes the AppRole files there): {as_user} "
-        f"{bin_dir}/sovereign kms bootstrap --addr https://127.0.0.1:8200 --ca-cert CA.pem "
-        f"--token-file ROOT_TOKEN_FILE --out {layout.config_dir}/{CREDENTIALS}",
-        f"Review {layout.config_dir}/sovereign.toml (OIDC issuer, TLS files, OpenBao role id, policy).",
+        f"Copy OpenBao's CA to {layout.config_dir}/tls/openbao-ca.pem (root:{layout.user} 0640), then "
+        f"bootstrap OpenBao as the service user (it writes the AppRole files there; the root token is "
+        f"read from standard input): {as_user} {bin_dir}/sovereign kms bootstrap --addr "
+        f"https://127.0.0.1:8200 --ca-cert {layout.config_dir}/tls/openbao-ca.pem --token-file - "
+        f"--out {layout.config_dir}/{CREDENTIALS} < ROOT_TOKEN_FILE",
+        f"Put the control plane's TLS files in {layout.config_dir}/tls/ (root:{layout.user} 0640) and "
+        f"review {layout.config_dir}/sovereign.toml (OIDC issuer, TLS files, OpenBao role id, policy).",
     ]
     steps += [
         f"Import collateral: {as_user} {bin_dir}/sovereign collateral import --bundle {share}/{path} "
@@ -725,12 +746,31 @@ def next_steps(layout: Layout, manifest: Manifest) -> str:
     return "\n".join(head + [f"  {n}. {step}" for n, step in enumerate(steps, 1)])
 
 
+def check_python_shared(executable: str = sys.executable, base_prefix: str = sys.base_prefix) -> None:
+    """The release's virtual environment runs this Python (its ``bin/python`` links to it), as the service
+    users: every folder on the way to the interpreter and its standard library must be searchable by
+    others. A Python under /root (pyenv, a user's build) installs fine and then fails to start every
+    service with "Permission denied"; refuse it before writing anything."""
+    for target in (Path(os.path.realpath(executable)), Path(os.path.realpath(base_prefix)) / "lib"):
+        for folder in reversed(target.parents):
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                raise BundleError(
+                    f"the Python running the installer ({executable}) is not usable by the service users: "
+                    f"{folder} is not searchable by others",
+                    code=BundleCode.BUNDLE_LAYOUT_INVALID,
+                    hint="run the installer with a system-wide Python 3.11: "
+                    "SOVEREIGN_PYTHON=/usr/bin/python3.11 ./install.sh ...",
+                )
+
+
 def install(
     root: Path, public_key: Path, layout: Layout, *, verifier: Verifier = verify_with_openssl
 ) -> tuple[Manifest, Path, list[str]]:
     manifest = verify_bundle(root, public_key, verifier)
     check_platform(manifest)
     layout.check()
+    if layout.manage_users:
+        check_python_shared()
     users = ensure_users(layout)
     old_umask = os.umask(
         0o022

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import os
+import pwd
 from pathlib import Path
 from typing import Any
 
+from attestation.coded import CodedError
 from kms.config import OPTION, config_path, read_settings
 
 DEV_DB = "var/sovereign.db"
@@ -82,3 +84,26 @@ def bao_endpoint(name: str) -> str | None:
     assert name in ("bao_addr", "bao_ca_cert") and name in OPTION
     value = installed(name)
     return str(value) if value else None
+
+
+def refuse_root_on_service_files(path: Path, what: str, code: str) -> None:
+    """Refuse to write ``path`` as root when a service user owns it (or the folder it would be made in):
+    root would leave files (an index, objects, the database's -wal and -shm) the service cannot read.
+    The hint says how to run it as that user."""
+    if os.geteuid() != 0:
+        return
+    target = next((p for p in (path, *path.parents) if p.exists()), None)
+    if target is None:
+        return
+    uid = target.stat().st_uid
+    if uid == 0:
+        return
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = str(uid)
+    raise CodedError(
+        code,
+        f"{what} {path} belongs to {owner}: as root this command would leave files {owner} cannot read",
+        f"run the same command as the service user: prefix it with 'runuser -u {owner} --'",
+    )

@@ -24,7 +24,6 @@ from pathlib import Path
 from types import FrameType
 
 from enclave.agent import NodeAgent
-from enclave.agent_metrics import AgentCollector, serve_metrics
 from enclave.config import (
     AgentSettings,
     NodeConfig,
@@ -114,6 +113,9 @@ def _running_agent(
     try:
         server.start()
         if settings.metrics_listen:
+            # prometheus_client only for an agent that serves metrics (most do not)
+            from enclave.agent_metrics import AgentCollector, serve_metrics
+
             metrics = serve_metrics(
                 AgentCollector(resident, lambda: server.streams.sealing), settings.metrics_listen
             )

@@ -184,7 +184,7 @@ def _row(item: AuditRecord) -> dict[str, Any]:
 
 def _people(rows: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
     """Rows as people read them: the operator's username for the actor (the subject is the record),
-    and the node's name (from entries that carry it) for its id."""
+    and the node's name for its id (``names``: from entries that carry it, else looked up)."""
     for row in rows:
         fields = row["fields"]
         if isinstance(fields.get("node_name"), str) and row["node_id"]:
@@ -193,15 +193,36 @@ def _people(rows: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str,
     for row in rows:
         username = row["fields"].get("username")
         node_id = row["node_id"]
-        node = f"{names[node_id]} ({node_id[:8]})" if node_id in names else node_id
+        node = f"{names[node_id]} ({node_id[:8]})" if names.get(node_id) else node_id
         out.append(
             {**row, "who": username if isinstance(username, str) and username else row["actor"], "node": node}
         )
     return out
 
 
-def _print(rows: list[dict[str, Any]], as_json: bool, names: dict[str, str], *, follow: bool = False) -> None:
-    """One envelope (``entries``), or with ``--follow`` one envelope per line (``entry``)."""
+def _name_nodes(client: AuditClient, rows: list[dict[str, Any]], names: dict[str, str]) -> None:
+    """Add to ``names`` the name of every node in ``rows`` not named yet: a node's first ledger entry is
+    its registration, which carries the name it registered under (one small call per node; a node with
+    no such entry keeps its id, recorded as "" so it is asked once)."""
+    _people(rows, names)
+    for node_id in dict.fromkeys(row["node_id"] for row in rows if row["node_id"]):
+        if node_id in names:
+            continue
+        first = client.list_entries(node_id=node_id, page_size=1).entries
+        name = Entry.decode(first[0].canonical).fields.get("node_name") if first else None
+        names[node_id] = name if isinstance(name, str) else ""
+
+
+def _print(
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    names: dict[str, str],
+    *,
+    follow: bool = False,
+    empty: str = "",
+) -> None:
+    """One envelope (``entries``), or with ``--follow`` one envelope per line (``entry``); for people, a
+    table, or ``empty`` when there is no row."""
     if as_json and follow:
         for row in rows:
             print(json.dumps({"ok": True, "entry": row}, sort_keys=True), flush=True)
@@ -210,6 +231,8 @@ def _print(rows: list[dict[str, Any]], as_json: bool, names: dict[str, str], *, 
     elif rows:
         print_table(_people(rows, names), COLUMNS)
         sys.stdout.flush()
+    elif empty:
+        print(empty, flush=True)
 
 
 def _page(client: AuditClient, **query: Any) -> tuple[list[dict[str, Any]], str]:
@@ -237,10 +260,16 @@ def _tail(args: argparse.Namespace, client: AuditClient) -> int:
             break
     names: dict[str, str] = {}
     _people(rows, names)  # names of nodes that registered earlier in what was read
-    _print(rows[-args.lines :] if args.lines > 0 else [], args.json, names, follow=args.follow)
+    shown = rows[-args.lines :] if args.lines > 0 else []
+    if not args.json:
+        _name_nodes(client, shown, names)
+    empty = "the ledger has no entries yet" if not rows and not args.follow else ""
+    _print(shown, args.json, names, follow=args.follow, empty=empty)
     while args.follow:
         time.sleep(1.0)
         page, nxt = _page(client, page_token=token, page_size=1000)
+        if not args.json:
+            _name_nodes(client, page, names)
         _print(page, args.json, names, follow=True)
         if page:
             token = str(page[-1]["seq"] + 1)
@@ -277,7 +306,10 @@ def _query(args: argparse.Namespace, client: AuditClient) -> int:
         rows += page
         if not token:
             break
-    _print(rows, args.json, {})
+    names: dict[str, str] = {}
+    if not args.json:
+        _name_nodes(client, rows, names)
+    _print(rows, args.json, names, empty="no entries match the query")
     return 0
 
 
@@ -337,10 +369,28 @@ def _public_key(args: argparse.Namespace, client: AuditClient) -> int:
     return 0
 
 
+CHECKPOINT_SIZES = (
+    "a size must be that of a signed checkpoint: the size 'sovereign audit checkpoint -o FILE' printed when "
+    "you saved one, or the size of a checkpoint line in an export (checkpoints are signed about once a second "
+    "while entries are added, so most sizes have none); --size 0 is the latest"
+)
+
+
+def _checkpoint_of(client: AuditClient, size: int, option: str) -> Checkpoint:
+    try:
+        return client.checkpoint(size)
+    except OperatorError as err:
+        if err.code != Code.AUDIT_NOT_FOUND.value or size == 0:
+            raise
+        raise OperatorError(
+            err.code, f"{option} {size}: {err.message}", CHECKPOINT_SIZES, err.status
+        ) from None
+
+
 @_remote
 def _proof(args: argparse.Namespace, client: AuditClient) -> int:
     keys = load_audit_keys(_read(args.public_key, "public key file", MAX_KEY_FILE))
-    cp = client.checkpoint(args.size)
+    cp = _checkpoint_of(client, args.size, "--size")
     keys.verify(cp)
     if args.leaf is not None:
         hashes = list(client.inclusion_proof(args.leaf, cp.size))
@@ -351,7 +401,7 @@ def _proof(args: argparse.Namespace, client: AuditClient) -> int:
         verify_inclusion(args.leaf, cp.size, leaf, hashes, cp.root)
         out: dict[str, Any] = {"kind": "inclusion", "leaf_index": args.leaf, "tree_size": cp.size}
     else:
-        first = client.checkpoint(args.first)
+        first = _checkpoint_of(client, args.first, "--first")
         keys.verify(first)
         hashes = list(client.consistency_proof(first.size, cp.size))
         verify_consistency(first.size, cp.size, first.root, cp.root, hashes)

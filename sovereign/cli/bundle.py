@@ -26,7 +26,8 @@ def _keygen(args: argparse.Namespace) -> int:
     print(f"public key:  {pair.public_key} (give it to every site)")
     print(f"fingerprint: {pair.fingerprint}")
     print(
-        "  sites compare it, out of band, with: openssl pkey -pubin -in NAME.pub.pem -outform DER | sha256sum"
+        "  sites compare it, out of band, with: "
+        f"openssl pkey -pubin -in {pair.public_key.name} -outform DER | sha256sum"
     )
     return 0
 

@@ -4,18 +4,19 @@ bundles that carry collateral from the connected side to air-gapped sites."""
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from attestation import collateral_bundle
+from attestation.coded import CodedError
 from attestation.collateral import classify
 from attestation.errors import AttestationError, Code, CollateralError
 from attestation.store import CollateralStore
 from sovereign.cli._common import default_collateral_store, load_trust
-from sovereign.cli._output import fail, print_json, print_ok, print_table
+from sovereign.cli._installed import refuse_root_on_service_files
+from sovereign.cli._output import UsageError, fail, print_json, print_ok, print_table
 
 
 def _signers(paths: list[Path]) -> list[Ed25519PublicKey]:
@@ -30,7 +31,12 @@ def _read(path: Path) -> bytes:
 
 
 def _import(args: argparse.Namespace) -> int:
-    store = CollateralStore(args.store or default_collateral_store())
+    root = args.store or default_collateral_store()
+    try:
+        refuse_root_on_service_files(root, "the collateral store", Code.COLLATERAL_STORE_ERROR.value)
+    except CodedError as err:
+        return fail(err, as_json=args.json)
+    store = CollateralStore(root)
     try:
         trust, now = load_trust(args.trust), datetime.now(UTC)
         if args.bundle is not None:
@@ -39,8 +45,7 @@ def _import(args: argparse.Namespace) -> int:
         elif args.files:
             report = store.import_files(args.files, trust=trust, now=now)
         else:
-            print("error: give --bundle FILE or collateral FILEs", file=sys.stderr)
-            return 2
+            raise UsageError("give --bundle FILE or collateral FILEs")
     except AttestationError as err:
         return fail(err, as_json=args.json)
     if args.json:

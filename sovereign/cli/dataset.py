@@ -1,9 +1,12 @@
 """``sovereign dataset encrypt|decrypt``: the data owner's and the custodian's side of sealed streams.
 
-Encrypt takes the key's current version from the catalogue (unwrapped by OpenBao, in memory only) and
-writes a sealed stream whose header names ``NAME@vVERSION``; decrypt reads that name back from the header,
-so a file always opens with the version that sealed it. Output appears under its final name only when
-complete (temp file, fsync, rename).
+Encrypt seals with the data owner's own OpenBao identity (AppRole ``sovereign-data-owner``): OpenBao makes
+a new data key, its wrapped form becomes the key's next version (a ``key.rotate`` entry) and the stream's
+header names ``NAME@vVERSION``; the control plane's role is never used to seal, so every KEK decrypt in
+OpenBao's log stays a recorded release. Without the owner identity encrypt refuses before any OpenBao call
+(nothing reached a server, nothing to record); an owner call OpenBao refuses is an ``operator.refused``
+entry. Decrypt reads the name back from the header, so a file always opens with the version that sealed
+it. Output appears under its final name only when complete (temp file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import argparse
 import os
 from pathlib import Path
 
-from kms.audit.entry import Kind
-from kms.domain.catalogue import DataKey, KeyKind, validate_name
+from kms.audit.entry import Kind, Reason
+from kms.domain.catalogue import DataKey, KeyKind, require_kind, require_usable, validate_name
 from kms.envelope import read_header
 from kms.envelope.errors import EnvelopeError
 from kms.envelope.files import decrypt_file, encrypt_file
@@ -23,20 +26,27 @@ from kms.openbao.vault import BaoSettings, OpenBaoTransit
 from sovereign.cli._local_ledger import key_fields, record_local
 from sovereign.cli._output import fail, print_ok
 from sovereign.cli.key import open_catalogue, open_local
-from sovereign.cli.kms import host_bao_addr
+from sovereign.cli.kms import host_bao_addr, host_bao_ca_cert
 
 OWNER_ROLE_ID_ENV = "SOVEREIGN_BAO_OWNER_ROLE_ID"
 OWNER_SECRET_ID_FILE_ENV = "SOVEREIGN_BAO_OWNER_SECRET_ID_FILE"  # noqa: S105 (a variable name)
+OWNER_HINT = (
+    f"pass --owner-role-id and --owner-secret-id-file (or {OWNER_ROLE_ID_ENV} and {OWNER_SECRET_ID_FILE_ENV}): "
+    "the files owner-role-id and owner-secret-id that 'sovereign kms bootstrap --out DIR' writes"
+)
 
 
 def _encrypt(args: argparse.Namespace) -> int:
     try:
-        _check_inputs(args)  # every refusal that needs no key comes before OpenBao unwraps one
+        _check_inputs(args)  # every refusal that needs no key comes before OpenBao is called
         owner = _owner_settings(args)
-        if owner is not None:
-            key = _owner_key(args, owner)
-        else:
-            key = open_catalogue(args, bao=True).unwrap(args.key, kind=KeyKind.DATASET)
+        if owner is None:
+            raise KmsError(
+                "sealing needs the data owner's own OpenBao identity",
+                code=Code.KMS_CONFIG_INVALID,
+                hint=OWNER_HINT,
+            )
+        key = _owner_key(args, owner)
         info = encrypt_file(
             key.plaintext, args.input, args.output, key_ref=format_key_ref(key.name, key.version)
         )
@@ -76,14 +86,13 @@ def _owner_settings(args: argparse.Namespace) -> BaoSettings | None:
         raise KmsError(
             "the data owner identity needs both a role id and a secret id file",
             code=Code.KMS_CONFIG_INVALID,
-            hint="pass --owner-role-id and --owner-secret-id-file (files owner-role-id, owner-secret-id of "
-            "'sovereign kms bootstrap')",
+            hint=OWNER_HINT,
         )
     return BaoSettings.resolve(
         addr=args.addr or host_bao_addr(),
         role_id=role_id,
         secret_id_file=Path(secret),
-        ca_cert=args.ca_cert,
+        ca_cert=args.ca_cert or host_bao_ca_cert(),  # like the address: found the way key commands find it
     )
 
 
@@ -91,10 +100,18 @@ def _owner_key(args: argparse.Namespace, owner: BaoSettings) -> DataKey:
     """Seal under a key version the owner made itself (no decrypt by anyone), added to the catalogue
     and recorded in the ledger as a ``key.rotate`` by the local operator."""
     catalogue, store = open_local(args, bao=False)
-    catalogue.describe(args.key)  # unknown, destroyed or wrong-kind keys are refused before OpenBao
+    record = catalogue.describe(args.key)  # unknown, unusable or wrong-kind keys: refused before OpenBao
+    require_usable(record)
+    require_kind(record, KeyKind.DATASET)
     transit = OpenBaoTransit(owner)
     try:
         plaintext, wrapped = transit.generate_plaintext_data_key()
+    except KmsError as err:
+        if err.code is not Code.KMS_UNAVAILABLE:  # it reached OpenBao and was refused: on the record
+            reason = Reason(str(err.code), err.message)
+            fields = {"key_name": args.key, "comment": "data owner seal refused by OpenBao"}
+            record_local(store, Kind.OPERATOR_REFUSED, fields, [reason])
+        raise
     finally:
         transit.close()
     record = catalogue.add_wrapped_version(args.key, wrapped, kind=KeyKind.DATASET)

@@ -16,20 +16,25 @@ from kms.openbao.vault import OpenBaoTransit
 from kms.sql import open_store
 from kms.sql.keys import SqlKeyStore
 from kms.sql.store import Store
-from sovereign.cli._installed import database_target
+from sovereign.cli._installed import database_target, refuse_root_on_service_files
 from sovereign.cli._installed import source as installed_source
 from sovereign.cli._local_ledger import key_fields, record_local
 from sovereign.cli._output import fail, print_json, print_ok, print_table, readable
 from sovereign.cli.kms import bao_settings
 
 
+def _local_path(target: str | Path) -> str | None:
+    """The file of a SQLite target; None for a database server URL."""
+    text = str(target)
+    return (
+        text.removeprefix("sqlite:///") if text.startswith("sqlite:///") else None if "://" in text else text
+    )
+
+
 def existing_database(target: str | Path) -> str | Path:
     """``target`` when it is a database that exists (or a server URL); else STORAGE_ERROR naming it.
     Commands that only use keys open the database this way, so a wrong path never leaves a new one."""
-    text = str(target)
-    path = (
-        text.removeprefix("sqlite:///") if text.startswith("sqlite:///") else None if "://" in text else text
-    )
+    path = _local_path(target)
     if path is not None and not Path(path).is_file():
         raise KmsError(
             f"no database at {path}",
@@ -40,18 +45,23 @@ def existing_database(target: str | Path) -> str | Path:
     return target
 
 
-def open_catalogue(
-    args: argparse.Namespace, *, bao: bool, operator: bool = False, create: bool = False
-) -> Catalogue:
-    """The catalogue over ``--db`` (or the discovered database); only ``create`` may make a new one."""
-    return open_local(args, bao=bao, operator=operator, create=create)[0]
+def open_catalogue(args: argparse.Namespace, *, bao: bool) -> Catalogue:
+    """The catalogue over ``--db`` (or the discovered database), to read keys (never makes one)."""
+    target = args.db or database_target()
+    store = open_store(existing_database(target))
+    transit = OpenBaoTransit(bao_settings(args)) if bao else None
+    return Catalogue(SqlKeyStore(store), transit, lambda: datetime.now(UTC))
 
 
 def open_local(
     args: argparse.Namespace, *, bao: bool, operator: bool = False, create: bool = False
 ) -> tuple[Catalogue, Store]:
-    """``open_catalogue`` and the store under it (whose ledger the local changes are appended to)."""
+    """``open_catalogue`` and the store under it (whose ledger the local changes are appended to).
+    Commands that change keys call it; root may not write a service user's database."""
     target = args.db or database_target()
+    path = _local_path(target)
+    if path is not None:
+        refuse_root_on_service_files(Path(path), "the database", Code.STORAGE_ERROR.value)
     store = open_store(target if create else existing_database(target))
     transit = OpenBaoTransit(bao_settings(args, operator=operator)) if bao else None
     return Catalogue(SqlKeyStore(store), transit, lambda: datetime.now(UTC)), store
@@ -65,6 +75,13 @@ def _changed(store: Store, kind: Kind, record: KeyRecord) -> KeyRecord:
 def state_word(state: object) -> str:
     """The word 'sovereign admin keys' uses too: the catalogue's ``active`` is the wire's ENABLED."""
     return "enabled" if state == "active" else readable(state)
+
+
+def public_record(record: KeyRecord) -> dict[str, object]:
+    """A key as the CLI shows it, in tables and ``--json`` alike: its state in the operator's words
+    (``enabled``, ``disabled``, ``destroyed``), never the catalogue's internal ``active``."""
+    out = record.to_dict()
+    return {**out, "state": state_word(out["state"])}
 
 
 def _show_record(args: argparse.Namespace, record_dict: dict[str, object], verb: str) -> int:
@@ -86,7 +103,7 @@ def _create(args: argparse.Namespace) -> int:
         record = _changed(store, Kind.KEY_CREATE, catalogue.create(args.name, args.kind))
     except KmsError as err:
         return fail(err, as_json=args.json)
-    return _show_record(args, record.to_dict(), "created")
+    return _show_record(args, public_record(record), "created")
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -96,7 +113,7 @@ def _rotate(args: argparse.Namespace) -> int:
         record = _changed(store, Kind.KEY_ROTATE, catalogue.rotate(args.name))
     except KmsError as err:
         return fail(err, as_json=args.json)
-    return _show_record(args, record.to_dict(), "rotated")
+    return _show_record(args, public_record(record), "rotated")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -105,7 +122,7 @@ def _list(args: argparse.Namespace) -> int:
     except KmsError as err:
         return fail(err, as_json=args.json)
     if args.json:
-        print_ok(keys=[r.to_dict() for r in records])
+        print_ok(keys=[public_record(r) for r in records])
     else:
         rows = [{**row, "state": state_word(row["state"])} for row in summary_rows(records)]
         print_table(rows, ["name", "kind", "state", "version", "kek_version", "updated_at"])
@@ -117,7 +134,7 @@ def _show(args: argparse.Namespace) -> int:
         record = open_catalogue(args, bao=False).describe(args.name)
     except KmsError as err:
         return fail(err, as_json=args.json)
-    _show_record(args, record.to_dict(), "key")
+    _show_record(args, public_record(record), "key")
     if args.json:
         return 0
     print_table(
@@ -137,7 +154,7 @@ def _lifecycle(action: str, verb: str) -> Callable[[argparse.Namespace], int]:
             record = _changed(store, _KINDS[action], getattr(catalogue, action)(args.name))
         except KmsError as err:
             return fail(err, as_json=args.json)
-        return _show_record(args, record.to_dict(), verb)
+        return _show_record(args, public_record(record), verb)
 
     return run
 

@@ -9,11 +9,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from kms.config import OPTION, env_value
-from kms.errors import KmsError
+from attestation.coded import CodedError
+from kms.config import BAO_TOKEN_ENV, OPTION, env_value
+from kms.errors import Code, KmsError
 from kms.openbao import bootstrap as boot
+from kms.openbao.data_owner import OWNER_POLICY_HCL
 from kms.openbao.vault import BaoSettings, TokenAuth
-from sovereign.cli._installed import bao_endpoint
+from sovereign.cli._installed import bao_endpoint, refuse_root_on_service_files
 from sovereign.cli._output import fail, print_json, print_table
 from sovereign.cli._signals import stop_signals_interrupt
 from sovereign.devtools.openbao_server import OpenBaoServer
@@ -24,11 +26,36 @@ def host_bao_addr() -> str | None:
     return _from_host_config("bao_addr")
 
 
+def host_bao_ca_cert() -> str | None:
+    """The installed host config's CA for OpenBao's TLS, if any."""
+    return _from_host_config("bao_ca_cert")
+
+
+MAX_TOKEN = 4096
+
+
+def _token_from_stdin() -> dict[str, str]:
+    """``--token-file -``: the token on standard input, for a command run as another user, which cannot
+    open the operator's token file (``runuser -u sovereign -- sovereign kms bootstrap --token-file - <
+    /root/token`` works: the shell opens the file, the command only reads the descriptor)."""
+    token = sys.stdin.read(MAX_TOKEN + 1).strip()
+    if not token or len(token) > MAX_TOKEN or not token.isprintable():
+        raise KmsError(
+            "--token-file -: no OpenBao token on standard input",
+            code=Code.KMS_CONFIG_INVALID,
+            hint="pipe or redirect the token file: ... --token-file - < TOKEN_FILE",
+        )
+    unrelated = {k: v for k, v in os.environ.items() if not k.endswith("TOKEN_FILE")}  # stdin wins
+    return {**unrelated, BAO_TOKEN_ENV: token}
+
+
 def bao_settings(args: argparse.Namespace, *, operator: bool = False) -> BaoSettings:
     """Connection settings from flags and environment; ``operator`` ignores AppRole (token only)."""
+    stdin = args.token_file is not None and str(args.token_file) == "-"
     return BaoSettings.resolve(
+        _token_from_stdin() if stdin else None,
         addr=args.addr or _from_host_config("bao_addr"),
-        token_file=args.token_file,
+        token_file=None if stdin else args.token_file,
         role_id=args.role_id,
         secret_id_file=args.secret_id_file,
         ca_cert=args.ca_cert or _from_host_config("bao_ca_cert"),
@@ -51,15 +78,20 @@ def _print_report(report: boot.BootstrapReport, as_json: bool) -> None:
     print_table([{"step": s, "status": st} for s, st in report.steps], ["step", "status"])
     print(f"role id:        {report.role_id}")
     print(f"secret id file: {report.secret_id_file} (new secret id issued on every run)")
+    if report.owner_role_id:
+        print(f"data owner role id:        {report.owner_role_id} (also in {report.owner_role_id_file})")
+        print(f"data owner secret id file: {report.owner_secret_id_file} (give both to the data owner)")
     print("nothing else changed" if not report.changed else "OpenBao configuration changed")
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
     try:
+        # the AppRole files are the service's: root would leave them unreadable to it
+        refuse_root_on_service_files(args.out, "the credentials folder", Code.KMS_CONFIG_INVALID.value)
         settings = bao_settings(args, operator=True)
         assert isinstance(settings.auth, TokenAuth)
         report = boot.bootstrap(settings.addr, settings.auth.token, args.out, ca_cert=settings.ca_cert)
-    except KmsError as err:
+    except (KmsError, CodedError) as err:
         return fail(err, as_json=args.json)
     _print_report(report, args.json)
     return 0
@@ -112,5 +144,5 @@ def _dev_foreground(args: argparse.Namespace) -> int:
 
 
 def _policy(args: argparse.Namespace) -> int:
-    sys.stdout.write(boot.POLICY_HCL)
+    sys.stdout.write(OWNER_POLICY_HCL if args.data_owner else boot.POLICY_HCL)
     return 0

@@ -76,8 +76,17 @@ def _claims(claims: Any) -> dict[str, str]:
     for field, value in claims.ListFields():
         if field.name == "gpus":
             continue  # a table of their own
-        out[field.name] = value.hex() if isinstance(value, bytes) else str(value)
+        out[field.name] = _claim_text(value)
     return out
+
+
+def _claim_text(value: Any) -> str:
+    """Bytes as hex, a repeated field (TDX RTMR0-3) one item after another, never Python's repr."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, str | int | float):
+        return str(value)
+    return " ".join(_claim_text(item) for item in value)
 
 
 def _gpu(gpu: Any) -> dict[str, str]:

@@ -134,6 +134,7 @@ def _created_and_owned(bundle: Path, site: Path, service_users: str) -> None:
     assert owner(layout.config_dir) == ("root", user.pw_name, "0o750")
     assert owner(layout.config_dir / "sovereign.toml") == ("root", user.pw_name, "0o640")
     assert owner(layout.config_dir / "openbao") == (user.pw_name, user.pw_name, "0o700")
+    assert owner(layout.config_dir / "tls") == ("root", user.pw_name, "0o750")
     assert owner(layout.data_dir) == (user.pw_name, user.pw_name, "0o700")
     assert owner(layout.data_dir / "collateral") == (user.pw_name, user.pw_name, "0o700")
     assert owner(layout.openbao_config_dir / "openbao.hcl") == ("root", bao.pw_name, "0o640")
@@ -215,6 +216,7 @@ def test_keygen_prints_a_fingerprint_openssl_agrees_with_and_refuses_unsafe_name
     assert text.returncode == 0 and re.search(r"^fingerprint: sha256:[0-9a-f]{64}$", text.stdout, re.M), (
         text.stdout
     )
+    assert "openssl pkey -pubin -in collateral.pub.pem -outform DER" in text.stdout  # the file's own name
 
     for bad in ("../evil", "/tmp/evil", "a/b", "..", ".hidden", "", "x" * 65, "evil\n"):
         run = _sovereign("bundle", "keygen", "--out", out, "--name", bad)

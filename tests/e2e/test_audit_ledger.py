@@ -425,3 +425,53 @@ def test_public_key_is_fetched_fingerprinted_pinned_and_checks_proofs(
     refused = sovereign("audit", "proof", "--leaf", leaf, "--public-key", str(other), "--json", *conn)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert json.loads(refused.stdout)["error"]["code"] == "AUDIT_CHECKPOINT_SIGNATURE_INVALID"
+
+
+def test_query_says_when_nothing_matches_and_names_nodes_outside_the_rows(
+    world: ServerProcess, pki: SimulatedPki, tmp_path: Path
+) -> None:
+    snp, _ = nodes(world, pki)
+    _, granted = snp.release("dataset/train")
+    conn = cli_token(world, tmp_path / "token.json")
+    nothing = ["audit", "query", "--node", "audit-nobody", *conn]
+    text = sovereign(*nothing)
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert text.stdout.strip() == "no entries match the query"
+    as_json = sovereign(*nothing, "--json")
+    assert json.loads(as_json.stdout) == {"ok": True, "entries": []}
+    # only the grant is shown, not the registration that carries the name: the NODE column still names it
+    grant_only = sovereign("audit", "query", "--node", snp.node_id, "--decision", "grant", "--key",
+                           "dataset/train", *conn)  # fmt: skip
+    assert grant_only.returncode == 0, grant_only.stdout + grant_only.stderr
+    row = next(
+        line for line in grant_only.stdout.splitlines() if line.startswith(f"{granted.audit_sequence} ")
+    )
+    assert f"audit-snp ({snp.node_id[:8]})" in row and "registration" not in grant_only.stdout
+
+
+def test_proof_from_a_size_without_checkpoint_says_which_sizes_have_one(
+    world: ServerProcess, pki: SimulatedPki, bao: Bao, tmp_path: Path
+) -> None:
+    snp, _ = nodes(world, pki)
+    _, granted = snp.release("dataset/train")
+    stub = audit_stub(world)
+    latest = wait_for_checkpoint(stub, granted.audit_sequence + 1).tree_size
+    missing = next(n for n in range(latest - 1, 0, -1) if not _has_checkpoint(stub, n))
+    conn = cli_token(world, tmp_path / "token.json")
+    pin = tmp_path / "audit.pub.json"
+    assert sovereign("audit", "public-key", "-o", str(pin), *conn).returncode == 0
+    proof = sovereign("audit", "proof", "--first", str(missing), "--public-key", str(pin), "--json", *conn)
+    assert proof.returncode == 1, proof.stdout + proof.stderr
+    error = json.loads(proof.stdout)["error"]
+    assert error["code"] == "AUDIT_NOT_FOUND" and f"--first {missing}" in error["message"]
+    assert "sovereign audit checkpoint -o FILE" in error["hint"] and "audit tail" not in error["hint"]
+    text = sovereign("audit", "proof", "--first", str(missing), "--public-key", str(pin), *conn)
+    assert text.stderr.count("AUDIT_NOT_FOUND") == 1, text.stderr
+
+
+def _has_checkpoint(stub: audit_pb2_grpc.AuditStub, size: int) -> bool:
+    try:
+        stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(tree_size=size))
+    except grpc.RpcError:
+        return False
+    return True

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from e2e.operators import StandinRealm
 from e2e.test_operator_auth_cli import admin, login, sovereign
-from e2e.world import ServerProcess
+from e2e.world import ROOT, ServerProcess
+from oidc.provider import CLIENT_ID, REALM
 
 from kms.oidc.cache import read_cached_token, save_token
 
@@ -128,3 +133,40 @@ def test_operator_commands_share_one_json_envelope_and_read_as_tables(
     query = sovereign(["audit", "query", "--limit", "1000", *where], auditor)
     assert query.returncode == 0 and "WHO" in query.stdout.splitlines()[0]
     assert "alice" in query.stdout
+
+
+def test_device_login_end_to_end_then_commands_refresh(
+    server: ServerProcess, realm: StandinRealm, tmp_path: Path
+) -> None:
+    """``sovereign login`` with the device authorization grant, as a separate process polling the realm
+    at the interval it asks for: the operator confirms the code (the stand-in's test endpoint plays the
+    browser), the process saves access and refresh tokens, and an audit command against the real server
+    works with them and refreshes them once they run out."""
+    cache = tmp_path / "carol-device.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
+    env["SOVEREIGN_TOKEN_CACHE"] = str(cache)
+    argv = [sys.executable, "-m", "sovereign", "login", "--server-url", realm.standin.server_url,
+            "--realm", REALM, "--client-id", CLIENT_ID, "--device"]  # fmt: skip
+    with subprocess.Popen(
+        argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stderr is not None
+        shown = []
+        for line in proc.stderr:  # the prompt comes before the first poll
+            shown.append(line)
+            code = re.search(r"confirm the code (\S+)", line)
+            if code:
+                realm.standin.approve_device(code.group(1), "carol")
+                break
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "".join(shown) + err
+    assert any(line.startswith("open http") for line in shown)
+    token = read_cached_token(cache)
+    assert token.refresh_token and token.refresh_expires_at is not None
+    where = ["--server", f"127.0.0.1:{server.admin_port}", "--ca", str(server.ca)]
+    tail = sovereign(["audit", "tail", "-n", "1", "--json", *where], cache)
+    assert tail.returncode == 0 and json.loads(tail.stdout)["ok"] is True, tail.stdout + tail.stderr
+    _age(cache, expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    again = sovereign(["audit", "tail", "-n", "1", "--json", *where], cache)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert read_cached_token(cache).access_token != token.access_token

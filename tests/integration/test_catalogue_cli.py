@@ -48,7 +48,13 @@ def test_key_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and out["error"]["code"] == "KEY_DISABLED"
     assert main(["key", "enable", "weights"]) == 0
     code, out = _json(capsys, ["key", "list", "--json"])
-    assert [(k["name"], k["state"], k["current_version"]) for k in out["keys"]] == [("weights", "active", 2)]
+    # one vocabulary: the JSON says what the table says, and what 'admin keys' says (KEY_STATE_ENABLED)
+    assert [(k["name"], k["state"], k["current_version"]) for k in out["keys"]] == [("weights", "enabled", 2)]
+    code, out = _json(capsys, ["key", "show", "weights", "--json"])
+    assert out["key"]["state"] == "enabled"
+    assert main(["key", "list"]) == 0
+    table = capsys.readouterr().out
+    assert "enabled" in table and "active" not in table
     assert main(["key", "destroy", "weights"]) == 0
     capsys.readouterr()
     code, out = _json(capsys, ["key", "create", "weights", "--kind", "model", "--json"])

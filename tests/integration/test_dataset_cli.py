@@ -38,6 +38,8 @@ def env(kms_dev: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SOVEREIGN_BAO_ROLE_ID", kms_dev.report.role_id)
     monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", kms_dev.report.secret_id_file)
     monkeypatch.delenv("SOVEREIGN_BAO_TOKEN", raising=False)
+    monkeypatch.setenv("SOVEREIGN_BAO_OWNER_ROLE_ID", kms_dev.report.owner_role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_OWNER_SECRET_ID_FILE", kms_dev.report.owner_secret_id_file)
     return tmp_path
 
 
@@ -51,15 +53,16 @@ def test_encrypt_rotate_decrypt_each_version(env: Path, capsys: pytest.CaptureFi
     plain = env / "data.bin"
     plain.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     assert run(capsys, "key", "create", "dataset/imagenet", "--kind", "dataset")[0] == 0
+    # every owner seal is a new version the owner made (v2), a rotation adds v3, the next seal v4
     code, out = run(
         capsys, "dataset", "encrypt", "--key", "dataset/imagenet", str(plain), str(env / "v1.sealed")
     )
-    assert code == 0 and out["version"] == 1
+    assert code == 0 and out["version"] == 2
     assert run(capsys, "key", "rotate", "dataset/imagenet")[0] == 0
     code, out = run(
         capsys, "dataset", "encrypt", "--key", "dataset/imagenet", str(plain), str(env / "v2.sealed")
     )
-    assert code == 0 and out["version"] == 2
+    assert code == 0 and out["version"] == 4
     for sealed in ("v1", "v2"):
         code, out = run(
             capsys,
@@ -169,3 +172,41 @@ def test_the_data_owner_seals_with_its_own_identity_and_reconcile_stays_clean(
     opened = tmp_path / "data.out"
     assert run(capsys, "dataset", "decrypt", "--key", "dataset/owned", str(sealed), str(opened))[0] == 0
     assert opened.read_bytes() == plain.read_bytes()
+
+
+def test_sealing_without_the_owner_identity_is_refused_before_openbao_and_a_refused_owner_is_recorded(
+    fresh_dev: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "refused.db"
+    monkeypatch.setenv("SOVEREIGN_DB", str(db))
+    monkeypatch.setenv("SOVEREIGN_BAO_ADDR", fresh_dev.server.addr)
+    monkeypatch.setenv("SOVEREIGN_BAO_ROLE_ID", fresh_dev.report.role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", fresh_dev.report.secret_id_file)
+    for name in ("SOVEREIGN_BAO_TOKEN", "SOVEREIGN_BAO_OWNER_ROLE_ID", "SOVEREIGN_BAO_OWNER_SECRET_ID_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(10_000))
+    assert run(capsys, "key", "create", "dataset/x", "--kind", "dataset")[0] == 0
+    assert fresh_dev.server.audit_log is not None
+    bao_log = fresh_dev.server.audit_log.read_bytes()
+    before = _ledger(db)
+
+    # no owner identity: refused here, before any OpenBao call (its audit log does not grow), no entry
+    code, out = run(capsys, "dataset", "encrypt", "--key", "dataset/x", str(plain), str(tmp_path / "o"))
+    assert (code, out["error"]["code"]) == (1, "KMS_CONFIG_INVALID"), out
+    assert "--owner-role-id" in out["error"]["hint"]
+    assert fresh_dev.server.audit_log.read_bytes() == bao_log
+    assert _ledger(db) == before and not (tmp_path / "o").exists()
+
+    # an owner identity OpenBao refuses (a secret id it never issued): the attempt is on the record
+    wrong = tmp_path / "wrong-secret-id"
+    wrong.write_text("00000000-0000-0000-0000-000000000000\n")
+    owner = ["--owner-role-id", fresh_dev.report.owner_role_id, "--owner-secret-id-file", str(wrong)]
+    code, out = run(
+        capsys, "dataset", "encrypt", "--key", "dataset/x", str(plain), str(tmp_path / "o"), *owner
+    )
+    assert code == 1 and out["error"]["code"].startswith("KMS_"), out
+    after = [Entry.decode(c) for c in _ledger(db)[len(before) :]]
+    assert [(e.kind, e.fields["key_name"]) for e in after] == [(Kind.OPERATOR_REFUSED, "dataset/x")]
+    assert [r.code for r in after[0].reasons] == [out["error"]["code"]]
+    assert after[0].actor.startswith("local:") and not (tmp_path / "o").exists()

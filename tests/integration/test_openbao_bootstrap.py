@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +14,7 @@ import pytest
 
 from kms.errors import Code, OpenBaoError
 from kms.openbao.bootstrap import POLICY_HCL, POLICY_NAME, ROLE_NAME, bootstrap
+from kms.openbao.data_owner import OWNER_POLICY_HCL, OWNER_POLICY_NAME
 from kms.openbao.vault import BaoSettings, OpenBaoTransit, TokenAuth
 
 if TYPE_CHECKING:
@@ -65,6 +70,13 @@ def test_policy_in_openbao_equals_the_deploy_file(kms_dev: Kms) -> None:
     assert (ROOT / "deploy/openbao/sovereign-control-plane.hcl").read_text() == POLICY_HCL
 
 
+def test_data_owner_policy_in_openbao_equals_the_deploy_file(kms_dev: Kms) -> None:
+    """OpenBao parsed and stored the shipped data-owner policy as bootstrap wrote it."""
+    stored = kms_dev.admin().call("read policy", lambda c: c.sys.read_acl_policy(OWNER_POLICY_NAME))["data"]
+    assert stored["policy"] == OWNER_POLICY_HCL
+    assert (ROOT / "deploy/openbao/sovereign-data-owner.hcl").read_text() == OWNER_POLICY_HCL
+
+
 def test_role_tokens_carry_only_the_control_plane_policy(kms_dev: Kms) -> None:
     transit = kms_dev.approle()
     info = transit.call("lookup", lambda c: c.auth.token.lookup_self())["data"]
@@ -92,3 +104,18 @@ def test_admin_repr_hides_the_token(kms_dev: Kms) -> None:
     transit = OpenBaoTransit(BaoSettings(addr=kms_dev.server.addr, auth=TokenAuth(kms_dev.root_token)))
     assert kms_dev.root_token not in repr(transit)
     assert kms_dev.root_token not in repr(transit.settings)
+
+
+def test_the_cli_reads_the_token_from_stdin_and_names_the_owner_files(kms_dev: Kms, tmp_path: Path) -> None:
+    """``--token-file -``: a bootstrap run as the service user (runuser) cannot open root's token file,
+    but can read it from a redirect the root shell opened."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
+    argv = [sys.executable, "-m", "sovereign", "kms", "bootstrap", "--addr", kms_dev.server.addr]
+    done = subprocess.run([*argv, "--token-file", "-", "--out", str(tmp_path)], input=kms_dev.root_token + "\n",
+                          capture_output=True, text=True, env=env, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"data owner secret id file: {tmp_path / 'owner-secret-id'}" in done.stdout
+    assert (tmp_path / "owner-secret-id").is_file() and kms_dev.root_token not in done.stdout + done.stderr
+    empty = subprocess.run([*argv, "--token-file", "-", "--out", str(tmp_path), "--json"], input="",
+                           capture_output=True, text=True, env=env, timeout=120, check=False)  # fmt: skip
+    assert empty.returncode == 1 and json.loads(empty.stdout)["error"]["code"] == "KMS_CONFIG_INVALID"

@@ -26,6 +26,7 @@ from sovereign.devtools.openbao_server import bao_binary, free_port
 ROOT = Path(__file__).resolve().parents[2]
 OPENBAO = ROOT / "deploy" / "openbao"
 POLICY = OPENBAO / "sovereign-control-plane.hcl"  # an ACL policy, checked by test_openbao_permissions
+POLICIES = {POLICY, OPENBAO / "sovereign-data-owner.hcl"}  # ACL policies, checked by test_openbao_bootstrap
 STARTED = "==> OpenBao server started!"
 UNKNOWN = re.compile(r".*unknown or unsupported field.*")
 
@@ -38,7 +39,9 @@ def _kubernetes_hcl() -> str:
 
 def shipped() -> dict[str, str]:
     out = {
-        p.relative_to(ROOT).as_posix(): p.read_text() for p in sorted(OPENBAO.rglob("*.hcl")) if p != POLICY
+        p.relative_to(ROOT).as_posix(): p.read_text()
+        for p in sorted(OPENBAO.rglob("*.hcl"))
+        if p not in POLICIES
     }
     out["deploy/kubernetes/openbao.yaml#openbao.hcl"] = _kubernetes_hcl()
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import socket
 import struct
@@ -289,3 +290,28 @@ def test_an_agent_that_hands_out_no_keys_still_opens_and_seals(
         w.write(DATA)
     assert source.check(["dataset/train"]) == ["dataset/train@v1"]  # no key material: still answered
     assert server.agent.counters.snapshot().handouts == 0
+
+
+def test_chunks_are_logged_at_debug_and_a_stream_start_at_info(
+    server: LocalApiServer, sealed: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="enclave.local_server"):
+        with open_sealed(sealed, keys=agent_source(server), via_agent=True) as f:
+            assert f.read() == DATA
+        with create_sealed(
+            tmp_path / "out.sealed",
+            key="model/main",
+            keys=agent_source(server),
+            chunk_size=CHUNK,
+            via_agent=True,
+        ) as w:
+            w.write(DATA)
+    levels: dict[str, set[int]] = {}
+    for record in caplog.records:
+        message = record.getMessage()
+        kind = (
+            "chunk" if ("opened chunk" in message or "sealed a chunk" in message) else message.split(" ")[2]
+        )
+        levels.setdefault(kind, set()).add(record.levelno)
+    assert levels["chunk"] == {logging.DEBUG}  # 12 chunks, none at INFO
+    assert levels["began"] == {logging.INFO}

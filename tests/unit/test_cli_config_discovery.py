@@ -175,3 +175,27 @@ def test_a_policy_file_that_differs_at_restart_names_the_command(
         source.seed((shipped / "demo.toml").read_text(), "demo.toml")
     assert "sovereign admin policy put demo.toml --expected-version 1" in caplog.text
     assert "Admin.PutPolicy" not in caplog.text
+
+
+def test_the_data_owner_reaches_openbao_with_the_installed_address_and_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walking the air-gapped install: the owner's seal failed with an SSL error because it took the
+    installed bao_addr but not bao_ca_cert (the key commands took both)."""
+    from types import SimpleNamespace
+
+    from sovereign.cli import dataset
+
+    for name in ("SOVEREIGN_BAO_ADDR", "SOVEREIGN_BAO_CA_CERT", "SOVEREIGN_BAO_CACERT"):
+        monkeypatch.delenv(name, raising=False)
+    _installed_config(
+        tmp_path,
+        monkeypatch,
+        'bao_addr = "https://127.0.0.1:8200"\nbao_ca_cert = "/etc/sovereign/tls/bao-ca.pem"\n',
+    )
+    secret = tmp_path / "owner-secret-id"
+    secret.write_text("s\n")
+    args = SimpleNamespace(owner_role_id="r", owner_secret_id_file=str(secret), addr=None, ca_cert=None)
+    settings = dataset._owner_settings(args)  # type: ignore[arg-type]
+    assert settings is not None
+    assert (settings.addr, settings.ca_cert) == ("https://127.0.0.1:8200", "/etc/sovereign/tls/bao-ca.pem")

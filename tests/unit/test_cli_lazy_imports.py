@@ -97,6 +97,8 @@ def test_the_resident_agent_path_carries_no_control_plane() -> None:
     )
     assert "enclave.resident" in loaded and "enclave.local_server" in loaded
     assert _among(loaded, HEAVY) == []
+    # metrics are off unless node.toml sets metrics_listen: prometheus_client is loaded only then
+    assert _among(loaded, ("prometheus_client", "enclave.agent_metrics")) == []
 
 
 def _leaves(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, argparse.ArgumentParser]]:
@@ -119,13 +121,15 @@ def test_every_command_names_a_runner_that_exists() -> None:
 
 def test_choices_copied_into_declarations_match_their_source() -> None:
     from attestation.simulate import Fault
-    from enclave.config import GPU_CHOICES, PROVIDER_CHOICES
+    from enclave import config
+    from enclave.choices import GPU_CHOICES, PROVIDER_CHOICES
     from sovereign.cli.commands import admin, evidence, node
     from sovereign.client import records
 
     assert tuple(f.name for f in Fault) == evidence.FAULTS
-    assert node.PROVIDER_CHOICES == PROVIDER_CHOICES
-    assert node.GPU_CHOICES == GPU_CHOICES
+    # one definition (enclave.choices) that the agent's config and the declarations both import
+    assert node.PROVIDER_CHOICES is PROVIDER_CHOICES and node.GPU_CHOICES is GPU_CHOICES
+    assert config.PROVIDER_CHOICES is PROVIDER_CHOICES and config.GPU_CHOICES is GPU_CHOICES
     for declared, enum in (
         (admin.NODE_STATES, records.NodeState),
         (admin.KINDS, records.KeyKind),
@@ -136,3 +140,8 @@ def test_choices_copied_into_declarations_match_their_source() -> None:
     leaves = dict(_leaves(build_parser()))
     (decision,) = [a for a in leaves["audit query"]._actions if a.dest == "decision"]
     assert set(decision.choices or ()) == {d.value.lower() for d in records.Decision}
+
+
+def test_the_shared_choices_module_loads_nothing_but_itself() -> None:
+    loaded = _loaded_after("import enclave.choices")
+    assert not _among(loaded, ("grpc", "enclave.providers", "enclave.client", "cryptography", *HEAVY))

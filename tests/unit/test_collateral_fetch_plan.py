@@ -8,7 +8,7 @@ import pytest
 
 from attestation.errors import CollateralError
 from kms.collateral_fetch import FetchPlan, parse_snp_target
-from kms.collateral_fetch.http import retry_after
+from kms.collateral_fetch.http import HttpResponse, RetryPolicy, get_with_retries, retry_after
 
 
 def test_vcek_url_carries_chip_and_tcb_in_kds_order() -> None:
@@ -35,3 +35,26 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert retry_after("12", now) == 12.0
     assert retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now) == 30.0
     assert retry_after("soon", now) is None and retry_after(None, now) is None
+
+
+class _Unreachable:
+    def get(self, url: str, timeout: float) -> HttpResponse:
+        raise OSError("[Errno -2] Name or service not known")
+
+
+class _RateLimited:
+    def get(self, url: str, timeout: float) -> HttpResponse:
+        return HttpResponse(429, b"", {})
+
+
+def test_a_host_that_cannot_be_reached_is_not_called_rate_limited() -> None:
+    def fetch(client: _Unreachable | _RateLimited) -> CollateralError:
+        with pytest.raises(CollateralError) as err:
+            get_with_retries(client, "https://kdsintf.amd.com/vcek/v1/Genoa/cert_chain",
+                             policy=RetryPolicy(attempts=2), sleep=lambda _: None,
+                             clock=lambda: datetime(2026, 1, 1, tzinfo=UTC))  # fmt: skip
+        return err.value
+
+    unreachable = fetch(_Unreachable())
+    assert "cannot reach kdsintf.amd.com" in unreachable.hint and "rate limit" not in unreachable.hint
+    assert "rate limiting" in fetch(_RateLimited()).hint

@@ -63,3 +63,21 @@ def test_a_node_without_gpus_has_no_gpu_table() -> None:
     page = _page([])
     assert page.xpath("//table[@id='gpus']") == [] and page.xpath("//h2[.='GPUs']") == []
     assert "03" * 48 in _claims_text(page)
+
+
+def test_a_tdx_nodes_rtmrs_show_as_hex() -> None:
+    rtmrs = [bytes([i]) * 48 for i in range(4)]
+    node = admin_pb2.Node(
+        node_id="n2",
+        node_name="tdx-trainer",
+        state=common_pb2.NODE_STATE_ATTESTED,
+        claims=attestation_pb2.ClaimsSummary(tee=common_pb2.TEE_TDX, measurement=b"\x07" * 48, rtmrs=rtmrs),
+    )
+    assert node_out(node)["claims"]["rtmrs"] == " ".join(r.hex() for r in rtmrs)
+    html = (
+        template_environment()
+        .get_template("node.html")
+        .render(session=None, allowed={}, node=node_out(node), history=None)
+    )
+    claims = _claims_text(lxml.html.fromstring(html))
+    assert "03" * 48 in claims and "b'" not in claims and "\\\\x" not in claims

@@ -3,7 +3,8 @@ CLI: commands and flags that exist, required options present, typed values of th
 
 What counts as a command line: a line (``\\``-continuations joined) of a code block tagged ``sh``, ``bash``,
 ``shell``, ``console`` or untagged, that starts with ``sovereign``, ``./dev sovereign`` or a
-``…/bin/sovereign`` (after an optional ``$`` prompt, ``sudo`` and ``NAME=value`` assignments). Comment lines
+``…/bin/sovereign`` (after an optional ``$`` prompt, ``sudo``, ``runuser -u USER --`` and ``NAME=value``
+assignments). Comment lines
 are prose. The line is cut at the first shell operator (``|``, ``&&``, ``;``, ``<``, ``>``, a ``#`` comment).
 
 Inline code spans that start with ``sovereign`` (prose and tables) are checked too: one without options is a
@@ -33,10 +34,11 @@ import pytest
 from sovereign.cli import CliParser, _common, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "deploy" / "openbao" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCKS = {"", "sh", "bash", "shell", "console"}
+RUN_AS = r"runuser\s+-u\s+\S+\s+--\s+"  # runuser -u USER -- (the user may be named sovereign)
 COMMAND_START = re.compile(
-    r"^(?:\$\s+)?(?:sudo\s+)?(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:\./dev\s+|\S*/bin/)?sovereign(?:\s|$)"
+    rf"^(?:\$\s+)?(?:sudo\s+)?(?:{RUN_AS})?(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:\./dev\s+|\S*/bin/)?sovereign(?:\s|$)"
 )
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # A valid sample per argument type, for an upper-case placeholder given to a typed option.
@@ -108,6 +110,7 @@ def inline_mentions(path: Path) -> Iterator[tuple[int, str]]:
 
 def argv_of(line: str) -> list[str]:
     """The arguments after ``sovereign``, with the placeholder rules of this module's docstring applied."""
+    line = re.sub(rf"^(?:\$\s+)?(?:sudo\s+)?{RUN_AS}", "", line)
     line = re.sub(r"\$\([^)]*\)", "X", line)
     line = re.sub(r"<[^>]*>", "X", line)
     line = re.sub(r"(?<=[^\s|])\|[^\s|]+", "", line)  # A|B: the first alternative

@@ -16,7 +16,8 @@ def add_bao_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--token-file",
         type=Path,
-        help="file holding a token (default $SOVEREIGN_BAO_TOKEN_FILE or $SOVEREIGN_BAO_TOKEN)",
+        help="file holding a token, or - to read it from standard input (default $SOVEREIGN_BAO_TOKEN_FILE "
+        "or $SOVEREIGN_BAO_TOKEN)",
     )
     group.add_argument("--role-id", help="AppRole role id (default $SOVEREIGN_BAO_ROLE_ID)")
     group.add_argument(
@@ -52,5 +53,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dev.add_argument("--json", action="store_true")
     dev.set_defaults(func=runs("sovereign.cli.kms:_dev"))
 
-    pol = cmds.add_parser("policy", help="print the control plane's OpenBao policy (HCL)")
+    pol = cmds.add_parser(
+        "policy",
+        help="print the control plane's OpenBao policy (HCL), or with --data-owner the data owner's",
+        description="The text 'sovereign kms bootstrap' writes to OpenBao; the same files ship as "
+        "deploy/openbao/sovereign-control-plane.hcl and deploy/openbao/sovereign-data-owner.hcl.",
+    )
+    pol.add_argument(
+        "--data-owner",
+        action="store_true",
+        help="the data owner's policy (sovereign-data-owner: create data keys under the KEK, never decrypt)",
+    )
     pol.set_defaults(func=runs("sovereign.cli.kms:_policy"))

@@ -5,14 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from enclave.providers import PROVIDER_NAMES
+from enclave.choices import GPU_CHOICES, PROVIDER_CHOICES
 from enclave.providers.gpu import REPORT_FAULTS
 from sovereign.cli._common import non_negative_int, positive_seconds
 from sovereign.cli._lazy import runs
-
-# enclave.config's PROVIDER_CHOICES (that module imports the gRPC client)
-PROVIDER_CHOICES = ("auto", *PROVIDER_NAMES)
-GPU_CHOICES = ("none", "nvml", "simulated")  # enclave.config's GPU_CHOICES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
