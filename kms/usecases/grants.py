@@ -65,7 +65,6 @@ class Refused:
 
 Outcome = Granted | Refused | OpenBaoError
 PURGE_EVERY = 1.0  # seconds between purges of expired request ids
-IDLE_GAP = 0.005  # a release batch goes when no request joined it for this long (or its window ended)
 
 
 def denial_of(row: GrantRow, reason: Reason, openbao_request_id: str | None) -> DenialRow:
@@ -91,7 +90,6 @@ class GrantLedger:
         commit: GroupCommit,
         clock: Clock,
         *,
-        window: float = 0.002,
         max_batch: int = 128,
     ) -> None:
         self._store = store
@@ -103,7 +101,7 @@ class GrantLedger:
         # batches cost less CPU per release than overlapping smaller ones (bench.bench_release).
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-batch")
         self._batcher: LoopBatcher[GrantRequest, Outcome] = LoopBatcher(
-            self._run, name="release", window=window, idle=IDLE_GAP, max_batch=max_batch
+            self._run, name="release", max_batch=max_batch
         )
 
     async def grant(self, request: GrantRequest) -> Outcome:

@@ -416,13 +416,19 @@ def test_a_request_twice_in_one_batch_is_granted_once(world: World) -> None:
     request = world.request()
 
     async def both() -> list[Released | BaseException]:
-        calls = (world.release.release(request), world.release.release(request))
+        # the first request goes alone at once; the two copies gather behind it into one batch
+        calls = (
+            world.release.release(world.request(rid=b"\x02" * 16)),
+            world.release.release(request),
+            world.release.release(request),
+        )
         return list(await asyncio.gather(*calls, return_exceptions=True))
 
-    first, second = asyncio.run(both())
-    assert isinstance(first, Released)
+    other, first, second = asyncio.run(both())
+    assert isinstance(other, Released) and isinstance(first, Released)
     assert isinstance(second, ReleaseDenied) and second.code == "REQUEST_REPLAYED"
-    assert world.transit.calls == [["vault:v1:dataset/train"] * 2]  # one batch decrypt for both
+    ciphertext = "vault:v1:dataset/train"
+    assert world.transit.calls == [[ciphertext], [ciphertext] * 2]  # one batch decrypt for both copies
 
 
 # --- the premises check itself ----------------------------------------------------------------------
