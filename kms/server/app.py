@@ -162,7 +162,7 @@ def build(
             sign=not config.replica,
         )  # fmt: skip
         closers.append(audit.stop)  # after the batchers stop, before the group commit closes
-        ledger = GrantLedger(store, transit, commit, clock)
+        ledger = GrantLedger(store, transit, commit, clock, metrics=metrics)
         closers.append(ledger.close)
         provenance = ProvenanceIssuer(store, transit, clock)
         closers.append(provenance.close)  # its transit sign batcher, before the OpenBao client closes

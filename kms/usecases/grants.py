@@ -43,6 +43,7 @@ from kms.sql.decisions import (
 from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store
 from kms.sql.writer_queue import WriterBusy
+from kms.usecases.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,10 @@ class GrantLedger:
         clock: Clock,
         *,
         max_batch: int = 128,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._next_purge = 0.0
         self._transit = transit
         self._commit = commit
@@ -122,13 +125,23 @@ class GrantLedger:
         contending for the GIL at every SQLite call); when another writer holds the turn, or on
         PostgreSQL (network round trips), it waits in the batch thread instead."""
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         unwrapped = await loop.run_in_executor(self._pool, self._unwrap, requests)
-        if self._store.is_sqlite:
-            try:
-                return self._record(requests, unwrapped, wait=False)
-            except WriterBusy:
-                pass
-        return await loop.run_in_executor(self._pool, self._record, requests, unwrapped)
+        unwrapped_at = time.perf_counter()
+        try:
+            if self._store.is_sqlite:
+                try:
+                    return self._record(requests, unwrapped, wait=False)
+                except WriterBusy:
+                    pass
+            return await loop.run_in_executor(self._pool, self._record, requests, unwrapped)
+        finally:
+            if self._metrics is not None:
+                self._metrics.release_batch_size.observe(len(requests))
+                self._metrics.release_batch_seconds.labels("unwrap").observe(unwrapped_at - started)
+                self._metrics.release_batch_seconds.labels("commit").observe(
+                    time.perf_counter() - unwrapped_at
+                )
 
     def _unwrap(self, requests: Sequence[GrantRequest]) -> list[Unwrapped | OpenBaoError]:
         return self._transit.unwrap_batch([r.ciphertext for r in requests])
