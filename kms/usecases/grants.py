@@ -4,9 +4,7 @@ Concurrent releases that passed every check are gathered on the event loop
 (``kms.batching.LoopBatcher``): one OpenBao transit ``batch_input`` decrypt for all of them, then one
 database transaction that reads everything each grant rests on afresh, checks it again with
 ``kms.domain.premises.check_premises`` (``commit_grants``), appends the grants that still stand and commits
-once. Only then do callers get their plaintext keys, to seal them. A batch goes as soon as the previous
-batch's decrypt ended (``LoopBatcher`` has no timer), so the next decrypt overlaps this commit; commits
-go one at a time, in decrypt order. A grant refused in that transaction
+once. Only then do callers get their plaintext keys, to seal them. A grant refused in that transaction
 comes after its key was unwrapped: the refusal is recorded as a denial carrying the OpenBao request id
 in the same transaction, so OpenBao's audit log still reconciles with the ledger. All items of a batch
 share the OpenBao request id of the one batch decrypt; each grant or deny entry records it with the
@@ -102,22 +100,16 @@ class GrantLedger:
         self._transit = transit
         self._commit = commit
         self._clock = clock
-        # A batch is two stages: the decrypt in OpenBao (unwrap thread), then one commit. The batcher runs
-        # one decrypt at a time and the commits go one at a time in decrypt order, so the next batch's
-        # decrypt overlaps this batch's commit. At most one decrypted batch waits for its commit turn,
-        # so under load batches grow instead of queueing in front of the database.
-        self._unwraps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-unwrap")
-        self._commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-commit")
-        self._commit_turn = asyncio.Lock()
-        self._batcher: LoopBatcher[GrantRequest, tuple[asyncio.Task[list[Outcome]], int]] = LoopBatcher(
-            self._unwrap_stage, name="release", max_batch=max_batch
+        # One batch at a time: while a batch is in OpenBao and SQLite the next one fills up; bigger
+        # batches cost less CPU per release than overlapping smaller ones (bench.bench_release).
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-batch")
+        self._batcher: LoopBatcher[GrantRequest, Outcome] = LoopBatcher(
+            self._run, name="release", max_batch=max_batch
         )
 
     async def grant(self, request: GrantRequest) -> Outcome:
         """Unwrap and, if its premises still hold, record the grant (batched with concurrent ones)."""
-        commit, index = await self._batcher.submit(request)
-        # shielded: a caller that goes away must not cancel the commit its whole batch shares
-        return (await asyncio.shield(commit))[index]
+        return await self._batcher.submit(request)
 
     async def deny(self, row: DenialRow) -> int:
         """Record a refusal decided before any decrypt (group-committed with others); its sequence."""
@@ -125,53 +117,31 @@ class GrantLedger:
 
     def close(self) -> None:
         self._batcher.close()
-        self._unwraps.shutdown(wait=True)
-        self._commits.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
 
-    async def _unwrap_stage(
-        self, requests: Sequence[GrantRequest]
-    ) -> list[tuple[asyncio.Task[list[Outcome]], int]]:
-        """What the batcher waits for: the batch decrypt, then this batch's turn to commit. The commit
-        runs as its own task; every caller of the batch awaits it for its own outcome."""
+    async def _run(self, requests: Sequence[GrantRequest]) -> list[Outcome]:
+        """The decrypt waits on OpenBao in the batch thread. The commit runs right on the event loop
+        when SQLite's writer turn is free (about a millisecond of CPU work, and no second thread
+        contending for the GIL at every SQLite call); when another writer holds the turn, or on
+        PostgreSQL (network round trips), it waits in the batch thread instead."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        unwrapped = await loop.run_in_executor(self._unwraps, self._unwrap, requests)
-        if self._metrics is not None:
-            self._metrics.release_batch_size.observe(len(requests))
-            self._metrics.release_batch_seconds.labels("unwrap").observe(time.perf_counter() - started)
-        await self._commit_turn.acquire()
-        commit = loop.create_task(self._commit_stage(requests, unwrapped))
-        return [(commit, index) for index in range(len(requests))]
-
-    async def _commit_stage(
-        self, requests: Sequence[GrantRequest], unwrapped: Sequence[Unwrapped | OpenBaoError]
-    ) -> list[Outcome]:
-        """Holds the commit turn (taken by ``_unwrap_stage``) until the batch is durable. The commit runs
-        right on the event loop when SQLite's writer turn is free (about a millisecond of CPU work, and
-        no second thread contending for the GIL at every SQLite call); when another writer holds the
-        turn, or on PostgreSQL (network round trips), it waits in the commit thread instead."""
-        loop = asyncio.get_running_loop()
+        unwrapped = await loop.run_in_executor(self._pool, self._unwrap, requests)
+        unwrapped_at = time.perf_counter()
         try:
-            # Two loop turns: the batcher starts the next batch one turn after this task was made and
-            # that batch hands its decrypt to the unwrap thread one turn later; only then does this
-            # commit hold the loop, so the two overlap.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            started = time.perf_counter()
-            try:
-                if self._store.is_sqlite:
-                    try:
-                        return self._record(requests, unwrapped, wait=False)
-                    except WriterBusy:
-                        pass
-                return await loop.run_in_executor(self._commits, self._record, requests, unwrapped)
-            finally:
-                if self._metrics is not None:
-                    self._metrics.release_batch_seconds.labels("commit").observe(
-                        time.perf_counter() - started
-                    )
+            if self._store.is_sqlite:
+                try:
+                    return self._record(requests, unwrapped, wait=False)
+                except WriterBusy:
+                    pass
+            return await loop.run_in_executor(self._pool, self._record, requests, unwrapped)
         finally:
-            self._commit_turn.release()
+            if self._metrics is not None:
+                self._metrics.release_batch_size.observe(len(requests))
+                self._metrics.release_batch_seconds.labels("unwrap").observe(unwrapped_at - started)
+                self._metrics.release_batch_seconds.labels("commit").observe(
+                    time.perf_counter() - unwrapped_at
+                )
 
     def _unwrap(self, requests: Sequence[GrantRequest]) -> list[Unwrapped | OpenBaoError]:
         return self._transit.unwrap_batch([r.ciphertext for r in requests])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,7 +36,6 @@ from kms.sql.nodes import SqlNodes
 from kms.sql.policy_versions import PolicyRow, SqlPolicies
 from kms.sql.schema import key_versions, keys
 from kms.sql.store import Store
-from kms.usecases import grants
 from kms.usecases.grants import GrantLedger
 from kms.usecases.metrics import Metrics
 from kms.usecases.policy_source import PolicySource
@@ -437,36 +435,6 @@ def test_a_request_twice_in_one_batch_is_granted_once(world: World) -> None:
     ciphertext = "vault:v1:dataset/train"
     assert world.transit.calls == [[ciphertext], [ciphertext] * 2]  # one batch decrypt for both copies
     assert world.metrics.registry.get_sample_value("sovereign_release_batch_size_sum") == 3.0
-
-
-def test_the_next_batch_decrypts_while_this_one_commits(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The batch's two stages overlap: while batch 1 is inside its commit transaction, batch 2 (the
-    requests that arrived during batch 1's decrypt) is already decrypting. Run one stage after the
-    other and batch 2's decrypt only starts once batch 1 committed: the wait below runs out."""
-    second_decrypt = threading.Event()
-    seen_during_commit: list[bool] = []
-    world.transit.before = lambda: second_decrypt.set() if len(world.transit.calls) == 2 else None
-    real = grants.commit_grants
-
-    def commit_grants(conn: Any, items: Any, now: datetime) -> list[Any]:
-        if not seen_during_commit:  # batch 1, inside its transaction
-            seen_during_commit.append(second_decrypt.wait(timeout=10))
-        return real(conn, items, now)
-
-    monkeypatch.setattr(grants, "commit_grants", commit_grants)
-
-    async def three() -> list[Released | BaseException]:
-        calls = [world.release.release(world.request(rid=bytes([i]) * 16)) for i in (1, 2, 3)]
-        return list(await asyncio.gather(*calls, return_exceptions=True))
-
-    outcomes = asyncio.run(three())
-    assert all(isinstance(o, Released) for o in outcomes), outcomes
-    assert [len(c) for c in world.transit.calls] == [1, 2]
-    assert seen_during_commit == [True]
-    sequences = [o.audit_sequence for o in outcomes if isinstance(o, Released)]
-    assert sequences[0] < min(sequences[1:])  # committed in decrypt order
 
 
 # --- the premises check itself ----------------------------------------------------------------------
