@@ -185,6 +185,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 s per measurement instead of 10 s")
     parser.add_argument("--workers", type=int, default=None, help="client threads (default 32; tiny 4)")
+    parser.add_argument("--processes", type=int, default=1, help="serve --processes (node-facing processes)")
     args = parser.parse_args()
     tiny = bool(os.environ.get("SOVEREIGN_BENCH_TINY"))
     seconds = 0.5 if tiny else 3.0 if args.quick else 10.0
@@ -195,6 +196,8 @@ def main() -> int:
         pki = SimulatedPki.generate(now)
         bao = start_bao(workdir)
         server = ServerProcess(workdir / "server", prepare(workdir / "server", pki, now), bao)
+        if args.processes > 1:
+            server.extra = ["--processes", str(args.processes)]
         try:
             server.start()
             ours_calls = release_calls(enrol(server, pki, workers))
