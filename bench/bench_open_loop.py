@@ -45,6 +45,12 @@ from tests.e2e.world import Bao, ServerProcess, prepare, start_bao
 
 HERE = Path(__file__).resolve().parent
 LOADS = (0.25, 0.50, 0.75)
+SPLIT_FAMILIES = (
+    "sovereign_release_seconds",
+    "sovereign_openbao_call_seconds",
+    "sovereign_release_batch_seconds",
+    "sovereign_release_batch_size",
+)
 P99_TARGET = 1.5
 
 
@@ -112,13 +118,14 @@ def scrape_sums(metrics_port: int) -> dict[str, tuple[float, float]]:
         text = reply.read().decode()
     out: dict[str, tuple[float, float]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in ("sovereign_release_seconds", "sovereign_openbao_call_seconds"):
+        if family.name not in SPLIT_FAMILIES:
             continue
         for sample in family.samples:
             kind = sample.name.rsplit("_", 1)[-1]
             if kind not in ("sum", "count"):
                 continue
-            key = family.name + ":" + sample.labels.get("operation", "")
+            label = sample.labels.get("operation", sample.labels.get("stage", ""))
+            key = family.name + ":" + label
             total, count = out.get(key, (0.0, 0.0))
             out[key] = (total + sample.value, count) if kind == "sum" else (total, count + sample.value)
     return out
@@ -127,13 +134,19 @@ def scrape_sums(metrics_port: int) -> dict[str, tuple[float, float]]:
 def server_split(
     before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
 ) -> dict[str, float]:
-    """Mean ms per call between two scrapes, per histogram (and OpenBao operation)."""
+    """Mean ms per call between two scrapes, per histogram (and OpenBao operation or batch stage);
+    the mean batch size."""
     split = {}
     for key, (total, count) in after.items():
         t0, c0 = before.get(key, (0.0, 0.0))
-        if count > c0:
-            name = key.replace("sovereign_", "").replace("_seconds", "").replace(":", "_").rstrip("_")
-            split[f"server_{name}_mean_ms"] = round((total - t0) / (count - c0) * 1000, 3)
+        if count <= c0:
+            continue
+        mean = (total - t0) / (count - c0)
+        name = key.replace("sovereign_", "").replace("_seconds", "").replace(":", "_").rstrip("_")
+        if key.startswith("sovereign_release_batch_size"):
+            split["server_release_batch_size_mean"] = round(mean, 2)
+        else:
+            split[f"server_{name}_mean_ms"] = round(mean * 1000, 3)
     return split
 
 
@@ -172,6 +185,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 s per measurement instead of 10 s")
     parser.add_argument("--workers", type=int, default=None, help="client threads (default 32; tiny 4)")
+    parser.add_argument("--processes", type=int, default=1, help="serve --processes (node-facing processes)")
     args = parser.parse_args()
     tiny = bool(os.environ.get("SOVEREIGN_BENCH_TINY"))
     seconds = 0.5 if tiny else 3.0 if args.quick else 10.0
@@ -182,6 +196,8 @@ def main() -> int:
         pki = SimulatedPki.generate(now)
         bao = start_bao(workdir)
         server = ServerProcess(workdir / "server", prepare(workdir / "server", pki, now), bao)
+        if args.processes > 1:
+            server.extra = ["--processes", str(args.processes)]
         try:
             server.start()
             ours_calls = release_calls(enrol(server, pki, workers))
@@ -193,28 +209,44 @@ def main() -> int:
     return 0
 
 
+def load_1m() -> float:
+    """The 1-minute load average right after a measurement: the machine is shared (2 cores)."""
+    return round(os.getloadavg()[0], 2)
+
+
 def run_loaded(ours_calls: list[Callable[[], None]], bare: list[Callable[[], None]], seconds: float,
                tiny: bool, metrics_port: int) -> None:  # fmt: skip
     workers = len(ours_calls)
     bare_max, _ = run_threads(workers, seconds, lambda i: bare[i])
+    load_bare = load_1m()
+    before = scrape_sums(metrics_port)
     ours_max, _ = run_threads(workers, seconds, lambda i: ours_calls[i])
+    split = server_split(before, scrape_sums(metrics_port))
     row(f"release throughput at saturation ({workers} closed-loop clients)", ours_max, bare_max, "requests/s",
         1.0, ours_max >= bare_max, "closed loop, same run; baseline = bare hvac transit/decrypt from the same "
-        "number of clients; clients share the machine with the server and OpenBao", concurrency_max=workers)  # fmt: skip
+        "number of clients; clients share the machine with the server and OpenBao; load_1m_* = the 1-minute "
+        "load average after each side ran", concurrency_max=workers, load_1m_baseline=load_bare,
+        load_1m_ours=load_1m(), **split)  # fmt: skip
     one_bare, _ = run_threads(1, seconds, lambda i: bare[0])
+    load_bare = load_1m()
     before = scrape_sums(metrics_port)
     one_ours, one_lat = run_threads(1, seconds, lambda i: ours_calls[0])
     split = server_split(before, scrape_sums(metrics_port))
     row("release throughput at 1 concurrent node", one_ours, one_bare, "requests/s", 0.5,
         one_ours >= 0.5 * one_bare, "one closed-loop client each side; ours is a signed release over mTLS "
         "gRPC (verify, decide, unwrap in OpenBao, record, seal), bare is one transit/decrypt; server_* = "
-        "mean ms per call inside the server over this run (its /metrics), client_mean_ms = what the client saw",
-        client_mean_ms=round(sum(one_lat) / max(1, len(one_lat)) * 1000, 3), **split)  # fmt: skip
+        "mean ms per call inside the server over this run (its /metrics: the whole release, the OpenBao "
+        "calls, a batch's unwrap and commit stages), client_mean_ms = what the client saw",
+        client_mean_ms=round(sum(one_lat) / max(1, len(one_lat)) * 1000, 3), load_1m_baseline=load_bare,
+        load_1m_ours=load_1m(), **split)  # fmt: skip
     points = []
     for i, load in enumerate(LOADS):
         rate = load * bare_max
         b_rate, b_lat = open_loop(bare, rate, seconds, seed=i)
+        load_bare = load_1m()
+        before = scrape_sums(metrics_port)
         o_rate, o_lat = open_loop(ours_calls, rate, seconds, seed=i)
+        split = server_split(before, scrape_sums(metrics_port))
         ours_p99, bare_p99 = percentile(o_lat, 0.99) * 1000, percentile(b_lat, 0.99) * 1000
         points.append(
             row(
@@ -233,6 +265,9 @@ def run_loaded(ours_calls: list[Callable[[], None]], bare: list[Callable[[], Non
                 p50_ms=round(percentile(o_lat, 0.5) * 1000, 2),
                 baseline_p50_ms=round(percentile(b_lat, 0.5) * 1000, 2),
                 samples=len(o_lat),
+                load_1m_baseline=load_bare,
+                load_1m_ours=load_1m(),
+                **split,
             )
         )
     if not tiny:

@@ -4,7 +4,8 @@
 OpenBao transit unwraps (one ``batch_input`` decrypt instead of N HTTP calls) plus one commit per batch.
 ``Batcher`` does the same for threads (a collector thread hands groups of items to one batch function):
 ``kms.sql.group_commit`` uses it for small writes such as denials and audit entries (one durable
-SQLite commit instead of N fsyncs). The window bounds the added latency.
+SQLite commit instead of N fsyncs); there a window bounds the added latency. ``LoopBatcher`` waits for
+nothing: its batches form while the previous one runs.
 """
 
 from __future__ import annotations
@@ -152,72 +153,38 @@ class LoopBatcher(Generic[T, R]):
     from the loop when its batch ends, so no thread wakes the loop once per item (each cross-thread
     wake-up is a GIL hand-off and a context switch).
 
-    A batch goes when ``max_batch`` items wait, when ``idle`` seconds passed without a new item, or
-    at the latest ``window`` seconds after its first item, and never while the previous batch runs.
-    Under load items keep arriving, so batches grow towards ``window`` and the per-batch costs (one
-    OpenBao request, one commit) are shared by many releases. While requests come one at a time (the
-    last batch had a single item) an item arriving with no batch running goes at once."""
+    There is no timer: an item that finds no batch running goes at once, since waiting for company
+    that may not come is pure latency. Items that arrive while a batch runs gather and go together the
+    moment it ends (at most ``max_batch`` per batch). Batches so grow by themselves with the load, to
+    what arrives during one batch's run, and the per-batch costs (one OpenBao request, one commit) are
+    shared by every caller waiting then; at light load each item goes alone, with nothing added."""
 
-    def __init__(
-        self,
-        fn: AsyncBatchFn[T, R],
-        *,
-        name: str,
-        window: float = 0.002,
-        idle: float | None = None,
-        max_batch: int = 128,
-    ) -> None:
+    def __init__(self, fn: AsyncBatchFn[T, R], *, name: str, max_batch: int = 128) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self._fn = fn
         self._name = name
-        self._window = window
-        self._idle = window if idle is None else min(idle, window)
         self._max = max_batch
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._running: asyncio.Task[Sequence[R | BaseException]] | None = None
-        self._first = self._last = 0.0  # loop times of the first and the latest waiting item
-        self._alone = False  # the last batch had one item: nobody else is asking, so do not wait
         self._closed = False
 
     async def submit(self, item: T) -> R:
         if self._closed:
             raise KmsError(f"{self._name} batcher is stopped", code=Code.SERVER_OVERLOADED)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        self._last = loop.time()
-        if not self._waiting:
-            self._first = self._last
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if len(self._waiting) >= self._max or (self._running is None and self._alone):
-            self._flush()
-        elif self._timer is None and self._running is None:
-            self._timer = loop.call_at(self._last + self._idle, self._due)
+        self._start()
         return await future
 
     def close(self) -> None:
         self._closed = True
 
-    def _due(self) -> None:
-        """The timer: go now if the batch is due, else look again when it will be."""
-        self._timer = None
+    def _start(self) -> None:
+        """Start a batch of what waits, unless one is running (its end starts the next)."""
         if self._running is not None or not self._waiting:
             return
-        loop = asyncio.get_running_loop()
-        when = min(self._first + self._window, self._last + self._idle)
-        if loop.time() >= when:
-            self._flush()
-        else:
-            self._timer = loop.call_at(when, self._due)
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._running is not None or not self._waiting:
-            return  # a batch is running: the next one keeps growing until it ends
         batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-        self._alone = len(batch) == 1
-        self._first = asyncio.get_running_loop().time()  # the rest (over max_batch) starts a window now
         self._running = asyncio.get_running_loop().create_task(self._fn([item for item, _ in batch]))
         self._running.add_done_callback(lambda finished: self._resolve(batch, finished))
 
@@ -226,5 +193,4 @@ class LoopBatcher(Generic[T, R]):
     ) -> None:
         self._running = None
         _settle([future for _, future in batch], _outcomes(self._name, len(batch), finished.result))
-        if self._waiting:
-            self._due()  # what gathered while this batch ran goes when it is due
+        self._start()  # what gathered while this batch ran goes now

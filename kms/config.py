@@ -127,10 +127,6 @@ class ServerConfig:
     tls_ca: str = _setting(
         "", "CA (PEM) that issued --tls-cert; the console pins it to reach the operator port"
     )
-    release_window_ms: float = _setting(
-        30.0,
-        "longest a release batch gathers under load (one OpenBao decrypt and one commit per batch); a batch nobody joined for 5 ms goes at once",
-    )
     denial_window_ms: float = _setting(2.0, "how long a denial record waits for others to commit with")
     processes: int = _setting(
         1,

@@ -162,7 +162,7 @@ def build(
             sign=not config.replica,
         )  # fmt: skip
         closers.append(audit.stop)  # after the batchers stop, before the group commit closes
-        ledger = GrantLedger(store, transit, commit, clock, window=config.release_window_ms / 1000)
+        ledger = GrantLedger(store, transit, commit, clock, metrics=metrics)
         closers.append(ledger.close)
         provenance = ProvenanceIssuer(store, transit, clock, observe=metrics.observe_provenance)
         closers.append(provenance.close)  # its thread, before the OpenBao client closes

@@ -43,6 +43,7 @@ from kms.sql.decisions import (
 from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store
 from kms.sql.writer_queue import WriterBusy
+from kms.usecases.metrics import Metrics
 
 Recheck = Callable[[Connection], Reason | None]
 
@@ -69,7 +70,6 @@ class Refused:
 
 Outcome = Granted | Refused | OpenBaoError
 PURGE_EVERY = 1.0  # seconds between purges of expired request ids
-IDLE_GAP = 0.005  # a release batch goes when no request joined it for this long (or its window ended)
 
 
 def denial_of(row: GrantRow, reason: Reason, openbao_request_id: str | None) -> DenialRow:
@@ -95,10 +95,11 @@ class GrantLedger:
         commit: GroupCommit,
         clock: Clock,
         *,
-        window: float = 0.002,
         max_batch: int = 128,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._next_purge = 0.0
         self._transit = transit
         self._commit = commit
@@ -107,7 +108,7 @@ class GrantLedger:
         # batches cost less CPU per release than overlapping smaller ones (bench.bench_release).
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release-batch")
         self._batcher: LoopBatcher[GrantRequest, Outcome] = LoopBatcher(
-            self._run, name="release", window=window, idle=IDLE_GAP, max_batch=max_batch
+            self._run, name="release", max_batch=max_batch
         )
 
     async def grant(self, request: GrantRequest) -> Outcome:
@@ -128,13 +129,23 @@ class GrantLedger:
         contending for the GIL at every SQLite call); when another writer holds the turn, or on
         PostgreSQL (network round trips), it waits in the batch thread instead."""
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         unwrapped = await loop.run_in_executor(self._pool, self._unwrap, requests)
-        if self._store.is_sqlite:
-            try:
-                return self._record(requests, unwrapped, wait=False)
-            except WriterBusy:
-                pass
-        return await loop.run_in_executor(self._pool, self._record, requests, unwrapped)
+        unwrapped_at = time.perf_counter()
+        try:
+            if self._store.is_sqlite:
+                try:
+                    return self._record(requests, unwrapped, wait=False)
+                except WriterBusy:
+                    pass
+            return await loop.run_in_executor(self._pool, self._record, requests, unwrapped)
+        finally:
+            if self._metrics is not None:
+                self._metrics.release_batch_size.observe(len(requests))
+                self._metrics.release_batch_seconds.labels("unwrap").observe(unwrapped_at - started)
+                self._metrics.release_batch_seconds.labels("commit").observe(
+                    time.perf_counter() - unwrapped_at
+                )
 
     def _unwrap(self, requests: Sequence[GrantRequest]) -> list[Unwrapped | OpenBaoError]:
         return self._transit.unwrap_batch([r.ciphertext for r in requests])

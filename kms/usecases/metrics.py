@@ -98,6 +98,21 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         )
+        self.release_batch_seconds = Histogram(
+            "sovereign_release_batch_seconds",
+            "Time of one release batch's stages: unwrap (the OpenBao batch decrypt, from the batch "
+            "thread) and commit (the transaction that re-checks the premises, appends the ledger "
+            "entries and commits durably)",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.release_batch_size = Histogram(
+            "sovereign_release_batch_size",
+            "Releases per batch (one OpenBao decrypt and one commit each)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.openbao_seconds = Histogram(
             "sovereign_openbao_call_seconds",
             "Time of one OpenBao call (failover and retries included), by operation and outcome",

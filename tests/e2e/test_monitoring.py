@@ -80,6 +80,9 @@ def test_state_families_are_exported(scraped: dict[str, list[tuple[str, float]]]
     denied = [labels for labels, _ in scraped["sovereign_release_denials_total"]]
     assert any("RELEASE_PURPOSE_NOT_ALLOWED" in labels for labels in denied)
     assert scraped["sovereign_release_seconds_count"][0][1] >= 1
+    assert scraped["sovereign_release_batch_size_count"][0][1] >= 1  # the grant's batch
+    stages = {labels for labels, _ in scraped["sovereign_release_batch_seconds_count"]}
+    assert stages == {'stage="unwrap"', 'stage="commit"'}
 
 
 def test_only_metrics_and_health_are_served(server: ServerProcess) -> None:

@@ -81,12 +81,13 @@ def test_loop_batcher_gathers_on_the_loop_and_answers_each_caller() -> None:
             async def run(items: Sequence[int]) -> list[int | BaseException]:
                 return await asyncio.get_running_loop().run_in_executor(pool, square, items)
 
-            batcher: LoopBatcher[int, int] = LoopBatcher(run, name="test", window=0.01, max_batch=8)
+            batcher: LoopBatcher[int, int] = LoopBatcher(run, name="test", max_batch=8)
             outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(20)), return_exceptions=True)
         return {i: str(o) if isinstance(o, ValueError) else o for i, o in enumerate(outcomes)}
 
     assert asyncio.run(main()) == {i: ("odd 7" if i == 7 else i * i) for i in range(20)}
-    assert sorted(sizes, reverse=True) == [8, 8, 4]  # max_batch bounds a batch; nothing is lost
+    # the first goes alone at once; the rest gather behind it, max_batch bounds a batch, nothing is lost
+    assert sizes == [1, 8, 8, 3]
     assert threads == {"batch_0"}  # one batch at a time, in the thread the batch function chose
 
 
@@ -98,7 +99,7 @@ def test_loop_batcher_fails_every_caller_of_a_failing_or_miscounted_batch() -> N
         return []
 
     async def main(fn: Callable[[Sequence[int]], Any]) -> list[object]:
-        batcher: LoopBatcher[int, int] = LoopBatcher(fn, name="test", window=0.001)
+        batcher: LoopBatcher[int, int] = LoopBatcher(fn, name="test")
         return list(await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True))
 
     assert [str(e) for e in asyncio.run(main(boom))] == ["backend down", "backend down"]
@@ -111,7 +112,7 @@ def test_loop_batcher_refuses_after_close() -> None:
         return list(items)
 
     async def main() -> tuple[object, object]:
-        batcher: LoopBatcher[int, int] = LoopBatcher(echo, name="test", window=0.001)
+        batcher: LoopBatcher[int, int] = LoopBatcher(echo, name="test")
         served = await batcher.submit(1)
         batcher.close()
         refused = await asyncio.gather(batcher.submit(2), return_exceptions=True)
@@ -122,46 +123,70 @@ def test_loop_batcher_refuses_after_close() -> None:
     assert isinstance(refused, KmsError) and refused.code.value == "SERVER_OVERLOADED"
 
 
-def test_loop_batcher_keeps_a_batch_open_while_items_arrive_and_sends_a_lone_one_when_idle() -> None:
-    sizes: list[int] = []
+def test_loop_batcher_sends_a_lone_item_at_once_and_gathers_only_behind_a_running_batch() -> None:
+    """No timer: a batcher that gave a lone item any window to find company would not have started
+    its batch after a few loop turns; here it has, every time."""
+    started: list[list[int]] = []
+    release = asyncio.Event()
 
     async def record(items: Sequence[int]) -> list[int | BaseException]:
-        sizes.append(len(items))
+        started.append(list(items))
+        await release.wait()
         return list(items)
 
-    async def trickle(batcher: LoopBatcher[int, int], spacing: float, count: int) -> None:
-        calls = []
-        for i in range(count):
-            calls.append(asyncio.ensure_future(batcher.submit(i)))
-            await asyncio.sleep(spacing)
-        await asyncio.gather(*calls)
+    async def turns(count: int = 3) -> None:
+        for _ in range(count):
+            await asyncio.sleep(0)
 
     async def main() -> None:
-        # items 5 ms apart never leave the batch idle for 250 ms: one batch, well before the 60 s window
-        await trickle(LoopBatcher(record, name="test", window=60, idle=0.25), 0.005, 10)
-        # items 500 ms apart: each one goes alone after the 50 ms idle gap, not after the 5 s window
-        await trickle(LoopBatcher(record, name="test", window=5, idle=0.05), 0.5, 3)
+        batcher: LoopBatcher[int, int] = LoopBatcher(record, name="test", max_batch=3)
+        release.set()
+        for i in range(3):  # one at a time, nobody else asking: each goes alone, at once
+            call = asyncio.ensure_future(batcher.submit(i))
+            await turns()
+            assert started[-1] == [i]
+            assert await call == i
+        release.clear()
+        first = asyncio.ensure_future(batcher.submit(10))
+        await turns()
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(11, 16)]
+        await turns()
+        assert started[3:] == [[10]]  # the others wait behind the running batch
+        release.set()
+        assert await asyncio.gather(first, *rest) == list(range(10, 16))  # none is lost
 
     asyncio.run(main())
-    assert sizes == [10, 1, 1, 1]
+    assert started == [[0], [1], [2], [10], [11, 12, 13], [14, 15]]
 
 
-def test_loop_batcher_sends_at_once_while_nobody_else_is_asking() -> None:
-    sizes: list[int] = []
+def test_loop_batcher_starts_what_gathered_when_a_batch_fails() -> None:
+    calls: list[list[int]] = []
+    gate = asyncio.Event()
 
-    async def record(items: Sequence[int]) -> list[int | BaseException]:
-        sizes.append(len(items))
-        await asyncio.sleep(0.01)
+    async def flaky(items: Sequence[int]) -> list[int | BaseException]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            await gate.wait()
+            raise RuntimeError("backend down")
         return list(items)
 
-    async def main() -> None:
-        batcher: LoopBatcher[int, int] = LoopBatcher(record, name="test", window=5, idle=0.05)
-        await batcher.submit(1)  # the first waits out the idle gap: maybe others are coming
-        # the last batch was a lone one, so the next item goes at once; one sent in the same breath
-        # finds that batch running and gathers for the next
-        await asyncio.gather(batcher.submit(2), batcher.submit(3))
-        await asyncio.gather(*(batcher.submit(i) for i in range(4, 8)))  # 4 alone, then 5-7 together
-        await asyncio.gather(*(batcher.submit(i) for i in range(8, 12)))  # no longer alone: all four
+    async def main() -> list[object]:
+        batcher: LoopBatcher[int, int] = LoopBatcher(flaky, name="test")
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0)
+        later = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]
+        await asyncio.sleep(0)
+        gate.set()
+        return list(await asyncio.gather(first, *later, return_exceptions=True))
 
-    asyncio.run(main())
-    assert sizes == [1, 1, 1, 1, 3, 4]
+    outcomes = asyncio.run(main())
+    assert calls == [[1], [2, 3]]
+    assert [str(o) for o in outcomes] == ["backend down", "2", "3"]
+
+
+def test_loop_batcher_refuses_a_max_batch_below_one() -> None:
+    async def echo(items: Sequence[int]) -> list[int | BaseException]:
+        return list(items)
+
+    with pytest.raises(ValueError):
+        LoopBatcher(echo, name="test", max_batch=0)

@@ -186,8 +186,8 @@ def world(tmp_path: Path) -> Iterator[World]:
     policies.seed(POLICY, "test")
     transit = FakeTransit()
     commit = GroupCommit(store)
-    ledger = GrantLedger(store, transit, commit, clock)  # type: ignore[arg-type]
     metrics = Metrics()
+    ledger = GrantLedger(store, transit, commit, clock, metrics=metrics)  # type: ignore[arg-type]
     release = KeyRelease(
         store,
         catalogue=Catalogue(key_store, None, clock),
@@ -221,6 +221,11 @@ def test_a_grant_is_recorded_then_sealed_to_the_node(world: World) -> None:
     assert world.rows("SELECT count(*) FROM denials") == [(0,)]
     assert world.metrics.registry.get_sample_value("sovereign_releases_total", {"purpose": "read"}) == 1.0
     assert world.metrics.registry.get_sample_value("sovereign_release_seconds_count") == 1.0
+    sample = world.metrics.registry.get_sample_value
+    assert sample("sovereign_release_batch_size_count") == 1.0
+    assert sample("sovereign_release_batch_size_sum") == 1.0
+    for stage in ("unwrap", "commit"):
+        assert sample("sovereign_release_batch_seconds_count", {"stage": stage}) == 1.0
 
 
 def test_write_gets_the_latest_version_of_a_model_key(world: World) -> None:
@@ -416,13 +421,20 @@ def test_a_request_twice_in_one_batch_is_granted_once(world: World) -> None:
     request = world.request()
 
     async def both() -> list[Released | BaseException]:
-        calls = (world.release.release(request), world.release.release(request))
+        # the first request goes alone at once; the two copies gather behind it into one batch
+        calls = (
+            world.release.release(world.request(rid=b"\x02" * 16)),
+            world.release.release(request),
+            world.release.release(request),
+        )
         return list(await asyncio.gather(*calls, return_exceptions=True))
 
-    first, second = asyncio.run(both())
-    assert isinstance(first, Released)
+    other, first, second = asyncio.run(both())
+    assert isinstance(other, Released) and isinstance(first, Released)
     assert isinstance(second, ReleaseDenied) and second.code == "REQUEST_REPLAYED"
-    assert world.transit.calls == [["vault:v1:dataset/train"] * 2]  # one batch decrypt for both
+    ciphertext = "vault:v1:dataset/train"
+    assert world.transit.calls == [[ciphertext], [ciphertext] * 2]  # one batch decrypt for both copies
+    assert world.metrics.registry.get_sample_value("sovereign_release_batch_size_sum") == 3.0
 
 
 # --- the premises check itself ----------------------------------------------------------------------
