@@ -191,6 +191,20 @@ RENAMED = {old: o for o in OPTIONS for old in o.renamed_from}
 log = logging.getLogger("sovereign.config")
 
 
+RETIRED = {
+    "release_window_ms": "a release batch no longer waits to gather: it goes at once, and releases arriving "
+    "meanwhile go together in the next one",
+}
+"""Options that no longer do anything: a config file that still sets one starts, with a warning."""
+
+
+def _retired(file: Path, key: str) -> bool:
+    why = RETIRED.get(key.replace("-", "_"))
+    if why is not None:
+        log.warning("%s: option %r is retired and ignored (%s); remove it", file, key, why)
+    return why is not None
+
+
 def deprecated(old: str, new: str) -> None:
     log.warning("%s is deprecated and will be removed: use %s", old, new)
 
@@ -251,6 +265,8 @@ def load_config(
             raise _bad(f"cannot read config {file}: {type(exc).__name__}: {exc}") from None
         keys = {key.replace("-", "_") for key in doc}
         for key, value in doc.items():
+            if _retired(file, key):
+                continue
             name = key.replace("-", "_")
             option = OPTION.get(name) or RENAMED.get(name)
             if option is None:
@@ -442,6 +458,8 @@ def read_settings(file: Path) -> dict[str, Any]:
         raise _bad(f"cannot read config {file}: {type(exc).__name__}: {exc}") from None
     values: dict[str, Any] = {}
     for key, value in doc.items():
+        if _retired(file, key):
+            continue
         option = OPTION.get(key.replace("-", "_")) or RENAMED.get(key.replace("-", "_"))
         if option is None:
             raise _bad(f"{file}: unknown option {key!r}")

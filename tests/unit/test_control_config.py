@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kms.config import OPTIONS, ServerConfig, load_config
+from kms.config import OPTIONS, ServerConfig, load_config, read_settings
 from kms.errors import KmsError
 from sovereign.cli import build_parser
 
@@ -175,6 +175,17 @@ def test_unknown_and_mistyped_file_options(tmp_path: Path) -> None:
     file.write_text('workers = "many"\n')
     with pytest.raises(KmsError, match="workers must be a int"):
         load_config(file, {}, BASE)
+
+
+def test_a_retired_option_in_a_file_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = tmp_path / "serve.toml"
+    file.write_text("release_window_ms = 30.0\nworkers = 3\n")
+    config = load_config(file, {}, BASE)
+    assert config.workers == 3 and not hasattr(config, "release_window_ms")
+    assert "'release_window_ms' is retired and ignored" in caplog.text
+    assert read_settings(file) == {"workers": 3}
 
 
 def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
