@@ -10,7 +10,9 @@ in the same transaction, so OpenBao's audit log still reconciles with the ledger
 share the OpenBao request id of the one batch decrypt; each grant or deny entry records it with the
 item's batch index and the batch size (``sovereign audit reconcile`` counts them). Grants and denials
 are audit ledger entries appended inside the batch's one commit: durable before any reply, one fsync
-per batch. Refusals decided before any decrypt are group-committed (``GrantLedger.deny``).
+per batch. Refusals decided before any decrypt are group-committed (``GrantLedger.deny``). If the batch's
+transaction fails after its decrypt, every decrypted item still gets a denial naming its OpenBao request,
+written as soon as the database takes it (``kms.usecases.unrecorded``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kms.clock import Clock
 from kms.domain.catalogue import DATA_KEY_BYTES
 from kms.domain.premises import Grant, Snapshot, check_premises
 from kms.domain.transit import Transit, Unwrapped
-from kms.errors import Code, OpenBaoError, reason_for
+from kms.errors import Code, KmsError, OpenBaoError, reason_for
 from kms.sql import Connection
 from kms.sql.decisions import (
     DenialRow,
@@ -44,6 +46,7 @@ from kms.sql.group_commit import GroupCommit
 from kms.sql.store import Store
 from kms.sql.writer_queue import WriterBusy
 from kms.usecases.metrics import Metrics
+from kms.usecases.unrecorded import Unrecorded, UnrecordedDecrypts
 
 Recheck = Callable[[Connection], Reason | None]
 
@@ -110,6 +113,7 @@ class GrantLedger:
         self._batcher: LoopBatcher[GrantRequest, Outcome] = LoopBatcher(
             self._run, name="release", max_batch=max_batch
         )
+        self.unrecorded = UnrecordedDecrypts(store)
 
     async def grant(self, request: GrantRequest) -> Outcome:
         """Unwrap and, if its premises still hold, record the grant (batched with concurrent ones)."""
@@ -122,6 +126,7 @@ class GrantLedger:
     def close(self) -> None:
         self._batcher.close()
         self._pool.shutdown(wait=True)
+        self.unrecorded.close()
 
     async def _run(self, requests: Sequence[GrantRequest]) -> list[Outcome]:
         """The decrypt waits on OpenBao in the batch thread. The commit runs right on the event loop
@@ -139,6 +144,10 @@ class GrantLedger:
                 except WriterBusy:
                     pass
             return await loop.run_in_executor(self._pool, self._record, requests, unwrapped)
+        except Exception as err:
+            # keys were decrypted and nothing recorded: the ledger still gets an entry per decrypt
+            self.unrecorded.add(not_committed(requests, unwrapped, err))
+            raise
         finally:
             if self._metrics is not None:
                 self._metrics.release_batch_size.observe(len(requests))
@@ -189,6 +198,22 @@ class GrantLedger:
         done = [o for o in outcomes if o is not None]
         assert len(done) == len(requests), "every request gets an outcome"
         return done
+
+
+def not_committed(
+    requests: Sequence[GrantRequest], unwrapped: Sequence[Unwrapped | OpenBaoError], err: Exception
+) -> list[Unrecorded]:
+    """A denial for every item OpenBao decrypted in a batch whose transaction failed: the commit's error
+    is the reason (a failure that is not a coded one is an internal error)."""
+    code = Code(err.code) if isinstance(err, KmsError) else Code.INTERNAL_ERROR
+    cause = err.message if isinstance(err, KmsError) else type(err).__name__
+    reason = reason_for(code, f"the key was decrypted but its grant could not be committed: {cause}"[:1024])
+    out: list[Unrecorded] = []
+    for index, (request, result) in enumerate(zip(requests, unwrapped, strict=True)):
+        if isinstance(result, Unwrapped):
+            item = _with_request_id(request.pending, result, index, len(requests))
+            out.append(Unrecorded(item, denial_of(item.row, reason, result.request_id)))
+    return out
 
 
 def _with_request_id(pending: PendingGrant, unwrapped: Unwrapped, index: int, size: int) -> PendingGrant:

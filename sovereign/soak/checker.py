@@ -15,9 +15,13 @@ Invariants:
 * all of the above by ledger sequence, never by entry time: a server's clock may step back (the soak's
   clock-step fault) or two replicas' clocks differ, so times may run backwards (counted, not judged);
 * OpenBao's audit log reconciles with the ledger (``kms.audit.reconcile``): every KEK decrypt by the
-  control plane's AppRole is matched by grant/deny entries. A decrypt without any entry is a violation
-  unless it falls in a window in which the control plane could not record (SIGKILL, full filesystem):
-  those are reported as orphans (the key never left the process, whose reply follows the commit).
+  control plane's AppRole is matched by grant/deny entries. A decrypt whose grant transaction failed
+  (full filesystem, a stall that timed out the writer turn) is explained by the ``release.deny`` the
+  server records for it once the database takes it (``kms.usecases.unrecorded``); those denials are
+  counted by code. A decrypt without any entry is a violation unless it falls in a window in which the
+  control plane could not record at all (SIGKILL or SIGABRT before the commit or before that denial was
+  written; a full filesystem until the end of the run): those are reported as orphans (the key never
+  left the process, whose reply follows the commit).
 
 Pure: no I/O, no clock; the driver reads the files and passes their lines in.
 """
@@ -79,6 +83,9 @@ class CheckReport:
     decrypts: int = 0
     matched_decrypts: int = 0
     orphan_decrypts: list[dict[str, str]] = field(default_factory=list)  # request id, time, window kind
+    # release.deny entries that name an OpenBao decrypt, by reason code: refusals at commit
+    # (RELEASE_NODE_CHANGED, ...) and grants whose transaction failed after the decrypt (STORAGE_ERROR, ...)
+    decrypt_denials: dict[str, int] = field(default_factory=dict)
     # entries whose time is earlier than an entry before them (a server clock stepped back, or two
     # replicas' clocks apart): not a violation; order is judged by sequence number, never by time
     time_regressions: int = 0
@@ -94,6 +101,7 @@ class CheckReport:
             "matched_decrypts": self.matched_decrypts,
             "orphan_decrypts": self.orphan_decrypts,
             "orphans_by_window": _count(o["window"] for o in self.orphan_decrypts),
+            "decrypt_denials": self.decrypt_denials,
             "time_regressions": self.time_regressions,
             "max_time_regression_s": self.max_time_regression_s,
         }
@@ -135,6 +143,11 @@ def check(
     report.violations += _duplicates(grants)
     report.violations += _ledger_order(entries)
     report.time_regressions, report.max_time_regression_s = time_regressions(entries)
+    report.decrypt_denials = _count(
+        e.reasons[0].code
+        for e in entries
+        if e.kind is Kind.RELEASE_DENY and _text(e, "bao_request_id") and e.reasons
+    )
     if bao_log_lines is not None:
         decrypts = parse_bao_log(bao_log_lines, role_name=role_name, path=decrypt_path)
         report.violations += _reconciliation(decrypts, entries, history.orphan_windows, report)

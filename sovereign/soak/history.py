@@ -51,8 +51,9 @@ class Refusal:
 @dataclass(frozen=True)
 class Window:
     """A span in which the control plane could decrypt a key in OpenBao and then be unable to record
-    the outcome (the process was SIGKILLed, the ledger's filesystem was full). The key never left the
-    process: a reply is sent only after the commit."""
+    anything about it (the process was SIGKILLed or aborted, OpenBao died before its answer arrived). The
+    key never left the process: a reply is sent only after the commit. A commit that merely fails is no
+    such case: the server records a denial for the decrypt (``kms.usecases.unrecorded``)."""
 
     kind: str
     start: datetime

@@ -4,18 +4,16 @@ namespace of its own (``sovereign.soak.netns``) so its paths to PostgreSQL and t
 
 The replicas share the dev TLS identity and the node client CA folder (as a deployment shares its
 certificate and CA files) and the operators' realm; everything else is in PostgreSQL and OpenBao.
-PostgreSQL is the test suite's own throwaway server (``tests/pg/server.py``).
+PostgreSQL is the throwaway server the test suite uses too (``sovereign.devtools.postgres``).
 
 Each replica gets its own ``--dev-clock-file`` so a clock-step fault can shift one server's clock.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import secrets
 import signal
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,22 +30,13 @@ from kms.openbao.bootstrap import bootstrap
 from sovereign.demo.site import Bao, ControlPlane, Inputs, prepare_inputs
 from sovereign.devtools.openbao_cluster import OpenBaoCluster, RaftNode
 from sovereign.devtools.openbao_server import free_port
+from sovereign.devtools.postgres import PostgresServer, PostgresUnavailable
 from sovereign.soak.netns import ReplicaNetns
 from sovereign.soak.stack import OfflineRealm
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class ReplicaStackError(RuntimeError):
     pass
-
-
-def postgres_server_class() -> Any:
-    """The suite's PostgreSQL starter (``tests/pg/server.py``: Debian's binaries, an unprivileged user)."""
-    tests = str(ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.append(tests)
-    return importlib.import_module("pg.server").PostgresServer
 
 
 @dataclass
@@ -88,8 +77,8 @@ class ReplicaStack:
         leader = self.cluster.leader()
         self.bao = Bao(leader, bootstrap(leader.addr, self.cluster.root_token, self.workdir / "approle"))
         try:
-            self.pg = postgres_server_class().start()
-        except (ImportError, RuntimeError) as exc:  # PostgresUnavailable is a RuntimeError
+            self.pg = PostgresServer.start()
+        except PostgresUnavailable as exc:
             raise ReplicaStackError(f"the soak's PostgreSQL did not start: {str(exc)[:500]}") from None
         self.db_url = self.pg.create_database(f"soak_{secrets.token_hex(4)}")
         self.netns = ReplicaNetns().create()
@@ -177,8 +166,7 @@ class ReplicaStack:
 
     def pg_start(self) -> None:
         """Start PostgreSQL again on its data (after ``pg.stop()``, immediate mode: crash recovery)."""
-        pg = self.pg
-        pg._run("pg_ctl", "-D", str(pg.data_dir), "-l", str(pg.log_path), "-w", "-t", "60", "start")
+        self.pg.start_again()
 
     def pg_pid(self) -> int | None:
         try:

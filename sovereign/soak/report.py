@@ -202,6 +202,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append(f"Ledger database at the end: {results['db_bytes']} bytes {where}.")
     checker = inv["checker"]
     orphans = ", ".join(f"{k}: {n}" for k, n in checker.get("orphans_by_window", {}).items()) or "none"
+    denials = checker.get("decrypt_denials", {})
+    explained = ", ".join(f"{k}: {n}" for k, n in sorted(denials.items())) or "none"
+    lines.append(f"Decrypts explained by a release.deny naming them, by code: {explained}.")
     lines.append(
         f"Orphan decrypts by fault window: {orphans}. Ledger entries whose time runs back (clock steps, "
         f"replicas' clocks apart; judged by sequence): {checker.get('time_regressions', 0)}, "

@@ -134,13 +134,42 @@ class Node:
     state: str = "new"
     attested_at: float = 0.0
     needs_renew: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one renewal at a time
+    # operations using the node's client now, and whether the node was dropped (revoked, failed to
+    # register): its client closes when the last of them ends, never under one (an RPC on a closed
+    # channel raises grpc's ValueError, which the driver counted as DRIVER_ValueError)
+    users: int = 0
+    dropped: bool = False
+    _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def due(self) -> bool:
         return self.needs_renew or time.monotonic() - self.attested_at > RENEW_EVERY
 
+    @contextmanager
+    def in_use(self) -> Iterator[bool]:
+        """Hold the node's client open for one operation; yields False if the node was dropped."""
+        with self._guard:
+            usable = not self.dropped
+            self.users += usable
+        try:
+            yield usable
+        finally:
+            if usable:
+                with self._guard:
+                    self.users -= 1
+                    last = self.dropped and self.users == 0
+                if last:
+                    self.agent.client.close()
+
     def close(self) -> None:
-        self.agent.client.close()
+        """Drop the node: its client closes now, or when the operation still using it ends."""
+        with self._guard:
+            if self.dropped:
+                return
+            self.dropped = True
+            idle = self.users == 0
+        if idle:
+            self.agent.client.close()
 
 
 class Operator:
@@ -269,11 +298,15 @@ class Workload:
     # -- node operations
 
     def _attest(self, node: Node, name: str, call: Callable[[], Any]) -> bool:
-        began = self.rec.now()
-        try:
-            result = call()
-        except NodeError as err:
-            return self.rec.op(name, began, node_code(err)[0])
+        """Register or renew ``node`` (``call``); a node dropped meanwhile is skipped, not counted."""
+        with node.in_use() as usable:
+            if not usable:
+                return False
+            began = self.rec.now()
+            try:
+                result = call()
+            except NodeError as err:
+                return self.rec.op(name, began, node_code(err)[0])
         if result.state is NodeState.ATTESTED:
             node.state, node.attested_at, node.needs_renew = "attested", time.monotonic(), False
             return self.rec.op(name, began)
@@ -309,26 +342,29 @@ class Workload:
 
     def release(self, node: Node, key_name: str, purpose: str, op: str = "release") -> bool:
         agent = node.agent
-        fields = ReleaseFields(
-            node_id=agent.node_id,
-            key_name=key_name,
-            purpose=purpose,
-            request_id=secrets.token_bytes(REQUEST_ID_LEN),
-            timestamp=datetime.now(UTC),
-            key_version=0,
-        )
-        began = self.rec.now()
-        try:
-            grant = agent.client.release_key(sign_release(agent.identity, fields))
-            released = open_grant(agent.identity.kem_private_key(), fields, grant)
-        except NodeError as err:
-            code, coded = node_code(err)
-            self.rec.refused(
-                Refusal(datetime.now(UTC), fields.node_id, fields.request_id.hex(), key_name, code, coded)
+        with node.in_use() as usable:
+            if not usable:
+                return False  # revoked and dropped by another worker since it was picked
+            fields = ReleaseFields(
+                node_id=agent.node_id,
+                key_name=key_name,
+                purpose=purpose,
+                request_id=secrets.token_bytes(REQUEST_ID_LEN),
+                timestamp=datetime.now(UTC),
+                key_version=0,
             )
-            if code in RENEW_AFTER:
-                node.needs_renew = True
-            return self.rec.op(op, began, code)
+            began = self.rec.now()
+            try:
+                grant = agent.client.release_key(sign_release(agent.identity, fields))
+                released = open_grant(agent.identity.kem_private_key(), fields, grant)
+            except NodeError as err:
+                code, coded = node_code(err)
+                self.rec.refused(
+                    Refusal(datetime.now(UTC), fields.node_id, fields.request_id.hex(), key_name, code, coded)
+                )
+                if code in RENEW_AFTER:
+                    node.needs_renew = True
+                return self.rec.op(op, began, code)
         received = Received(
             datetime.now(UTC), fields.node_id, fields.request_id.hex(), released.key_name,
             released.key_version, released.purpose, released.audit_sequence,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kms.audit.checkpoint import LocalSigner, load_audit_keys
-from kms.audit.entry import Decision, Entry, Kind
+from kms.audit.entry import Decision, Entry, Kind, Reason
 from kms.audit.export import ExportBuilder
 from sovereign.soak.checker import CheckReport, ViolationKind, check, parse_bao_time
 from sovereign.soak.history import ClientHistory, Received, Refusal, Window
@@ -216,6 +216,27 @@ def test_a_decrypt_inside_a_crash_window_is_an_orphan_not_a_violation() -> None:
     assert [o["request_id"] for o in report.orphan_decrypts] == ["bao-killed"]
     w.windows[0] = Window("serve-kill", when + timedelta(seconds=1), when + timedelta(seconds=2))
     assert kinds(w.judge()) == [ViolationKind.UNEXPLAINED_DECRYPT]
+
+
+def test_a_decrypt_whose_commit_failed_is_explained_by_its_denial_and_unexplained_without_it() -> None:
+    """The 30-minute soak's case: ``serve`` stopped (SIGSTOP: no fault window) between a decrypt and its
+    commit; the commit failed on resume. The server now records a denial naming the decrypt."""
+    w = clean()
+    w.decrypt("bao-stalled")
+    assert kinds(w.judge()) == [ViolationKind.UNEXPLAINED_DECRYPT]
+    fields = {
+        "node_id": "n2", "key_name": "dataset/train", "purpose": "read", "request_id": "aa07",
+        "bao_request_id": "bao-stalled", "bao_batch_index": 0, "bao_batch_size": 1,
+    }  # fmt: skip
+    reason = Reason("STORAGE_ERROR", "the key was decrypted but its grant could not be committed: ...")
+    w.entries.append(
+        Entry.create(len(w.entries), w.at(), Kind.RELEASE_DENY, actor="node:n2", decision=Decision.DENY,
+                     reasons=[reason], fields=fields)
+    )  # fmt: skip
+    report = w.judge()
+    assert report.violations == [] and report.orphan_decrypts == []
+    assert report.matched_decrypts == report.decrypts
+    assert report.decrypt_denials == {"STORAGE_ERROR": 1}
 
 
 def test_a_grant_naming_an_unknown_openbao_request_is_flagged() -> None:

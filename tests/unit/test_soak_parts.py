@@ -8,9 +8,14 @@ import base64
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from enclave.agent import NodeAgent
+from enclave.client import ControlPlaneClient
+from enclave.errors import NodeError
 from kms.clock import read_offset
 from sovereign.devtools.openbao_server import free_port
 from sovereign.soak.checker import ViolationKind
@@ -29,7 +34,7 @@ from sovereign.soak.monitor import BOUNDS, bound
 from sovereign.soak.netns import Forwarder
 from sovereign.soak.report import percentile, svg, throughput
 from sovereign.soak.scan import forms, scan
-from sovereign.soak.workload import OpRecord
+from sovereign.soak.workload import Node, OpRecord, Recorder, Workload
 
 KEY = bytes(range(1, 33))
 
@@ -159,3 +164,36 @@ def test_throughput_bins_by_outcome_and_the_plot_marks_faults() -> None:
     fault = FaultRecord(FaultKind.BAO_SEAL, 1.0, healed=1.8, served=2.0)
     picture = svg(series, [fault], "t")
     assert picture.startswith("<svg") and "bao-seal at 1.0s" in picture
+
+
+def _node_on_closed_port() -> tuple[Node, ControlPlaneClient]:
+    client = ControlPlaneClient(
+        f"127.0.0.1:{free_port()}", insecure_dev=True, timeout=2
+    )  # nothing listens there
+    return Node(cast(NodeAgent, SimpleNamespace(client=client)), "snp"), client
+
+
+def test_a_node_dropped_during_an_operation_keeps_its_client_until_the_operation_ends() -> None:
+    """The 30-minute soak counted a DRIVER_ValueError: a worker renewed a node another worker had just
+    revoked and dropped, on its closed channel (grpc raises ValueError there)."""
+    node, client = _node_on_closed_port()
+    with node.in_use() as usable:
+        assert usable
+        node.close()  # the revoking worker drops it while this operation runs
+        with pytest.raises(NodeError):  # still open: the call fails as a call (nothing listens), typed
+            client.challenge("n")
+    with pytest.raises(ValueError, match="closed channel"):  # closed once the operation ended
+        client.challenge("n")
+    with node.in_use() as usable:
+        assert not usable  # later operations skip it
+
+
+def test_the_workload_skips_a_dropped_node_instead_of_calling_its_closed_client() -> None:
+    node, _ = _node_on_closed_port()
+    node.close()
+    workload = Workload.__new__(Workload)  # only the recorder is needed for these two calls
+    workload.rec = Recorder()
+    calls: list[str] = []
+    assert not workload._attest(node, "renew", lambda: calls.append("renew"))
+    assert not workload.release(node, "dataset/train", "read")
+    assert calls == [] and workload.rec.ops == [] and workload.rec.refusals == []
