@@ -213,12 +213,17 @@ def live_claims(conn: Connection, page: int) -> Iterator[list[StoredClaims]]:
                 node_id=r.node_id,
                 state=NodeState(r.state),
                 claims=json.loads(r.claims_json),
-                groups=tuple(json.loads(r.groups_json)),
-                requested_groups=tuple(json.loads(r.requested_groups_json)),
-                reason_codes=frozenset(x["code"] for x in json.loads(r.reasons_json)),
+                groups=_json_tuple(r.groups_json),
+                requested_groups=_json_tuple(r.requested_groups_json),
+                reason_codes=frozenset(x["code"] for x in _json_tuple(r.reasons_json)),
             )
             for r in rows
         ]
+
+
+def _json_tuple(text: str) -> tuple[Any, ...]:
+    """A stored JSON list; most are empty, which a re-appraisal of every node should not parse."""
+    return () if text == "[]" else tuple(json.loads(text))
 
 
 def load_many(conn: Connection, node_ids: Sequence[str], chunk: int = 500) -> dict[str, NodeRecord]:
