@@ -206,7 +206,7 @@ def live_claims(conn: Connection, page: int) -> Iterator[list[StoredClaims]]:
         .where(c.state != NodeState.REVOKED.value)
         .order_by(c.registered_at, c.node_id)
     )
-    result = conn.execution_options(yield_per=page).execute(query)
+    result = conn.execute(query.execution_options(yield_per=page))  # this statement only, not the connection
     for rows in result.partitions():
         yield [
             StoredClaims(
