@@ -8,7 +8,7 @@ from policies.codec import claims_from_dict, nodes_from_json, nodes_from_list
 from policies.errors import Code, PolicyError, Reason
 from policies.loader import load_default, load_policy, parse_policy
 from policies.model import NodeState, Policy, Purpose, Verdict
-from policies.reappraise import Change, reappraise
+from policies.reappraise import Change, reappraise, reappraise_one
 from policies.release import ReleaseDecision, decide_release
 from policies.summary import summarize
 
@@ -32,5 +32,6 @@ __all__ = [
     "nodes_from_list",
     "parse_policy",
     "reappraise",
+    "reappraise_one",
     "summarize",
 ]

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from attestation.claims import Claims
-from policies.appraise import appraise
+from policies.appraise import Appraisal, appraise
 from policies.errors import Code, PolicyError, Reason
 from policies.model import NodeState, Policy, Verdict
 
@@ -59,16 +59,26 @@ def node_state(value: object) -> NodeState:
     return NodeState(value)
 
 
+def reappraise_one(
+    policy: Policy, node_id: str, claims: Claims, current: str, now: datetime
+) -> tuple[Change | None, Appraisal | None]:
+    """One node's re-appraisal: its change (None when its state stays) and the appraisal it rests on
+    (None for a state a policy change never moves), so a caller need not appraise the claims twice."""
+    state = node_state(current)
+    table = _NEXT.get(state)
+    if table is None:
+        return None, None
+    result = appraise(policy, claims, now=now)
+    new = table[result.verdict]
+    change = Change(node_id, state, new, result.groups, result.reasons) if new is not state else None
+    return change, result
+
+
 def reappraise(policy: Policy, nodes: Iterable[tuple[str, Claims, str]], now: datetime) -> list[Change]:
     """Appraise every node's stored claims against ``policy``; return the nodes whose state changes."""
     changes = []
     for node_id, claims, current in nodes:
-        state = node_state(current)
-        table = _NEXT.get(state)
-        if table is None:
-            continue
-        result = appraise(policy, claims, now=now)
-        new = table[result.verdict]
-        if new is not state:
-            changes.append(Change(node_id, state, new, result.groups, result.reasons))
+        change, _ = reappraise_one(policy, node_id, claims, current, now)
+        if change is not None:
+            changes.append(change)
     return changes

@@ -4,11 +4,12 @@ a node or a ``NodeChange`` is mapped to columns."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from attestation.coded import Reason
@@ -184,8 +185,71 @@ def not_found(node_id: str) -> KmsError:
     )
 
 
-def load_all(conn: Connection) -> list[NodeRecord]:
-    return [from_row(r) for r in conn.execute(select(nodes).order_by(nodes.c.registered_at))]
+@dataclass(frozen=True)
+class StoredClaims:
+    """What a re-appraisal reads of a live node: its standing and stored claims, nothing else."""
+
+    node_id: str
+    state: NodeState
+    claims: dict[str, Any]
+    groups: tuple[str, ...]
+    requested_groups: tuple[str, ...]
+    reason_codes: frozenset[str]
+
+
+def live_claims(conn: Connection, page: int) -> Iterator[list[StoredClaims]]:
+    """Every node not revoked, in registration order, ``page`` rows at a time: one
+    query whose rows are fetched as they are used, so memory holds one page, not the registry."""
+    c = nodes.c
+    query = (
+        select(c.node_id, c.state, c.claims_json, c.groups_json, c.requested_groups_json, c.reasons_json)
+        .where(c.state != NodeState.REVOKED.value)
+        .order_by(c.registered_at, c.node_id)
+    )
+    result = conn.execute(query.execution_options(yield_per=page))  # this statement only, not the connection
+    for rows in result.partitions():
+        yield [
+            StoredClaims(
+                node_id=r.node_id,
+                state=NodeState(r.state),
+                claims=json.loads(r.claims_json),
+                groups=_json_tuple(r.groups_json),
+                requested_groups=_json_tuple(r.requested_groups_json),
+                reason_codes=frozenset(x["code"] for x in _json_tuple(r.reasons_json)),
+            )
+            for r in rows
+        ]
+
+
+def _json_tuple(text: str) -> tuple[Any, ...]:
+    """A stored JSON list; most are empty, which a re-appraisal of every node should not parse."""
+    return () if text == "[]" else tuple(json.loads(text))
+
+
+def load_many(conn: Connection, node_ids: Sequence[str], chunk: int = 500) -> dict[str, NodeRecord]:
+    """The records of ``node_ids`` (the ones that exist), ``chunk`` ids per query."""
+    found: dict[str, NodeRecord] = {}
+    for i in range(0, len(node_ids), chunk):
+        query = select(nodes).where(nodes.c.node_id.in_(node_ids[i : i + chunk]))
+        found.update((r.node_id, from_row(r)) for r in conn.execute(query))
+    return found
+
+
+def apply_changes(conn: Connection, changes: Sequence[tuple[str, NodeChange]]) -> None:
+    """Write many changes inside the caller's transaction: one executemany per set of columns written
+    (the same columns ``apply_change`` writes for each)."""
+    batches: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for node_id, change in changes:
+        values = change_columns(change)
+        row = {"b_node_id": node_id, **{f"b_{name}": value for name, value in values.items()}}
+        batches.setdefault(tuple(sorted(values)), []).append(row)
+    for columns, rows in batches.items():
+        statement = (
+            update(nodes)
+            .where(nodes.c.node_id == bindparam("b_node_id"))
+            .values({name: bindparam(f"b_{name}") for name in columns})
+        )
+        conn.execute(statement, rows)
 
 
 def count_by_state(conn: Connection) -> dict[tuple[str, str], int]:

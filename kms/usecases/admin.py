@@ -10,7 +10,6 @@ is the fixed identity ``LOCAL_OPERATOR`` (in-process callers such as tests and t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,30 +26,22 @@ from kms.domain.registry import (
     NodeState,
     NodeStore,
     approve,
-    from_policy_state,
     new_lease,
-    operator_suspended,
-    policy_state,
-    policy_suspended,
-    reappraised,
-    reasons_from,
     require_from,
     revoke,
     suspend,
 )
 from kms.errors import Code, KmsError
 from kms.sql.audit_append import AuditLedger, append_entries
-from kms.sql.nodes import SqlNodes, apply_change, load_all, not_found
+from kms.sql.nodes import SqlNodes, not_found
 from kms.sql.provenance import lineage_exception_groups
 from kms.sql.store import Store
-from kms.usecases.attest import check_groups, granted_groups
+from kms.usecases.attest import check_groups
 from kms.usecases.policy_source import ActivePolicy, PolicySource, sha256_text
+from kms.usecases.reappraisal import is_demotion, reappraise_stored, write_changes
 from kms.usecases.verifier import EvidenceVerifier
-from policies import Change, Verdict, appraise, claims_from_dict, parse_policy, reappraise
-from policies import NodeState as PolicyNodeState
-from policies.errors import Code as PolicyCode
+from policies import Change, Verdict, appraise, claims_from_dict, parse_policy
 from policies.errors import PolicyError
-from policies.errors import Reason as PolicyReason
 
 LOCAL_OPERATOR = "local-admin"
 Actor = Mapping[str, Any]
@@ -321,26 +312,26 @@ class Admin:
                     f"the active policy is version {active.version}, not {expected_version}",
                     code=Code.POLICY_VERSION_CONFLICT,
                 )
-            nodes = self._nodes.list((), 0, 1 << 30)
-            checked, changes = _reappraisal(policy, nodes, now)
-            return PolicyChange(active, checked, tuple(c for c in changes if _is_demotion(c)), True)
+            with self._store.reader() as conn:
+                found = reappraise_stored(conn, policy, now)
+            return PolicyChange(
+                active, found.checked, tuple(c for c in found.changes if is_demotion(c)), True
+            )
         who = actor or {"subject": by}
         old_digest = self._policies.active().row.sha256
         with self._store.transaction() as conn:
             version = self._policies.append(conn, toml, expected_version, by, now)
-            nodes = load_all(conn)
-            checked, changes = _reappraisal(policy, nodes, now)
-            by_id = {n.node_id: n for n in nodes}
-            for change in changes:
-                apply_change(conn, change.node_id, _transition(by_id[change.node_id], change, now))
+            found = reappraise_stored(conn, policy, now)
+            checked, changes = found.checked, found.changes
+            write_changes(conn, changes, now)
             if self._audit is not None:
                 fields = {"old_policy_digest": old_digest, "new_policy_digest": sha256_text(toml),
                           "policy_version": version, "count": checked}  # fmt: skip
                 drafts = [operator_draft(who, Kind.POLICY_CHANGE, fields)]
-                drafts += [_suspension_draft(who, c, version) for c in changes if _is_demotion(c)]
+                drafts += [_suspension_draft(who, c, version) for c in changes if is_demotion(c)]
                 self._audit.append(conn, drafts)
         return PolicyChange(
-            self._policies.active(), checked, tuple(c for c in changes if _is_demotion(c)), False
+            self._policies.active(), checked, tuple(c for c in changes if is_demotion(c)), False
         )
 
     # -- collateral
@@ -386,64 +377,11 @@ def check_approvable(node: NodeRecord, groups: Sequence[str], policy: ActivePoli
         )
 
 
-def _reappraisal(policy: Any, nodes: Sequence[NodeRecord], now: datetime) -> tuple[int, list[Change]]:
-    """Re-appraise every live node; operator suspensions are never lifted by a policy change."""
-    live = [n for n in nodes if n.state is not NodeState.REVOKED]
-    inputs = [(n.node_id, claims_from_dict(dict(n.claims)), policy_state(n.state).value) for n in live]
-    by_id = {n.node_id: n for n in live}
-    changes = []
-    for change in reappraise(policy, inputs, now):
-        node = by_id[change.node_id]
-        if operator_suspended(node) and not _is_demotion(change):
-            continue
-        # as at registration: of the groups it is eligible for, only those the node asked for
-        changes.append(
-            dataclasses.replace(change, groups=granted_groups(node.requested_groups, change.groups))
-        )
-    changed = {c.node_id for c in changes}
-    changes += [
-        narrowed
-        for n in live
-        if n.state is NodeState.ATTESTED and n.node_id not in changed
-        for narrowed in [_narrowed(policy, n, now)]
-        if narrowed is not None
-    ]
-    return len(live), changes
-
-
-def _narrowed(policy: Any, node: NodeRecord, now: datetime) -> Change | None:
-    """An attested node that still passes keeps only the groups its claims match under the new
-    policy; with none left it is suspended until it renews (or an operator approves it anew)."""
-    eligible = appraise(policy, claims_from_dict(dict(node.claims)), now=now).groups
-    kept = tuple(g for g in node.groups if g in eligible)
-    if kept == node.groups:
-        return None
-    if kept:
-        return Change(node.node_id, PolicyNodeState.ATTESTED, PolicyNodeState.ATTESTED, kept, ())
-    why = PolicyReason(
-        PolicyCode.POLICY_MEASUREMENT_NOT_ALLOWED,
-        f"its image is in none of its groups [{', '.join(node.groups)}] under the new policy "
-        f"(it matches [{', '.join(eligible)}])",
-    )
-    return Change(node.node_id, PolicyNodeState.ATTESTED, PolicyNodeState.SUSPENDED, (), (why,))
-
-
 def _suspension_draft(actor: Actor, change: Change, version: int) -> Draft:
     reasons = [Reason(Code.NODE_SUSPENDED_BY_POLICY.value, f"re-appraised under policy v{version}")]
     reasons += [Reason(str(r.code), str(r.message)) for r in change.reasons]
     fields = {"node_id": change.node_id, "new_state": NodeState.SUSPENDED.value, "policy_version": version}
     return operator_draft(actor, Kind.NODE_SUSPEND, fields, reasons=reasons)
-
-
-def _is_demotion(change: Change) -> bool:
-    return change.new_state.value in ("SUSPENDED", "REJECTED")
-
-
-def _transition(node: NodeRecord, change: Change, now: datetime) -> NodeChange:
-    reasons = reasons_from(change.reasons)
-    if _is_demotion(change):
-        return policy_suspended(node, reasons, now)
-    return reappraised(node, from_policy_state(change.new_state), change.groups, reasons, now)
 
 
 __all__ = ["LOCAL_ACTOR", "LOCAL_OPERATOR", "Actor", "Admin", "PolicyChange", "PolicyError"]
