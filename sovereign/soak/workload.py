@@ -455,6 +455,10 @@ class Workload:
                     metadata=self.bob.metadata(),
                 )
             node.state, node.needs_renew = "attested", True
+        if out:
+            # approval failed: the node stays suspended and can neither renew nor release; kept, it would
+            # be the renewal every renew picks first (it needs one) and is refused, forever
+            self._drop(node)
 
     def change_policy(self) -> None:
         with self._operator("policy-change") as out:

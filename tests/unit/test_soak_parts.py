@@ -7,15 +7,18 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
+import grpc
 import pytest
 
 from enclave.agent import NodeAgent
 from enclave.client import ControlPlaneClient
-from enclave.errors import NodeError
+from enclave.errors import NodeCode, NodeError
+from enclave.identity import NodeIdentity
 from kms.clock import read_offset
 from sovereign.devtools.openbao_server import free_port
 from sovereign.soak.checker import ViolationKind
@@ -34,7 +37,7 @@ from sovereign.soak.monitor import BOUNDS, bound
 from sovereign.soak.netns import Forwarder
 from sovereign.soak.report import percentile, svg, throughput
 from sovereign.soak.scan import forms, scan
-from sovereign.soak.workload import Node, OpRecord, Recorder, Workload
+from sovereign.soak.workload import Node, Operator, OpRecord, Recorder, Workload
 
 KEY = bytes(range(1, 33))
 
@@ -197,3 +200,42 @@ def test_the_workload_skips_a_dropped_node_instead_of_calling_its_closed_client(
     assert not workload._attest(node, "renew", lambda: calls.append("renew"))
     assert not workload.release(node, "dataset/train", "read")
     assert calls == [] and workload.rec.ops == [] and workload.rec.refusals == []
+
+
+class _Unavailable(grpc.RpcError):
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_node_whose_approval_failed_leaves_the_workload() -> None:
+    """The 30-minute run after the fixes above: one approval failed (STORAGE_ERROR during a disk-full) and
+    1,756 renewals were then refused NODE_SUSPENDED_BY_OPERATOR: the suspended node needed a renewal, so
+    every renew picked it first."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise _Unavailable()
+
+    def no_release(*args: object, **kwargs: object) -> None:
+        raise NodeError("suspended", code=NodeCode.RELEASE_DENIED)
+
+    client = SimpleNamespace(release_key=no_release, close=lambda: None)
+    agent = SimpleNamespace(node_id="n-1", identity=NodeIdentity.generate(), client=client)
+    node = Node(cast(NodeAgent, agent), "snp", state="attested")
+    operator = SimpleNamespace(
+        admin=SimpleNamespace(SuspendNode=lambda *a, **k: None, ApproveNode=refuse), metadata=lambda: ()
+    )
+    workload = Workload.__new__(Workload)
+    workload.rec, workload.timeout, workload.nodes = Recorder(), 1.0, [node]
+    workload._nodes_lock, workload._operator_lock = threading.Lock(), threading.Lock()
+    workload.alice = workload.bob = cast(Operator, operator)
+    workload.suspend_and_approve(lambda nodes: nodes[0])
+    assert [(r.op, r.code) for r in workload.rec.ops] == [
+        ("suspend", "ok"),
+        ("release-while-suspended", "RELEASE_DENIED"),
+        ("approve", "UNAVAILABLE"),
+    ]
+    assert workload.nodes == [] and node.dropped
+    assert not workload.renew_oldest()  # nothing left to renew
