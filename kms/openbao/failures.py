@@ -53,6 +53,13 @@ def map_error(exc: Exception, operation: str, addr: str) -> OpenBaoError:
                 hint=f"unseal OpenBao: BAO_ADDR={addr} bao operator unseal",
             )
         return OpenBaoError(f"OpenBao at {addr} is not serving ({detail})", code=Code.KMS_UNAVAILABLE)
+    if isinstance(exc, hvac.exceptions.InternalServerError) and "node not active" in detail:
+        # right after an unseal or a leader loss, before a leader is elected
+        return OpenBaoError(
+            f"OpenBao at {addr} has no active node yet ({operation}): {detail}",
+            code=Code.KMS_UNAVAILABLE,
+            hint="OpenBao is electing a leader; retry in a moment",
+        )
     if isinstance(exc, hvac.exceptions.VaultNotInitialized):
         return OpenBaoError(
             f"OpenBao at {addr} is not initialised",

@@ -9,6 +9,7 @@ import requests
 import urllib3.exceptions
 
 from kms.errors import Code, OpenBaoError
+from kms.openbao.failures import map_error
 from kms.openbao.vault import BaoSettings, FailoverError, StandbyRedirect, TokenAuth, _mapped
 
 ADDR = "http://127.0.0.1:8200"
@@ -57,6 +58,14 @@ def test_answers_about_the_request_itself_are_final(exc: Exception) -> None:
 def test_a_redirect_is_unavailable_and_says_to_list_the_members() -> None:
     error = _mapped(StandbyRedirect("HTTP 307"), "decrypt", ADDR, idempotent=True)
     assert error.code is Code.KMS_UNAVAILABLE and "SOVEREIGN_BAO_ADDR" in error.hint
+
+
+def test_no_active_node_after_an_unseal_is_unavailable_not_a_generic_failure() -> None:
+    # the soak saw this answer right after OpenBao restarted and unsealed (KMS_ERROR before)
+    error = map_error(NOT_RUN[3], "decrypt", ADDR)
+    assert error.code is Code.KMS_UNAVAILABLE and "electing a leader" in (error.hint or "")
+    other = map_error(AMBIGUOUS[2], "decrypt", ADDR)
+    assert other.code is Code.KMS_ERROR
 
 
 def test_address_lists_are_parsed_in_order_without_duplicates() -> None:
