@@ -22,10 +22,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from kms.provenance.errors import ProvenanceCode, ProvenanceError
 from kms.provenance.verify import (
@@ -40,10 +41,10 @@ from kms.provenance.verify import (
 RUN = 16  # statements per run sent to a worker: small enough to balance 2 workers over ~100 statements
 MAX_WORKERS = 64
 
-Outcome = Verified | ProvenanceError
-# What a worker sends back per statement: the Verified, or the refusal's (code, message, hint) -
-# ProvenanceError itself does not unpickle (its constructor takes more than its message).
-_Sent = Verified | tuple[str, str, str]
+T = TypeVar("T")
+# What a worker sends back per statement: (True, the summary) or (False, the refusal's code, message,
+# hint) - ProvenanceError itself does not unpickle (its constructor takes more than its message).
+_Sent = tuple[bool, Any]
 
 
 @dataclass(frozen=True)
@@ -72,24 +73,37 @@ def read_statement(path: Path) -> bytes:
         ) from None
 
 
-def verify_one(verifier: StatementVerifier, path: Path) -> Outcome:
+def whole(verified: Verified) -> Verified:
+    """The summary that is the ``Verified`` itself."""
+    return verified
+
+
+def verify_one(
+    verifier: StatementVerifier, path: Path, summarize: Callable[[Verified], T]
+) -> T | ProvenanceError:
     try:
-        return verifier.verify(read_statement(path))
+        verified = verifier.verify(read_statement(path))
     except ProvenanceError as err:
         return err
+    return summarize(verified)
 
 
 def verify_files(
     paths: Sequence[Path],
     inputs: VerifierInputs,
     *,
+    summarize: Callable[[Verified], T],
     workers: int = 1,
     run: int = RUN,
     executor: Executor | None = None,
-) -> list[Outcome]:
-    """One result per file, in order (a refusal does not stop the others). ``workers``: processes (0: one
-    per CPU; 1: in this process); ``executor``: a process pool to use instead of starting one. Raises
-    ``ProvenanceError`` if the inputs do not load (before any statement) or the workers fail."""
+) -> list[T | ProvenanceError]:
+    """One result per file, in order (a refusal does not stop the others): ``summarize`` of the
+    ``Verified``, or the refusal. ``summarize`` runs where the statement was verified, so with workers it
+    must pickle (a module-level function) and only its result travels back: a ``Verified`` carries the whole
+    statement, ledger evidence included, which costs about a quarter of verifying it to pickle and
+    unpickle. ``workers``: processes (0: one per CPU; 1: in this process); ``executor``: a process pool to
+    use instead of starting one. Raises ``ProvenanceError`` if the inputs do not load (before any
+    statement) or the workers fail."""
     if not 0 <= workers <= MAX_WORKERS or run < 1:
         raise ValueError(f"workers must be 0 to {MAX_WORKERS} and run at least 1")
     keys, trusted = inputs.load()
@@ -97,13 +111,13 @@ def verify_files(
     count = min(workers or os.cpu_count() or 1, len(runs))
     if count <= 1 and executor is None:
         verifier = StatementVerifier(keys, trusted=trusted)
-        return [verify_one(verifier, p) for p in paths]
+        return [verify_one(verifier, p, summarize) for p in paths]
     try:
         if executor is not None:
-            return _in_pool(executor, runs, inputs, max(count, 1))
+            return _in_pool(executor, runs, inputs, summarize, max(count, 1))
         context = multiprocessing.get_context("spawn")  # no fork of a threaded caller
         with ProcessPoolExecutor(count, mp_context=context) as pool:
-            return _in_pool(pool, runs, inputs, count)
+            return _in_pool(pool, runs, inputs, summarize, count)
     except (BrokenExecutor, OSError) as err:
         raise ProvenanceError(
             ProvenanceCode.PROVENANCE_VERIFIER_FAILED,
@@ -111,29 +125,36 @@ def verify_files(
         ) from None
 
 
-def _in_pool(pool: Executor, runs: list[list[Path]], inputs: VerifierInputs, count: int) -> list[Outcome]:
+def _in_pool(
+    pool: Executor,
+    runs: list[list[Path]],
+    inputs: VerifierInputs,
+    summarize: Callable[[Verified], T],
+    count: int,
+) -> list[T | ProvenanceError]:
     token = os.urandom(16)  # this call's verifier in each worker: nothing carries over from another call
-    results: list[Outcome] = []
+    results: list[T | ProvenanceError] = []
     pending: deque[Future[list[_Sent]]] = deque()
     todo = iter(runs)
     while True:
         while len(pending) < 2 * count and (nxt := next(todo, None)) is not None:
-            pending.append(pool.submit(verify_run, token, inputs, [str(p) for p in nxt]))
+            pending.append(pool.submit(verify_run, token, inputs, summarize, [str(p) for p in nxt]))
         if not pending:
             return results
-        for sent in pending.popleft().result():
-            results.append(sent if isinstance(sent, Verified) else _refusal(sent))
+        for ok, sent in pending.popleft().result():
+            results.append(sent if ok else _refusal(*sent))
 
 
-def _refusal(sent: tuple[str, str, str]) -> ProvenanceError:
-    code, message, hint = sent
+def _refusal(code: str, message: str, hint: str) -> ProvenanceError:
     return ProvenanceError(ProvenanceCode(code), message, hint)
 
 
 _verifiers: dict[bytes, StatementVerifier] = {}  # in a worker process: the current call's, by its token
 
 
-def verify_run(token: bytes, inputs: VerifierInputs, paths: list[str]) -> list[_Sent]:
+def verify_run(
+    token: bytes, inputs: VerifierInputs, summarize: Callable[[Verified], Any], paths: list[str]
+) -> list[_Sent]:
     """In a worker: verify ``paths`` with this call's verifier (made on the call's first run here)."""
     verifier = _verifiers.get(token)
     if verifier is None:
@@ -142,9 +163,9 @@ def verify_run(token: bytes, inputs: VerifierInputs, paths: list[str]) -> list[_
         verifier = _verifiers[token] = StatementVerifier(keys, trusted=trusted)
     sent: list[_Sent] = []
     for path in paths:
-        outcome = verify_one(verifier, Path(path))
-        if isinstance(outcome, Verified):
-            sent.append(outcome)
+        outcome = verify_one(verifier, Path(path), summarize)
+        if isinstance(outcome, ProvenanceError):
+            sent.append((False, (outcome.code.value, outcome.message, outcome.hint)))
         else:
-            sent.append((outcome.code.value, outcome.message, outcome.hint))
+            sent.append((True, outcome))
     return sent

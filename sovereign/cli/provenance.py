@@ -109,7 +109,8 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verified_obj(verified: Verified) -> dict[str, Any]:
+def verified_obj(verified: Verified) -> dict[str, Any]:
+    """What a verified statement proves, as ``--json`` prints it (run in the worker that verified it)."""
     return {
         "subject": {"sha256": verified.subject_sha256[0], "sealed_sha256": verified.subject_sha256[1]},
         "lineage": verified.lineage.to_obj(),
@@ -170,7 +171,7 @@ def _verify(args: argparse.Namespace) -> int:
     except ProvenanceError as err:
         return fail(err, as_json=args.json)
     if args.json:
-        print_json({"ok": True, **_verified_obj(verified)})
+        print_json({"ok": True, **verified_obj(verified)})
     else:
         print("statement verified")
         for line in lineage_text(verified):
@@ -185,11 +186,13 @@ def _verify_batch(files: list[Path], inputs: VerifierInputs, *, workers: int, as
             "no statement files: the directory is empty", "give statement files or a directory of them"
         )
     results: list[dict[str, Any]] = []
-    for path, outcome in zip(files, verify_files(files, inputs, workers=workers), strict=True):
+    for path, outcome in zip(
+        files, verify_files(files, inputs, summarize=verified_obj, workers=workers), strict=True
+    ):
         if isinstance(outcome, ProvenanceError):
             results.append({"file": str(path), "ok": False, "error": outcome.to_dict()})
         else:
-            results.append({"file": str(path), "ok": True, **_verified_obj(outcome)})
+            results.append({"file": str(path), "ok": True, **outcome})
     refused = sum(1 for r in results if not r["ok"])
     if as_json:
         print_json(

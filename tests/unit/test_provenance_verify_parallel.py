@@ -31,7 +31,7 @@ from kms.audit.entry import Kind
 from kms.provenance.errors import ProvenanceCode as C
 from kms.provenance.errors import ProvenanceError
 from kms.provenance.verify import PublicKeys, TrustedCheckpoint, Verified, verify_statement
-from kms.provenance.verify_parallel import VerifierInputs, verify_files
+from kms.provenance.verify_parallel import VerifierInputs, verify_files, whole
 from sovereign.cli import main
 
 POOL: list[ProcessPoolExecutor] = []
@@ -80,7 +80,9 @@ def _both(
         paths = [Path(tmp) / "a.json", Path(tmp) / "b.json"]
         for p in paths:
             p.write_bytes(data)
-        got = verify_files(paths, inputs_of(keys, trusted), workers=2, run=1, executor=POOL[0])
+        got = verify_files(
+            paths, inputs_of(keys, trusted), summarize=whole, workers=2, run=1, executor=POOL[0]
+        )
     assert len(got) == 2 and all(same(g, want) for g in got), (got, want)
     outcome = _sequential(data, keys, trusted=trusted, file_sha256=file_sha256)
     if isinstance(outcome, ProvenanceError):
@@ -126,10 +128,12 @@ def test_a_mixed_batch_gives_the_sequential_results_in_order(tmp_path: Path) -> 
         paths[-1].write_bytes(data)
     paths.insert(5, tmp_path / "missing.json")  # unreadable: a refusal in its place, as sequentially
     fresh = [_sequential(p.read_bytes(), led.keys()) if p.exists() else None for p in paths]
-    sequential = verify_files(paths, inputs_of(led.keys()), workers=1)
+    sequential = verify_files(paths, inputs_of(led.keys()), summarize=whole, workers=1)
     assert all(same(s, f) for s, f in zip(sequential, fresh, strict=True) if f is not None)
     for run in (1, 3, 16):
-        got = verify_files(paths, inputs_of(led.keys()), workers=2, run=run, executor=POOL[0])
+        got = verify_files(
+            paths, inputs_of(led.keys()), summarize=whole, workers=2, run=run, executor=POOL[0]
+        )
         assert len(got) == len(sequential) and all(map(same, got, sequential))
     codes = [r.code if isinstance(r, ProvenanceError) else None for r in sequential]
     assert codes.count(None) == 9 and codes[5] is C.PROVENANCE_MALFORMED
@@ -147,7 +151,7 @@ def test_a_worker_that_dies_is_a_coded_error_not_a_partial_result(tmp_path: Path
         doomed = pool.submit(os.getpid).result()
         os.kill(doomed, signal.SIGKILL)
         with pytest.raises(ProvenanceError) as info:
-            verify_files(paths, inputs_of(led.keys()), workers=2, run=1, executor=pool)
+            verify_files(paths, inputs_of(led.keys()), summarize=whole, workers=2, run=1, executor=pool)
     assert info.value.code is C.PROVENANCE_VERIFIER_FAILED
 
 
@@ -155,7 +159,7 @@ def test_bad_worker_counts_are_refused_before_any_work() -> None:
     led, _ = _run_of(1)
     for workers in (-1, 65):
         with pytest.raises(ValueError, match="workers"):
-            verify_files([], inputs_of(led.keys()), workers=workers)
+            verify_files([], inputs_of(led.keys()), summarize=whole, workers=workers)
 
 
 def test_cli_workers_gives_the_same_report_as_one_process(
