@@ -38,7 +38,7 @@ from kms.provenance.verify import (
     load_trusted,
 )
 
-RUN = 16  # statements per run sent to a worker: small enough to balance 2 workers over ~100 statements
+RUN = 16  # at most this many statements per run sent to a worker: a few runs per worker balance the load
 MAX_WORKERS = 64
 
 T = TypeVar("T")
@@ -107,8 +107,10 @@ def verify_files(
     if not 0 <= workers <= MAX_WORKERS or run < 1:
         raise ValueError(f"workers must be 0 to {MAX_WORKERS} and run at least 1")
     keys, trusted = inputs.load()
+    wanted = workers or os.cpu_count() or 1
+    run = min(run, -(-len(paths) // wanted) or 1)  # a small batch still goes to every worker
     runs = [list(paths[i : i + run]) for i in range(0, len(paths), run)]
-    count = min(workers or os.cpu_count() or 1, len(runs))
+    count = min(wanted, len(runs))
     if count <= 1 and executor is None:
         verifier = StatementVerifier(keys, trusted=trusted)
         return [verify_one(verifier, p, summarize) for p in paths]
