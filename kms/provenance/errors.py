@@ -27,6 +27,7 @@ class ProvenanceCode(StrEnum):
     )
     PROVENANCE_GRANT_AFTER_REVOCATION = "PROVENANCE_GRANT_AFTER_REVOCATION"
     PROVENANCE_FILE_MISMATCH = "PROVENANCE_FILE_MISMATCH"  # the given file is not the statement's subject
+    PROVENANCE_VERIFIER_FAILED = "PROVENANCE_VERIFIER_FAILED"  # a worker process of a batch failed
 
 
 _HINTS: dict[ProvenanceCode, str] = {
@@ -54,6 +55,9 @@ _HINTS: dict[ProvenanceCode, str] = {
         "the ledger shows the node revoked before this grant or output: do not trust the output"
     ),
     ProvenanceCode.PROVENANCE_FILE_MISMATCH: "the file's SHA-256 is neither the plaintext's nor the sealed file's",
+    ProvenanceCode.PROVENANCE_VERIFIER_FAILED: (
+        "nothing was verified: run again, or with --workers 1 to verify in one process"
+    ),
 }
 
 

@@ -3,13 +3,14 @@
     sovereign provenance keys --out DIR                  audit.json + provenance.json (public keys)
     sovereign provenance get --output SHA256 -o FILE     the DSSE envelope, over the Audit RPC (auditor role)
     sovereign provenance verify FILE --public-keys DIR [--checkpoint TRUSTED] [--file F] [--json]
-    sovereign provenance verify FILE... | DIR --public-keys DIR [--checkpoint TRUSTED] [--json]
+    sovereign provenance verify FILE... | DIR --public-keys DIR [--checkpoint TRUSTED] [--workers N] [--json]
 
 ``verify`` needs no network: DSSE signature, statement shape, every inclusion proof, the checkpoint's
 signature, consistency with a trusted checkpoint if given, the subject against a file if given; it prints
 the lineage (datasets -> node and its hardware -> output). Given several statements (or a directory of
 them) it prints one result per statement, verifying with one ``StatementVerifier`` so a checkpoint and
-the entries they share are checked once. docs/provenance.md lists the codes.
+the entries they share are checked once; ``--workers N`` splits the batch over N processes
+(``kms/provenance/verify_parallel.py``), with the same results. docs/provenance.md lists the codes.
 """
 
 from __future__ import annotations
@@ -27,13 +28,8 @@ from kms.domain.transit import AUDIT_KEY_NAME, PROVENANCE_KEY_NAME
 from kms.errors import Code, KmsError
 from kms.oidc.errors import AuthError
 from kms.provenance.errors import ProvenanceCode, ProvenanceError
-from kms.provenance.verify import (
-    StatementVerifier,
-    Verified,
-    lineage_text,
-    load_public_keys,
-    load_trusted,
-)
+from kms.provenance.verify import StatementVerifier, Verified, lineage_text
+from kms.provenance.verify_parallel import MAX_WORKERS, VerifierInputs, verify_files
 from sovereign.cli._output import UsageError, fail, print_json
 from sovereign.cli.audit import audit_client
 from sovereign.client import AuditClient, OperatorError
@@ -113,7 +109,8 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verified_obj(verified: Verified) -> dict[str, Any]:
+def verified_obj(verified: Verified) -> dict[str, Any]:
+    """What a verified statement proves, as ``--json`` prints it (run in the worker that verified it)."""
     return {
         "subject": {"sha256": verified.subject_sha256[0], "sealed_sha256": verified.subject_sha256[1]},
         "lineage": verified.lineage.to_obj(),
@@ -147,29 +144,34 @@ def _verify(args: argparse.Namespace) -> int:
             "--file names one output: give it with one statement",
             "verify the batch without --file, then the one statement with --file",
         )
+    if args.workers > MAX_WORKERS:
+        raise UsageError(
+            f"--workers is at most {MAX_WORKERS}, got {args.workers}",
+            "give the number of CPUs to use, or 0 for one worker per CPU",
+        )
     try:
         try:
-            keys = load_public_keys(
+            inputs = VerifierInputs(
                 (args.public_keys / AUDIT_FILE).read_bytes(),
                 (args.public_keys / PROVENANCE_FILE).read_bytes(),
+                args.checkpoint.read_bytes() if args.checkpoint else None,
             )
-            trusted = load_trusted(args.checkpoint.read_bytes()) if args.checkpoint else None
             file_sha256 = _file_sha256(args.file) if args.file else None
             files = _statement_files(args.statement)
         except OSError as err:
             raise _unreadable(err) from None
-        verifier = StatementVerifier(keys, trusted=trusted)
+        keys, trusted = inputs.load()
         if batch:
-            return _verify_batch(verifier, files, as_json=args.json)
+            return _verify_batch(files, inputs, workers=args.workers, as_json=args.json)
         try:
             data = files[0].read_bytes()
         except OSError as err:
             raise _unreadable(err) from None
-        verified = verifier.verify(data, file_sha256=file_sha256)
+        verified = StatementVerifier(keys, trusted=trusted).verify(data, file_sha256=file_sha256)
     except ProvenanceError as err:
         return fail(err, as_json=args.json)
     if args.json:
-        print_json({"ok": True, **_verified_obj(verified)})
+        print_json({"ok": True, **verified_obj(verified)})
     else:
         print("statement verified")
         for line in lineage_text(verified):
@@ -177,24 +179,20 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_batch(verifier: StatementVerifier, files: list[Path], *, as_json: bool) -> int:
+def _verify_batch(files: list[Path], inputs: VerifierInputs, *, workers: int, as_json: bool) -> int:
     """One result per statement; exit 0 only if every one verified."""
     if not files:
         raise UsageError(
             "no statement files: the directory is empty", "give statement files or a directory of them"
         )
     results: list[dict[str, Any]] = []
-    for path in files:
-        try:
-            try:
-                data = path.read_bytes()
-            except OSError as err:
-                raise ProvenanceError(
-                    ProvenanceCode.PROVENANCE_MALFORMED, f"cannot read the statement: {err.strerror}"
-                ) from None
-            results.append({"file": str(path), "ok": True, **_verified_obj(verifier.verify(data))})
-        except ProvenanceError as err:
-            results.append({"file": str(path), "ok": False, "error": err.to_dict()})
+    for path, outcome in zip(
+        files, verify_files(files, inputs, summarize=verified_obj, workers=workers), strict=True
+    ):
+        if isinstance(outcome, ProvenanceError):
+            results.append({"file": str(path), "ok": False, "error": outcome.to_dict()})
+        else:
+            results.append({"file": str(path), "ok": True, **outcome})
     refused = sum(1 for r in results if not r["ok"])
     if as_json:
         print_json(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sovereign.cli._common import non_negative_int
 from sovereign.cli._lazy import runs
 from sovereign.cli.commands.audit import _connection
 
@@ -24,6 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument("--checkpoint", type=Path, help="a trusted checkpoint (e.g. 'audit checkpoint -o')")
     verify.add_argument(
         "--file", type=Path, help="the output, plaintext or sealed: must be the subject (one statement only)"
+    )
+    verify.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=1,
+        metavar="N",
+        help="worker processes for a batch, consecutive statements to each (0: one per CPU; default 1: in "
+        "this process); the same checks and the same results either way",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=runs("sovereign.cli.provenance:_verify"))
