@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 
 from kms.audit.checkpoint import AuditKeys, Checkpoint
@@ -36,6 +37,8 @@ from kms.audit.errors import ExportInvalid
 from kms.audit.export import CHECKPOINT_PREFIX, ENTRY_PREFIX, MAX_LINE, read_lines
 from kms.audit.merkle import EMPTY_ROOT, fold_root
 from kms.audit.verify import VerifyReport, _Verifier, check_header, conclude, verify_export
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 << 20
 
@@ -137,6 +140,9 @@ def verify_export_file(
                 return run(pool)
         except (_Refused, ExportInvalid):
             pass  # the sequential verifier below names the problem
+        except (BrokenExecutor, OSError) as err:
+            # a worker died or the pool could not start: the sequential verifier gives the same answer
+            log.warning("parallel verification failed (%s); verifying in this process", type(err).__name__)
     with path.open("rb") as f:
         return verify_export(
             read_lines(f), keys, trusted=trusted, min_size=min_size, trusted_source=trusted_source

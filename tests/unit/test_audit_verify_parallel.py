@@ -15,7 +15,9 @@ import multiprocessing
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import pytest
 from unit import test_audit_verify as cases
@@ -124,3 +126,19 @@ def test_a_line_longer_than_the_limit_stops_the_parallel_pass(tmp_path: Path) ->
     with pytest.raises(ExportInvalid) as info:
         verify_export_file(path, cases.KEYS, executor=POOL[0], workers=2, chunk_bytes=CHUNK)
     assert info.value.line == 4
+
+
+class _DeadPool(ProcessPoolExecutor):
+    """A pool whose workers died: every submission raises BrokenProcessPool."""
+
+    def submit(self, *args: object, **kwargs: object) -> Any:
+        raise BrokenProcessPool("a worker died")
+
+
+def test_a_dead_worker_falls_back_to_the_sequential_verifier(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b"".join(cases.build(n=20, every=5)))
+    with path.open("rb") as f:
+        expected = verify_export(read_lines(f), cases.KEYS)
+    with _DeadPool(1) as pool:
+        assert verify_export_file(path, cases.KEYS, executor=pool, workers=2, chunk_bytes=CHUNK) == expected
