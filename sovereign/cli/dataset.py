@@ -9,8 +9,9 @@ entry. Decrypt reads the name back from the header, so a file always opens with 
 it. It is the custodian's recovery with the control plane's AppRole, so it is on the record like a
 release: after OpenBao's decrypt and before any plaintext is written, a ``dataset.recover`` entry (actor
 ``local:<OS user>``, key and version, OpenBao's request id, the header's SHA-256) is committed; if it
-cannot be, nothing is written. ``audit reconcile`` matches these decrypts by their request id. Output
-appears under its final name only when complete (temp file, fsync, rename).
+cannot be, nothing is written; a decrypt OpenBao refuses is an ``operator.refused`` entry. ``audit
+reconcile`` matches these decrypts by their request id. Output appears under its final name only when
+complete (temp file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import os
 from pathlib import Path
 
 from kms.audit.entry import Kind, Reason
-from kms.domain.catalogue import DataKey, KeyKind, require_kind, require_usable, validate_name
+from kms.domain.catalogue import Catalogue, DataKey, KeyKind, require_kind, require_usable, validate_name
 from kms.envelope import read_header
 from kms.envelope.errors import EnvelopeError
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.envelope.names import format_key_ref, parse_key_ref
-from kms.errors import Code, KmsError
+from kms.errors import Code, KmsError, OpenBaoError
 from kms.openbao.vault import BaoSettings, OpenBaoTransit
 from kms.sql.store import Store
 from sovereign.cli._local_ledger import key_fields, record_local
@@ -77,7 +78,7 @@ def _decrypt(args: argparse.Namespace) -> int:
                 hint="pass the key named in the file's header with --key",
             )
         catalogue, store = open_local(args, bao=True)
-        key = catalogue.unwrap(ref[0], ref[1], kind=KeyKind.DATASET)
+        key = _custodian_key(catalogue, store, ref[0], ref[1])
         _record_recovery(args, store, key, header.raw)  # before any plaintext is written; refusal: none is
         info = decrypt_file(key.plaintext, args.input, args.output)
     except (KmsError, EnvelopeError) as err:
@@ -85,6 +86,23 @@ def _decrypt(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(_file_error(exc), as_json=args.json)
     return _report(args, "opened", key.name, key.version, info.plaintext_bytes)
+
+
+def _custodian_key(catalogue: Catalogue, store: Store, name: str, version: int) -> DataKey:
+    """Unwrap with the control plane's role; a decrypt OpenBao refuses is an ``operator.refused`` entry
+    (as a refused owner seal is), a refusal before OpenBao (unknown, disabled, wrong kind) is not."""
+    try:
+        return catalogue.unwrap(name, version, kind=KeyKind.DATASET)
+    except OpenBaoError as err:
+        if err.code is not Code.KMS_UNAVAILABLE:
+            reason = Reason(str(err.code), err.message)
+            fields = {
+                "key_name": name,
+                "key_version": version,
+                "comment": "custodian recovery refused by OpenBao",
+            }
+            record_local(store, Kind.OPERATOR_REFUSED, fields, [reason])
+        raise
 
 
 def _record_recovery(args: argparse.Namespace, store: Store, key: DataKey, header: bytes) -> None:

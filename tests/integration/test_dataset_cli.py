@@ -264,3 +264,34 @@ def test_a_recovery_the_ledger_cannot_record_writes_no_plaintext(
     decrypts = parse_bao_log(log, role_name=ROLE_NAME, path=f"{TRANSIT_MOUNT}/decrypt/{KEK_NAME}")
     result = reconcile(decrypts, _ledger(db))
     assert len(result.unmatched_decrypts) == 1 and result.matched == 0
+
+
+def test_a_recovery_openbao_refuses_is_recorded_and_writes_nothing(
+    fresh_dev: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "refused-recovery.db"
+    monkeypatch.setenv("SOVEREIGN_DB", str(db))
+    monkeypatch.setenv("SOVEREIGN_BAO_ADDR", fresh_dev.server.addr)
+    monkeypatch.setenv("SOVEREIGN_BAO_ROLE_ID", fresh_dev.report.role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_OWNER_ROLE_ID", fresh_dev.report.owner_role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_OWNER_SECRET_ID_FILE", fresh_dev.report.owner_secret_id_file)
+    monkeypatch.delenv("SOVEREIGN_BAO_TOKEN", raising=False)
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(20_000))
+    sealed = tmp_path / "data.sealed"
+    monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", fresh_dev.report.secret_id_file)
+    assert run(capsys, "key", "create", "dataset/q", "--kind", "dataset")[0] == 0
+    assert run(capsys, "dataset", "encrypt", "--key", "dataset/q", str(plain), str(sealed))[0] == 0
+    before = _ledger(db)
+    # the control plane's role with a secret id OpenBao never issued: refused by OpenBao, on the record
+    wrong = tmp_path / "wrong-secret-id"
+    wrong.write_text("00000000-0000-0000-0000-000000000000\n")
+    monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", str(wrong))
+    code, out = run(capsys, "dataset", "decrypt", "--key", "dataset/q", str(sealed), str(tmp_path / "o"))
+    assert code == 1 and out["error"]["code"].startswith("KMS_"), out
+    after = [Entry.decode(c) for c in _ledger(db)[len(before) :]]
+    assert [(e.kind, e.fields["key_name"], e.fields["key_version"]) for e in after] == [
+        (Kind.OPERATOR_REFUSED, "dataset/q", 2)
+    ]
+    assert [r.code for r in after[0].reasons] == [out["error"]["code"]]
+    assert not (tmp_path / "o").exists()
