@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from kms.audit.entry import Entry, Kind
+from kms.audit.export import entry_line
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.domain.catalogue import Catalogue
 from kms.domain.transit import KEK_NAME
@@ -188,6 +189,13 @@ def test_the_data_owner_seals_with_its_own_identity_and_reconcile_stays_clean(
     with sealed.open("rb") as src:
         header = read_header(src).raw
     assert recovered.fields["header_sha256"] == hashlib.sha256(header).hexdigest()
+    # and the operator's command says the same over the ledger's entries and OpenBao's log file
+    export = tmp_path / "ledger.jsonl"
+    export.write_bytes(b"".join(entry_line(c) for c in _ledger(db)))
+    code, out = run(
+        capsys, "audit", "reconcile", "--bao-log", str(fresh_dev.server.audit_log), "--export", str(export)
+    )
+    assert code == 0 and out["ok"] and (out["decrypts"], out["matched"]) == (1, 1), out
 
 
 def test_sealing_without_the_owner_identity_is_refused_before_openbao_and_a_refused_owner_is_recorded(
