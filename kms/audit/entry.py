@@ -50,6 +50,7 @@ class Kind(StrEnum):
     LINEAGE_EXCEPTION = "lineage.exception"
     LINEAGE_EXCEPTION_WITHDRAW = "lineage.exception.withdraw"
     NODE_RENEW = "node.renew"
+    DATASET_RECOVER = "dataset.recover"
 
 
 class Decision(StrEnum):

@@ -7,7 +7,8 @@ its log (tokens, ciphertexts, plaintexts) but not request ids, paths, the role n
 ``batch_input`` list, which is all this needs. A batch decrypt is one OpenBao request id for all its
 items: the ledger records the request id with each item's batch index and the batch size on the grant
 (or on the deny entry of an item refused after its decrypt), so a request id matches when its entries
-carry exactly the indices 0..n-1 of a batch of n, the size OpenBao logged.
+carry exactly the indices 0..n-1 of a batch of n, the size OpenBao logged. The custodian's recovery with
+the local CLI (``dataset.recover``) is a single decrypt recorded the same way (index 0 of a batch of 1).
 
 Pure: no I/O, no clock.
 """
@@ -23,7 +24,9 @@ from kms.audit.entry import Entry, Kind
 from kms.audit.errors import AuditError
 from kms.errors import Code
 
-RELEASE_KINDS = (Kind.RELEASE_GRANT, Kind.RELEASE_DENY)
+# The entries that record a KEK decrypt: releases, and the custodian's recovery with the local CLI
+# (``sovereign dataset decrypt``, a batch of one: index 0, size 1).
+DECRYPT_KINDS = (Kind.RELEASE_GRANT, Kind.RELEASE_DENY, Kind.DATASET_RECOVER)
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def _ledger_items(entries: Iterable[bytes]) -> tuple[int, dict[str, list[_Held]]
     for canonical in entries:
         entry = Entry.decode(canonical)
         rid = entry.fields.get("bao_request_id")
-        if entry.kind not in RELEASE_KINDS or not isinstance(rid, str) or not rid:
+        if entry.kind not in DECRYPT_KINDS or not isinstance(rid, str) or not rid:
             continue
         count += 1
         index, size = entry.fields.get("bao_batch_index"), entry.fields.get("bao_batch_size")

@@ -6,30 +6,38 @@ header names ``NAME@vVERSION``; the control plane's role is never used to seal, 
 OpenBao's log stays a recorded release. Without the owner identity encrypt refuses before any OpenBao call
 (nothing reached a server, nothing to record); an owner call OpenBao refuses is an ``operator.refused``
 entry. Decrypt reads the name back from the header, so a file always opens with the version that sealed
-it. Output appears under its final name only when complete (temp file, fsync, rename).
+it. It is the custodian's recovery with the control plane's AppRole, so it is on the record like a
+release: after OpenBao's decrypt and before any plaintext is written, a ``dataset.recover`` entry (actor
+``local:<OS user>``, key and version, OpenBao's request id, the header's SHA-256) is committed; if it
+cannot be, nothing is written; a decrypt OpenBao refuses is an ``operator.refused`` entry. ``audit
+reconcile`` matches these decrypts by their request id. Output appears under its final name only when
+complete (temp file, fsync, rename).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from pathlib import Path
 
 from kms.audit.entry import Kind, Reason
-from kms.domain.catalogue import DataKey, KeyKind, require_kind, require_usable, validate_name
+from kms.domain.catalogue import Catalogue, DataKey, KeyKind, require_kind, require_usable, validate_name
 from kms.envelope import read_header
 from kms.envelope.errors import EnvelopeError
 from kms.envelope.files import decrypt_file, encrypt_file
 from kms.envelope.names import format_key_ref, parse_key_ref
-from kms.errors import Code, KmsError
+from kms.errors import Code, KmsError, OpenBaoError
 from kms.openbao.vault import BaoSettings, OpenBaoTransit
+from kms.sql.store import Store
 from sovereign.cli._local_ledger import key_fields, record_local
 from sovereign.cli._output import fail, print_ok
-from sovereign.cli.key import open_catalogue, open_local
+from sovereign.cli.key import open_local
 from sovereign.cli.kms import host_bao_addr, host_bao_ca_cert
 
 OWNER_ROLE_ID_ENV = "SOVEREIGN_BAO_OWNER_ROLE_ID"
 OWNER_SECRET_ID_FILE_ENV = "SOVEREIGN_BAO_OWNER_SECRET_ID_FILE"  # noqa: S105 (a variable name)
+MAX_COMMENT = 1024
 OWNER_HINT = (
     f"pass --owner-role-id and --owner-secret-id-file (or {OWNER_ROLE_ID_ENV} and {OWNER_SECRET_ID_FILE_ENV}): "
     "the files owner-role-id and owner-secret-id that 'sovereign kms bootstrap --out DIR' writes"
@@ -59,6 +67,7 @@ def _encrypt(args: argparse.Namespace) -> int:
 
 def _decrypt(args: argparse.Namespace) -> int:
     try:
+        _check_inputs(args)
         with args.input.open("rb") as src:
             header = read_header(src)
         ref = parse_key_ref(header.key_ref)
@@ -68,13 +77,63 @@ def _decrypt(args: argparse.Namespace) -> int:
                 code=Code.KEY_NOT_FOUND,
                 hint="pass the key named in the file's header with --key",
             )
-        key = open_catalogue(args, bao=True).unwrap(ref[0], ref[1], kind=KeyKind.DATASET)
+        catalogue, store = open_local(args, bao=True)
+        key = _custodian_key(catalogue, store, ref[0], ref[1])
+        _record_recovery(args, store, key, header.raw)  # before any plaintext is written; refusal: none is
         info = decrypt_file(key.plaintext, args.input, args.output)
     except (KmsError, EnvelopeError) as err:
         return fail(err, as_json=args.json)
     except OSError as exc:
         return fail(_file_error(exc), as_json=args.json)
     return _report(args, "opened", key.name, key.version, info.plaintext_bytes)
+
+
+def _custodian_key(catalogue: Catalogue, store: Store, name: str, version: int) -> DataKey:
+    """Unwrap with the control plane's role; a decrypt OpenBao refuses is an ``operator.refused`` entry
+    (as a refused owner seal is), a refusal before OpenBao (unknown, disabled, wrong kind) is not."""
+    try:
+        return catalogue.unwrap(name, version, kind=KeyKind.DATASET)
+    except OpenBaoError as err:
+        if err.code is not Code.KMS_UNAVAILABLE:
+            reason = Reason(str(err.code), err.message)
+            fields = {
+                "key_name": name,
+                "key_version": version,
+                "comment": "custodian recovery refused by OpenBao",
+            }
+            record_local(store, Kind.OPERATOR_REFUSED, fields, [reason])
+        raise
+
+
+def _record_recovery(args: argparse.Namespace, store: Store, key: DataKey, header: bytes) -> None:
+    """The custodian's KEK decrypt on the record (``dataset.recover``, a batch of one with OpenBao's
+    request id, so ``audit reconcile`` matches it), durable before the file is opened."""
+    if not key.request_id:
+        raise KmsError(
+            "OpenBao answered the decrypt without a request id, so it cannot be matched in the ledger",
+            code=Code.KMS_BAD_RESPONSE,
+            hint="check that the address is an OpenBao server; nothing was written",
+        )
+    fields = {
+        **_recovered_key_fields(key),
+        "bao_request_id": key.request_id,
+        "bao_batch_index": 0,
+        "bao_batch_size": 1,
+        "header_sha256": hashlib.sha256(header).hexdigest(),
+        "comment": f"recovered by the custodian: {args.input} -> {args.output}"[:MAX_COMMENT],
+    }
+    try:
+        record_local(store, Kind.DATASET_RECOVER, fields)
+    except KmsError as err:
+        raise KmsError(
+            f"the recovery could not be recorded in the audit ledger, so nothing was written: {err.message}",
+            code=err.code,
+            hint="make the control plane's database writable (or free its disk) and run decrypt again",
+        ) from None
+
+
+def _recovered_key_fields(key: DataKey) -> dict[str, object]:
+    return {"key_name": key.name, "key_kind": key.kind.value, "key_version": key.version}
 
 
 def _owner_settings(args: argparse.Namespace) -> BaoSettings | None:
@@ -132,7 +191,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise KmsError(
             f"OUT {args.output} is IN",
             code=Code.REQUEST_INVALID,
-            hint="write the sealed stream to another file",
+            hint="write OUT to another file",
         )
     if not os.access(args.input, os.R_OK):
         raise KmsError(f"cannot read {args.input}", code=Code.STORAGE_ERROR, hint="check that IN is readable")

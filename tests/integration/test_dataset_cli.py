@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,9 +14,11 @@ import pytest
 from sqlalchemy import select
 
 from kms.audit.entry import Entry, Kind
+from kms.audit.export import entry_line
 from kms.audit.reconcile import parse_bao_log, reconcile
 from kms.domain.catalogue import Catalogue
 from kms.domain.transit import KEK_NAME
+from kms.envelope import read_header
 from kms.errors import OpenBaoError
 from kms.openbao.bootstrap import ROLE_NAME
 from kms.openbao.data_owner import OWNER_ROLE_NAME
@@ -168,10 +171,31 @@ def test_the_data_owner_seals_with_its_own_identity_and_reconcile_stays_clean(
         as_owner.close()
     assert denied.value.code == "KMS_PERMISSION_DENIED"
 
-    # the custodian opens what the owner sealed
+    # the custodian opens what the owner sealed: its decrypt is on the record, and reconcile matches it
     opened = tmp_path / "data.out"
     assert run(capsys, "dataset", "decrypt", "--key", "dataset/owned", str(sealed), str(opened))[0] == 0
     assert opened.read_bytes() == plain.read_bytes()
+    log = fresh_dev.server.audit_log.read_bytes().splitlines()
+    decrypts = parse_bao_log(log, role_name=ROLE_NAME, path=f"{TRANSIT_MOUNT}/decrypt/{KEK_NAME}")
+    result = reconcile(decrypts, _ledger(db))
+    assert result.ok and (result.decrypts, result.matched) == (1, 1), result.to_dict()
+    recoveries = [Entry.decode(c) for c in _ledger(db) if Entry.decode(c).kind is Kind.DATASET_RECOVER]
+    assert len(recoveries) == 1
+    recovered = recoveries[0]
+    assert (
+        recovered.actor.startswith("local:") and recovered.fields["bao_request_id"] == decrypts[0].request_id
+    )
+    assert (recovered.fields["key_name"], recovered.fields["key_version"]) == ("dataset/owned", 2)
+    with sealed.open("rb") as src:
+        header = read_header(src).raw
+    assert recovered.fields["header_sha256"] == hashlib.sha256(header).hexdigest()
+    # and the operator's command says the same over the ledger's entries and OpenBao's log file
+    export = tmp_path / "ledger.jsonl"
+    export.write_bytes(b"".join(entry_line(c) for c in _ledger(db)))
+    code, out = run(
+        capsys, "audit", "reconcile", "--bao-log", str(fresh_dev.server.audit_log), "--export", str(export)
+    )
+    assert code == 0 and out["ok"] and (out["decrypts"], out["matched"]) == (1, 1), out
 
 
 def test_sealing_without_the_owner_identity_is_refused_before_openbao_and_a_refused_owner_is_recorded(
@@ -210,3 +234,72 @@ def test_sealing_without_the_owner_identity_is_refused_before_openbao_and_a_refu
     assert [(e.kind, e.fields["key_name"]) for e in after] == [(Kind.OPERATOR_REFUSED, "dataset/x")]
     assert [r.code for r in after[0].reasons] == [out["error"]["code"]]
     assert after[0].actor.startswith("local:") and not (tmp_path / "o").exists()
+
+
+def test_a_recovery_the_ledger_cannot_record_writes_no_plaintext(
+    fresh_dev: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "full.db"
+    monkeypatch.setenv("SOVEREIGN_DB", str(db))
+    monkeypatch.setenv("SOVEREIGN_BAO_ADDR", fresh_dev.server.addr)
+    monkeypatch.setenv("SOVEREIGN_BAO_ROLE_ID", fresh_dev.report.role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", fresh_dev.report.secret_id_file)
+    monkeypatch.setenv("SOVEREIGN_BAO_OWNER_ROLE_ID", fresh_dev.report.owner_role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_OWNER_SECRET_ID_FILE", fresh_dev.report.owner_secret_id_file)
+    monkeypatch.delenv("SOVEREIGN_BAO_TOKEN", raising=False)
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(50_000))
+    assert run(capsys, "key", "create", "dataset/r", "--kind", "dataset")[0] == 0
+    sealed = tmp_path / "data.sealed"
+    assert run(capsys, "dataset", "encrypt", "--key", "dataset/r", str(plain), str(sealed))[0] == 0
+    before = _ledger(db)
+    # the database refuses every new ledger row, as a full disk or a locked ledger would
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_appends BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'ledger refuses appends'); END"
+        )
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out = run(capsys, "dataset", "decrypt", "--key", "dataset/r", str(sealed), str(out_dir / "data"))
+    assert code == 1 and out["error"]["code"].startswith("STORAGE_"), out
+    assert "nothing was written" in out["error"]["message"]
+    assert list(out_dir.iterdir()) == []  # no output, no temp file
+    assert _ledger(db) == before
+    # OpenBao did decrypt: reconcile shows that unrecorded decrypt rather than hiding it
+    assert fresh_dev.server.audit_log is not None
+    log = fresh_dev.server.audit_log.read_bytes().splitlines()
+    decrypts = parse_bao_log(log, role_name=ROLE_NAME, path=f"{TRANSIT_MOUNT}/decrypt/{KEK_NAME}")
+    result = reconcile(decrypts, _ledger(db))
+    assert len(result.unmatched_decrypts) == 1 and result.matched == 0
+
+
+def test_a_recovery_openbao_refuses_is_recorded_and_writes_nothing(
+    fresh_dev: Kms, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "refused-recovery.db"
+    monkeypatch.setenv("SOVEREIGN_DB", str(db))
+    monkeypatch.setenv("SOVEREIGN_BAO_ADDR", fresh_dev.server.addr)
+    monkeypatch.setenv("SOVEREIGN_BAO_ROLE_ID", fresh_dev.report.role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_OWNER_ROLE_ID", fresh_dev.report.owner_role_id)
+    monkeypatch.setenv("SOVEREIGN_BAO_OWNER_SECRET_ID_FILE", fresh_dev.report.owner_secret_id_file)
+    monkeypatch.delenv("SOVEREIGN_BAO_TOKEN", raising=False)
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(20_000))
+    sealed = tmp_path / "data.sealed"
+    monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", fresh_dev.report.secret_id_file)
+    assert run(capsys, "key", "create", "dataset/q", "--kind", "dataset")[0] == 0
+    assert run(capsys, "dataset", "encrypt", "--key", "dataset/q", str(plain), str(sealed))[0] == 0
+    before = _ledger(db)
+    # the control plane's role with a secret id OpenBao never issued: refused by OpenBao, on the record
+    wrong = tmp_path / "wrong-secret-id"
+    wrong.write_text("00000000-0000-0000-0000-000000000000\n")
+    monkeypatch.setenv("SOVEREIGN_BAO_SECRET_ID_FILE", str(wrong))
+    code, out = run(capsys, "dataset", "decrypt", "--key", "dataset/q", str(sealed), str(tmp_path / "o"))
+    assert code == 1 and out["error"]["code"].startswith("KMS_"), out
+    after = [Entry.decode(c) for c in _ledger(db)[len(before) :]]
+    assert [(e.kind, e.fields["key_name"], e.fields["key_version"]) for e in after] == [
+        (Kind.OPERATOR_REFUSED, "dataset/q", 2)
+    ]
+    assert [r.code for r in after[0].reasons] == [out["error"]["code"]]
+    assert not (tmp_path / "o").exists()

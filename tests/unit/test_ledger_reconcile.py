@@ -128,3 +128,21 @@ def test_the_cli_refuses_a_file_that_is_not_an_openbao_audit_log(
     assert main(argv[:-1]) != 0
     err = capsys.readouterr()
     assert "MISMATCH" not in err.out and "AUDIT_RECONCILE_NOT_BAO_LOG" in err.err
+
+
+def recovery(seq: int, rid: str, kind: Kind = Kind.DATASET_RECOVER) -> bytes:
+    fields = {"key_name": "dataset/x", "key_version": 2, "bao_request_id": rid,
+              "bao_batch_index": 0, "bao_batch_size": 1, "username": "root"}  # fmt: skip
+    return Entry.create(seq, T, kind, actor="local:root", fields=fields).encode()
+
+
+def test_a_custodian_recovery_matches_its_single_decrypt_and_other_kinds_do_not() -> None:
+    decrypts = parse_bao_log([record("r-2", None)], role_name=ROLE, path=PATH)
+    matched = reconcile(decrypts, [recovery(0, "r-2")])
+    assert matched.ok and (matched.entries, matched.matched) == (1, 1)
+    # the same fields on a kind that records no decrypt explain nothing
+    unexplained = reconcile(decrypts, [recovery(0, "r-2", kind=Kind.KEY_ROTATE)])
+    assert not unexplained.ok and [d.request_id for d in unexplained.unmatched_decrypts] == ["r-2"]
+    # and a recovery naming a request id OpenBao never logged is reported
+    stray = reconcile(decrypts, [recovery(0, "r-2"), recovery(1, "r-9")])
+    assert not stray.ok and stray.unmatched_entries == [1]
