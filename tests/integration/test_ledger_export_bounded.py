@@ -1,5 +1,5 @@
 """The ledger export reads in bounded batches: on PostgreSQL (whose driver buffers each statement's whole
-result client-side) no statement of ``LedgerReader.export`` returns more than ``EXPORT_BATCH`` rows, for
+result client-side) no statement of ``LedgerReader.export`` returns more than its batch of rows, for
 the checkpoints as for the entries, however many the ledger holds; and the export file written from
 PostgreSQL is byte-identical to the one written from SQLite for the same entries and checkpoints."""
 
@@ -87,6 +87,7 @@ def test_postgresql_export_reads_bounded_batches_and_equals_sqlite_byte_for_byte
 ) -> None:
     sqlite, postgresql = stores
     monkeypatch.setattr(audit_reader, "EXPORT_BATCH", BATCH)
+    monkeypatch.setattr(audit_reader, "CHECKPOINT_BATCH", BATCH)
     selects: list[tuple[str, int]] = []
 
     def record(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
@@ -116,6 +117,7 @@ def test_a_batched_export_of_any_range_has_every_entry_and_checkpoint_in_order(
     stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch, start: int, end: int
 ) -> None:
     monkeypatch.setattr(audit_reader, "EXPORT_BATCH", BATCH)
+    monkeypatch.setattr(audit_reader, "CHECKPOINT_BATCH", BATCH)
     for store in stores:
         last = end or CHECKPOINTS * PER_CHECKPOINT
         got = [
