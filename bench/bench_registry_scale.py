@@ -1,7 +1,7 @@
 """The node registry at scale: the control plane with N registered nodes against itself at N/100, same run.
 
 Run: ``.venv/bin/python -m bench.bench_registry_scale [--quick] [--nodes N] [--rpc-sample M]``. Full:
-100,000 nodes; quick: 10,000; tiny: 24. Starts OpenBao and ``sovereign serve`` (``bench_release``'s
+100,000 nodes; quick: 10,000; tiny: 48. Starts OpenBao and ``sovereign serve`` (``bench_release``'s
 set-up). Every node is a simulated SNP machine whose evidence answers a fresh challenge nonce and is
 verified in full (the chain to the simulator's pinned ARK, the report signature, the binding, appraisal,
 the registration's ledger entry); the node identities and the PKI are made ahead. The nodes get there
@@ -15,8 +15,9 @@ two ways, and every row says how many came each way:
   on this machine; 100,000 of them would not fit a session. This step also measures, with tracemalloc,
   the Python memory a registration leaves behind in the process that runs it.
 
-The server is measured at N/100 (first run), then restarted on the same database after the in-process
-part, takes the RPC sample, and is measured at N:
+The server is measured at N/100 (first run), again half-way through the in-process part (restarted on
+the same database, with its own eight release nodes over the RPC: the middle point of the growth curve),
+then restarted after the in-process part, takes the RPC sample, and is measured at N:
 
 - control-plane RSS (the serve process and its children, from /proc) -- target <= 600 MiB at 100,000;
 - a policy change that re-appraises every node (PutPolicy with the same rules and a new comment, then the
@@ -25,13 +26,16 @@ part, takes the RPC sample, and is measured at N:
 - ``admin nodes list`` filtered on ATTESTED, one page -- target <= 200 ms;
 - release throughput of 8 closed-loop nodes, best of 3 runs -- target >= 0.9x the rate at N/100.
 
-Figures that grow are projected linearly to 100,000 from the two points when run below full scale.
+Figures that grow are projected linearly to 100,000 from the end points when run below full scale. Outside
+tiny mode the growth curve (control-plane RSS and the policy change's time against registered nodes, at
+the three points) is drawn into ``bench/registry_growth.png`` when matplotlib is installed (``.venv-bench``).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import statistics
@@ -57,12 +61,13 @@ from sovereign.client.records import NodeState
 from tests.e2e.node_client import NodeClient
 from tests.e2e.world import SNP_MEASUREMENT, ServerProcess, prepare, start_bao
 
-FULL, QUICK, TINY = 100_000, 10_000, 24
+FULL, QUICK, TINY = 100_000, 10_000, 48  # tiny: enough for the middle point
 PAGE = 100  # admin nodes list page; the small side has at least a full page, so both list the same
 RELEASERS = 8
 REGISTER_THREADS = 8
 ROUNDS = 3  # release throughput: best of this many runs at each point
 TRACED = 200  # in-process registrations whose retained heap is measured
+HERE = Path(__file__).resolve().parent
 
 
 class Registrant(NodeClient):
@@ -167,10 +172,12 @@ def row(work: str, ours_v: float, base: float, unit: str, target: float, met: bo
           flush=True)  # fmt: skip
 
 
-def populate(server: ServerProcess, pki: SimulatedPki, count: int, start: int) -> dict[str, float]:
+def populate(
+    server: ServerProcess, pki: SimulatedPki, count: int, start: int, *, trace: bool = True
+) -> dict[str, float]:
     """Register ``count`` nodes in-process through the Attestation use case on the (stopped) server's
-    database: registrations/s, and the Python heap a registration leaves behind (tracemalloc over the
-    last ``TRACED`` of them, after a collection)."""
+    database: registrations/s, and (``trace``) the Python heap a registration leaves behind (tracemalloc
+    over the last ``TRACED`` of them, after a collection)."""
     config = ServerConfig(
         db=str(server.db), collateral=str(server.inputs.collateral), policy="",
         bao_addr=server.bao.server.addr, bao_role_id=server.bao.report.role_id,
@@ -191,7 +198,7 @@ def populate(server: ServerProcess, pki: SimulatedPki, count: int, start: int) -
         if outcome.outcome is not Outcome.ATTESTED:
             raise RuntimeError(f"node {name} did not attest: {outcome.reasons}")
 
-    traced = min(TRACED, count // 2)
+    traced = min(TRACED, count // 2) if trace else 0
     try:
         t = time.perf_counter()
         # as many at once as the RPC part sends: the ledger's group commit batches concurrent entries
@@ -200,6 +207,8 @@ def populate(server: ServerProcess, pki: SimulatedPki, count: int, start: int) -
                 if done % 1000 == 0:
                     print(f"[registry_scale] {done:,} in-process", file=sys.stderr, flush=True)
         rate = (count - traced) / max(time.perf_counter() - t, 1e-9)
+        if not traced:
+            return {"per_s": rate, "retained_bytes_per_registration": float("nan")}
         gc.collect()
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
@@ -220,16 +229,41 @@ def close_all(nodes: list[NodeClient]) -> None:
             node.release_channel.close()
 
 
-def fresh_releasers(server: ServerProcess, pki: SimulatedPki) -> list[NodeClient]:
+def fresh_releasers(server: ServerProcess, pki: SimulatedPki, prefix: str = "bench-r") -> list[NodeClient]:
     """Closed-loop release nodes registered over the RPC to this server process (new channels)."""
     provider = simulated_snp(pki, measurement=SNP_MEASUREMENT)
     nodes = []
     for i in range(RELEASERS):
-        node = NodeClient(server.channel(), provider, name=f"bench-r{i}")
+        node = NodeClient(server.channel(), provider, name=f"{prefix}{i}")
         if node.register().state != common_pb2.NODE_STATE_ATTESTED:
             raise RuntimeError("a benchmark node did not attest")
         nodes.append(node)
     return nodes
+
+
+def plot_growth(curve: list[dict[str, float]], path: Path) -> str:
+    try:
+        matplotlib = importlib.import_module("matplotlib")  # optional: only .venv-bench has it
+        matplotlib.use("Agg")
+        plt = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        return "matplotlib not installed (it is in .venv-bench), no registry growth plot"
+    x = [p["nodes"] for p in curve]
+    fig, (memory, policy) = plt.subplots(1, 2, figsize=(10, 4))
+    memory.plot(x, [p["rss_mib"] for p in curve], "o-")
+    memory.set(xlabel="registered nodes", ylabel="control-plane RSS (MiB, serve and children)",
+               title="Memory vs registered nodes", ylim=(0, None))  # fmt: skip
+    policy.plot(x, [p["policy_s"] for p in curve], "o-", label="wall")
+    policy.plot(x, [p["policy_cpu_s"] for p in curve], "s--", label="server CPU")
+    policy.set(xlabel="registered nodes", ylabel="s", title="Policy change re-appraising every node",
+               ylim=(0, None))  # fmt: skip
+    policy.legend()
+    for ax in (memory, policy):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"wrote {path.name}"
 
 
 def main() -> int:
@@ -245,6 +279,10 @@ def main() -> int:
     # the second set of release nodes registers over the RPC too, after the restart
     sample = max(0, min(n - small - RELEASERS, args.rpc_sample if args.rpc_sample is not None else n // 20))
     in_process = max(0, n - small - sample - RELEASERS)
+    # the middle point of the curve: half the in-process nodes, then its own release nodes over the RPC
+    middle = in_process >= 2 * RELEASERS
+    in_process -= RELEASERS if middle else 0
+    first_half = in_process // 2 if middle else 0
     seconds = 0.5 if tiny else 3.0
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as tmp:
@@ -259,18 +297,35 @@ def main() -> int:
             at_small = measure(server, releasers, seconds)
             close_all(releasers)
             server.stop()
-            filled = populate(server, pki, in_process, small)
+            curve = [{"nodes": small, **at_small}]
+            start = small
+            if middle:
+                half = populate(server, pki, first_half, start, trace=False)
+                start += first_half
+                server.start()
+                releasers = fresh_releasers(server, pki, "bench-m")
+                start += RELEASERS
+                curve.append({"nodes": start, **measure(server, releasers, seconds)})
+                close_all(releasers)
+                server.stop()
+            filled = populate(server, pki, in_process - first_half, start)
+            if middle:  # the whole in-process fill's rate, both halves
+                took = first_half / half["per_s"] + (in_process - first_half) / filled["per_s"]
+                filled["per_s"] = in_process / took
             print(f"[registry_scale] {in_process:,} in-process ({filled['per_s']:.0f}/s)", file=sys.stderr,
                   flush=True)  # fmt: skip
             server.start()
             releasers = fresh_releasers(server, pki)
-            sample_rate = register_many(server, pki, sample, small + in_process)
+            sample_rate = register_many(
+                server, pki, sample, small + in_process + (RELEASERS if middle else 0)
+            )
             print(
                 f"[registry_scale] {sample:,} more over the RPC ({sample_rate:.0f}/s)",
                 file=sys.stderr,
                 flush=True,
             )
             at_n = measure(server, releasers, seconds)
+            curve.append({"nodes": n, **at_n})
             close_all(releasers)
         finally:
             server.stop()
@@ -281,10 +336,11 @@ def main() -> int:
         slope = (at_n[key] - at_small[key]) / (n - small)
         return at_n[key] + slope * (FULL - n)
 
-    how = (f"registered over the Register RPC: {small + sample + RELEASERS:,} ({small:,} before the baseline, "
-           f"{sample + RELEASERS:,} after the restart); in-process through Attestation.register with the server "
+    over_rpc = small + sample + RELEASERS * (2 if middle else 1)
+    how = (f"registered over the Register RPC: {over_rpc:,} ({small:,} before the baseline, "
+           f"{RELEASERS if middle else 0} at the middle point, {sample + RELEASERS:,} after the restart); in-process through Attestation.register with the server "
            f"stopped (same verification, same ledger): {in_process:,}")  # fmt: skip
-    common = {"nodes": n, "baseline_nodes": small, "rpc_nodes": small + sample + RELEASERS,
+    common = {"nodes": n, "baseline_nodes": small, "rpc_nodes": over_rpc,
               "in_process_nodes": in_process, "rpc_registrations_per_s": round(min(r for r in (rpc_rate, sample_rate) if r == r), 1),
               "in_process_registrations_per_s": round(filled["per_s"], 1),
               "retained_bytes_per_registration": round(filled["retained_bytes_per_registration"]),
@@ -292,7 +348,8 @@ def main() -> int:
     rss_100k = projected("rss_mib") if scale > 1 else at_n["rss_mib"]
     row(f"control-plane RSS at {n:,} vs {small:,} registered nodes", at_n["rss_mib"], at_small["rss_mib"], "MiB",
         600, rss_100k <= 600, f"serve and its children, VmRSS after the policy change and the releases; projected "
-        f"linearly to 100,000: {rss_100k:.0f} MiB", projected_100k=round(rss_100k, 1), **common)  # fmt: skip
+        f"linearly to 100,000: {rss_100k:.0f} MiB", projected_100k=round(rss_100k, 1),
+        curve=[{k: round(v, 3) for k, v in p.items()} for p in curve], **common)  # fmt: skip
     pol_100k = projected("policy_s") if scale > 1 else at_n["policy_s"]
     cpu_100k = projected("policy_cpu_s") if scale > 1 else at_n["policy_cpu_s"]
     row(f"policy change re-appraising {n:,} vs {small:,} nodes", at_n["policy_s"], at_small["policy_s"], "s", 15,
@@ -309,6 +366,8 @@ def main() -> int:
     row(f"release throughput at {n:,} vs {small:,} registered nodes", at_n["release_per_s"],
         at_small["release_per_s"], "releases/s", 0.9, ratio >= 0.9, f"{RELEASERS} closed-loop nodes, same server "
         "binary and database (restarted between the two points), same run", **common)  # fmt: skip
+    if not tiny:
+        print(f"[registry_scale] {plot_growth(curve, HERE / 'registry_growth.png')}", file=sys.stderr)
     return 0
 
 

@@ -258,3 +258,19 @@ def checkpoints_between(conn: Connection, low: int, high: int) -> list[Checkpoin
     c = audit_checkpoints.c
     rows = conn.execute(select(audit_checkpoints).where(c.size > low, c.size <= high).order_by(c.size))
     return [_checkpoint(r) for r in rows]
+
+
+def checkpoints_range(conn: Connection, low: int, high: int, batch: int = 2048) -> Iterator[Checkpoint]:
+    """Checkpoints with low < size <= high, by size, read ``batch`` at a time: a ledger signs one every
+    few hundred entries, so an export of all of them must not hold them in memory at once."""
+    c = audit_checkpoints.c
+    after = low
+    while True:
+        rows = conn.execute(
+            select(audit_checkpoints).where(c.size > after, c.size <= high).order_by(c.size).limit(batch)
+        ).all()
+        for r in rows:
+            yield _checkpoint(r)
+        if len(rows) < batch:
+            return
+        after = int(rows[-1].size)

@@ -35,7 +35,7 @@ from kms.sql.audit_ledger import (
     Head,
     StoredEntry,
     checkpoint_at,
-    checkpoints_between,
+    checkpoints_range,
     entries_range,
     entry_count,
     insert_nodes,
@@ -51,6 +51,11 @@ from kms.sql.store import Store
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+# Rows an export reads per statement: what it holds at once, whatever the ledger's size (psycopg buffers
+# a statement's whole result client-side). Entries ~1.5 KiB each as rows and objects; checkpoints ~0.8 KiB,
+# one per few hundred entries, so a page of them spans a quarter of a million entries or more.
+EXPORT_BATCH = 2048
+CHECKPOINT_BATCH = 256
 
 
 class DbHashStore:
@@ -229,9 +234,9 @@ class LedgerReader:
                 raise not_found("no checkpoint yet" if end == 0 else f"no checkpoint of tree size {end}")
             if start > final.size:
                 raise AuditError(f"start {start} is beyond the end {final.size}", code=Code.REQUEST_INVALID)
-            pending = iter(checkpoints_between(conn, start, final.size))
+            pending = checkpoints_range(conn, start, final.size, CHECKPOINT_BATCH)
             nxt = next(pending, None)
-            for stored in entries_range(conn, start, final.size):
+            for stored in entries_range(conn, start, final.size, EXPORT_BATCH):
                 yield stored
                 while nxt is not None and nxt.size == stored.seq + 1:
                     yield nxt

@@ -92,3 +92,43 @@ def test_report_says_plainly_which_rows_miss() -> None:
 def test_plot_without_concurrency_rows_draws_nothing(tmp_path: Path) -> None:
     assert "no concurrency rows" in RUNNER.plot([{"work": "a", "ours": 1.0}], tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
+
+
+def _registry_scale(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT))  # bench/ is run from the repository root, not installed
+    return importlib.import_module("bench.bench_registry_scale")
+
+
+REGISTRY_CURVE = [
+    {"nodes": 100, "rss_mib": 120.0, "policy_s": 0.1, "policy_cpu_s": 0.05},
+    {"nodes": 5_000, "rss_mib": 160.0, "policy_s": 0.6, "policy_cpu_s": 0.4},
+    {"nodes": 10_000, "rss_mib": 200.0, "policy_s": 1.2, "policy_cpu_s": 0.8},
+]
+
+
+def test_registry_growth_plot_is_skipped_cleanly_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench_registry_scale = _registry_scale(monkeypatch)
+    real = importlib.import_module
+
+    def without_matplotlib(name: str, package: str | None = None) -> ModuleType:
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, package)
+
+    monkeypatch.setattr(bench_registry_scale.importlib, "import_module", without_matplotlib)
+    said = bench_registry_scale.plot_growth(REGISTRY_CURVE, tmp_path / "registry_growth.png")
+    assert "matplotlib not installed" in said
+    assert not (tmp_path / "registry_growth.png").exists()
+
+
+def test_registry_growth_plot_draws_memory_against_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")  # .venv-bench has it
+    bench_registry_scale = _registry_scale(monkeypatch)
+
+    path = tmp_path / "registry_growth.png"
+    assert bench_registry_scale.plot_growth(REGISTRY_CURVE, path) == "wrote registry_growth.png"
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
