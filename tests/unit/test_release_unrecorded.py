@@ -13,12 +13,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from unit.test_release_usecase import NOW, POLICY, FakeTransit, World, _key
+from unit.test_release_usecase import NOW, POLICY, FakeTransit, World, _key, attested_record
 
 from enclave.identity import NodeIdentity
 from kms.clock import ManualClock
 from kms.domain.catalogue import Catalogue, KeyKind
-from kms.domain.registry import NodeRecord, NodeState
 from kms.errors import Code, StorageError
 from kms.sql import open_store
 from kms.sql.decisions import DenialRow, GrantRow, PendingGrant
@@ -40,30 +39,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Wor
     clock = ManualClock(NOW)
     store = open_store(tmp_path / "db.sqlite")
     identity = NodeIdentity.generate()
-    SqlNodes(store).insert(
-        NodeRecord(
-            node_id="n-1",
-            node_name="n",
-            state=NodeState.ATTESTED,
-            tee="snp",
-            kem_suite=identity.kem_suite,
-            kem_public=identity.kem_public,
-            signing_public=identity.signing_public,
-            claims={},
-            claims_digest="",
-            groups=("trainers",),
-            requested_groups=(),
-            reasons=(),
-            evidence_time=NOW,
-            lease_id="l-1",
-            lease_issued_at=NOW,
-            lease_expires_at=NOW + timedelta(seconds=300),
-            policy_version=1,
-            registered_at=NOW,
-            attested_at=NOW,
-            state_changed_at=NOW,
-        )
-    )
+    SqlNodes(store).insert(attested_record(identity))
     key_store = SqlKeyStore(store)
     key_store.insert(_key("dataset/train", KeyKind.DATASET, 1))
     policies = PolicySource(store, clock)

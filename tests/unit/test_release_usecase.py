@@ -150,35 +150,38 @@ def _key(name: str, kind: KeyKind, versions: int) -> KeyRecord:
     )
 
 
+def attested_record(identity: NodeIdentity) -> NodeRecord:
+    """Node n-1, attested in group trainers with a five-minute lease, holding ``identity``'s keys."""
+    return NodeRecord(
+        node_id="n-1",
+        node_name="n",
+        state=NodeState.ATTESTED,
+        tee="snp",
+        kem_suite=identity.kem_suite,
+        kem_public=identity.kem_public,
+        signing_public=identity.signing_public,
+        claims={},
+        claims_digest="",
+        groups=("trainers",),
+        requested_groups=(),
+        reasons=(),
+        evidence_time=NOW,
+        lease_id="l-1",
+        lease_issued_at=NOW,
+        lease_expires_at=NOW + timedelta(seconds=300),
+        policy_version=1,
+        registered_at=NOW,
+        attested_at=NOW,
+        state_changed_at=NOW,
+    )
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     clock = ManualClock(NOW)
     store = open_store(tmp_path / "db.sqlite")
     identity = NodeIdentity.generate()
-    SqlNodes(store).insert(
-        NodeRecord(
-            node_id="n-1",
-            node_name="n",
-            state=NodeState.ATTESTED,
-            tee="snp",
-            kem_suite=identity.kem_suite,
-            kem_public=identity.kem_public,
-            signing_public=identity.signing_public,
-            claims={},
-            claims_digest="",
-            groups=("trainers",),
-            requested_groups=(),
-            reasons=(),
-            evidence_time=NOW,
-            lease_id="l-1",
-            lease_issued_at=NOW,
-            lease_expires_at=NOW + timedelta(seconds=300),
-            policy_version=1,
-            registered_at=NOW,
-            attested_at=NOW,
-            state_changed_at=NOW,
-        )
-    )
+    SqlNodes(store).insert(attested_record(identity))
     key_store = SqlKeyStore(store)
     key_store.insert(_key("dataset/train", KeyKind.DATASET, 1))
     key_store.insert(_key("model/main", KeyKind.MODEL, 2))
