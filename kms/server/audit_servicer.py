@@ -4,6 +4,7 @@ checkpoints, inclusion and consistency proofs, streaming export. Read-only over 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,12 +16,14 @@ from kms.audit.entry import Decision, Entry, format_time
 from kms.audit.errors import AuditError
 from kms.errors import Code, KmsError
 from kms.server import codec
-from kms.server.errors import abort
+from kms.server.errors import INTERNAL, abort
 from kms.server.servicers import handle
 from kms.sql.audit_ledger import EntryFilter, StoredEntry
 from kms.sql.audit_reader import LedgerReader
 from kms.usecases.provenance_issue import ProvenanceIssuer
 from proto.sovereign.v1 import audit_pb2, audit_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
 
 AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name
 SIGNATURE_ALGORITHM = "ed25519"
@@ -155,8 +158,11 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
                     yield audit_pb2.ExportItem(checkpoint=checkpoint_out(item))
                 else:
                     yield audit_pb2.ExportItem(entry=entry_out(item))
-        except AuditError as err:
+        except (AuditError, KmsError) as err:  # e.g. the database lost mid-stream: STORAGE_ERROR, not UNKNOWN
             abort(context, err)
+        except Exception:
+            log.exception("unexpected failure during an export")
+            abort(context, INTERNAL)
 
 
 def add_audit_service(
