@@ -200,13 +200,14 @@ def issuing(threads: int, seconds: float) -> list[dict[str, Any]]:
             "baseline": round(release_client_ms, 2),
             "unit": "ms per call",
             "ratio": round(fetch_ms / release_client_ms, 3),
-            "target": None,
-            "met": None,
+            "target": 1.0,
+            "met": fetch_ms <= release_client_ms,
             "p50_ms": round(percentile(fetch_lat, 0.5) * 1000, 2),
             "p99_ms": round(percentile(fetch_lat, 0.99) * 1000, 2),
             "note": "closed-loop clients on loopback, same server, after the run above: mean time per call "
             "(concurrency / throughput) of GetProvenance serving a stored statement (includes finding the "
-            "output by digest) against ReleaseKey; informative, no target",
+            "output by digest) against ReleaseKey. The issue sets no target for it; ours: serving a stored "
+            "statement costs no more than a release (ratio <= 1)",
         },
     ]
 
