@@ -106,12 +106,6 @@ IssueObserver = Callable[[int, float, float], None]
 """(statements, wall seconds, CPU seconds) of each batch, for metrics."""
 
 
-def _digests(fields: dict[str, Any]) -> tuple[object, object]:
-    """An output is found by its plaintext's SHA-256 or by its sealed file's (all an auditor holding
-    only the sealed file can compute)."""
-    return fields.get("output_sha256"), fields.get("sealed_sha256")
-
-
 def _not_found(sha256: str) -> KmsError:
     return KmsError(f"no recorded output has SHA-256 {sha256}", code=Code.PROVENANCE_OUTPUT_NOT_FOUND)
 
